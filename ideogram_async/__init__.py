@@ -1,0 +1,53 @@
+"""Asyncio client for upscaling images at volume through the Ideogram upscale endpoint.
+
+>>> async with IdeogramClient(base_url="https://proxy.example") as client:
+...     result = await client.upscale("photo.png", UpscaleRequest(prompt="crisp"))
+"""
+
+from ._version import __version__
+from .client import Flavor, IdeogramClient, Timeouts
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    IdeogramError,
+    NotFoundError,
+    PaymentRequiredError,
+    RateLimitError,
+    ResponseFormatError,
+    ServerError,
+    ValidationError,
+)
+from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
+from .retry import RetryEvent, RetryPolicy
+from .uploads import ImageInput
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "Flavor",
+    "IdeogramClient",
+    "IdeogramError",
+    "ImageInput",
+    "MagicPrompt",
+    "NotFoundError",
+    "PaymentRequiredError",
+    "RateLimitError",
+    "ResponseFormatError",
+    "RetryEvent",
+    "RetryPolicy",
+    "ServerError",
+    "Timeouts",
+    "UpscaleRequest",
+    "UpscaleResponse",
+    "UpscaledImage",
+    "ValidationError",
+    "__version__",
+]

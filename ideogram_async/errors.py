@@ -1,0 +1,196 @@
+"""The exception tree of ``ideogram_async``.
+
+Every error the library raises on purpose derives from :class:`IdeogramError`::
+
+    IdeogramError
+    ├── ValidationError (also ValueError)    bad input or settings; nothing was sent
+    ├── ClientClosedError (also RuntimeError) the client was used after ``aclose()``
+    ├── APIConnectionError                   no usable HTTP response
+    │   └── APITimeoutError                  connect, attempt or deadline timeout
+    ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    └── APIError                             the service answered with a non-2xx status
+        ├── BadRequestError                  400, 413, 422
+        ├── AuthenticationError              401, 403
+        ├── PaymentRequiredError             402
+        ├── NotFoundError                    404
+        ├── RateLimitError                   429
+        └── ServerError                      5xx
+
+Messages say what happened and what to do about it; they never contain the API key.
+``attempts`` tells how many HTTP attempts were made before the error was raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "IdeogramError",
+    "NotFoundError",
+    "PaymentRequiredError",
+    "RateLimitError",
+    "ResponseFormatError",
+    "ServerError",
+    "ValidationError",
+]
+
+_SNIPPET = 300
+
+
+def snippet(text: str, limit: int = _SNIPPET) -> str:
+    """Shorten ``text`` to one line of at most ``limit`` characters for a message."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class IdeogramError(Exception):
+    """Base class of every error raised by ``ideogram_async``."""
+
+    attempts: int = 0
+    """How many HTTP attempts were made before this error (0: none were sent)."""
+
+
+class ValidationError(IdeogramError, ValueError):
+    """An argument, setting or image was rejected before anything was sent."""
+
+
+class ClientClosedError(IdeogramError, RuntimeError):
+    """The client was used after it was closed."""
+
+
+class APIConnectionError(IdeogramError):
+    """The request got no usable HTTP response (refused, reset, disconnected)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """A time limit fired; ``kind`` says which one.
+
+    ``"connect"`` (opening the connection), ``"attempt"`` (one request, from the
+    moment it held a concurrency slot) or ``"deadline"`` (the whole call, retries
+    and waits included). ``body_sent`` is true when the upload had completed, so
+    the service may have done (and billed) the work.
+    """
+
+    def __init__(self, message: str, *, kind: str, body_sent: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.body_sent = body_sent
+
+
+class ResponseFormatError(IdeogramError):
+    """A successful status whose body is not the documented JSON shape."""
+
+    def __init__(self, message: str, *, body: str, status: int = 200) -> None:
+        super().__init__(message)
+        self.body = body
+        self.status = status
+
+
+class APIError(IdeogramError):
+    """The service answered with a non-2xx status.
+
+    ``message`` is the service's own error text, ``body`` the raw body (text),
+    ``request_id`` the id from the response headers when there was one, and
+    ``retry_after`` the wait in seconds that the service asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str = "",
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.should_retry = should_retry
+
+    def __str__(self) -> str:
+        rid = f" (request id {self.request_id})" if self.request_id else ""
+        return f"HTTP {self.status}: {self.message}{rid}"
+
+
+class BadRequestError(APIError):
+    """400, 413 or 422: the service rejected the request or the image; do not retry."""
+
+
+class AuthenticationError(APIError):
+    """401 or 403: the API key is missing, wrong or not allowed to do this."""
+
+
+class PaymentRequiredError(APIError):
+    """402: the account's balance is too low; top it up before retrying."""
+
+
+class NotFoundError(APIError):
+    """404: the URL is wrong; check ``base_url`` and the flavor."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests; ``retry_after`` holds the wait the service asked for."""
+
+
+class ServerError(APIError):
+    """5xx: the service or a gateway failed; usually transient."""
+
+
+_HINTS: Mapping[int, str] = {
+    400: "fix the request or the image; retrying will not help",
+    401: "check the API key (api_key= or IDEOGRAM_API_KEY)",
+    402: "the account's balance is too low; top it up",
+    403: "check the API key (api_key= or IDEOGRAM_API_KEY) and its permissions",
+    404: "check base_url and the flavor (proxy: /ideogram/upscale, official: /upscale)",
+    413: "the image is too large for the service; send a smaller file",
+    422: "a value is out of range or the image is unsupported; fix the request",
+    429: "too many requests; lower max_concurrency or requests_per_second",
+}
+
+
+def error_for_status(
+    status: int,
+    detail: str,
+    *,
+    body: str,
+    request_id: str | None,
+    retry_after: float | None,
+    should_retry: bool | None,
+) -> APIError:
+    """Build the :class:`APIError` subclass that matches ``status``."""
+    cls: type[APIError]
+    if status in (400, 413, 422):
+        cls = BadRequestError
+    elif status in (401, 403):
+        cls = AuthenticationError
+    elif status == 402:
+        cls = PaymentRequiredError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 429:
+        cls = RateLimitError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = APIError
+    hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
+    message = f"{detail} — {hint}" if detail else hint
+    return cls(
+        message,
+        status=status,
+        body=body,
+        request_id=request_id,
+        retry_after=retry_after,
+        should_retry=should_retry,
+    )

@@ -1,0 +1,354 @@
+"""Turning any image input into a validated, resendable, streamed multipart part.
+
+:func:`prepare_image` checks the input before anything is sent (exists, not empty,
+under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
+:class:`PreparedImage` that can produce the same bytes for every attempt:
+
+- a path is reopened per attempt and read in chunks in a worker thread;
+- ``bytes``-like data is sent from memory without copies;
+- a seekable binary file is rewound to where it started; the caller's file is
+  never closed;
+- a one-shot stream (an async iterator of bytes, or an unseekable file) is spooled
+  once, in memory up to :data:`SPOOL_MEMORY`, then into an anonymous temporary
+  file that the operating system deletes when it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterable
+from contextlib import aclosing
+from pathlib import Path
+from typing import IO, Any, BinaryIO, TypeAlias
+
+from aiohttp import payload
+from aiohttp.abc import AbstractStreamWriter
+
+from .errors import ValidationError
+
+__all__ = ["ImageInput", "PreparedImage", "prepare_image"]
+
+ImageInput: TypeAlias = (
+    "str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | AsyncIterable[bytes]"
+)
+"""What ``upscale`` accepts as an image."""
+
+CHUNK_SIZE = 256 * 1024
+"""Bytes read from a file per step; bounds the memory one upload holds."""
+SPOOL_MEMORY = 1024 * 1024
+"""A one-shot stream up to this size is kept in memory; a larger one goes to disk."""
+DEFAULT_MAX_FILE_SIZE = 25 * 1024 * 1024
+"""The official API's cap on an uploaded image (25 MB)."""
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png", "png"),
+    (b"\xff\xd8\xff", "image/jpeg", "jpg"),
+)
+
+
+def sniff_image_type(head: bytes) -> tuple[str, str] | None:
+    """``(content type, extension)`` of JPEG/PNG/WebP bytes, from their first 12 bytes."""
+    for magic, content_type, ext in _SIGNATURES:
+        if head.startswith(magic):
+            return content_type, ext
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp", "webp"
+    return None
+
+
+class _Source:
+    """Where an image's bytes come from; ``chunks()`` yields them afresh each time."""
+
+    size: int
+
+    def head(self) -> bytes:
+        """The first bytes, for type sniffing."""
+        raise NotImplementedError
+
+    def chunks(self) -> AsyncGenerator[bytes | memoryview, None]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the client owns (never a caller's file)."""
+
+
+class _MemorySource(_Source):
+    def __init__(self, data: memoryview) -> None:
+        self._data = data
+        self.size = len(data)
+
+    def head(self) -> bytes:
+        return bytes(self._data[:12])
+
+    async def chunks(self) -> AsyncGenerator[bytes | memoryview, None]:
+        for start in range(0, self.size, CHUNK_SIZE):
+            yield self._data[start : start + CHUNK_SIZE]
+
+
+async def _read_file(file: IO[bytes], start: int, size: int) -> AsyncGenerator[bytes, None]:
+    """Yield ``size`` bytes of ``file`` from ``start``, reading in a worker thread."""
+    loop = asyncio.get_running_loop()
+    file.seek(start)
+    left = size
+    while left > 0:
+        chunk = await loop.run_in_executor(None, file.read, min(CHUNK_SIZE, left))
+        if not chunk:
+            break
+        left -= len(chunk)
+        yield chunk
+
+
+class _PathSource(_Source):
+    def __init__(self, path: Path, size: int, head: bytes) -> None:
+        self._path = path
+        self._head = head
+        self.size = size
+
+    def head(self) -> bytes:
+        return self._head
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        # Opening a local file does not block noticeably; reads go to a thread.
+        with open(self._path, "rb") as file:  # noqa: ASYNC230
+            async for chunk in _read_file(file, 0, self.size):
+                yield chunk
+
+
+class _FileSource(_Source):
+    """A seekable binary file, rewound to ``start`` for every attempt."""
+
+    def __init__(self, file: IO[bytes], start: int, size: int, *, owned: bool) -> None:
+        self._file = file
+        self._start = start
+        self._owned = owned
+        self.size = size
+
+    def head(self) -> bytes:
+        self._file.seek(self._start)
+        try:
+            return self._file.read(12)
+        finally:
+            self._file.seek(self._start)
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        async for chunk in _read_file(self._file, self._start, self.size):
+            yield chunk
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+
+class PreparedImage:
+    """A validated image that streams the same bytes for every attempt."""
+
+    def __init__(self, source: _Source, filename: str, content_type: str) -> None:
+        self._source = source
+        self.filename = filename
+        self.content_type = content_type
+        self.size = source.size
+
+    def payload(self) -> ImagePayload:
+        """A fresh multipart part for one attempt (aiohttp payloads are single-use)."""
+        return ImagePayload(self)
+
+    def close(self) -> None:
+        """Delete any spool and close any file the client opened."""
+        self._source.close()
+
+    def __enter__(self) -> PreparedImage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ImagePayload(payload.Payload):
+    """The ``image_file`` part: streams a :class:`PreparedImage` in chunks.
+
+    It sends exactly ``size`` bytes; a file that shrank or grew since it was
+    checked fails the attempt with a ``ValidationError`` in ``error`` instead of
+    sending something else. ``complete`` tells whether the whole image went out.
+    """
+
+    def __init__(self, image: PreparedImage) -> None:
+        super().__init__(image, content_type=image.content_type, filename=image.filename)
+        self._image = image
+        self._size = image.size
+        self.set_content_disposition("form-data", name="image_file", filename=image.filename)
+        self.complete = False
+        self.error: ValidationError | None = None
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("an image upload is binary and streamed; it has no text form")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        sent = 0
+        async with aclosing(self._image._source.chunks()) as chunks:
+            async for chunk in chunks:
+                chunk = chunk[: self._image.size - sent]
+                await writer.write(chunk)
+                sent += len(chunk)
+                if sent >= self._image.size:
+                    break
+        if sent != self._image.size:
+            self.error = ValidationError(
+                f"{self._image.filename}: the file changed while it was being uploaded "
+                f"(expected {self._image.size} bytes, read {sent}); upload it again once it is "
+                f"complete"
+            )
+            raise self.error
+        self.complete = True
+
+
+async def prepare_image(
+    image: ImageInput | Any,
+    *,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    filename: str | None = None,
+) -> PreparedImage:
+    """Validate ``image`` and make it resendable; raise ``ValidationError`` if it is unusable.
+
+    Nothing is sent here. The caller must ``close()`` the result.
+    """
+    source, default_name = await _make_source(image, max_file_size)
+    try:
+        return _finish(source, default_name, filename, max_file_size)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _finish(
+    source: _Source, default_name: str | None, filename: str | None, max_file_size: int
+) -> PreparedImage:
+    label = filename or default_name or "the image"
+    if source.size == 0:
+        raise ValidationError(f"{label} is empty (0 bytes); pass a JPEG, PNG or WebP image")
+    if source.size > max_file_size:
+        raise ValidationError(
+            f"{label} is {source.size} bytes, over the cap of {max_file_size} bytes; "
+            f"shrink the image or raise max_file_size if the service accepts more"
+        )
+    kind = sniff_image_type(source.head())
+    if kind is None:
+        raise ValidationError(
+            f"{label} is not a JPEG, PNG or WebP image (its first bytes are "
+            f"{source.head()[:8]!r}); the service accepts only those three formats"
+        )
+    content_type, ext = kind
+    return PreparedImage(source, filename or default_name or f"image.{ext}", content_type)
+
+
+async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
+    if isinstance(image, str | os.PathLike):
+        return await asyncio.to_thread(_path_source, Path(os.fspath(image))), Path(image).name
+    if isinstance(image, bytes | bytearray | memoryview):
+        return _MemorySource(memoryview(image).cast("B")), None
+    if hasattr(image, "read"):
+        return await _file_source(image, max_file_size), _file_name(image)
+    if isinstance(image, AsyncIterable):
+        return await _spool(_aiter_checked(image), max_file_size), None
+    raise ValidationError(
+        f"cannot upload a {type(image).__name__}; pass a path, bytes, a binary file "
+        f"object or an async iterator of bytes"
+    )
+
+
+def _path_source(path: Path) -> _Source:
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            head = file.read(12)
+    except FileNotFoundError:
+        raise ValidationError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise ValidationError(
+            f"{path} is a directory; pass an image file (upscale_many takes many)"
+        ) from None
+    except PermissionError:
+        raise ValidationError(f"{path}: permission denied; make the file readable") from None
+    return _PathSource(path, size, head)
+
+
+def _file_name(file: object) -> str | None:
+    name = getattr(file, "name", None)
+    return os.path.basename(name) if isinstance(name, str) and name else None
+
+
+async def _file_source(file: Any, max_file_size: int) -> _Source:
+    if isinstance(file, io.TextIOBase):
+        raise ValidationError("the image file is open in text mode; open it with 'rb'")
+    try:
+        seekable = bool(file.seekable())
+    except (AttributeError, ValueError, OSError):
+        seekable = False
+    if not seekable:
+        return await _spool(_file_chunks(file), max_file_size)
+    start = file.tell()
+    end = file.seek(0, io.SEEK_END)
+    file.seek(start)
+    return _FileSource(file, start, end - start, owned=False)
+
+
+async def _file_chunks(file: Any) -> AsyncGenerator[bytes, None]:
+    loop = asyncio.get_running_loop()
+    while chunk := await loop.run_in_executor(None, file.read, CHUNK_SIZE):
+        yield _checked_chunk(chunk)
+
+
+async def _aiter_checked(stream: AsyncIterable[Any]) -> AsyncGenerator[bytes, None]:
+    async for chunk in stream:
+        yield _checked_chunk(chunk)
+
+
+def _checked_chunk(chunk: object) -> bytes:
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        raise ValidationError(
+            f"the image stream yielded {type(chunk).__name__}, not bytes; "
+            f"open files in binary mode and yield bytes"
+        )
+    return bytes(chunk)
+
+
+async def _spool(chunks: AsyncGenerator[bytes, None], max_file_size: int) -> _Source:
+    """Read a one-shot stream once: in memory up to SPOOL_MEMORY, then to a temp file."""
+    buffered: list[bytes] = []
+    size = 0
+    spill: IO[bytes] | None = None
+    loop = asyncio.get_running_loop()
+    try:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_file_size:
+                    raise ValidationError(
+                        f"the image stream is over the cap of {max_file_size} bytes; "
+                        f"shrink the image or raise max_file_size"
+                    )
+                if spill is None and size <= SPOOL_MEMORY:
+                    buffered.append(chunk)
+                    continue
+                if spill is None:
+                    # Anonymous: the OS deletes it on close, even if the process dies.
+                    spill = tempfile.TemporaryFile(prefix="ideogram-async-")  # noqa: SIM115
+                    buffered.append(chunk)
+                    data, buffered = b"".join(buffered), []
+                    await loop.run_in_executor(None, spill.write, data)
+                else:
+                    await loop.run_in_executor(None, spill.write, chunk)
+    except BaseException:
+        if spill is not None:
+            spill.close()
+        raise
+    if spill is None:
+        return _MemorySource(memoryview(b"".join(buffered)))
+    return _FileSource(spill, 0, size, owned=True)

@@ -5,6 +5,7 @@
 """
 
 from ._version import __version__
+from .batch import BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
@@ -31,6 +32,8 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchResult",
+    "BatchRun",
     "ClientClosedError",
     "Flavor",
     "IdeogramClient",
@@ -45,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Timeouts",
+    "UpscaleJob",
     "UpscaleRequest",
     "UpscaleResponse",
     "UpscaledImage",

@@ -8,7 +8,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -16,7 +17,9 @@ import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
 
+from ._files import write_atomically
 from ._version import __version__
+from .batch import BatchRun, UpscaleJob
 from .errors import (
     APIConnectionError,
     APIError,
@@ -26,9 +29,16 @@ from .errors import (
     error_for_status,
     snippet,
 )
-from .models import UpscaleRequest, UpscaleResponse, parse_response
+from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries, parse_retry_after
-from .uploads import DEFAULT_MAX_FILE_SIZE, ImageInput, ImagePayload, PreparedImage, prepare_image
+from .uploads import (
+    CHUNK_SIZE,
+    DEFAULT_MAX_FILE_SIZE,
+    ImageInput,
+    ImagePayload,
+    PreparedImage,
+    prepare_image,
+)
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
@@ -154,9 +164,17 @@ class IdeogramClient:
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
         self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._download_slots = asyncio.Semaphore(self.max_concurrency)
         self._limiter = (
             None if requests_per_second is None else AsyncLimiter(requests_per_second, 1)
         )
+        if session is not None and {"authorization", "api-key"} & {
+            h.lower() for h in session.headers
+        }:
+            raise ValidationError(
+                "the session passed in sends an Authorization or Api-Key header with every "
+                "request, which would leak the key to image hosts; pass api_key= instead"
+            )
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -237,6 +255,18 @@ class IdeogramClient:
         Raises an :class:`~ideogram_async.errors.IdeogramError` subclass on failure;
         its ``attempts`` tells how many requests were made.
         """
+        response, _ = await self._upscale(image, request, filename=filename, retry=retry)
+        return response
+
+    async def _upscale(
+        self,
+        image: ImageInput,
+        request: UpscaleRequest | None,
+        *,
+        filename: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> tuple[UpscaleResponse, int]:
+        """``upscale``, also returning how many attempts it took."""
         self._ensure_session()
         if request is None:
             request = UpscaleRequest()
@@ -256,6 +286,105 @@ class IdeogramClient:
                 what=f"upscale {prepared.filename}",
                 on_retry=self._on_retry,
             )
+
+    def upscale_many(
+        self,
+        inputs: Iterable[Any] | AsyncIterable[Any],
+        request: UpscaleRequest | None = None,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun:
+        """Upscale many images, yielding a :class:`BatchResult` for each as it finishes.
+
+        ``inputs`` is any iterable or async iterable of images, of ``(image,
+        UpscaleRequest)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
+        at most ``window`` items (default ``2 * max_concurrency``) are in progress
+        or buffered at once, however long it is. A failed item is a result with
+        ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
+        order; ``stop_on_error=True`` ends the run after the first failed result.
+        Leaving the loop cancels what is still running (use ``async with`` for
+        that to happen at once).
+        """
+        self._ensure_session()
+        default = request or UpscaleRequest()
+        if not isinstance(default, UpscaleRequest):
+            raise ValidationError(
+                f"request must be an UpscaleRequest, got {type(default).__name__}"
+            )
+        size = 2 * self.max_concurrency if window is None else window
+        _int_at_least("window", size, 1)
+
+        async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+            return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
+
+        return BatchRun(
+            inputs, run, default, window=size, ordered=ordered, stop_on_error=stop_on_error
+        )
+
+    async def download(
+        self,
+        image: UpscaledImage | str,
+        dest: str | os.PathLike[str],
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Path:
+        """Download a result image to ``dest`` and return its path.
+
+        ``image`` is an :class:`UpscaledImage` or its URL. The body is streamed to a
+        temporary file beside ``dest`` and renamed into place only once complete and
+        checked to be an image, so ``dest`` is never left half-written; parent
+        folders are created. Transient failures are retried like ``upscale``. The
+        API key is never sent: the image lives on another host.
+        """
+        self._ensure_session()
+        url = image.url if isinstance(image, UpscaledImage) else image
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValidationError(
+                f"cannot download {url!r}: pass an UpscaledImage with a url or an http(s) URL"
+            )
+        target = Path(os.fspath(dest))
+        if await asyncio.to_thread(os.path.isdir, target):
+            raise ValidationError(f"{target} is a directory; pass the path of the file to write")
+        path, _ = await call_with_retries(
+            lambda number: self._download_attempt(url, target, number),
+            retry or self.retry,
+            what=f"download {target.name}",
+            on_retry=self._on_retry,
+        )
+        return path
+
+    async def _download_attempt(self, url: str, target: Path, number: int) -> Path:
+        """One GET of an image URL into a temp file, renamed onto ``target`` on success."""
+        session = self._ensure_session()
+        async with self._download_slots:
+            timer = asyncio.timeout(self.timeouts.attempt)
+            try:
+                async with (
+                    timer,
+                    # No auth header: the session has none, and none is added here.
+                    session.get(
+                        url,
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, sock_connect=self.timeouts.connect
+                        ),
+                    ) as response,
+                ):
+                    if response.status >= 300:
+                        text = await response.text(errors="replace")
+                        raise _api_error(response, text, download=True)
+                    await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
+            except TimeoutError as exc:
+                raise self._timeout_error(exc, timer, None) from None
+            except aiohttp.ClientError as exc:
+                raise APIConnectionError(
+                    f"download of {target.name} failed ({type(exc).__name__}: {exc}); "
+                    f"the image URL may be unreachable"
+                ) from exc
+        logger.debug("download %s: attempt %d -> %s", target.name, number, response.status)
+        return target
 
     async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
         """One HTTP attempt, holding a concurrency slot only while on the wire."""
@@ -305,7 +434,7 @@ class IdeogramClient:
         return parse_response(text, response.status)
 
     def _timeout_error(
-        self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload
+        self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
     ) -> APITimeoutError:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return APITimeoutError(
@@ -314,23 +443,29 @@ class IdeogramClient:
                 kind="connect",
             )
         if timer.expired():
-            sent = "after the image was sent" if upload.complete else "while uploading"
+            body_sent = upload is not None and upload.complete
+            sent = "after the image was sent" if body_sent else "before it completed"
             return APITimeoutError(
                 f"the request timed out {sent}, after {self.timeouts.attempt}s "
                 f"(Timeouts.attempt); the service may be overloaded",
                 kind="attempt",
-                body_sent=upload.complete,
+                body_sent=body_sent,
             )
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
 
 
-def _api_error(response: aiohttp.ClientResponse, text: str) -> APIError:
+def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool = False) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
     should_retry = headers.get("x-should-retry", "").strip().lower()
+    detail = _error_detail(text, response.content_type)
+    if download and response.status in (404, 410):
+        detail = (
+            "the image URL has expired or does not exist; download results soon after upscaling"
+        )
     return error_for_status(
         response.status,
-        _error_detail(text, response.content_type),
+        detail,
         body=text,
         request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
         retry_after=parse_retry_after(headers),

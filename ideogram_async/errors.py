@@ -136,7 +136,7 @@ class PaymentRequiredError(APIError):
 
 
 class NotFoundError(APIError):
-    """404: the URL is wrong; check ``base_url`` and the flavor."""
+    """404 or 410: the URL is wrong (check ``base_url`` and the flavor) or has expired."""
 
 
 class RateLimitError(APIError):
@@ -176,7 +176,7 @@ def error_for_status(
         cls = AuthenticationError
     elif status == 402:
         cls = PaymentRequiredError
-    elif status == 404:
+    elif status in (404, 410):
         cls = NotFoundError
     elif status == 429:
         cls = RateLimitError
@@ -185,7 +185,9 @@ def error_for_status(
     else:
         cls = APIError
     hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
-    message = f"{detail} — {hint}" if detail else hint
+    if status == 404 and "expired" in detail:
+        hint = ""
+    message = f"{detail} — {hint}" if detail and hint else detail or hint
     return cls(
         message,
         status=status,

@@ -152,12 +152,13 @@ async def call_with_retries(
     *,
     what: str,
     on_retry: RetryHook | None = None,
-) -> T:
+) -> tuple[T, int]:
     """Run ``attempt(n)`` until it succeeds, fails for good, or the deadline passes.
 
-    ``what`` names the call in log lines. The deadline covers everything, waiting
-    for a concurrency slot included; when it fires the caller gets an
-    :class:`APITimeoutError` of kind ``"deadline"``.
+    Returns the result and the number of attempts it took. ``what`` names the call
+    in log lines. The deadline covers everything, waiting for a concurrency slot
+    included; when it fires the caller gets an :class:`APITimeoutError` of kind
+    ``"deadline"``.
     """
     loop = asyncio.get_running_loop()
     deadline_at = None if policy.deadline is None else loop.time() + policy.deadline
@@ -204,7 +205,7 @@ async def call_with_retries(
             async for state in retrying:
                 number = state.retry_state.attempt_number
                 with state:
-                    return await attempt(number)
+                    return await attempt(number), number
     except IdeogramError as error:
         error.attempts = number
         if is_retryable(error, policy):

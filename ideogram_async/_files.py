@@ -1,0 +1,44 @@
+"""Writing downloads safely: a temp file beside the target, renamed in when complete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from .errors import ResponseFormatError
+from .uploads import sniff_image_type
+
+
+async def write_atomically(target: Path, chunks: AsyncIterator[bytes]) -> None:
+    """Stream ``chunks`` into ``target``; on any failure ``target`` is left untouched.
+
+    The body must be a JPEG, PNG or WebP image, or ``ResponseFormatError`` is raised.
+    Parent folders are created. Disk writes run in a worker thread.
+    """
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: target.parent.mkdir(parents=True, exist_ok=True))
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            head = b""
+            async for chunk in chunks:
+                if len(head) < 12:
+                    head += chunk[: 12 - len(head)]
+                await loop.run_in_executor(None, file.write, chunk)
+        if sniff_image_type(head) is None:
+            raise ResponseFormatError(
+                f"the downloaded body for {target.name} is not a JPEG, PNG or WebP image "
+                f"(it starts with {head[:8]!r}); the URL may have expired",
+                body=head.decode("latin-1"),
+            )
+        os.replace(temp, target)
+    except BaseException:
+        # Synchronous on purpose: it must also happen when the task is cancelled.
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise

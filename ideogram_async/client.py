@@ -422,6 +422,8 @@ class IdeogramClient:
                     f"upscale {image.filename}: connection to {self.base_url} failed "
                     f"({type(exc).__name__}: {exc}); check base_url and the network"
                 ) from exc
+            finally:
+                upload.release()
         logger.debug(
             "upscale %s: attempt %d -> HTTP %d in %.2fs",
             image.filename,

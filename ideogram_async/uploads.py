@@ -6,8 +6,8 @@ under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 
 - a path is reopened per attempt and read in chunks in a worker thread;
 - ``bytes``-like data is sent from memory without copies;
-- a seekable binary file is rewound to where it started; the caller's file is
-  never closed;
+- a seekable binary file is rewound to where it started for every attempt and
+  left there afterwards; the caller's file is never closed;
 - a one-shot stream (an async iterator of bytes, or an unseekable file) is spooled
   once, in memory up to :data:`SPOOL_MEMORY`, then into an anonymous temporary
   file that the operating system deletes when it is closed.
@@ -60,7 +60,11 @@ def sniff_image_type(head: bytes) -> tuple[str, str] | None:
 
 
 class _Source:
-    """Where an image's bytes come from; ``chunks()`` yields them afresh each time."""
+    """Where an image's bytes come from; each attempt reads them afresh.
+
+    ``open()`` returns a per-attempt file the payload must close (``None`` when
+    there is none); ``chunks(file)`` yields the bytes.
+    """
 
     size: int
 
@@ -68,7 +72,10 @@ class _Source:
         """The first bytes, for type sniffing."""
         raise NotImplementedError
 
-    def chunks(self) -> AsyncGenerator[bytes | memoryview, None]:
+    def open(self) -> IO[bytes] | None:
+        return None
+
+    def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -83,7 +90,7 @@ class _MemorySource(_Source):
     def head(self) -> bytes:
         return bytes(self._data[:12])
 
-    async def chunks(self) -> AsyncGenerator[bytes | memoryview, None]:
+    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
         for start in range(0, self.size, CHUNK_SIZE):
             yield self._data[start : start + CHUNK_SIZE]
 
@@ -102,6 +109,8 @@ async def _read_file(file: IO[bytes], start: int, size: int) -> AsyncGenerator[b
 
 
 class _PathSource(_Source):
+    """A file on disk, opened afresh for every attempt."""
+
     def __init__(self, path: Path, size: int, head: bytes) -> None:
         self._path = path
         self._head = head
@@ -110,11 +119,14 @@ class _PathSource(_Source):
     def head(self) -> bytes:
         return self._head
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        # Opening a local file does not block noticeably; reads go to a thread.
-        with open(self._path, "rb") as file:  # noqa: ASYNC230
-            async for chunk in _read_file(file, 0, self.size):
-                yield chunk
+    def open(self) -> IO[bytes]:
+        # Opening a local file does not block noticeably; the reads go to a thread.
+        return open(self._path, "rb")
+
+    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes, None]:
+        assert file is not None
+        async for chunk in _read_file(file, 0, self.size):
+            yield chunk
 
 
 class _FileSource(_Source):
@@ -133,13 +145,16 @@ class _FileSource(_Source):
         finally:
             self._file.seek(self._start)
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
+    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes, None]:
         async for chunk in _read_file(self._file, self._start, self.size):
             yield chunk
 
     def close(self) -> None:
         if self._owned:
             self._file.close()
+        elif not self._file.closed:
+            # Leave the caller's file where we found it, so it can be sent again.
+            self._file.seek(self._start)
 
 
 class PreparedImage:
@@ -181,6 +196,7 @@ class ImagePayload(payload.Payload):
         self.set_content_disposition("form-data", name="image_file", filename=image.filename)
         self.complete = False
         self.error: ValidationError | None = None
+        self._file: IO[bytes] | None = None
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("an image upload is binary and streamed; it has no text form")
@@ -192,13 +208,18 @@ class ImagePayload(payload.Payload):
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
         sent = 0
-        async with aclosing(self._image._source.chunks()) as chunks:
-            async for chunk in chunks:
-                chunk = chunk[: self._image.size - sent]
-                await writer.write(chunk)
-                sent += len(chunk)
-                if sent >= self._image.size:
-                    break
+        source = self._image._source
+        self._file = source.open()
+        try:
+            async with aclosing(source.chunks(self._file)) as chunks:
+                async for chunk in chunks:
+                    chunk = chunk[: self._image.size - sent]
+                    await writer.write(chunk)
+                    sent += len(chunk)
+                    if sent >= self._image.size:
+                        break
+        finally:
+            self.release()
         if sent != self._image.size:
             self.error = ValidationError(
                 f"{self._image.filename}: the file changed while it was being uploaded "
@@ -207,6 +228,16 @@ class ImagePayload(payload.Payload):
             )
             raise self.error
         self.complete = True
+
+    def release(self) -> None:
+        """Close the file this attempt opened, at once (also on cancellation).
+
+        aiohttp writes the body in a task of its own that may outlive a cancelled
+        request; the client calls this so the file is never left open behind it.
+        """
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
 
 async def prepare_image(

@@ -1,0 +1,30 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from PIL import Image
+
+KEY = "sk-test-5e3cr3t-key"
+"""The API key the emulator fixtures expect; distinctive so a leak is easy to spot."""
+
+
+def make_image(fmt: str = "png", size: tuple[int, int] = (64, 48), shade: int = 0) -> bytes:
+    """A small image in ``fmt`` (png, jpeg, webp); ``shade`` makes distinct images."""
+    image = Image.new("RGB", size, (shade % 256, (shade // 256) % 256, 128))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.upper())
+    return buffer.getvalue()
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what they point at."""
+    result = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            result[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the fd of the listing itself, closed by now
+            continue
+    return result

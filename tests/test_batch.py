@@ -1,0 +1,210 @@
+"""upscale_many: bounded fan-out, ordering, per-item errors, early exit, flat memory."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from ideogram_async import (
+    BatchResult,
+    IdeogramClient,
+    UpscaleJob,
+    UpscaleRequest,
+    ValidationError,
+)
+from ideogram_async.batch import BatchRun
+from ideogram_async.models import UpscaleResponse
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+
+from ._support import KEY, make_image
+
+pytestmark = pytest.mark.asyncio
+
+
+class CountingInputs:
+    """An input iterable that records how far it has been pulled."""
+
+    def __init__(self, images: list[bytes]) -> None:
+        self.images = images
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for image in self.images:
+            self.pulled += 1
+            yield image
+
+
+async def test_results_cover_every_input_once(emulator: Emulator, client: IdeogramClient) -> None:
+    images = [make_image("png", (8, 8), shade=i) for i in range(40)]
+    results = [r async for r in client.upscale_many(images)]
+    assert sorted(r.index for r in results) == list(range(40))
+    assert all(r.ok and r.response is not None and r.attempts == 1 for r in results)
+    assert all(r.source is images[r.index] for r in results)
+    assert emulator.stats.requests == 40
+
+
+async def test_ordered_yields_in_input_order_despite_random_latency() -> None:
+    images = [make_image("png", (8, 8), shade=i) for i in range(30)]
+    async with (
+        Emulator(api_key=KEY, upscale=False, latency=(0.0, 0.02), seed=3) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=5) as client,
+    ):
+        results = [r async for r in client.upscale_many(images, ordered=True)]
+    assert [r.index for r in results] == list(range(30))
+
+
+async def test_async_iterable_inputs_and_per_item_requests(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
+    async def inputs() -> AsyncIterator[object]:
+        yield png_bytes
+        yield (png_bytes, UpscaleRequest(seed=7))
+        yield UpscaleJob(png_bytes, UpscaleRequest(detail=80), filename="job.png")
+
+    results = [r async for r in client.upscale_many(inputs(), UpscaleRequest(prompt="base"), ordered=True)]
+    assert [r.ok for r in results] == [True, True, True]
+    fields = sorted((u.fields for u in emulator.stats.uploads), key=str)
+    assert {"prompt": "base"} in fields and {"seed": 7} in fields and {"detail": 80} in fields
+    assert "job.png" in {u.filename for u in emulator.stats.uploads}
+    assert results[1].request == UpscaleRequest(seed=7)
+
+
+async def test_item_errors_are_reported_not_raised(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
+    inputs = [png_bytes, b"definitely not an image", png_bytes, ("a", "bad", "tuple")]
+    results = [r async for r in client.upscale_many(inputs, ordered=True)]
+    assert [r.ok for r in results] == [True, False, True, False]
+    assert isinstance(results[1].error, ValidationError)
+    assert results[1].response is None and results[1].attempts == 0
+    assert isinstance(results[3].error, ValidationError)
+    assert emulator.stats.requests == 2
+
+
+async def test_stop_on_error_ends_the_run_after_the_first_failure(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
+    inputs = [b"bad"] + [png_bytes] * 50
+    results = [r async for r in client.upscale_many(inputs, ordered=True, stop_on_error=True)]
+    assert len(results) == 1 and not results[0].ok
+    assert client._slots._value == client.max_concurrency
+
+
+async def test_retried_items_report_their_attempts(png_bytes: bytes) -> None:
+    with instant_retries():
+        async with (
+            Emulator(api_key=KEY, faults=FaultPlan([Fault.status(503), None])) as emulator,
+            IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=1) as c,
+        ):
+            results = [r async for r in c.upscale_many([png_bytes], ordered=True)]
+    assert results[0].ok and results[0].attempts == 2
+
+
+async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> None:
+    inputs = CountingInputs([png_bytes] * 1000)
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=4) as client,
+    ):
+        emulator.pause()
+        async with client.upscale_many(inputs) as run:
+            first = asyncio.create_task(anext(run))
+            await emulator.wait_in_flight(4)
+            assert inputs.pulled == 8  # the window: 2 x max_concurrency
+            emulator.resume()
+            await first
+        # Leaving the block cancelled the rest at once: nothing in flight, slots free.
+        assert client._slots._value == 4
+        assert inputs.pulled < 20
+
+
+async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
+    ):
+        async with client.upscale_many([png_bytes] * 100) as run:
+            async for _ in run:
+                break
+        assert client._slots._value == 3
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert all(t.done() or "upscale" not in repr(t.get_coro()) for t in others)
+        requests_then = emulator.stats.requests
+    assert requests_then < 100
+
+
+async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
+    ):
+        emulator.pause()
+
+        async def consume() -> list[BatchResult]:
+            return [r async for r in client.upscale_many([png_bytes] * 50)]
+
+        consumer = asyncio.create_task(consume())
+        await emulator.wait_in_flight(3)
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        assert client._slots._value == 3
+        emulator.resume()
+
+
+async def test_input_iterator_failure_propagates_after_cleanup(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
+    def inputs() -> Iterator[bytes]:
+        yield png_bytes
+        raise RuntimeError("the input source broke")
+
+    with pytest.raises(RuntimeError, match="input source broke"):
+        async for _ in client.upscale_many(inputs()):
+            pass
+    assert client._slots._value == client.max_concurrency
+
+
+async def test_bad_window_is_a_validation_error(client: IdeogramClient) -> None:
+    with pytest.raises(ValidationError, match="window"):
+        client.upscale_many([], window=0)
+
+
+async def _fake_upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+    """Stands in for the HTTP call: memory here is the fan-out machinery's alone."""
+    await asyncio.sleep(0)
+    return UpscaleResponse(created=datetime.now(UTC), data=[]), 1
+
+
+async def _peak_memory(count: int, *, ordered: bool) -> int:
+    def inputs() -> Iterator[bytes]:
+        for i in range(count):
+            yield i.to_bytes(4, "big")
+
+    run = BatchRun(
+        inputs(), _fake_upscale, UpscaleRequest(), window=20, ordered=ordered, stop_on_error=False
+    )
+    gc.collect()
+    tracemalloc.start()
+    try:
+        done = 0
+        async for result in run:
+            done += result.ok
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done == count
+    return peak
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_memory_does_not_grow_with_the_number_of_inputs(ordered: bool) -> None:
+    small = await _peak_memory(2_000, ordered=ordered)
+    large = await _peak_memory(20_000, ordered=ordered)
+    # Ten times the inputs, the same peak give or take allocator noise.
+    assert large < small * 1.2 + 64 * 1024, (small, large)

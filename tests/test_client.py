@@ -1,0 +1,291 @@
+"""IdeogramClient.upscale over a real socket against the emulator: the bytes on the wire."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ideogram_async import (
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    IdeogramClient,
+    MagicPrompt,
+    ResponseFormatError,
+    RetryPolicy,
+    UpscaleRequest,
+    ValidationError,
+)
+from ideogram_async.testing import Emulator, Fault, FaultPlan
+
+from ._support import KEY, open_fds
+
+pytestmark = pytest.mark.asyncio
+
+SPEC_FIELDS = {
+    "resemblance": 50,
+    "magic_prompt_option": "AUTO",
+    "prompt": "A serene tropical beach",
+    "seed": 12345,
+    "detail": 50,
+}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_multipart_matches_the_spec_curl_example(
+    emulator: Emulator, client: IdeogramClient, tmp_path: Path, png_bytes: bytes
+) -> None:
+    flux = tmp_path / "flux.png"
+    flux.write_bytes(png_bytes)
+    request = UpscaleRequest(
+        resemblance=50, magic_prompt_option="AUTO", prompt="A serene tropical beach",
+        seed=12345, detail=50,
+    )
+    result = await client.upscale(flux, request)
+
+    upload = emulator.stats.last_upload
+    assert upload is not None
+    assert upload.route == "proxy"
+    assert upload.part_names == ["image_request", "image_file"]
+    assert json.loads(upload.image_request_raw) == SPEC_FIELDS
+    assert ", " not in upload.image_request_raw and ": " not in upload.image_request_raw
+    assert "%20" not in upload.image_request_raw
+    assert upload.filename == "flux.png"
+    assert upload.content_type == "image/png"
+    assert upload.sha256 == sha(png_bytes)
+    assert upload.size == len(png_bytes)
+    assert upload.headers["authorization"] == f"Bearer {KEY}"
+    assert upload.headers["accept"] == "application/json"
+    assert "api-key" not in upload.headers
+    assert upload.headers["content-type"].startswith("multipart/form-data; boundary=")
+    # A known length, not chunked: some proxies refuse chunked uploads.
+    assert "content-length" in upload.headers
+    assert result.created.tzinfo is not None
+    assert len(result.data) == 1
+    assert result.data[0].url and result.data[0].url.startswith(emulator.base_url)
+    assert result.data[0].seed == 12345
+
+
+async def test_unset_fields_are_omitted_not_null(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
+    await client.upscale(png_bytes, UpscaleRequest(detail=70))
+    assert emulator.stats.last_upload is not None
+    assert emulator.stats.last_upload.image_request_raw == '{"detail":70}'
+    await client.upscale(png_bytes)
+    assert emulator.stats.last_upload.image_request_raw == "{}"
+
+
+async def test_unicode_prompt_is_plain_json(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
+    prompt = "Plage tropicale sereine, 100% ☀️ \"quoted\""
+    await client.upscale(png_bytes, UpscaleRequest(prompt=prompt, magic_prompt_option=MagicPrompt.OFF))
+    upload = emulator.stats.last_upload
+    assert upload is not None
+    assert upload.fields == {"prompt": prompt, "magic_prompt_option": "OFF"}
+
+
+async def test_official_flavor_uses_api_key_header_and_upscale_path(
+    emulator: Emulator, png_bytes: bytes
+) -> None:
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as c:
+        result = await c.upscale(png_bytes)
+    upload = emulator.stats.last_upload
+    assert upload is not None
+    assert upload.route == "official"
+    assert upload.headers["api-key"] == KEY
+    assert "authorization" not in upload.headers
+    # The official API's "2000-01-23 04:56:07+00:00" form parses to an aware datetime too.
+    assert result.created.utcoffset() is not None
+
+
+async def _chunks(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+INPUT_KINDS: dict[str, Callable[[bytes, Path], Any]] = {
+    "str path": lambda data, path: str(path),
+    "PathLike": lambda data, path: path,
+    "bytes": lambda data, path: data,
+    "bytearray": lambda data, path: bytearray(data),
+    "memoryview": lambda data, path: memoryview(data),
+    "file object": lambda data, path: io.BytesIO(data),
+    "async stream": lambda data, path: _chunks(data),
+}
+
+
+@pytest.mark.parametrize("kind", list(INPUT_KINDS))
+@pytest.mark.parametrize(
+    ("fmt", "content_type"), [("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")]
+)
+async def test_every_input_kind_and_format_arrives_intact(
+    emulator: Emulator,
+    client: IdeogramClient,
+    tmp_path: Path,
+    image_bytes: Callable[..., bytes],
+    kind: str,
+    fmt: str,
+    content_type: str,
+) -> None:
+    data = image_bytes(fmt, size=(64, 48))
+    path = tmp_path / f"in.{fmt}"
+    path.write_bytes(data)
+    result = await client.upscale(INPUT_KINDS[kind](data, path))
+    upload = emulator.stats.last_upload
+    assert upload is not None
+    assert (upload.sha256, upload.size, upload.content_type) == (sha(data), len(data), content_type)
+    assert result.data[0].resolution == "128x96"  # the emulator doubles 64x48
+
+
+async def test_callers_file_is_left_open_and_client_files_are_closed(
+    client: IdeogramClient, png_path: Path
+) -> None:
+    with png_path.open("rb") as mine:
+        await client.upscale(mine)
+        assert not mine.closed
+        assert mine.tell() == 0  # rewound to where it started
+    await client.upscale(png_path)
+    assert str(png_path) not in open_fds().values()
+
+
+async def test_filename_override(emulator: Emulator, client: IdeogramClient, png_bytes: bytes) -> None:
+    await client.upscale(png_bytes, filename="holiday.png")
+    assert emulator.stats.last_upload is not None
+    assert emulator.stats.last_upload.filename == "holiday.png"
+
+
+def _bad_inputs(tmp_path: Path, png_bytes: bytes) -> dict[str, tuple[Any, UpscaleRequest | None]]:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"GIF89a not really a png")
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes + b"\0" * 2048)
+    return {
+        "missing path": (tmp_path / "nope.png", None),
+        "directory": (tmp_path, None),
+        "empty file": (empty, None),
+        "not an image": (fake, None),
+        "over the cap": (big, None),
+        "resemblance": (png_bytes, {"resemblance": 101}),
+        "detail": (png_bytes, {"detail": 0}),
+        "seed": (png_bytes, {"seed": -1}),
+        "num_images": (png_bytes, {"num_images": 9}),
+        "magic prompt": (png_bytes, {"magic_prompt_option": "SOMETIMES"}),
+        "bool as int": (png_bytes, {"seed": True}),
+    }  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing path", "directory", "empty file", "not an image", "over the cap", "resemblance",
+     "detail", "seed", "num_images", "magic prompt", "bool as int"],
+)
+async def test_bad_input_raises_before_anything_is_sent(
+    emulator: Emulator, tmp_path: Path, png_bytes: bytes, case: str
+) -> None:
+    image, options = _bad_inputs(tmp_path, png_bytes)[case]
+    async with IdeogramClient(
+        api_key=KEY, base_url=emulator.base_url, max_file_size=len(png_bytes) + 1024
+    ) as client:
+        with pytest.raises(ValidationError) as caught:
+            request = UpscaleRequest(**options) if options else None  # type: ignore[arg-type]
+            await client.upscale(image, request)
+    assert isinstance(caught.value, ValueError)
+    assert str(caught.value)
+    assert emulator.stats.requests == 0
+
+
+async def test_wrong_key_is_an_authentication_error(emulator: Emulator, png_bytes: bytes) -> None:
+    async with IdeogramClient(api_key="wrong-key-123", base_url=emulator.base_url) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.upscale(png_bytes)
+    assert caught.value.status == 401
+    assert caught.value.attempts == 1
+    assert "wrong-key-123" not in str(caught.value) + caught.value.body
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [(Fault.malformed_json(), "not JSON"), (Fault.wrong_shape(), "created")],
+)
+async def test_malformed_success_body_is_a_format_error(
+    png_bytes: bytes, fault: Fault, kind: str
+) -> None:
+    async with (
+        Emulator(api_key=KEY, faults=FaultPlan.always(fault)) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        with pytest.raises(ResponseFormatError) as caught:
+            await client.upscale(png_bytes)
+    assert kind in str(caught.value)
+    assert emulator.stats.requests == 1  # a malformed 200 is not retried
+
+
+async def test_service_rejection_is_not_retried(emulator: Emulator, png_bytes: bytes) -> None:
+    # Bytes that sniff as PNG but do not decode: the service answers 400.
+    broken = png_bytes[:16] + b"\0" * 64
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.upscale(broken)
+    assert caught.value.status == 400
+    assert emulator.stats.requests == 1
+
+
+async def test_client_used_after_close_is_a_clear_error(
+    emulator: Emulator, png_bytes: bytes
+) -> None:
+    client = IdeogramClient(api_key=KEY, base_url=emulator.base_url)
+    async with client:
+        await client.upscale(png_bytes)
+    assert client.closed
+    with pytest.raises(ClientClosedError, match="closed"):
+        await client.upscale(png_bytes)
+    await client.aclose()  # idempotent
+
+
+async def test_a_passed_session_is_used_and_left_open(emulator: Emulator, png_bytes: bytes) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, session=session) as c:
+            await c.upscale(png_bytes)
+        assert not session.closed
+        async with session.get(emulator.base_url + "/nowhere") as response:
+            assert response.status == 404
+    assert emulator.stats.requests == 1
+
+
+async def test_fifty_megabyte_upload_is_streamed_not_read_whole(tmp_path: Path, png_bytes: bytes) -> None:
+    size = 50 * 1024 * 1024
+    big = tmp_path / "big.png"
+    with big.open("wb") as file:
+        file.write(png_bytes[:16])
+        file.truncate(size)  # sparse: no 50 MB write needed
+    async with (
+        Emulator(api_key=KEY, upscale=False, max_file_size=size) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, max_file_size=size,
+            retry=RetryPolicy.no_retries(),
+        ) as client,
+    ):
+        tracemalloc.start()
+        try:
+            await client.upscale(big)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert emulator.stats.bytes_received == size
+    # Client and emulator together stay far below the file size (chunks, not the file).
+    assert peak < size / 10, f"peak traced memory {peak / 1e6:.1f} MB"

@@ -1,0 +1,140 @@
+"""download: streamed, atomic, retried, and never sends the API key to the image host."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ideogram_async import (
+    IdeogramClient,
+    NotFoundError,
+    ResponseFormatError,
+    UpscaledImage,
+    ValidationError,
+)
+from ideogram_async._files import write_atomically
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+
+from ._support import KEY
+
+pytestmark = pytest.mark.asyncio
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".part"))
+
+
+@pytest.mark.parametrize("flavor", ["proxy", "official"])
+async def test_download_writes_the_image_and_never_sends_the_key(
+    tmp_path: Path, png_bytes: bytes, flavor: str
+) -> None:
+    async with (
+        Emulator(api_key=KEY) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor=flavor) as client,
+    ):
+        result = await client.upscale(png_bytes)
+        dest = tmp_path / "deep" / "er" / "out.png"
+        path = await client.download(result.data[0], dest)
+    assert path == dest
+    with Image.open(dest) as image:
+        original = Image.open(io.BytesIO(png_bytes))
+        assert image.size == (original.width * 2, original.height * 2)
+    assert emulator.stats.image_downloads == 1
+    for headers in emulator.stats.image_requests:
+        assert "authorization" not in headers and "api-key" not in headers
+        assert KEY not in " ".join(headers.values())
+    assert leftovers(tmp_path) == []
+
+
+async def test_download_by_url_string(emulator: Emulator, client: IdeogramClient, png_bytes: bytes, tmp_path: Path) -> None:
+    result = await client.upscale(png_bytes)
+    assert result.data[0].url is not None
+    path = await client.download(result.data[0].url, tmp_path / "x.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+async def test_expired_url_is_a_clear_error_and_writes_nothing(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    now = [0.0]
+    async with (
+        Emulator(api_key=KEY, image_ttl=60, clock=lambda: now[0]) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        result = await client.upscale(png_bytes)
+        now[0] = 61.0
+        with pytest.raises(NotFoundError, match="expired") as caught:
+            await client.download(result.data[0], tmp_path / "late.png")
+    assert caught.value.attempts == 1  # not retried
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_transient_image_failures_are_retried(tmp_path: Path, png_bytes: bytes) -> None:
+    plan = FaultPlan([Fault.status(503), Fault.truncate(), Fault.drop(), None])
+    with instant_retries():
+        async with (
+            Emulator(api_key=KEY, image_faults=plan) as emulator,
+            IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+        ):
+            result = await client.upscale(png_bytes)
+            path = await client.download(result.data[0], tmp_path / "out.png")
+    with Image.open(path) as image:
+        image.verify()  # complete and valid, although attempts broke mid-way
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_body_that_is_not_an_image_is_rejected(tmp_path: Path, png_bytes: bytes) -> None:
+    plan = FaultPlan.always(Fault.status(200, body="<html>login page</html>"))
+    async with (
+        Emulator(api_key=KEY, image_faults=plan) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        result = await client.upscale(png_bytes)
+        with pytest.raises(ResponseFormatError, match="not a JPEG, PNG or WebP"):
+            await client.download(result.data[0], tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_bad_download_arguments(client: IdeogramClient, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="url"):
+        await client.download(UpscaledImage(url=None), tmp_path / "a.png")
+    with pytest.raises(ValidationError, match="http"):
+        await client.download("ftp://host/x.png", tmp_path / "a.png")
+    with pytest.raises(ValidationError, match="directory"):
+        await client.download("http://127.0.0.1:1/x.png", tmp_path)
+
+
+async def _broken(first: bytes) -> AsyncIterator[bytes]:
+    yield first
+    raise ConnectionResetError("peer went away")
+
+
+async def test_failed_write_leaves_the_previous_file_untouched(tmp_path: Path, png_bytes: bytes) -> None:
+    dest = tmp_path / "keep.png"
+    dest.write_bytes(b"old contents")
+    with pytest.raises(ConnectionResetError):
+        await write_atomically(dest, _broken(png_bytes[:10]))
+    assert dest.read_bytes() == b"old contents"
+    assert leftovers(tmp_path) == []
+
+
+async def test_cancelled_write_leaves_no_partial_file(tmp_path: Path, png_bytes: bytes) -> None:
+    started = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield png_bytes[:10]
+        started.set()
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover
+
+    task = asyncio.create_task(write_atomically(tmp_path / "x.png", stalls()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(tmp_path.iterdir()) == []

@@ -230,6 +230,11 @@ class IdeogramClient:
             )
         return self._session
 
+    def _redact(self, text: str) -> str:
+        """Mask the key in a body a service echoed it into, before it reaches an error."""
+        key = self._key.reveal()
+        return text.replace(key, "***") if key in text else text
+
     def _auth_headers(self) -> dict[str, str]:
         if self.flavor is Flavor.PROXY:
             return {"Authorization": f"Bearer {self._key.reveal()}"}
@@ -373,7 +378,7 @@ class IdeogramClient:
                     ) as response,
                 ):
                     if response.status >= 300:
-                        text = await response.text(errors="replace")
+                        text = self._redact(await response.text(errors="replace"))
                         raise _api_error(response, text, download=True)
                     await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
             except TimeoutError as exc:
@@ -412,7 +417,7 @@ class IdeogramClient:
                         ),
                     ) as response,
                 ):
-                    text = await response.text(errors="replace")
+                    text = self._redact(await response.text(errors="replace"))
             except TimeoutError as exc:
                 raise self._timeout_error(exc, timer, upload) from None
             except aiohttp.ClientError as exc:

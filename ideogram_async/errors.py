@@ -153,6 +153,9 @@ _HINTS: Mapping[int, str] = {
     402: "the account's balance is too low; top it up",
     403: "check the API key (api_key= or IDEOGRAM_API_KEY) and its permissions",
     404: "check base_url and the flavor (proxy: /ideogram/upscale, official: /upscale)",
+    408: "the service timed out reading the request; usually transient",
+    409: "a conflicting request was in progress; usually transient",
+    410: "the resource is gone (an image URL expires soon after the upscale)",
     413: "the image is too large for the service; send a smaller file",
     422: "a value is out of range or the image is unsupported; fix the request",
     429: "too many requests; lower max_concurrency or requests_per_second",
@@ -167,8 +170,13 @@ def error_for_status(
     request_id: str | None,
     retry_after: float | None,
     should_retry: bool | None,
+    hint: str | None = None,
 ) -> APIError:
-    """Build the :class:`APIError` subclass that matches ``status``."""
+    """Build the :class:`APIError` subclass that matches ``status``.
+
+    The message is the service's ``detail`` followed by ``hint``, what to do about
+    it (by default a hint chosen by status).
+    """
     cls: type[APIError]
     if status in (400, 413, 422):
         cls = BadRequestError
@@ -184,10 +192,9 @@ def error_for_status(
         cls = ServerError
     else:
         cls = APIError
-    hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
-    if status == 404 and "expired" in detail:
-        hint = ""
-    message = f"{detail} — {hint}" if detail and hint else detail or hint
+    if hint is None:
+        hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
+    message = f"{detail} — {hint}" if detail else hint
     return cls(
         message,
         status=status,

@@ -165,10 +165,16 @@ def parse_response(body: str, status: int = 200) -> UpscaleResponse:
             body=body,
             status=status,
         ) from None
-    if not isinstance(raw, dict) or "created" not in raw or "data" not in raw:
+    items = raw.get("data") if isinstance(raw, dict) else None
+    if (
+        not isinstance(raw, dict)
+        or "created" not in raw
+        or not isinstance(items, list)
+        or not all(isinstance(item, dict) for item in items)
+    ):
         raise ResponseFormatError(
-            f"the service answered HTTP {status} without the documented 'created' and "
-            f"'data' fields: {snippet(body)!r}",
+            f"the service answered HTTP {status} without the documented 'created' field "
+            f"and 'data' list of objects: {snippet(body)!r}",
             body=body,
             status=status,
         )

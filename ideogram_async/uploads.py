@@ -16,10 +16,11 @@ under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeAlias
@@ -121,7 +122,11 @@ class _PathSource(_Source):
 
     def open(self) -> IO[bytes]:
         # Opening a local file does not block noticeably; the reads go to a thread.
-        return open(self._path, "rb")
+        file = open(self._path, "rb")  # noqa: SIM115 - the payload closes it
+        if os.fstat(file.fileno()).st_size != self.size:
+            file.close()
+            raise _changed(self._path.name, self.size, "a different size")
+        return file
 
     async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes, None]:
         assert file is not None
@@ -209,8 +214,8 @@ class ImagePayload(payload.Payload):
     ) -> None:
         sent = 0
         source = self._image._source
-        self._file = source.open()
         try:
+            self._file = source.open()
             async with aclosing(source.chunks(self._file)) as chunks:
                 async for chunk in chunks:
                     chunk = chunk[: self._image.size - sent]
@@ -218,15 +223,13 @@ class ImagePayload(payload.Payload):
                     sent += len(chunk)
                     if sent >= self._image.size:
                         break
+            if sent != self._image.size:
+                raise _changed(self._image.filename, self._image.size, f"{sent} bytes")
+        except ValidationError as exc:
+            self.error = exc
+            raise
         finally:
             self.release()
-        if sent != self._image.size:
-            self.error = ValidationError(
-                f"{self._image.filename}: the file changed while it was being uploaded "
-                f"(expected {self._image.size} bytes, read {sent}); upload it again once it is "
-                f"complete"
-            )
-            raise self.error
         self.complete = True
 
     def release(self) -> None:
@@ -238,6 +241,13 @@ class ImagePayload(payload.Payload):
         file, self._file = self._file, None
         if file is not None:
             file.close()
+
+
+def _changed(name: str, expected: int, found: str) -> ValidationError:
+    return ValidationError(
+        f"{name}: the file changed after it was checked (expected {expected} bytes, "
+        f"found {found}); upload it again once it is complete"
+    )
 
 
 async def prepare_image(
@@ -283,8 +293,14 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
     if isinstance(image, str | os.PathLike):
         return await asyncio.to_thread(_path_source, Path(os.fspath(image))), Path(image).name
     if isinstance(image, bytes | bytearray | memoryview):
-        return _MemorySource(memoryview(image).cast("B")), None
-    if hasattr(image, "read"):
+        view = memoryview(image)
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        return _MemorySource(view.cast("B")), None
+    read = getattr(image, "read", None)
+    if inspect.iscoroutinefunction(read):  # aiohttp's response.content, aiofiles files
+        return await _spool(_async_reads(read), max_file_size), _file_name(image)
+    if read is not None:
         return await _file_source(image, max_file_size), _file_name(image)
     if isinstance(image, AsyncIterable):
         return await _spool(_aiter_checked(image), max_file_size), None
@@ -333,6 +349,11 @@ async def _file_source(file: Any, max_file_size: int) -> _Source:
 async def _file_chunks(file: Any) -> AsyncGenerator[bytes, None]:
     loop = asyncio.get_running_loop()
     while chunk := await loop.run_in_executor(None, file.read, CHUNK_SIZE):
+        yield _checked_chunk(chunk)
+
+
+async def _async_reads(read: Callable[[int], Awaitable[Any]]) -> AsyncGenerator[bytes, None]:
+    while chunk := await read(CHUNK_SIZE):
         yield _checked_chunk(chunk)
 
 

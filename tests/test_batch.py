@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -66,10 +66,14 @@ async def test_async_iterable_inputs_and_per_item_requests(
         yield (png_bytes, UpscaleRequest(seed=7))
         yield UpscaleJob(png_bytes, UpscaleRequest(detail=80), filename="job.png")
 
-    results = [r async for r in client.upscale_many(inputs(), UpscaleRequest(prompt="base"), ordered=True)]
+    results = [
+        r async for r in client.upscale_many(inputs(), UpscaleRequest(prompt="base"), ordered=True)
+    ]
     assert [r.ok for r in results] == [True, True, True]
     fields = sorted((u.fields for u in emulator.stats.uploads), key=str)
-    assert {"prompt": "base"} in fields and {"seed": 7} in fields and {"detail": 80} in fields
+    assert {"prompt": "base"} in fields
+    assert {"seed": 7} in fields
+    assert {"detail": 80} in fields
     assert "job.png" in {u.filename for u in emulator.stats.uploads}
     assert results[1].request == UpscaleRequest(seed=7)
 
@@ -81,7 +85,8 @@ async def test_item_errors_are_reported_not_raised(
     results = [r async for r in client.upscale_many(inputs, ordered=True)]
     assert [r.ok for r in results] == [True, False, True, False]
     assert isinstance(results[1].error, ValidationError)
-    assert results[1].response is None and results[1].attempts == 0
+    assert results[1].response is None
+    assert results[1].attempts == 0
     assert isinstance(results[3].error, ValidationError)
     assert emulator.stats.requests == 2
 
@@ -91,7 +96,8 @@ async def test_stop_on_error_ends_the_run_after_the_first_failure(
 ) -> None:
     inputs = [b"bad"] + [png_bytes] * 50
     results = [r async for r in client.upscale_many(inputs, ordered=True, stop_on_error=True)]
-    assert len(results) == 1 and not results[0].ok
+    assert len(results) == 1
+    assert not results[0].ok
     assert client._slots._value == client.max_concurrency
 
 
@@ -102,7 +108,8 @@ async def test_retried_items_report_their_attempts(png_bytes: bytes) -> None:
             IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=1) as c,
         ):
             results = [r async for r in c.upscale_many([png_bytes], ordered=True)]
-    assert results[0].ok and results[0].attempts == 2
+    assert results[0].ok
+    assert results[0].attempts == 2
 
 
 async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> None:

@@ -49,8 +49,11 @@ async def test_multipart_matches_the_spec_curl_example(
     flux = tmp_path / "flux.png"
     flux.write_bytes(png_bytes)
     request = UpscaleRequest(
-        resemblance=50, magic_prompt_option="AUTO", prompt="A serene tropical beach",
-        seed=12345, detail=50,
+        resemblance=50,
+        magic_prompt_option="AUTO",
+        prompt="A serene tropical beach",
+        seed=12345,
+        detail=50,
     )
     result = await client.upscale(flux, request)
 
@@ -59,7 +62,8 @@ async def test_multipart_matches_the_spec_curl_example(
     assert upload.route == "proxy"
     assert upload.part_names == ["image_request", "image_file"]
     assert json.loads(upload.image_request_raw) == SPEC_FIELDS
-    assert ", " not in upload.image_request_raw and ": " not in upload.image_request_raw
+    assert ", " not in upload.image_request_raw
+    assert ": " not in upload.image_request_raw
     assert "%20" not in upload.image_request_raw
     assert upload.filename == "flux.png"
     assert upload.content_type == "image/png"
@@ -73,7 +77,8 @@ async def test_multipart_matches_the_spec_curl_example(
     assert "content-length" in upload.headers
     assert result.created.tzinfo is not None
     assert len(result.data) == 1
-    assert result.data[0].url and result.data[0].url.startswith(emulator.base_url)
+    assert result.data[0].url
+    assert result.data[0].url.startswith(emulator.base_url)
     assert result.data[0].seed == 12345
 
 
@@ -90,8 +95,10 @@ async def test_unset_fields_are_omitted_not_null(
 async def test_unicode_prompt_is_plain_json(
     emulator: Emulator, client: IdeogramClient, png_bytes: bytes
 ) -> None:
-    prompt = "Plage tropicale sereine, 100% ☀️ \"quoted\""
-    await client.upscale(png_bytes, UpscaleRequest(prompt=prompt, magic_prompt_option=MagicPrompt.OFF))
+    prompt = 'Plage tropicale sereine, 100% ☀️ "quoted"'
+    await client.upscale(
+        png_bytes, UpscaleRequest(prompt=prompt, magic_prompt_option=MagicPrompt.OFF)
+    )
     upload = emulator.stats.last_upload
     assert upload is not None
     assert upload.fields == {"prompt": prompt, "magic_prompt_option": "OFF"}
@@ -161,7 +168,9 @@ async def test_callers_file_is_left_open_and_client_files_are_closed(
     assert str(png_path) not in open_fds().values()
 
 
-async def test_filename_override(emulator: Emulator, client: IdeogramClient, png_bytes: bytes) -> None:
+async def test_filename_override(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes
+) -> None:
     await client.upscale(png_bytes, filename="holiday.png")
     assert emulator.stats.last_upload is not None
     assert emulator.stats.last_upload.filename == "holiday.png"
@@ -191,8 +200,19 @@ def _bad_inputs(tmp_path: Path, png_bytes: bytes) -> dict[str, tuple[Any, Upscal
 
 @pytest.mark.parametrize(
     "case",
-    ["missing path", "directory", "empty file", "not an image", "over the cap", "resemblance",
-     "detail", "seed", "num_images", "magic prompt", "bool as int"],
+    [
+        "missing path",
+        "directory",
+        "empty file",
+        "not an image",
+        "over the cap",
+        "resemblance",
+        "detail",
+        "seed",
+        "num_images",
+        "magic prompt",
+        "bool as int",
+    ],
 )
 async def test_bad_input_raises_before_anything_is_sent(
     emulator: Emulator, tmp_path: Path, png_bytes: bytes, case: str
@@ -201,9 +221,13 @@ async def test_bad_input_raises_before_anything_is_sent(
     async with IdeogramClient(
         api_key=KEY, base_url=emulator.base_url, max_file_size=len(png_bytes) + 1024
     ) as client:
-        with pytest.raises(ValidationError) as caught:
+
+        async def build_and_send() -> None:
             request = UpscaleRequest(**options) if options else None  # type: ignore[arg-type]
             await client.upscale(image, request)
+
+        with pytest.raises(ValidationError) as caught:
+            await build_and_send()
     assert isinstance(caught.value, ValueError)
     assert str(caught.value)
     assert emulator.stats.requests == 0
@@ -267,7 +291,9 @@ async def test_a_passed_session_is_used_and_left_open(emulator: Emulator, png_by
     assert emulator.stats.requests == 1
 
 
-async def test_fifty_megabyte_upload_is_streamed_not_read_whole(tmp_path: Path, png_bytes: bytes) -> None:
+async def test_fifty_megabyte_upload_is_streamed_not_read_whole(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
     size = 50 * 1024 * 1024
     big = tmp_path / "big.png"
     with big.open("wb") as file:
@@ -276,7 +302,9 @@ async def test_fifty_megabyte_upload_is_streamed_not_read_whole(tmp_path: Path, 
     async with (
         Emulator(api_key=KEY, upscale=False, max_file_size=size) as emulator,
         IdeogramClient(
-            api_key=KEY, base_url=emulator.base_url, max_file_size=size,
+            api_key=KEY,
+            base_url=emulator.base_url,
+            max_file_size=size,
             retry=RetryPolicy.no_retries(),
         ) as client,
     ):

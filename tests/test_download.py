@@ -46,12 +46,15 @@ async def test_download_writes_the_image_and_never_sends_the_key(
         assert image.size == (original.width * 2, original.height * 2)
     assert emulator.stats.image_downloads == 1
     for headers in emulator.stats.image_requests:
-        assert "authorization" not in headers and "api-key" not in headers
+        assert "authorization" not in headers
+        assert "api-key" not in headers
         assert KEY not in " ".join(headers.values())
     assert leftovers(tmp_path) == []
 
 
-async def test_download_by_url_string(emulator: Emulator, client: IdeogramClient, png_bytes: bytes, tmp_path: Path) -> None:
+async def test_download_by_url_string(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes, tmp_path: Path
+) -> None:
     result = await client.upscale(png_bytes)
     assert result.data[0].url is not None
     path = await client.download(result.data[0].url, tmp_path / "x.png")
@@ -114,7 +117,9 @@ async def _broken(first: bytes) -> AsyncIterator[bytes]:
     raise ConnectionResetError("peer went away")
 
 
-async def test_failed_write_leaves_the_previous_file_untouched(tmp_path: Path, png_bytes: bytes) -> None:
+async def test_failed_write_leaves_the_previous_file_untouched(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
     dest = tmp_path / "keep.png"
     dest.write_bytes(b"old contents")
     with pytest.raises(ConnectionResetError):

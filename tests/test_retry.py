@@ -23,6 +23,7 @@ from ideogram_async import (
     ServerError,
     Timeouts,
     ValidationError,
+    uploads,
 )
 from ideogram_async import errors as errors_module
 from ideogram_async import retry as retry_module
@@ -47,7 +48,10 @@ async def run_with(
     async with (
         Emulator(api_key=KEY, faults=FaultPlan(faults)) as emulator,
         IdeogramClient(
-            api_key=KEY, base_url=emulator.base_url, retry=policy, on_retry=events.append,
+            api_key=KEY,
+            base_url=emulator.base_url,
+            retry=policy,
+            on_retry=events.append,
             **client_kw,
         ) as client,
     ):
@@ -93,9 +97,11 @@ async def test_permanent_failure_is_not_retried(status: int, png_bytes: bytes) -
 
 async def test_x_should_retry_header_overrides_the_status(png_bytes: bytes) -> None:
     emulator, _, outcome = await run_with([Fault.status(503, should_retry=False)], png_bytes)
-    assert isinstance(outcome, ServerError) and emulator.stats.requests == 1
+    assert isinstance(outcome, ServerError)
+    assert emulator.stats.requests == 1
     emulator, _, outcome = await run_with([Fault.status(400, should_retry=True), None], png_bytes)
-    assert not isinstance(outcome, Exception) and emulator.stats.requests == 2
+    assert not isinstance(outcome, Exception)
+    assert emulator.stats.requests == 2
 
 
 async def test_retry_after_seconds_replaces_the_backoff(png_bytes: bytes) -> None:
@@ -113,7 +119,9 @@ async def test_retry_after_ms_and_http_date(png_bytes: bytes) -> None:
 
 async def test_retry_after_is_capped(png_bytes: bytes) -> None:
     policy = RetryPolicy(retry_after_max=5)
-    _, events, _ = await run_with([Fault.status(429, retry_after=3600), None], png_bytes, policy=policy)
+    _, events, _ = await run_with(
+        [Fault.status(429, retry_after=3600), None], png_bytes, policy=policy
+    )
     assert [e.wait for e in events] == [5.0]
 
 
@@ -129,15 +137,14 @@ async def test_giving_up_raises_the_last_real_error_with_attempts(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ideogram_async")
     policy = RetryPolicy(attempts=3)
-    emulator, events, outcome = await run_with(
-        [Fault.status(503)] * 3, png_bytes, policy=policy
-    )
+    emulator, events, outcome = await run_with([Fault.status(503)] * 3, png_bytes, policy=policy)
     assert isinstance(outcome, ServerError)  # never tenacity.RetryError
     assert outcome.attempts == 3
     assert emulator.stats.requests == 3
     assert len(events) == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "giving up after 3 attempt" in warnings[0].getMessage()
+    assert len(warnings) == 1
+    assert "giving up after 3 attempt" in warnings[0].getMessage()
     attempt_lines = [r for r in caplog.records if "attempt" in r.getMessage()]
     assert len(attempt_lines) >= 3
 
@@ -146,14 +153,17 @@ async def test_zero_retries_is_one_setting(png_bytes: bytes) -> None:
     emulator, _, outcome = await run_with(
         [Fault.status(503), None], png_bytes, policy=RetryPolicy.no_retries()
     )
-    assert isinstance(outcome, ServerError) and outcome.attempts == 1
+    assert isinstance(outcome, ServerError)
+    assert outcome.attempts == 1
     assert emulator.stats.requests == 1
 
 
 async def test_per_call_policy_overrides_the_clients(png_bytes: bytes) -> None:
     async with (
         Emulator(api_key=KEY, faults=FaultPlan([Fault.status(503), None])) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy.no_retries()) as c,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy.no_retries()
+        ) as c,
     ):
         await c.upscale(png_bytes, retry=RetryPolicy(attempts=2))
     assert emulator.stats.requests == 2
@@ -221,7 +231,9 @@ async def test_attempt_timeout_after_upload_respects_the_cost_switch(png_bytes: 
     slow = Fault.slow(30)
     timeouts = Timeouts(attempt=0.2)
     emulator, _, outcome = await run_with(
-        [slow, None], png_bytes, policy=RetryPolicy(retry_timeout_after_upload=False),
+        [slow, None],
+        png_bytes,
+        policy=RetryPolicy(retry_timeout_after_upload=False),
         timeouts=timeouts,
     )
     assert isinstance(outcome, APITimeoutError)
@@ -234,7 +246,7 @@ async def test_attempt_timeout_after_upload_respects_the_cost_switch(png_bytes: 
 
 async def test_deadline_bounds_the_whole_call(png_bytes: bytes) -> None:
     policy = RetryPolicy(deadline=0.3)
-    emulator, _, outcome = await run_with([Fault.slow(30)], png_bytes, policy=policy)
+    _emulator, _, outcome = await run_with([Fault.slow(30)], png_bytes, policy=policy)
     assert isinstance(outcome, APITimeoutError)
     assert outcome.kind == "deadline"
     assert "deadline" in str(outcome)
@@ -247,7 +259,8 @@ async def test_no_retry_when_the_wait_would_pass_the_deadline(png_bytes: bytes) 
     )
     assert isinstance(outcome, errors_module.RateLimitError)  # the real error, at once
     assert outcome.retry_after == 30
-    assert emulator.stats.requests == 1 and events == []
+    assert emulator.stats.requests == 1
+    assert events == []
 
 
 async def test_concurrency_limit_holds_under_500_calls(png_bytes: bytes) -> None:
@@ -299,7 +312,8 @@ async def test_requests_per_second_limit(png_bytes: bytes) -> None:
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, requests_per_second=1000) as c,
     ):
         await asyncio.gather(*(c.upscale(png_bytes) for _ in range(20)))
-        assert c._limiter is not None and c._limiter.max_rate == 1000
+        assert c._limiter is not None
+        assert c._limiter.max_rate == 1000
     assert emulator.stats.requests == 20
 
 
@@ -369,18 +383,29 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         emulator.resume()
 
 
-async def test_cancel_while_uploading_closes_the_file(tmp_path: Path) -> None:
+async def test_cancel_while_uploading_closes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "big.png"
     with path.open("wb") as file:
         file.write(make_image("png", (8, 8)))
         file.truncate(20 * 1024 * 1024)
+    opened = asyncio.Event()
+    real_open = uploads._PathSource.open
+
+    def open_and_tell(self: uploads._PathSource) -> Any:
+        handle = real_open(self)
+        opened.set()
+        return handle
+
+    monkeypatch.setattr(uploads._PathSource, "open", open_and_tell)
     async with (
         Emulator(api_key=KEY, upscale=False) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_file_size=30 * 2**20) as c,
     ):
         task = asyncio.create_task(c.upscale(path))
-        while str(path) not in open_fds().values():  # the upload has opened the file
-            await asyncio.sleep(0)
+        await opened.wait()  # the upload is under way
+        assert str(path) in open_fds().values()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -403,7 +428,8 @@ async def test_no_key_in_logs_or_errors_of_a_failing_run(
 async def test_validation_error_is_not_retried(png_bytes: bytes) -> None:
     emulator, events, outcome = await run_with([None], b"not an image at all")
     assert isinstance(outcome, ValidationError)
-    assert emulator.stats.requests == 0 and events == []
+    assert emulator.stats.requests == 0
+    assert events == []
 
 
 async def test_soak_2000_calls_with_30_percent_transient_faults() -> None:

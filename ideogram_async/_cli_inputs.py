@@ -1,0 +1,171 @@
+"""What the command line upscales and where results go: input discovery, output names.
+
+Everything here runs before anything is sent, so a mistake on the command line costs
+nothing: it is reported as a :class:`UsageError` (exit status 2).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import attrs
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+"""File name endings picked up from folders (the upload itself is sniffed, not named)."""
+_MAX_LISTED = 5
+
+
+class UsageError(Exception):
+    """A problem with the command line or its files; exit status 2, nothing sent."""
+
+
+@attrs.frozen
+class Source:
+    """One input image."""
+
+    path: Path
+    """Absolute and resolved: the key of the manifest, unique per file."""
+    shown: str
+    """The path as the user named it (or as found in a folder), for messages."""
+
+    @property
+    def stem(self) -> str:
+        """The file name without its extension, as named (not as a symlink resolves)."""
+        return Path(self.shown).stem
+
+
+def find_images(args: Sequence[str], *, recursive: bool, exclude: Path | None) -> list[Source]:
+    """Expand files, folders and glob patterns into unique images, in command-line order.
+
+    A named file is taken as it is (the client rejects a non-image when it gets to
+    it); folders contribute their JPEG/PNG/WebP files, non-hidden, sorted, and their
+    subfolders too when ``recursive``. Patterns are expanded here so that they work
+    when no shell did it. Files under ``exclude`` (the output folder) are skipped
+    when found through a folder or a pattern, so a rerun never upscales results.
+    """
+    found: dict[Path, Source] = {}
+    for arg in args:
+        try:
+            expanded = _expand(arg, recursive=recursive, exclude=exclude)
+        except OSError as exc:  # an unreadable folder
+            raise UsageError(f"{arg}: {exc.strerror or exc}") from None
+        for shown in expanded:
+            path = Path(shown).resolve()
+            found.setdefault(path, Source(path, shown))
+    if not found:
+        where = ", ".join(args)
+        hint = "" if recursive else " (add --recursive to look in subfolders)"
+        raise UsageError(f"no JPEG, PNG or WebP images found in: {where}{hint}")
+    return list(found.values())
+
+
+def _expand(arg: str, *, recursive: bool, exclude: Path | None) -> list[str]:
+    path = Path(arg)
+    if path.is_dir():
+        return [str(p) for p in _folder_images(path, recursive) if not _inside(p, exclude)]
+    if path.is_file():
+        return [arg]
+    if glob.has_magic(arg):
+        shown: list[str] = []
+        for match in sorted(glob.glob(arg, recursive=recursive)):
+            if Path(match).is_dir():
+                shown.extend(_expand(match, recursive=recursive, exclude=exclude))
+            elif not _inside(Path(match), exclude):
+                shown.append(match)
+        return shown
+    raise UsageError(f"{arg}: no such file or folder")
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in candidates
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
+
+
+def check_collisions(sources: Iterable[Source], out_dir: Path) -> None:
+    """Refuse inputs whose results would overwrite each other (same stem, any case)."""
+    first: dict[str, Source] = {}
+    clashes: list[str] = []
+    for source in sources:
+        stem = source.stem
+        other = first.setdefault(stem.casefold(), source)
+        if other is not source:
+            clashes.append(f"  {other.shown} and {source.shown} -> {out_dir / stem}.upscaled.*")
+    if clashes:
+        listed = "\n".join(clashes[:_MAX_LISTED])
+        more = (
+            f"\n  ... and {len(clashes) - _MAX_LISTED} more" if len(clashes) > _MAX_LISTED else ""
+        )
+        raise UsageError(
+            f"inputs with the same name would overwrite each other's results:\n{listed}{more}\n"
+            f"rename them, or upscale them in separate runs with different --out folders"
+        )
+
+
+def output_path(out_dir: Path, source: Source, url: str, number: int | None) -> Path:
+    """``<stem>.upscaled.<ext>``, or ``<stem>.upscaled-<number>.<ext>`` for one of several.
+
+    The extension comes from the URL's path when it is an image one, else ``.png``.
+    """
+    suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
+    ext = suffix if suffix in IMAGE_SUFFIXES else ".png"
+    tag = "upscaled" if number is None else f"upscaled-{number}"
+    return out_dir / f"{source.stem}.{tag}{ext}"
+
+
+def finished_sources(manifest: Path) -> set[str]:
+    """The sources that a manifest records as done (status ``ok``).
+
+    Lines that are not complete JSON objects (a run killed mid-write) are ignored:
+    their inputs are simply done again.
+    """
+    done: set[str] = set()
+    try:
+        with manifest.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("status") == "ok":
+                    source = record.get("source")
+                    if isinstance(source, str):
+                        done.add(source)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"cannot read the manifest {manifest}: {exc.strerror or exc}") from None
+    return done
+
+
+def read_key_file(path: str) -> str:
+    """The API key stored in ``path`` (surrounding whitespace removed)."""
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"the API key file {path} is not UTF-8 text") from None
+    if not key:
+        raise UsageError(f"the API key file {path} is empty; put the key in it")
+    return key
+
+
+def display(path: Path) -> str:
+    """``path`` relative to the working folder when it is inside it, for messages."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return os.fspath(path)

@@ -1,0 +1,302 @@
+"""The command line's pipeline: upscale many files, download each result, record outcomes.
+
+Upscales fan out through ``IdeogramClient.upscale_many``; each finished upscale gets a
+download task, so downloads overlap further upscales. At most ``max_concurrency``
+download tasks exist at once (the consumer waits for one to end before starting
+another), so memory stays O(concurrency) however many files there are.
+
+:func:`run_job` wraps one run with its manifest, progress display and summary, and
+stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+
+from ._cli_inputs import Source, UsageError, output_path
+from ._cli_progress import Tally, make_reporter
+from .batch import BatchResult
+from .client import IdeogramClient
+from .errors import IdeogramError
+from .models import UpscaleRequest, UpscaleResponse
+from .retry import RetryEvent, RetryHook
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """How one input ended: upscaled and downloaded, or failed."""
+
+    source: Source
+    ok: bool
+    urls: tuple[str, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    """The files written, as paths under the ``--out`` folder as the user named it."""
+    resolutions: tuple[str | None, ...] = ()
+    error: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+    def manifest_line(self) -> bytes:
+        """One JSON line for the manifest (absolute paths; never the API key)."""
+        record = {
+            "source": os.fspath(self.source.path),
+            "status": "ok" if self.ok else "failed",
+            "urls": list(self.urls),
+            "outputs": [os.fspath(path.absolute()) for path in self.outputs],
+            "error": self.error,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+        }
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line for the user: the library's message, else its type too."""
+    text = " ".join(str(error).split())
+    if isinstance(error, IdeogramError) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Manifest:
+    """The JSONL record of finished inputs, one line per input as it finishes.
+
+    Each line goes out in a single unbuffered write, so an interrupted run leaves
+    only whole lines behind. ``append`` continues an existing manifest (``--resume``),
+    first ending a line that a killed run left unfinished.
+    """
+
+    def __init__(self, path: Path, *, append: bool) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: BinaryIO = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115
+            if append and self._file.tell() > 0 and not _ends_with_newline(path):
+                self._file.write(b"\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write the manifest {path}: {exc.strerror or exc}") from None
+
+    def write(self, outcome: Outcome) -> None:
+        """Append the line of ``outcome``."""
+        self._file.write(outcome.manifest_line())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
+async def run_batch(
+    client: IdeogramClient,
+    sources: Sequence[Source],
+    request: UpscaleRequest,
+    out_dir: Path,
+    *,
+    on_start: Callable[[], None],
+    on_finish: Callable[[Outcome], None],
+) -> None:
+    """Upscale every source and download its results into ``out_dir``.
+
+    ``on_start`` is called as each input is taken up, ``on_finish`` with its
+    outcome once its upscale and all its downloads have ended. Cancelling this
+    coroutine cancels everything in progress and waits until it has let go.
+    """
+
+    def pulled() -> Iterator[Path]:
+        for source in sources:
+            on_start()
+            yield source.path
+
+    async def finish(source: Source, result: BatchResult, response: UpscaleResponse) -> None:
+        on_finish(await _download(client, source, result, response, out_dir))
+
+    downloads: set[asyncio.Task[None]] = set()
+    try:
+        async with client.upscale_many(pulled(), request) as run:
+            async for result in run:
+                source = sources[result.index]
+                if result.error is not None:
+                    on_finish(_failed(source, result, describe(result.error)))
+                    continue
+                assert result.response is not None  # there is one whenever error is None
+                if len(downloads) >= client.max_concurrency:
+                    await asyncio.wait(downloads, return_when=asyncio.FIRST_COMPLETED)
+                for task in [task for task in downloads if task.done()]:
+                    downloads.discard(task)
+                    task.result()  # raise a failure of on_finish (a full disk) at once
+                downloads.add(asyncio.create_task(finish(source, result, result.response)))
+        await asyncio.gather(*downloads)
+    finally:
+        for task in downloads:
+            task.cancel()
+        await asyncio.gather(*downloads, return_exceptions=True)
+
+
+def _failed(source: Source, result: BatchResult, error: str) -> Outcome:
+    return Outcome(
+        source=source, ok=False, error=error, attempts=result.attempts, seconds=result.elapsed
+    )
+
+
+async def _download(
+    client: IdeogramClient,
+    source: Source,
+    result: BatchResult,
+    response: UpscaleResponse,
+    out_dir: Path,
+) -> Outcome:
+    """Download every image of a successful upscale; any failure fails the input."""
+    started = time.monotonic()
+    urls = tuple(image.url for image in response.data if image.url)
+    resolutions = tuple(image.resolution for image in response.data if image.url)
+    if not response.data:
+        return _failed(source, result, "the service answered with no images")
+    if len(urls) < len(response.data):
+        missing = len(response.data) - len(urls)
+        return _failed(
+            source, result, f"the service answered with {missing} image(s) without a URL"
+        )
+    targets = [
+        output_path(out_dir, source, url, None if len(urls) == 1 else number)
+        for number, url in enumerate(urls, 1)
+    ]
+    written = await asyncio.gather(
+        *(client.download(url, target) for url, target in zip(urls, targets, strict=True)),
+        return_exceptions=True,
+    )
+    outputs = tuple(path for path in written if isinstance(path, Path))
+    seconds = result.elapsed + time.monotonic() - started
+    errors = [error for error in written if isinstance(error, BaseException)]
+    if errors:
+        return attrs.evolve(
+            _failed(source, result, f"download failed: {describe(errors[0])}"),
+            urls=urls,
+            outputs=outputs,
+            seconds=seconds,
+        )
+    return Outcome(
+        source=source,
+        ok=True,
+        urls=urls,
+        outputs=outputs,
+        resolutions=resolutions,
+        attempts=result.attempts,
+        seconds=seconds,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """What one run does: which inputs, with which options, into which folder."""
+
+    sources: Sequence[Source]
+    request: UpscaleRequest
+    out_dir: Path
+    manifest: Path | None = None
+    append: bool = False
+    """Continue the manifest (``--resume``) instead of starting it afresh."""
+    rerun_hint: str
+    """What to tell the user after an interruption."""
+
+
+async def run_job(
+    job: Job,
+    connect: Callable[[RetryHook], IdeogramClient],
+    stop: asyncio.Event,
+    *,
+    live: bool,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> int:
+    """Run ``job`` with progress and a manifest; return the exit status.
+
+    ``connect`` builds the client around a retry hook (it may raise ``UsageError``).
+    When ``stop`` is set the run is cancelled, the manifest keeps every whole line
+    written so far, and the status is 130.
+    """
+    tally = Tally(total=len(job.sources))
+    reporter = make_reporter(tally, live=live)
+
+    def retried(_: RetryEvent) -> None:
+        tally.retries += 1
+        reporter.changed()
+
+    client = connect(retried)
+    manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
+    reporter.start()
+
+    def started() -> None:
+        tally.active += 1
+        reporter.changed()
+
+    def finished(outcome: Outcome) -> None:
+        tally.active -= 1
+        if outcome.ok:
+            tally.ok += 1
+        else:
+            tally.failed += 1
+        if manifest is not None:
+            manifest.write(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        reporter.finished(outcome)
+
+    try:
+        async with client:
+            batch = run_batch(
+                client,
+                job.sources,
+                job.request,
+                job.out_dir,
+                on_start=started,
+                on_finish=finished,
+            )
+            completed = await until_stopped(batch, stop)
+    finally:
+        reporter.close()
+        if manifest is not None:
+            manifest.close()
+    if not completed:
+        reporter.note(
+            f"Interrupted: {tally.done} of {tally.total} finished "
+            f"({tally.ok} ok, {tally.failed} failed). {job.rerun_hint}"
+        )
+        return EXIT_INTERRUPTED
+    reporter.note(tally.summary())
+    reporter.note(f"Results: {job.out_dir}")
+    if manifest is not None:
+        reporter.note(f"Manifest: {manifest.path}")
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` to its end, or cancel it once ``stop`` is set.
+
+    Returns whether it ran to its end; its own errors are raised. Either way,
+    nothing it started is left running.
+    """
+    task = asyncio.create_task(work)
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, waiter):
+            pending.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()
+    return True

@@ -1,0 +1,74 @@
+"""Shared fixtures: small real images made in memory with Pillow, and one on disk."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from ideogram_async import IdeogramClient
+from ideogram_async.testing import Emulator
+
+from ._support import KEY
+
+ImageFactory = Callable[..., bytes]
+
+
+def make_image(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color: str = "red") -> bytes:
+    """Encode a solid ``size`` image as ``fmt`` ("PNG", "JPEG" or "WEBP")."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def image_bytes() -> ImageFactory:
+    """A factory: ``image_bytes("JPEG", size=(32, 16), color="blue")`` -> encoded bytes."""
+    return make_image
+
+
+@pytest.fixture(scope="session")
+def png_bytes() -> bytes:
+    return make_image("PNG")
+
+
+@pytest.fixture(scope="session")
+def jpeg_bytes() -> bytes:
+    return make_image("JPEG")
+
+
+@pytest.fixture(scope="session")
+def webp_bytes() -> bytes:
+    return make_image("WEBP")
+
+
+@pytest.fixture
+def png_path(tmp_path: Path, png_bytes: bytes) -> Path:
+    """A small PNG file on disk, named ``photo.png``."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes)
+    return path
+
+
+@pytest.fixture
+def png_file(png_path: Path) -> Path:
+    """Alias of ``png_path``."""
+    return png_path
+
+
+@pytest_asyncio.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """A running emulator (real upscaling) that expects the key ``KEY``."""
+    async with Emulator(api_key=KEY) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(emulator: Emulator) -> AsyncIterator[IdeogramClient]:
+    """A client of ``emulator`` with the default settings."""
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as opened:
+        yield opened

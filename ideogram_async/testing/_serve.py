@@ -1,0 +1,126 @@
+"""Run the emulator as a server from a shell (``python -m ideogram_async.testing``).
+
+:func:`add_serve_arguments` and :func:`run_server` let another command line (the
+``ideogram-async serve`` subcommand) offer the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from ._emulator import Emulator
+from ._faults import FaultPlan
+
+__all__ = ["add_serve_arguments", "run_server", "serve_main"]
+
+
+def _latency(text: str) -> float | tuple[float, float]:
+    """Parse ``S`` (fixed seconds) or ``MIN,MAX`` (a uniform range)."""
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1 and values[0] >= 0:
+        return values[0]
+    if len(values) == 2 and 0 <= values[0] <= values[1]:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"expected SECONDS or MIN,MAX (seconds >= 0), got {text!r}")
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got {text!r}")
+    return rate
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options (``--port``, ``--host``, ``--api-key``, ...) to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on [%(default)s]")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port to listen on, 0 for any free one [%(default)s]"
+    )
+    parser.add_argument(
+        "--api-key", default="test-key", help="the key clients must send [%(default)s]"
+    )
+    parser.add_argument(
+        "--latency",
+        type=_latency,
+        default=0.0,
+        metavar="S|MIN,MAX",
+        help="delay of each answer in seconds, fixed or a random range [%(default)s]",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=_rate,
+        default=0.0,
+        metavar="R",
+        help="probability of a random fault (503, 500, 429, dropped connection, HTML 502) "
+        "per upscale request [%(default)s]",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of latencies and faults [%(default)s]"
+    )
+    parser.add_argument(
+        "--no-upscale",
+        dest="upscale",
+        action="store_false",
+        help="skip decoding and answer with a fixed tiny PNG (fast, no Pillow needed)",
+    )
+
+
+async def run_server(args: argparse.Namespace) -> None:
+    """Serve with the options of :func:`add_serve_arguments` until SIGINT or SIGTERM.
+
+    Prints one line ending with the base URL once the server listens.
+    """
+    emulator = Emulator(
+        args.api_key,
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
+        upscale=args.upscale,
+        seed=args.seed,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Not available on Windows or outside the main thread: Ctrl-C then raises
+        # KeyboardInterrupt, which serve_main handles.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+    try:
+        async with emulator:
+            print(f"Ideogram emulator listening on {emulator.base_url}", flush=True)
+            await stop.wait()
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """The ``python -m ideogram_async.testing`` command; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ideogram_async.testing",
+        description="Run a local emulator of the Ideogram upscale service.",
+    )
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(run_server(args))
+    except KeyboardInterrupt:
+        pass
+    except (ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,68 @@
+"""What the emulator saw: counters and the uploads it received, for tests to assert on."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["MAX_RECORDS", "EmulatorStats", "ReceivedUpload", "Route"]
+
+#: The uploads and image requests kept in :class:`EmulatorStats` (the most recent ones),
+#: so a long benchmark run does not grow memory without bound.
+MAX_RECORDS = 10_000
+
+Route = Literal["proxy", "official"]
+
+
+@attrs.frozen
+class ReceivedUpload:
+    """One multipart upload as the emulator received it (both parts present).
+
+    Header names are lower-cased. ``fields`` is the parsed ``image_request`` JSON object
+    (empty if it was not one); ``image_request_raw`` is the exact string received;
+    ``field_content_type`` is the content type of the ``image_request`` part, if any.
+    ``filename``, ``content_type``, ``size`` and ``sha256`` describe the ``image_file``
+    part; ``part_names`` lists every part name in the order received.
+    """
+
+    route: Route
+    headers: dict[str, str]
+    fields: dict[str, Any]
+    image_request_raw: str
+    field_content_type: str | None
+    filename: str | None
+    content_type: str | None
+    size: int
+    sha256: str
+    part_names: list[str]
+
+
+def _records() -> deque[Any]:
+    return deque(maxlen=MAX_RECORDS)
+
+
+@attrs.define
+class EmulatorStats:
+    """Counters of one emulator, updated as requests arrive.
+
+    ``requests`` counts upscale requests of every outcome (401s included);
+    ``responses_by_status`` counts the upscale responses actually sent (a dropped or
+    truncated connection sends none); ``in_flight``/``peak_in_flight`` count upscale
+    requests inside the handler now/at most; ``bytes_received`` sums the ``image_file``
+    bytes read; ``uploads`` keeps the last :data:`MAX_RECORDS` uploads; ``image_requests``
+    keeps the (lower-cased) headers of the last image GETs and ``image_downloads`` counts
+    the images served; ``faults_injected`` counts injected faults by kind.
+    """
+
+    requests: int = 0
+    responses_by_status: Counter[int] = attrs.field(factory=Counter)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    bytes_received: int = 0
+    uploads: deque[ReceivedUpload] = attrs.field(factory=_records, repr=False)
+    last_upload: ReceivedUpload | None = None
+    image_requests: deque[dict[str, str]] = attrs.field(factory=_records, repr=False)
+    image_downloads: int = 0
+    faults_injected: Counter[str] = attrs.field(factory=Counter)

@@ -1,0 +1,707 @@
+"""The emulator of ``ideogram_async.testing``, exercised over real sockets with raw aiohttp."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDictProxy
+from PIL import Image
+
+from ideogram_async.testing import (
+    Emulator,
+    EmulatorStats,
+    Fault,
+    FaultPlan,
+    add_serve_arguments,
+)
+
+pytest_plugins = ["ideogram_async.testing.pytest_plugin"]
+
+KEY = "test-key"
+PROXY_AUTH = {"Authorization": f"Bearer {KEY}"}
+OFFICIAL_AUTH = {"Api-Key": KEY}
+PROXY_CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+OFFICIAL_CREATED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00")
+REQUEST = {"resemblance": 60, "detail": 70, "magic_prompt_option": "AUTO", "seed": 12345}
+RAW_REQUEST = json.dumps(REQUEST)
+# Passes the type sniffing but cannot be decoded.
+FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4
+
+
+def make_image(fmt: str = "PNG", size: tuple[int, int] = (8, 6)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 60, 30)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+PNG = make_image()
+
+
+def not_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def form(
+    image_request: str | None = RAW_REQUEST,
+    image: bytes | None = PNG,
+    *,
+    filename: str | None = "photo.png",
+    content_type: str = "image/png",
+) -> aiohttp.MultipartWriter:
+    """A multipart body like the service expects, with any part left out or altered."""
+    writer = aiohttp.MultipartWriter("form-data")
+    if image_request is not None:
+        writer.append(image_request).set_content_disposition("form-data", name="image_request")
+    if image is not None:
+        part = writer.append(image, {"Content-Type": content_type})
+        if filename is None:
+            part.set_content_disposition("form-data", name="image_file")
+        else:
+            part.set_content_disposition("form-data", name="image_file", filename=filename)
+    return writer
+
+
+def url(emu: Emulator, route: str) -> str:
+    return emu.base_url + ("/ideogram/upscale" if route == "proxy" else "/upscale")
+
+
+def auth(route: str) -> dict[str, str]:
+    return PROXY_AUTH if route == "proxy" else OFFICIAL_AUTH
+
+
+async def upscale(
+    session: aiohttp.ClientSession,
+    emu: Emulator,
+    data: Any = None,
+    route: str = "proxy",
+    client_timeout: aiohttp.ClientTimeout | None = None,
+) -> tuple[int, CIMultiDictProxy[str], Any]:
+    """POST an upscale; return the status, headers and parsed JSON (or text) body."""
+    payload = form() if data is None else data
+    async with session.post(
+        url(emu, route), data=payload, headers=auth(route), timeout=client_timeout
+    ) as resp:
+        text = await resp.text()
+        body = json.loads(text) if resp.content_type == "application/json" else text
+        return resp.status, resp.headers, body
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    """A fake monotonic clock: tests move ``clock[0]`` instead of sleeping."""
+    return [0.0]
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Faults must be injected cleanly: aiohttp logs no error while serving them."""
+    yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    errors = [
+        r.getMessage()
+        for r in records
+        if r.name.startswith("aiohttp") and r.levelno >= logging.ERROR
+    ]
+    assert not errors
+
+
+# -- the two flavors -----------------------------------------------------------------
+
+
+async def test_proxy_flavor_upscales_and_records_the_upload(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    emu = ideogram_emulator
+    fields = {**REQUEST, "prompt": "A serene tropical beach"}
+    raw = json.dumps(fields)
+    headers = {**PROXY_AUTH, "accept": "application/json"}
+    async with session.post(url(emu, "proxy"), data=form(raw), headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        body = await resp.json()
+
+    assert PROXY_CREATED.fullmatch(body["created"])
+    assert body["data"] == [
+        {
+            "seed": 12345,
+            "prompt": "A serene tropical beach",
+            "resolution": "16x12",
+            "url": body["data"][0]["url"],
+            "is_image_safe": True,
+        }
+    ]
+    assert re.fullmatch(re.escape(emu.base_url) + r"/images/[\w-]+\.png", body["data"][0]["url"])
+    upload = emu.stats.last_upload
+    assert upload is not None
+    assert list(emu.stats.uploads) == [upload]
+    assert upload.route == "proxy"
+    assert upload.headers["authorization"] == f"Bearer {KEY}"
+    assert upload.headers["accept"] == "application/json"
+    assert upload.fields == fields
+    assert upload.image_request_raw == raw
+    assert upload.field_content_type == "text/plain; charset=utf-8"
+    assert (upload.filename, upload.content_type) == ("photo.png", "image/png")
+    assert upload.size == len(PNG)
+    assert upload.sha256 == hashlib.sha256(PNG).hexdigest()
+    assert upload.part_names == ["image_request", "image_file"]
+
+
+async def test_official_flavor_answers_in_its_own_style(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    jpeg = make_image("JPEG", (5, 7))
+    data = form(json.dumps({"num_images": 3}), jpeg, filename="a.jpg", content_type="image/jpeg")
+    status, _, body = await upscale(session, ideogram_emulator, data, route="official")
+
+    assert status == 200
+    assert OFFICIAL_CREATED.fullmatch(body["created"])
+    assert len(body["data"]) == 3
+    assert len({item["url"] for item in body["data"]}) == 3
+    for item in body["data"]:
+        assert item["style_type"] == "AUTO"  # an unknown field clients must tolerate
+        assert item["resolution"] == "10x14"
+        assert 0 <= item["seed"] <= 2_147_483_647
+        assert item["prompt"]  # made up when none was given
+    assert ideogram_emulator.stats.uploads[0].headers["api-key"] == KEY
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+async def test_each_accepted_type_is_upscaled_2x(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession, fmt: str
+) -> None:
+    data = form(image=make_image(fmt, (9, 4)), content_type=f"image/{fmt.lower()}")
+    status, _, body = await upscale(session, ideogram_emulator, data)
+    assert status == 200
+    assert body["data"][0]["resolution"] == "18x8"
+
+
+@pytest.mark.parametrize(
+    ("route", "headers"),
+    [
+        ("proxy", {}),
+        ("proxy", {"Authorization": "Bearer wrong-key"}),
+        ("proxy", {"Authorization": KEY}),
+        ("proxy", {"Api-Key": KEY}),
+        ("official", {}),
+        ("official", {"Api-Key": "wrong-key"}),
+        ("official", {"Authorization": f"Bearer {KEY}"}),
+    ],
+)
+async def test_wrong_or_missing_key_is_401(
+    ideogram_emulator: Emulator,
+    session: aiohttp.ClientSession,
+    route: str,
+    headers: dict[str, str],
+) -> None:
+    async with session.post(url(ideogram_emulator, route), data=form(), headers=headers) as resp:
+        assert resp.status == 401
+        assert await resp.json() == {"detail": "Invalid or missing API key"}
+    stats = ideogram_emulator.stats
+    assert (stats.requests, stats.responses_by_status) == (1, {401: 1})
+    assert not stats.uploads
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+def _image_request_as_file() -> aiohttp.MultipartWriter:
+    writer = form(None)
+    part = writer.append(RAW_REQUEST)
+    part.set_content_disposition("form-data", name="image_request", filename="r.json")
+    return writer
+
+
+def _file_twice() -> aiohttp.MultipartWriter:
+    writer = form()
+    writer.append(PNG).set_content_disposition("form-data", name="image_file", filename="b.png")
+    return writer
+
+
+@pytest.mark.parametrize(
+    ("make_data", "headers", "detail"),
+    [
+        (lambda: json.dumps(REQUEST), {"Content-Type": "application/json"}, "multipart/form-data"),
+        (lambda: b"junk", {"Content-Type": "multipart/form-data"}, "Malformed multipart"),
+        (lambda: b"junk", {"Content-Type": "multipart/form-data; boundary=x"}, "Malformed"),
+        (lambda: form(None), {}, "Missing the image_request"),
+        (lambda: form(image=None), {}, "Missing the image_file"),
+        (lambda: form("{not json"), {}, "JSON object"),
+        (lambda: form("[1, 2]"), {}, "JSON object"),
+        (lambda: form(image=b""), {}, "empty"),
+        (lambda: form(image=b"GIF89a" + bytes(40)), {}, "not a JPEG, PNG or WebP"),
+        (lambda: form(image=FAKE_PNG), {}, "could not be decoded"),
+        (lambda: form(filename=None), {}, "filename"),
+        (_image_request_as_file, {}, "plain form field"),
+        (_file_twice, {}, "more than once"),
+    ],
+    ids=[
+        "json-body",
+        "no-boundary",
+        "bad-multipart",
+        "no-image-request",
+        "no-image-file",
+        "not-json",
+        "json-array",
+        "empty-file",
+        "gif",
+        "undecodable",
+        "no-filename",
+        "request-as-file",
+        "file-twice",
+    ],
+)
+async def test_bad_requests_are_400(
+    ideogram_emulator: Emulator,
+    session: aiohttp.ClientSession,
+    make_data: Callable[[], Any],
+    headers: dict[str, str],
+    detail: str,
+) -> None:
+    async with session.post(
+        url(ideogram_emulator, "proxy"), data=make_data(), headers={**PROXY_AUTH, **headers}
+    ) as resp:
+        assert resp.status == 400
+        assert detail in (await resp.json())["detail"]
+    assert ideogram_emulator.stats.responses_by_status == {400: 1}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"resemblance": 0},
+        {"resemblance": 101},
+        {"resemblance": "50"},
+        {"resemblance": 50.0},
+        {"detail": True},
+        {"detail": None},
+        {"seed": -1},
+        {"seed": 2_147_483_648},
+        {"num_images": 0},
+        {"num_images": 9},
+        {"magic_prompt_option": "MAYBE"},
+        {"magic_prompt_option": "auto"},
+        {"prompt": 5},
+    ],
+    ids=str,
+)
+async def test_bad_values_are_422(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession, fields: dict[str, Any]
+) -> None:
+    status, _, body = await upscale(session, ideogram_emulator, form(json.dumps(fields)))
+    assert status == 422
+    [name] = fields
+    assert body["detail"].startswith(name)
+
+
+async def test_files_over_the_limit_are_413(session: aiohttp.ClientSession) -> None:
+    async with Emulator(max_file_size=100, upscale=False) as emu:
+        at_limit = FAKE_PNG.ljust(100, b"\0")
+        status, _, _ = await upscale(session, emu, form(image=at_limit))
+        assert status == 200
+        status, _, body = await upscale(session, emu, form(image=at_limit + b"\0"))
+        assert status == 413
+        assert "100 bytes" in body["detail"]
+        assert emu.stats.responses_by_status == {200: 1, 413: 1}
+        assert emu.stats.bytes_received == 201
+        assert len(emu.stats.uploads) == 1
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+async def test_result_url_serves_the_png_and_records_headers(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    _, _, body = await upscale(session, ideogram_emulator)
+    async with session.get(body["data"][0]["url"], headers={"X-Probe": "1"}) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "image/png"
+        image = Image.open(io.BytesIO(await resp.read()))
+    assert (image.format, image.size) == ("PNG", (16, 12))
+    stats = ideogram_emulator.stats
+    assert stats.image_downloads == 1
+    [headers] = stats.image_requests
+    assert headers["x-probe"] == "1"
+    assert "authorization" not in headers
+    assert "api-key" not in headers
+
+
+async def test_result_urls_expire(session: aiohttp.ClientSession, clock: list[float]) -> None:
+    async with Emulator(upscale=False, image_ttl=10, clock=lambda: clock[0]) as emu:
+        _, _, body = await upscale(session, emu)
+        image_url = body["data"][0]["url"]
+
+        async def status_of(target: str) -> int:
+            async with session.get(target) as resp:
+                return resp.status
+
+        clock[0] = 9.9
+        assert await status_of(image_url) == 200
+        clock[0] = 10.0
+        assert await status_of(image_url) == 410
+        await upscale(session, emu)  # evicts the expired result
+        assert await status_of(image_url) == 410
+        assert await status_of(f"{emu.base_url}/images/unknown.png") == 404
+        assert await status_of(f"{emu.base_url}/images/ff-0123.png") == 404
+        assert emu.stats.image_downloads == 1
+
+
+async def test_no_upscale_mode_answers_without_decoding(session: aiohttp.ClientSession) -> None:
+    async with Emulator(upscale=False) as emu:
+        status, _, body = await upscale(session, emu, form(image=FAKE_PNG))
+        assert status == 200
+        assert body["data"][0]["resolution"] == "2x2"
+        async with session.get(body["data"][0]["url"]) as resp:
+            image = Image.open(io.BytesIO(await resp.read()))
+        assert image.size == (2, 2)
+        assert emu.stats.uploads[0].sha256 == hashlib.sha256(FAKE_PNG).hexdigest()
+
+
+def test_pillow_is_required_only_to_upscale(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    with pytest.raises(ImportError, match=re.escape("pip install 'ideogram-async[emulator]'")):
+        Emulator()
+    Emulator(upscale=False)
+
+
+async def test_importing_the_package_does_not_import_pillow() -> None:
+    code = "import sys, ideogram_async.testing; assert 'PIL' not in sys.modules"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    assert await proc.wait() == 0
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "headers", "content_type", "check"),
+    [
+        (
+            Fault.status(503, retry_after=2),
+            503,
+            {"Retry-After": "2"},
+            "application/json",
+            lambda body: "Service Unavailable" in json.loads(body)["detail"],
+        ),
+        (
+            Fault.status(
+                429,
+                retry_after="Wed, 21 Oct 2015 07:28:00 GMT",
+                retry_after_ms=1500,
+                should_retry=False,
+            ),
+            429,
+            {
+                "Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT",
+                "retry-after-ms": "1500",
+                "x-should-retry": "false",
+            },
+            "application/json",
+            lambda body: "detail" in json.loads(body),
+        ),
+        (
+            Fault.status(500, retry_after=0.5, should_retry=True, body="upstream exploded"),
+            500,
+            {"Retry-After": "0.5", "x-should-retry": "true"},
+            "text/plain",
+            lambda body: body == "upstream exploded",
+        ),
+        (
+            Fault.status(402, body='{"detail": "Insufficient balance"}'),
+            402,
+            {},
+            "application/json",
+            lambda body: json.loads(body) == {"detail": "Insufficient balance"},
+        ),
+        (Fault.html(), 502, {}, "text/html", lambda body: "502 Bad Gateway" in body),
+        (Fault.html(504), 504, {}, "text/html", lambda body: "<html>" in body),
+        (Fault.malformed_json(), 200, {}, "application/json", lambda body: not_json(body)),
+        (
+            Fault.wrong_shape(),
+            200,
+            {},
+            "application/json",
+            lambda body: not {"created", "data"} & json.loads(body).keys(),
+        ),
+    ],
+    ids=["503", "429-date", "500-text", "402-json", "html", "html-504", "malformed", "shape"],
+)
+async def test_answer_faults(
+    session: aiohttp.ClientSession,
+    fault: Fault,
+    status: int,
+    headers: dict[str, str],
+    content_type: str,
+    check: Callable[[str], bool],
+) -> None:
+    async with (
+        Emulator(faults=FaultPlan.always(fault)) as emu,
+        session.post(url(emu, "proxy"), data=form(), headers=PROXY_AUTH) as resp,
+    ):
+        assert resp.status == status
+        assert resp.content_type == content_type
+        assert headers.items() <= dict(resp.headers).items()
+        assert check(await resp.text())
+    assert emu.stats.faults_injected == {fault.kind: 1}
+    assert emu.stats.responses_by_status == {status: 1}
+    assert len(emu.stats.uploads) == 1  # the body was read before the fault
+
+
+async def test_drop_closes_the_connection_after_reading_the_body(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Emulator(faults=FaultPlan.always(Fault.drop())) as emu:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await upscale(session, emu)
+        assert len(emu.stats.uploads) == 1
+        assert emu.stats.responses_by_status == {}
+        assert emu.stats.faults_injected == {"drop": 1}
+
+
+async def test_drop_before_body_closes_the_connection_at_once(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Emulator(faults=FaultPlan.always(Fault.drop_before_body())) as emu:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await upscale(session, emu)
+        assert not emu.stats.uploads
+        assert (emu.stats.requests, emu.stats.bytes_received) == (1, 0)
+
+
+async def test_truncate_cuts_the_body_short(session: aiohttp.ClientSession) -> None:
+    async with Emulator(faults=FaultPlan.always(Fault.truncate())) as emu:
+        async with session.post(url(emu, "proxy"), data=form(), headers=PROXY_AUTH) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        assert emu.stats.responses_by_status == {}
+
+
+async def test_slow_answers_outlast_a_client_timeout(session: aiohttp.ClientSession) -> None:
+    plan = FaultPlan([Fault.slow(3600), Fault.slow(0)])
+    async with Emulator(faults=plan) as emu:
+        timeout = aiohttp.ClientTimeout(total=0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await upscale(session, emu, client_timeout=timeout)
+        status, _, _ = await upscale(session, emu)  # slow(0): answers normally
+        assert status == 200
+        assert emu.stats.faults_injected == {"slow": 2}
+    assert emu.stats.in_flight == 0
+
+
+async def test_script_then_normal_and_faults_come_after_auth(
+    session: aiohttp.ClientSession,
+) -> None:
+    plan = FaultPlan([Fault.status(503), None, Fault.status(429, retry_after=0)])
+    async with Emulator(faults=plan) as emu:
+        async with session.post(url(emu, "proxy"), data=form()) as resp:
+            assert resp.status == 401  # does not use up the script
+        routes = ["proxy", "official", "proxy", "official"]
+        statuses = [(await upscale(session, emu, route=route))[0] for route in routes]
+    assert statuses == [503, 200, 429, 200]
+    assert plan.count == 4
+
+
+async def test_image_faults_apply_to_image_routes_only(session: aiohttp.ClientSession) -> None:
+    plan = FaultPlan([Fault.status(503), Fault.truncate(), Fault.slow(0)])
+    async with Emulator(upscale=False, image_faults=plan) as emu:
+        status, _, body = await upscale(session, emu)
+        assert status == 200
+        image_url = body["data"][0]["url"]
+        async with session.get(image_url) as resp:
+            assert resp.status == 503
+        async with session.get(image_url) as resp:
+            assert resp.content_type == "image/png"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        async with session.get(image_url) as resp:
+            assert resp.status == 200
+            Image.open(io.BytesIO(await resp.read()))
+        assert emu.stats.image_downloads == 1
+        assert len(emu.stats.image_requests) == 3
+
+
+def test_fault_plan_replays_the_same_sequence_for_a_seed() -> None:
+    def draw(seed: int) -> list[Fault | None]:
+        plan = FaultPlan([Fault.drop()], rate=0.3, seed=seed)
+        return [plan.next_fault() for _ in range(300)]
+
+    first = draw(7)
+    assert first == draw(7)
+    assert first != draw(8)
+    assert first[0] == Fault.drop()
+    injected = [fault for fault in first[1:] if fault is not None]
+    assert 40 < len(injected) < 140
+    assert set(injected) == set(FaultPlan().choices)  # 503, 500, 429, drop, HTML 502
+
+
+def test_fault_plan_basics() -> None:
+    plan = FaultPlan([None, Fault.truncate()])
+    assert [plan.next_fault() for _ in range(4)] == [None, Fault.truncate(), None, None]
+    assert plan.count == 4
+    always = FaultPlan.always(Fault.slow(1))
+    assert {always.next_fault() for _ in range(20)} == {Fault.slow(1)}
+    assert Fault.status(503, retry_after=2.0).headers == (("Retry-After", "2"),)
+    for bad in (-0.1, 1.1):
+        with pytest.raises(ValueError, match="rate"):
+            FaultPlan(rate=bad)
+    with pytest.raises(ValueError, match="status"):
+        Fault.status(99)
+    with pytest.raises(ValueError, match="seconds"):
+        Fault.slow(-1)
+
+
+def test_per_upload_plans_do_not_depend_on_arrival_order() -> None:
+    def decide(order: list[str]) -> dict[str, list[Fault | None]]:
+        plan = FaultPlan([Fault.drop()], rate=0.5, seed=1, per_upload=True)
+        decided: dict[str, list[Fault | None]] = {}
+        for upload in order:
+            decided.setdefault(upload, []).append(plan.next_fault(upload))
+        return decided
+
+    uploads = [f"upload-{n}" for n in range(20)] * 5
+    forward = decide(uploads)
+    assert forward == decide(uploads[::-1])
+    assert all(attempts[0] == Fault.drop() for attempts in forward.values())
+    assert len({tuple(attempts) for attempts in forward.values()}) > 1
+    with pytest.raises(ValueError, match="per_upload"):
+        FaultPlan(per_upload=True).next_fault()
+
+
+async def test_per_upload_script_fails_each_upload_once(session: aiohttp.ClientSession) -> None:
+    plan = FaultPlan([Fault.drop_before_body(), Fault.status(503)], per_upload=True)
+    image_plan = FaultPlan([Fault.status(503)], per_upload=True)
+    async with Emulator(upscale=False, faults=plan, image_faults=image_plan) as emu:
+        first, second = form(image=FAKE_PNG), form(image=FAKE_PNG + b"!")
+        for data in (first, second):  # drop_before_body acts as drop: the body is read
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                await upscale(session, emu, data)
+        statuses = [(await upscale(session, emu, data))[0] for data in (second, first)]
+        assert statuses == [503, 503]
+        _, _, body = await upscale(session, emu, first)
+        image_url = body["data"][0]["url"]
+        for expected in (503, 200):
+            async with session.get(image_url) as resp:
+                assert resp.status == expected
+    assert len(emu.stats.uploads) == 5
+    assert emu.stats.faults_injected == {"drop_before_body": 2, "status": 3}
+
+
+# -- stats and settings ----------------------------------------------------------------
+
+
+async def test_stats_count_concurrency_deterministically(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    emu = ideogram_emulator
+    emu.pause()
+    tasks = [asyncio.create_task(upscale(session, emu)) for _ in range(4)]
+    async with asyncio.timeout(10):
+        await emu.wait_in_flight(4)
+    assert (emu.stats.in_flight, emu.stats.peak_in_flight) == (4, 4)
+    emu.resume()
+    results = await asyncio.gather(*tasks)
+
+    assert [status for status, _, _ in results] == [200] * 4
+    stats = emu.stats
+    assert (stats.requests, stats.in_flight, stats.peak_in_flight) == (4, 0, 4)
+    assert stats.responses_by_status == {200: 4}
+    assert stats.bytes_received == 4 * len(PNG)
+    assert len(stats.uploads) == 4
+    emu.reset_stats()
+    assert emu.stats == EmulatorStats()
+    assert emu.stats.uploads.maxlen == 10_000
+
+
+async def test_stop_cancels_requests_in_progress(session: aiohttp.ClientSession) -> None:
+    emu = Emulator(upscale=False)
+    async with emu:
+        emu.pause()
+        request = asyncio.create_task(upscale(session, emu))
+        async with asyncio.timeout(10):
+            await emu.wait_in_flight(1)
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await request
+    assert emu.stats.in_flight == 0
+    assert emu.stats.responses_by_status == {}
+
+
+async def test_latency_is_applied(session: aiohttp.ClientSession) -> None:
+    async with Emulator(upscale=False, latency=(0.0, 0.001), seed=3) as emu:
+        assert (await upscale(session, emu))[0] == 200
+    with pytest.raises(ValueError, match="latency"):
+        Emulator(latency=(0.2, 0.1))
+    with pytest.raises(ValueError, match="latency"):
+        Emulator(latency=-1)
+
+
+async def test_lifecycle_errors() -> None:
+    emu = Emulator(upscale=False)
+    with pytest.raises(RuntimeError, match="not been started"):
+        _ = emu.base_url
+    async with emu:
+        with pytest.raises(RuntimeError, match="already running"):
+            await emu.start()
+    await emu.stop()  # stopping twice is harmless
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_serve_arguments() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--port", "0", "--latency", "0.1,0.5", "--fault-rate", "0.2"])
+    assert (args.port, args.latency, args.fault_rate, args.upscale) == (0, (0.1, 0.5), 0.2, True)
+    assert parser.parse_args(["--latency", "2", "--no-upscale"]).latency == 2.0
+    for bad in (["--latency", "1,0"], ["--latency", "x"], ["--fault-rate", "2"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+async def test_module_runs_a_server_until_terminated(session: aiohttp.ClientSession) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ideogram_async.testing",
+        "--port",
+        "0",
+        "--no-upscale",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        base_url = line.split()[-1]
+        assert base_url.startswith("http://127.0.0.1:")
+        async with session.post(
+            f"{base_url}/ideogram/upscale", data=form(image=FAKE_PNG), headers=PROXY_AUTH
+        ) as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        await proc.communicate()
+    assert proc.returncode == 0

@@ -202,6 +202,7 @@ class ImagePayload(payload.Payload):
         self.complete = False
         self.error: ValidationError | None = None
         self._file: IO[bytes] | None = None
+        self._released = False
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("an image upload is binary and streamed; it has no text form")
@@ -212,6 +213,8 @@ class ImagePayload(payload.Payload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
+        if self._released:
+            return  # the attempt was abandoned before aiohttp's writer task started
         sent = 0
         source = self._image._source
         try:
@@ -236,8 +239,10 @@ class ImagePayload(payload.Payload):
         """Close the file this attempt opened, at once (also on cancellation).
 
         aiohttp writes the body in a task of its own that may outlive a cancelled
-        request; the client calls this so the file is never left open behind it.
+        request; the client calls this so the file is never left open behind it,
+        nor opened late by a writer task that had not started yet.
         """
+        self._released = True
         file, self._file = self._file, None
         if file is not None:
             file.close()

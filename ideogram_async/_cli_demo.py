@@ -22,6 +22,7 @@ from ._cli_pipeline import EXIT_INTERRUPTED, Job, Outcome, run_job
 from .client import IdeogramClient
 from .models import UpscaleRequest
 from .retry import RetryHook
+from .testing import Emulator, FaultPlan
 
 _FORMATS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("png", "PNG", {}),
@@ -85,8 +86,6 @@ async def run_demo(
     out: Path, *, count: int, concurrency: int, fault_rate: float, stop: asyncio.Event, live: bool
 ) -> int:
     """Run the demo into ``out``; return the exit status."""
-    from .testing import Emulator, FaultPlan
-
     try:
         samples = await asyncio.to_thread(make_samples, out / "inputs", count)
     except ImportError:
@@ -116,12 +115,13 @@ async def run_demo(
         return status
     console = Console()
     console.print(_table(samples, outcomes))
-    console.print(f"Inputs:   {out / 'inputs'}", highlight=False)
+    console.print(f"Inputs: {out / 'inputs'}", highlight=False, soft_wrap=True)
     console.print(
-        f"Now with the real service: IDEOGRAM_API_KEY=... ideogram-async upscale "
+        f"With the real service: IDEOGRAM_API_KEY=... ideogram-async upscale "
         f"{out / 'inputs'} --out {out / 'upscaled'} --base-url URL (or --official)",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
     return status
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -39,24 +38,25 @@ class Source:
         return Path(self.shown).stem
 
 
-def find_images(args: Sequence[str], *, recursive: bool, exclude: Path | None) -> list[Source]:
+def find_images(args: Sequence[str], *, recursive: bool, exclude: Path) -> list[Source]:
     """Expand files, folders and glob patterns into unique images, in command-line order.
 
     A named file is taken as it is (the client rejects a non-image when it gets to
     it); folders contribute their JPEG/PNG/WebP files, non-hidden, sorted, and their
     subfolders too when ``recursive``. Patterns are expanded here so that they work
-    when no shell did it. Files under ``exclude`` (the output folder) are skipped
-    when found through a folder or a pattern, so a rerun never upscales results.
+    when no shell did it. Files under ``exclude`` (the resolved output folder) are
+    skipped when found through a folder or a pattern, so a rerun never upscales results.
     """
     found: dict[Path, Source] = {}
     for arg in args:
         try:
-            expanded = _expand(arg, recursive=recursive, exclude=exclude)
+            expanded = _expand(arg, recursive=recursive)
         except OSError as exc:  # an unreadable folder
             raise UsageError(f"{arg}: {exc.strerror or exc}") from None
-        for shown in expanded:
+        for shown, named in expanded:
             path = Path(shown).resolve()
-            found.setdefault(path, Source(path, shown))
+            if named or not path.is_relative_to(exclude):
+                found.setdefault(path, Source(path, shown))
     if not found:
         where = ", ".join(args)
         hint = "" if recursive else " (add --recursive to look in subfolders)"
@@ -64,21 +64,22 @@ def find_images(args: Sequence[str], *, recursive: bool, exclude: Path | None) -
     return list(found.values())
 
 
-def _expand(arg: str, *, recursive: bool, exclude: Path | None) -> list[str]:
+def _expand(arg: str, *, recursive: bool) -> list[tuple[str, bool]]:
+    """The files ``arg`` stands for, each with whether it was named explicitly."""
     path = Path(arg)
     if path.is_dir():
-        return [str(p) for p in _folder_images(path, recursive) if not _inside(p, exclude)]
+        return [(str(p), False) for p in _folder_images(path, recursive)]
     if path.is_file():
-        return [arg]
-    if glob.has_magic(arg):
-        shown: list[str] = []
-        for match in sorted(glob.glob(arg, recursive=recursive)):
-            if Path(match).is_dir():
-                shown.extend(_expand(match, recursive=recursive, exclude=exclude))
-            elif not _inside(Path(match), exclude):
-                shown.append(match)
-        return shown
-    raise UsageError(f"{arg}: no such file or folder")
+        return [(arg, True)]
+    if glob.escape(arg) == arg:
+        raise UsageError(f"{arg}: no such file or folder")
+    files: list[tuple[str, bool]] = []
+    for match in sorted(glob.glob(arg, recursive=recursive)):
+        if Path(match).is_dir():
+            files.extend(_expand(match, recursive=recursive))
+        else:
+            files.append((match, False))
+    return files
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
@@ -88,10 +89,6 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
         for p in candidates
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
-
-
-def _inside(path: Path, folder: Path | None) -> bool:
-    return folder is not None and path.resolve().is_relative_to(folder)
 
 
 def check_collisions(sources: Iterable[Source], out_dir: Path) -> None:
@@ -161,11 +158,3 @@ def read_key_file(path: str) -> str:
     if not key:
         raise UsageError(f"the API key file {path} is empty; put the key in it")
     return key
-
-
-def display(path: Path) -> str:
-    """``path`` relative to the working folder when it is inside it, for messages."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return os.fspath(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cli_inputs import (
+    Source,
     UsageError,
     check_collisions,
     find_images,
@@ -242,24 +243,9 @@ def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    """``ideogram-async upscale``: check everything, then run the job."""
-    try:
-        request = UpscaleRequest(
-            prompt=args.prompt,
-            resemblance=args.resemblance,
-            detail=args.detail,
-            magic_prompt_option=args.magic_prompt,
-            seed=args.seed,
-            num_images=args.num_images,
-        )
-    except ValidationError as exc:
-        raise UsageError(str(exc)) from None
-    key = read_key_file(args.api_key_file) if args.api_key_file else None
-    key = key or os.environ.get("IDEOGRAM_API_KEY", "").strip()
-    if not key:
-        raise UsageError(
-            "no API key: set the IDEOGRAM_API_KEY environment variable or pass --api-key-file PATH"
-        )
+    """``ideogram-async upscale``: check everything before anything is sent, then run."""
+    request = _request(args)
+    key = read_key_file(args.api_key_file) if args.api_key_file else _env_key()
     base_url = args.base_url or os.environ.get("IDEOGRAM_BASE_URL") or None
     if base_url is None and not args.official:
         raise UsageError(
@@ -277,18 +263,10 @@ def _upscale(args: argparse.Namespace) -> int:
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
-        done = finished_sources(manifest)
-        todo = [source for source in sources if str(source.path) not in done]
-        if len(todo) < len(sources):
-            print(
-                f"Skipping {len(sources) - len(todo)} of {len(sources)} image(s) that "
-                f"{manifest} records as done.",
-                flush=True,
-            )
-        if not todo:
+        sources = _unfinished(sources, manifest)
+        if not sources:
             print("Nothing left to do.", flush=True)
             return EXIT_OK
-        sources = todo
         hint = "Run the same command again to finish the rest."
     elif manifest.is_file() and manifest.stat().st_size > 0:
         raise UsageError(
@@ -305,6 +283,7 @@ def _upscale(args: argparse.Namespace) -> int:
         append=args.resume,
         rerun_hint=hint,
     )
+    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
 
     def connect(on_retry: RetryHook) -> IdeogramClient:
         try:
@@ -313,13 +292,49 @@ def _upscale(args: argparse.Namespace) -> int:
                 base_url=base_url,
                 flavor=Flavor.OFFICIAL if args.official else Flavor.PROXY,
                 max_concurrency=args.concurrency,
-                retry=None if args.retries is None else RetryPolicy(attempts=args.retries + 1),
+                retry=retry,
                 on_retry=on_retry,
             )
-        except ValidationError as exc:
+        except ValidationError as exc:  # e.g. a base URL that is not http(s)
             raise UsageError(str(exc)) from None
 
     return _run(lambda stop: run_job(job, connect, stop, live=_live()))
+
+
+def _request(args: argparse.Namespace) -> UpscaleRequest:
+    try:
+        return UpscaleRequest(
+            prompt=args.prompt,
+            resemblance=args.resemblance,
+            detail=args.detail,
+            magic_prompt_option=args.magic_prompt,
+            seed=args.seed,
+            num_images=args.num_images,
+        )
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _env_key() -> str:
+    key = os.environ.get("IDEOGRAM_API_KEY", "").strip()
+    if not key:
+        raise UsageError(
+            "no API key: set the IDEOGRAM_API_KEY environment variable or pass --api-key-file PATH"
+        )
+    return key
+
+
+def _unfinished(sources: list[Source], manifest: Path) -> list[Source]:
+    """The sources that ``manifest`` does not record as done, saying how many it skips."""
+    done = finished_sources(manifest)
+    todo = [source for source in sources if str(source.path) not in done]
+    if len(todo) < len(sources):
+        print(
+            f"Skipping {len(sources) - len(todo)} of {len(sources)} image(s) that "
+            f"{manifest} records as done.",
+            flush=True,
+        )
+    return todo
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,452 @@
+"""The ``ideogram-async`` command end to end: real subprocesses against an in-process emulator.
+
+Usage errors (exit 2) fail before anything is sent, so most of them run ``main()``
+in-process; everything else runs ``python -m ideogram_async`` in a subprocess with
+``-W default`` so that leaked tasks, sessions and files show up on its stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from ideogram_async import IdeogramClient
+from ideogram_async._cli_inputs import Source, find_images
+from ideogram_async._cli_pipeline import Outcome
+from ideogram_async._cli_progress import RichReporter, Tally
+from ideogram_async.cli import main
+from ideogram_async.testing import Emulator, Fault, FaultPlan
+
+KEY = "sk-cli-7e5t-s3cr3t-key"
+"""Distinctive, so that a leak into any output is easy to spot."""
+FINISHED = re.compile(rb"^\[\d+/\d+\] (ok|FAILED) ")
+MANIFEST_FIELDS = {"source", "status", "urls", "outputs", "error", "attempts", "seconds"}
+DIRT = ("Traceback", "Task was destroyed", "Unclosed", "Warning", "Exception ignored")
+
+
+@attrs.frozen
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def save_image(path: Path, size: tuple[int, int], shade: int = 0) -> Path:
+    """Write a solid image; the format follows the extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (shade % 256, 90, 160)).save(path)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """A folder of five images in the three formats, of different sizes."""
+    folder = tmp_path / "in"
+    for index, name in enumerate(["a.png", "b.png", "c.png", "d.jpg", "e.webp"]):
+        save_image(folder / name, (20 + 4 * index, 12 + 2 * index), shade=index * 40)
+    return folder
+
+
+def cli_env(*, key: str | None = KEY) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
+    if key is not None:
+        env["IDEOGRAM_API_KEY"] = key
+    return env
+
+
+async def start_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "default",
+        "-m",
+        "ideogram_async",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env() if env is None else env,
+    )
+
+
+async def finish(process: asyncio.subprocess.Process) -> Run:
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> Run:
+    return await finish(await start_cli(*args, env=env))
+
+
+def assert_clean(run: Run) -> None:
+    """Nothing leaked: no warnings or tracebacks, and the key appears nowhere."""
+    for dirt in DIRT:
+        assert dirt not in run.stderr, run.stderr
+    assert KEY not in run.stdout + run.stderr
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    assert KEY not in text
+    assert text.endswith("\n")
+    records = [json.loads(line) for line in text.splitlines()]
+    for record in records:
+        assert set(record) == MANIFEST_FIELDS
+    return records
+
+
+def listing(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())
+
+
+def all_files(paths: Sequence[str]) -> bool:
+    return all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def upscale_args(emulator: Emulator, images: Sequence[str | Path], out: Path) -> list[str]:
+    return ["upscale", *map(str, images), "--out", str(out), "--base-url", emulator.base_url]
+
+
+async def test_upscale_writes_2x_results_and_a_manifest(inputs: Path, tmp_path: Path) -> None:
+    out, manifest = tmp_path / "out", tmp_path / "records" / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        # The pattern is expanded by the command (no shell here) and overlaps the folder.
+        args = upscale_args(emulator, [inputs / "*.png", inputs], out)
+        run = await run_cli(*args, "--manifest", str(manifest))
+        stats = emulator.stats
+
+    assert run.returncode == 0, run.stderr
+    assert_clean(run)
+    lines = [line for line in run.stdout.splitlines() if FINISHED.match(line.encode())]
+    assert len(lines) == 5
+    assert all(line.startswith(f"[{n}/5] ok ") for n, line in enumerate(lines, 1))
+    assert "Done: 5 of 5" in run.stdout
+    for source in listing(inputs):
+        result = out / f"{source.stem}.upscaled.png"
+        width, height = size_of(source)
+        assert size_of(result) == (2 * width, 2 * height)
+    assert [p.name for p in listing(out)] == [f"{stem}.upscaled.png" for stem in "abcde"]
+
+    records = read_manifest(manifest)
+    assert sorted(r["source"] for r in records) == [str(p.resolve()) for p in listing(inputs)]
+    for record in records:
+        assert record["status"] == "ok"
+        assert record["error"] is None
+        assert record["attempts"] == 1
+        assert record["seconds"] > 0
+        assert [Path(p).name for p in record["outputs"]] == [
+            Path(record["source"]).stem + ".upscaled.png"
+        ]
+        assert all_files(record["outputs"])
+        assert record["urls"][0].startswith(emulator.base_url + "/images/")
+
+    assert stats.requests == 5
+    assert {upload.route for upload in stats.uploads} == {"proxy"}
+    assert {upload.headers["authorization"] for upload in stats.uploads} == {f"Bearer {KEY}"}
+    assert stats.image_downloads == 5
+    for headers in stats.image_requests:  # the key never goes to the image host
+        assert "authorization" not in headers
+        assert "api-key" not in headers
+
+
+async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(KEY + "\n")
+    out = tmp_path / "out"
+    options = ["--prompt", "crisp edges", "--resemblance", "60", "--detail", "70"]
+    options += ["--magic-prompt", "off", "--seed", "7", "--num-images", "2"]
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [inputs / "d.jpg"], out)
+        run = await run_cli(
+            *args, "--official", "--api-key-file", str(key_file), *options, env=cli_env(key=None)
+        )
+        stats = emulator.stats
+
+    assert run.returncode == 0, run.stderr
+    assert_clean(run)
+    (upload,) = stats.uploads
+    assert upload.route == "official"
+    assert upload.headers["api-key"] == KEY
+    assert "authorization" not in upload.headers
+    assert upload.fields == {
+        "prompt": "crisp edges",
+        "resemblance": 60,
+        "detail": 70,
+        "magic_prompt_option": "OFF",
+        "seed": 7,
+        "num_images": 2,
+    }
+    width, height = size_of(inputs / "d.jpg")
+    results = listing(out)
+    assert [p.name for p in results] == ["d.upscaled-1.png", "d.upscaled-2.png"]
+    assert all(size_of(p) == (2 * width, 2 * height) for p in results)
+    assert f"-> {out / 'd.upscaled-1.png'}, {out / 'd.upscaled-2.png'} (1 attempt," in run.stdout
+
+
+async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Path) -> None:
+    (inputs / "notes.txt").write_text("not an image")
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    # The first request the service sees is rejected for good; the rest succeed.
+    async with Emulator(KEY, faults=FaultPlan([Fault.status(400)])) as emulator:
+        args = upscale_args(emulator, [inputs, inputs / "notes.txt"], out)
+        run = await run_cli(*args, "--manifest", str(manifest))
+
+    assert run.returncode == 1, run.stderr
+    assert_clean(run)
+    assert run.stdout.count(" FAILED ") == 2
+    assert "Done: 4 of 6 image(s) upscaled, 2 failed" in run.stdout
+    records = {Path(r["source"]).name: r for r in read_manifest(manifest)}
+    assert len(records) == 6
+    notes = records.pop("notes.txt")
+    assert notes["status"] == "failed"
+    assert "not a JPEG, PNG or WebP image" in notes["error"]
+    assert notes["attempts"] == 0
+    assert notes["outputs"] == notes["urls"] == []
+    failed = [r for r in records.values() if r["status"] == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["error"].startswith("HTTP 400")
+    assert failed[0]["attempts"] == 1  # a 400 is never retried
+    assert len(listing(out)) == 4
+
+    # --resume tries the failures again: the rejected image now succeeds, the text
+    # file fails again without being sent.
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [inputs, inputs / "notes.txt"], out)
+        again = await run_cli(*args, "--manifest", str(manifest), "--resume")
+        assert emulator.stats.requests == 1
+    assert again.returncode == 1, again.stderr
+    assert "Skipping 4 of 6 image(s)" in again.stdout
+    assert len(read_manifest(manifest)) == 8
+    assert len(listing(out)) == 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    folder, out, manifest = tmp_path / "in", tmp_path / "out", tmp_path / "run.jsonl"
+    sources = [save_image(folder / f"img-{i:02d}.png", (8, 6), shade=i) for i in range(30)]
+    keep = ["--manifest", str(manifest)]
+
+    # Two at a time with latency, so items finish one by one while the test watches.
+    async with Emulator(KEY, latency=0.1) as emulator:
+        args = upscale_args(emulator, [folder], out)
+        process = await start_cli(*args, *keep, "--concurrency", "2")
+        assert process.stdout is not None
+        seen: list[bytes] = []
+        async with asyncio.timeout(20):
+            while len(seen) < 5:
+                line = await process.stdout.readline()
+                assert line, "the run ended before it could be interrupted"
+                if FINISHED.match(line):
+                    seen.append(line)
+        process.send_signal(signum)
+        first = await finish(process)
+
+    assert first.returncode == 130, first.stderr
+    assert_clean(first)
+    assert "Interrupted:" in first.stdout
+    assert "--resume" in first.stdout
+    done = read_manifest(manifest)  # every line is whole JSON
+    assert 5 <= len(done) < 30
+    assert all(record["status"] == "ok" for record in done)
+    leftovers = [
+        p.name for p in listing(out) if not re.fullmatch(r"img-\d\d\.upscaled\.png", p.name)
+    ]
+    assert leftovers == []  # no partial downloads or temp files
+    for record in done:
+        assert all_files(record["outputs"])
+
+    async with Emulator(KEY) as emulator:
+        second = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
+        requests = emulator.stats.requests
+
+    assert second.returncode == 0, second.stderr
+    assert_clean(second)
+    assert f"Skipping {len(done)} of 30 image(s)" in second.stdout
+    assert requests == 30 - len(done)  # exactly the missing ones were sent
+    records = read_manifest(manifest)
+    assert sorted(r["source"] for r in records) == sorted(str(p.resolve()) for p in sources)
+    assert all(record["status"] == "ok" for record in records)
+    assert len(listing(out)) == 30
+
+    async with Emulator(KEY) as emulator:
+        third = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
+        assert emulator.stats.requests == 0
+    assert third.returncode == 0
+    assert "Nothing left to do." in third.stdout
+
+
+async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    run = await run_cli("demo", "--out", str(out), "--count", "6", env=cli_env(key=None))
+
+    assert run.returncode == 0, run.stderr
+    assert_clean(run)
+    assert "Upscaled by the emulator" in run.stdout
+    inputs = listing(out / "inputs")
+    assert {p.suffix for p in inputs} == {".png", ".jpg", ".webp"}
+    assert len(inputs) == 6
+    for source in inputs:
+        width, height = size_of(source)
+        assert 128 <= width <= 256
+        assert 128 <= height <= 256
+        assert size_of(out / "upscaled" / f"{source.stem}.upscaled.png") == (2 * width, 2 * height)
+    records = read_manifest(out / "manifest.jsonl")
+    assert [r["status"] for r in records] == ["ok"] * 6
+
+
+async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
+    process = await start_cli("serve", "--port", "0", "--api-key", KEY)
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            line = (await process.stdout.readline()).decode()
+        match = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert match, line
+        image = save_image(tmp_path / "x.png", (10, 7))
+        async with IdeogramClient(api_key=KEY, base_url=match.group()) as client:
+            response = await client.upscale(image)
+        assert response.data[0].resolution == "20x14"
+    finally:
+        process.terminate()
+        run = await finish(process)
+    assert run.returncode == 0
+    assert_clean(run)
+
+
+async def test_missing_key_exits_2_before_sending(inputs: Path, tmp_path: Path) -> None:
+    run = await run_cli(
+        "upscale",
+        str(inputs),
+        "--out",
+        str(tmp_path / "out"),
+        "--base-url",
+        "http://127.0.0.1:9",
+        env=cli_env(key=None),
+    )
+    assert run.returncode == 2
+    assert "no API key" in run.stderr
+    assert "IDEOGRAM_API_KEY" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    monkeypatch.delenv("IDEOGRAM_BASE_URL", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--resemblance", "0"], "resemblance must be from 1 to 100"),
+        (["--num-images", "9"], "num_images must be from 1 to 8"),
+        (["--concurrency", "0"], "--concurrency: expected a whole number >= 1"),
+        (["--magic-prompt", "sometimes"], "--magic-prompt: invalid choice"),
+        (["--resume"], "--resume needs --manifest"),
+    ],
+)
+@pytest.mark.usefixtures("env_key")
+def test_bad_options_exit_2(
+    extra: list[str], message: str, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["upscale", str(inputs), "-o", str(tmp_path / "out"), "--base-url", "http://127.0.0.1:9"]
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("env_key")
+def test_colliding_names_exit_2_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = save_image(tmp_path / "one" / "x.png", (4, 4))
+    second = save_image(tmp_path / "two" / "X.jpg", (4, 4))
+    out = tmp_path / "out"
+    args = ["upscale", str(first), str(second), "-o", str(out), "--base-url", "http://127.0.0.1:9"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{first} and {second}" in err
+    assert "overwrite" in err
+
+
+@pytest.mark.usefixtures("env_key")
+def test_input_and_setup_problems_exit_2(
+    tmp_path: Path, inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["-o", str(tmp_path / "out")]
+    url = ["--base-url", "http://127.0.0.1:9"]
+    (tmp_path / "empty").mkdir()
+    assert main(["upscale", str(tmp_path / "empty"), *out, *url]) == 2
+    assert "no JPEG, PNG or WebP images found" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "nope.png"), *out, *url]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["upscale", str(inputs), *out]) == 2
+    assert "--base-url" in capsys.readouterr().err
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"source": "x", "status": "ok"}\n')
+    assert main(["upscale", str(inputs), *out, *url, "--manifest", str(manifest)]) == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert main(["upscale", str(inputs), *out, *url, "--api-key-file", str(tmp_path / "k")]) == 2
+    assert "cannot read the API key file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_find_images_expands_folders_and_patterns(tmp_path: Path) -> None:
+    save_image(tmp_path / "a.png", (2, 2))
+    save_image(tmp_path / "B.JPG", (2, 2))
+    save_image(tmp_path / ".hidden.png", (2, 2))
+    save_image(tmp_path / "sub" / "c.webp", (2, 2))
+    save_image(tmp_path / "out" / "a.upscaled.png", (2, 2))
+    (tmp_path / "notes.txt").write_text("x")
+
+    def names(args: list[str], recursive: bool = False) -> list[str]:
+        found = find_images(args, recursive=recursive, exclude=(tmp_path / "out").resolve())
+        return [source.path.name for source in found]
+
+    assert names([str(tmp_path)]) == ["B.JPG", "a.png"]
+    assert names([str(tmp_path)], recursive=True) == ["B.JPG", "a.png", "c.webp"]
+    assert names([str(tmp_path / "*.png"), str(tmp_path / "a.png")]) == ["a.png"]
+    assert names([str(tmp_path / "**" / "*.webp")], recursive=True) == ["c.webp"]
+    assert names([str(tmp_path / "notes.txt")]) == ["notes.txt"]  # named files are taken as is
+
+
+def test_live_progress_bar_shows_counts_and_failures(tmp_path: Path) -> None:
+    screen = io.StringIO()
+    tally = Tally(total=3)
+    reporter = RichReporter(tally, Console(file=screen, force_terminal=True, width=150))
+    reporter.start()
+    tally.active, tally.retries = 2, 1
+    reporter.changed()
+    tally.active, tally.ok = 1, 1
+    reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True))
+    tally.active, tally.failed = 0, 1
+    bad = Source(tmp_path / "b.png", "b.png")
+    reporter.finished(Outcome(source=bad, ok=False, error="HTTP 400: no"))
+    reporter.close()
+    reporter.note(tally.summary())
+    shown = screen.getvalue()
+    assert "FAILED" in shown
+    assert "b.png: HTTP 400: no" in shown
+    assert "2/3" in shown
+    assert "1 failed" in shown
+    assert "Done: 1 of 3 image(s) upscaled, 1 failed" in shown

@@ -11,8 +11,8 @@ KEY = "sk-test-5e3cr3t-key"
 """The API key the emulator fixtures expect; distinctive so a leak is easy to spot."""
 
 
-def make_image(fmt: str = "png", size: tuple[int, int] = (64, 48), shade: int = 0) -> bytes:
-    """A small image in ``fmt`` (png, jpeg, webp); ``shade`` makes distinct images."""
+def make_image(fmt: str = "png", size: tuple[int, int] = (8, 8), shade: int = 0) -> bytes:
+    """A solid image in ``fmt`` (png, jpeg, webp); each ``shade`` < 65536 gives other bytes."""
     image = Image.new("RGB", size, (shade % 256, (shade // 256) % 256, 128))
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.upper())

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from PIL import Image
 
 from ideogram_async import IdeogramClient
 from ideogram_async.testing import Emulator
 
-from ._support import KEY
+from ._support import KEY, make_image
+
+# Dogfood the fixture users get: `ideogram_emulator`.
+pytest_plugins = ["ideogram_async.testing.pytest_plugin"]
 
 ImageFactory = Callable[..., bytes]
 
 
-def make_image(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color: str = "red") -> bytes:
-    """Encode a solid ``size`` image as ``fmt`` ("PNG", "JPEG" or "WEBP")."""
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def image_bytes() -> ImageFactory:
-    """A factory: ``image_bytes("JPEG", size=(32, 16), color="blue")`` -> encoded bytes."""
+    """A factory: ``image_bytes("jpeg", size=(32, 16), shade=3)`` -> encoded bytes."""
     return make_image
 
 

@@ -26,7 +26,7 @@ from ideogram_async.testing import (
     add_serve_arguments,
 )
 
-pytest_plugins = ["ideogram_async.testing.pytest_plugin"]
+from ._support import make_image
 
 KEY = "test-key"
 PROXY_AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -39,13 +39,7 @@ RAW_REQUEST = json.dumps(REQUEST)
 FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4
 
 
-def make_image(fmt: str = "PNG", size: tuple[int, int] = (8, 6)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 60, 30)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-PNG = make_image()
+PNG = make_image("png", (8, 6))
 
 
 def not_json(text: str) -> bool:

@@ -443,3 +443,28 @@ async def test_soak_2000_calls_with_30_percent_transient_faults() -> None:
     assert len(results) == 2000
     assert emulator.stats.peak_in_flight <= 10
     assert sum(emulator.stats.faults_injected.values()) > 0.25 * emulator.stats.requests
+
+
+async def test_the_backoff_sleep_gets_the_retry_after_wait(
+    png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(retry_module, "_sleep", recording_sleep)
+    faults = [Fault.status(429, retry_after=7), Fault.status(503, retry_after_ms=250), None]
+    _, events, outcome = await run_with(faults, png_bytes)
+    assert not isinstance(outcome, Exception)
+    assert slept == [7.0, 0.25] == [e.wait for e in events]
+
+
+def test_instant_retries_restores_the_previous_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retry_module, "_instant", False)
+    with instant_retries():
+        assert retry_module._instant_enabled()
+        with instant_retries():
+            pass
+        assert retry_module._instant_enabled()
+    assert not retry_module._instant_enabled()

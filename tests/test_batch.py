@@ -23,8 +23,6 @@ from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from ._support import KEY, make_image
 
-pytestmark = pytest.mark.asyncio
-
 
 class CountingInputs:
     """An input iterable that records how far it has been pulled."""

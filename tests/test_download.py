@@ -22,8 +22,6 @@ from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from ._support import KEY
 
-pytestmark = pytest.mark.asyncio
-
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".part"))

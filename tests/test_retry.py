@@ -31,8 +31,6 @@ from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from ._support import KEY, make_image, open_fds
 
-pytestmark = pytest.mark.asyncio
-
 
 @pytest.fixture(autouse=True)
 def _instant() -> Any:

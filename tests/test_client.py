@@ -28,7 +28,6 @@ from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from ._support import KEY, open_fds
 
-
 SPEC_FIELDS = {
     "resemblance": 50,
     "magic_prompt_option": "AUTO",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import logging
 import os
-import time
 from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +40,6 @@ from .uploads import (
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
-logger = logging.getLogger("ideogram_async")
 
 OFFICIAL_BASE_URL = "https://api.ideogram.ai"
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
@@ -388,7 +385,6 @@ class IdeogramClient:
                     f"download of {target.name} failed ({type(exc).__name__}: {exc}); "
                     f"the image URL may be unreachable"
                 ) from exc
-        logger.debug("download %s: attempt %d -> %s", target.name, number, response.status)
         return target
 
     async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
@@ -402,7 +398,6 @@ class IdeogramClient:
             upload = image.payload()
             body.append_payload(upload)
             headers = {"Accept": "application/json", **self._auth_headers()}
-            started = time.monotonic()
             timer = asyncio.timeout(self.timeouts.attempt)
             try:
                 async with (
@@ -429,13 +424,6 @@ class IdeogramClient:
                 ) from exc
             finally:
                 upload.release()
-        logger.debug(
-            "upscale %s: attempt %d -> HTTP %d in %.2fs",
-            image.filename,
-            number,
-            response.status,
-            time.monotonic() - started,
-        )
         if response.status >= 300:
             raise _api_error(response, text)
         return parse_response(text, response.status)

@@ -205,7 +205,12 @@ async def call_with_retries(
             async for state in retrying:
                 number = state.retry_state.attempt_number
                 with state:
-                    return await attempt(number), number
+                    started = loop.time()
+                    result = await attempt(number)
+                    logger.debug(
+                        "%s: attempt %d succeeded in %.2fs", what, number, loop.time() - started
+                    )
+                    return result, number
     except IdeogramError as error:
         error.attempts = number
         if is_retryable(error, policy):

@@ -143,8 +143,10 @@ async def test_giving_up_raises_the_last_real_error_with_attempts(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "giving up after 3 attempt" in warnings[0].getMessage()
-    attempt_lines = [r for r in caplog.records if "attempt" in r.getMessage()]
-    assert len(attempt_lines) >= 3
+    # One line per attempt: two "retrying in" lines, then the warning.
+    ours = [r for r in caplog.records if r.name == "ideogram_async"]
+    assert len(ours) == 3
+    assert all("retrying in" in r.getMessage() for r in ours[:2])
 
 
 async def test_zero_retries_is_one_setting(png_bytes: bytes) -> None:

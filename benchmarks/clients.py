@@ -1,0 +1,167 @@
+"""The clients under test: the library and the baselines it is measured against.
+
+Every client makes exactly the same requests: ``POST {base}/ideogram/upscale`` with
+``Accept: application/json`` and ``Authorization: Bearer test-key``, and a
+``multipart/form-data`` body of the ``image_request`` JSON string field and the
+``image_file`` file part, read from disk for each request. Each holds at most
+``concurrency`` requests in flight, checks the status and decodes the JSON answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import aiohttp
+import attrs
+import httpx
+
+from ideogram_async import IdeogramClient, MagicPrompt, RetryEvent, UpscaleRequest
+
+from .server import API_KEY, UPSCALE_PATH
+
+__all__ = ["Client", "Outcome", "run_client"]
+
+REQUEST = UpscaleRequest(
+    prompt="A serene tropical beach",
+    resemblance=50,
+    detail=50,
+    magic_prompt_option=MagicPrompt.AUTO,
+    seed=12345,
+)
+"""The options of every upload: SPEC.md's reference request."""
+_FORM_JSON = REQUEST.to_json()
+_HEADERS = {"Accept": "application/json", "Authorization": f"Bearer {API_KEY}"}
+_TIMEOUT = 300.0
+
+
+class Client(enum.StrEnum):
+    """Which client a worker runs, and how it is fed."""
+
+    LIBRARY = "library"
+    """``IdeogramClient.upscale(path)`` for each request, under ``asyncio.gather``."""
+    LIBRARY_BYTES = "library-bytes"
+    """Like ``library``, but each file is first read whole into ``bytes``."""
+    LIBRARY_MANY = "library-many"
+    """``IdeogramClient.upscale_many`` over a generator of paths."""
+    AIOHTTP = "aiohttp"
+    """Hand-written: ``aiohttp.ClientSession`` + ``FormData`` + ``Semaphore`` + gather."""
+    HTTPX = "httpx"
+    """``httpx.AsyncClient(limits=Limits(max_connections=C))`` + ``Semaphore`` + gather."""
+
+
+@attrs.define
+class Outcome:
+    """What a client run did: requests that failed and HTTP attempts made."""
+
+    failures: int = 0
+    first_error: str | None = None
+    attempts: int = 0
+
+    def fail(self, error: BaseException) -> None:
+        """Count a failed request, keeping the first reason."""
+        self.failures += 1
+        if self.first_error is None:
+            self.first_error = f"{type(error).__name__}: {error}"
+
+
+async def _gather(calls: Iterable[Awaitable[object]]) -> Outcome:
+    """Await ``calls`` together, counting those that raised."""
+    outcome = Outcome()
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        outcome.attempts += 1
+        if isinstance(result, BaseException):
+            outcome.fail(result)
+    return outcome
+
+
+async def _bounded(count: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> Outcome:
+    """Run ``one()`` ``count`` times under ``Semaphore(concurrency)``, counting failures."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def bounded() -> None:
+        async with slots:
+            await one()
+
+    return await _gather(bounded() for _ in range(count))
+
+
+async def _run_aiohttp(base_url: str, image: Path, count: int, concurrency: int) -> Outcome:
+    url = base_url + UPSCALE_PATH
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT)) as session:
+
+        async def one() -> None:
+            form = aiohttp.FormData()
+            form.add_field("image_request", _FORM_JSON)
+            # A plain open: this is the loop people write (aiohttp streams the file).
+            with image.open("rb") as file:
+                form.add_field("image_file", file, filename=image.name, content_type="image/png")
+                async with session.post(url, data=form, headers=_HEADERS) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
+                    await response.json()
+
+        return await _bounded(count, concurrency, one)
+
+
+async def _run_httpx(base_url: str, image: Path, count: int, concurrency: int) -> Outcome:
+    url = base_url + UPSCALE_PATH
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=_TIMEOUT) as client:
+
+        async def one() -> None:
+            with image.open("rb") as file:
+                response = await client.post(
+                    url,
+                    data={"image_request": _FORM_JSON},
+                    files={"image_file": (image.name, file, "image/png")},
+                    headers=_HEADERS,
+                )
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
+            response.json()
+
+        return await _bounded(count, concurrency, one)
+
+
+async def _run_library(
+    client: Client, base_url: str, image: Path, count: int, concurrency: int
+) -> Outcome:
+    retries = 0
+
+    def count_retry(_: RetryEvent) -> None:
+        nonlocal retries
+        retries += 1
+
+    async with IdeogramClient(
+        api_key=API_KEY, base_url=base_url, max_concurrency=concurrency, on_retry=count_retry
+    ) as ideogram:
+        if client is Client.LIBRARY_MANY:
+            outcome = Outcome()
+            async for item in ideogram.upscale_many((image for _ in range(count)), REQUEST):
+                if item.error is not None:
+                    outcome.fail(item.error)
+        elif client is Client.LIBRARY_BYTES:
+
+            async def whole() -> None:
+                await ideogram.upscale(await asyncio.to_thread(image.read_bytes), REQUEST)
+
+            outcome = await _gather(whole() for _ in range(count))
+        else:
+            # The client bounds concurrency itself: a plain gather is how it is used.
+            outcome = await _gather(ideogram.upscale(image, REQUEST) for _ in range(count))
+    outcome.attempts = count + retries
+    return outcome
+
+
+async def run_client(
+    client: Client, base_url: str, image: Path, count: int, concurrency: int
+) -> Outcome:
+    """Upload ``image`` ``count`` times with ``client``, ``concurrency`` at a time."""
+    if client is Client.AIOHTTP:
+        return await _run_aiohttp(base_url, image, count, concurrency)
+    if client is Client.HTTPX:
+        return await _run_httpx(base_url, image, count, concurrency)
+    return await _run_library(client, base_url, image, count, concurrency)

@@ -1,0 +1,345 @@
+"""The five workloads of the benchmark: what runs against what, and the rows they yield.
+
+Each workload starts its servers, then runs its variants (the library and the
+baselines) round by round, alternating them within each round and rotating who goes
+first, so that drift on the machine hits them all alike. Every figure is the best
+(the lowest) of the rounds. A failed request or a crashed process raises
+:class:`~benchmarks.processes.BenchmarkError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .clients import Client
+from .processes import run_worker, running_server
+from .report import Compare, Row, Unit
+from .worker import Job, Measurement
+
+__all__ = ["FULL", "MB", "QUICK", "WORKLOADS", "Context", "Sizes", "runs_json"]
+
+MB = 1024 * 1024
+"""Bytes in the megabyte of the table (MiB)."""
+
+
+@attrs.frozen(kw_only=True)
+class Sizes:
+    """How big each workload is, and how many rounds it runs."""
+
+    rounds: int
+    latency_count: int
+    latency_concurrency: int
+    latency: float
+    cpu_count: int
+    cpu_concurrency: int
+    stream_count: int
+    stream_file_mb: int
+    fanout_small: int
+    fanout_large: int
+    fanout_concurrency: int
+    fanout_rounds: int
+    fault_rate: float
+
+    def describe(self) -> list[str]:
+        """One line per workload, then the rounds: the header of the table."""
+        return [
+            f"workload 1 latency-bound: N={self.latency_count}, C={self.latency_concurrency}, "
+            f"latency {self.latency * 1000:.0f} ms (emulator, upscaling a 32x32 PNG)",
+            f"workload 2 client CPU: N={self.cpu_count}, C={self.cpu_concurrency}, latency 0 "
+            f"(minimal server)",
+            f"workload 3 streaming memory: {self.stream_count} concurrent uploads of a "
+            f"{self.stream_file_mb} MB PNG (minimal server)",
+            f"workload 4 fan-out memory: upscale_many over {self.fanout_small:,} and "
+            f"{self.fanout_large:,} inputs, C={self.fanout_concurrency} (minimal server)",
+            f"workload 5 resilience: workload 1 with {self.fault_rate:.0%} 503 + "
+            f"Retry-After: 0 (emulator with a FaultPlan)",
+            f"best of {self.rounds} rounds ({self.fanout_rounds} for workload 4), "
+            f"variants alternating within each round",
+        ]
+
+
+FULL = Sizes(
+    rounds=3,
+    latency_count=1000,
+    latency_concurrency=32,
+    latency=0.1,
+    cpu_count=2000,
+    cpu_concurrency=64,
+    stream_count=32,
+    stream_file_mb=20,
+    fanout_small=10_000,
+    fanout_large=100_000,
+    fanout_concurrency=32,
+    fanout_rounds=2,
+    fault_rate=0.2,
+)
+"""The sizes of issue 6."""
+
+QUICK = Sizes(
+    rounds=2,
+    latency_count=200,
+    latency_concurrency=32,
+    latency=0.05,
+    cpu_count=500,
+    cpu_concurrency=64,
+    stream_count=16,
+    stream_file_mb=8,
+    fanout_small=1_000,
+    fanout_large=5_000,
+    fanout_concurrency=32,
+    fanout_rounds=1,
+    fault_rate=0.2,
+)
+"""Reduced sizes for the CI smoke test (about half a minute on two cores)."""
+
+
+@attrs.frozen(kw_only=True)
+class Context:
+    """What every workload needs: the sizes and the files to upload."""
+
+    sizes: Sizes
+    small_png: Path
+    large_png: Path
+
+
+Runs = dict[str, list[Measurement]]
+"""Each variant's measurements, one per round."""
+Result = tuple[list[Row], Runs]
+"""A workload's rows, and the measurements they were drawn from."""
+
+
+def runs_json(runs: Runs) -> dict[str, list[dict[str, Any]]]:
+    """Each variant's measurements as plain data."""
+    return {
+        name: [attrs.asdict(m) | {"rss_growth": m.rss_growth} for m in measurements]
+        for name, measurements in runs.items()
+    }
+
+
+def _alternate(jobs: Mapping[str, Job], rounds: int) -> Runs:
+    """Run every job once per round, rotating the order from round to round."""
+    names = list(jobs)
+    runs: Runs = {name: [] for name in names}
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(run_worker(jobs[name]))
+    return runs
+
+
+def _best(runs: list[Measurement], figure: Callable[[Measurement], float]) -> float:
+    return min(figure(measurement) for measurement in runs)
+
+
+def _wall(measurement: Measurement) -> float:
+    return measurement.wall
+
+
+def _cpu_ms(measurement: Measurement) -> float:
+    return measurement.cpu / measurement.requests * 1000
+
+
+def _growth_mb(measurement: Measurement) -> float:
+    return measurement.rss_growth / MB
+
+
+def _minimal_server() -> list[str]:
+    return ["-m", "benchmarks.server"]
+
+
+def _emulator(latency: float) -> list[str]:
+    return ["-m", "ideogram_async.testing", "--port", "0", "--latency", str(latency)]
+
+
+def _job(url: str, image: Path, count: int, concurrency: int, client: Client) -> Job:
+    return Job(client=client, base_url=url, image=str(image), count=count, concurrency=concurrency)
+
+
+_GATHER_CLIENTS = (Client.LIBRARY, Client.AIOHTTP, Client.HTTPX)
+
+
+def _gather_jobs(url: str, image: Path, count: int, concurrency: int) -> dict[str, Job]:
+    return {client: _job(url, image, count, concurrency, client) for client in _GATHER_CLIENTS}
+
+
+def latency_bound(context: Context) -> Result:
+    """1: wall time of N uploads, C in flight, against a server that takes a while."""
+    sizes = context.sizes
+    count, concurrency = sizes.latency_count, sizes.latency_concurrency
+    with running_server(_emulator(sizes.latency)) as url:
+        runs = _alternate(_gather_jobs(url, context.small_png, count, concurrency), sizes.rounds)
+    library, handwritten, other = (_best(runs[c], _wall) for c in _GATHER_CLIENTS)
+    ideal = count / concurrency * sizes.latency
+    name = "1 latency-bound"
+    return [
+        Row(
+            workload=name,
+            metric="wall time",
+            unit=Unit.SECONDS,
+            library=library,
+            baseline_name="aiohttp",
+            baseline=handwritten,
+            target="<= 1.05x",
+            met=library <= 1.05 * handwritten,
+        ),
+        Row(
+            workload=name,
+            metric="wall time",
+            unit=Unit.SECONDS,
+            library=library,
+            baseline_name="httpx",
+            baseline=other,
+        ),
+        Row(
+            workload=name,
+            metric=f"wall / ideal N/C*latency ({ideal:.3f} s)",
+            unit=Unit.TIMES,
+            library=library / ideal,
+            baseline_name="aiohttp",
+            baseline=handwritten / ideal,
+        ),
+    ], runs
+
+
+def client_cpu(context: Context) -> Result:
+    """2: client CPU per request when the server answers at once."""
+    sizes = context.sizes
+    with running_server(_minimal_server()) as url:
+        runs = _alternate(
+            _gather_jobs(url, context.small_png, sizes.cpu_count, sizes.cpu_concurrency),
+            sizes.rounds,
+        )
+    library, handwritten, other = (_best(runs[c], _cpu_ms) for c in _GATHER_CLIENTS)
+    name, metric = "2 client CPU", "CPU per request"
+    return [
+        Row(
+            workload=name,
+            metric=metric,
+            unit=Unit.MILLISECONDS,
+            library=library,
+            baseline_name="aiohttp",
+            baseline=handwritten,
+            target="<= 1.25x",
+            met=library <= 1.25 * handwritten,
+        ),
+        Row(
+            workload=name,
+            metric=metric,
+            unit=Unit.MILLISECONDS,
+            library=library,
+            baseline_name="httpx",
+            baseline=other,
+        ),
+    ], runs
+
+
+def streaming_memory(context: Context) -> Result:
+    """3: peak memory of concurrent uploads of a large file, streamed or read whole."""
+    sizes = context.sizes
+    count = sizes.stream_count
+    clients = (Client.LIBRARY, Client.LIBRARY_BYTES, Client.AIOHTTP, Client.HTTPX)
+    with running_server(_minimal_server()) as url:
+        jobs: dict[str, Job] = {
+            client: _job(url, context.large_png, count, count, client) for client in clients
+        }
+        runs = _alternate(jobs, sizes.rounds)
+    library, whole, handwritten, other = (_best(runs[c], _growth_mb) for c in clients)
+    name, metric = "3 streaming memory", "peak RSS growth"
+    return [
+        Row(
+            workload=name,
+            metric=metric,
+            unit=Unit.MEGABYTES,
+            library=library,
+            baseline_name="library given bytes",
+            baseline=whole,
+            target="library < 64 MB",
+            met=library < 64,
+        ),
+        Row(
+            workload=name,
+            metric=metric,
+            unit=Unit.MEGABYTES,
+            library=library,
+            baseline_name="aiohttp",
+            baseline=handwritten,
+        ),
+        Row(
+            workload=name,
+            metric=metric,
+            unit=Unit.MEGABYTES,
+            library=library,
+            baseline_name="httpx",
+            baseline=other,
+        ),
+    ], runs
+
+
+def fanout_memory(context: Context) -> Result:
+    """4: ``upscale_many``'s memory must not grow with the length of its input."""
+    sizes = context.sizes
+    small, large = f"{sizes.fanout_small:,} inputs", f"{sizes.fanout_large:,} inputs"
+    with running_server(_minimal_server()) as url:
+        jobs = {
+            label: _job(
+                url, context.small_png, count, sizes.fanout_concurrency, Client.LIBRARY_MANY
+            )
+            for label, count in ((small, sizes.fanout_small), (large, sizes.fanout_large))
+        }
+        runs = _alternate(jobs, sizes.fanout_rounds)
+    grown_large, grown_small = _best(runs[large], _growth_mb), _best(runs[small], _growth_mb)
+    return [
+        Row(
+            workload="4 fan-out memory",
+            metric=f"peak RSS growth, {large}",
+            unit=Unit.MEGABYTES,
+            library=grown_large,
+            baseline_name=small,
+            baseline=grown_small,
+            compare=Compare.DIFFERENCE,
+            target="difference < 20 MB",
+            met=grown_large - grown_small < 20,
+        )
+    ], runs
+
+
+def resilience(context: Context) -> Result:
+    """5: workload 1 with injected ``503`` + ``Retry-After: 0``, against the fault-free run."""
+    sizes = context.sizes
+    count, concurrency = sizes.latency_count, sizes.latency_concurrency
+    faulty = ["-m", "benchmarks.emulator", "--latency", str(sizes.latency)]
+    faulty += ["--fault-rate", str(sizes.fault_rate)]
+    with running_server(_emulator(sizes.latency)) as clean, running_server(faulty) as url:
+        jobs = {
+            "faults": _job(url, context.small_png, count, concurrency, Client.LIBRARY),
+            "no faults": _job(clean, context.small_png, count, concurrency, Client.LIBRARY),
+        }
+        runs = _alternate(jobs, sizes.rounds)
+    # A failed request raises in run_worker: getting here means every request succeeded.
+    best = min(runs["faults"], key=_wall)
+    return [
+        Row(
+            workload="5 resilience",
+            metric=f"wall time, {sizes.fault_rate:.0%} 503s ({best.attempts} attempts)",
+            unit=Unit.SECONDS,
+            library=best.wall,
+            baseline_name="no faults",
+            baseline=_best(runs["no faults"], _wall),
+            target="all succeed",
+            met=True,
+        )
+    ], runs
+
+
+WORKLOADS: dict[str, Callable[[Context], Result]] = {
+    "latency": latency_bound,
+    "cpu": client_cpu,
+    "streaming": streaming_memory,
+    "fanout": fanout_memory,
+    "resilience": resilience,
+}
+"""Every workload by its short name, in the order they run."""

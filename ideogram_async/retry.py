@@ -146,6 +146,76 @@ def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
     return isinstance(error, APIConnectionError)
 
 
+class _PastDeadline(tenacity.stop.stop_base):
+    """Stop when the next wait would end past the deadline: fail now, with the real error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline_at: float | None) -> None:
+        self._loop = loop
+        self._deadline_at = deadline_at
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        return (
+            self._deadline_at is not None
+            and self._loop.time() + state.upcoming_sleep >= self._deadline_at
+        )
+
+
+def _retrying(
+    policy: RetryPolicy,
+    loop: asyncio.AbstractEventLoop,
+    deadline_at: float | None,
+    what: str,
+    on_retry: RetryHook | None,
+) -> tenacity.AsyncRetrying:
+    """The tenacity loop of ``policy``: when to stop, how long to wait, what to retry."""
+    backoff = tenacity.wait_random_exponential(
+        multiplier=policy.backoff_base, max=policy.backoff_max
+    )
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, APIError) and error.retry_after is not None:
+            return min(error.retry_after, policy.retry_after_max)
+        return float(backoff(state))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        assert isinstance(error, IdeogramError)
+        logger.debug(
+            "%s: attempt %d failed (%s); retrying in %.2fs",
+            what,
+            state.attempt_number,
+            error,
+            state.upcoming_sleep,
+        )
+        if on_retry is not None:
+            on_retry(RetryEvent(state.attempt_number, error, state.upcoming_sleep))
+
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_any(
+            tenacity.stop_after_attempt(policy.attempts), _PastDeadline(loop, deadline_at)
+        ),
+        wait=wait,
+        retry=tenacity.retry_if_exception(lambda e: is_retryable(e, policy)),
+        before_sleep=before_sleep,
+        sleep=_sleep,
+        reraise=True,
+    )
+
+
+async def _logged_attempt(
+    attempt: Callable[[int], Awaitable[T]],
+    number: int,
+    what: str,
+    loop: asyncio.AbstractEventLoop,
+) -> T:
+    """Run attempt ``number``, logging its success and duration."""
+    started = loop.time()
+    result = await attempt(number)
+    logger.debug("%s: attempt %d succeeded in %.2fs", what, number, loop.time() - started)
+    return result
+
+
 async def call_with_retries(
     attempt: Callable[[int], Awaitable[T]],
     policy: RetryPolicy,
@@ -162,55 +232,22 @@ async def call_with_retries(
     """
     loop = asyncio.get_running_loop()
     deadline_at = None if policy.deadline is None else loop.time() + policy.deadline
-    backoff = tenacity.wait_random_exponential(
-        multiplier=policy.backoff_base, max=policy.backoff_max
-    )
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, APIError) and error.retry_after is not None:
-            return min(error.retry_after, policy.retry_after_max)
-        return float(backoff(state))
-
-    class _PastDeadline(tenacity.stop.stop_base):
-        """Stop when the next wait would end past the deadline: fail now, with the real error."""
-
-        def __call__(self, state: tenacity.RetryCallState) -> bool:
-            return deadline_at is not None and loop.time() + state.upcoming_sleep >= deadline_at
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        assert isinstance(error, IdeogramError)
-        logger.debug(
-            "%s: attempt %d failed (%s); retrying in %.2fs",
-            what,
-            state.attempt_number,
-            error,
-            state.upcoming_sleep,
-        )
-        if on_retry is not None:
-            on_retry(RetryEvent(state.attempt_number, error, state.upcoming_sleep))
-
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_any(tenacity.stop_after_attempt(policy.attempts), _PastDeadline()),
-        wait=wait,
-        retry=tenacity.retry_if_exception(lambda e: is_retryable(e, policy)),
-        before_sleep=before_sleep,
-        sleep=_sleep,
-        reraise=True,
-    )
-    number = 0
+    number = 1
     try:
         async with asyncio.timeout_at(deadline_at):
-            async for state in retrying:
+            # Most calls succeed at once: tenacity's machinery is built only after a failure.
+            try:
+                return await _logged_attempt(attempt, 1, what, loop), 1
+            except IdeogramError as error:
+                if policy.attempts == 1 or not is_retryable(error, policy):
+                    raise
+                first_error = error
+            async for state in _retrying(policy, loop, deadline_at, what, on_retry):
                 number = state.retry_state.attempt_number
                 with state:
-                    started = loop.time()
-                    result = await attempt(number)
-                    logger.debug(
-                        "%s: attempt %d succeeded in %.2fs", what, number, loop.time() - started
-                    )
-                    return result, number
+                    if number == 1:
+                        raise first_error  # attempt 1 already ran: replay its outcome
+                    return await _logged_attempt(attempt, number, what, loop), number
     except IdeogramError as error:
         error.attempts = number
         if is_retryable(error, policy):

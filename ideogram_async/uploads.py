@@ -296,7 +296,9 @@ def _finish(
 
 async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
     if isinstance(image, str | os.PathLike):
-        return await asyncio.to_thread(_path_source, Path(os.fspath(image))), Path(image).name
+        # A stat and a 12-byte read of a local file (~15 us) cost less than a thread hop
+        # (~80 us of CPU); the file is opened on the loop for every attempt anyway.
+        return _path_source(Path(os.fspath(image))), Path(image).name
     if isinstance(image, bytes | bytearray | memoryview):
         view = memoryview(image)
         if not view.c_contiguous:

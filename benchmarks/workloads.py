@@ -10,6 +10,7 @@ first, so that drift on the machine hits them all alike. Every figure is the bes
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,28 +175,17 @@ def latency_bound(context: Context) -> Result:
         runs = _alternate(_gather_jobs(url, context.small_png, count, concurrency), sizes.rounds)
     library, handwritten, other = (_best(runs[c], _wall) for c in _GATHER_CLIENTS)
     ideal = count / concurrency * sizes.latency
-    name = "1 latency-bound"
+    row = partial(Row, workload="1 latency-bound")
+    wall = partial(row, metric="wall time", unit=Unit.SECONDS, library=library)
     return [
-        Row(
-            workload=name,
-            metric="wall time",
-            unit=Unit.SECONDS,
-            library=library,
+        wall(
             baseline_name="aiohttp",
             baseline=handwritten,
             target="<= 1.05x",
             met=library <= 1.05 * handwritten,
         ),
-        Row(
-            workload=name,
-            metric="wall time",
-            unit=Unit.SECONDS,
-            library=library,
-            baseline_name="httpx",
-            baseline=other,
-        ),
-        Row(
-            workload=name,
+        wall(baseline_name="httpx", baseline=other),
+        row(
             metric=f"wall / ideal N/C*latency ({ideal:.3f} s)",
             unit=Unit.TIMES,
             library=library / ideal,
@@ -214,26 +204,21 @@ def client_cpu(context: Context) -> Result:
             sizes.rounds,
         )
     library, handwritten, other = (_best(runs[c], _cpu_ms) for c in _GATHER_CLIENTS)
-    name, metric = "2 client CPU", "CPU per request"
+    row = partial(
+        Row,
+        workload="2 client CPU",
+        metric="CPU per request",
+        unit=Unit.MILLISECONDS,
+        library=library,
+    )
     return [
-        Row(
-            workload=name,
-            metric=metric,
-            unit=Unit.MILLISECONDS,
-            library=library,
+        row(
             baseline_name="aiohttp",
             baseline=handwritten,
             target="<= 1.25x",
             met=library <= 1.25 * handwritten,
         ),
-        Row(
-            workload=name,
-            metric=metric,
-            unit=Unit.MILLISECONDS,
-            library=library,
-            baseline_name="httpx",
-            baseline=other,
-        ),
+        row(baseline_name="httpx", baseline=other),
     ], runs
 
 
@@ -248,34 +233,22 @@ def streaming_memory(context: Context) -> Result:
         }
         runs = _alternate(jobs, sizes.rounds)
     library, whole, handwritten, other = (_best(runs[c], _growth_mb) for c in clients)
-    name, metric = "3 streaming memory", "peak RSS growth"
+    row = partial(
+        Row,
+        workload="3 streaming memory",
+        metric="peak RSS growth",
+        unit=Unit.MEGABYTES,
+        library=library,
+    )
     return [
-        Row(
-            workload=name,
-            metric=metric,
-            unit=Unit.MEGABYTES,
-            library=library,
+        row(
             baseline_name="library given bytes",
             baseline=whole,
             target="library < 64 MB",
             met=library < 64,
         ),
-        Row(
-            workload=name,
-            metric=metric,
-            unit=Unit.MEGABYTES,
-            library=library,
-            baseline_name="aiohttp",
-            baseline=handwritten,
-        ),
-        Row(
-            workload=name,
-            metric=metric,
-            unit=Unit.MEGABYTES,
-            library=library,
-            baseline_name="httpx",
-            baseline=other,
-        ),
+        row(baseline_name="aiohttp", baseline=handwritten),
+        row(baseline_name="httpx", baseline=other),
     ], runs
 
 

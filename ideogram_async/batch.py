@@ -88,19 +88,8 @@ class BatchRun:
     the iterator is garbage-collected).
     """
 
-    def __init__(
-        self,
-        inputs: Iterable[Any] | AsyncIterable[Any],
-        upscale: Upscaler,
-        default: UpscaleRequest,
-        *,
-        window: int,
-        ordered: bool,
-        stop_on_error: bool,
-    ) -> None:
-        self._gen = _run(
-            inputs, upscale, default, window=window, ordered=ordered, stop_on_error=stop_on_error
-        )
+    def __init__(self, results: AsyncGenerator[BatchResult, None]) -> None:
+        self._gen = results
 
     def __aiter__(self) -> Self:
         return self
@@ -147,7 +136,7 @@ async def _one(index: int, item: Any, upscale: Upscaler, default: UpscaleRequest
     )
 
 
-async def _run(
+async def fan_out(
     inputs: Iterable[Any] | AsyncIterable[Any],
     upscale: Upscaler,
     default: UpscaleRequest,

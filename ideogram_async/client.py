@@ -17,7 +17,7 @@ from aiolimiter import AsyncLimiter
 
 from ._files import write_atomically
 from ._version import __version__
-from .batch import BatchRun, UpscaleJob
+from .batch import BatchRun, UpscaleJob, fan_out
 from .errors import (
     APIConnectionError,
     APIError,
@@ -323,7 +323,7 @@ class IdeogramClient:
             return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
 
         return BatchRun(
-            inputs, run, default, window=size, ordered=ordered, stop_on_error=stop_on_error
+            fan_out(inputs, run, default, window=size, ordered=ordered, stop_on_error=stop_on_error)
         )
 
     async def download(

@@ -17,7 +17,7 @@ from ideogram_async import (
     UpscaleRequest,
     ValidationError,
 )
-from ideogram_async.batch import BatchRun
+from ideogram_async.batch import BatchRun, fan_out
 from ideogram_async.models import UpscaleResponse
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
@@ -192,7 +192,14 @@ async def _peak_memory(count: int, *, ordered: bool) -> int:
             yield i.to_bytes(4, "big")
 
     run = BatchRun(
-        inputs(), _fake_upscale, UpscaleRequest(), window=20, ordered=ordered, stop_on_error=False
+        fan_out(
+            inputs(),
+            _fake_upscale,
+            UpscaleRequest(),
+            window=20,
+            ordered=ordered,
+            stop_on_error=False,
+        )
     )
     gc.collect()
     tracemalloc.start()

@@ -157,6 +157,10 @@ class IdeogramClient:
             )
         self.requests_per_second = requests_per_second
         self.max_file_size = _int_at_least("max_file_size", max_file_size, 1)
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise ValidationError(f"timeouts must be a Timeouts, got {type(timeouts).__name__}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
@@ -227,6 +231,14 @@ class IdeogramClient:
             )
         return self._session
 
+    def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
+        """The policy of one call: its own override, else the client's."""
+        if retry is None:
+            return self.retry
+        if not isinstance(retry, RetryPolicy):
+            raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        return retry
+
     def _redact(self, text: str) -> str:
         """Mask the key in a body a service echoed it into, before it reaches an error."""
         key = self._key.reveal()
@@ -277,14 +289,13 @@ class IdeogramClient:
                 f"request must be an UpscaleRequest, got {type(request).__name__}; "
                 f"build one with UpscaleRequest(prompt=..., resemblance=...)"
             )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        policy = self._policy(retry)
         prepared = await prepare_image(image, max_file_size=self.max_file_size, filename=filename)
         with prepared:
             form = request.to_json()
             return await call_with_retries(
                 lambda number: self._attempt(prepared, form, number),
-                retry or self.retry,
+                policy,
                 what=f"upscale {prepared.filename}",
                 on_retry=self._on_retry,
             )
@@ -318,6 +329,7 @@ class IdeogramClient:
             )
         size = 2 * self.max_concurrency if window is None else window
         _int_at_least("window", size, 1)
+        self._policy(retry)
 
         async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
             return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
@@ -352,7 +364,7 @@ class IdeogramClient:
             raise ValidationError(f"{target} is a directory; pass the path of the file to write")
         path, _ = await call_with_retries(
             lambda number: self._download_attempt(url, target, number),
-            retry or self.retry,
+            self._policy(retry),
             what=f"download {target.name}",
             on_retry=self._on_retry,
         )

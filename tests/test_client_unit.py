@@ -415,3 +415,21 @@ async def test_a_200_with_a_malformed_body_is_a_response_format_error(
     assert info.value.body == body
     assert info.value.attempts == 1
     assert len(sent(mocked)) == 1  # not retried
+
+
+@pytest.mark.parametrize("setting", ["retry", "timeouts"])
+def test_settings_of_the_wrong_type_are_refused(setting: str) -> None:
+    with pytest.raises(ValidationError, match=setting):
+        IdeogramClient(api_key=KEY, base_url=BASE, **{setting: {"attempts": 3}})  # type: ignore[arg-type]
+
+
+async def test_a_bad_per_call_policy_is_refused_before_anything_runs(
+    client: IdeogramClient, mocked: aioresponses, png_bytes: bytes
+) -> None:
+    with pytest.raises(ValidationError, match="RetryPolicy"):
+        await client.upscale(png_bytes, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="RetryPolicy"):
+        client.upscale_many([png_bytes], retry="often")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="RetryPolicy"):
+        await client.download("https://images.example/x.png", "x.png", retry=1)  # type: ignore[arg-type]
+    assert sent(mocked) == []

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
-"""File name endings picked up from folders (the upload itself is sniffed, not named)."""
+from ._files import IMAGE_SUFFIXES
+
 _MAX_LISTED = 5
 
 
@@ -114,10 +114,11 @@ def check_collisions(sources: Iterable[Source], out_dir: Path) -> None:
 def output_path(out_dir: Path, source: Source, url: str, number: int | None) -> Path:
     """``<stem>.upscaled.<ext>``, or ``<stem>.upscaled-<number>.<ext>`` for one of several.
 
-    The extension comes from the URL's path when it is an image one, else ``.png``.
+    The extension comes from the URL's path when it is an image one; otherwise it is
+    left off, and ``download`` adds the one of the image it receives.
     """
     suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
-    ext = suffix if suffix in IMAGE_SUFFIXES else ".png"
+    ext = suffix if suffix in IMAGE_SUFFIXES else ""
     tag = "upscaled" if number is None else f"upscaled-{number}"
     return out_dir / f"{source.stem}.{tag}{ext}"
 

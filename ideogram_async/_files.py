@@ -12,12 +12,17 @@ from pathlib import Path
 from .errors import ResponseFormatError
 from .uploads import sniff_image_type
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+"""File name endings of the images the service takes and returns."""
 
-async def write_atomically(target: Path, chunks: AsyncIterator[bytes]) -> None:
+
+async def write_atomically(target: Path, chunks: AsyncIterator[bytes]) -> Path:
     """Stream ``chunks`` into ``target``; on any failure ``target`` is left untouched.
 
     The body must be a JPEG, PNG or WebP image, or ``ResponseFormatError`` is raised.
-    Parent folders are created. Disk writes run in a worker thread.
+    When ``target`` does not end in an image suffix, the image's own (``.png``,
+    ``.jpg``, ``.webp``) is added. Returns the path written. Parent folders are
+    created; disk writes run in a worker thread.
     """
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, lambda: target.parent.mkdir(parents=True, exist_ok=True))
@@ -30,13 +35,17 @@ async def write_atomically(target: Path, chunks: AsyncIterator[bytes]) -> None:
                 if len(head) < 12:
                     head += chunk[: 12 - len(head)]
                 await loop.run_in_executor(None, file.write, chunk)
-        if sniff_image_type(head) is None:
+        kind = sniff_image_type(head)
+        if kind is None:
             raise ResponseFormatError(
                 f"the downloaded body for {target.name} is not a JPEG, PNG or WebP image "
                 f"(it starts with {head[:8]!r}); the URL may have expired",
                 body=head.decode("latin-1"),
             )
+        if target.suffix.lower() not in IMAGE_SUFFIXES:
+            target = target.with_name(f"{target.name}.{kind[1]}")
         os.replace(temp, target)
+        return target
     except BaseException:
         # Synchronous on purpose: it must also happen when the task is cancelled.
         with contextlib.suppress(OSError):

@@ -345,13 +345,15 @@ class IdeogramClient:
         *,
         retry: RetryPolicy | None = None,
     ) -> Path:
-        """Download a result image to ``dest`` and return its path.
+        """Download a result image to ``dest`` and return the path written.
 
         ``image`` is an :class:`UpscaledImage` or its URL. The body is streamed to a
         temporary file beside ``dest`` and renamed into place only once complete and
         checked to be an image, so ``dest`` is never left half-written; parent
-        folders are created. Transient failures are retried like ``upscale``. The
-        API key is never sent: the image lives on another host.
+        folders are created. When ``dest`` does not end in ``.png``, ``.jpg``,
+        ``.jpeg`` or ``.webp``, the image's own suffix is added (result URLs often
+        have none). Transient failures are retried like ``upscale``. The API key is
+        never sent: the image lives on another host.
         """
         self._ensure_session()
         url = image.url if isinstance(image, UpscaledImage) else image
@@ -389,7 +391,9 @@ class IdeogramClient:
                     if response.status >= 300:
                         text = self._redact(await response.text(errors="replace"))
                         raise _api_error(response, text, download=True)
-                    await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
+                    written = await write_atomically(
+                        target, response.content.iter_chunked(CHUNK_SIZE)
+                    )
             except TimeoutError as exc:
                 raise self._timeout_error(exc, timer, None) from None
             except aiohttp.ClientError as exc:
@@ -397,7 +401,7 @@ class IdeogramClient:
                     f"download of {target.name} failed ({type(exc).__name__}: {exc}); "
                     f"the image URL may be unreachable"
                 ) from exc
-        return target
+        return written
 
     async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
         """One HTTP attempt, holding a concurrency slot only while on the wire."""

@@ -24,7 +24,7 @@ from PIL import Image
 from rich.console import Console
 
 from ideogram_async import IdeogramClient
-from ideogram_async._cli_inputs import Source, find_images
+from ideogram_async._cli_inputs import Source, find_images, output_path
 from ideogram_async._cli_pipeline import Outcome
 from ideogram_async._cli_progress import RichReporter, Tally
 from ideogram_async.cli import main
@@ -450,3 +450,18 @@ def test_live_progress_bar_shows_counts_and_failures(tmp_path: Path) -> None:
     assert "2/3" in shown
     assert "1 failed" in shown
     assert "Done: 1 of 3 image(s) upscaled, 1 failed" in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "number", "name"),
+    [
+        ("https://img.example/a/b.webp?exp=1", None, "photo.upscaled.webp"),
+        ("https://img.example/api/images/direct/8YEpFzHuS", None, "photo.upscaled"),
+        ("https://img.example/x.PNG", 2, "photo.upscaled-2.png"),
+    ],
+)
+def test_output_names_take_the_urls_image_suffix_or_leave_it_to_download(
+    tmp_path: Path, url: str, number: int | None, name: str
+) -> None:
+    source = Source(path=tmp_path / "photo.jpg", shown="photo.jpg")
+    assert output_path(tmp_path, source, url, number) == tmp_path / name

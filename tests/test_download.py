@@ -141,3 +141,15 @@ async def test_cancelled_write_leaves_no_partial_file(tmp_path: Path, png_bytes:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_dest_without_an_image_suffix_gets_the_images_own(
+    client: IdeogramClient, png_bytes: bytes, tmp_path: Path
+) -> None:
+    result = await client.upscale(png_bytes)
+    image = result.data[0]
+    assert await client.download(image, tmp_path / "a") == tmp_path / "a.png"
+    assert await client.download(image, tmp_path / "b.upscaled") == tmp_path / "b.upscaled.png"
+    # An image suffix the caller chose is kept as it is.
+    assert await client.download(image, tmp_path / "c.jpg") == tmp_path / "c.jpg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.upscaled.png", "c.jpg"]

@@ -33,7 +33,7 @@ from .errors import ValidationError
 __all__ = ["ImageInput", "PreparedImage", "prepare_image"]
 
 ImageInput: TypeAlias = (
-    "str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | AsyncIterable[bytes]"
+    str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | AsyncIterable[bytes]
 )
 """What ``upscale`` accepts as an image."""
 

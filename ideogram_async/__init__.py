@@ -5,7 +5,7 @@
 """
 
 from ._version import __version__
-from .batch import BatchResult, BatchRun, UpscaleJob
+from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
@@ -32,6 +32,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchInput",
     "BatchResult",
     "BatchRun",
     "ClientClosedError",

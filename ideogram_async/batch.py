@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import attrs
 
@@ -14,7 +14,7 @@ from .errors import ValidationError
 from .models import UpscaleRequest, UpscaleResponse
 from .uploads import ImageInput
 
-__all__ = ["BatchResult", "UpscaleJob"]
+__all__ = ["BatchInput", "BatchResult", "BatchRun", "UpscaleJob"]
 
 
 @attrs.frozen
@@ -51,6 +51,9 @@ class BatchResult:
         return self.error is None
 
 
+BatchInput: TypeAlias = ImageInput | tuple[ImageInput, UpscaleRequest | None] | UpscaleJob
+"""One item of ``upscale_many``'s input: an image, an ``(image, request)`` pair or a job."""
+
 # The client's upscale, returning the response and the attempts it took.
 Upscaler = Callable[[UpscaleJob], Awaitable[tuple[UpscaleResponse, int]]]
 
@@ -71,7 +74,9 @@ def as_job(item: object, default: UpscaleRequest) -> UpscaleJob:
     return job if job.request is not None else attrs.evolve(job, request=default)
 
 
-async def _items(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
+async def _items(
+    inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+) -> AsyncGenerator[BatchInput, None]:
     if isinstance(inputs, AsyncIterable):
         async for item in inputs:
             yield item
@@ -137,7 +142,7 @@ async def _one(index: int, item: Any, upscale: Upscaler, default: UpscaleRequest
 
 
 async def fan_out(
-    inputs: Iterable[Any] | AsyncIterable[Any],
+    inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
     upscale: Upscaler,
     default: UpscaleRequest,
     *,

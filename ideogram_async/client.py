@@ -17,7 +17,7 @@ from aiolimiter import AsyncLimiter
 
 from ._files import write_atomically
 from ._version import __version__
-from .batch import BatchRun, UpscaleJob, fan_out
+from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import (
     APIConnectionError,
     APIError,
@@ -302,7 +302,7 @@ class IdeogramClient:
 
     def upscale_many(
         self,
-        inputs: Iterable[Any] | AsyncIterable[Any],
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
         request: UpscaleRequest | None = None,
         *,
         ordered: bool = False,
@@ -322,6 +322,11 @@ class IdeogramClient:
         that to happen at once).
         """
         self._ensure_session()
+        if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
+            raise ValidationError(
+                "upscale_many takes an iterable of images, not one image; "
+                "wrap it in a list or call upscale() for a single image"
+            )
         default = request or UpscaleRequest()
         if not isinstance(default, UpscaleRequest):
             raise ValidationError(

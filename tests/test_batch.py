@@ -7,6 +7,7 @@ import gc
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,12 @@ async def test_memory_does_not_grow_with_the_number_of_inputs(ordered: bool) -> 
     large = await _peak_memory(20_000, ordered=ordered)
     # Ten times the inputs, the same peak give or take allocator noise.
     assert large < small * 1.2 + 64 * 1024, (small, large)
+
+
+@pytest.mark.parametrize("one_image", ["photo.png", Path("photo.png"), b"\x89PNG\r\n\x1a\n"])
+async def test_one_image_instead_of_many_is_a_clear_error(
+    client: IdeogramClient, one_image: object
+) -> None:
+    # A str or bytes is iterable: without the check, each character would be an "image".
+    with pytest.raises(ValidationError, match="iterable of images"):
+        client.upscale_many(one_image)  # type: ignore[arg-type]

@@ -468,3 +468,24 @@ def test_instant_retries_restores_the_previous_setting(monkeypatch: pytest.Monke
             pass
         assert retry_module._instant_enabled()
     assert not retry_module._instant_enabled()
+
+
+async def test_a_gather_of_300_path_uploads_holds_few_files_open(tmp_path: Path) -> None:
+    data = make_image("png")
+    paths = []
+    for i in range(300):
+        path = tmp_path / f"img{i:03d}.png"
+        path.write_bytes(data)
+        paths.append(path)
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=4) as client,
+    ):
+        emulator.pause()
+        calls = asyncio.gather(*(client.upscale(p) for p in paths))
+        await emulator.wait_in_flight(4)
+        # Queued calls hold no file: only attempts on the wire open one.
+        open_images = [t for t in open_fds().values() if t.startswith(str(tmp_path))]
+        assert len(open_images) <= 4
+        emulator.resume()
+        assert len(await calls) == 300

@@ -192,6 +192,11 @@ def error_for_status(
         cls = ServerError
     else:
         cls = APIError
+    if hint is None and 300 <= status < 400:
+        hint = (
+            "the API answered with a redirect, which is not followed so that the key goes "
+            "nowhere else; check base_url (https rather than http, no extra path)"
+        )
     if hint is None:
         hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
     message = f"{detail} — {hint}" if detail else hint

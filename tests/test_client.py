@@ -12,8 +12,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from ideogram_async import (
+    APIError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
@@ -315,3 +317,35 @@ async def test_fifty_megabyte_upload_is_streamed_not_read_whole(
     assert emulator.stats.bytes_received == size
     # Client and emulator together stay far below the file size (chunks, not the file).
     assert peak < size / 10, f"peak traced memory {peak / 1e6:.1f} MB"
+
+
+async def test_a_redirect_from_the_api_is_not_followed(png_bytes: bytes) -> None:
+    elsewhere: list[dict[str, str]] = []
+
+    async def other_host(request: web.Request) -> web.Response:
+        elsewhere.append(dict(request.headers))
+        return web.json_response({})
+
+    urls: list[str] = []  # [other host, API], filled in once both listen
+
+    async def api(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(urls[0] + "/steal")
+
+    other_app, api_app = web.Application(), web.Application()
+    other_app.router.add_route("*", "/steal", other_host)
+    api_app.router.add_post("/ideogram/upscale", api)
+    runners = [web.AppRunner(other_app), web.AppRunner(api_app)]
+    for runner in runners:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        async with IdeogramClient(api_key=KEY, base_url=urls[1]) as client:
+            with pytest.raises(APIError) as caught:
+                await client.upscale(png_bytes)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert caught.value.status == 307
+    assert elsewhere == []  # neither the image nor the key went to the other host

@@ -433,3 +433,15 @@ async def test_a_bad_per_call_policy_is_refused_before_anything_runs(
     with pytest.raises(ValidationError, match="RetryPolicy"):
         await client.download("https://images.example/x.png", "x.png", retry=1)  # type: ignore[arg-type]
     assert sent(mocked) == []
+
+
+async def test_a_redirect_is_not_followed_and_says_why(
+    client: IdeogramClient, mocked: aioresponses, png_bytes: bytes
+) -> None:
+    reply(mocked, 301, "", content_type="text/html", headers={"Location": "https://elsewhere/"})
+    with pytest.raises(APIError) as caught:
+        await client.upscale(png_bytes)
+    assert caught.value.status == 301
+    assert "redirect" in str(caught.value)
+    assert "base_url" in str(caught.value)
+    assert len(sent(mocked)) == 1  # nothing went to the Location

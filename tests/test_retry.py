@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import io
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -489,3 +491,44 @@ async def test_a_gather_of_300_path_uploads_holds_few_files_open(tmp_path: Path)
         assert len(open_images) <= 4
         emulator.resume()
         assert len(await calls) == 300
+
+
+@pytest.fixture
+def unanswered_port() -> Any:
+    """A loopback port whose accept queue is full: new connections hang, never refused."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for sock in [*fillers, server]:
+        sock.close()
+
+
+async def test_connect_timeout_is_reported_as_such_and_retried(
+    unanswered_port: int, png_bytes: bytes
+) -> None:
+    events: list[RetryEvent] = []
+    async with IdeogramClient(
+        api_key=KEY,
+        base_url=f"http://127.0.0.1:{unanswered_port}",
+        timeouts=Timeouts(connect=0.1),
+        retry=RetryPolicy(attempts=2),
+        on_retry=events.append,
+    ) as client:
+        with pytest.raises(APITimeoutError) as caught:
+            await client.upscale(png_bytes)
+    assert (caught.value.kind, caught.value.body_sent, caught.value.attempts) == (
+        "connect",
+        False,
+        2,
+    )
+    assert "Timeouts.connect" in str(error)
+    assert len(events) == 1

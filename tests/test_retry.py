@@ -525,10 +525,7 @@ async def test_connect_timeout_is_reported_as_such_and_retried(
     ) as client:
         with pytest.raises(APITimeoutError) as caught:
             await client.upscale(png_bytes)
-    assert (caught.value.kind, caught.value.body_sent, caught.value.attempts) == (
-        "connect",
-        False,
-        2,
-    )
+    error = caught.value
+    assert (error.kind, error.body_sent, error.attempts) == ("connect", False, 2)
     assert "Timeouts.connect" in str(error)
     assert len(events) == 1

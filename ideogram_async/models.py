@@ -32,14 +32,13 @@ class MagicPrompt(enum.StrEnum):
     OFF = "OFF"
 
 
-def _to_magic(value: object) -> object:
+def _to_magic(value: MagicPrompt | str | None) -> MagicPrompt | None:
     """Accept ``MagicPrompt`` members and their names in any case ("auto", "ON")."""
-    if isinstance(value, str) and not isinstance(value, MagicPrompt):
-        try:
-            return MagicPrompt(value.upper())
-        except ValueError:
-            pass
-    return value
+    if value is None or isinstance(value, MagicPrompt):
+        return value
+    if isinstance(value, str) and value.upper() in MagicPrompt.__members__:
+        return MagicPrompt(value.upper())
+    raise ValidationError(f"magic_prompt_option must be one of AUTO, ON, OFF, got {value!r}")
 
 
 def _int_in(low: int, high: int) -> Any:
@@ -67,11 +66,6 @@ def _check_prompt(_: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise ValidationError(f"prompt must be a str, got {type(value).__name__} {value!r}")
 
 
-def _check_magic(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, MagicPrompt):
-        raise ValidationError(f"magic_prompt_option must be one of AUTO, ON, OFF, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class UpscaleRequest:
     """The ``image_request`` options of an upscale; every field is optional.
@@ -86,9 +80,7 @@ class UpscaleRequest:
     """How closely the result follows the input, 1..100 (service default 50)."""
     detail: int | None = attrs.field(default=None, validator=_int_in(1, 100))
     """How much detail is added, 1..100 (service default 50)."""
-    magic_prompt_option: MagicPrompt | None = attrs.field(
-        default=None, converter=_to_magic, validator=_check_magic
-    )
+    magic_prompt_option: MagicPrompt | None = attrs.field(default=None, converter=_to_magic)
     """``AUTO``, ``ON`` or ``OFF`` (a :class:`MagicPrompt` or its name)."""
     seed: int | None = attrs.field(default=None, validator=_int_in(0, SEED_MAX))
     """Random seed, 0..2147483647, for repeatable results."""

@@ -8,10 +8,12 @@ import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ideogram_async import (
+    BatchInput,
     BatchResult,
     IdeogramClient,
     UpscaleJob,
@@ -60,7 +62,7 @@ async def test_ordered_yields_in_input_order_despite_random_latency() -> None:
 async def test_async_iterable_inputs_and_per_item_requests(
     emulator: Emulator, client: IdeogramClient, png_bytes: bytes
 ) -> None:
-    async def inputs() -> AsyncIterator[object]:
+    async def inputs() -> AsyncIterator[BatchInput]:
         yield png_bytes
         yield (png_bytes, UpscaleRequest(seed=7))
         yield UpscaleJob(png_bytes, UpscaleRequest(detail=80), filename="job.png")
@@ -80,7 +82,7 @@ async def test_async_iterable_inputs_and_per_item_requests(
 async def test_item_errors_are_reported_not_raised(
     emulator: Emulator, client: IdeogramClient, png_bytes: bytes
 ) -> None:
-    inputs = [png_bytes, b"definitely not an image", png_bytes, ("a", "bad", "tuple")]
+    inputs: list[Any] = [png_bytes, b"definitely not an image", png_bytes, ("a", "bad", "tuple")]
     results = [r async for r in client.upscale_many(inputs, ordered=True)]
     assert [r.ok for r in results] == [True, False, True, False]
     assert isinstance(results[1].error, ValidationError)

@@ -176,7 +176,7 @@ async def test_filename_override(
     assert emulator.stats.last_upload.filename == "holiday.png"
 
 
-def _bad_inputs(tmp_path: Path, png_bytes: bytes) -> dict[str, tuple[Any, UpscaleRequest | None]]:
+def _bad_inputs(tmp_path: Path, png_bytes: bytes) -> dict[str, tuple[Any, dict[str, Any] | None]]:
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     fake = tmp_path / "fake.png"
@@ -195,7 +195,7 @@ def _bad_inputs(tmp_path: Path, png_bytes: bytes) -> dict[str, tuple[Any, Upscal
         "num_images": (png_bytes, {"num_images": 9}),
         "magic prompt": (png_bytes, {"magic_prompt_option": "SOMETIMES"}),
         "bool as int": (png_bytes, {"seed": True}),
-    }  # type: ignore[dict-item]
+    }
 
 
 @pytest.mark.parametrize(
@@ -223,7 +223,7 @@ async def test_bad_input_raises_before_anything_is_sent(
     ) as client:
 
         async def build_and_send() -> None:
-            request = UpscaleRequest(**options) if options else None  # type: ignore[arg-type]
+            request = UpscaleRequest(**options) if options else None
             await client.upscale(image, request)
 
         with pytest.raises(ValidationError) as caught:

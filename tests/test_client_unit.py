@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -263,12 +263,12 @@ async def test_a_proxy_request_has_the_documented_url_headers_and_parts(
     raw = f"Content-Type: {body.content_type}\r\n\r\n".encode() + b"".join(chunks)
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
     parts = {}
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         parts[part.get_param("name", header="content-disposition")] = part
     assert set(parts) == {"image_request", "image_file"}
     form = parts["image_request"]
     assert form.get_filename() is None  # a plain form field, not a file part
-    assert json.loads(form.get_payload(decode=True)) == json.loads(request.to_json())
+    assert json.loads(cast(bytes, form.get_payload(decode=True))) == json.loads(request.to_json())
     image = parts["image_file"]
     assert image.get_filename() == "photo.png"
     assert image.get_content_type() == "image/png"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -60,7 +60,8 @@ def _body(**fields: Any) -> str:
     [(f, v) for f, (low, high) in INT_FIELDS.items() for v in (low, high)],
 )
 def test_int_fields_accept_both_bounds(field: str, value: int) -> None:
-    request = UpscaleRequest(**{field: value})
+    options: dict[str, Any] = {field: value}
+    request = UpscaleRequest(**options)
     assert getattr(request, field) == value
     assert json.loads(request.to_json()) == {field: value}
 
@@ -72,7 +73,7 @@ def test_int_fields_accept_both_bounds(field: str, value: int) -> None:
 def test_int_fields_reject_just_outside_the_bounds(field: str, value: int) -> None:
     low, high = INT_FIELDS[field]
     with pytest.raises(ValidationError) as info:
-        UpscaleRequest(**{field: value})
+        UpscaleRequest(**cast(dict[str, Any], {field: value}))
     message = str(info.value)
     assert field in message
     assert _mentions(message, value)
@@ -84,7 +85,7 @@ def test_int_fields_reject_just_outside_the_bounds(field: str, value: int) -> No
 @pytest.mark.parametrize("value", [True, False, 50.0, "50", b"50", [50]])
 def test_int_fields_reject_wrong_types(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as info:
-        UpscaleRequest(**{field: value})
+        UpscaleRequest(**cast(dict[str, Any], {field: value}))
     message = str(info.value)
     assert field in message
     assert repr(value) in message
@@ -158,7 +159,7 @@ def test_magic_prompt_rejects_anything_else(value: object) -> None:
 def test_to_json_of_the_spec_example_is_compact_and_has_exactly_its_fields() -> None:
     request = UpscaleRequest(
         resemblance=50,
-        magic_prompt_option="AUTO",  # type: ignore[arg-type]
+        magic_prompt_option="AUTO",
         prompt="A serene tropical beach",
         seed=12345,
         detail=50,

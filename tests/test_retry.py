@@ -10,7 +10,7 @@ import io
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,11 @@ def _instant() -> Any:
 
 
 async def run_with(
-    faults: list[Fault | None], image: Any, *, policy: RetryPolicy | None = None, **client_kw: Any
+    faults: Sequence[Fault | None],
+    image: Any,
+    *,
+    policy: RetryPolicy | None = None,
+    **client_kw: Any,
 ) -> tuple[Emulator, list[RetryEvent], Any]:
     """Upscale ``image`` once against an emulator scripted with ``faults``."""
     events: list[RetryEvent] = []

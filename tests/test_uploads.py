@@ -91,7 +91,7 @@ def temp_files(monkeypatch: pytest.MonkeyPatch) -> list[IO[bytes]]:
         created.append(file)
         return file
 
-    monkeypatch.setattr(uploads.tempfile, "TemporaryFile", recording)
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
     return created
 
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import attrs
@@ -42,6 +42,7 @@ __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
 
 OFFICIAL_BASE_URL = "https://api.ideogram.ai"
+_T = TypeVar("_T")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 
 
@@ -87,6 +88,13 @@ class _Secret:
 
     def __repr__(self) -> str:
         return "'***'"
+
+
+def _of_type(name: str, value: _T | None, kind: type[_T]) -> _T | None:
+    """``value`` if it is ``None`` or a ``kind``, else a ``ValidationError`` naming ``name``."""
+    if value is not None and not isinstance(value, kind):
+        raise ValidationError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _int_at_least(name: str, value: object, low: int) -> int:
@@ -157,12 +165,12 @@ class IdeogramClient:
             )
         self.requests_per_second = requests_per_second
         self.max_file_size = _int_at_least("max_file_size", max_file_size, 1)
-        if timeouts is not None and not isinstance(timeouts, Timeouts):
-            raise ValidationError(f"timeouts must be a Timeouts, got {type(timeouts).__name__}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        self.timeouts = timeouts or Timeouts()
-        self.retry = retry or RetryPolicy()
+        self.timeouts = _of_type("timeouts", timeouts, Timeouts) or Timeouts()
+        self.retry = _of_type("retry", retry, RetryPolicy) or RetryPolicy()
+        # Built once: every request (API or download) uses the same per-request limits.
+        self._request_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeouts.connect
+        )
         self._on_retry = on_retry
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
@@ -233,11 +241,7 @@ class IdeogramClient:
 
     def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
         """The policy of one call: its own override, else the client's."""
-        if retry is None:
-            return self.retry
-        if not isinstance(retry, RetryPolicy):
-            raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        return retry
+        return _of_type("retry", retry, RetryPolicy) or self.retry
 
     def _redact(self, text: str) -> str:
         """Mask the key in a body a service echoed it into, before it reaches an error."""
@@ -388,9 +392,7 @@ class IdeogramClient:
                     # No auth header: the session has none, and none is added here.
                     session.get(
                         url,
-                        timeout=aiohttp.ClientTimeout(
-                            total=None, sock_connect=self.timeouts.connect
-                        ),
+                        timeout=self._request_timeout,
                     ) as response,
                 ):
                     if response.status >= 300:
@@ -428,9 +430,7 @@ class IdeogramClient:
                         data=body,
                         headers=headers,
                         allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(
-                            total=None, sock_connect=self.timeouts.connect
-                        ),
+                        timeout=self._request_timeout,
                     ) as response,
                 ):
                     text = self._redact(await response.text(errors="replace"))

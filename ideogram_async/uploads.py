@@ -284,11 +284,12 @@ def _finish(
             f"{label} is {source.size} bytes, over the cap of {max_file_size} bytes; "
             f"shrink the image or raise max_file_size if the service accepts more"
         )
-    kind = sniff_image_type(source.head())
+    head = source.head()
+    kind = sniff_image_type(head)
     if kind is None:
         raise ValidationError(
             f"{label} is not a JPEG, PNG or WebP image (its first bytes are "
-            f"{source.head()[:8]!r}); the service accepts only those three formats"
+            f"{head[:8]!r}); the service accepts only those three formats"
         )
     content_type, ext = kind
     return PreparedImage(source, filename or default_name or f"image.{ext}", content_type)

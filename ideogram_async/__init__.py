@@ -20,6 +20,7 @@ from .errors import (
     RateLimitError,
     ResponseFormatError,
     ServerError,
+    SharedAllowanceError,
     ValidationError,
 )
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
@@ -48,6 +49,7 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "ServerError",
+    "SharedAllowanceError",
     "Timeouts",
     "UpscaleJob",
     "UpscaleRequest",

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    ├── SharedAllowanceError                 the shared allowance's Redis is unreachable
     └── APIError                             the service answered with a non-2xx status
         ├── BadRequestError                  400, 413, 422
         ├── AuthenticationError              401, 403
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimitError",
     "ResponseFormatError",
     "ServerError",
+    "SharedAllowanceError",
     "ValidationError",
 ]
 
@@ -90,6 +92,18 @@ class ResponseFormatError(IdeogramError):
         super().__init__(message)
         self.body = body
         self.status = status
+
+
+class SharedAllowanceError(IdeogramError):
+    """The Redis server of a shared allowance could not be reached, or was lost mid-run.
+
+    The call that raised it took no places and sent nothing. ``url`` names the
+    server, with any password in it replaced by ``***``.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class APIError(IdeogramError):

@@ -23,11 +23,13 @@ How it works, in short:
   not refreshed (its process died) leaves the queue within a few seconds.
   Waiters sleep until a release is published on a channel, with a fallback poll
   of ``min(lease / 4, 1)`` seconds.
-- **One bound for all.** A bound learned from a 429 (``rejected(N)``) and the
-  additive-increase / multiplicative-decrease state used when the 429 gives no
-  number are kept in Redis too, so every process obeys them. That state is
-  forgotten after an hour without a change (the service's allowance may have
-  been raised); the next 429 teaches it again.
+- **One bound for all.** The bound follows the same rules as
+  :class:`~ideogram_async.allowance.LocalAllowance` (learned from a 429's number;
+  when adaptive, a slow start from 10 places, halving on a 429 without a number
+  at most once per round, growing back with completed requests), but its state
+  is kept in Redis, so every process obeys what any of them learned. That state
+  is forgotten after an hour without a change (the service's allowance may have
+  been raised meanwhile); the next 429 teaches it again.
 - **Faults.** If Redis cannot be reached when the allowance connects (the first
   hold, or :meth:`RedisAllowance.connect`), or is lost while a hold waits, the
   call raises :class:`~ideogram_async.SharedAllowanceError` naming the server:
@@ -75,8 +77,13 @@ _STATE_TTL_MS = 3_600_000
 """The learned and adapted bound is forgotten after this long without a change."""
 _SCHEMES = ("redis", "rediss", "unix")
 
-_GRANT: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("_GRANT")
-"""(id of the allowance, queue number) of the task's last hold, for ``rejected``."""
+_START = 10
+"""Where an adaptive bound starts (capped by the maximum): the service's default allowance."""
+
+_GRANT: contextvars.ContextVar[tuple[RedisAllowance, int] | None] = contextvars.ContextVar(
+    "ideogram_async_redis_allowance_held", default=None
+)
+"""The allowance and its count of decreases when the current task's places were granted."""
 
 # Keys, all under one hash tag so a Redis Cluster keeps them on one node:
 #   KEYS[1] holders  sorted set: holder id -> lease end (ms, Redis time)
@@ -84,8 +91,8 @@ _GRANT: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("_GRANT
 #   KEYS[3] queue    sorted set: waiting ticket (= its holder id) -> queue number
 #   KEYS[4] waiting  hash: ticket -> "<expiry ms>:<places wanted>"
 #   KEYS[5] counter  the last queue number handed out
-#   KEYS[6] bound    hash: limit, credit (additive increase), learned, learned_at,
-#                    cut (the queue number at the last decrease)
+#   KEYS[6] bound    hash: limit, learned (the service's number), learned_at,
+#                    threshold (slow start below it), completions, decreases
 _PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -117,40 +124,40 @@ local function in_use()
   return total
 end
 
--- The current bound and the cap additive increase stops at, for this maximum.
-local function bounds(maximum)
+-- The current bound, and the ceiling it never rises above, for this process's
+-- maximum and start (where the bound is before anything was learned).
+local function bounds(maximum, start)
   local state = redis.call('HMGET', KEYS[6], 'limit', 'learned')
-  local cap = maximum
+  local ceiling = maximum
   local learned = tonumber(state[2])
-  if learned and learned < cap then cap = learned end
-  local bound = maximum
-  local limit = tonumber(state[1])
-  if limit and limit < bound then bound = limit end
-  if bound < 1 then bound = 1 end
-  return bound, cap
+  if learned and learned < ceiling then ceiling = math.max(1, learned) end
+  local bound = tonumber(state[1]) or start
+  if bound > ceiling then bound = ceiling end
+  return math.max(1, bound), ceiling
 end
 """
 
-# ARGV: holder, places, maximum, lease ms, ticket ms, channel
-# -> {granted, in use, bound, cap, queue number}
+# ARGV: holder, places, maximum, start, lease ms, ticket ms, channel
+# -> {granted, in use, bound, ceiling, decreases so far}
 _ACQUIRE = """
-local id, want, maximum = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local id, want = ARGV[1], tonumber(ARGV[2])
 local freed = purge()
-local bound, cap = bounds(maximum)
+local bound, ceiling = bounds(tonumber(ARGV[3]), tonumber(ARGV[4]))
+local decreases = tonumber(redis.call('HGET', KEYS[6], 'decreases')) or 0
 if redis.call('ZSCORE', KEYS[1], id) then
-  return {1, in_use(), bound, cap, -1}
+  return {1, in_use(), bound, ceiling, decreases}
 end
 local seq = tonumber(redis.call('ZSCORE', KEYS[3], id))
 if not seq then
   seq = redis.call('INCR', KEYS[5])
   redis.call('ZADD', KEYS[3], seq, id)
 end
-redis.call('HSET', KEYS[4], id, string.format('%d:%d', now + tonumber(ARGV[5]), want))
+redis.call('HSET', KEYS[4], id, string.format('%d:%d', now + tonumber(ARGV[6]), want))
 local used = in_use()
 local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
 -- A hold larger than a lowered bound goes alone rather than never.
 if head == id and (used + want <= bound or used == 0) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), id)
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), id)
   redis.call('HSET', KEYS[2], id, want)
   redis.call('ZREM', KEYS[3], id)
   redis.call('HDEL', KEYS[4], id)
@@ -158,12 +165,12 @@ if head == id and (used + want <= bound or used == 0) then
   local after = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if after then
     local wanted = tonumber(string.match(redis.call('HGET', KEYS[4], after), ':(%d+)$'))
-    if used + wanted <= bound then redis.call('PUBLISH', ARGV[6], 't') end
+    if used + wanted <= bound then redis.call('PUBLISH', ARGV[7], 't') end
   end
-  return {1, used, bound, cap, seq}
+  return {1, used, bound, ceiling, decreases}
 end
-if freed then redis.call('PUBLISH', ARGV[6], 'r') end
-return {0, used, bound, cap, seq}
+if freed then redis.call('PUBLISH', ARGV[7], 'r') end
+return {0, used, bound, ceiling, decreases}
 """
 
 # ARGV: lease ms, then holder, places pairs -> how many holders were missing
@@ -191,47 +198,54 @@ end
 return {released, in_use()}
 """
 
-# ARGV: allowance ('' when the 429 gave none), maximum, queue number (-1: unknown),
-#       adaptive (1/0), channel, state ttl ms -> {old bound, new bound, cap}
+# ARGV: allowance ('' when the 429 gave none), maximum, start, decreases when the
+#       hold was granted (-1: unknown), adaptive (1/0), channel, state ttl ms
+# -> {old bound, new bound, ceiling, reason ('' when unchanged), learned before}
 _REJECTED = """
 local maximum = tonumber(ARGV[2])
-local old = bounds(maximum)
-local counter = tonumber(redis.call('GET', KEYS[5])) or 0
-if ARGV[1] ~= '' then
-  redis.call('HSET', KEYS[6], 'limit', ARGV[1], 'learned', ARGV[1], 'learned_at', now,
-             'credit', 0, 'cut', counter)
-elseif ARGV[4] == '1' then
-  -- Only a hold that queued after the last decrease saw the lowered bound:
-  -- the others' 429s do not halve it again.
-  local seq = tonumber(ARGV[3])
-  local cut = tonumber(redis.call('HGET', KEYS[6], 'cut')) or 0
-  if seq < 0 or seq > cut then
-    redis.call('HSET', KEYS[6], 'limit', math.max(1, math.floor(old / 2)), 'credit', 0,
-               'cut', counter)
-  end
+local old, ceiling = bounds(maximum, tonumber(ARGV[3]))
+local state = redis.call('HMGET', KEYS[6], 'decreases', 'learned')
+local decreases = tonumber(state[1]) or 0
+local new, reason = old, ''
+local function decrease(to, why)
+  redis.call('HSET', KEYS[6], 'limit', to, 'threshold', math.max(to, old - 1),
+             'completions', 0, 'decreases', decreases + 1)
+  new, reason = to, why
 end
-redis.call('PEXPIRE', KEYS[6], ARGV[6])
-local new, cap = bounds(maximum)
-if new > old then redis.call('PUBLISH', ARGV[5], 'r') end
-return {old, new, cap}
+if ARGV[1] ~= '' then
+  local learned = tonumber(ARGV[1])
+  redis.call('HSET', KEYS[6], 'learned', learned, 'learned_at', now)
+  ceiling = math.max(1, math.min(learned, maximum))
+  if ceiling < old then decrease(ceiling, 'learned') end
+end
+-- Only a request granted since the last decrease saw the lowered bound: the
+-- others' 429s are the same overload and do not halve it again.
+local round = tonumber(ARGV[4])
+if reason == '' and ARGV[5] == '1' and (round < 0 or round == decreases) then
+  decrease(math.max(1, math.floor(old / 2)), 'decreased')
+end
+redis.call('PEXPIRE', KEYS[6], ARGV[7])
+return {old, new, ceiling, reason, state[2] or ''}
 """
 
-# ARGV: maximum, channel, state ttl ms -> {old bound, new bound, cap}
-# Additive increase: one place more after as many completions as the bound.
+# ARGV: maximum, start, channel, state ttl ms -> {old bound, new bound, ceiling}
+# Below the threshold (a slow start) the bound grows by one per completed request,
+# above it by one per as many completed requests as the bound.
 _COMPLETED = """
 local maximum = tonumber(ARGV[1])
-local old, cap = bounds(maximum)
-local limit = tonumber(redis.call('HGET', KEYS[6], 'limit'))
-if limit and limit < cap then
-  local credit = redis.call('HINCRBY', KEYS[6], 'credit', 1)
-  if credit >= limit then
-    redis.call('HSET', KEYS[6], 'limit', limit + 1, 'credit', 0)
-  end
-  redis.call('PEXPIRE', KEYS[6], ARGV[3])
+local old, ceiling = bounds(maximum, tonumber(ARGV[2]))
+if old >= ceiling then return {old, old, ceiling} end
+local state = redis.call('HMGET', KEYS[6], 'threshold', 'completions')
+local threshold = tonumber(state[1]) or maximum
+local completions = (tonumber(state[2]) or 0) + 1
+local new = old
+if old < threshold or completions >= old then
+  new, completions = old + 1, 0
 end
-local new = bounds(maximum)
-if new > old then redis.call('PUBLISH', ARGV[2], 'r') end
-return {old, new, cap}
+redis.call('HSET', KEYS[6], 'limit', new, 'completions', completions)
+redis.call('PEXPIRE', KEYS[6], ARGV[4])
+if new > old then redis.call('PUBLISH', ARGV[3], 'r') end
+return {old, new, ceiling}
 """
 
 
@@ -298,8 +312,9 @@ class RedisAllowance:
             for name in ("holders", "places", "queue", "waiting", "counter", "bound")
         ]
         self._channel = f"{tag}:released"
-        self._limit = maximum
-        self._cap = maximum
+        self._start = min(maximum, _START) if adaptive else maximum
+        self._limit = self._start
+        self._ceiling = maximum
         self._in_use = 0
         self._redis: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
@@ -426,12 +441,13 @@ class RedisAllowance:
         await self.connect()
         holder = secrets.token_hex(16)
         async with self._turn:
-            seq = await self._acquire(holder, places)
+            decreases = await self._acquire(holder, places)
         self._held[holder] = places
-        _GRANT.set((id(self), seq))
+        token = _GRANT.set((self, decreases))
         try:
             yield
         finally:
+            _GRANT.reset(token)
             await self._give_back(holder)
 
     async def rejected(self, allowance: int | None) -> None:
@@ -440,22 +456,30 @@ class RedisAllowance:
             isinstance(allowance, bool) or not isinstance(allowance, int) or allowance < 1
         ):
             raise ValidationError(f"allowance must be an int >= 1 or None, not {allowance!r}")
-        if allowance is None and not self._adaptive:
-            return
-        grant = _GRANT.get(None)
-        seq = grant[1] if grant is not None and grant[0] == id(self) else -1
-        args: list[str | int] = ["" if allowance is None else allowance, self._maximum, seq]
-        args += [int(self._adaptive), self._channel, _STATE_TTL_MS]
-        old, new, cap = await self._run("rejected", args)
-        reason = ChangeReason.DECREASED if allowance is None else ChangeReason.LEARNED
-        self._changed(old, new, cap, reason)
+        held = _GRANT.get()
+        round_ = held[1] if held is not None and held[0] is self else -1
+        args: list[str | int] = ["" if allowance is None else allowance, self._maximum]
+        args += [self._start, round_, int(self._adaptive), self._channel, _STATE_TTL_MS]
+        old, new, ceiling, reason, learned = await self._run("rejected", args)
+        if allowance is not None and learned != str(allowance).encode():
+            logger.info(
+                "the service reports an allowance of %d places in flight; the processes "
+                "sharing %s hold at most %d from now on",
+                allowance,
+                self._key,
+                ceiling,
+            )
+        self._ceiling = ceiling
+        if reason:
+            self._change(old, new, ChangeReason(reason.decode()))
 
     async def completed(self) -> None:
-        """A held request ran: additive increase of the shared bound, when adaptive."""
-        if not self._adaptive or self._limit >= self._cap:
+        """A held request ran: grow the shared bound (adaptive only)."""
+        if not self._adaptive or self._limit >= self._ceiling:
             return
-        old, new, cap = await self._run("completed", [self._maximum, self._channel, _STATE_TTL_MS])
-        self._changed(old, new, cap, ChangeReason.INCREASED)
+        args: list[str | int] = [self._maximum, self._start, self._channel, _STATE_TTL_MS]
+        old, new, self._ceiling = await self._run("completed", args)
+        self._change(old, new, ChangeReason.INCREASED)
 
     async def released(self) -> None:
         """Return once any process released places, or after the fallback poll interval."""
@@ -466,16 +490,16 @@ class RedisAllowance:
                 await freed.wait()
 
     async def _acquire(self, holder: str, places: int) -> int:
-        """Take a ticket and wait until it is served; the queue number it had."""
-        args: list[str | int] = [holder, places, self._maximum, self._lease_ms]
-        args += [self._ticket_ms, self._channel]
+        """Take a ticket and wait until it is served; the count of decreases by then."""
+        args: list[str | int] = [holder, places, self._maximum, self._start]
+        args += [self._lease_ms, self._ticket_ms, self._channel]
         try:
             while True:
                 wake = self._wake
-                granted, used, bound, cap, seq = await self._run("acquire", args)
-                self._in_use, self._limit, self._cap = used, bound, cap
+                granted, used, bound, ceiling, decreases = await self._run("acquire", args)
+                self._in_use, self._limit, self._ceiling = used, bound, ceiling
                 if granted:
-                    return int(seq)
+                    return int(decreases)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
                         await wake.wait()
@@ -566,10 +590,13 @@ class RedisAllowance:
                 url=self._shown_url,
             ) from exc
 
-    def _changed(self, old: int, new: int, cap: int, reason: ChangeReason) -> None:
-        self._limit, self._cap = new, cap
+    def _change(self, old: int, new: int, reason: ChangeReason) -> None:
+        self._limit = new
         if new == old:
             return
-        logger.info("shared allowance: bound %d -> %d places (%s)", old, new, reason.value)
+        logger.debug("shared allowance bound %d -> %d places (%s)", old, new, reason)
         if self._on_change is not None:
-            self._on_change(AllowanceChange(old=old, new=new, reason=reason))
+            try:
+                self._on_change(AllowanceChange(old=old, new=new, reason=reason))
+            except Exception:
+                logger.exception("the allowance's on_change hook failed")

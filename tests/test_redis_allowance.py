@@ -310,11 +310,11 @@ async def test_a_learned_allowance_binds_every_instance(
         await waiter.entered.wait()
         await waiter.done()
         await b.completed()  # a learned allowance is not exceeded by additive increase
-        await a.rejected(4)
-        assert (a.limit, b.limit, len(changes)) == (4, 4, 1)
+        async with a.hold(1):
+            assert (a.limit, len(changes)) == (4, 1)
 
 
-async def test_the_bound_adapts_once_per_window_for_every_instance(
+async def test_the_bound_adapts_once_per_round_for_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:
     url = redis_server.url
@@ -326,31 +326,47 @@ async def test_the_bound_adapts_once_per_window_for_every_instance(
     ):
         gate = asyncio.Event()
 
-        async def rejected_after_hold(allowance: RedisAllowance) -> None:
+        async def refused(allowance: RedisAllowance) -> None:
             async with allowance.hold(1):
                 await gate.wait()
-            await allowance.rejected(None)
+                await allowance.rejected(None)
 
         # Two requests sent under the old bound are both refused: one halving only.
-        both = [asyncio.create_task(rejected_after_hold(a)) for _ in range(2)]
+        both = [asyncio.create_task(refused(a)) for _ in range(2)]
         await eventually(lambda: a.in_use == 2, "the holds never ran")
         gate.set()
         await asyncio.gather(*both)
         assert a.limit == 5
         # A request sent after the decrease and refused halves it again, for b too.
-        await rejected_after_hold(b)
+        await refused(b)
         assert changes == [AllowanceChange(old=5, new=2, reason=ChangeReason.DECREASED)]
         await fixed.rejected(None)  # not adaptive: no change
         async with fixed.hold(1):
             assert fixed.limit == 2
-        # Additive increase: one place more after as many completions as the bound.
-        await b.completed()
-        assert b.limit == 2
-        await b.completed()
-        assert b.limit == 3
-        assert changes[-1] == AllowanceChange(old=2, new=3, reason=ChangeReason.INCREASED)
+        # Back up to just under the bound that was refused one per completion (4),
+        # then one per round (as many completions as the bound).
+        for _ in range(2 + 4):
+            await b.completed()
+        assert [change.new for change in changes[1:]] == [3, 4, 5]
+        assert changes[-1].reason is ChangeReason.INCREASED
         async with a.hold(1):
-            assert a.limit == 3
+            assert a.limit == 5
+
+
+async def test_an_adaptive_bound_starts_at_ten_and_grows_per_completion(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 40, key=redis_key) as a,
+        RedisAllowance(url, 40, key=redis_key) as b,
+        RedisAllowance(url, 40, key=redis_key, adaptive=False) as fixed,
+    ):
+        assert (a.limit, fixed.limit) == (10, 40)
+        await a.completed()
+        await b.completed()
+        async with a.hold(1):
+            assert a.limit == 12
 
 
 async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None:

@@ -19,8 +19,6 @@ from ideogram_async.redis_allowance import RedisAllowance
 
 from ._redis import RedisServer, free_port
 
-pytestmark = pytest.mark.timeout(60)
-
 LEASE = 1.0
 """A short lease, so that waiting for one to end (the behaviour under test) stays short."""
 

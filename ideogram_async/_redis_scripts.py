@@ -3,7 +3,7 @@
 Each step of the shared allowance is one script, so it is atomic on the Redis
 server; every deadline is computed from the server's ``TIME`` (allowed in scripts
 since Redis 5, which replicates their effects), never from the hosts' clocks.
-Every script starts with :data:`PRELUDE` and is called with the same six keys.
+Every script starts with :data:`PRELUDE` and is called with the same seven keys.
 
 How the shared allowance works:
 
@@ -37,7 +37,7 @@ How the shared allowance works:
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "COMPLETED", "PRELUDE", "REJECTED", "RELEASE", "RENEW"]
+__all__ = ["ACQUIRE", "COMPLETED", "LISTEN", "PRELUDE", "REJECTED", "RELEASE", "RENEW"]
 
 # Keys, all under one hash tag so a Redis Cluster keeps them on one node:
 #   KEYS[1] holders  sorted set: holder id -> lease end (ms, Redis time)
@@ -47,6 +47,7 @@ __all__ = ["ACQUIRE", "COMPLETED", "PRELUDE", "REJECTED", "RELEASE", "RENEW"]
 #   KEYS[5] counter  the last queue number handed out
 #   KEYS[6] bound    hash: limit, learned (the service's number), learned_at,
 #                    threshold (slow start below it), completions, decreases
+#   KEYS[7] listening  set while a process awaits ``released()`` (after a 429)
 PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -144,12 +145,19 @@ local released = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local dequeued = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-if released == 1 then
+-- Without anyone waiting, nobody needs to hear of it.
+local waiting = redis.call('ZCARD', KEYS[3]) > 0 or redis.call('EXISTS', KEYS[7]) == 1
+if released == 1 and waiting then
   redis.call('PUBLISH', ARGV[2], 'r')
 elseif dequeued == 1 then
   redis.call('PUBLISH', ARGV[2], 't')
 end
 return {released, in_use()}
+"""
+
+# ARGV: ms -> nothing; releases are published for that long even with nobody queued
+LISTEN = """
+redis.call('SET', KEYS[7], '1', 'PX', ARGV[1])
 """
 
 # ARGV: allowance ('' when the 429 gave none), maximum, start, decreases when the

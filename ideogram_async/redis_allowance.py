@@ -117,7 +117,7 @@ class RedisAllowance:
         tag = "{" + key + "}"
         self._keys = [
             f"{tag}:{name}"
-            for name in ("holders", "places", "queue", "waiting", "counter", "bound")
+            for name in ("holders", "places", "queue", "waiting", "counter", "bound", "listening")
         ]
         self._channel = f"{tag}:released"
         self._start = min(maximum, _START) if adaptive else maximum
@@ -200,7 +200,7 @@ class RedisAllowance:
             self._redis, self._pubsub = client, pubsub
             self._scripts = {
                 name: client.register_script(scripts.PRELUDE + getattr(scripts, name.upper()))
-                for name in ("acquire", "renew", "release", "rejected", "completed")
+                for name in ("acquire", "renew", "release", "rejected", "completed", "listen")
             }
             self._tasks = [
                 asyncio.create_task(self._listen(pubsub)),
@@ -280,8 +280,8 @@ class RedisAllowance:
 
     async def released(self) -> None:
         """Return once any process released places, or after the fallback poll interval."""
-        await self.connect()
         freed = self._freed
+        await self._run("listen", [self._ticket_ms])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._poll):
                 await freed.wait()

@@ -288,6 +288,29 @@ async def test_a_release_wakes_waiters_without_polling(
         await waiter.done()
 
 
+async def test_released_hears_of_a_release_with_nobody_queued(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key) as b,
+    ):
+        b._poll = 3600.0  # only the message on the channel can wake it
+        async with a.hold(1):
+            released = asyncio.create_task(b.released())
+
+            async def listening() -> bool:
+                client = aioredis.Redis.from_url(url)
+                try:
+                    return bool(await client.exists(f"{{{redis_key}}}:listening"))
+                finally:
+                    await client.aclose()
+
+            await eventually(listening, "released() never said it listens")
+        await released
+
+
 async def test_a_learned_allowance_binds_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:

@@ -158,11 +158,6 @@ class RedisAllowance:
         """Places held by every process together, as this process last saw it."""
         return self._in_use
 
-    @property
-    def lease(self) -> float:
-        """Seconds a holder's places stay taken without renewal."""
-        return self._lease
-
     async def __aenter__(self) -> RedisAllowance:
         await self.connect()
         return self
@@ -257,16 +252,12 @@ class RedisAllowance:
         round_ = held[1] if held is not None and held[0] is self else -1
         args: list[str | int] = ["" if allowance is None else allowance, self._maximum]
         args += [self._start, round_, int(self._adaptive), self._channel, _STATE_TTL_MS]
-        old, new, ceiling, reason, learned = await self._run("rejected", args)
+        if (answer := await self._advise("rejected", args)) is None:
+            return
+        old, new, self._ceiling, reason, learned = answer
         if allowance is not None and learned != str(allowance).encode():
-            logger.info(
-                "the service reports an allowance of %d places in flight; the processes "
-                "sharing %s hold at most %d from now on",
-                allowance,
-                self._key,
-                ceiling,
-            )
-        self._ceiling = ceiling
+            message = "the service reports an allowance of %d places in flight (key %s)"
+            logger.info(message, allowance, self._key)
         if reason:
             self._change(old, new, ChangeReason(reason.decode()))
 
@@ -275,13 +266,14 @@ class RedisAllowance:
         if not self._adaptive or self._limit >= self._ceiling:
             return
         args: list[str | int] = [self._maximum, self._start, self._channel, _STATE_TTL_MS]
-        old, new, self._ceiling = await self._run("completed", args)
-        self._change(old, new, ChangeReason.INCREASED)
+        if (answer := await self._advise("completed", args)) is not None:
+            old, new, self._ceiling = answer
+            self._change(old, new, ChangeReason.INCREASED)
 
     async def released(self) -> None:
         """Return once any process released places, or after the fallback poll interval."""
         freed = self._freed
-        await self._run("listen", [self._ticket_ms])
+        await self._advise("listen", [self._ticket_ms])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._poll):
                 await freed.wait()
@@ -386,6 +378,14 @@ class RedisAllowance:
                 f"lost Redis at {self._shown_url} for the shared allowance: {exc}",
                 url=self._shown_url,
             ) from exc
+
+    async def _advise(self, name: str, args: Sequence[str | int]) -> Any:
+        """Run a script whose failure must not fail the request it reports on (None then)."""
+        try:
+            return await self._run(name, args)
+        except SharedAllowanceError as exc:
+            logger.warning("%s; the shared bound stays as it was", exc)
+            return None
 
     def _change(self, old: int, new: int, reason: ChangeReason) -> None:
         self._limit = new

@@ -96,7 +96,10 @@ async def test_each_status_maps_to_its_error(
     error = await answer_with(status, body, content_type, headers)
     assert type(error) is cls
     assert isinstance(error, APIError)
-    assert error.status == status
+    assert error.status == error.status_code == status
+    assert error.method == "POST"
+    assert error.url is not None
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/ideogram/upscale", error.url)
     assert detail in error.message
     assert detail in str(error)
     assert str(status) in str(error)

@@ -404,9 +404,12 @@ class IdeogramClient:
             except TimeoutError as exc:
                 raise self._timeout_error(exc, timer, None) from None
             except aiohttp.ClientError as exc:
+                unreachable = _unreachable(exc)
                 raise APIConnectionError(
-                    f"download of {target.name} failed ({type(exc).__name__}: {exc}); "
-                    f"the image URL may be unreachable"
+                    f"download of {target.name} failed "
+                    f"({unreachable or f'{type(exc).__name__}: {exc}'}); "
+                    f"the image URL may be unreachable",
+                    unreachable=unreachable is not None,
                 ) from exc
         return written
 
@@ -439,9 +442,12 @@ class IdeogramClient:
             except aiohttp.ClientError as exc:
                 if upload.error is not None:
                     raise upload.error from None
+                unreachable = _unreachable(exc)
                 raise APIConnectionError(
                     f"upscale {image.filename}: connection to {self.base_url} failed "
-                    f"({type(exc).__name__}: {exc}); check base_url and the network"
+                    f"({unreachable or f'{type(exc).__name__}: {exc}'}); "
+                    f"check base_url and the network",
+                    unreachable=unreachable is not None,
                 ) from exc
             finally:
                 upload.release()
@@ -468,6 +474,17 @@ class IdeogramClient:
                 body_sent=body_sent,
             )
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
+
+
+def _unreachable(exc: aiohttp.ClientError) -> str | None:
+    """Why the host cannot be reached at all (refused, unknown name); ``None`` otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused: nothing listens at that address"
+    return None
 
 
 def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool = False) -> APIError:

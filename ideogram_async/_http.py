@@ -123,7 +123,11 @@ class Http:
         except aiohttp.ClientError as exc:
             if upload is not None and upload.error is not None:
                 raise upload.error from None
-            raise APIConnectionError(f"{failed} ({type(exc).__name__}: {exc}); {hint}") from exc
+            unreachable = _unreachable(exc)
+            raise APIConnectionError(
+                f"{failed} ({unreachable or f'{type(exc).__name__}: {exc}'}); {hint}",
+                unreachable=unreachable is not None,
+            ) from exc
         finally:
             if upload is not None:
                 upload.release()
@@ -166,6 +170,17 @@ class Http:
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
 
 
+def _unreachable(exc: aiohttp.ClientError) -> str | None:
+    """Why the host cannot be reached at all (refused, unknown name); ``None`` otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused: nothing listens at that address"
+    return None
+
+
 def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
@@ -182,6 +197,8 @@ def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -
         request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
+        method=response.method,
+        url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
 
 
@@ -243,6 +260,8 @@ def error_for_status(
     retry_after: float | None,
     should_retry: bool | None,
     hint: str | None = None,
+    method: str | None = None,
+    url: str | None = None,
 ) -> APIError:
     """Build the :class:`APIError` subclass that matches ``status``.
 
@@ -262,4 +281,6 @@ def error_for_status(
         request_id=request_id,
         retry_after=retry_after,
         should_retry=should_retry,
+        method=method,
+        url=url,
     )

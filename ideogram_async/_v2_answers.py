@@ -8,6 +8,7 @@ documented shape raises :class:`~ideogram_async.errors.ResponseFormatError`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -18,7 +19,14 @@ import cattrs
 from .errors import ResponseFormatError, snippet
 from .models import UpscaledImage, _converter
 
-__all__ = ["Generation", "PriceQuote", "V2Image", "V2UpscaleResponse"]
+__all__ = [
+    "Generation",
+    "PriceQuote",
+    "QuoteItem",
+    "QuoteSummary",
+    "V2Image",
+    "V2UpscaleResponse",
+]
 
 _A = TypeVar("_A")
 _MICRO = Decimal(1_000_000)
@@ -88,6 +96,74 @@ class PriceQuote:
         """The most it can cost in US dollars: the upper bound if given, else the price."""
         bound = self.upper_bound_usd_micros
         return (self.usd_micros if bound is None else bound) / _MICRO
+
+
+@attrs.frozen(kw_only=True)
+class QuoteItem:
+    """The price of one image of a batch quote, or why it could not be priced."""
+
+    index: int
+    """Position of the image in the input (0-based)."""
+    source: Any
+    """The image as it was given."""
+    quote: PriceQuote | None
+    error: Exception | None
+    """Why it was not priced (e.g. a ``ValidationError`` for an output over 8192 px)."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the image was priced."""
+        return self.error is None
+
+
+@attrs.frozen(kw_only=True)
+class QuoteSummary:
+    """The prices of many images, in input order, with exact and estimated sums apart.
+
+    ``total_usd`` is what the priced images are expected to cost; ``upper_bound_usd``
+    the most they can (each estimate at its upper bound). Images that could not be
+    priced (``failed``) are in neither sum.
+    """
+
+    items: list[QuoteItem]
+
+    @property
+    def failed(self) -> list[QuoteItem]:
+        """The images that could not be priced."""
+        return [item for item in self.items if not item.ok]
+
+    def _sum(self, value: Callable[[PriceQuote], int], *, exact: bool | None = None) -> Decimal:
+        micros = sum(
+            value(item.quote)
+            for item in self.items
+            if item.quote is not None and exact in (None, item.quote.exact)
+        )
+        return micros / _MICRO
+
+    @property
+    def exact_usd(self) -> Decimal:
+        """The sum of the exact prices, in US dollars."""
+        return self._sum(lambda quote: quote.usd_micros, exact=True)
+
+    @property
+    def estimated_usd(self) -> Decimal:
+        """The sum of the estimated prices, in US dollars."""
+        return self._sum(lambda quote: quote.usd_micros, exact=False)
+
+    @property
+    def total_usd(self) -> Decimal:
+        """Exact plus estimated, in US dollars."""
+        return self._sum(lambda quote: quote.usd_micros)
+
+    @property
+    def upper_bound_usd(self) -> Decimal:
+        """The most it can cost: exact prices plus each estimate's upper bound."""
+        return self._sum(lambda quote: quote.upper_bound_usd_micros or quote.usd_micros)
+
+    @property
+    def credit_millis(self) -> int:
+        """The credits of every priced image, in thousandths."""
+        return sum(item.quote.credit_millis for item in self.items if item.quote is not None)
 
 
 @attrs.frozen(kw_only=True)

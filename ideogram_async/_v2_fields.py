@@ -59,7 +59,7 @@ def flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         )
 
 
-def text(limit: int) -> _Validator:
+def text_up_to(limit: int) -> _Validator:
     """``None`` or a str of at most ``limit`` characters."""
 
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -20,7 +20,9 @@ uploaded.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, TypeAlias
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 import attrs
@@ -33,7 +35,7 @@ from ._v2_fields import (
     form_value,
     number,
     seed_field,
-    text,
+    text_up_to,
     unit_field,
 )
 from .errors import ValidationError
@@ -56,6 +58,7 @@ __all__ = [
     "V2UpscaleResponse",
     "check_output_size",
     "check_webhook_url",
+    "options_from_strings",
 ]
 
 Factor: TypeAlias = Literal["x2", "x4", "x8"]
@@ -227,7 +230,7 @@ class TopazBloom2(V2Options):
     """``x2`` (the service default), ``x4`` or ``x8``."""
     seed: int | None = seed_field()
     """0..2147483647, for repeatable results."""
-    prompt: str | None = attrs.field(default=None, validator=text(1024))
+    prompt: str | None = attrs.field(default=None, validator=text_up_to(1024))
     """Text that guides the upscale, at most 1024 characters."""
     creativity: int | None = attrs.field(default=None, validator=number(1, 9, integer=True))
     """How much is invented, 1..9 (service default 3)."""
@@ -245,7 +248,7 @@ class TopazRedefine(_FaceEnhancing):
     """``x2`` (the service default), ``x4`` or ``x8``."""
     seed: int | None = seed_field()
     """0..2147483647, for repeatable results."""
-    prompt: str | None = attrs.field(default=None, validator=text(1024))
+    prompt: str | None = attrs.field(default=None, validator=text_up_to(1024))
     """Text that guides the upscale, at most 1024 characters; not with ``autoprompt``."""
     autoprompt: bool | None = attrs.field(default=None, validator=flag)
     """Let the service write the prompt (service default ``False``)."""
@@ -279,7 +282,7 @@ class NanoBananaPro(V2Options):
 
     seed: int | None = seed_field()
     """0..2147483647, for repeatable results."""
-    prompt: str | None = attrs.field(default=None, validator=text(2000))
+    prompt: str | None = attrs.field(default=None, validator=text_up_to(2000))
     """Text that guides the upscale, at most 2000 characters."""
     resolution_tier: ResolutionTier | None = attrs.field(
         default=None, validator=choice("1K", "2K", "4K")
@@ -348,3 +351,44 @@ def check_webhook_url(url: object) -> str:
     if parts.scheme != "https" or not parts.hostname:
         raise ValidationError(f"webhook_url must be an https:// URL with a host, got {url!r}")
     return url
+
+
+def options_from_strings(model: str, values: Mapping[str, str]) -> V2Options:
+    """Build ``model``'s options from text values, as a command line gives them.
+
+    ``values`` maps field names to text: ``true``/``false`` for flags, decimal
+    numbers, plain text otherwise; ``upscale_factor`` is accepted like any field.
+    Unknown models and fields raise :class:`ValidationError` listing the known ones.
+    """
+    cls = MODELS.get(model)
+    if cls is None:
+        raise ValidationError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    hints = typing.get_type_hints(cls)
+    known = [field.name for field in attrs.fields(cls)]
+    fields: dict[str, Any] = {}
+    for name, text in values.items():
+        if name not in known:
+            raise ValidationError(
+                f"{model} has no option {name!r}; its options are {', '.join(known)}"
+            )
+        kinds = set(typing.get_args(hints[name])) - {type(None)}
+        fields[name] = _from_text(name, text, kinds)
+    return cls(**fields)
+
+
+def _from_text(name: str, text: str, kinds: set[object]) -> object:
+    """``text`` as the value of a field of the given types (bool, int, float or text)."""
+    kind = next((k for k in (bool, int, float) if k in kinds), str)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("true", "false"):
+            raise ValidationError(f"{name} must be true or false, got {text!r}")
+        return lowered == "true"
+    if kind is str:
+        return text
+    try:
+        return int(text) if kind is int else float(text)
+    except ValueError:
+        raise ValidationError(
+            f"{name} must be {'an int' if kind is int else 'a number'}, got {text!r}"
+        ) from None

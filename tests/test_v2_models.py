@@ -12,12 +12,19 @@ import attrs
 import pytest
 
 from ideogram_async import ResponseFormatError, ValidationError
-from ideogram_async._v2_answers import parse_generation, parse_quote, parse_upscale
+from ideogram_async._v2_answers import (
+    QuoteItem,
+    QuoteSummary,
+    parse_generation,
+    parse_quote,
+    parse_upscale,
+)
 from ideogram_async.v2 import (
     MAX_OUTPUT_SIDE,
     MODELS,
     AutoUpscaler,
     NanoBananaPro,
+    PriceQuote,
     TopazBloom2,
     TopazRedefine,
     TopazStandard2,
@@ -27,6 +34,7 @@ from ideogram_async.v2 import (
     V2Options,
     check_output_size,
     check_webhook_url,
+    options_from_strings,
 )
 
 FACE = ("face_enhancement_strength", "face_enhancement_creativity")
@@ -500,3 +508,83 @@ def test_generations_pending_completed_failed() -> None:
     assert completed.usage_cost_usd_micros == 120000
     with pytest.raises(ResponseFormatError, match="'status'"):
         parse_generation(json.dumps({"generation_id": "g"}))
+
+
+# --- options from text (the command line) ------------------------------------------------
+
+
+def test_options_from_strings_convert_by_field_type() -> None:
+    options = options_from_strings(
+        "topaz-redefine",
+        {
+            "creativity": "4",
+            "detail": "TRUE",
+            "detail_strength": "2.5",
+            "subject_detection": "all",
+            "prompt": "fog, 4 birds",
+            "upscale_factor": "x4",
+        },
+    )
+    assert options == TopazRedefine(
+        creativity=4,
+        detail=True,
+        detail_strength=2.5,
+        subject_detection="all",
+        prompt="fog, 4 birds",
+        upscale_factor="x4",
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "values", "message"),
+    [
+        ("topaz-standard", {}, "unknown model 'topaz-standard'; choose one of auto, "),
+        ("topaz-bloom-2", {"texture": "2"}, "topaz-bloom-2 has no option 'texture'; its options"),
+        ("topaz-standard-2", {"seed": "2"}, "has no option 'seed'"),
+        ("topaz-bloom-2", {"creativity": "4.5"}, "creativity must be an int, got '4.5'"),
+        ("topaz-redefine", {"denoise": "lots"}, "denoise must be a number, got 'lots'"),
+        ("auto", {"internal": "yes"}, "internal must be true or false, got 'yes'"),
+        ("topaz-bloom-2", {"creativity": "12"}, "creativity must be from 1 to 9, got 12"),
+        ("nano-banana-pro", {"resolution_tier": "8K"}, "resolution_tier must be one of 1K"),
+    ],
+)
+def test_options_from_strings_refuse_what_the_model_does_not_take(
+    model: str, values: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        options_from_strings(model, values)
+
+
+# --- batch quotes ------------------------------------------------------------------------
+
+
+def _quote(usd_micros: int, qualifier: str = "exact", bound: int | None = None) -> PriceQuote:
+    return PriceQuote(
+        billing_identifier="b",
+        quantity=1,
+        usd_micros=usd_micros,
+        credit_millis=usd_micros // 40,
+        qualifier=qualifier,
+        upper_bound_usd_micros=bound,
+    )
+
+
+def test_quote_summary_sums_exact_and_estimated_apart() -> None:
+    quotes = [
+        _quote(60_000),
+        _quote(20_000, "estimate", 50_000),
+        _quote(10_000, "estimate"),
+        _quote(30_001),
+    ]
+    items = [
+        QuoteItem(index=i, source=f"{i}.png", quote=q, error=None) for i, q in enumerate(quotes)
+    ]
+    refused = QuoteItem(index=4, source="big.png", quote=None, error=ValidationError("too big"))
+    summary = QuoteSummary(items=[*items, refused])
+    assert summary.exact_usd == Decimal("0.090001")
+    assert summary.estimated_usd == Decimal("0.03")
+    assert summary.total_usd == Decimal("0.120001")
+    assert summary.upper_bound_usd == Decimal("0.150001")
+    assert summary.credit_millis == sum(q.credit_millis for q in quotes)
+    assert summary.failed == [refused]
+    assert QuoteSummary(items=[]).total_usd == 0

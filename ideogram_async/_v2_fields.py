@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import attrs
 
 from .errors import ValidationError
 
 SEED_MAX = 2_147_483_647
+_WEBHOOK_URL_MAX = 2048
 
 _Validator: TypeAlias = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -101,3 +103,18 @@ def form_value(value: object) -> str:
         # Plain decimals, never exponents ("1e-07" might not parse on the other side).
         return format(Decimal(repr(value)).normalize(), "f")
     return str(value)
+
+
+def check_webhook_url(url: object) -> str:
+    """``url`` if it is an https URL of at most 2048 characters, else ``ValidationError``."""
+    if not isinstance(url, str):
+        raise ValidationError(f"webhook_url must be a str, got {type(url).__name__} {url!r}")
+    if len(url) > _WEBHOOK_URL_MAX:
+        raise ValidationError(
+            f"webhook_url is {len(url)} characters long; the service takes at most "
+            f"{_WEBHOOK_URL_MAX}"
+        )
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValidationError(f"webhook_url must be an https:// URL with a host, got {url!r}")
+    return url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -15,6 +15,7 @@ from aiolimiter import AsyncLimiter
 from ._files import write_atomically
 from ._http import Http
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
+from ._v2_client import V2Calls, poll_limiter
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
@@ -24,7 +25,7 @@ from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImag
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
 
-class IdeogramClient:
+class IdeogramClient(V2Calls):
     """An async client for the Ideogram upscale endpoint; use it as an async context manager.
 
     One client holds one connection pool and one concurrency limit: share it across
@@ -36,6 +37,11 @@ class IdeogramClient:
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
     ``https://api.ideogram.ai``). Pass ``session`` to reuse an ``aiohttp``
     session: the client then never closes it, and its pool limits apply.
+
+    A client of the official flavor also reaches Ideogram's v2 upscalers
+    (``upscale_v2``, ``quote_v2``, ``quote_many``, ``submit_v2``,
+    ``wait_for_generation``); ``poll_limit`` ``(polls, seconds)`` is the one rate
+    every generation poll of the client shares (Ideogram allows 1,000 per 10 s).
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class IdeogramClient:
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
+        poll_limit: tuple[int, float] = (1000, 10.0),
     ) -> None:
         settings = Settings.resolve(
             api_key=api_key,
@@ -76,6 +83,7 @@ class IdeogramClient:
         self._on_retry = on_retry
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
+        self._polls = poll_limiter(poll_limit)
         self._limiter = (
             None
             if settings.requests_per_second is None
@@ -257,17 +265,31 @@ class IdeogramClient:
             return await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
 
     async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
-        """One HTTP attempt, holding a concurrency slot only while on the wire."""
+        """One HTTP attempt of a v1 upscale."""
+        text, status = await self._post_image(
+            self._url, {"image_request": form}, image, part="image_file"
+        )
+        return parse_response(text, status)
+
+    async def _post_image(
+        self, url: str, fields: Mapping[str, str], image: PreparedImage, *, part: str
+    ) -> tuple[str, int]:
+        """One multipart POST of an image and form fields; the 2xx body and status.
+
+        The one attempt path of every upscale (v1 and v2, quotes included): it holds
+        a concurrency slot only while on the wire, and any non-2xx raises its error.
+        """
         async with self._slots:
             if self._limiter is not None:
                 await self._limiter.acquire()
             body = aiohttp.MultipartWriter("form-data")
-            body.append(form).set_content_disposition("form-data", name="image_request")
-            upload = image.payload()
+            for name, value in fields.items():
+                body.append(value).set_content_disposition("form-data", name=name)
+            upload = image.payload(part)
             body.append_payload(upload)
             async with self._http.request(
                 "POST",
-                self._url,
+                url,
                 failed=f"upscale {image.filename}: connection to {self.base_url} failed",
                 hint="check base_url and the network",
                 upload=upload,
@@ -276,4 +298,4 @@ class IdeogramClient:
                 allow_redirects=False,
             ) as response:
                 text = await self._http.text(response)
-        return parse_response(text, response.status)
+        return text, response.status

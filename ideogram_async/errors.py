@@ -8,6 +8,8 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    ├── GenerationFailedError                a v2 background generation ended ``failed``
+    ├── WebhookVerificationError             a webhook delivery failed its check (``webhooks``)
     └── APIError                             the service answered with a non-2xx status
         ├── BadRequestError                  400, 413, 422
         ├── AuthenticationError              401, 403
@@ -29,6 +31,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "GenerationFailedError",
     "IdeogramError",
     "NotFoundError",
     "PaymentRequiredError",
@@ -88,6 +91,15 @@ class ResponseFormatError(IdeogramError):
         super().__init__(message)
         self.body = body
         self.status = status
+
+
+class GenerationFailedError(IdeogramError):
+    """A v2 generation ended ``failed``; ``failure_reason`` says why (it is not billed)."""
+
+    def __init__(self, message: str, *, generation_id: str, failure_reason: str | None) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+        self.failure_reason = failure_reason
 
 
 class APIError(IdeogramError):

@@ -23,12 +23,19 @@ import math
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeAlias
-from urllib.parse import urlsplit
 
 import attrs
 
-from ._v2_answers import Generation, PriceQuote, V2Image, V2UpscaleResponse
+from ._v2_answers import (
+    Generation,
+    PriceQuote,
+    QuoteItem,
+    QuoteSummary,
+    V2Image,
+    V2UpscaleResponse,
+)
 from ._v2_fields import (
+    check_webhook_url,
     choice,
     collection_id,
     flag,
@@ -41,6 +48,7 @@ from ._v2_fields import (
 from .errors import ValidationError
 
 __all__ = [
+    "MAX_FILE_SIZE",
     "MAX_OUTPUT_SIDE",
     "MODELS",
     "AutoUpscaler",
@@ -48,6 +56,8 @@ __all__ = [
     "Generation",
     "NanoBananaPro",
     "PriceQuote",
+    "QuoteItem",
+    "QuoteSummary",
     "TopazBloom2",
     "TopazRedefine",
     "TopazStandard2",
@@ -69,9 +79,10 @@ ResolutionTier: TypeAlias = Literal["1K", "2K", "4K"]
 
 MAX_OUTPUT_SIDE = 8192
 """The widest or tallest output, in pixels, of every model but ``nano-banana-pro``."""
+MAX_FILE_SIZE = 50 * 1024 * 1024
+"""The v2 upscalers' cap on an uploaded image (50 MB)."""
 _FACTORS: dict[str, int] = {"x2": 2, "x4": 4, "x8": 8}
 _DEFAULT_FACTOR: Factor = "x2"
-_WEBHOOK_URL_MAX = 2048
 
 
 @attrs.frozen(kw_only=True)
@@ -336,21 +347,6 @@ def check_output_size(width: int, height: int, *, model: str, factor: str | None
         f"{width}x{height} image at {factor} would be {width * multiple}x{height * multiple}; "
         f"{fix}"
     )
-
-
-def check_webhook_url(url: object) -> str:
-    """``url`` if it is an https URL of at most 2048 characters, else ``ValidationError``."""
-    if not isinstance(url, str):
-        raise ValidationError(f"webhook_url must be a str, got {type(url).__name__} {url!r}")
-    if len(url) > _WEBHOOK_URL_MAX:
-        raise ValidationError(
-            f"webhook_url is {len(url)} characters long; the service takes at most "
-            f"{_WEBHOOK_URL_MAX}"
-        )
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValidationError(f"webhook_url must be an https:// URL with a host, got {url!r}")
-    return url
 
 
 def options_from_strings(model: str, values: Mapping[str, str]) -> V2Options:

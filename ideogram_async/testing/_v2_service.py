@@ -142,13 +142,15 @@ class Generations:
         self._by_id: dict[str, _Generation] = {}
         self._serials = itertools.count()
 
-    def submit(self, items: list[dict[str, Any]], *, fail: bool, cost: int) -> str:
-        """Record a generation; return its id."""
+    def submit(
+        self, items: list[dict[str, Any]], *, fail: bool, cost: int, delay: float | None = None
+    ) -> str:
+        """Record a generation done after ``delay`` (default: the set one); return its id."""
         generation_id = f"gen-{next(self._serials)}-{secrets.token_hex(4)}"
         self._by_id[generation_id] = _Generation(
             generation_id=generation_id,
             created=created_now(),
-            due=self._clock() + self.delay,
+            due=self._clock() + (self.delay if delay is None else delay),
             items=items,
             failure_reason="content_policy_violation" if fail else None,
             cost=cost,

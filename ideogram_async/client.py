@@ -234,6 +234,11 @@ class IdeogramClient(V2Calls):
         """
         self._http.session()
         url = image.url if isinstance(image, UpscaledImage) else image
+        if isinstance(image, UpscaledImage) and image.is_image_safe is False and not url:
+            raise ValidationError(
+                "this image was withheld by the service's safety check, so there is "
+                "nothing to download (the upscale ran and is billed)"
+            )
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValidationError(
                 f"cannot download {url!r}: pass an UpscaledImage with a url or an http(s) URL"

@@ -107,9 +107,9 @@ def test_a_stale_delivery_is_refused_unless_the_age_check_is_off(
 
 
 def test_a_jwks_without_ed25519_keys_is_refused() -> None:
+    # A well-formed key of another curve is not taken for an Ed25519 one.
+    x = _b64url(bytes(range(32)))
     with pytest.raises(WebhookVerificationError, match="no Ed25519 key"):
-        # A well-formed key of another curve is not taken for an Ed25519 one.
-        x = _b64url(bytes(range(32)))
         load_webhook_keys({"keys": [{"kty": "OKP", "crv": "X25519", "kid": "x", "x": x}]})
     with pytest.raises(WebhookVerificationError, match="no Ed25519 key"):
         load_webhook_keys("[]")

@@ -80,11 +80,12 @@ def check_request(model: str, fields: dict[str, str]) -> dict[str, str]:
 def output_size(model: str, options: dict[str, str], width: int, height: int) -> tuple[int, int]:
     """The result's size, or :class:`V2Refusal` (400) past 8192 px or a reached tier."""
     if model == NanoBananaPro.model:
+        # A tier is an area: 2K is about 2048 x 2048 pixels, in the source's proportions.
         tier = options.get("resolution_tier", "2K")
-        side = _TIERS[tier]
-        if max(width, height) >= side:
+        area = _TIERS[tier] ** 2
+        if width * height >= area:
             raise V2Refusal(400, f"The source ({width}x{height}) already reaches the {tier} tier.")
-        scale = side / max(width, height)
+        scale = math.sqrt(area / (width * height))
         return max(1, round(width * scale)), max(1, round(height * scale))
     factor = _FACTORS[options.get("upscale_factor", "x2")]
     out = (width * factor, height * factor)

@@ -13,8 +13,9 @@ import asyncio
 import hashlib
 import io
 import math
+import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 from aiohttp import BodyPartReader, web
@@ -24,8 +25,10 @@ from aiohttp.web_protocol import RequestPayloadError
 from ideogram_async.images import HEADER_BYTES, image_size, sniff
 
 from ._answers import FIXED_PNG, TRUNCATED_JSON, drop
+from ._faults import Fault, FaultPlan
 from ._multipart import Reject
-from ._stats import ReceivedV2Upload
+from ._stats import EmulatorStats, ReceivedV2Upload, Route
+from ._store import ImageStore
 from ._v2_service import (
     FAIL,
     WITHHOLD,
@@ -36,9 +39,6 @@ from ._v2_service import (
     output_size,
     price,
 )
-
-if TYPE_CHECKING:
-    from ._emulator import Emulator
 
 __all__ = ["V2Routes"]
 
@@ -61,6 +61,30 @@ class _Form:
     data: bytes | None = None
 
 
+class _Emulator(Protocol):
+    """What the v2 routes share with the emulator they belong to."""
+
+    _clock: Callable[[], float]
+    _faults: FaultPlan | None
+    _stats: EmulatorStats
+    _open: asyncio.Event
+    _latency: tuple[float, float]
+    _rng: random.Random
+    _upscale: bool
+    _v2_max_file_size: int
+    _images: ImageStore
+
+    async def _handle(self, request: web.Request, process: _Handler) -> web.StreamResponse: ...
+
+    def _authorized(self, request: web.Request, route: Route) -> bool: ...
+
+    def _received(self, size: int) -> None: ...
+
+    async def _inject(
+        self, request: web.Request, fault: Fault, sample: bytes, sample_type: str
+    ) -> web.StreamResponse | None: ...
+
+
 def _resize(data: bytes, size: tuple[int, int]) -> bytes:
     """Decode an image and resize it to ``size`` as PNG (needs Pillow; run in a thread)."""
     from PIL import Image
@@ -76,10 +100,10 @@ def _resize(data: bytes, size: tuple[int, int]) -> bytes:
 
 
 class V2Routes:
-    """The v2 part of one :class:`Emulator`, sharing its key, faults, store and stats."""
+    """The v2 part of one emulator, sharing its key, faults, store and stats."""
 
     def __init__(
-        self, emulator: Emulator, *, generation_delay: float, poll_limit: tuple[int, float]
+        self, emulator: _Emulator, *, generation_delay: float, poll_limit: tuple[int, float]
     ) -> None:
         self._emu = emulator
         self.generations = Generations(emulator._clock, generation_delay)

@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, overload
 
 import aiohttp
 from aiolimiter import AsyncLimiter
@@ -15,12 +15,14 @@ from aiolimiter import AsyncLimiter
 from ._files import write_atomically
 from ._http import Http
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
+from ._v2_answers import parse_upscale
 from ._v2_client import V2Calls, poll_limiter
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
 from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
+from .v2 import V2Options, V2UpscaleResponse
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
@@ -172,6 +174,7 @@ class IdeogramClient(V2Calls):
                 on_retry=self._on_retry,
             )
 
+    @overload
     def upscale_many(
         self,
         inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
@@ -181,17 +184,44 @@ class IdeogramClient(V2Calls):
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
-    ) -> BatchRun:
+    ) -> BatchRun[UpscaleResponse]: ...
+
+    @overload
+    def upscale_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        request: V2Options,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun[V2UpscaleResponse]: ...
+
+    def upscale_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        request: UpscaleRequest | V2Options | None = None,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun[UpscaleResponse] | BatchRun[V2UpscaleResponse]:
         """Upscale many images, yielding a :class:`BatchResult` for each as it finishes.
 
         ``inputs`` is any iterable or async iterable of images, of ``(image,
-        UpscaleRequest)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
+        request)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
         at most ``window`` items (default ``2 * max_concurrency``) are in progress
         or buffered at once, however long it is. A failed item is a result with
         ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
         order; ``stop_on_error=True`` ends the run after the first failed result.
         Leaving the loop cancels what is still running (use ``async with`` for
         that to happen at once).
+
+        With a v2 model's options as ``request`` (e.g. ``TopazBloom2(...)``; official
+        flavor) every image goes to that v2 upscaler, as :meth:`upscale_v2` would
+        send it, and results carry a :class:`V2UpscaleResponse`.
         """
         self._http.session()
         if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
@@ -200,15 +230,36 @@ class IdeogramClient(V2Calls):
                 "wrap it in a list or call upscale() for a single image"
             )
         default = request or UpscaleRequest()
-        if not isinstance(default, UpscaleRequest):
+        if not isinstance(default, UpscaleRequest | V2Options):
             raise ValidationError(
-                f"request must be an UpscaleRequest, got {type(default).__name__}"
+                f"request must be an UpscaleRequest or a v2 model's options, "
+                f"got {type(default).__name__}"
             )
         size = 2 * self.max_concurrency if window is None else window
         int_at_least("window", size, 1)
         self._policy(retry)
+        if isinstance(default, V2Options):
+            self._v2_url("")  # a proxy-flavor client refuses v2 here, not per item
+
+            async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
+                assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
+                return await self._v2_post(
+                    job.image, job.request, parse_upscale, filename=job.filename, retry=retry
+                )
+
+            return BatchRun(
+                fan_out(
+                    inputs,
+                    run_v2,
+                    default,
+                    window=size,
+                    ordered=ordered,
+                    stop_on_error=stop_on_error,
+                )
+            )
 
         async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+            assert isinstance(job.request, UpscaleRequest)  # as_job keeps the batch's kind
             return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
 
         return BatchRun(

@@ -429,7 +429,7 @@ async def test_a_bad_per_call_policy_is_refused_before_anything_runs(
     with pytest.raises(ValidationError, match="RetryPolicy"):
         await client.upscale(png_bytes, retry=3)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="RetryPolicy"):
-        client.upscale_many([png_bytes], retry="often")  # type: ignore[arg-type]
+        client.upscale_many([png_bytes], retry="often")  # type: ignore[call-overload]
     with pytest.raises(ValidationError, match="RetryPolicy"):
         await client.download("https://images.example/x.png", "x.png", retry=1)  # type: ignore[arg-type]
     assert sent(mocked) == []

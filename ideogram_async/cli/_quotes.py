@@ -26,7 +26,7 @@ def _dollars(amount: Decimal) -> str:
 def render(sources: Sequence[Source], summary: QuoteSummary) -> list[str]:
     """The table's lines and the totals, for the terminal."""
     width = max((len(source.shown) for source in sources), default=5)
-    lines = [f"{'IMAGE':<{width}}  {'PRICE':>10}  {'':<8}  BILLED AS"]
+    lines = [f"{'IMAGE':<{width}}  {'PRICE':>10}  {'QUOTE':<8}  BILLED AS"]
     for item in summary.items:
         shown = sources[item.index].shown
         if item.quote is None:

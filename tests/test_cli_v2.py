@@ -43,7 +43,8 @@ async def test_a_v2_run_upscales_by_the_factor_and_refuses_what_would_pass_8192_
         stats = emulator.stats
     assert run.returncode == 1, run.stderr  # the wide image failed; the run went on
     assert_clean(run)
-    assert sorted(upload.filename for upload in stats.v2_uploads) == ["a.png", "b.jpg", "c.webp"]
+    sent = sorted(str(upload.filename) for upload in stats.v2_uploads)
+    assert sent == ["a.png", "b.jpg", "c.webp"]
     for upload in stats.v2_uploads:
         assert upload.model == "topaz-bloom-2"
         assert upload.headers["api-key"] == KEY

@@ -22,6 +22,7 @@ from .errors import (
     ResponseFormatError,
     ServerError,
     ValidationError,
+    WebhookVerificationError,
 )
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent, RetryPolicy
@@ -86,5 +87,6 @@ __all__ = [
     "V2Options",
     "V2UpscaleResponse",
     "ValidationError",
+    "WebhookVerificationError",
     "__version__",
 ]

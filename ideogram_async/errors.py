@@ -9,7 +9,7 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
     ├── GenerationFailedError                a v2 background generation ended ``failed``
-    ├── WebhookVerificationError             a webhook delivery failed its check (``webhooks``)
+    ├── WebhookVerificationError             a webhook delivery failed its signature check
     └── APIError                             the service answered with a non-2xx status
         ├── BadRequestError                  400, 413, 422
         ├── AuthenticationError              401, 403
@@ -39,6 +39,7 @@ __all__ = [
     "ResponseFormatError",
     "ServerError",
     "ValidationError",
+    "WebhookVerificationError",
 ]
 
 _SNIPPET = 300
@@ -100,6 +101,10 @@ class GenerationFailedError(IdeogramError):
         super().__init__(message)
         self.generation_id = generation_id
         self.failure_reason = failure_reason
+
+
+class WebhookVerificationError(IdeogramError):
+    """A webhook delivery is not signed by a given key, is stale, or lacks a header."""
 
 
 class APIError(IdeogramError):

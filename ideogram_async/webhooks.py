@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import IdeogramError
+from .errors import WebhookVerificationError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -42,10 +42,6 @@ _PREFIX = "x-ideogram-webhook-"
 _HEADERS = ("generation-id", "user-id", "timestamp", "key-id", "signature")
 _SIGNATURE_SIZE = 64
 _EXTRA_HINT = "webhook verification needs cryptography: pip install 'ideogram-async[webhooks]'"
-
-
-class WebhookVerificationError(IdeogramError):
-    """A webhook delivery is not signed by a given key, is stale, or lacks a header."""
 
 
 @attrs.frozen(kw_only=True)

@@ -10,6 +10,7 @@ retries, concurrency limits, cancellation and errors as v1.
 from __future__ import annotations
 
 import asyncio
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
 from urllib.parse import quote
@@ -230,21 +231,31 @@ class V2Calls:
         """
         size = int_at_least("window", 2 * self.max_concurrency if window is None else window, 1)
         self._policy(retry)
-        gate = asyncio.Semaphore(size)
 
         async def one(index: int, item: QuoteInput) -> QuoteItem:
-            async with gate:
-                source, chosen = item if isinstance(item, tuple) else (item, options)
-                try:
-                    if chosen is None:
-                        raise ValidationError("no options: pass options= or (image, options) pairs")
-                    priced = await self.quote_v2(source, chosen, retry=retry)
-                except Exception as exc:
-                    return QuoteItem(index=index, source=source, quote=None, error=exc)
-                return QuoteItem(index=index, source=source, quote=priced, error=None)
+            source, chosen = item if isinstance(item, tuple) else (item, options)
+            try:
+                if chosen is None:
+                    raise ValidationError("no options: pass options= or (image, options) pairs")
+                priced = await self.quote_v2(source, chosen, retry=retry)
+            except Exception as exc:
+                return QuoteItem(index=index, source=source, quote=None, error=exc)
+            return QuoteItem(index=index, source=source, quote=priced, error=None)
 
-        items = await asyncio.gather(*(one(i, item) for i, item in enumerate(images)))
-        return QuoteSummary(items=list(items))
+        items: list[QuoteItem] = []
+        running: set[asyncio.Task[QuoteItem]] = set()
+        try:
+            for index, item in enumerate(images):
+                if len(running) >= size:
+                    done, running = await asyncio.wait(running, return_when=FIRST_COMPLETED)
+                    items += (task.result() for task in done)
+                running.add(asyncio.create_task(one(index, item)))
+            items += await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        return QuoteSummary(items=sorted(items, key=lambda item: item.index))
 
     async def get_generation(
         self: _Client, generation_id: str, *, retry: RetryPolicy | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest_asyncio
 from ideogram_async import (
     APITimeoutError,
     AutoUpscaler,
+    BatchInput,
     GenerationFailedError,
     IdeogramClient,
     NanoBananaPro,
@@ -25,12 +26,13 @@ from ideogram_async import (
     TopazStandard2,
     TopazTextRefine,
     TopazWonder35,
+    UpscaleRequest,
     V2Options,
     ValidationError,
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
-from ._support import KEY, make_image
+from ._support import KEY, make_image, open_fds
 
 EVERY_MODEL: list[V2Options] = [
     AutoUpscaler(upscale_factor="x4", seed=3, internal=True, private=False),
@@ -364,3 +366,62 @@ async def test_polls_back_off_up_to_max_interval(
         await client.wait_for_generation(generation_id, poll_interval=0.2, max_interval=0.4)
     assert slept == pytest.approx([0.2, 0.3, 0.4, 0.4])
     assert emulator.stats.polls == 5
+
+
+async def test_quote_many_keeps_at_most_window_images_open(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    pulled: list[int] = []
+
+    def images() -> Iterator[bytes]:
+        for number in range(10):
+            pulled.append(number)
+            yield make_image(size=(8, 8), shade=number)
+
+    emulator.pause()
+    task = asyncio.create_task(official.quote_many(images(), TopazBloom2(), window=3))
+    await emulator.wait_in_flight(3)
+    assert len(pulled) == 4  # three on the wire, the fourth waiting for room
+    emulator.resume()
+    summary = await task
+    assert [item.index for item in summary.items] == list(range(10))
+    assert emulator.stats.peak_in_flight == 3
+
+
+async def test_cancelling_a_v2_upscale_frees_its_file_at_once(
+    emulator: Emulator, official: IdeogramClient, png_path: Path
+) -> None:
+    emulator.pause()
+    task = asyncio.create_task(official.upscale_v2(png_path, TopazStandard2()))
+    await emulator.wait_in_flight(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert str(png_path) not in open_fds().values()
+    emulator.resume()
+
+
+async def test_upscale_many_runs_a_v2_batch_and_keeps_its_kind(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    small, wide = make_image(size=(8, 6)), make_image(size=(5000, 8))
+    inputs: list[BatchInput] = [small, (small, TopazWonder35(upscale_factor="x8")), wide, (small, UpscaleRequest())]
+    async with official.upscale_many(inputs, TopazBloom2(), ordered=True) as run:
+        results = [result async for result in run]
+    first, second, refused, mixed = results
+    assert first.response is not None
+    assert (first.response.width, first.response.height) == (16, 12)
+    assert second.response is not None
+    assert (second.response.width, second.response.height) == (64, 48)
+    assert isinstance(refused.error, ValidationError)
+    assert "8192 px" in str(refused.error)
+    assert isinstance(mixed.error, ValidationError)
+    assert "run v1 and v2 upscales in separate batches" in str(mixed.error)
+    assert [u.model for u in emulator.stats.v2_uploads] == ["topaz-bloom-2", "topaz-wonder-3-5"]
+
+
+async def test_a_proxy_flavor_client_refuses_a_v2_batch(emulator: Emulator) -> None:
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as proxy:
+        with pytest.raises(ValidationError, match="flavor='official'"):
+            proxy.upscale_many([make_image()], TopazBloom2())
+    assert emulator.stats.requests == 0

@@ -405,7 +405,8 @@ async def test_upscale_many_runs_a_v2_batch_and_keeps_its_kind(
     emulator: Emulator, official: IdeogramClient
 ) -> None:
     small, wide = make_image(size=(8, 6)), make_image(size=(5000, 8))
-    inputs: list[BatchInput] = [small, (small, TopazWonder35(upscale_factor="x8")), wide, (small, UpscaleRequest())]
+    wonder = TopazWonder35(upscale_factor="x8")
+    inputs: list[BatchInput] = [small, (small, wonder), wide, (small, UpscaleRequest())]
     async with official.upscale_many(inputs, TopazBloom2(), ordered=True) as run:
         results = [result async for result in run]
     first, second, refused, mixed = results

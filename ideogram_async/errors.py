@@ -74,7 +74,16 @@ class ClientClosedError(IdeogramError, RuntimeError):
 
 
 class APIConnectionError(IdeogramError):
-    """The request got no usable HTTP response (refused, reset, disconnected)."""
+    """The request got no usable HTTP response (refused, reset, disconnected).
+
+    ``unreachable`` is true when the host refused the connection or its name did not
+    resolve: a wrong ``base_url`` or a service that is down, which retrying soon will
+    not fix (see ``RetryPolicy.connect_attempts``).
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class APITimeoutError(APIConnectionError):

@@ -302,7 +302,8 @@ class V2Calls:
         so many waits never exceed the organization's polling limit, and a 429's
         ``Retry-After`` is honoured. Raises :class:`GenerationFailedError` (with
         ``failure_reason``; not billed) when it fails, and ``APITimeoutError`` (kind
-        ``deadline``) when it is still pending after ``timeout`` seconds.
+        ``deadline``) when it is still pending after ``timeout`` seconds. In test mode
+        (``set_testing``) the waits between polls take no time, like retry waits.
         """
         interval = positive_number("poll_interval", poll_interval)
         ceiling = positive_number("max_interval", max_interval)

@@ -30,7 +30,7 @@ from ideogram_async import (
     V2Options,
     ValidationError,
 )
-from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries, serve_main
 
 from ._support import KEY, make_image, open_fds
 
@@ -426,3 +426,17 @@ async def test_a_proxy_flavor_client_refuses_a_v2_batch(emulator: Emulator) -> N
         with pytest.raises(ValidationError, match="flavor='official'"):
             proxy.upscale_many([make_image()], TopazBloom2())
     assert emulator.stats.requests == 0
+
+
+def test_the_emulators_v2_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="generation_delay"):
+        Emulator(upscale=False, generation_delay=-1)
+    with pytest.raises(ValueError, match="poll_limit"):
+        Emulator(upscale=False, poll_limit=(0, 10.0))
+    with pytest.raises(ValueError, match="poll_limit"):
+        Emulator(upscale=False, poll_limit=(10, 0.0))
+
+
+def test_serve_takes_a_generation_delay(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_main(["--generation-delay", "-1"]) == 2
+    assert "expected seconds >= 0" in capsys.readouterr().err

@@ -105,6 +105,11 @@ class V2Routes:
     def __init__(
         self, emulator: _Emulator, *, generation_delay: float, poll_limit: tuple[int, float]
     ) -> None:
+        if not 0 <= generation_delay < float("inf"):
+            raise ValueError(f"generation_delay must be >= 0 seconds, got {generation_delay!r}")
+        polls, period = poll_limit
+        if isinstance(polls, bool) or not isinstance(polls, int) or polls < 1 or not period > 0:
+            raise ValueError(f"poll_limit must be (polls >= 1, seconds > 0), got {poll_limit!r}")
         self._emu = emulator
         self.generations = Generations(emulator._clock, generation_delay)
         self.polls = PollWindow(emulator._clock, *poll_limit)

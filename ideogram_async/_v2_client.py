@@ -10,7 +10,6 @@ retries, concurrency limits, cancellation and errors as v1.
 from __future__ import annotations
 
 import asyncio
-from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
 from urllib.parse import quote
@@ -67,6 +66,8 @@ class _Client(Protocol):
     _polls: AsyncLimiter
 
     def _policy(self, retry: RetryPolicy | None) -> RetryPolicy: ...
+
+    def _v2_url(self, path: str) -> str: ...
 
     async def _post_image(
         self, url: str, fields: Mapping[str, str], image: PreparedImage, *, part: str
@@ -128,7 +129,7 @@ class V2Calls:
                 f"options must be a model's options such as TopazBloom2(...), "
                 f"got {type(options).__name__}"
             )
-        url = V2Calls._v2_url(self, f"image/upscale/{options.model}")
+        url = self._v2_url(f"image/upscale/{options.model}")
         if dry_run:
             url += "?dry_run=true"
         policy = self._policy(retry)
@@ -163,7 +164,8 @@ class V2Calls:
 
         ``options`` is the model's options class, e.g. ``TopazBloom2(prompt="...",
         upscale_factor="x4")``; the image is checked as for ``upscale`` (up to 50 MB),
-        and an output over 8192 px a side is refused before upload. An image
+        and an output over 8192 px a side is refused before upload (from the size in
+        the image's header; when its first 64 KB do not give it, the service decides). An image
         withheld by the safety check comes back with ``withheld`` set and no URL:
         that upscale ran and is billed.
         """
@@ -247,7 +249,7 @@ class V2Calls:
         try:
             for index, item in enumerate(images):
                 if len(running) >= size:
-                    done, running = await asyncio.wait(running, return_when=FIRST_COMPLETED)
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     items += (task.result() for task in done)
                 running.add(asyncio.create_task(one(index, item)))
             items += await asyncio.gather(*running)
@@ -263,7 +265,7 @@ class V2Calls:
         """Poll a background generation once (retried like any call, ``Retry-After`` kept)."""
         if not isinstance(generation_id, str) or not generation_id.strip():
             raise ValidationError(f"generation_id must be a non-empty str, got {generation_id!r}")
-        url = V2Calls._v2_url(self, f"generations/{quote(generation_id, safe='')}")
+        url = self._v2_url(f"generations/{quote(generation_id, safe='')}")
 
         async def attempt(number: int) -> Generation:
             await self._polls.acquire()

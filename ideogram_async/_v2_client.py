@@ -165,9 +165,9 @@ class V2Calls:
         ``options`` is the model's options class, e.g. ``TopazBloom2(prompt="...",
         upscale_factor="x4")``; the image is checked as for ``upscale`` (up to 50 MB),
         and an output over 8192 px a side is refused before upload (from the size in
-        the image's header; when its first 64 KB do not give it, the service decides). An image
-        withheld by the safety check comes back with ``withheld`` set and no URL:
-        that upscale ran and is billed.
+        the image's header; when its first 64 KB do not give it, the service decides).
+        An image withheld by the safety check comes back with ``withheld`` set and no
+        URL: that upscale ran and is billed.
         """
         response, _ = await self._v2_post(
             image, options, parse_upscale, filename=filename, retry=retry

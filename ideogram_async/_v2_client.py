@@ -10,6 +10,7 @@ retries, concurrency limits, cancellation and errors as v1.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
 from urllib.parse import quote
@@ -231,8 +232,14 @@ class V2Calls:
         with ``error`` set, not an exception. At most ``window`` images (default
         ``2 * max_concurrency``) are open at once.
         """
+        if isinstance(images, str | bytes | bytearray | memoryview | os.PathLike):
+            raise ValidationError(
+                "quote_many takes an iterable of images, not one image; "
+                "wrap it in a list or call quote_v2() for a single image"
+            )
         size = int_at_least("window", 2 * self.max_concurrency if window is None else window, 1)
         self._policy(retry)
+        self._v2_url("")  # a proxy-flavor client refuses here, not once per image
 
         async def one(index: int, item: QuoteInput) -> QuoteItem:
             source, chosen = item if isinstance(item, tuple) else (item, options)

@@ -116,6 +116,8 @@ async def test_a_proxy_flavor_client_refuses_v2_before_sending(emulator: Emulato
         ):
             with pytest.raises(ValidationError, match="flavor='official'"):
                 await call
+        with pytest.raises(ValidationError, match="flavor='official'"):
+            await proxy.quote_many([make_image()], TopazBloom2())
     assert emulator.stats.requests == 0
     assert emulator.stats.polls == 0
 
@@ -366,6 +368,11 @@ async def test_polls_back_off_up_to_max_interval(
         await client.wait_for_generation(generation_id, poll_interval=0.2, max_interval=0.4)
     assert slept == pytest.approx([0.2, 0.3, 0.4, 0.4])
     assert emulator.stats.polls == 5
+
+
+async def test_quote_many_refuses_a_single_image(official: IdeogramClient) -> None:
+    with pytest.raises(ValidationError, match="iterable of images, not one image"):
+        await official.quote_many(make_image(), TopazBloom2())  # type: ignore[arg-type]
 
 
 async def test_quote_many_keeps_at_most_window_images_open(

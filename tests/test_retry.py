@@ -179,18 +179,6 @@ async def test_per_call_policy_overrides_the_clients(png_bytes: bytes) -> None:
     assert emulator.stats.requests == 2
 
 
-async def test_connection_refused_is_retried_then_reported(png_bytes: bytes) -> None:
-    async with Emulator(api_key=KEY) as emulator:
-        base_url = emulator.base_url  # the port is closed once the emulator stops
-    async with IdeogramClient(
-        api_key=KEY, base_url=base_url, retry=RetryPolicy(attempts=3)
-    ) as client:
-        with pytest.raises(APIConnectionError) as caught:
-            await client.upscale(png_bytes)
-    assert caught.value.attempts == 3
-    assert "connection" in str(caught.value)
-
-
 async def _stream(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), 777):
         yield data[start : start + 777]

@@ -5,6 +5,7 @@
 """
 
 from ._version import __version__
+from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
@@ -30,16 +31,20 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Allowance",
+    "AllowanceChange",
     "AuthenticationError",
     "BadRequestError",
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "ChangeReason",
     "ClientClosedError",
     "Flavor",
     "IdeogramClient",
     "IdeogramError",
     "ImageInput",
+    "LocalAllowance",
     "MagicPrompt",
     "NotFoundError",
     "PaymentRequiredError",

@@ -1,8 +1,9 @@
-"""``IdeogramClient``: one aiohttp session, bounded concurrency, retried upscales."""
+"""``IdeogramClient``: one aiohttp session, an allowance of places in flight, retried upscales."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
@@ -15,22 +16,35 @@ from aiolimiter import AsyncLimiter
 from ._files import write_atomically
 from ._http import Http
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
+from .allowance import Allowance
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
-from .errors import ValidationError
+from .errors import RateLimitError, ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
 from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
+logger = logging.getLogger("ideogram_async")
+
 
 class IdeogramClient:
     """An async client for the Ideogram upscale endpoint; use it as an async context manager.
 
-    One client holds one connection pool and one concurrency limit: share it across
-    the tasks of an app rather than creating one per call. ``max_concurrency``
-    bounds requests in flight (the official API allows 10 per key);
-    ``requests_per_second`` optionally bounds their start rate too.
+    One client holds one connection pool and one allowance: share it across the
+    tasks of an app rather than creating one per call. ``allowance`` bounds the
+    images in flight (default 10, the service's default allowance per
+    organization): an upscale holds ``num_images`` places (1 by default) while it
+    is on the wire, first come first served. Given as a number, the bound learns
+    from the service: a 429 that names the allowance lowers it at once, and with
+    ``adaptive`` (the default) a 429 without the number halves it while requests
+    that go through raise it again, never above the number given. Pass an
+    :class:`~ideogram_async.allowance.Allowance` instead to share one between
+    clients or processes (the client then never closes it). ``max_concurrency``
+    is the former name of a numeric ``allowance``. ``client.allowance`` shows
+    the current bound (``limit``) and the places held (``in_use``), for a
+    dashboard; ``client.max_concurrency`` is its ``maximum``.
+    ``requests_per_second`` optionally bounds the start rate of requests too.
 
     The key comes from ``api_key`` or ``IDEOGRAM_API_KEY``; the base URL from
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
@@ -44,7 +58,9 @@ class IdeogramClient:
         api_key: str | None = None,
         base_url: str | None = None,
         flavor: Flavor | str = Flavor.PROXY,
-        max_concurrency: int = 10,
+        allowance: int | Allowance | None = None,
+        adaptive: bool = True,
+        max_concurrency: int | None = None,
         requests_per_second: float | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
@@ -56,7 +72,9 @@ class IdeogramClient:
             api_key=api_key,
             base_url=base_url,
             flavor=flavor,
+            allowance=allowance,
             max_concurrency=max_concurrency,
+            adaptive=adaptive,
             requests_per_second=requests_per_second,
             timeouts=timeouts,
             retry=retry,
@@ -65,7 +83,8 @@ class IdeogramClient:
         )
         self.flavor = settings.flavor
         self.base_url = settings.base_url
-        self.max_concurrency = settings.max_concurrency
+        self.allowance = settings.allowance
+        self.max_concurrency = settings.allowance.maximum
         self.requests_per_second = settings.requests_per_second
         self.max_file_size = settings.max_file_size
         self.timeouts = settings.timeouts
@@ -74,7 +93,7 @@ class IdeogramClient:
         self._url = settings.url
         self._http = Http(settings, session)
         self._on_retry = on_retry
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._owns_allowance = not isinstance(allowance, Allowance)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
         self._limiter = (
             None
@@ -85,7 +104,7 @@ class IdeogramClient:
     def __repr__(self) -> str:
         return (
             f"IdeogramClient(base_url={self.base_url!r}, flavor={self.flavor.value!r}, "
-            f"max_concurrency={self.max_concurrency}, api_key={self._key!r})"
+            f"allowance={self.allowance!r}, api_key={self._key!r})"
         )
 
     async def __aenter__(self) -> Self:
@@ -101,8 +120,13 @@ class IdeogramClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless the session was passed in). Idempotent."""
+        """Close the connection pool (unless the session was passed in). Idempotent.
+
+        An :class:`~ideogram_async.allowance.Allowance` passed in is left open.
+        """
         await self._http.aclose()
+        if self._owns_allowance:
+            await self.allowance.aclose()
 
     @property
     def closed(self) -> bool:
@@ -154,11 +178,18 @@ class IdeogramClient:
                 f"build one with UpscaleRequest(prompt=..., resemblance=...)"
             )
         policy = self._policy(retry)
+        places = request.num_images or 1
+        if places > self.allowance.maximum:
+            raise ValidationError(
+                f"num_images={places} needs {places} places in flight, more than the "
+                f"allowance of {self.allowance.maximum}; ask for fewer images per request "
+                "or raise allowance= (if your organization's allowance is higher)"
+            )
         prepared = await prepare_image(image, max_file_size=self.max_file_size, filename=filename)
         with prepared:
             form = request.to_json()
             return await call_with_retries(
-                lambda number: self._attempt(prepared, form, number),
+                lambda number: self._attempt(prepared, form, places),
                 policy,
                 what=f"upscale {prepared.filename}",
                 on_retry=self._on_retry,
@@ -256,24 +287,67 @@ class IdeogramClient:
             await self._http.raise_for_status(response, download=True)
             return await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
 
-    async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
-        """One HTTP attempt, holding a concurrency slot only while on the wire."""
-        async with self._slots:
-            if self._limiter is not None:
-                await self._limiter.acquire()
-            body = aiohttp.MultipartWriter("form-data")
-            body.append(form).set_content_disposition("form-data", name="image_request")
-            upload = image.payload()
-            body.append_payload(upload)
-            async with self._http.request(
-                "POST",
-                self._url,
-                failed=f"upscale {image.filename}: connection to {self.base_url} failed",
-                hint="check base_url and the network",
-                upload=upload,
-                data=body,
-                headers={"Accept": "application/json", **self._http.auth_headers()},
-                allow_redirects=False,
-            ) as response:
-                text = await self._http.text(response)
-        return parse_response(text, response.status)
+    async def _attempt(self, image: PreparedImage, form: str, places: int) -> UpscaleResponse:
+        """One attempt, holding ``places`` only while on the wire.
+
+        A 429 ``inflight_limit`` is not a failure of the attempt: the service ran
+        nothing, so the request waits for a place to free and goes again at once,
+        without a backoff and without using up a retry (the deadline still holds).
+        """
+        while True:
+            async with self.allowance.hold(places):
+                try:
+                    text, status = await self._send(image, form)
+                except RateLimitError as error:
+                    await self._rejected(error, image, places)
+                else:
+                    await self.allowance.completed()
+                    return parse_response(text, status)
+            await self.allowance.released()
+
+    async def _rejected(self, error: RateLimitError, image: PreparedImage, places: int) -> None:
+        """Report a 429 to the allowance; raise it unless it asks to wait for a place.
+
+        A 429 without ``reject_reason: inflight_limit`` (a gateway's, or a body a
+        proxy dropped) may or may not be the allowance: the bound adapts down, and
+        the error takes the usual retry path, with its backoff.
+        """
+        if error.reject_reason != "inflight_limit":
+            await self.allowance.rejected(None)
+            raise error
+        await self.allowance.rejected(error.allowance)
+        if error.allowance is not None and places > error.allowance:
+            raise RateLimitError(
+                f"a request for {places} images needs {places} places in flight, more "
+                f"than the organization's allowance of {error.allowance}; ask for fewer "
+                "images per request, or ask Ideogram to raise the allowance",
+                status=error.status,
+                body=error.body,
+                request_id=error.request_id,
+                should_retry=False,
+                reject_reason=error.reject_reason,
+                allowance=error.allowance,
+            ) from error
+        logger.debug(
+            "upscale %s: the allowance is full (%s); waiting for a place", image.filename, error
+        )
+
+    async def _send(self, image: PreparedImage, form: str) -> tuple[str, int]:
+        """POST the upscale once; the body of a 2xx answer, or the error of any other."""
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        body = aiohttp.MultipartWriter("form-data")
+        body.append(form).set_content_disposition("form-data", name="image_request")
+        upload = image.payload()
+        body.append_payload(upload)
+        async with self._http.request(
+            "POST",
+            self._url,
+            failed=f"upscale {image.filename}: connection to {self.base_url} failed",
+            hint="check base_url and the network",
+            upload=upload,
+            data=body,
+            headers={"Accept": "application/json", **self._http.auth_headers()},
+            allow_redirects=False,
+        ) as response:
+            return await self._http.text(response), response.status

@@ -226,7 +226,7 @@ async def call_with_retries(
     """Run ``attempt(n)`` until it succeeds, fails for good, or the deadline passes.
 
     Returns the result and the number of attempts it took. ``what`` names the call
-    in log lines. The deadline covers everything, waiting for a concurrency slot
+    in log lines. The deadline covers everything, waiting for places in flight
     included; when it fires the caller gets an :class:`APITimeoutError` of kind
     ``"deadline"``.
     """

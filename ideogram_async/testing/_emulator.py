@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 
@@ -26,7 +26,11 @@ from ._multipart import UPSCALE_FIELDS, Body, Reject, check_upscale, parse_field
 from ._stats import EmulatorStats, ReceivedUpload, Route
 from ._store import ImageStore
 
-__all__ = ["Emulator"]
+__all__ = ["AllowanceBody", "Emulator"]
+
+AllowanceBody = Literal["full", "no-number", "empty"]
+"""What an over-the-allowance 429 carries: the service's whole body, the body without
+``max_inflight_requests`` (as a proxy may rewrite it), or no body at all."""
 
 _PROXY_PATH = "/ideogram/upscale"
 _OFFICIAL_PATH = "/upscale"
@@ -52,6 +56,13 @@ class Emulator:
     ``image_faults`` the image routes. ``upscale=False`` skips decoding (no Pillow
     needed) and answers with a fixed 2x2 PNG. ``clock`` (seconds, monotonic) decides
     when result URLs expire; tests inject a fake one instead of sleeping.
+
+    ``allowance`` (images in flight) enforces the service's limit: a request holds
+    ``num_images`` places (1 by default) from the moment its body is read until its
+    answer, and one that does not fit is refused with the service's 429 ``{"error",
+    "reject_reason": "inflight_limit", "max_inflight_requests": N,
+    "task_completion_speed": "fast"}``, or what ``allowance_body`` leaves of it.
+    Places are counted in :attr:`stats` with or without an allowance.
     """
 
     def __init__(
@@ -68,7 +79,15 @@ class Emulator:
         image_ttl: float = 600.0,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        allowance: int | None = None,
+        allowance_body: AllowanceBody = "full",
     ) -> None:
+        if allowance is not None and allowance < 1:
+            raise ValueError(f"allowance must be >= 1 image in flight, got {allowance!r}")
+        if allowance_body not in ("full", "no-number", "empty"):
+            raise ValueError(
+                f"allowance_body must be 'full', 'no-number' or 'empty', got {allowance_body!r}"
+            )
         low, high = latency if isinstance(latency, tuple) else (latency, latency)
         if not 0 <= low <= high:
             raise ValueError(f"latency must be >= 0 seconds (min <= max), got {latency!r}")
@@ -92,6 +111,9 @@ class Emulator:
         self._open = asyncio.Event()
         self._open.set()
         self._in_flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._places_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._allowance = allowance
+        self._allowance_body = allowance_body
         self._images = ImageStore(image_ttl, clock)
 
     # -- life cycle -------------------------------------------------------------------
@@ -153,8 +175,13 @@ class Emulator:
 
     def reset_stats(self) -> None:
         """Start counting afresh (requests still in flight are carried over)."""
-        in_flight = self._stats.in_flight
-        self._stats = EmulatorStats(in_flight=in_flight, peak_in_flight=in_flight)
+        old = self._stats
+        self._stats = EmulatorStats(
+            in_flight=old.in_flight,
+            peak_in_flight=old.in_flight,
+            places_in_use=old.places_in_use,
+            peak_places_in_use=old.places_in_use,
+        )
 
     def pause(self) -> None:
         """Hold upscale requests once their body is read, until :meth:`resume`.
@@ -170,15 +197,33 @@ class Emulator:
 
     async def wait_in_flight(self, count: int) -> None:
         """Wait until at least ``count`` upscale requests are inside the handler."""
-        if self._stats.in_flight >= count:
+        await self._wait(self._in_flight_waiters, self._stats.in_flight, count)
+
+    async def wait_places(self, count: int) -> None:
+        """Wait until at least ``count`` places (images) are held by requests in progress.
+
+        Unlike :meth:`wait_in_flight`, a request refused as over the allowance never
+        counts, so ``pause(); ...; await wait_places(n)`` is exact.
+        """
+        await self._wait(self._places_waiters, self._stats.places_in_use, count)
+
+    @staticmethod
+    async def _wait(waiters: list[tuple[int, asyncio.Future[None]]], now: int, count: int) -> None:
+        if now >= count:
             return
         waiter = asyncio.get_running_loop().create_future()
         entry = (count, waiter)
-        self._in_flight_waiters.append(entry)
+        waiters.append(entry)
         try:
             await waiter
         finally:
-            self._in_flight_waiters.remove(entry)
+            waiters.remove(entry)
+
+    @staticmethod
+    def _wake(waiters: list[tuple[int, asyncio.Future[None]]], now: int) -> None:
+        for count, waiter in waiters:
+            if now >= count and not waiter.done():
+                waiter.set_result(None)
 
     # -- upscale routes ----------------------------------------------------------------
 
@@ -209,9 +254,40 @@ class Emulator:
         stats = self._stats
         stats.in_flight += delta
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
-        for count, waiter in self._in_flight_waiters:
-            if stats.in_flight >= count and not waiter.done():
-                waiter.set_result(None)
+        self._wake(self._in_flight_waiters, stats.in_flight)
+
+    @contextlib.contextmanager
+    def _holding(self, places: int) -> Iterator[None]:
+        """Hold ``places`` for the block, counting them in the stats."""
+        stats = self._stats
+        stats.places_in_use += places
+        stats.peak_places_in_use = max(stats.peak_places_in_use, stats.places_in_use)
+        self._wake(self._places_waiters, stats.places_in_use)
+        started = self._clock()
+        try:
+            yield
+        finally:
+            self._stats.places_in_use -= places
+            self._stats.busy_place_seconds += places * (self._clock() - started)
+
+    def _over_allowance(self, places: int) -> web.Response | None:
+        """The service's 429 when ``places`` more do not fit the allowance, else ``None``."""
+        allowance = self._allowance
+        if allowance is None or self._stats.places_in_use + places <= allowance:
+            return None
+        self._stats.rejected_over_allowance += 1
+        if self._allowance_body == "empty":
+            return web.Response(status=429)
+        body: dict[str, Any] = {
+            "error": f"Too many requests in flight: the organization's allowance is "
+            f"{allowance} images",
+            "reject_reason": "inflight_limit",
+            "max_inflight_requests": allowance,
+            "task_completion_speed": "fast",
+        }
+        if self._allowance_body == "no-number":
+            del body["max_inflight_requests"]
+        return web.json_response(body, status=429)
 
     @contextlib.contextmanager
     def _cancellable(self) -> Iterator[None]:
@@ -254,6 +330,17 @@ class Emulator:
             fault = plan.next_fault(body.sha256)
         if body.image_request is not None and body.has_file:
             self._record(request, route, body)
+        places = _places_of(body)
+        refused = self._over_allowance(places)
+        if refused is not None:
+            return refused
+        with self._holding(places):
+            return await self._run(request, route, body, fault)
+
+    async def _run(
+        self, request: web.Request, route: Route, body: Body, fault: Fault | None
+    ) -> web.StreamResponse:
+        """Pause, fault, latency and upscale of a request that holds its places."""
         await self._open.wait()
         if fault is not None:
             faulty = await self._inject(request, fault, TRUNCATED_JSON, "application/json")
@@ -342,3 +429,10 @@ class Emulator:
             return _detail(404, "No image at this URL.")
         self._stats.image_downloads += 1
         return web.Response(body=image, content_type="image/png")
+
+
+def _places_of(body: Body) -> int:
+    """The places a request takes: its ``num_images`` when valid (else 1; it fails later)."""
+    fields = parse_fields(body.image_request or "") or {}
+    count = fields.get("num_images")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 1 else 1

@@ -140,12 +140,14 @@ class LocalAllowance:
       below 1), at most once per round: rejections of requests sent before the
       last decrease are the same overload, and are not counted again. Requests
       that ran raise it by one per :attr:`limit` of them, never above the
-      maximum or the learned allowance. The bound starts at 10 places (the
-      service's default allowance), or the maximum if lower, and grows by one per
-      completed request until the first rejection (a slow start, as in TCP), so
-      a maximum set far above the real allowance costs a rejection or two rather
-      than a burst of them. After a decrease it grows back the same way up to
-      just under the bound that was rejected, then by one per round.
+      maximum or the learned allowance, and only while the bound is full (a
+      bound that is not reached says nothing about the allowance). The bound
+      starts at 10 places (the service's default allowance), or the maximum if
+      lower, and grows by one per completed request until the first rejection
+      (a slow start, as in TCP), so a maximum set far above the real allowance
+      costs a rejection or two rather than a burst of them. After a decrease it
+      grows back the same way up to just under the bound that was rejected,
+      then by one per round.
 
     With ``adaptive=False`` the bound starts at the maximum and only a number
     from the service lowers it. ``on_change`` is called with every change of the
@@ -295,14 +297,23 @@ class LocalAllowance:
             self._decrease(max(1, self._limit // 2), ChangeReason.DECREASED)
 
     def _decrease(self, new: int, reason: ChangeReason) -> None:
-        self._threshold = max(new, self._limit - 1)
+        # The places in use when the service refused are more than the allowance has
+        # room for: grow back quickly to just under them, then by one per round.
+        self._threshold = max(new, min(self._limit, self._in_use) - 1)
         self._decreases += 1
         self._completions = 0
         self._change(new, reason)
 
     async def completed(self) -> None:
-        """A request held places and the service ran it: grow the bound (adaptive only)."""
+        """A request held places and the service ran it: grow the bound (adaptive only).
+
+        Only while the bound is what holds requests back (all of it in use, or
+        requests waiting): a bound that was not reached says nothing about the
+        allowance (as for TCP, RFC 7661).
+        """
         if not self._adaptive or self._limit >= self._ceiling:
+            return
+        if not self._waiters and self._in_use < self._limit:
             return
         self._completions += 1
         if self._limit < self._threshold or self._completions >= self._limit:

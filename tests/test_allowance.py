@@ -55,6 +55,13 @@ async def holders(allowance: LocalAllowance, *places: int) -> list[Holder]:
     return started
 
 
+async def complete_at_full_bound(allowance: LocalAllowance, times: int = 1) -> None:
+    """Report completions of requests that held the whole bound (as under load)."""
+    for _ in range(times):
+        async with allowance.hold(allowance.limit):
+            await allowance.completed()
+
+
 async def cancel(holder: Holder) -> None:
     holder.task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -234,10 +241,33 @@ async def test_adaptive_starts_at_the_default_allowance_and_grows_until_rejected
     allowance = LocalAllowance(40, on_change=changes.append)
     assert allowance.limit == 10
     assert LocalAllowance(4).limit == 4
-    for _ in range(3):
-        await allowance.completed()
+    await complete_at_full_bound(allowance, 3)
     assert allowance.limit == 13  # slow start: one place per completion
     assert [c.reason for c in changes] == [ChangeReason.INCREASED] * 3
+
+
+async def test_a_bound_that_is_not_reached_does_not_grow() -> None:
+    allowance = LocalAllowance(40)
+    for _ in range(20):
+        async with allowance.hold(12):  # 12 of 10: alone, over the bound
+            pass
+        async with allowance.hold(9):
+            await allowance.completed()
+    assert allowance.limit == 10
+
+
+async def test_a_bound_holding_back_a_waiter_is_full_even_with_places_left() -> None:
+    allowance = LocalAllowance(40)
+    running = await holders(allowance, 4, 4)
+    (waiter,) = await holders(allowance, 4)  # 8 + 4 > 10
+    assert not waiter.entered
+    running[0].leave(allowance.completed)
+    await settle()
+    assert allowance.limit == 11
+    assert waiter.entered
+    running[1].leave()
+    waiter.leave()
+    await asyncio.gather(*(h.task for h in [*running, waiter]))
 
 
 async def test_simultaneous_rejections_halve_the_bound_once() -> None:
@@ -262,8 +292,7 @@ async def test_simultaneous_rejections_halve_the_bound_once() -> None:
 
 async def test_stale_rejections_after_learning_do_not_halve_the_learned_bound() -> None:
     allowance = LocalAllowance(40)
-    for _ in range(30):
-        await allowance.completed()
+    await complete_at_full_bound(allowance, 30)
     assert allowance.limit == 40
     burst = await holders(allowance, *[1] * 40)
     for h in burst[10:]:
@@ -293,27 +322,38 @@ async def test_a_smaller_number_applies_even_from_a_request_sent_before_a_decrea
 
 async def test_after_a_decrease_the_bound_regrows_fast_then_by_one_per_round() -> None:
     allowance = LocalAllowance(10)
-    await allowance.rejected(None)
+    async with allowance.hold(10):  # refused with all 10 places in use
+        await allowance.rejected(None)
     assert allowance.limit == 5
-    for expected in (6, 7, 8, 9):  # back to just under the rejected bound, one per completion
-        await allowance.completed()
+    for expected in (6, 7, 8, 9):  # back to just under the places refused, one per completion
+        await complete_at_full_bound(allowance)
         assert allowance.limit == expected
-    for _ in range(8):
-        await allowance.completed()
+    await complete_at_full_bound(allowance, 8)
     assert allowance.limit == 9
-    await allowance.completed()  # the 9th completion at 9
+    await complete_at_full_bound(allowance)  # the 9th completion at 9
     assert allowance.limit == 10
-    for _ in range(30):
-        await allowance.completed()
+    await complete_at_full_bound(allowance, 30)
     assert allowance.limit == 10  # never above the maximum
+
+
+async def test_after_a_decrease_fast_regrowth_stops_under_the_places_that_were_refused() -> None:
+    allowance = LocalAllowance(10)
+    async with allowance.hold(7):  # refused with 7 places in use (the bound was 10)
+        await allowance.rejected(None)
+    assert allowance.limit == 5
+    await complete_at_full_bound(allowance)
+    assert allowance.limit == 6  # just under 7
+    await complete_at_full_bound(allowance, 5)
+    assert allowance.limit == 6
+    await complete_at_full_bound(allowance)
+    assert allowance.limit == 7
 
 
 async def test_the_learned_allowance_caps_additive_increase() -> None:
     allowance = LocalAllowance(40)
     await allowance.rejected(12)  # 10 < 12: someone else holds places
     assert allowance.limit == 5
-    for _ in range(200):
-        await allowance.completed()
+    await complete_at_full_bound(allowance, 200)
     assert allowance.limit == 12
 
 

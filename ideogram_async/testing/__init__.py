@@ -17,8 +17,9 @@ what it saw::
 one from a shell.
 """
 
-from ._emulator import AllowanceBody, Emulator
+from ._emulator import Emulator
 from ._faults import Fault, FaultPlan
+from ._places import AllowanceBody
 from ._retries import instant_retries
 from ._serve import run_server, serve_main
 from ._stats import EmulatorStats, ReceivedUpload

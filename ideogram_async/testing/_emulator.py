@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -23,14 +23,11 @@ from ._answers import FIXED_PNG, FIXED_SIZE, TRUNCATED_JSON, created, drop, faul
 from ._faults import Fault, FaultPlan
 from ._images import require_pillow, upscale_2x
 from ._multipart import UPSCALE_FIELDS, Body, Reject, check_upscale, parse_fields, read_body
+from ._places import AllowanceBody, Threshold, over_allowance, places_of
 from ._stats import EmulatorStats, ReceivedUpload, Route
 from ._store import ImageStore
 
-__all__ = ["AllowanceBody", "Emulator"]
-
-AllowanceBody = Literal["full", "no-number", "empty"]
-"""What an over-the-allowance 429 carries: the service's whole body, the body without
-``max_inflight_requests`` (as a proxy may rewrite it), or no body at all."""
+__all__ = ["Emulator"]
 
 _PROXY_PATH = "/ideogram/upscale"
 _OFFICIAL_PATH = "/upscale"
@@ -110,8 +107,8 @@ class Emulator:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._open = asyncio.Event()
         self._open.set()
-        self._in_flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._places_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._in_flight_reached = Threshold()
+        self._places_reached = Threshold()
         self._allowance = allowance
         self._allowance_body = allowance_body
         self._images = ImageStore(image_ttl, clock)
@@ -197,7 +194,7 @@ class Emulator:
 
     async def wait_in_flight(self, count: int) -> None:
         """Wait until at least ``count`` upscale requests are inside the handler."""
-        await self._wait(self._in_flight_waiters, self._stats.in_flight, count)
+        await self._in_flight_reached.wait(self._stats.in_flight, count)
 
     async def wait_places(self, count: int) -> None:
         """Wait until at least ``count`` places (images) are held by requests in progress.
@@ -205,25 +202,7 @@ class Emulator:
         Unlike :meth:`wait_in_flight`, a request refused as over the allowance never
         counts, so ``pause(); ...; await wait_places(n)`` is exact.
         """
-        await self._wait(self._places_waiters, self._stats.places_in_use, count)
-
-    @staticmethod
-    async def _wait(waiters: list[tuple[int, asyncio.Future[None]]], now: int, count: int) -> None:
-        if now >= count:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (count, waiter)
-        waiters.append(entry)
-        try:
-            await waiter
-        finally:
-            waiters.remove(entry)
-
-    @staticmethod
-    def _wake(waiters: list[tuple[int, asyncio.Future[None]]], now: int) -> None:
-        for count, waiter in waiters:
-            if now >= count and not waiter.done():
-                waiter.set_result(None)
+        await self._places_reached.wait(self._stats.places_in_use, count)
 
     # -- upscale routes ----------------------------------------------------------------
 
@@ -254,7 +233,7 @@ class Emulator:
         stats = self._stats
         stats.in_flight += delta
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
-        self._wake(self._in_flight_waiters, stats.in_flight)
+        self._in_flight_reached.reached(stats.in_flight)
 
     @contextlib.contextmanager
     def _holding(self, places: int) -> Iterator[None]:
@@ -262,7 +241,7 @@ class Emulator:
         stats = self._stats
         stats.places_in_use += places
         stats.peak_places_in_use = max(stats.peak_places_in_use, stats.places_in_use)
-        self._wake(self._places_waiters, stats.places_in_use)
+        self._places_reached.reached(stats.places_in_use)
         started = self._clock()
         try:
             yield
@@ -276,18 +255,7 @@ class Emulator:
         if allowance is None or self._stats.places_in_use + places <= allowance:
             return None
         self._stats.rejected_over_allowance += 1
-        if self._allowance_body == "empty":
-            return web.Response(status=429)
-        body: dict[str, Any] = {
-            "error": f"Too many requests in flight: the organization's allowance is "
-            f"{allowance} images",
-            "reject_reason": "inflight_limit",
-            "max_inflight_requests": allowance,
-            "task_completion_speed": "fast",
-        }
-        if self._allowance_body == "no-number":
-            del body["max_inflight_requests"]
-        return web.json_response(body, status=429)
+        return over_allowance(allowance, self._allowance_body)
 
     @contextlib.contextmanager
     def _cancellable(self) -> Iterator[None]:
@@ -330,7 +298,7 @@ class Emulator:
             fault = plan.next_fault(body.sha256)
         if body.image_request is not None and body.has_file:
             self._record(request, route, body)
-        places = _places_of(body)
+        places = places_of(body)
         refused = self._over_allowance(places)
         if refused is not None:
             return refused
@@ -429,10 +397,3 @@ class Emulator:
             return _detail(404, "No image at this URL.")
         self._stats.image_downloads += 1
         return web.Response(body=image, content_type="image/png")
-
-
-def _places_of(body: Body) -> int:
-    """The places a request takes: its ``num_images`` when valid (else 1; it fails later)."""
-    fields = parse_fields(body.image_request or "") or {}
-    count = fields.get("num_images")
-    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 1 else 1

@@ -178,6 +178,7 @@ async def run_job(
         reporter.changed()
 
     client = connect(retried)
+    tally.allowance = client.allowance
     manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
     reporter.start()
 

@@ -25,6 +25,7 @@ class Unit(enum.StrEnum):
     MILLISECONDS = "ms"
     MEGABYTES = "MB"
     TIMES = "x"
+    COUNT = "429s"
 
 
 class Compare(enum.StrEnum):
@@ -63,6 +64,8 @@ class Row:
         """The row's cells, formatted."""
         if self.compare is Compare.RATIO:
             shown = f"{self.comparison:.2f}x"
+        elif self.unit is Unit.COUNT:
+            shown = f"{self.comparison:+.0f}"
         else:
             shown = f"{self.comparison:+.1f} {self.unit}"
         met = {None: "-", True: "yes", False: "NO"}[self.met]
@@ -90,6 +93,8 @@ def _figure(value: float, unit: Unit) -> str:
         return f"{value:.3f} ms"
     if unit is Unit.MEGABYTES:
         return f"{value:.1f} MB"
+    if unit is Unit.COUNT:
+        return f"{value:.0f}"
     return f"{value:.2f} s"
 
 

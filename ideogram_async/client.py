@@ -209,7 +209,7 @@ class IdeogramClient:
 
         ``inputs`` is any iterable or async iterable of images, of ``(image,
         UpscaleRequest)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
-        at most ``window`` items (default ``2 * max_concurrency``) are in progress
+        at most ``window`` items (default twice the allowance) are in progress
         or buffered at once, however long it is. A failed item is a result with
         ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
         order; ``stop_on_error=True`` ends the run after the first failed result.

@@ -37,6 +37,8 @@ REQUEST = UpscaleRequest(
 _FORM_JSON = REQUEST.to_json()
 _HEADERS = {"Accept": "application/json", "Authorization": f"Bearer {API_KEY}"}
 _TIMEOUT = 300.0
+NAIVE_ATTEMPTS = 3
+"""Attempts per request of the hand-written retry loop (a common choice, openai-python's)."""
 _BACKOFF_ATTEMPTS = 30
 """The hand-written loop with backoff tries this often before it gives up on a request."""
 
@@ -56,6 +58,9 @@ class Client(enum.StrEnum):
     """``IdeogramClient.upscale_many`` over a generator of paths."""
     AIOHTTP = "aiohttp"
     """Hand-written: ``aiohttp.ClientSession`` + ``FormData`` + ``Semaphore`` + gather."""
+    AIOHTTP_RETRY = "aiohttp-retry"
+    """``aiohttp``, plus the retry loop people add: any failure is retried at once,
+    up to :data:`NAIVE_ATTEMPTS` attempts in all."""
     HTTPX = "httpx"
     """``httpx.AsyncClient(limits=Limits(max_connections=C))`` + ``Semaphore`` + gather."""
     AIOHTTP_BACKOFF = "aiohttp-backoff"
@@ -101,15 +106,40 @@ async def _bounded(count: int, concurrency: int, one: Callable[[], Awaitable[Non
 
 
 async def _run_aiohttp(
-    base_url: str, image: Path, count: int, concurrency: int, num_images: int, *, backoff: bool
+    base_url: str,
+    image: Path,
+    count: int,
+    concurrency: int,
+    num_images: int = 1,
+    *,
+    attempts: int = 1,
+    backoff: bool = False,
 ) -> Outcome:
+    """The hand-written loop; with ``attempts`` > 1, any failure is retried at once; with
+    ``backoff``, a 429 is sent again after a jittered exponential backoff."""
     url = base_url + UPSCALE_PATH
     form_json = _request(num_images).to_json()
-    rejected = 0
+    made = rejected = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT)) as session:
 
-        async def send() -> bool:
-            """One POST: True when answered, False on a 429 worth another go."""
+        async def one() -> None:
+            nonlocal made
+            failures = 0
+            for waits in range(_BACKOFF_ATTEMPTS):
+                made += 1
+                try:
+                    if await post():
+                        return
+                except (aiohttp.ClientError, RuntimeError):
+                    failures += 1
+                    if failures == attempts:
+                        raise
+                    continue
+                await asyncio.sleep(random.uniform(0, min(20.0, 0.5 * 2**waits)))
+            raise RuntimeError(f"still 429 after {_BACKOFF_ATTEMPTS} attempts")
+
+        async def post() -> bool:
+            """One POST: True when answered, False on a 429 to back off from."""
             nonlocal rejected
             form = aiohttp.FormData()
             form.add_field("image_request", form_json)
@@ -126,16 +156,9 @@ async def _run_aiohttp(
                     await response.json()
                     return True
 
-        async def one() -> None:
-            for attempt in range(_BACKOFF_ATTEMPTS):
-                if await send():
-                    return
-                await asyncio.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
-            raise RuntimeError(f"still 429 after {_BACKOFF_ATTEMPTS} attempts")
-
         outcome = await _bounded(count, concurrency, one)
+    outcome.attempts = made
     outcome.rejected = rejected
-    outcome.attempts += rejected
     return outcome
 
 
@@ -206,9 +229,12 @@ async def run_client(
     client: Client, base_url: str, image: Path, count: int, concurrency: int, num_images: int = 1
 ) -> Outcome:
     """Upload ``image`` ``count`` times with ``client``, ``concurrency`` at a time."""
-    if client in (Client.AIOHTTP, Client.AIOHTTP_BACKOFF):
-        backoff = client is Client.AIOHTTP_BACKOFF
-        return await _run_aiohttp(base_url, image, count, concurrency, num_images, backoff=backoff)
+    if client is Client.AIOHTTP:
+        return await _run_aiohttp(base_url, image, count, concurrency)
+    if client is Client.AIOHTTP_RETRY:
+        return await _run_aiohttp(base_url, image, count, concurrency, attempts=NAIVE_ATTEMPTS)
+    if client is Client.AIOHTTP_BACKOFF:
+        return await _run_aiohttp(base_url, image, count, concurrency, num_images, backoff=True)
     if client is Client.HTTPX:
         return await _run_httpx(base_url, image, count, concurrency)
     return await _run_library(client, base_url, image, count, concurrency, num_images)

@@ -25,7 +25,7 @@ class Unit(enum.StrEnum):
     MILLISECONDS = "ms"
     MEGABYTES = "MB"
     TIMES = "x"
-    COUNT = "429s"
+    REQUESTS = "requests"
 
 
 class Compare(enum.StrEnum):
@@ -64,7 +64,7 @@ class Row:
         """The row's cells, formatted."""
         if self.compare is Compare.RATIO:
             shown = f"{self.comparison:.2f}x"
-        elif self.unit is Unit.COUNT:
+        elif self.unit is Unit.REQUESTS:
             shown = f"{self.comparison:+.0f}"
         else:
             shown = f"{self.comparison:+.1f} {self.unit}"
@@ -87,14 +87,14 @@ class Row:
 
 
 def _figure(value: float, unit: Unit) -> str:
+    if unit is Unit.REQUESTS:
+        return f"{value:.0f}"
     if unit is Unit.TIMES:
         return f"{value:.3f}x"
     if unit is Unit.MILLISECONDS:
         return f"{value:.3f} ms"
     if unit is Unit.MEGABYTES:
         return f"{value:.1f} MB"
-    if unit is Unit.COUNT:
-        return f"{value:.0f}"
     return f"{value:.2f} s"
 
 

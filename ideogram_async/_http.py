@@ -124,7 +124,11 @@ class Http:
         except aiohttp.ClientError as exc:
             if upload is not None and upload.error is not None:
                 raise upload.error from None
-            raise APIConnectionError(f"{failed} ({type(exc).__name__}: {exc}); {hint}") from exc
+            unreachable = _unreachable(exc)
+            raise APIConnectionError(
+                f"{failed} ({unreachable or f'{type(exc).__name__}: {exc}'}); {hint}",
+                unreachable=unreachable is not None,
+            ) from exc
         finally:
             if upload is not None:
                 upload.release()
@@ -167,6 +171,17 @@ class Http:
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
 
 
+def _unreachable(exc: aiohttp.ClientError) -> str | None:
+    """Why the host cannot be reached at all (refused, unknown name); ``None`` otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused: nothing listens at that address"
+    return None
+
+
 def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
@@ -188,6 +203,8 @@ def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
         **_rejection(data),
+        method=response.method,
+        url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
 
 
@@ -276,6 +293,8 @@ def error_for_status(
     hint: str | None = None,
     reject_reason: str | None = None,
     allowance: int | None = None,
+    method: str | None = None,
+    url: str | None = None,
 ) -> APIError:
     """Build the :class:`APIError` subclass that matches ``status``.
 
@@ -308,4 +327,6 @@ def error_for_status(
         should_retry=should_retry,
         reject_reason=reject_reason,
         allowance=allowance,
+        method=method,
+        url=url,
     )

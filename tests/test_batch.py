@@ -131,6 +131,21 @@ async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> Non
         assert inputs.pulled < 20
 
 
+async def test_a_result_is_yielded_as_soon_as_it_is_done(png_bytes: bytes) -> None:
+    # One of two requests is held for an hour: the other's result must come out first,
+    # not wait for the whole window to finish.
+    plan = FaultPlan([Fault.slow(3600), None])
+    async with (
+        Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=2) as client,
+    ):
+        async with client.upscale_many([png_bytes, png_bytes]) as run:
+            async with asyncio.timeout(30):  # a hang guard, not a speed check
+                first = await anext(run)
+        assert first.ok
+        assert emulator.stats.requests == 2
+
+
 async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
     # One request answers; the others would take an hour, so only cancelling ends them.
     plan = FaultPlan([None], choices=[Fault.slow(3600)], rate=1.0)
@@ -156,7 +171,7 @@ async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> Non
     ):
         emulator.pause()
 
-        async def consume() -> list[BatchResult]:
+        async def consume() -> list[BatchResult[UpscaleResponse]]:
             return [r async for r in client.upscale_many([png_bytes] * 50)]
 
         consumer = asyncio.create_task(consume())
@@ -236,4 +251,4 @@ async def test_one_image_instead_of_many_is_a_clear_error(
 ) -> None:
     # A str or bytes is iterable: without the check, each character would be an "image".
     with pytest.raises(ValidationError, match="iterable of images"):
-        client.upscale_many(one_image)  # type: ignore[arg-type]
+        client.upscale_many(one_image)  # type: ignore[call-overload]

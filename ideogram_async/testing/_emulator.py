@@ -23,9 +23,10 @@ from ._answers import FIXED_PNG, FIXED_SIZE, TRUNCATED_JSON, created, drop, faul
 from ._faults import Fault, FaultPlan
 from ._images import require_pillow, upscale_2x
 from ._multipart import UPSCALE_FIELDS, Body, Reject, check_upscale, parse_fields, read_body
-from ._places import AllowanceBody, Threshold, over_allowance, places_of
+from ._places import AllowanceBody, Places, Threshold, places_of
 from ._stats import EmulatorStats, ReceivedUpload, Route
 from ._store import ImageStore
+from ._v2_routes import V2Routes
 
 __all__ = ["Emulator"]
 
@@ -54,6 +55,14 @@ class Emulator:
     needed) and answers with a fixed 2x2 PNG. ``clock`` (seconds, monotonic) decides
     when result URLs expire; tests inject a fake one instead of sleeping.
 
+    Ideogram's v2 upscalers are served too, with ``Api-Key: KEY``: ``POST
+    {base_url}/v2/image/upscale/{model}`` (``?dry_run=true`` for a price quote) and
+    ``GET {base_url}/v2/generations/{id}``. A background generation completes
+    ``generation_delay`` seconds (by ``clock``) after it was submitted; polls over
+    ``poll_limit`` ``(polls, seconds)`` get a 429 with ``Retry-After``. The prompt
+    keywords ``[withhold]``, ``[unsafe]`` and ``[fail]`` trigger a withheld image, a
+    failed prompt check (422) and a failed generation.
+
     ``allowance`` (images in flight) enforces the service's limit: a request holds
     ``num_images`` places (1 by default) from the moment its body is read until its
     answer, and one that does not fit is refused with the service's 429 ``{"error",
@@ -78,13 +87,9 @@ class Emulator:
         clock: Callable[[], float] = time.monotonic,
         allowance: int | None = None,
         allowance_body: AllowanceBody = "full",
+        generation_delay: float = 0.0,
+        poll_limit: tuple[int, float] = (1000, 10.0),
     ) -> None:
-        if allowance is not None and allowance < 1:
-            raise ValueError(f"allowance must be >= 1 image in flight, got {allowance!r}")
-        if allowance_body not in ("full", "no-number", "empty"):
-            raise ValueError(
-                f"allowance_body must be 'full', 'no-number' or 'empty', got {allowance_body!r}"
-            )
         low, high = latency if isinstance(latency, tuple) else (latency, latency)
         if not 0 <= low <= high:
             raise ValueError(f"latency must be >= 0 seconds (min <= max), got {latency!r}")
@@ -108,10 +113,10 @@ class Emulator:
         self._open = asyncio.Event()
         self._open.set()
         self._in_flight_reached = Threshold()
-        self._places_reached = Threshold()
-        self._allowance = allowance
-        self._allowance_body = allowance_body
+        self._places = Places(allowance, allowance_body, clock, lambda: self._stats)
         self._images = ImageStore(image_ttl, clock)
+        self._v2_max_file_size = 50 * 1024 * 1024
+        self._v2 = V2Routes(self, generation_delay=generation_delay, poll_limit=poll_limit)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -202,7 +207,7 @@ class Emulator:
         Unlike :meth:`wait_in_flight`, a request refused as over the allowance never
         counts, so ``pause(); ...; await wait_places(n)`` is exact.
         """
-        await self._places_reached.wait(self._stats.places_in_use, count)
+        await self._places.wait(count)
 
     # -- upscale routes ----------------------------------------------------------------
 
@@ -212,11 +217,12 @@ class Emulator:
             ("POST", _PROXY_PATH, self._upscale_route("proxy")),
             ("POST", _OFFICIAL_PATH, self._upscale_route("official")),
             ("GET", "/images/{token}.png", self._image),
+            *self._v2.routes(),
         ]
 
     def _upscale_route(self, route: Route) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._handle_upscale(request, route)
+            return await self._handle(request, lambda request: self._process(request, route))
 
         return handle
 
@@ -236,28 +242,6 @@ class Emulator:
         self._in_flight_reached.reached(stats.in_flight)
 
     @contextlib.contextmanager
-    def _holding(self, places: int) -> Iterator[None]:
-        """Hold ``places`` for the block, counting them in the stats."""
-        stats = self._stats
-        stats.places_in_use += places
-        stats.peak_places_in_use = max(stats.peak_places_in_use, stats.places_in_use)
-        self._places_reached.reached(stats.places_in_use)
-        started = self._clock()
-        try:
-            yield
-        finally:
-            self._stats.places_in_use -= places
-            self._stats.busy_place_seconds += places * (self._clock() - started)
-
-    def _over_allowance(self, places: int) -> web.Response | None:
-        """The service's 429 when ``places`` more do not fit the allowance, else ``None``."""
-        allowance = self._allowance
-        if allowance is None or self._stats.places_in_use + places <= allowance:
-            return None
-        self._stats.rejected_over_allowance += 1
-        return over_allowance(allowance, self._allowance_body)
-
-    @contextlib.contextmanager
     def _cancellable(self) -> Iterator[None]:
         """Register the running handler so that :meth:`stop` can cancel it."""
         task = asyncio.current_task()
@@ -268,12 +252,13 @@ class Emulator:
         finally:
             self._handlers.discard(task)
 
-    async def _handle_upscale(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, process: _Handler) -> web.StreamResponse:
+        """Count an upscale request (v1 or v2) in flight while ``process`` answers it."""
         self._stats.requests += 1
         self._count_in_flight(1)
         try:
             with self._cancellable():
-                response = await self._process(request, route)
+                response = await process(request)
         except Reject as reject:
             response = reject.response()
         finally:
@@ -299,10 +284,10 @@ class Emulator:
         if body.image_request is not None and body.has_file:
             self._record(request, route, body)
         places = places_of(body)
-        refused = self._over_allowance(places)
+        refused = self._places.refuse(places)
         if refused is not None:
             return refused
-        with self._holding(places):
+        with self._places.holding(places):
             return await self._run(request, route, body, fault)
 
     async def _run(

@@ -32,6 +32,16 @@ def _latency(text: str) -> float | tuple[float, float]:
     raise argparse.ArgumentTypeError(f"expected SECONDS or MIN,MAX (seconds >= 0), got {text!r}")
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return seconds
+
+
 def _rate(text: str) -> float:
     try:
         rate = float(text)
@@ -98,6 +108,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of latencies and faults [%(default)s]"
     )
     parser.add_argument(
+        "--generation-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="seconds until a v2 background generation completes [%(default)s]",
+    )
+    parser.add_argument(
         "--no-upscale",
         dest="upscale",
         action="store_false",
@@ -152,6 +169,7 @@ def serve_main(
             seed=args.seed,
             allowance=args.allowance,
             allowance_body=args.allowance_body,
+            generation_delay=args.generation_delay,
         )
         asyncio.run(run_server(emulator))
     except KeyboardInterrupt:

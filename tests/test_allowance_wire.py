@@ -22,6 +22,7 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.testing import AllowanceBody, Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.v2 import TopazWonder35
 
 from ._support import KEY, make_image
 
@@ -290,3 +291,21 @@ async def test_cancelling_a_request_on_the_wire_frees_its_places_for_the_next() 
         await second
     assert client.allowance.in_use == 0
     assert emulator.stats.requests == 2
+
+
+async def test_a_v2_upscale_takes_one_place_and_learns_from_the_429_too() -> None:
+    watched = Watched(LocalAllowance(5, fallback=3600))
+    async with (
+        served(allowance=1) as emulator,
+        client_of(emulator, watched, flavor="official") as client,
+    ):
+        emulator.pause()
+        first = asyncio.create_task(client.upscale_v2(PNG, TopazWonder35()))
+        await emulator.wait_places(1)
+        second = asyncio.create_task(client.upscale_v2(PNG, TopazWonder35()))
+        await watched.until(lambda: watched.rejections == [1])
+        assert client.allowance.limit == 1
+        emulator.resume()
+        await asyncio.gather(first, second)
+    assert emulator.stats.rejected_over_allowance == 1
+    assert emulator.stats.peak_places_in_use == 1

@@ -146,8 +146,12 @@ class LocalAllowance:
       lower, and grows by one per completed request until the first rejection
       (a slow start, as in TCP), so a maximum set far above the real allowance
       costs a rejection or two rather than a burst of them. After a decrease it
-      grows back the same way up to just under the bound that was rejected,
-      then by one per round.
+      grows back the same way up to just under the places that were in use when
+      the service refused, then by one per round.
+
+    A rejection is matched to the hold of the task that reports it (to tell a
+    fresh overload from the rest of one already answered), so report it from
+    inside the ``hold`` block, as the client does.
 
     With ``adaptive=False`` the bound starts at the maximum and only a number
     from the service lowers it. ``on_change`` is called with every change of the

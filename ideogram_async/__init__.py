@@ -5,6 +5,7 @@
 """
 
 from ._version import __version__
+from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
@@ -48,12 +49,15 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Allowance",
+    "AllowanceChange",
     "AuthenticationError",
     "AutoUpscaler",
     "BadRequestError",
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "ChangeReason",
     "ClientClosedError",
     "Flavor",
     "Generation",
@@ -61,6 +65,7 @@ __all__ = [
     "IdeogramClient",
     "IdeogramError",
     "ImageInput",
+    "LocalAllowance",
     "MagicPrompt",
     "NanoBananaPro",
     "NotFoundError",

@@ -345,7 +345,7 @@ async def test_cancelling_1000_calls_frees_every_slot_and_file(tmp_path: Path) -
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, asyncio.CancelledError) for r in results)
-            assert client._slots._value == 10  # every slot is free again
+            assert client.allowance.in_use == 0  # every place is free again
             assert not {str(p) for p in paths} & set(open_fds().values())
             emulator.resume()
             # The client still works after the storm.
@@ -375,7 +375,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert client._slots._value == 1
+        assert client.allowance.in_use == 0
         # 2. awaiting the response (the slot is held, the upload done)
         emulator.pause()
         task = asyncio.create_task(client.upscale(path))
@@ -388,7 +388,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         for t in (task, waiting):
             with pytest.raises(asyncio.CancelledError):
                 await t
-        assert client._slots._value == 1
+        assert client.allowance.in_use == 0
         assert str(path) not in open_fds().values()
         emulator.resume()
 
@@ -420,7 +420,7 @@ async def test_cancel_while_uploading_closes_the_file(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert str(path) not in open_fds().values()
-        assert c._slots._value == 10
+        assert c.allowance.in_use == 0
 
 
 async def test_no_key_in_logs_or_errors_of_a_failing_run(

@@ -17,8 +17,10 @@ How the shared allowance works:
   waiting ones take a ticket in a queue on Redis and only its head is served
   (a 4-place hold is not starved by a stream of 1-place ones); a ticket that is
   not refreshed (its process died) leaves the queue within a few seconds.
-  Waiters sleep until a release is published on a channel, with a fallback poll
-  of ``min(lease / 4, 1)`` seconds.
+  Waiters sleep until they are called on a channel: freeing places publishes the
+  ticket of the queue's head, so only its process tries (and ``r`` when a process
+  awaits ``released()``); a fallback poll of ``min(lease / 4, 1)`` seconds covers
+  a lost message.
 - **One bound for all.** The bound follows the same rules as
   :class:`~ideogram_async.allowance.LocalAllowance` (learned from a 429's number;
   when adaptive, a slow start from 10 places, halving on a 429 without a number
@@ -79,6 +81,14 @@ local function in_use()
   return total
 end
 
+-- Places were freed: call the head of the queue (its process tries at once; the
+-- others sleep on) and wake any process awaiting released().
+local function announce(channel, except)
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if head and head ~= except then redis.call('PUBLISH', channel, head) end
+  if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('PUBLISH', channel, 'r') end
+end
+
 -- The current bound, and the ceiling it never rises above, for this process's
 -- maximum and start (where the bound is before anything was learned).
 local function bounds(maximum, start)
@@ -120,11 +130,11 @@ if head == id and (used + want <= bound or used == 0) then
   local after = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if after then
     local wanted = tonumber(string.match(redis.call('HGET', KEYS[4], after), ':(%d+)$'))
-    if used + wanted <= bound then redis.call('PUBLISH', ARGV[7], 't') end
+    if used + wanted <= bound then redis.call('PUBLISH', ARGV[7], after) end
   end
   return {1, used, bound, ceiling, decreases}
 end
-if freed then redis.call('PUBLISH', ARGV[7], 'r') end
+if freed then announce(ARGV[7], id) end
 return {0, used, bound, ceiling, decreases}
 """
 
@@ -145,13 +155,7 @@ local released = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local dequeued = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
--- Without anyone waiting, nobody needs to hear of it.
-local waiting = redis.call('ZCARD', KEYS[3]) > 0 or redis.call('EXISTS', KEYS[7]) == 1
-if released == 1 and waiting then
-  redis.call('PUBLISH', ARGV[2], 'r')
-elseif dequeued == 1 then
-  redis.call('PUBLISH', ARGV[2], 't')
-end
+if released + dequeued > 0 then announce(ARGV[2], '') end
 return {released, in_use()}
 """
 
@@ -206,6 +210,6 @@ if old < threshold or completions >= old then
 end
 redis.call('HSET', KEYS[6], 'limit', new, 'completions', completions)
 redis.call('PEXPIRE', KEYS[6], ARGV[4])
-if new > old then redis.call('PUBLISH', ARGV[3], 'r') end
+if new > old then announce(ARGV[3], '') end
 return {old, new, ceiling}
 """

@@ -130,6 +130,7 @@ class RedisAllowance:
         self._tasks: list[asyncio.Task[None]] = []
         self._releases: set[asyncio.Task[bool]] = set()
         self._held: dict[str, int] = {}
+        self._ticket = b""  # of the waiter at the head of this process's queue, if any
         self._closed = False
         self._connecting = asyncio.Lock()
         self._turn = asyncio.Lock()
@@ -282,6 +283,7 @@ class RedisAllowance:
         """Take a ticket and wait until it is served; the count of decreases by then."""
         args: list[str | int] = [holder, places, self._maximum, self._start]
         args += [self._lease_ms, self._ticket_ms, self._channel]
+        self._ticket = holder.encode()
         try:
             while True:
                 wake = self._wake
@@ -297,6 +299,8 @@ class RedisAllowance:
             # grant happened but its answer was lost).
             await self._give_back(holder)
             raise
+        finally:
+            self._ticket = b""
 
     async def _give_back(self, holder: str) -> None:
         """Release ``holder`` even if the caller is cancelled meanwhile."""
@@ -329,12 +333,8 @@ class RedisAllowance:
                 args += [holder, places]
             missing = await self._run("renew", args)
         if missing:
-            logger.warning(
-                "shared allowance at %s: registered %d holder(s) again that Redis had lost "
-                "(a restart, or a lease that ran out)",
-                self._shown_url,
-                missing,
-            )
+            message = "shared allowance at %s: %d holder(s) lost by Redis registered again"
+            logger.warning(message, self._shown_url, missing)
 
     async def _renew_loop(self) -> None:
         while True:
@@ -357,8 +357,9 @@ class RedisAllowance:
                 self._notify(freed=True)
                 await asyncio.sleep(self._poll)
                 continue
-            if message is not None:
-                self._notify(freed=message["data"] == b"r")
+            data = None if message is None else message["data"]
+            if data == b"r" or (data and data == self._ticket):
+                self._notify(freed=data == b"r")
 
     def _notify(self, *, freed: bool) -> None:
         self._wake.set()

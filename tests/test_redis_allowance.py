@@ -17,11 +17,12 @@ import redis.asyncio as aioredis
 
 from ideogram_async import ClientClosedError, SharedAllowanceError, ValidationError
 from ideogram_async.allowance import Allowance, AllowanceChange, ChangeReason
+from ideogram_async.cli import main
 from ideogram_async.redis_allowance import RedisAllowance
 from ideogram_async.testing import Emulator
 
 from ._redis import RedisServer, free_port
-from ._support import KEY
+from ._support import KEY, make_image
 
 LEASE = 1.0
 """A short lease, so that waiting for one to end (the behaviour under test) stays short."""
@@ -513,3 +514,76 @@ async def test_four_worker_processes_keep_one_allowance_full_without_a_429(
     # A loose bound (workers on a loaded machine, 0.8-0.9 on a quiet one); one place
     # at a time would give 0.15 (benchmarks/ measures the wall time against the ideal).
     assert stats.busy_place_seconds / (10 * wall) > 0.35
+
+
+async def test_the_command_line_shares_the_allowance(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for number in range(6):
+        (folder / f"{number}.png").write_bytes(make_image("png", shade=number))
+    url = redis_server.url.replace("/0", "/5")  # a database of its own: the default key
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
+    environment["IDEOGRAM_API_KEY"] = KEY
+    async with (
+        Emulator(api_key=KEY, allowance=2, latency=0.05, upscale=False) as emulator,
+        RedisAllowance(url, 2) as other_worker,
+        other_worker.hold(1),  # another process holds 1 of the 2 places meanwhile
+    ):
+        process = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "ideogram_async", "upscale", str(folder)],
+            *["--out", str(tmp_path / "out"), "--base-url", emulator.base_url],
+            *["--allowance", "2", "--shared-allowance", url, "--lease", "5"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment,
+        )
+        out, err = await process.communicate()
+        stats = emulator.stats
+    assert process.returncode == 0, err.decode()
+    assert "Done: 6 of 6" in out.decode()
+    assert stats.responses_by_status[200] == 6
+    assert stats.peak_places_in_use == 1  # the place the other worker left
+    assert await redis_state(url, "ideogram_async") == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lease", "5"], "--lease applies to --shared-allowance"),
+        (["--shared-allowance", "http://127.0.0.1:6379"], "must be a Redis URL"),
+        (["--shared-allowance", "redis://localhost", "--lease", "0"], "--lease: expected"),
+    ],
+)
+def test_the_command_line_checks_shared_allowance_options(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    image = tmp_path / "a.png"
+    image.write_bytes(make_image("png"))
+    args = ["upscale", str(image), "--out", str(tmp_path / "out")]
+    args += ["--base-url", "http://127.0.0.1:9", *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_line_sends_nothing_without_its_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    image = tmp_path / "a.png"
+    image.write_bytes(make_image("png"))
+    port = free_port()
+    args = ["upscale", str(image), "--out", str(tmp_path / "out")]
+    args += ["--base-url", "http://127.0.0.1:9"]
+    args += ["--shared-allowance", f"redis://:hunter2@127.0.0.1:{port}/0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err
+    assert "hunter2" not in err
+    assert not (tmp_path / "out").exists()

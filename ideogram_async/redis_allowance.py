@@ -72,9 +72,9 @@ class RedisAllowance:
     ``maximum`` is the allowance of all the processes that use the same Redis
     server and ``key`` together, in places. ``lease`` (seconds) is how long a
     holder's places stay taken without renewal: a process that dies gives its
-    places back at most that long after its last renewal. ``adaptive`` turns on
-    additive increase / multiplicative decrease of the shared bound when a 429
-    gives no number. ``on_change`` is called with an
+    places back at most that long after its last renewal. ``adaptive`` works as for
+    :class:`~ideogram_async.allowance.LocalAllowance` (a slow start from 10, halving
+    on a 429 without a number), on the shared bound. ``on_change`` is called with an
     :class:`~ideogram_async.allowance.AllowanceChange` when a call of this
     process changes the shared bound.
 

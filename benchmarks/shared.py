@@ -190,7 +190,7 @@ def many_processes(context: Context) -> Result:
     server += ["--allowance", str(_ALLOWANCE), "--no-upscale"]
     runs: dict[str, list[Measurement]] = {}
     with running_redis() as redis, running_server(server) as url:
-        for round_number in range(sizes.rounds):
+        for round_number in range(sizes.shared_rounds):
             variants = [(p, shared) for p in _PROCESSES for shared in (True, False)]
             shift = round_number % len(variants)
             for processes, shared in variants[shift:] + variants[:shift]:

@@ -4,6 +4,8 @@
 ...     result = await client.upscale("photo.png", UpscaleRequest(prompt="crisp"))
 """
 
+import logging
+
 from ._version import __version__
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
@@ -25,6 +27,9 @@ from .errors import (
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent, RetryPolicy
 from .uploads import ImageInput
+
+# A library stays silent until the application configures logging.
+logging.getLogger("ideogram_async").addHandler(logging.NullHandler())
 
 __all__ = [
     "APIConnectionError",

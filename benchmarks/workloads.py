@@ -78,7 +78,7 @@ FULL = Sizes(
     fanout_rounds=2,
     fault_rate=0.2,
 )
-"""The sizes of issue 6."""
+"""The sizes of the full run."""
 
 QUICK = Sizes(
     rounds=2,

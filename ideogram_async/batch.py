@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Self, TypeAlias
 
 import attrs
 
@@ -32,8 +32,10 @@ class BatchResult:
 
     index: int
     """Position of the input in the input sequence (0-based)."""
-    source: Any
-    """The image as it was given (path, bytes, file, stream)."""
+    source: ImageInput
+    """The image as it was given: the path (``str`` or ``os.PathLike``), bytes, file or
+    stream itself, also when it came in an ``(image, request)`` pair or an ``UpscaleJob``.
+    A path stays as given, so use ``Path(result.source)`` to name an output after it."""
     request: UpscaleRequest
     """The options it was upscaled with."""
     response: UpscaleResponse | None
@@ -118,14 +120,25 @@ class BatchRun:
         await self.aclose()
 
 
-async def _one(index: int, item: Any, upscale: Upscaler, default: UpscaleRequest) -> BatchResult:
+def _image_of(item: BatchInput) -> ImageInput:
+    """The image of an input item, also of one ``as_job`` refuses (a malformed pair)."""
+    if isinstance(item, UpscaleJob):
+        return item.image
+    if isinstance(item, tuple):
+        return item[0] if len(item) == 2 else item
+    return item
+
+
+async def _one(
+    index: int, item: BatchInput, upscale: Upscaler, default: UpscaleRequest
+) -> BatchResult:
     started = time.monotonic()
-    source, request, attempts = item, default, 0
+    source, request, attempts = _image_of(item), default, 0
     response: UpscaleResponse | None = None
     error: Exception | None = None
     try:
         job = as_job(item, default)
-        source, request = job.image, job.request or default
+        request = job.request or default
         response, attempts = await upscale(job)
     except Exception as exc:
         error = exc

@@ -47,7 +47,7 @@ _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray
 
 
 class Flavor(enum.StrEnum):
-    """Which form of the endpoint to speak (SPEC.md: "Two flavors of one call")."""
+    """Which form of the endpoint to speak: a proxy in front of Ideogram, or Ideogram itself."""
 
     PROXY = "proxy"
     """``POST {base_url}/ideogram/upscale`` with ``Authorization: Bearer <key>``."""

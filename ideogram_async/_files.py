@@ -10,10 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .errors import ResponseFormatError
-from .uploads import sniff_image_type
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
-"""File name endings of the images the service takes and returns."""
+from .images import SNIFF_BYTES, SUFFIXES, sniff
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
@@ -44,18 +41,18 @@ async def write_atomically(target: Path, chunks: AsyncIterator[bytes]) -> Path:
         with os.fdopen(fd, "wb") as file:
             head = b""
             async for chunk in chunks:
-                if len(head) < 12:
-                    head += chunk[: 12 - len(head)]
+                if len(head) < SNIFF_BYTES:
+                    head += chunk[: SNIFF_BYTES - len(head)]
                 await loop.run_in_executor(None, file.write, chunk)
-        kind = sniff_image_type(head)
-        if kind is None:
+        fmt = sniff(head)
+        if fmt is None:
             raise ResponseFormatError(
                 f"the downloaded body for {target.name} is not a JPEG, PNG or WebP image "
                 f"(it starts with {head[:8]!r}); the URL may have expired",
                 body=head.decode("latin-1"),
             )
-        if target.suffix.lower() not in IMAGE_SUFFIXES:
-            target = target.with_name(f"{target.name}.{kind[1]}")
+        if target.suffix.lower() not in SUFFIXES:
+            target = target.with_name(target.name + fmt.suffix)
         os.replace(temp, target)
         return target
     except BaseException:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import io
@@ -24,8 +23,9 @@ from ideogram_async.testing import (
     EmulatorStats,
     Fault,
     FaultPlan,
-    add_serve_arguments,
+    serve_main,
 )
+from ideogram_async.testing._serve import _parser
 
 from ._support import make_image
 
@@ -665,15 +665,14 @@ async def test_lifecycle_errors() -> None:
 # -- command line ----------------------------------------------------------------------
 
 
-def test_serve_arguments() -> None:
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
+def test_serve_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = _parser("serve")
     args = parser.parse_args(["--port", "0", "--latency", "0.1,0.5", "--fault-rate", "0.2"])
     assert (args.port, args.latency, args.fault_rate, args.upscale) == (0, (0.1, 0.5), 0.2, True)
     assert parser.parse_args(["--latency", "2", "--no-upscale"]).latency == 2.0
     for bad in (["--latency", "1,0"], ["--latency", "x"], ["--fault-rate", "2"]):
-        with pytest.raises(SystemExit):
-            parser.parse_args(bad)
+        assert serve_main(bad, prog="emu") == 2  # a usage error, reported, nothing served
+        assert "emu: error:" in capsys.readouterr().err
 
 
 async def test_module_runs_a_server_until_terminated(session: aiohttp.ClientSession) -> None:

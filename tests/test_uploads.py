@@ -15,14 +15,13 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from ideogram_async import ValidationError, uploads
+from ideogram_async import ValidationError, _sources
 from ideogram_async.uploads import (
     CHUNK_SIZE,
     SPOOL_MEMORY,
     ImagePayload,
     PreparedImage,
     prepare_image,
-    sniff_image_type,
 )
 
 MB = 1024 * 1024
@@ -331,24 +330,8 @@ async def test_filename_override(png_path: Path, png_bytes: bytes) -> None:
         assert image.payload().filename == "other.png"
 
 
-@pytest.mark.parametrize(
-    ("head", "expected"),
-    [
-        (b"\x89PNG\r\n\x1a\n\0\0\0\r", ("image/png", "png")),
-        (b"\xff\xd8\xff\xe0\0\x10JFIF\0", ("image/jpeg", "jpg")),
-        (b"RIFF\x10\0\0\0WEBP", ("image/webp", "webp")),
-        (b"RIFF\x10\0\0\0WAVE", None),
-        (b"GIF89a\x01\0\x01\0\0\0", None),
-        (b"\x89PNG", None),
-        (b"", None),
-    ],
-)
-def test_sniff_image_type(head: bytes, expected: tuple[str, str] | None) -> None:
-    assert sniff_image_type(head) == expected
-
-
 def test_payload_headers_name_the_part_image_file(png_bytes: bytes) -> None:
-    image = PreparedImage(uploads._MemorySource(memoryview(png_bytes)), "a.png", "image/png")
+    image = PreparedImage(_sources._MemorySource(memoryview(png_bytes)), "a.png", "image/png")
     payload = image.payload()
     assert isinstance(payload, ImagePayload)
     assert payload.content_type == "image/png"

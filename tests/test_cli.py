@@ -438,11 +438,11 @@ def test_live_progress_bar_shows_counts_and_failures(tmp_path: Path) -> None:
     tally = Tally(total=3)
     reporter = RichReporter(tally, Console(file=screen, force_terminal=True, width=150))
     reporter.start()
-    tally.active, tally.retries = 2, 1
+    tally.in_flight, tally.downloading, tally.retries = 2, 1, 1
     reporter.changed()
-    tally.active, tally.ok = 1, 1
+    tally.in_flight, tally.downloading, tally.ok = 1, 0, 1
     reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True))
-    tally.active, tally.failed = 0, 1
+    tally.in_flight, tally.failed = 0, 1
     bad = Source(tmp_path / "b.png", "b.png")
     reporter.finished(Outcome(source=bad, ok=False, error="HTTP 400: no"))
     reporter.close()
@@ -452,6 +452,7 @@ def test_live_progress_bar_shows_counts_and_failures(tmp_path: Path) -> None:
     assert "b.png: HTTP 400: no" in shown
     assert "2/3" in shown
     assert "1 failed" in shown
+    assert "0 in flight 0 downloading" in shown
     assert "Done: 1 of 3 image(s) upscaled, 1 failed" in shown
 
 

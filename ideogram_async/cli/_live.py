@@ -39,7 +39,10 @@ class _RateColumn(ProgressColumn):
 
 
 class RichReporter:
-    """A live bar (done, ok, failed, in flight, retries, rate, ETA) for a terminal.
+    """A live bar (done, ok, failed, in flight, downloading, retries, rate, ETA).
+
+    "In flight" counts the upscale calls that ``--concurrency`` bounds; downloads of
+    finished upscales are counted apart.
 
     Failures are printed above the bar as they happen.
     """
@@ -53,7 +56,8 @@ class RichReporter:
             MofNCompleteColumn(),
             TextColumn(
                 "[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] "
-                "{task.fields[active]} in flight {task.fields[retries]} retries"
+                "{task.fields[in_flight]} in flight {task.fields[downloading]} downloading "
+                "{task.fields[retries]} retries"
             ),
             _RateColumn(),
             TimeElapsedColumn(),
@@ -74,7 +78,8 @@ class RichReporter:
             completed=tally.done,
             ok=tally.ok,
             failed=tally.failed,
-            active=tally.active,
+            in_flight=tally.in_flight,
+            downloading=tally.downloading,
             retries=tally.retries,
         )
 

@@ -9,8 +9,12 @@ the pipeline's accounting is checked in-process.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import stat
 from pathlib import Path
+
+import pytest
 
 from ideogram_async import (
     APIConnectionError,
@@ -20,12 +24,29 @@ from ideogram_async import (
     UpscaleRequest,
     ValidationError,
 )
+from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._pipeline import FailFast, run_batch
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
-from .test_cli import KEY, assert_clean, cli_env, run_cli, save_image, upscale_args
+from .test_cli import (
+    KEY,
+    assert_clean,
+    cli_env,
+    finish,
+    read_manifest,
+    run_cli,
+    save_image,
+    start_cli,
+    upscale_args,
+)
+
+
+@pytest.fixture
+def env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    monkeypatch.delenv("IDEOGRAM_BASE_URL", raising=False)
 
 
 def dead_url() -> str:
@@ -168,3 +189,126 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
         await batch
     assert peak == 3
     assert finished == [True] * 12
+
+
+async def test_resume_redoes_a_missing_output_and_keeps_one_record_per_input(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 5)
+    (tmp_path / "in" / "notes.png").write_text("not an image")  # fails every time
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    keep = ["--manifest", str(manifest)]
+    async with Emulator(KEY) as emulator:
+        first = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out), *keep)
+    assert first.returncode == 1, first.stderr
+    manifest.chmod(0o640)
+    deleted = out / "img-02.upscaled.png"
+    deleted.unlink()
+
+    for _ in range(2):  # the second resume redoes only the text file, again
+        async with Emulator(KEY) as emulator:
+            again = await run_cli(
+                *upscale_args(emulator, [tmp_path / "in"], out), *keep, "--resume"
+            )
+            sent = emulator.stats.requests
+        assert again.returncode == 1, again.stderr
+        assert_clean(again)
+        records = read_manifest(manifest)
+        assert len(records) == 6  # one final record per input, however many runs
+        assert sorted(r["status"] for r in records) == ["failed"] + ["ok"] * 5
+        assert deleted.is_file()
+        assert stat.S_IMODE(manifest.stat().st_mode) == 0o640  # rewritten in place
+    assert sent == 0
+    assert "Redoing 1 image(s) recorded as done whose result is missing" not in again.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+async def test_resume_says_which_outputs_are_missing(tmp_path: Path) -> None:
+    images(tmp_path / "in", 3)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    keep = ["--manifest", str(manifest)]
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        assert (await run_cli(*args, *keep)).returncode == 0
+        (out / "img-01.upscaled.png").unlink()
+        again = await run_cli(*args, *keep, "--resume")
+        assert emulator.stats.requests == 4
+    assert again.returncode == 0, again.stderr
+    assert "Skipping 2 of 3 image(s)" in again.stdout
+    assert "Redoing 1 image(s) recorded as done whose result is missing: " in again.stdout
+    assert "img-01.png" in again.stdout
+    assert (out / "img-01.upscaled.png").is_file()
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume"])
+async def test_a_second_run_on_the_same_manifest_refuses(tmp_path: Path, resume: bool) -> None:
+    images(tmp_path / "in", 6)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    again = ["--resume"] if resume else []
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        emulator.pause()
+        first = await start_cli(*args, *again, "--concurrency", "2")
+        await emulator.wait_in_flight(2)  # the first run holds the manifest now
+        second = await run_cli(*args, *again)
+        assert second.returncode == 2, second.stderr
+        assert f"another run is using the manifest {manifest}" in second.stderr
+        assert emulator.stats.requests == 2  # the second run sent nothing
+        emulator.resume()
+        done = await finish(first)
+    assert done.returncode == 0, done.stderr
+    assert len(read_manifest(manifest)) == 6
+    assert done.stdout.count("] ok ") == 6
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only-folder"])
+async def test_an_unwritable_out_folder_exits_2_before_sending(tmp_path: Path, where: str) -> None:
+    images(tmp_path / "in", 2)
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "results"
+    elif os.geteuid() == 0:  # root writes through any mode bits; /sys refuses even root
+        out = Path("/sys/kernel")
+        if not out.is_dir():
+            pytest.skip("no /sys/kernel here")
+    else:
+        out = tmp_path / "read-only"
+        out.mkdir(mode=0o555)
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out))
+        assert emulator.stats.requests == 0
+    assert run.returncode == 2, run.stderr
+    assert f"cannot write results into --out {out}" in run.stderr
+
+
+@pytest.mark.usefixtures("env_key")
+def test_out_folder_is_created_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.png").write_text("not an image")  # fails locally: nothing is sent
+    out = tmp_path / "a" / "b"
+    args = ["upscale", str(tmp_path / "notes.png"), "-o", str(out), "--base-url", dead_url()]
+    assert main(args) == 1
+    assert out.is_dir()
+    shown = capsys.readouterr().out
+    assert "Done: 0 of 1 image(s) upscaled, 1 failed in " in shown
+    assert "/s" not in shown  # no rate of images that were never upscaled
+    assert "Results:" not in shown
+
+
+@pytest.mark.usefixtures("env_key")
+def test_a_pattern_in_a_missing_folder_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = ["--base-url", dead_url()]
+    assert main(["upscale", "nothing/*.jpg", "-o", "out", *url]) == 2
+    err = capsys.readouterr().err
+    assert "nothing/*.jpg: no such folder nothing" in err
+    assert "--recursive" not in err
+    (tmp_path / "flat").mkdir()
+    assert main(["upscale", "flat", "-o", "out", *url]) == 2
+    assert "--recursive" not in capsys.readouterr().err  # it has no subfolders
+    save_image(tmp_path / "flat" / "deeper" / "x.png", (2, 2))
+    assert main(["upscale", "flat", "-o", "out", *url]) == 2
+    assert "(add --recursive to look in subfolders)" in capsys.readouterr().err

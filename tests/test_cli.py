@@ -337,7 +337,8 @@ async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
         process.terminate()
         run = await finish(process)
     assert run.returncode == 0
-    assert_clean(run)
+    # Clean, though not assert_clean: serve prints the (test) key it accepts, by design.
+    assert not [dirt for dirt in DIRT if dirt in run.stderr], run.stderr
 
 
 async def test_missing_key_exits_2_before_sending(inputs: Path, tmp_path: Path) -> None:

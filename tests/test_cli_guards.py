@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,48 @@ def test_a_pattern_in_a_missing_folder_says_so(
     save_image(tmp_path / "flat" / "deeper" / "x.png", (2, 2))
     assert main(["upscale", "flat", "-o", "out", *url]) == 2
     assert "(add --recursive to look in subfolders)" in capsys.readouterr().err
+
+
+async def test_serve_prints_lines_that_work_and_logs_each_request(tmp_path: Path) -> None:
+    process = await start_cli("serve", "--port", "0", "--api-key", KEY, "--verbose")
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            lines = [(await process.stdout.readline()).decode() for _ in range(5)]
+        url = lines[0].split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        assert f"It accepts the API key {KEY!r}" in lines[1]
+        exported = dict(word.split("=", 1) for word in shlex.split(lines[2])[1:])
+        assert exported == {"IDEOGRAM_BASE_URL": url, "IDEOGRAM_API_KEY": KEY}
+        # The command-line line, pasted into a folder holding photo.png.
+        save_image(tmp_path / "photo.png", (6, 4))
+        env_word, program, *rest = shlex.split(lines[3].split("command line:", 1)[1])
+        assert program == "ideogram-async"
+        name, value = env_word.split("=", 1)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ideogram_async",
+            *rest,
+            cwd=tmp_path,
+            env={**cli_env(key=None), name: value},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        ran = await finish(cli)
+        assert ran.returncode == 0, ran.stderr
+        assert (tmp_path / "upscaled" / "photo.upscaled.png").is_file()
+        # The library line, pasted into Python.
+        built = eval(lines[4].split("library:", 1)[1], {"IdeogramClient": IdeogramClient})
+        async with built as client:
+            response = await client.upscale(tmp_path / "photo.png")
+        assert response.data[0].resolution == "12x8"
+    finally:
+        process.terminate()
+        served = await finish(process)
+    assert served.returncode == 0
+    logged = [line for line in served.stderr.splitlines() if "POST /ideogram/upscale" in line]
+    assert len(logged) == 2
+    assert all('HTTP/1.1" 200 ' in line for line in logged)
+    assert served.stderr.count("GET /images/") == 1  # the command line's download
+    assert KEY not in served.stderr

@@ -104,8 +104,10 @@ class FailFast:
         if error is not None and _cannot_connect(error):
             if self._reached:
                 return None
+            cause = error.__cause__  # what the connection attempt ran into
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else describe(error)
             return (
-                f"cannot reach the service at {self._service}: {describe(error)}. "
+                f"cannot reach the service at {self._service} ({' '.join(why.split())}). "
                 f"Check {self._check}, and that the service is up"
             )
         if error is None or isinstance(error, APIError | ResponseFormatError | APIConnectionError):

@@ -182,6 +182,8 @@ def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -
         request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
+        method=response.method,
+        url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
 
 
@@ -243,6 +245,8 @@ def error_for_status(
     retry_after: float | None,
     should_retry: bool | None,
     hint: str | None = None,
+    method: str | None = None,
+    url: str | None = None,
 ) -> APIError:
     """Build the :class:`APIError` subclass that matches ``status``.
 
@@ -262,4 +266,6 @@ def error_for_status(
         request_id=request_id,
         retry_after=retry_after,
         should_retry=should_retry,
+        method=method,
+        url=url,
     )

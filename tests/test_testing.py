@@ -643,9 +643,34 @@ async def test_stop_cancels_requests_in_progress(session: aiohttp.ClientSession)
     assert emu.stats.responses_by_status == {}
 
 
-async def test_latency_is_applied(session: aiohttp.ClientSession) -> None:
-    async with Emulator(upscale=False, latency=(0.0, 0.001), seed=3) as emu:
-        assert (await upscale(session, emu))[0] == 200
+@pytest.mark.parametrize(("latency", "low", "high"), [(0.01, 0.01, 0.01), ((0.0, 0.02), 0.0, 0.02)])
+async def test_latency_is_applied(
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    latency: float | tuple[float, float],
+    low: float,
+    high: float,
+) -> None:
+    # Record the pauses asked of asyncio.sleep instead of timing the answers.
+    paused: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            paused.append(delay)
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    async with Emulator(upscale=False, latency=latency, seed=3) as emu:
+        statuses = [(await upscale(session, emu))[0] for _ in range(3)]
+    assert statuses == [200] * 3
+    assert len(paused) == 3
+    assert all(low <= pause <= high for pause in paused)
+    if low < high:
+        assert len(set(paused)) == 3  # drawn from the range, not fixed
+
+
+def test_bad_latency_is_refused() -> None:
     with pytest.raises(ValueError, match="latency"):
         Emulator(latency=(0.2, 0.1))
     with pytest.raises(ValueError, match="latency"):

@@ -359,3 +359,25 @@ async def test_serve_prints_lines_that_work_and_logs_each_request(tmp_path: Path
     assert all('HTTP/1.1" 200 ' in line for line in logged)
     assert served.stderr.count("GET /images/") == 1  # the command line's download
     assert KEY not in served.stderr
+
+
+async def test_results_get_the_permissions_the_umask_gives(tmp_path: Path) -> None:
+    images(tmp_path / "in", 2)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ideogram_async",
+            *args,
+            env=cli_env(),
+            umask=0o027,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        run = await finish(process)
+    assert run.returncode == 0, run.stderr
+    modes = {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert modes == {0o640}  # not 0600: a web server in the group can read them
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o640

@@ -123,7 +123,11 @@ class Http:
         except aiohttp.ClientError as exc:
             if upload is not None and upload.error is not None:
                 raise upload.error from None
-            raise APIConnectionError(f"{failed} ({type(exc).__name__}: {exc}); {hint}") from exc
+            unreachable = _unreachable(exc)
+            raise APIConnectionError(
+                f"{failed} ({unreachable or f'{type(exc).__name__}: {exc}'}); {hint}",
+                unreachable=unreachable is not None,
+            ) from exc
         finally:
             if upload is not None:
                 upload.release()
@@ -164,6 +168,17 @@ class Http:
                 body_sent=body_sent,
             )
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
+
+
+def _unreachable(exc: aiohttp.ClientError) -> str | None:
+    """Why the host cannot be reached at all (refused, unknown name); ``None`` otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused: nothing listens at that address"
+    return None
 
 
 def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:

@@ -12,6 +12,8 @@ Any other exception escaping is a bug::
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    ├── GenerationFailedError                a v2 background generation ended ``failed``
+    ├── WebhookVerificationError             a webhook delivery failed its signature check
     └── APIError                             the service answered with a non-2xx status
         ├── BadRequestError                  400, 413, 422
         ├── AuthenticationError              401, 403
@@ -36,6 +38,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "GenerationFailedError",
     "IdeogramError",
     "NotFoundError",
     "PaymentRequiredError",
@@ -43,6 +46,7 @@ __all__ = [
     "ResponseFormatError",
     "ServerError",
     "ValidationError",
+    "WebhookVerificationError",
 ]
 
 _SNIPPET = 300
@@ -70,7 +74,16 @@ class ClientClosedError(IdeogramError, RuntimeError):
 
 
 class APIConnectionError(IdeogramError):
-    """The request got no usable HTTP response (refused, reset, disconnected)."""
+    """The request got no usable HTTP response (refused, reset, disconnected).
+
+    ``unreachable`` is true when the host refused the connection or its name did not
+    resolve: a wrong ``base_url`` or a service that is down, which retrying soon will
+    not fix (see ``RetryPolicy.connect_attempts``).
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class APITimeoutError(APIConnectionError):
@@ -95,6 +108,19 @@ class ResponseFormatError(IdeogramError):
         super().__init__(message)
         self.body = body
         self.status = status
+
+
+class GenerationFailedError(IdeogramError):
+    """A v2 generation ended ``failed``; ``failure_reason`` says why (it is not billed)."""
+
+    def __init__(self, message: str, *, generation_id: str, failure_reason: str | None) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+        self.failure_reason = failure_reason
+
+
+class WebhookVerificationError(IdeogramError):
+    """A webhook delivery is not signed by a given key, is stale, or lacks a header."""
 
 
 class APIError(IdeogramError):

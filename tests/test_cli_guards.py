@@ -24,6 +24,7 @@ from ideogram_async import (
     IdeogramClient,
     RetryPolicy,
     UpscaleRequest,
+    UpscaleResponse,
     ValidationError,
 )
 from ideogram_async.cli import main
@@ -108,7 +109,7 @@ async def refused_error(png: bytes) -> APIConnectionError:
     raise AssertionError("a dead port answered")
 
 
-def result(error: Exception | None) -> BatchResult:
+def result(error: Exception | None) -> BatchResult[UpscaleResponse]:
     return BatchResult(
         index=0,
         source=b"",

@@ -38,6 +38,8 @@ from ideogram_async import (
     RetryEvent,
     UpscaleRequest,
     UpscaleResponse,
+    V2Options,
+    V2UpscaleResponse,
 )
 
 from ._inputs import Source, output_path
@@ -45,6 +47,7 @@ from ._manifest import Manifest, Outcome
 from ._progress import PlainReporter, Reporter, Tally
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+Answer = UpscaleResponse | V2UpscaleResponse
 
 
 # The library's hints name its Python arguments; the command line has options instead.
@@ -96,7 +99,7 @@ class FailFast:
         if not _cannot_connect(event.error):
             self._reached = True
 
-    def reason_to_stop(self, result: BatchResult) -> str | None:
+    def reason_to_stop(self, result: BatchResult[Any]) -> str | None:
         """Why the run must stop after ``result``, or ``None`` to go on."""
         error = result.error
         if isinstance(error, AuthenticationError):
@@ -118,7 +121,7 @@ class FailFast:
 async def run_batch(
     client: IdeogramClient,
     sources: Sequence[Source],
-    request: UpscaleRequest,
+    request: UpscaleRequest | V2Options,
     out_dir: Path,
     *,
     fail_fast: FailFast,
@@ -142,7 +145,7 @@ async def run_batch(
             on_start()
             yield source.path
 
-    async def finish(source: Source, result: BatchResult, response: UpscaleResponse) -> None:
+    async def finish(source: Source, result: BatchResult[Any], response: Answer) -> None:
         on_finish(await _download(client, source, result, response, out_dir), True)
 
     stopped: str | None = None
@@ -175,7 +178,7 @@ async def run_batch(
         raise RunStopped(stopped)
 
 
-def _failed(source: Source, result: BatchResult, error: str) -> Outcome:
+def _failed(source: Source, result: BatchResult[Any], error: str) -> Outcome:
     return Outcome(
         source=source, ok=False, error=error, attempts=result.attempts, seconds=result.elapsed
     )
@@ -184,8 +187,8 @@ def _failed(source: Source, result: BatchResult, error: str) -> Outcome:
 async def _download(
     client: IdeogramClient,
     source: Source,
-    result: BatchResult,
-    response: UpscaleResponse,
+    result: BatchResult[Any],
+    response: Answer,
     out_dir: Path,
 ) -> Outcome:
     """Download every image of a successful upscale; any failure fails the input."""
@@ -196,9 +199,13 @@ async def _download(
         return _failed(source, result, "the service answered with no images")
     if len(urls) < len(response.data):
         missing = len(response.data) - len(urls)
-        return _failed(
-            source, result, f"the service answered with {missing} image(s) without a URL"
+        withheld = sum(image.is_image_safe is False for image in response.data)
+        why = (
+            f"{withheld} image(s) withheld by the service's safety check (the upscale is billed)"
+            if withheld
+            else f"the service answered with {missing} image(s) without a URL"
         )
+        return _failed(source, result, why)
     targets = [
         output_path(out_dir, source, url, None if len(urls) == 1 else number)
         for number, url in enumerate(urls, 1)
@@ -233,7 +240,7 @@ class Job:
     """What one run does: which inputs, with which options, into which folder."""
 
     sources: Sequence[Source]
-    request: UpscaleRequest
+    request: UpscaleRequest | V2Options
     out_dir: Path
     manifest: Path | None = None
     append: bool = False

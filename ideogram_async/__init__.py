@@ -7,6 +7,7 @@
 import logging
 
 from ._version import __version__
+from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
@@ -53,12 +54,15 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Allowance",
+    "AllowanceChange",
     "AuthenticationError",
     "AutoUpscaler",
     "BadRequestError",
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "ChangeReason",
     "ClientClosedError",
     "Flavor",
     "Generation",
@@ -66,6 +70,7 @@ __all__ = [
     "IdeogramClient",
     "IdeogramError",
     "ImageInput",
+    "LocalAllowance",
     "MagicPrompt",
     "NanoBananaPro",
     "NotFoundError",

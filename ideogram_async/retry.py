@@ -246,15 +246,15 @@ def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
             return error.should_retry
         return error.status in RETRYABLE_STATUSES
     if isinstance(error, APITimeoutError):
-        if error.kind == "deadline":
-            return False
         return policy.retry_timeout_after_upload or not error.body_sent
     return isinstance(error, APIConnectionError)
 
 
 def _failure(state: tenacity.RetryCallState) -> BaseException | None:
-    """The error of the attempt that just ended (tenacity asks only after a failure)."""
-    return state.outcome.exception() if state.outcome is not None else None
+    """The error of the attempt that just ended."""
+    outcome = state.outcome
+    assert outcome is not None  # tenacity asks only once an attempt has ended
+    return outcome.exception()
 
 
 class _StopUnreachable(tenacity.stop.stop_base):
@@ -320,15 +320,15 @@ async def call_with_retries(
     """Run ``attempt(n)`` until it succeeds, fails for good, or the deadline passes.
 
     Returns the result and the number of attempts it took. ``what`` names the call
-    in log lines and retry events. The deadline covers everything, waiting for a
-    concurrency slot included; when it fires during an attempt the caller gets an
+    in log lines and retry events. The deadline covers everything, waiting for places
+    in flight included; when it fires during an attempt the caller gets an
     :class:`APITimeoutError` of kind ``"deadline"``.
     """
     strategies = policy._strategies
     if _testing is not None and _testing.attempts is not None:
         cap = tenacity.stop_after_attempt(_testing.attempts)
         strategies = {**strategies, "stop": tenacity.stop_any(strategies["stop"], cap)}
-    number = 1
+    number = 1  # pragma: no mutate (equivalent: the loop rebinds it before anything can fail)
     try:
         async with asyncio.timeout(policy.deadline):
             async for state in tenacity.AsyncRetrying(

@@ -38,10 +38,24 @@ class _RateColumn(ProgressColumn):
         return Text(f"{shown} img/s", style="progress.data.speed")
 
 
-class RichReporter:
-    """A live bar (done, ok, failed, in flight, downloading, retries, rate, ETA).
+class _PlacesColumn(ProgressColumn):
+    """Places (images) in flight out of the allowance's current bound."""
 
-    "In flight" counts the upscale calls that ``--concurrency`` bounds; downloads of
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self._tally = tally
+
+    def render(self, task: Task) -> Text:
+        places = self._tally.allowance
+        if places is None:
+            return Text("")
+        return Text(f"{places.in_use}/{places.limit} places", style="cyan")
+
+
+class RichReporter:
+    """A live bar (done, ok, failed, in flight, downloading, places, retries, rate, ETA).
+
+    "In flight" counts the upscale calls that ``--allowance`` bounds; downloads of
     finished upscales are counted apart.
 
     Failures are printed above the bar as they happen.
@@ -59,6 +73,7 @@ class RichReporter:
                 "{task.fields[in_flight]} in flight {task.fields[downloading]} downloading "
                 "{task.fields[retries]} retries"
             ),
+            _PlacesColumn(tally),
             _RateColumn(),
             TimeElapsedColumn(),
             TextColumn("ETA"),

@@ -1,10 +1,11 @@
 """The command line's pipeline: upscale many files, download each result, record outcomes.
 
 Upscales fan out through ``IdeogramClient.upscale_many`` with a window of
-``max_concurrency``, so every input taken up is an upscale call in flight; each finished
-upscale gets a download task, so downloads overlap further upscales. At most
-``max_concurrency`` download tasks exist at once (the consumer waits for one to end
-before starting another), so memory stays O(concurrency) however many files there are.
+``client.max_concurrency``, so every input taken up is an upscale call in flight; each
+finished upscale gets a download task, so downloads overlap further upscales. At most
+``client.max_concurrency`` download tasks exist at once (the consumer waits for one to
+end before starting another), so memory stays O(concurrency) however many files there
+are.
 
 A run that cannot succeed stops early (:class:`FailFast`): when the service refuses the
 key, or when nothing has reached the service and a call could not connect at all.
@@ -53,7 +54,7 @@ Answer = UpscaleResponse | V2UpscaleResponse
 # The library's hints name its Python arguments; the command line has options instead.
 _OPTION_NAMES = (
     ("api_key= or IDEOGRAM_API_KEY", "IDEOGRAM_API_KEY or --api-key-file"),
-    ("max_concurrency or requests_per_second", "--concurrency"),
+    ("allowance= or requests_per_second", "--allowance"),
     ("check base_url", "check --base-url"),
 )
 
@@ -276,6 +277,7 @@ async def run_job(
 
     client = connect(retried)
     fail_fast = FailFast(client.base_url, official=client.flavor is Flavor.OFFICIAL)
+    tally.allowance = client.allowance
     manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
     reporter.start()
 

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import attrs
 
+from ideogram_async import Allowance
+
 from ._manifest import Outcome
 
 
@@ -28,11 +30,13 @@ class Tally:
     failed: int = 0
     in_flight: int = 0
     """Upscale calls started and not answered yet (sending, awaiting, retrying): what
-    ``--concurrency`` bounds."""
+    ``--allowance`` bounds."""
     downloading: int = 0
     """Inputs upscaled whose results are being downloaded (bounded separately)."""
     retries: int = 0
     started: float = attrs.field(factory=time.monotonic)
+    allowance: Allowance | None = None
+    """The client's places in flight (``in_use`` of ``limit``), once it exists."""
 
     @property
     def done(self) -> int:
@@ -46,8 +50,15 @@ class Tally:
         if self.retries:
             details.append(f"{self.retries} request(s) retried")
         shown = f" ({', '.join(details)})" if details else ""
+        places = self.allowance
+        learned = (
+            f" The allowance settled at {places.limit} of {places.maximum} images in flight."
+            if places is not None and places.limit < places.maximum
+            else ""
+        )
         return (
-            f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s{shown}."
+            f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s"
+            f"{shown}.{learned}"
         )
 
 

@@ -243,12 +243,27 @@ async def test_attempt_timeout_after_upload_respects_the_cost_switch(png_bytes: 
     assert emulator.stats.requests == 2
 
 
-async def test_deadline_bounds_the_whole_call(png_bytes: bytes) -> None:
+async def test_deadline_bounds_the_whole_call(
+    png_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     policy = RetryPolicy(deadline=0.3)
     _emulator, _, outcome = await run_with([Fault.slow(30)], png_bytes, policy=policy)
     assert isinstance(outcome, APITimeoutError)
-    assert outcome.kind == "deadline"
-    assert "deadline" in str(outcome)
+    assert (outcome.kind, outcome.attempts) == ("deadline", 1)
+    assert str(outcome).startswith("upscale image.png: the deadline of 0.3s for the whole call")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        str(outcome)
+    ]
+
+
+async def test_a_permanent_failure_is_logged_once_at_debug(
+    png_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    _, _, outcome = await run_with([Fault.status(400)], png_bytes)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ideogram_async"] == [
+        (logging.DEBUG, f"upscale image.png: attempt 1 failed for good: {outcome}")
+    ]
 
 
 async def test_no_retry_when_the_wait_would_pass_the_deadline(png_bytes: bytes) -> None:

@@ -20,6 +20,7 @@ import aiohttp.abc
 import attrs
 import pytest
 import tenacity
+from aiolimiter import AsyncLimiter
 
 from ideogram_async import (
     APIConnectionError,
@@ -320,15 +321,26 @@ async def test_slot_is_not_held_while_sleeping_between_attempts(
     assert emulator.stats.requests == 3
 
 
-async def test_requests_per_second_limit(png_bytes: bytes) -> None:
+async def test_requests_per_second_limit_takes_a_token_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken: list[float] = []
+    real_acquire = AsyncLimiter.acquire
+
+    async def acquire(self: AsyncLimiter, amount: float = 1) -> None:
+        await real_acquire(self, amount)
+        taken.append(self.max_rate)
+
+    monkeypatch.setattr(AsyncLimiter, "acquire", acquire)
+    images = [make_image("png", (4, 4), shade=i) for i in range(5)]
+    plan = FaultPlan([Fault.status(503)], per_upload=True)  # every upload fails once
     async with (
-        Emulator(api_key=KEY, upscale=False) as emulator,
+        Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, requests_per_second=1000) as c,
     ):
-        await asyncio.gather(*(c.upscale(png_bytes) for _ in range(20)))
-        assert c._limiter is not None
-        assert c._limiter.max_rate == 1000
-    assert emulator.stats.requests == 20
+        await asyncio.gather(*(c.upscale(image) for image in images))
+    assert emulator.stats.requests == 10
+    assert taken == [1000] * 10  # one token per request sent, retries included
 
 
 async def test_cancelling_1000_calls_frees_every_slot_and_file(tmp_path: Path) -> None:
@@ -349,7 +361,7 @@ async def test_cancelling_1000_calls_frees_every_slot_and_file(tmp_path: Path) -
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, asyncio.CancelledError) for r in results)
-            assert client._slots._value == 10  # every slot is free again
+            assert client.allowance.in_use == 0  # every place is free again
             assert not {str(p) for p in paths} & set(open_fds().values())
             emulator.resume()
             # The client still works after the storm.
@@ -379,7 +391,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert client._slots._value == 1
+        assert client.allowance.in_use == 0
         # 2. awaiting the response (the slot is held, the upload done)
         emulator.pause()
         task = asyncio.create_task(client.upscale(path))
@@ -392,7 +404,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         for t in (task, waiting):
             with pytest.raises(asyncio.CancelledError):
                 await t
-        assert client._slots._value == 1
+        assert client.allowance.in_use == 0
         assert str(path) not in open_fds().values()
         emulator.resume()
 
@@ -424,7 +436,7 @@ async def test_cancel_while_uploading_closes_the_file(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert str(path) not in open_fds().values()
-        assert c._slots._value == 10
+        assert c.allowance.in_use == 0
 
 
 async def test_no_key_in_logs_or_errors_of_a_failing_run(

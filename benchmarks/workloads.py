@@ -107,7 +107,7 @@ FULL = Sizes(
     shared_latency=0.1,
     shared_rounds=3,
 )
-"""The full sizes."""
+"""The sizes of the full run."""
 
 QUICK = Sizes(
     rounds=2,

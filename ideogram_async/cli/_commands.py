@@ -140,7 +140,7 @@ def _upscale(args: argparse.Namespace) -> int:
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
     with ManifestLock(manifest) if manifest else contextlib.nullcontext():
-        return _upscale_locked(args, request, sources, out_dir, manifest, connect)
+        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance)
 
 
 def _upscale_locked(
@@ -150,6 +150,7 @@ def _upscale_locked(
     out_dir: Path,
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
+    allowance: RedisAllowance | None,
 ) -> int:
     """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
     if manifest is None:

@@ -423,6 +423,7 @@ class IdeogramClient:
             headers = {"Accept": "application/json", **self._auth_headers()}
             timer = asyncio.timeout(self.timeouts.attempt)
             try:
+                await image.check()
                 async with (
                     timer,
                     session.post(

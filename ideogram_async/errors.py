@@ -5,6 +5,7 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
     IdeogramError
     ├── ValidationError (also ValueError)    bad input or settings; nothing was sent
     ├── ClientClosedError (also RuntimeError) the client was used after ``aclose()``
+    ├── ImageChangedError                    the image file changed or vanished after its check
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
@@ -32,6 +33,7 @@ __all__ = [
     "BadRequestError",
     "ClientClosedError",
     "IdeogramError",
+    "ImageChangedError",
     "NotFoundError",
     "PaymentRequiredError",
     "RateLimitError",
@@ -62,6 +64,14 @@ class ValidationError(IdeogramError, ValueError):
 
 class ClientClosedError(IdeogramError, RuntimeError):
     """The client was used after it was closed."""
+
+
+class ImageChangedError(IdeogramError):
+    """An image file changed, or was deleted, after it was checked; it is never retried.
+
+    Unlike :class:`ValidationError` this can happen once part of the image has been
+    sent, on any attempt.
+    """
 
 
 class APIConnectionError(IdeogramError):

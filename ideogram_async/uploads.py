@@ -16,9 +16,11 @@ under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import io
 import os
+import stat
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from contextlib import aclosing
@@ -28,7 +30,7 @@ from typing import IO, Any, BinaryIO, TypeAlias
 from aiohttp import payload
 from aiohttp.abc import AbstractStreamWriter
 
-from .errors import ValidationError
+from .errors import IdeogramError, ImageChangedError, ValidationError
 
 __all__ = ["ImageInput", "PreparedImage", "prepare_image"]
 
@@ -74,7 +76,11 @@ class _Source:
         raise NotImplementedError
 
     def open(self) -> IO[bytes] | None:
+        """Called in a worker thread, as opening a file may block."""
         return None
+
+    async def check(self) -> None:
+        """Raise ``ImageChangedError`` if the image is gone or changed since it was checked."""
 
     def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
         raise NotImplementedError
@@ -120,10 +126,39 @@ class _PathSource(_Source):
     def head(self) -> bytes:
         return self._head
 
+    async def check(self) -> None:
+        await asyncio.to_thread(self._stat)
+
+    def _stat(self) -> None:
+        try:
+            size = os.stat(self._path).st_size
+        except FileNotFoundError:
+            raise self._gone() from None
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        if size != self.size:
+            raise _changed(self._path.name, self.size, f"{size} bytes")
+
+    def _gone(self) -> ImageChangedError:
+        return ImageChangedError(
+            f"{self._path.name} no longer exists (deleted or moved after it was "
+            f"checked); upload it again once it is back"
+        )
+
+    def _unusable(self, exc: Exception) -> ImageChangedError:
+        return ImageChangedError(
+            f"{self._path.name} cannot be opened any more ({exc}); it changed after it was checked"
+        )
+
     def open(self) -> IO[bytes]:
-        # Opening a local file does not block noticeably; the reads go to a thread.
-        file = open(self._path, "rb")  # noqa: SIM115 - the payload closes it
-        if os.fstat(file.fileno()).st_size != self.size:
+        """Reopen the checked file (in a worker thread: it may block)."""
+        try:
+            file, size = _open_regular(self._path)
+        except FileNotFoundError:
+            raise self._gone() from None
+        except (OSError, ValidationError) as exc:
+            raise self._unusable(exc) from None
+        if size != self.size:
             file.close()
             raise _changed(self._path.name, self.size, "a different size")
         return file
@@ -175,6 +210,14 @@ class PreparedImage:
         """A fresh multipart part for one attempt (aiohttp payloads are single-use)."""
         return ImagePayload(self)
 
+    async def check(self) -> None:
+        """Raise ``ImageChangedError`` if a file was deleted or resized since it was checked.
+
+        The client calls it before each attempt, so that a file changed while the call
+        waited for its turn fails before anything is sent.
+        """
+        await self._source.check()
+
     def close(self) -> None:
         """Delete any spool and close any file the client opened."""
         self._source.close()
@@ -189,9 +232,9 @@ class PreparedImage:
 class ImagePayload(payload.Payload):
     """The ``image_file`` part: streams a :class:`PreparedImage` in chunks.
 
-    It sends exactly ``size`` bytes; a file that shrank or grew since it was
-    checked fails the attempt with a ``ValidationError`` in ``error`` instead of
-    sending something else. ``complete`` tells whether the whole image went out.
+    It sends exactly ``size`` bytes; a file that shrank, grew or vanished since it
+    was checked fails the attempt with an ``ImageChangedError`` in ``error`` instead
+    of sending something else. ``complete`` tells whether the whole image went out.
     """
 
     def __init__(self, image: PreparedImage) -> None:
@@ -200,7 +243,7 @@ class ImagePayload(payload.Payload):
         self._size = image.size
         self.set_content_disposition("form-data", name="image_file", filename=image.filename)
         self.complete = False
-        self.error: ValidationError | None = None
+        self.error: IdeogramError | None = None
         self._file: IO[bytes] | None = None
         self._released = False
 
@@ -218,7 +261,9 @@ class ImagePayload(payload.Payload):
         sent = 0
         source = self._image._source
         try:
-            self._file = source.open()
+            await self._open()
+            if self._released:  # abandoned while the file was being opened
+                return
             async with aclosing(source.chunks(self._file)) as chunks:
                 async for chunk in chunks:
                     chunk = chunk[: self._image.size - sent]
@@ -228,12 +273,26 @@ class ImagePayload(payload.Payload):
                         break
             if sent != self._image.size:
                 raise _changed(self._image.filename, self._image.size, f"{sent} bytes")
-        except ValidationError as exc:
+        except IdeogramError as exc:
             self.error = exc
             raise
         finally:
             self.release()
         self.complete = True
+
+    async def _open(self) -> None:
+        """Open the file this attempt sends, in a worker thread (opening may block)."""
+        opening = asyncio.get_running_loop().run_in_executor(None, self._image._source.open)
+        try:
+            file = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)  # the thread still runs: close its file
+            raise
+        if self._released:  # abandoned while the file was being opened
+            if file is not None:
+                file.close()
+            return
+        self._file = file
 
     def release(self) -> None:
         """Close the file this attempt opened, at once (also on cancellation).
@@ -248,8 +307,15 @@ class ImagePayload(payload.Payload):
             file.close()
 
 
-def _changed(name: str, expected: int, found: str) -> ValidationError:
-    return ValidationError(
+def _close_opened(opening: asyncio.Future[IO[bytes] | None]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        file = opening.result()
+        if file is not None:
+            file.close()
+
+
+def _changed(name: str, expected: int, found: str) -> ImageChangedError:
+    return ImageChangedError(
         f"{name}: the file changed after it was checked (expected {expected} bytes, "
         f"found {found}); upload it again once it is complete"
     )
@@ -297,15 +363,15 @@ def _finish(
 
 async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
     if isinstance(image, str | os.PathLike):
-        # A stat and a 12-byte read of a local file (~15 us) cost less than a thread hop
-        # (~80 us of CPU); the file is opened on the loop for every attempt anyway.
-        return _path_source(Path(os.fspath(image))), Path(image).name
+        return await _path_source(Path(os.fspath(image))), Path(image).name
     if isinstance(image, bytes | bytearray | memoryview):
         view = memoryview(image)
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
         return _MemorySource(view.cast("B")), None
     read = getattr(image, "read", None)
+    if read is not None and getattr(image, "closed", False) is True:
+        raise ValidationError("the image file is closed; pass it while it is still open")
     if inspect.iscoroutinefunction(read):  # aiohttp's response.content, aiofiles files
         return await _spool(_async_reads(read), max_file_size), _file_name(image)
     if read is not None:
@@ -318,20 +384,58 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
     )
 
 
-def _path_source(path: Path) -> _Source:
+async def _path_source(path: Path) -> _Source:
+    def check() -> _Source:
+        try:
+            file, size = _open_regular(path)
+        except OSError as exc:
+            raise _path_error(path, exc) from None
+        with file:
+            return _PathSource(path, size, file.read(12))
+
+    return await asyncio.to_thread(check)
+
+
+def _open_regular(path: Path) -> tuple[IO[bytes], int]:
+    """Open ``path`` for reading and return it with its size; it may block (a slow disk).
+
+    Opened without blocking, so that a FIFO with no writer cannot hang the thread,
+    then refused unless it is a regular file (a FIFO, device or socket never ends).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            head = file.read(12)
-    except FileNotFoundError:
-        raise ValidationError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise ValidationError(
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(
+                f"{path} is not a regular file (a FIFO, device or socket); pass an image file"
+            )
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _path_error(path: Path, exc: OSError) -> ValidationError:
+    """The ``ValidationError`` for a path that cannot be opened, with the fix."""
+    if isinstance(exc, FileNotFoundError):
+        return ValidationError(f"{path}: no such file; check the path")
+    if isinstance(exc, IsADirectoryError):
+        return ValidationError(
             f"{path} is a directory; pass an image file (upscale_many takes many)"
-        ) from None
-    except PermissionError:
-        raise ValidationError(f"{path}: permission denied; make the file readable") from None
-    return _PathSource(path, size, head)
+        )
+    if isinstance(exc, PermissionError):
+        return ValidationError(f"{path}: permission denied; make the file readable")
+    if isinstance(exc, NotADirectoryError):
+        return ValidationError(
+            f"{path}: a part of the path is a file, not a folder; check the path"
+        )
+    if exc.errno == errno.ELOOP:
+        return ValidationError(f"{path}: a symbolic link loop; fix the link")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ValidationError(f"{path}: the name is too long; check the path")
+    return ValidationError(f"{path}: cannot be read ({exc.strerror or exc}); check the path")
 
 
 def _file_name(file: object) -> str | None:

@@ -44,6 +44,7 @@ from ideogram_async import (
     Timeouts,
     UpscaleRequest,
     ValidationError,
+    uploads,
 )
 from ideogram_async._cli_inputs import find_images
 from ideogram_async.testing import Emulator
@@ -245,7 +246,6 @@ async def test_a_cut_off_answer_is_retried_when_the_switch_is_on(hostile: Hostil
 # -- 4. special files never block the loop ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the FIFO is opened on the event loop")
 async def test_a_fifo_is_refused_without_being_opened(hostile: Hostile, tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
@@ -266,7 +266,6 @@ def _open_for_writing(fifo: Path) -> None:
     os.close(os.open(fifo, os.O_WRONLY))  # blocks until someone opens it for reading
 
 
-@pytest.mark.xfail(strict=True, reason="a device is taken for an empty file")
 async def test_a_device_is_refused_as_not_a_regular_file(hostile: Hostile) -> None:
     async with client_of(hostile.url("ok")) as client:
         with pytest.raises(ValidationError, match="not a regular file"):
@@ -458,7 +457,6 @@ def _too_long(tmp_path: Path) -> Path:
     return tmp_path / ("n" * 300 + ".png")
 
 
-@pytest.mark.xfail(strict=True, reason="a bare OSError")
 @pytest.mark.parametrize("make", [_symlink_loop, _through_a_file, _too_long])
 async def test_an_unusable_path_is_a_validation_error(
     hostile: Hostile, tmp_path: Path, make: Any
@@ -469,17 +467,25 @@ async def test_an_unusable_path_is_a_validation_error(
     assert (await hostile.stats())["requests"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="retried as 'connection failed, check base_url'")
 async def test_a_file_deleted_while_queued_is_reported_as_such(
-    paused_emulator: Emulator, tmp_path: Path
+    paused_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "photo.png"
     path.write_bytes(PNG)
+    checked = asyncio.Event()
+    check = uploads._path_source
+
+    async def check_and_tell(where: Path) -> Any:
+        source = await check(where)
+        checked.set()
+        return source
+
+    monkeypatch.setattr(uploads, "_path_source", check_and_tell)
     async with client_of(paused_emulator.base_url, max_concurrency=1, retry=FAST) as client:
         first = asyncio.create_task(client.upscale(PNG))
         await paused_emulator.wait_in_flight(1)
         queued = asyncio.create_task(client.upscale(path))
-        await asyncio.sleep(0)  # let it be checked and queue behind the first
+        await checked.wait()  # it was checked, and now waits for the first to finish
         path.unlink()
         paused_emulator.resume()
         await first
@@ -490,7 +496,6 @@ async def test_a_file_deleted_while_queued_is_reported_as_such(
     assert paused_emulator.stats.requests == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a bare ValueError")
 async def test_a_closed_file_object_is_a_validation_error(hostile: Hostile) -> None:
     file = io.BytesIO(PNG)
     file.close()
@@ -509,7 +514,6 @@ class _ShrinkingFile(io.BytesIO):
         return data
 
 
-@pytest.mark.xfail(strict=True, reason="ValidationError although bytes were sent")
 async def test_a_file_that_changes_mid_upload_is_not_a_validation_error(
     hostile: Hostile,
 ) -> None:

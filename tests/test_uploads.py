@@ -15,7 +15,7 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from ideogram_async import ValidationError, uploads
+from ideogram_async import ImageChangedError, ValidationError, uploads
 from ideogram_async.uploads import (
     CHUNK_SIZE,
     SPOOL_MEMORY,
@@ -506,7 +506,7 @@ async def test_a_path_that_shrank_fails_the_payload(png_path: Path, png_bytes: b
     image = await prepare_image(png_path)
     png_path.write_bytes(png_bytes[: len(png_bytes) // 2])
     payload = image.payload()
-    with pytest.raises(ValidationError, match="changed after it was checked") as info:
+    with pytest.raises(ImageChangedError, match="changed after it was checked") as info:
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
     assert payload.error is info.value
     assert not payload.complete
@@ -523,18 +523,18 @@ async def test_a_seekable_file_that_shrank_fails_the_payload(
         image = await prepare_image(file)
         os.truncate(path, 10)
         payload = image.payload()
-        with pytest.raises(ValidationError, match="changed"):
+        with pytest.raises(ImageChangedError, match="changed"):
             await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
         assert not payload.complete
 
 
 async def test_a_path_that_grew_fails_the_payload(png_path: Path, png_bytes: bytes) -> None:
-    # ImagePayload's docstring: "a file that shrank or grew since it was checked fails
-    # the attempt with a ValidationError instead of sending something else".
+    # ImagePayload's docstring: "a file that shrank, grew or vanished since it was checked
+    # fails the attempt with an ImageChangedError instead of sending something else".
     image = await prepare_image(png_path)
     png_path.write_bytes(png_bytes + b"appended by another process")
     payload = image.payload()
-    with pytest.raises(ValidationError, match="changed"):
+    with pytest.raises(ImageChangedError, match="changed"):
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
     assert not payload.complete
     image.close()

@@ -15,7 +15,7 @@ import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
 
-from ._files import write_atomically
+from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._version import __version__
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import (
@@ -128,6 +128,7 @@ class IdeogramClient:
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        max_download_size: int = DEFAULT_MAX_DOWNLOAD_SIZE,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
@@ -165,6 +166,7 @@ class IdeogramClient:
             )
         self.requests_per_second = requests_per_second
         self.max_file_size = _int_at_least("max_file_size", max_file_size, 1)
+        self.max_download_size = _int_at_least("max_download_size", max_download_size, 1)
         self.timeouts = _of_type("timeouts", timeouts, Timeouts) or Timeouts()
         self.retry = _of_type("retry", retry, RetryPolicy) or RetryPolicy()
         # Built once: every request (API or download) uses the same per-request limits.
@@ -356,10 +358,13 @@ class IdeogramClient:
     ) -> Path:
         """Download a result image to ``dest`` and return the path written.
 
-        ``image`` is an :class:`UpscaledImage` or its URL. The body is streamed to a
-        temporary file beside ``dest`` and renamed into place only once complete and
-        checked to be an image, so ``dest`` is never left half-written; parent
-        folders are created. When ``dest`` does not end in ``.png``, ``.jpg``,
+        ``image`` is an :class:`UpscaledImage` or its URL. The body must start like
+        a JPEG, PNG or WebP image (checked before anything is written) and be at
+        most ``max_download_size`` bytes (checked against Content-Length up front
+        and while streaming), else :class:`ResponseFormatError`. It is streamed to
+        a temporary file beside ``dest`` and renamed into place only once complete,
+        so ``dest`` is never left half-written and a failure leaves nothing on
+        disk; parent folders are created. When ``dest`` does not end in ``.png``, ``.jpg``,
         ``.jpeg`` or ``.webp``, the image's own suffix is added (result URLs often
         have none). Transient failures are retried like ``upscale``. The API key is
         never sent: the image lives on another host.
@@ -371,6 +376,11 @@ class IdeogramClient:
                 f"cannot download {url!r}: pass an UpscaledImage with a url or an http(s) URL"
             )
         target = Path(os.fspath(dest))
+        if name_too_long(target):
+            raise ValidationError(
+                f"{target.name[:40]}... is too long a file name (255 bytes at most, with "
+                f"the image suffix); pass a shorter dest"
+            )
         if await asyncio.to_thread(os.path.isdir, target):
             raise ValidationError(f"{target} is a directory; pass the path of the file to write")
         path, _ = await call_with_retries(
@@ -399,7 +409,10 @@ class IdeogramClient:
                         text = self._redact(await response.text(errors="replace"))
                         raise _api_error(response, text, download=True)
                     written = await write_atomically(
-                        target, response.content.iter_chunked(CHUNK_SIZE)
+                        target,
+                        response.content.iter_chunked(CHUNK_SIZE),
+                        max_size=self.max_download_size,
+                        length=response.content_length,
                     )
             except TimeoutError as exc:
                 raise self._timeout_error(exc, timer, None) from None

@@ -11,22 +11,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import IdeogramError, ResponseFormatError
-from .uploads import sniff_image_type
+from .images import FORMATS, SNIFF_BYTES, SUFFIXES, sniff
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
-"""File name endings of the images the service takes and returns."""
 DEFAULT_MAX_DOWNLOAD_SIZE = 100 * 1024 * 1024
 """The largest image ``download`` writes by default (100 MB), decoded size."""
 NAME_MAX = 255
 """The longest file name (in bytes) common file systems take."""
 _T = TypeVar("_T")
-_HEAD = 12
-"""Bytes needed to tell a JPEG, PNG or WebP image."""
 
 
 def name_too_long(target: Path) -> bool:
     """Whether ``target``'s name, with an image suffix added if it has none, is too long."""
-    added = 0 if target.suffix.lower() in IMAGE_SUFFIXES else len(".webp")
+    added = 0 if target.suffix.lower() in SUFFIXES else max(len(f.suffix) for f in FORMATS)
     return len(os.fsencode(target.name)) + added > NAME_MAX
 
 
@@ -63,20 +59,20 @@ async def write_atomically(
     async for chunk in chunks:
         first.append(chunk)
         size += len(chunk)
-        if size >= _HEAD:
+        if size >= SNIFF_BYTES:
             break
     if size > max_size:
         raise _over_cap(target, max_size)
     head = b"".join(first)
-    kind = sniff_image_type(head[:_HEAD])
-    if kind is None:
+    fmt = sniff(head[:SNIFF_BYTES])
+    if fmt is None:
         raise ResponseFormatError(
             f"the downloaded body for {target.name} is not a JPEG, PNG or WebP image "
             f"(it starts with {head[:8]!r}); the URL may have expired",
-            body=head[:_HEAD].decode("latin-1"),
+            body=head[:SNIFF_BYTES].decode("latin-1"),
         )
-    if target.suffix.lower() not in IMAGE_SUFFIXES:
-        target = target.with_name(f"{target.name}.{kind[1]}")
+    if target.suffix.lower() not in SUFFIXES:
+        target = target.with_name(target.name + fmt.suffix)
     return await _write(target, head, chunks, size, max_size)
 
 

@@ -3,104 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import enum
-import json
 import os
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self
 
 import aiohttp
-import attrs
 from aiolimiter import AsyncLimiter
 
 from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
-from ._version import __version__
+from ._http import Http
+from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
-from .errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    ClientClosedError,
-    ValidationError,
-    error_for_status,
-    snippet,
-)
+from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
-from .retry import RetryHook, RetryPolicy, call_with_retries, parse_retry_after
-from .uploads import (
-    CHUNK_SIZE,
-    DEFAULT_MAX_FILE_SIZE,
-    ImageInput,
-    ImagePayload,
-    PreparedImage,
-    prepare_image,
-)
+from .retry import RetryHook, RetryPolicy, call_with_retries
+from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
-
-
-OFFICIAL_BASE_URL = "https://api.ideogram.ai"
-_T = TypeVar("_T")
-_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
-
-
-class Flavor(enum.StrEnum):
-    """Which form of the endpoint to speak (SPEC.md: "Two flavors of one call")."""
-
-    PROXY = "proxy"
-    """``POST {base_url}/ideogram/upscale`` with ``Authorization: Bearer <key>``."""
-    OFFICIAL = "official"
-    """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``."""
-
-
-def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValidationError(f"Timeouts.{attribute.name} must be a number > 0, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Timeouts:
-    """Per-attempt time limits, in seconds. The whole-call limit is ``RetryPolicy.deadline``.
-
-    An upscale takes seconds to a minute, so ``attempt`` is generous. It starts
-    only once the request holds a concurrency slot, so waiting in the queue never
-    counts against it.
-    """
-
-    connect: float = attrs.field(default=10.0, validator=_seconds)
-    """Opening a TCP/TLS connection."""
-    attempt: float = attrs.field(default=180.0, validator=_seconds)
-    """One request: upload, the service's work and reading the answer."""
-
-
-class _Secret:
-    """Holds the API key so that no ``repr``, log line or traceback shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-
-def _of_type(name: str, value: _T | None, kind: type[_T]) -> _T | None:
-    """``value`` if it is ``None`` or a ``kind``, else a ``ValidationError`` naming ``name``."""
-    if value is not None and not isinstance(value, kind):
-        raise ValidationError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _int_at_least(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValidationError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 class IdeogramClient:
@@ -132,63 +53,37 @@ class IdeogramClient:
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
-        try:
-            self.flavor = Flavor(flavor)
-        except ValueError:
-            raise ValidationError(f"flavor must be 'proxy' or 'official', got {flavor!r}") from None
-        key = api_key if api_key is not None else os.environ.get("IDEOGRAM_API_KEY")
-        if not key or not key.strip():
-            raise ValidationError(
-                "no API key: pass api_key= or set the IDEOGRAM_API_KEY environment variable"
-            )
-        self._key = _Secret(key.strip())
-        base = base_url or os.environ.get("IDEOGRAM_BASE_URL")
-        if not base:
-            if self.flavor is Flavor.PROXY:
-                raise ValidationError(
-                    "no base URL for the proxy flavor: pass base_url= or set "
-                    "IDEOGRAM_BASE_URL (or use flavor='official' for api.ideogram.ai)"
-                )
-            base = OFFICIAL_BASE_URL
-        if not base.startswith(("http://", "https://")):
-            raise ValidationError(f"base_url must start with http:// or https://, got {base!r}")
-        self.base_url = base.rstrip("/")
-        path = "/ideogram/upscale" if self.flavor is Flavor.PROXY else "/upscale"
-        self._url = self.base_url + path
-        self.max_concurrency = _int_at_least("max_concurrency", max_concurrency, 1)
-        if requests_per_second is not None and (
-            isinstance(requests_per_second, bool)
-            or not isinstance(requests_per_second, int | float)
-            or requests_per_second <= 0
-        ):
-            raise ValidationError(
-                f"requests_per_second must be a number > 0 or None, got {requests_per_second!r}"
-            )
-        self.requests_per_second = requests_per_second
-        self.max_file_size = _int_at_least("max_file_size", max_file_size, 1)
-        self.max_download_size = _int_at_least("max_download_size", max_download_size, 1)
-        self.timeouts = _of_type("timeouts", timeouts, Timeouts) or Timeouts()
-        self.retry = _of_type("retry", retry, RetryPolicy) or RetryPolicy()
-        # Built once: every request (API or download) uses the same per-request limits.
-        self._request_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.timeouts.connect
+        settings = Settings.resolve(
+            api_key=api_key,
+            base_url=base_url,
+            flavor=flavor,
+            max_concurrency=max_concurrency,
+            requests_per_second=requests_per_second,
+            timeouts=timeouts,
+            retry=retry,
+            max_file_size=max_file_size,
+            max_download_size=max_download_size,
+            session=session,
         )
+        self.flavor = settings.flavor
+        self.base_url = settings.base_url
+        self.max_concurrency = settings.max_concurrency
+        self.requests_per_second = settings.requests_per_second
+        self.max_file_size = settings.max_file_size
+        self.max_download_size = settings.max_download_size
+        self.timeouts = settings.timeouts
+        self.retry = settings.retry
+        self._key = settings.key
+        self._url = settings.url
+        self._http = Http(settings, session)
         self._on_retry = on_retry
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
         self._limiter = (
-            None if requests_per_second is None else AsyncLimiter(requests_per_second, 1)
+            None
+            if settings.requests_per_second is None
+            else AsyncLimiter(settings.requests_per_second, 1)
         )
-        if session is not None and {"authorization", "api-key"} & {
-            h.lower() for h in session.headers
-        }:
-            raise ValidationError(
-                "the session passed in sends an Authorization or Api-Key header with every "
-                "request, which would leak the key to image hosts; pass api_key= instead"
-            )
-        self._session = session
-        self._owns_session = session is None
-        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -197,7 +92,7 @@ class IdeogramClient:
         )
 
     async def __aenter__(self) -> Self:
-        self._ensure_session()
+        self._http.session()
         return self
 
     async def __aexit__(
@@ -210,50 +105,16 @@ class IdeogramClient:
 
     async def aclose(self) -> None:
         """Close the connection pool (unless the session was passed in). Idempotent."""
-        self._closed = True
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._http.aclose()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has been called."""
-        return self._closed
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise ClientClosedError(
-                "this IdeogramClient is closed; create a new one (or keep the "
-                "'async with' block open while you use it)"
-            )
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                # API requests and image downloads each get max_concurrency connections,
-                # so a request never waits for the pool once it holds a slot.
-                limit=2 * self.max_concurrency,
-                ttl_dns_cache=300,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers={
-                    "User-Agent": f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
-                },
-            )
-        return self._session
+        return self._http.closed
 
     def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
         """The policy of one call: its own override, else the client's."""
-        return _of_type("retry", retry, RetryPolicy) or self.retry
-
-    def _redact(self, text: str) -> str:
-        """Mask the key in a body a service echoed it into, before it reaches an error."""
-        key = self._key.reveal()
-        return text.replace(key, "***") if key in text else text
-
-    def _auth_headers(self) -> dict[str, str]:
-        if self.flavor is Flavor.PROXY:
-            return {"Authorization": f"Bearer {self._key.reveal()}"}
-        return {"Api-Key": self._key.reveal()}
+        return of_type("retry", retry, RetryPolicy) or self.retry
 
     async def upscale(
         self,
@@ -287,7 +148,7 @@ class IdeogramClient:
         retry: RetryPolicy | None = None,
     ) -> tuple[UpscaleResponse, int]:
         """``upscale``, also returning how many attempts it took."""
-        self._ensure_session()
+        self._http.session()
         if request is None:
             request = UpscaleRequest()
         elif not isinstance(request, UpscaleRequest):
@@ -327,7 +188,7 @@ class IdeogramClient:
         Leaving the loop cancels what is still running (use ``async with`` for
         that to happen at once).
         """
-        self._ensure_session()
+        self._http.session()
         if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
             raise ValidationError(
                 "upscale_many takes an iterable of images, not one image; "
@@ -339,7 +200,7 @@ class IdeogramClient:
                 f"request must be an UpscaleRequest, got {type(default).__name__}"
             )
         size = 2 * self.max_concurrency if window is None else window
-        _int_at_least("window", size, 1)
+        int_at_least("window", size, 1)
         self._policy(retry)
 
         async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
@@ -369,7 +230,7 @@ class IdeogramClient:
         have none). Transient failures are retried like ``upscale``. The API key is
         never sent: the image lives on another host.
         """
-        self._ensure_session()
+        self._http.session()
         url = image.url if isinstance(image, UpscaledImage) else image
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValidationError(
@@ -393,39 +254,26 @@ class IdeogramClient:
 
     async def _download_attempt(self, url: str, target: Path, number: int) -> Path:
         """One GET of an image URL into a temp file, renamed onto ``target`` on success."""
-        session = self._ensure_session()
-        async with self._download_slots:
-            timer = asyncio.timeout(self.timeouts.attempt)
-            try:
-                async with (
-                    timer,
-                    # No auth header: the session has none, and none is added here.
-                    session.get(
-                        url,
-                        timeout=self._request_timeout,
-                    ) as response,
-                ):
-                    if response.status >= 300:
-                        text = self._redact(await response.text(errors="replace"))
-                        raise _api_error(response, text, download=True)
-                    written = await write_atomically(
-                        target,
-                        response.content.iter_chunked(CHUNK_SIZE),
-                        max_size=self.max_download_size,
-                        length=response.content_length,
-                    )
-            except TimeoutError as exc:
-                raise self._timeout_error(exc, timer, None) from None
-            except aiohttp.ClientError as exc:
-                raise APIConnectionError(
-                    f"download of {target.name} failed ({type(exc).__name__}: {exc}); "
-                    f"the image URL may be unreachable"
-                ) from exc
-        return written
+        async with (
+            self._download_slots,
+            # No auth header: the session has none, and none is added here.
+            self._http.request(
+                "GET",
+                url,
+                failed=f"download of {target.name} failed",
+                hint="the image URL may be unreachable",
+            ) as response,
+        ):
+            await self._http.raise_for_status(response, download=True)
+            return await write_atomically(
+                target,
+                response.content.iter_chunked(CHUNK_SIZE),
+                max_size=self.max_download_size,
+                length=response.content_length,
+            )
 
     async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
         """One HTTP attempt, holding a concurrency slot only while on the wire."""
-        session = self._ensure_session()
         async with self._slots:
             if self._limiter is not None:
                 await self._limiter.acquire()
@@ -433,90 +281,16 @@ class IdeogramClient:
             body.append(form).set_content_disposition("form-data", name="image_request")
             upload = image.payload()
             body.append_payload(upload)
-            headers = {"Accept": "application/json", **self._auth_headers()}
-            timer = asyncio.timeout(self.timeouts.attempt)
-            try:
-                await image.check()
-                async with (
-                    timer,
-                    session.post(
-                        self._url,
-                        data=body,
-                        headers=headers,
-                        allow_redirects=False,
-                        timeout=self._request_timeout,
-                    ) as response,
-                ):
-                    text = self._redact(await response.text(errors="replace"))
-            except TimeoutError as exc:
-                raise self._timeout_error(exc, timer, upload) from None
-            except aiohttp.ClientError as exc:
-                if upload.error is not None:
-                    raise upload.error from None
-                raise APIConnectionError(
-                    f"upscale {image.filename}: connection to {self.base_url} failed "
-                    f"({type(exc).__name__}: {exc}); check base_url and the network"
-                ) from exc
-            finally:
-                upload.release()
-        if response.status >= 300:
-            raise _api_error(response, text)
+            await image.check()
+            async with self._http.request(
+                "POST",
+                self._url,
+                failed=f"upscale {image.filename}: connection to {self.base_url} failed",
+                hint="check base_url and the network",
+                upload=upload,
+                data=body,
+                headers={"Accept": "application/json", **self._http.auth_headers()},
+                allow_redirects=False,
+            ) as response:
+                text = await self._http.text(response)
         return parse_response(text, response.status)
-
-    def _timeout_error(
-        self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
-    ) -> APITimeoutError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return APITimeoutError(
-                f"could not connect to {self.base_url} within {self.timeouts.connect}s "
-                f"(Timeouts.connect); check base_url and the network",
-                kind="connect",
-            )
-        if timer.expired():
-            body_sent = upload is not None and upload.complete
-            sent = "after the image was sent" if body_sent else "before it completed"
-            return APITimeoutError(
-                f"the request timed out {sent}, after {self.timeouts.attempt}s "
-                f"(Timeouts.attempt); the service may be overloaded",
-                kind="attempt",
-                body_sent=body_sent,
-            )
-        return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
-
-
-def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool = False) -> APIError:
-    """Map a non-2xx response to the matching :class:`APIError` subclass."""
-    headers: Mapping[str, str] = response.headers
-    should_retry = headers.get("x-should-retry", "").strip().lower()
-    detail = _error_detail(text, response.content_type)
-    if download and response.status in (404, 410):
-        detail = (
-            "the image URL has expired or does not exist; download results soon after upscaling"
-        )
-    return error_for_status(
-        response.status,
-        detail,
-        body=text,
-        request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
-        retry_after=parse_retry_after(headers),
-        should_retry={"true": True, "false": False}.get(should_retry),
-    )
-
-
-def _error_detail(text: str, content_type: str) -> str:
-    """The service's own error text: JSON detail/message/error, else a body snippet."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    for _ in range(3):  # unwrap {"error": {"message": ...}} and the like
-        if not isinstance(data, dict):
-            break
-        data = next((data[k] for k in ("detail", "message", "error") if k in data), None)
-    if isinstance(data, str):
-        return snippet(data)
-    if data is not None:
-        return snippet(json.dumps(data))
-    if "html" in content_type:
-        return f"an HTML error page from a gateway: {snippet(text, 120)!r}"
-    return snippet(text) if text.strip() else ""

@@ -23,8 +23,6 @@ Messages say what happened and what to do about it; they never contain the API k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -155,66 +153,3 @@ class RateLimitError(APIError):
 
 class ServerError(APIError):
     """5xx: the service or a gateway failed; usually transient."""
-
-
-_HINTS: Mapping[int, str] = {
-    400: "fix the request or the image; retrying will not help",
-    401: "check the API key (api_key= or IDEOGRAM_API_KEY)",
-    402: "the account's balance is too low; top it up",
-    403: "check the API key (api_key= or IDEOGRAM_API_KEY) and its permissions",
-    404: "check base_url and the flavor (proxy: /ideogram/upscale, official: /upscale)",
-    408: "the service timed out reading the request; usually transient",
-    409: "a conflicting request was in progress; usually transient",
-    410: "the resource is gone (an image URL expires soon after the upscale)",
-    413: "the image is too large for the service; send a smaller file",
-    422: "a value is out of range or the image is unsupported; fix the request",
-    429: "too many requests; lower max_concurrency or requests_per_second",
-}
-
-
-def error_for_status(
-    status: int,
-    detail: str,
-    *,
-    body: str,
-    request_id: str | None,
-    retry_after: float | None,
-    should_retry: bool | None,
-    hint: str | None = None,
-) -> APIError:
-    """Build the :class:`APIError` subclass that matches ``status``.
-
-    The message is the service's ``detail`` followed by ``hint``, what to do about
-    it (by default a hint chosen by status).
-    """
-    cls: type[APIError]
-    if status in (400, 413, 422):
-        cls = BadRequestError
-    elif status in (401, 403):
-        cls = AuthenticationError
-    elif status == 402:
-        cls = PaymentRequiredError
-    elif status in (404, 410):
-        cls = NotFoundError
-    elif status == 429:
-        cls = RateLimitError
-    elif status >= 500:
-        cls = ServerError
-    else:
-        cls = APIError
-    if hint is None and 300 <= status < 400:
-        hint = (
-            "the API answered with a redirect, which is not followed so that the key goes "
-            "nowhere else; check base_url (https rather than http, no extra path)"
-        )
-    if hint is None:
-        hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
-    message = f"{detail} — {hint}" if detail else hint
-    return cls(
-        message,
-        status=status,
-        body=body,
-        request_id=request_id,
-        retry_after=retry_after,
-        should_retry=should_retry,
-    )

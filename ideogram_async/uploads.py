@@ -21,8 +21,7 @@ import inspect
 import io
 import os
 import stat
-import tempfile
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable
 from contextlib import aclosing
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeAlias
@@ -30,89 +29,39 @@ from typing import IO, Any, BinaryIO, TypeAlias
 from aiohttp import payload
 from aiohttp.abc import AbstractStreamWriter
 
+from ._sources import (
+    CHUNK_SIZE,
+    SPOOL_MEMORY,
+    _aiter_checked,
+    _async_reads,
+    _changed,
+    _file_chunks,
+    _FileSource,
+    _MemorySource,
+    _read_file,
+    _Source,
+    _spool,
+)
 from .errors import IdeogramError, ImageChangedError, ValidationError
+from .images import SNIFF_BYTES, sniff
 
-__all__ = ["ImageInput", "PreparedImage", "prepare_image"]
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_MAX_FILE_SIZE",
+    "SPOOL_MEMORY",
+    "ImageInput",
+    "ImagePayload",
+    "PreparedImage",
+    "prepare_image",
+]
 
 ImageInput: TypeAlias = (
     str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | AsyncIterable[bytes]
 )
 """What ``upscale`` accepts as an image."""
 
-CHUNK_SIZE = 256 * 1024
-"""Bytes read from a file per step; bounds the memory one upload holds."""
-SPOOL_MEMORY = 1024 * 1024
-"""A one-shot stream up to this size is kept in memory; a larger one goes to disk."""
 DEFAULT_MAX_FILE_SIZE = 25 * 1024 * 1024
 """The official API's cap on an uploaded image (25 MB)."""
-
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png", "png"),
-    (b"\xff\xd8\xff", "image/jpeg", "jpg"),
-)
-
-
-def sniff_image_type(head: bytes) -> tuple[str, str] | None:
-    """``(content type, extension)`` of JPEG/PNG/WebP bytes, from their first 12 bytes."""
-    for magic, content_type, ext in _SIGNATURES:
-        if head.startswith(magic):
-            return content_type, ext
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp", "webp"
-    return None
-
-
-class _Source:
-    """Where an image's bytes come from; each attempt reads them afresh.
-
-    ``open()`` returns a per-attempt file the payload must close (``None`` when
-    there is none); ``chunks(file)`` yields the bytes.
-    """
-
-    size: int
-
-    def head(self) -> bytes:
-        """The first bytes, for type sniffing."""
-        raise NotImplementedError
-
-    def open(self) -> IO[bytes] | None:
-        """Called in a worker thread, as opening a file may block."""
-        return None
-
-    async def check(self) -> None:
-        """Raise ``ImageChangedError`` if the image is gone or changed since it was checked."""
-
-    def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what the client owns (never a caller's file)."""
-
-
-class _MemorySource(_Source):
-    def __init__(self, data: memoryview) -> None:
-        self._data = data
-        self.size = len(data)
-
-    def head(self) -> bytes:
-        return bytes(self._data[:12])
-
-    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
-        for start in range(0, self.size, CHUNK_SIZE):
-            yield self._data[start : start + CHUNK_SIZE]
-
-
-async def _read_file(file: IO[bytes], start: int, size: int) -> AsyncGenerator[bytes, None]:
-    """Yield ``size`` bytes of ``file`` from ``start``, reading in a worker thread."""
-    loop = asyncio.get_running_loop()
-    file.seek(start)
-    left = size
-    while left > 0:
-        chunk = await loop.run_in_executor(None, file.read, min(CHUNK_SIZE, left))
-        if not chunk:
-            break
-        left -= len(chunk)
-        yield chunk
 
 
 class _PathSource(_Source):
@@ -167,34 +116,6 @@ class _PathSource(_Source):
         assert file is not None
         async for chunk in _read_file(file, 0, self.size):
             yield chunk
-
-
-class _FileSource(_Source):
-    """A seekable binary file, rewound to ``start`` for every attempt."""
-
-    def __init__(self, file: IO[bytes], start: int, size: int, *, owned: bool) -> None:
-        self._file = file
-        self._start = start
-        self._owned = owned
-        self.size = size
-
-    def head(self) -> bytes:
-        self._file.seek(self._start)
-        try:
-            return self._file.read(12)
-        finally:
-            self._file.seek(self._start)
-
-    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes, None]:
-        async for chunk in _read_file(self._file, self._start, self.size):
-            yield chunk
-
-    def close(self) -> None:
-        if self._owned:
-            self._file.close()
-        elif not self._file.closed:
-            # Leave the caller's file where we found it, so it can be sent again.
-            self._file.seek(self._start)
 
 
 class PreparedImage:
@@ -314,13 +235,6 @@ def _close_opened(opening: asyncio.Future[IO[bytes] | None]) -> None:
             file.close()
 
 
-def _changed(name: str, expected: int, found: str) -> ImageChangedError:
-    return ImageChangedError(
-        f"{name}: the file changed after it was checked (expected {expected} bytes, "
-        f"found {found}); upload it again once it is complete"
-    )
-
-
 async def prepare_image(
     image: ImageInput | Any,
     *,
@@ -351,14 +265,13 @@ def _finish(
             f"shrink the image or raise max_file_size if the service accepts more"
         )
     head = source.head()
-    kind = sniff_image_type(head)
-    if kind is None:
+    fmt = sniff(head)
+    if fmt is None:
         raise ValidationError(
             f"{label} is not a JPEG, PNG or WebP image (its first bytes are "
             f"{head[:8]!r}); the service accepts only those three formats"
         )
-    content_type, ext = kind
-    return PreparedImage(source, filename or default_name or f"image.{ext}", content_type)
+    return PreparedImage(source, filename or default_name or f"image{fmt.suffix}", fmt.content_type)
 
 
 async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
@@ -391,7 +304,7 @@ async def _path_source(path: Path) -> _Source:
         except OSError as exc:
             raise _path_error(path, exc) from None
         with file:
-            return _PathSource(path, size, file.read(12))
+            return _PathSource(path, size, file.read(SNIFF_BYTES))
 
     return await asyncio.to_thread(check)
 
@@ -456,63 +369,3 @@ async def _file_source(file: Any, max_file_size: int) -> _Source:
     end = file.seek(0, io.SEEK_END)
     file.seek(start)
     return _FileSource(file, start, end - start, owned=False)
-
-
-async def _file_chunks(file: Any) -> AsyncGenerator[bytes, None]:
-    loop = asyncio.get_running_loop()
-    while chunk := await loop.run_in_executor(None, file.read, CHUNK_SIZE):
-        yield _checked_chunk(chunk)
-
-
-async def _async_reads(read: Callable[[int], Awaitable[Any]]) -> AsyncGenerator[bytes, None]:
-    while chunk := await read(CHUNK_SIZE):
-        yield _checked_chunk(chunk)
-
-
-async def _aiter_checked(stream: AsyncIterable[Any]) -> AsyncGenerator[bytes, None]:
-    async for chunk in stream:
-        yield _checked_chunk(chunk)
-
-
-def _checked_chunk(chunk: object) -> bytes:
-    if not isinstance(chunk, bytes | bytearray | memoryview):
-        raise ValidationError(
-            f"the image stream yielded {type(chunk).__name__}, not bytes; "
-            f"open files in binary mode and yield bytes"
-        )
-    return bytes(chunk)
-
-
-async def _spool(chunks: AsyncGenerator[bytes, None], max_file_size: int) -> _Source:
-    """Read a one-shot stream once: in memory up to SPOOL_MEMORY, then to a temp file."""
-    buffered: list[bytes] = []
-    size = 0
-    spill: IO[bytes] | None = None
-    loop = asyncio.get_running_loop()
-    try:
-        async with aclosing(chunks):
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_file_size:
-                    raise ValidationError(
-                        f"the image stream is over the cap of {max_file_size} bytes; "
-                        f"shrink the image or raise max_file_size"
-                    )
-                if spill is None and size <= SPOOL_MEMORY:
-                    buffered.append(chunk)
-                    continue
-                if spill is None:
-                    # Anonymous: the OS deletes it on close, even if the process dies.
-                    spill = tempfile.TemporaryFile(prefix="ideogram-async-")  # noqa: SIM115
-                    buffered.append(chunk)
-                    data, buffered = b"".join(buffered), []
-                    await loop.run_in_executor(None, spill.write, data)
-                else:
-                    await loop.run_in_executor(None, spill.write, chunk)
-    except BaseException:
-        if spill is not None:
-            spill.close()
-        raise
-    if spill is None:
-        return _MemorySource(memoryview(b"".join(buffered)))
-    return _FileSource(spill, 0, size, owned=True)

@@ -132,13 +132,16 @@ async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> Non
 
 
 async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
+    # One request answers; the others would take an hour, so only cancelling ends them.
+    plan = FaultPlan([None], choices=[Fault.slow(3600)], rate=1.0)
     async with (
-        Emulator(api_key=KEY, upscale=False) as emulator,
+        Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
     ):
-        async with client.upscale_many([png_bytes] * 100) as run:
-            async for _ in run:
-                break
+        async with asyncio.timeout(30):  # a hang guard: letting go takes milliseconds
+            async with client.upscale_many([png_bytes] * 100) as run:
+                async for _ in run:
+                    break
         assert client._slots._value == 3
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert all(t.done() or "upscale" not in repr(t.get_coro()) for t in others)
@@ -159,8 +162,10 @@ async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> Non
         consumer = asyncio.create_task(consume())
         await emulator.wait_in_flight(3)
         consumer.cancel()
+        # The held requests never end on their own: only cancelling them lets go.
         with pytest.raises(asyncio.CancelledError):
-            await consumer
+            async with asyncio.timeout(30):  # a hang guard, not a speed check
+                await consumer
         assert client._slots._value == 3
         emulator.resume()
 

@@ -24,10 +24,13 @@ from PIL import Image
 from rich.console import Console
 
 from ideogram_async import IdeogramClient
-from ideogram_async._cli_inputs import Source, find_images, output_path
-from ideogram_async._cli_pipeline import Outcome
-from ideogram_async._cli_progress import RichReporter, Tally
 from ideogram_async.cli import main
+from ideogram_async.cli._demo import show_table
+from ideogram_async.cli._inputs import Source, find_images, output_path
+from ideogram_async.cli._live import RichReporter
+from ideogram_async.cli._manifest import Outcome
+from ideogram_async.cli._pipeline import make_reporter
+from ideogram_async.cli._progress import PlainReporter, Tally
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 KEY = "sk-cli-7e5t-s3cr3t-key"
@@ -465,3 +468,36 @@ def test_output_names_take_the_urls_image_suffix_or_leave_it_to_download(
 ) -> None:
     source = Source(path=tmp_path / "photo.jpg", shown="photo.jpg")
     assert output_path(tmp_path, source, url, number) == tmp_path / name
+
+
+@pytest.fixture
+def without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import rich`` fail, as it does without the ``cli`` extra."""
+    for name in list(sys.modules):
+        if name == "rich" or name.startswith("rich.") or name == "ideogram_async.cli._live":
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)
+
+
+@pytest.mark.usefixtures("without_rich")
+def test_without_rich_a_terminal_gets_plain_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tally = Tally(total=1)
+    reporter = make_reporter(tally, live=True)
+    assert isinstance(reporter, PlainReporter)
+    tally.ok = 1
+    reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True, attempts=1))
+    show_table("Title", ("file", "attempts"), [("a.png", "1"), ("long-name.png", "12")])
+    assert capsys.readouterr().out.splitlines() == [
+        "[1/1] ok a.png ->  (1 attempt, 0.00s)",
+        "Title",
+        "file           attempts",
+        "a.png                 1",
+        "long-name.png        12",
+    ]
+
+
+def test_with_rich_a_terminal_gets_the_live_bar() -> None:
+    assert isinstance(make_reporter(Tally(total=1), live=True), RichReporter)
+    assert isinstance(make_reporter(Tally(total=1), live=False), PlainReporter)

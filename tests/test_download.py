@@ -7,6 +7,7 @@ import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from PIL import Image
 
@@ -153,3 +154,40 @@ async def test_a_dest_without_an_image_suffix_gets_the_images_own(
     # An image suffix the caller chose is kept as it is.
     assert await client.download(image, tmp_path / "c.jpg") == tmp_path / "c.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.upscaled.png", "c.jpg"]
+
+
+async def test_downloads_in_flight_are_bounded_by_max_concurrency(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    # Count the GETs in flight from the client's own side, through a session passed in
+    # (whose pool would allow 100): only the client's download slots bound them.
+    in_flight, peak = 0, 0
+
+    async def started(*_: object) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+
+    async def ended(*_: object) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(started)
+    trace.on_request_end.append(ended)
+    trace.on_request_exception.append(ended)
+    slow_images = FaultPlan.always(Fault.slow(0.3))  # so that unbounded downloads overlap
+    async with (
+        Emulator(api_key=KEY, upscale=False, image_faults=slow_images) as emulator,
+        aiohttp.ClientSession(trace_configs=[trace]) as session,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, max_concurrency=2, session=session
+        ) as client,
+    ):
+        result = await client.upscale(png_bytes)
+        peak = 0  # the upscale's POST counted too
+        url = result.data[0].url
+        assert url is not None
+        await asyncio.gather(*(client.download(url, tmp_path / f"{i}.png") for i in range(6)))
+    assert emulator.stats.image_downloads == 6
+    assert peak <= 2

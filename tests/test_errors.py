@@ -1,4 +1,4 @@
-"""The exception tree and the status -> exception mapping (errors.py)."""
+"""The exception tree (errors.py) and the status -> exception mapping (_http.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import pytest
 
 from ideogram_async import errors
+from ideogram_async._http import error_for_status
 from ideogram_async.errors import (
     APIConnectionError,
     APIError,
@@ -22,7 +23,6 @@ from ideogram_async.errors import (
     ResponseFormatError,
     ServerError,
     ValidationError,
-    error_for_status,
     snippet,
 )
 
@@ -136,7 +136,7 @@ def test_auth_hints_name_the_key_setting() -> None:
 
 
 def test_a_given_hint_replaces_the_status_hint() -> None:
-    error = errors.error_for_status(
+    error = error_for_status(
         404,
         "gone",
         body="",

@@ -46,7 +46,7 @@ from ideogram_async import (
     ValidationError,
     uploads,
 )
-from ideogram_async._cli_inputs import find_images
+from ideogram_async.cli._inputs import find_images
 from ideogram_async.testing import Emulator
 
 from ._support import KEY, make_image, open_fds
@@ -435,7 +435,6 @@ async def test_deeply_nested_json_is_an_error_of_the_tree(
             await client.upscale(PNG)
 
 
-@pytest.mark.xfail(strict=True, reason="queued callers get aiohttp's RuntimeError")
 async def test_aclose_while_calls_are_queued_gives_client_closed_errors(
     paused_emulator: Emulator,
 ) -> None:

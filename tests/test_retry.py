@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiolimiter import AsyncLimiter
 
 from ideogram_async import (
     APIConnectionError,
@@ -312,15 +313,26 @@ async def test_slot_is_not_held_while_sleeping_between_attempts(
     assert emulator.stats.requests == 3
 
 
-async def test_requests_per_second_limit(png_bytes: bytes) -> None:
+async def test_requests_per_second_limit_takes_a_token_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken: list[float] = []
+    real_acquire = AsyncLimiter.acquire
+
+    async def acquire(self: AsyncLimiter, amount: float = 1) -> None:
+        await real_acquire(self, amount)
+        taken.append(self.max_rate)
+
+    monkeypatch.setattr(AsyncLimiter, "acquire", acquire)
+    images = [make_image("png", (4, 4), shade=i) for i in range(5)]
+    plan = FaultPlan([Fault.status(503)], per_upload=True)  # every upload fails once
     async with (
-        Emulator(api_key=KEY, upscale=False) as emulator,
+        Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, requests_per_second=1000) as c,
     ):
-        await asyncio.gather(*(c.upscale(png_bytes) for _ in range(20)))
-        assert c._limiter is not None
-        assert c._limiter.max_rate == 1000
-    assert emulator.stats.requests == 20
+        await asyncio.gather(*(c.upscale(image) for image in images))
+    assert emulator.stats.requests == 10
+    assert taken == [1000] * 10  # one token per request sent, retries included
 
 
 async def test_cancelling_1000_calls_frees_every_slot_and_file(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import io
@@ -23,8 +22,9 @@ from ideogram_async.testing import (
     EmulatorStats,
     Fault,
     FaultPlan,
-    add_serve_arguments,
+    serve_main,
 )
+from ideogram_async.testing._serve import _parser
 
 from ._support import make_image
 
@@ -642,9 +642,34 @@ async def test_stop_cancels_requests_in_progress(session: aiohttp.ClientSession)
     assert emu.stats.responses_by_status == {}
 
 
-async def test_latency_is_applied(session: aiohttp.ClientSession) -> None:
-    async with Emulator(upscale=False, latency=(0.0, 0.001), seed=3) as emu:
-        assert (await upscale(session, emu))[0] == 200
+@pytest.mark.parametrize(("latency", "low", "high"), [(0.01, 0.01, 0.01), ((0.0, 0.02), 0.0, 0.02)])
+async def test_latency_is_applied(
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    latency: float | tuple[float, float],
+    low: float,
+    high: float,
+) -> None:
+    # Record the pauses asked of asyncio.sleep instead of timing the answers.
+    paused: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            paused.append(delay)
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    async with Emulator(upscale=False, latency=latency, seed=3) as emu:
+        statuses = [(await upscale(session, emu))[0] for _ in range(3)]
+    assert statuses == [200] * 3
+    assert len(paused) == 3
+    assert all(low <= pause <= high for pause in paused)
+    if low < high:
+        assert len(set(paused)) == 3  # drawn from the range, not fixed
+
+
+def test_bad_latency_is_refused() -> None:
     with pytest.raises(ValueError, match="latency"):
         Emulator(latency=(0.2, 0.1))
     with pytest.raises(ValueError, match="latency"):
@@ -664,15 +689,14 @@ async def test_lifecycle_errors() -> None:
 # -- command line ----------------------------------------------------------------------
 
 
-def test_serve_arguments() -> None:
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
+def test_serve_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = _parser("serve")
     args = parser.parse_args(["--port", "0", "--latency", "0.1,0.5", "--fault-rate", "0.2"])
     assert (args.port, args.latency, args.fault_rate, args.upscale) == (0, (0.1, 0.5), 0.2, True)
     assert parser.parse_args(["--latency", "2", "--no-upscale"]).latency == 2.0
     for bad in (["--latency", "1,0"], ["--latency", "x"], ["--fault-rate", "2"]):
-        with pytest.raises(SystemExit):
-            parser.parse_args(bad)
+        assert serve_main(bad, prog="emu") == 2  # a usage error, reported, nothing served
+        assert "emu: error:" in capsys.readouterr().err
 
 
 async def test_module_runs_a_server_until_terminated(session: aiohttp.ClientSession) -> None:

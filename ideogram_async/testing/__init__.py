@@ -20,7 +20,7 @@ one from a shell.
 from ._emulator import Emulator
 from ._faults import Fault, FaultPlan
 from ._retries import instant_retries
-from ._serve import add_serve_arguments, run_server, serve_main
+from ._serve import run_server, serve_main
 from ._stats import EmulatorStats, ReceivedUpload
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "ReceivedUpload",
-    "add_serve_arguments",
     "instant_retries",
     "run_server",
     "serve_main",

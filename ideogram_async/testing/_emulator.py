@@ -10,134 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
-import itertools
-import json
 import random
-import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
-import attrs
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import web
 
+from ._answers import FIXED_PNG, FIXED_SIZE, TRUNCATED_JSON, created, drop, fault_response
 from ._faults import Fault, FaultPlan
-from ._images import SNIFF_BYTES, require_pillow, sniff_image_type, solid_png, upscale_2x
+from ._images import require_pillow, upscale_2x
+from ._multipart import UPSCALE_FIELDS, Body, Reject, check_upscale, parse_fields, read_body
 from ._stats import EmulatorStats, ReceivedUpload, Route
+from ._store import ImageStore
 
 __all__ = ["Emulator"]
 
 _PROXY_PATH = "/ideogram/upscale"
 _OFFICIAL_PATH = "/upscale"
-_CHUNK_SIZE = 64 * 1024
-_MAX_FIELD_SIZE = 1024 * 1024
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _UNAUTHORIZED = "Invalid or missing API key"
 _MADE_UP_PROMPT = "A crisp, detailed upscale of the original image, with sharp edges."
-# Constraints of image_request values: name -> (lowest, highest) for the integers.
-_INT_RANGES = {
-    "resemblance": (1, 100),
-    "detail": (1, 100),
-    "seed": (0, 2_147_483_647),
-    "num_images": (1, 8),
-}
-_MAGIC_PROMPT_OPTIONS = ("AUTO", "ON", "OFF")
-# The result of upscale=False: a fixed 2x2 PNG, as if a 1x1 input had been upscaled.
-_FIXED_PNG = solid_png(2, 2)
-_FIXED_SIZE = (2, 2)
-# What a truncated upscale answer starts to send.
-_TRUNCATED_JSON = json.dumps(
-    {
-        "created": "2000-01-23T04:56:07.000Z",
-        "data": [{"seed": 1, "prompt": "truncated", "resolution": "2x2", "is_image_safe": True}],
-    }
-).encode()
-
-
-class _Reject(Exception):
-    """Ends the handling of a request early with a JSON ``{"detail": ...}`` answer."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-@attrs.define
-class _Body:
-    """The parts of one multipart body, as streamed in."""
-
-    part_names: list[str] = attrs.field(factory=list)
-    image_request: str | None = None
-    field_content_type: str | None = None
-    has_file: bool = False
-    filename: str | None = None
-    content_type: str | None = None
-    size: int = 0
-    sha256: str = ""
-    head: bytes = b""
-    data: bytes | None = None
 
 
 def _detail(status: int, detail: str) -> web.Response:
-    return web.json_response({"detail": detail}, status=status)
-
-
-def _show(value: object) -> str:
-    """A short JSON rendering of a value for an error message."""
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _field_problems(fields: dict[str, Any]) -> list[str]:
-    """Check the ``image_request`` values; return one message per bad value."""
-    problems = []
-    for name, (low, high) in _INT_RANGES.items():
-        value = fields.get(name, low)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            problems.append(f"{name} must be an integer from {low} to {high}, got {_show(value)}")
-    option = fields.get("magic_prompt_option", "AUTO")
-    if option not in _MAGIC_PROMPT_OPTIONS:
-        problems.append(f"magic_prompt_option must be one of AUTO, ON, OFF, got {_show(option)}")
-    if "prompt" in fields and not isinstance(fields["prompt"], str):
-        problems.append(f"prompt must be a string, got {_show(fields['prompt'])}")
-    return problems
-
-
-def _parse_fields(raw: str) -> dict[str, Any] | None:
-    """Parse ``image_request`` into a dict, or None if it is not a JSON object."""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _created(route: Route) -> str:
-    """The ``created`` timestamp in the style of each flavor."""
-    now = datetime.now(UTC)
-    if route == "proxy":
-        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-    return now.replace(microsecond=0).isoformat(sep=" ")
-
-
-async def _read_field(part: BodyPartReader) -> str:
-    """Read a text part, refusing more than ``_MAX_FIELD_SIZE`` bytes."""
-    data = bytearray()
-    while not part.at_eof():
-        data += await part.read_chunk(_CHUNK_SIZE)
-        if len(data) > _MAX_FIELD_SIZE:
-            raise _Reject(413, f"{part.name} is larger than {_MAX_FIELD_SIZE} bytes.")
-    try:
-        return data.decode(part.get_charset("utf-8"))
-    except (LookupError, UnicodeDecodeError) as exc:
-        raise _Reject(400, f"{part.name} is not valid text: {exc}") from exc
+    return Reject(status, detail).response()
 
 
 class Emulator:
@@ -193,11 +92,7 @@ class Emulator:
         self._open = asyncio.Event()
         self._open.set()
         self._in_flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        # Results: token -> (expiry time, PNG), plus the tokens in order of expiry.
-        self._images: dict[str, tuple[float, bytes]] = {}
-        self._expiries: deque[tuple[float, str]] = deque()
-        self._serials = itertools.count()
-        self._issued = 0
+        self._images = ImageStore(image_ttl, clock)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -206,9 +101,8 @@ class Emulator:
         if self._runner is not None:
             raise RuntimeError("The emulator is already running.")
         app = web.Application()
-        app.router.add_post(_PROXY_PATH, self._proxy_upscale)
-        app.router.add_post(_OFFICIAL_PATH, self._official_upscale)
-        app.router.add_get("/images/{token}.png", self._image)
+        for method, path, handler in self._routes():
+            app.router.add_route(method, path, handler)
         # handler_cancellation: a client that gives up (a timeout test) ends its handler.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -288,11 +182,19 @@ class Emulator:
 
     # -- upscale routes ----------------------------------------------------------------
 
-    async def _proxy_upscale(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle_upscale(request, "proxy")
+    def _routes(self) -> list[tuple[str, str, _Handler]]:
+        """Every route served: (method, path, handler). A new route is one more entry."""
+        return [
+            ("POST", _PROXY_PATH, self._upscale_route("proxy")),
+            ("POST", _OFFICIAL_PATH, self._upscale_route("official")),
+            ("GET", "/images/{token}.png", self._image),
+        ]
 
-    async def _official_upscale(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle_upscale(request, "official")
+    def _upscale_route(self, route: Route) -> _Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle_upscale(request, route)
+
+        return handle
 
     def _authorized(self, request: web.Request, route: Route) -> bool:
         if route == "proxy":
@@ -328,8 +230,8 @@ class Emulator:
         try:
             with self._cancellable():
                 response = await self._process(request, route)
-        except _Reject as reject:
-            response = _detail(reject.status, reject.detail)
+        except Reject as reject:
+            response = reject.response()
         finally:
             self._count_in_flight(-1)
         if request.transport is not None and not request.transport.is_closing():
@@ -343,89 +245,34 @@ class Emulator:
         plan = self._faults
         fault = plan.next_fault() if plan is not None and not plan.per_upload else None
         if fault is not None and fault.kind == "drop_before_body":
-            return self._drop(request, fault)
-        body = await self._read_body(request)
+            self._stats.faults_injected[fault.kind] += 1
+            return drop(request)
+        body = await read_body(
+            request, max_file_size=self._max_file_size, keep=self._upscale, received=self._received
+        )
         if plan is not None and plan.per_upload:
             fault = plan.next_fault(body.sha256)
         if body.image_request is not None and body.has_file:
             self._record(request, route, body)
         await self._open.wait()
         if fault is not None:
-            if fault.kind != "slow":
-                return await self._answer_with_fault(
-                    request, fault, _TRUNCATED_JSON, "application/json"
-                )
-            self._stats.faults_injected[fault.kind] += 1
-            await asyncio.sleep(fault.delay)
+            faulty = await self._inject(request, fault, TRUNCATED_JSON, "application/json")
+            if faulty is not None:
+                return faulty
         low, high = self._latency
         if high:
             await asyncio.sleep(self._rng.uniform(low, high))
         return await self._success(request, route, body)
 
-    async def _read_body(self, request: web.Request) -> _Body:
-        """Stream the multipart body part by part, hashing the file as it arrives."""
-        if request.content_type != "multipart/form-data":
-            raise _Reject(
-                400,
-                "Expected a multipart/form-data body with an image_request field "
-                f"and an image_file file part, got {request.content_type!r}.",
-            )
-        body = _Body()
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                name = part.name if isinstance(part, BodyPartReader) else None
-                body.part_names.append(name or "")
-                if not isinstance(part, BodyPartReader) or name not in (
-                    "image_request",
-                    "image_file",
-                ):
-                    continue  # unknown parts are skipped, like the service does
-                if name in body.part_names[:-1]:
-                    raise _Reject(400, f"The {name} part was sent more than once.")
-                if name == "image_request":
-                    if part.filename is not None:
-                        raise _Reject(
-                            400, "image_request must be a plain form field, not a file part."
-                        )
-                    body.field_content_type = part.headers.get("Content-Type")
-                    body.image_request = await _read_field(part)
-                else:
-                    await self._read_file(part, body)
-        except (ValueError, HttpProcessingError, RequestPayloadError) as exc:
-            raise _Reject(400, f"Malformed multipart body: {exc}") from exc
-        return body
+    def _received(self, size: int) -> None:
+        self._stats.bytes_received += size
 
-    async def _read_file(self, part: BodyPartReader, body: _Body) -> None:
-        if part.filename is None:
-            raise _Reject(400, "image_file must be a file part with a filename.")
-        body.has_file = True
-        body.filename = part.filename
-        body.content_type = part.headers.get("Content-Type")
-        digest = hashlib.sha256()
-        kept: list[bytes] = []
-        while not part.at_eof():
-            chunk = await part.read_chunk(_CHUNK_SIZE)
-            body.size += len(chunk)
-            self._stats.bytes_received += len(chunk)
-            if body.size > self._max_file_size:
-                raise _Reject(
-                    413, f"image_file is larger than the limit of {self._max_file_size} bytes."
-                )
-            digest.update(chunk)
-            if len(body.head) < SNIFF_BYTES:
-                body.head += chunk[: SNIFF_BYTES - len(body.head)]
-            if self._upscale:
-                kept.append(chunk)
-        body.sha256 = digest.hexdigest()
-        body.data = b"".join(kept) if self._upscale else None
-
-    def _record(self, request: web.Request, route: Route, body: _Body) -> None:
+    def _record(self, request: web.Request, route: Route, body: Body) -> None:
         assert body.image_request is not None
         upload = ReceivedUpload(
             route=route,
             headers={name.lower(): value for name, value in request.headers.items()},
-            fields=_parse_fields(body.image_request) or {},
+            fields=parse_fields(body.image_request) or {},
             image_request_raw=body.image_request,
             field_content_type=body.field_content_type,
             filename=body.filename,
@@ -437,30 +284,15 @@ class Emulator:
         self._stats.uploads.append(upload)
         self._stats.last_upload = upload
 
-    async def _success(self, request: web.Request, route: Route, body: _Body) -> web.Response:
+    async def _success(self, request: web.Request, route: Route, body: Body) -> web.Response:
         """Validate the request, upscale the image and describe the results."""
-        if body.image_request is None:
-            raise _Reject(400, "Missing the image_request form field (a JSON object string).")
-        if not body.has_file:
-            raise _Reject(400, "Missing the image_file file part.")
-        fields = _parse_fields(body.image_request)
-        if fields is None:
-            raise _Reject(400, "image_request must be a JSON object string.")
-        problems = _field_problems(fields)
-        if problems:
-            raise _Reject(422, "; ".join(problems) + ".")
-        if body.size == 0:
-            raise _Reject(400, "image_file is empty.")
-        if sniff_image_type(body.head) is None:
-            raise _Reject(
-                400, "image_file is not a JPEG, PNG or WebP image (judged by its first bytes)."
-            )
-        png, (width, height) = _FIXED_PNG, _FIXED_SIZE
+        fields = check_upscale(body, UPSCALE_FIELDS)
+        png, (width, height) = FIXED_PNG, FIXED_SIZE
         if body.data is not None:
             try:
                 png, width, height = await asyncio.to_thread(upscale_2x, body.data)
             except Exception as exc:  # Pillow raises many types for undecodable data
-                raise _Reject(400, f"image_file could not be decoded as an image: {exc}") from exc
+                raise Reject(400, f"image_file could not be decoded as an image: {exc}") from exc
         origin = f"{request.scheme}://{request.host}"
         items = []
         for _ in range(fields.get("num_images", 1)):
@@ -468,71 +300,25 @@ class Emulator:
                 "seed": fields["seed"] if "seed" in fields else self._rng.randrange(2**31),
                 "prompt": fields.get("prompt") or _MADE_UP_PROMPT,
                 "resolution": f"{width}x{height}",
-                "url": f"{origin}/images/{self._store(png)}.png",
+                "url": f"{origin}/images/{self._images.put(png)}.png",
                 "is_image_safe": True,
             }
             if route == "official":
                 item["style_type"] = "AUTO"  # the official API adds fields clients must ignore
             items.append(item)
-        return web.json_response({"created": _created(route), "data": items})
+        return web.json_response({"created": created(route), "data": items})
 
-    # -- faults ------------------------------------------------------------------------
-
-    def _drop(self, request: web.Request, fault: Fault) -> web.Response:
-        """Close the connection without answering (the returned response is never sent)."""
-        self._stats.faults_injected[fault.kind] += 1
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response()
-
-    async def _answer_with_fault(
+    async def _inject(
         self, request: web.Request, fault: Fault, sample: bytes, sample_type: str
-    ) -> web.StreamResponse:
-        """Answer as ``fault`` says; a truncated answer sends half of ``sample``."""
-        if fault.kind in ("drop", "drop_before_body"):
-            return self._drop(request, fault)
+    ) -> web.StreamResponse | None:
+        """Count ``fault`` and inject it: its answer, or ``None`` once a slow one has waited."""
         self._stats.faults_injected[fault.kind] += 1
-        if fault.kind != "truncate":
-            return web.Response(
-                status=fault.code,
-                text=fault.body,
-                content_type=fault.content_type,
-                headers=dict(fault.headers),
-            )
-        response = web.StreamResponse(headers={"Content-Type": sample_type})
-        response.content_length = len(sample)
-        response.force_close()
-        await response.prepare(request)
-        await response.write(sample[: len(sample) // 2])
-        if request.transport is not None:
-            request.transport.close()
-        return response
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+            return None
+        return await fault_response(request, fault, sample, sample_type)
 
     # -- image route -------------------------------------------------------------------
-
-    def _store(self, png: bytes) -> str:
-        """Keep a result for ``image_ttl`` seconds and return its URL token."""
-        self._evict()
-        serial = next(self._serials)
-        self._issued = serial + 1
-        token = f"{serial:x}-{secrets.token_hex(8)}"
-        expiry = self._clock() + self._image_ttl
-        self._images[token] = (expiry, png)
-        self._expiries.append((expiry, token))
-        return token
-
-    def _evict(self) -> None:
-        now = self._clock()
-        while self._expiries and self._expiries[0][0] <= now:
-            self._images.pop(self._expiries.popleft()[1], None)
-
-    def _was_issued(self, token: str) -> bool:
-        """Whether a token is one this emulator handed out (its serial is past)."""
-        serial, sep, _ = token.partition("-")
-        try:
-            return bool(sep) and int(serial, 16) < self._issued
-        except ValueError:
-            return False
 
     async def _image(self, request: web.Request) -> web.StreamResponse:
         with self._cancellable():
@@ -546,15 +332,13 @@ class Emulator:
         plan = self._image_faults
         fault = plan.next_fault(token) if plan is not None else None
         if fault is not None:
-            if fault.kind != "slow":
-                return await self._answer_with_fault(request, fault, _FIXED_PNG, "image/png")
-            self._stats.faults_injected[fault.kind] += 1
-            await asyncio.sleep(fault.delay)
-        self._evict()
-        entry = self._images.get(token)
-        if entry is None or entry[0] <= self._clock():
-            if entry is not None or self._was_issued(token):
-                return _detail(410, "This image URL has expired.")
+            faulty = await self._inject(request, fault, FIXED_PNG, "image/png")
+            if faulty is not None:
+                return faulty
+        image = self._images.get(token)
+        if image == "expired":
+            return _detail(410, "This image URL has expired.")
+        if image == "missing":
             return _detail(404, "No image at this URL.")
         self._stats.image_downloads += 1
-        return web.Response(body=entry[1], content_type="image/png")
+        return web.Response(body=image, content_type="image/png")

@@ -1,4 +1,4 @@
-"""Image helpers of the emulator: type sniffing, a Pillow-free PNG, the 2x upscale.
+"""Image helpers of the emulator: a Pillow-free PNG and the 2x upscale.
 
 Pillow is imported only inside the functions that decode images, so the emulator (and
 ``import ideogram_async.testing``) works without it when upscaling is turned off.
@@ -10,26 +10,12 @@ import io
 import struct
 import zlib
 
-__all__ = ["SNIFF_BYTES", "require_pillow", "sniff_image_type", "solid_png", "upscale_2x"]
-
-#: How many leading bytes :func:`sniff_image_type` needs.
-SNIFF_BYTES = 12
+__all__ = ["require_pillow", "solid_png", "upscale_2x"]
 
 _PILLOW_HINT = (
     "The emulator needs Pillow to upscale images: pip install 'ideogram-async[emulator]' "
     "(or run it with upscale=False / --no-upscale, which answers with a fixed tiny PNG)."
 )
-
-
-def sniff_image_type(head: bytes) -> str | None:
-    """Return ``"png"``, ``"jpeg"`` or ``"webp"`` from a file's first bytes, else None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
 
 
 def solid_png(width: int, height: int, rgb: tuple[int, int, int] = (128, 128, 128)) -> bytes:

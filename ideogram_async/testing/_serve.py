@@ -1,7 +1,8 @@
 """Run the emulator as a server from a shell (``python -m ideogram_async.testing``).
 
-:func:`add_serve_arguments` and :func:`run_server` let another command line (the
-``ideogram-async serve`` subcommand) offer the same options.
+:func:`serve_main` is that command; another command line (``ideogram-async serve``)
+hands it its arguments. :func:`run_server` serves an :class:`Emulator` until SIGINT or
+SIGTERM, for a script of one's own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from ._emulator import Emulator
 from ._faults import FaultPlan
 
-__all__ = ["add_serve_arguments", "run_server", "serve_main"]
+__all__ = ["run_server", "serve_main"]
 
 
 def _latency(text: str) -> float | tuple[float, float]:
@@ -41,8 +42,11 @@ def _rate(text: str) -> float:
     return rate
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the emulator's options (``--port``, ``--host``, ``--api-key``, ...) to ``parser``."""
+def _parser(prog: str) -> argparse.ArgumentParser:
+    """The emulator's options: ``--port``, ``--host``, ``--api-key``, ..."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run a local emulator of the Ideogram upscale service."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on [%(default)s]")
     parser.add_argument(
         "--port", type=int, default=8000, help="port to listen on, 0 for any free one [%(default)s]"
@@ -74,22 +78,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip decoding and answer with a fixed tiny PNG (fast, no Pillow needed)",
     )
+    return parser
 
 
-async def run_server(args: argparse.Namespace) -> None:
-    """Serve with the options of :func:`add_serve_arguments` until SIGINT or SIGTERM.
+async def run_server(emulator: Emulator) -> None:
+    """Serve ``emulator`` until SIGINT or SIGTERM.
 
     Prints one line ending with the base URL once the server listens.
     """
-    emulator = Emulator(
-        args.api_key,
-        host=args.host,
-        port=args.port,
-        latency=args.latency,
-        faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
-        upscale=args.upscale,
-        seed=args.seed,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -108,19 +104,32 @@ async def run_server(args: argparse.Namespace) -> None:
             loop.remove_signal_handler(signum)
 
 
-def serve_main(argv: list[str] | None = None) -> int:
-    """The ``python -m ideogram_async.testing`` command; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ideogram_async.testing",
-        description="Run a local emulator of the Ideogram upscale service.",
-    )
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
+def serve_main(
+    argv: list[str] | None = None, *, prog: str = "python -m ideogram_async.testing"
+) -> int:
+    """The emulator's command line, run with ``argv``; returns the exit status.
+
+    0 once stopped by Ctrl-C or SIGTERM, 1 when it cannot serve (a port in use, Pillow
+    missing), 2 for a bad option. ``prog`` is the command's name in its help.
+    """
     try:
-        asyncio.run(run_server(args))
+        args = _parser(prog).parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad option (argparse exits 2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        emulator = Emulator(
+            args.api_key,
+            host=args.host,
+            port=args.port,
+            latency=args.latency,
+            faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
+            upscale=args.upscale,
+            seed=args.seed,
+        )
+        asyncio.run(run_server(emulator))
     except KeyboardInterrupt:
         pass
     except (ImportError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -7,14 +7,13 @@ nothing: it is reported as a :class:`UsageError` (exit status 2).
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import attrs
 
-from ._files import IMAGE_SUFFIXES
+from ideogram_async.images import SUFFIXES
 
 _MAX_LISTED = 5
 
@@ -87,7 +86,7 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
     return sorted(
         p
         for p in candidates
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
 
 
@@ -118,34 +117,9 @@ def output_path(out_dir: Path, source: Source, url: str, number: int | None) -> 
     left off, and ``download`` adds the one of the image it receives.
     """
     suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
-    ext = suffix if suffix in IMAGE_SUFFIXES else ""
+    ext = suffix if suffix in SUFFIXES else ""
     tag = "upscaled" if number is None else f"upscaled-{number}"
     return out_dir / f"{source.stem}.{tag}{ext}"
-
-
-def finished_sources(manifest: Path) -> set[str]:
-    """The sources that a manifest records as done (status ``ok``).
-
-    Lines that are not complete JSON objects (a run killed mid-write) are ignored:
-    their inputs are simply done again.
-    """
-    done: set[str] = set()
-    try:
-        with manifest.open(encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and record.get("status") == "ok":
-                    source = record.get("source")
-                    if isinstance(source, str):
-                        done.add(source)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise UsageError(f"cannot read the manifest {manifest}: {exc.strerror or exc}") from None
-    return done
 
 
 def read_key_file(path: str) -> str:

@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
-from rich.console import Console
-from rich.table import Table
 
-from ._cli_inputs import Source, UsageError
-from ._cli_pipeline import EXIT_INTERRUPTED, Job, Outcome, run_job
-from .client import IdeogramClient
-from .models import UpscaleRequest
-from .retry import RetryHook
-from .testing import Emulator, FaultPlan
+from ideogram_async import IdeogramClient, RetryEvent, UpscaleRequest
+from ideogram_async.testing import Emulator, FaultPlan
+
+from ._inputs import Source, UsageError
+from ._manifest import Outcome
+from ._pipeline import EXIT_INTERRUPTED, Job, run_job
 
 _FORMATS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("png", "PNG", {}),
@@ -102,7 +101,7 @@ async def run_demo(
     faults = FaultPlan(rate=fault_rate, seed=1)  # the same faults every run
     async with Emulator(key, latency=_LATENCY, faults=faults) as emulator:
 
-        def connect(on_retry: RetryHook) -> IdeogramClient:
+        def connect(on_retry: Callable[[RetryEvent], None]) -> IdeogramClient:
             return IdeogramClient(
                 api_key=key,
                 base_url=emulator.base_url,
@@ -113,42 +112,59 @@ async def run_demo(
         status = await run_job(job, connect, stop, live=live, on_outcome=outcomes.append)
     if status == EXIT_INTERRUPTED:
         return status
-    console = Console()
-    console.print(_table(samples, outcomes))
-    console.print(f"Inputs: {out / 'inputs'}", highlight=False, soft_wrap=True)
-    console.print(
+    show_table(_TITLE, _COLUMNS, _rows(samples, outcomes))
+    print(f"Inputs: {out / 'inputs'}")
+    print(
         f"With the real service: IDEOGRAM_API_KEY=... ideogram-async upscale "
         f"{out / 'inputs'} --out {out / 'upscaled'} --base-url URL (or --official)",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
+        flush=True,
     )
     return status
 
 
-def _table(samples: list[Sample], outcomes: list[Outcome]) -> Table:
+_TITLE = "Upscaled by the emulator"
+_COLUMNS = ("file", "input", "output", "attempts", "seconds")
+
+
+def _rows(samples: list[Sample], outcomes: list[Outcome]) -> list[tuple[str, ...]]:
+    """One row per outcome (the first ``_TABLE_ROWS`` by name), as the columns say."""
     inputs = {sample.path.resolve(): sample for sample in samples}
-    table = Table(title="Upscaled by the emulator")
-    table.add_column("file")
-    table.add_column("input", justify="right")
-    table.add_column("output", justify="right")
-    table.add_column("attempts", justify="right")
-    table.add_column("seconds", justify="right")
     ordered = sorted(outcomes, key=lambda outcome: outcome.source.shown)
+    rows: list[tuple[str, ...]] = []
     for outcome in ordered[:_TABLE_ROWS]:
         sample = inputs[outcome.source.path]
         output = (
             ", ".join(resolution or "?" for resolution in outcome.resolutions)
             if outcome.ok
-            else "[red]failed[/]"
+            else "failed"
         )
-        table.add_row(
-            sample.path.name,
-            f"{sample.width}x{sample.height}, {sample.size / 1024:.0f} KB",
-            output,
-            str(outcome.attempts),
-            f"{outcome.seconds:.2f}",
+        rows.append(
+            (
+                sample.path.name,
+                f"{sample.width}x{sample.height}, {sample.size / 1024:.0f} KB",
+                output,
+                str(outcome.attempts),
+                f"{outcome.seconds:.2f}",
+            )
         )
     if len(ordered) > _TABLE_ROWS:
-        table.add_row(f"... {len(ordered) - _TABLE_ROWS} more", "", "", "", "")
-    return table
+        rows.append((f"... {len(ordered) - _TABLE_ROWS} more", "", "", "", ""))
+    return rows
+
+
+def show_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Print a table: drawn by rich when it is installed, else as aligned plain text."""
+    try:
+        from ._live import print_table
+    except ImportError:  # rich is in the cli extra
+        pass
+    else:
+        print_table(title, columns, rows)
+        return
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    print(title)
+    for row in [columns, *rows]:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
+        print("  ".join(cells).rstrip())

@@ -12,52 +12,27 @@ stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 
-from ._cli_inputs import Source, UsageError, output_path
-from ._cli_progress import Tally, make_reporter
-from .batch import BatchResult
-from .client import IdeogramClient
-from .errors import IdeogramError
-from .models import UpscaleRequest, UpscaleResponse
-from .retry import RetryEvent, RetryHook
+from ideogram_async import (
+    BatchResult,
+    IdeogramClient,
+    IdeogramError,
+    RetryEvent,
+    UpscaleRequest,
+    UpscaleResponse,
+)
+
+from ._inputs import Source, output_path
+from ._manifest import Manifest, Outcome
+from ._progress import PlainReporter, Reporter, Tally
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-@attrs.frozen(kw_only=True)
-class Outcome:
-    """How one input ended: upscaled and downloaded, or failed."""
-
-    source: Source
-    ok: bool
-    urls: tuple[str, ...] = ()
-    outputs: tuple[Path, ...] = ()
-    """The files written, as paths under the ``--out`` folder as the user named it."""
-    resolutions: tuple[str | None, ...] = ()
-    error: str | None = None
-    attempts: int = 0
-    seconds: float = 0.0
-
-    def manifest_line(self) -> bytes:
-        """One JSON line for the manifest (absolute paths; never the API key)."""
-        record = {
-            "source": os.fspath(self.source.path),
-            "status": "ok" if self.ok else "failed",
-            "urls": list(self.urls),
-            "outputs": [os.fspath(path.absolute()) for path in self.outputs],
-            "error": self.error,
-            "attempts": self.attempts,
-            "seconds": round(self.seconds, 3),
-        }
-        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def describe(error: BaseException) -> str:
@@ -66,38 +41,6 @@ def describe(error: BaseException) -> str:
     if isinstance(error, IdeogramError) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-class Manifest:
-    """The JSONL record of finished inputs, one line per input as it finishes.
-
-    Each line goes out in a single unbuffered write, so an interrupted run leaves
-    only whole lines behind. ``append`` continues an existing manifest (``--resume``),
-    first ending a line that a killed run left unfinished.
-    """
-
-    def __init__(self, path: Path, *, append: bool) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: BinaryIO = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115
-            if append and self._file.tell() > 0 and not _ends_with_newline(path):
-                self._file.write(b"\n")
-        except OSError as exc:
-            raise UsageError(f"cannot write the manifest {path}: {exc.strerror or exc}") from None
-
-    def write(self, outcome: Outcome) -> None:
-        """Append the line of ``outcome``."""
-        self._file.write(outcome.manifest_line())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as file:
-        file.seek(-1, os.SEEK_END)
-        return file.read(1) == b"\n"
 
 
 async def run_batch(
@@ -215,7 +158,7 @@ class Job:
 
 async def run_job(
     job: Job,
-    connect: Callable[[RetryHook], IdeogramClient],
+    connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     stop: asyncio.Event,
     *,
     live: bool,
@@ -300,3 +243,15 @@ async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) ->
         return False
     task.result()
     return True
+
+
+def make_reporter(tally: Tally, *, live: bool) -> Reporter:
+    """A live bar when ``live`` (stdout is a terminal) and rich is installed, else plain lines."""
+    if live:
+        try:
+            from ._live import RichReporter
+        except ImportError:  # rich is in the cli extra
+            pass
+        else:
+            return RichReporter(tally)
+    return PlainReporter(tally)

@@ -1,0 +1,265 @@
+"""One HTTP request at a time, and the one mapping from what can go wrong to the error tree.
+
+:class:`Http` owns a client's aiohttp session and sends each request with its
+per-attempt time limit. Whatever fails on the way becomes an
+:class:`~ideogram_async.errors.IdeogramError`: aiohttp's exceptions turn into
+:class:`APIConnectionError` or :class:`APITimeoutError` in :meth:`Http.request`, and
+a non-2xx answer into the :class:`APIError` subclass of its status in
+:func:`error_for_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from ._settings import Flavor, Settings
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    NotFoundError,
+    PaymentRequiredError,
+    RateLimitError,
+    ServerError,
+    snippet,
+)
+from .retry import parse_retry_after
+from .uploads import ImagePayload
+
+__all__ = ["Http", "error_for_status"]
+
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
+
+
+class Http:
+    """The session of one client and the way each request goes over it.
+
+    The session is created on first use (unless one was passed in, which is then
+    never closed here); after :meth:`aclose` every request raises ``ClientClosedError``.
+    """
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None) -> None:
+        self._settings = settings
+        # Built once: every request (API or download) uses the same per-request limits.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect)
+        self._session = session
+        self._owns_session = session is None
+        self.closed = False
+
+    def session(self) -> aiohttp.ClientSession:
+        """The open session, created on first use."""
+        if self.closed:
+            raise ClientClosedError(
+                "this IdeogramClient is closed; create a new one (or keep the "
+                "'async with' block open while you use it)"
+            )
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                # API requests and image downloads each get max_concurrency connections,
+                # so a request never waits for the pool once it holds a slot.
+                limit=2 * self._settings.max_concurrency,
+                ttl_dns_cache=300,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={
+                    "User-Agent": f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
+                },
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session unless it was passed in. Idempotent."""
+        self.closed = True
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def auth_headers(self) -> dict[str, str]:
+        """The key in the header of the flavor (sent to the API only, never to image hosts)."""
+        key = self._settings.key.reveal()
+        if self._settings.flavor is Flavor.PROXY:
+            return {"Authorization": f"Bearer {key}"}
+        return {"Api-Key": key}
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        failed: str,
+        hint: str,
+        upload: ImagePayload | None = None,
+        **options: Any,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request within ``Timeouts.attempt`` and yield its response.
+
+        aiohttp errors raised while sending or reading map to ``APIConnectionError``
+        (``failed`` says what failed, ``hint`` what to check) or ``APITimeoutError``; an
+        ``upload`` that failed on its own side raises its own error, and is
+        released when the request ends, however it ends.
+        """
+        session = self.session()
+        timer = asyncio.timeout(self._settings.timeouts.attempt)
+        try:
+            async with (
+                timer,
+                session.request(method, url, timeout=self._timeout, **options) as response,
+            ):
+                yield response
+        except TimeoutError as exc:
+            raise self._timeout_error(exc, timer, upload) from None
+        except aiohttp.ClientError as exc:
+            if upload is not None and upload.error is not None:
+                raise upload.error from None
+            raise APIConnectionError(f"{failed} ({type(exc).__name__}: {exc}); {hint}") from exc
+        finally:
+            if upload is not None:
+                upload.release()
+
+    async def raise_for_status(
+        self, response: aiohttp.ClientResponse, *, download: bool = False
+    ) -> None:
+        """Raise the ``APIError`` of a non-2xx answer (``download``: of an image URL)."""
+        if response.status >= 300:
+            raise _api_error(response, await self._read(response), download=download)
+
+    async def text(self, response: aiohttp.ClientResponse) -> str:
+        """The body of a 2xx answer as text; any other status raises its ``APIError``."""
+        await self.raise_for_status(response)
+        return await self._read(response)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> str:
+        """The body as text, with the key masked (a service may echo it back)."""
+        return self._settings.key.redact(await response.text(errors="replace"))
+
+    def _timeout_error(
+        self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
+    ) -> APITimeoutError:
+        timeouts = self._settings.timeouts
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return APITimeoutError(
+                f"could not connect to {self._settings.base_url} within {timeouts.connect}s "
+                f"(Timeouts.connect); check base_url and the network",
+                kind="connect",
+            )
+        if timer.expired():
+            body_sent = upload is not None and upload.complete
+            sent = "after the image was sent" if body_sent else "before it completed"
+            return APITimeoutError(
+                f"the request timed out {sent}, after {timeouts.attempt}s "
+                f"(Timeouts.attempt); the service may be overloaded",
+                kind="attempt",
+                body_sent=body_sent,
+            )
+        return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
+
+
+def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:
+    """Map a non-2xx response to the matching :class:`APIError` subclass."""
+    headers: Mapping[str, str] = response.headers
+    should_retry = headers.get("x-should-retry", "").strip().lower()
+    detail = _error_detail(text, response.content_type)
+    if download and response.status in (404, 410):
+        detail = (
+            "the image URL has expired or does not exist; download results soon after upscaling"
+        )
+    return error_for_status(
+        response.status,
+        detail,
+        body=text,
+        request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
+        retry_after=parse_retry_after(headers),
+        should_retry={"true": True, "false": False}.get(should_retry),
+    )
+
+
+def _error_detail(text: str, content_type: str) -> str:
+    """The service's own error text: JSON detail/message/error, else a body snippet."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    for _ in range(3):  # unwrap {"error": {"message": ...}} and the like
+        if not isinstance(data, dict):
+            break
+        data = next((data[k] for k in ("detail", "message", "error") if k in data), None)
+    if isinstance(data, str):
+        return snippet(data)
+    if data is not None:
+        return snippet(json.dumps(data))
+    if "html" in content_type:
+        return f"an HTML error page from a gateway: {snippet(text, 120)!r}"
+    return snippet(text) if text.strip() else ""
+
+
+_CLASSES: Mapping[int, type[APIError]] = {
+    400: BadRequestError,
+    413: BadRequestError,
+    422: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    402: PaymentRequiredError,
+    404: NotFoundError,
+    410: NotFoundError,
+    429: RateLimitError,
+}
+_HINTS: Mapping[int, str] = {
+    400: "fix the request or the image; retrying will not help",
+    401: "check the API key (api_key= or IDEOGRAM_API_KEY)",
+    402: "the account's balance is too low; top it up",
+    403: "check the API key (api_key= or IDEOGRAM_API_KEY) and its permissions",
+    404: "check base_url and the flavor (proxy: /ideogram/upscale, official: /upscale)",
+    408: "the service timed out reading the request; usually transient",
+    409: "a conflicting request was in progress; usually transient",
+    410: "the resource is gone (an image URL expires soon after the upscale)",
+    413: "the image is too large for the service; send a smaller file",
+    422: "a value is out of range or the image is unsupported; fix the request",
+    429: "too many requests; lower max_concurrency or requests_per_second",
+}
+_REDIRECT_HINT = (
+    "the API answered with a redirect, which is not followed so that the key goes "
+    "nowhere else; check base_url (https rather than http, no extra path)"
+)
+
+
+def error_for_status(
+    status: int,
+    detail: str,
+    *,
+    body: str,
+    request_id: str | None,
+    retry_after: float | None,
+    should_retry: bool | None,
+    hint: str | None = None,
+) -> APIError:
+    """Build the :class:`APIError` subclass that matches ``status``.
+
+    The message is the service's ``detail`` followed by ``hint``, what to do about
+    it (by default a hint chosen by status).
+    """
+    cls = _CLASSES.get(status, ServerError if status >= 500 else APIError)
+    if hint is None and 300 <= status < 400:
+        hint = _REDIRECT_HINT
+    if hint is None:
+        hint = _HINTS.get(status, "the service or a gateway failed; usually transient")
+    message = f"{detail} — {hint}" if detail else hint
+    return cls(
+        message,
+        status=status,
+        body=body,
+        request_id=request_id,
+        retry_after=retry_after,
+        should_retry=should_retry,
+    )

@@ -1,0 +1,174 @@
+"""A client's settings, checked in one place before anything is sent.
+
+:class:`Settings` resolves the constructor's arguments and the environment into
+frozen, validated values; the small checkers below (:func:`of_type`,
+:func:`int_at_least`, :func:`positive_number`) are the ones every other check of
+the client uses too, so each problem is reported the same way: a
+:class:`~ideogram_async.errors.ValidationError` naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any, TypeVar
+
+import aiohttp
+import attrs
+
+from .errors import ValidationError
+from .retry import RetryPolicy
+
+__all__ = ["OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
+
+OFFICIAL_BASE_URL = "https://api.ideogram.ai"
+_T = TypeVar("_T")
+
+
+class Flavor(enum.StrEnum):
+    """Which form of the endpoint to speak: a proxy's or Ideogram's own."""
+
+    PROXY = "proxy"
+    """``POST {base_url}/ideogram/upscale`` with ``Authorization: Bearer <key>``."""
+    OFFICIAL = "official"
+    """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``."""
+
+
+def of_type(name: str, value: _T | None, kind: type[_T]) -> _T | None:
+    """``value`` if it is ``None`` or a ``kind``, else a ``ValidationError`` naming ``name``."""
+    if value is not None and not isinstance(value, kind):
+        raise ValidationError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def int_at_least(name: str, value: object, low: int) -> int:
+    """``value`` if it is an int (not a bool) ``>= low``, else a ``ValidationError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValidationError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def positive_number(name: str, value: object, *, or_none: bool = False) -> float | None:
+    """``value`` if it is a number (not a bool) ``> 0`` (or ``None`` when allowed)."""
+    if value is None and or_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        allowed = " or None" if or_none else ""
+        raise ValidationError(f"{name} must be a number > 0{allowed}, got {value!r}")
+    return value
+
+
+def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    positive_number(f"Timeouts.{attribute.name}", value)
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Per-attempt time limits, in seconds. The whole-call limit is ``RetryPolicy.deadline``.
+
+    An upscale takes seconds to a minute, so ``attempt`` is generous. It starts
+    only once the request holds a concurrency slot, so waiting in the queue never
+    counts against it.
+    """
+
+    connect: float = attrs.field(default=10.0, validator=_seconds)
+    """Opening a TCP/TLS connection."""
+    attempt: float = attrs.field(default=180.0, validator=_seconds)
+    """One request: upload, the service's work and reading the answer."""
+
+
+class Secret:
+    """Holds the API key so that no ``repr``, log line or traceback shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """``text`` with the key masked (a service may echo it into an error body)."""
+        return text.replace(self._value, "***") if self._value in text else text
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """The validated settings of one client; build it with :meth:`resolve`."""
+
+    flavor: Flavor
+    key: Secret
+    base_url: str
+    """Without a trailing slash."""
+    max_concurrency: int
+    requests_per_second: float | None
+    max_file_size: int
+    max_download_size: int
+    timeouts: Timeouts
+    retry: RetryPolicy
+
+    @property
+    def url(self) -> str:
+        """The upscale endpoint of the flavor."""
+        path = "/ideogram/upscale" if self.flavor is Flavor.PROXY else "/upscale"
+        return self.base_url + path
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        flavor: Flavor | str,
+        max_concurrency: int,
+        requests_per_second: float | None,
+        timeouts: Timeouts | None,
+        retry: RetryPolicy | None,
+        max_file_size: int,
+        max_download_size: int,
+        session: aiohttp.ClientSession | None,
+    ) -> Settings:
+        """Check the client's arguments, filling in the key and URL from the environment."""
+        try:
+            kind = Flavor(flavor)
+        except ValueError:
+            raise ValidationError(f"flavor must be 'proxy' or 'official', got {flavor!r}") from None
+        key = api_key if api_key is not None else os.environ.get("IDEOGRAM_API_KEY")
+        if not key or not key.strip():
+            raise ValidationError(
+                "no API key: pass api_key= or set the IDEOGRAM_API_KEY environment variable"
+            )
+        base = base_url or os.environ.get("IDEOGRAM_BASE_URL")
+        if not base:
+            if kind is Flavor.PROXY:
+                raise ValidationError(
+                    "no base URL for the proxy flavor: pass base_url= or set "
+                    "IDEOGRAM_BASE_URL (or use flavor='official' for api.ideogram.ai)"
+                )
+            base = OFFICIAL_BASE_URL
+        if not base.startswith(("http://", "https://")):
+            raise ValidationError(f"base_url must start with http:// or https://, got {base!r}")
+        if session is not None and {"authorization", "api-key"} & {
+            h.lower() for h in session.headers
+        }:
+            raise ValidationError(
+                "the session passed in sends an Authorization or Api-Key header with every "
+                "request, which would leak the key to image hosts; pass api_key= instead"
+            )
+        return cls(
+            flavor=kind,
+            key=Secret(key.strip()),
+            base_url=base.rstrip("/"),
+            max_concurrency=int_at_least("max_concurrency", max_concurrency, 1),
+            requests_per_second=positive_number(
+                "requests_per_second", requests_per_second, or_none=True
+            ),
+            max_file_size=int_at_least("max_file_size", max_file_size, 1),
+            max_download_size=int_at_least("max_download_size", max_download_size, 1),
+            timeouts=of_type("timeouts", timeouts, Timeouts) or Timeouts(),
+            retry=of_type("retry", retry, RetryPolicy) or RetryPolicy(),
+        )

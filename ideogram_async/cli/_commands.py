@@ -1,0 +1,200 @@
+"""The subcommands of ``ideogram-async`` and :func:`main`, which dispatches to them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from ideogram_async import (
+    Flavor,
+    IdeogramClient,
+    RetryEvent,
+    RetryPolicy,
+    UpscaleRequest,
+    ValidationError,
+)
+from ideogram_async.testing import serve_main
+
+from ._inputs import (
+    Source,
+    UsageError,
+    check_collisions,
+    find_images,
+    read_key_file,
+)
+from ._manifest import finished_sources
+from ._parser import PROG, build_parser
+from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    try:
+        args, rest = build_parser().parse_known_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad option (argparse exits 2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.name == "serve":
+        return serve_main(rest, prog=f"{PROG} serve")
+    if rest:
+        print(
+            f"{PROG} {args.name}: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    command = {"upscale": _upscale, "demo": _demo}[args.name]
+    try:
+        return command(args)
+    except UsageError as exc:
+        print(f"{PROG} {args.name}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        print(f"{PROG} {args.name}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # only where signal handlers cannot be installed
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _live() -> bool:
+    """Whether to draw a live progress bar (stdout is a terminal) rather than plain lines."""
+    return sys.stdout.isatty()
+
+
+def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run ``command`` in one event loop; SIGINT and SIGTERM set the event it is given."""
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        handled = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # Impossible on Windows: Ctrl-C then raises KeyboardInterrupt (see main).
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+                handled.append(signum)
+        try:
+            return await command(stop)
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(run())
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    """``ideogram-async upscale``: check everything before anything is sent, then run."""
+    request = _request(args)
+    key = read_key_file(args.api_key_file) if args.api_key_file else _env_key()
+    base_url = args.base_url or os.environ.get("IDEOGRAM_BASE_URL") or None
+    if base_url is None and not args.official:
+        raise UsageError(
+            "no service URL: pass --base-url URL or set IDEOGRAM_BASE_URL "
+            "(or pass --official to use api.ideogram.ai)"
+        )
+    if args.resume and not args.manifest:
+        raise UsageError("--resume needs --manifest PATH, the record of what is already done")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; pass a folder")
+    sources = find_images(args.images, recursive=args.recursive, exclude=out_dir.resolve())
+    check_collisions(sources, out_dir)
+    manifest = Path(args.manifest) if args.manifest else None
+    if manifest is None:
+        hint = "Add --manifest PATH next time, so that --resume can skip finished images."
+    elif args.resume:
+        sources = _unfinished(sources, manifest)
+        if not sources:
+            print("Nothing left to do.", flush=True)
+            return EXIT_OK
+        hint = "Run the same command again to finish the rest."
+    elif manifest.is_file() and manifest.stat().st_size > 0:
+        raise UsageError(
+            f"the manifest {manifest} already exists; add --resume to skip the images it "
+            f"records as done, or remove it to start over"
+        )
+    else:
+        hint = "Run the same command again with --resume to finish the rest."
+    job = Job(
+        sources=sources,
+        request=request,
+        out_dir=out_dir,
+        manifest=manifest,
+        append=args.resume,
+        rerun_hint=hint,
+    )
+    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
+
+    def connect(on_retry: Callable[[RetryEvent], None]) -> IdeogramClient:
+        try:
+            return IdeogramClient(
+                api_key=key,
+                base_url=base_url,
+                flavor=Flavor.OFFICIAL if args.official else Flavor.PROXY,
+                max_concurrency=args.concurrency,
+                retry=retry,
+                on_retry=on_retry,
+            )
+        except ValidationError as exc:  # e.g. a base URL that is not http(s)
+            raise UsageError(str(exc)) from None
+
+    return _run(lambda stop: run_job(job, connect, stop, live=_live()))
+
+
+def _request(args: argparse.Namespace) -> UpscaleRequest:
+    try:
+        return UpscaleRequest(
+            prompt=args.prompt,
+            resemblance=args.resemblance,
+            detail=args.detail,
+            magic_prompt_option=args.magic_prompt,
+            seed=args.seed,
+            num_images=args.num_images,
+        )
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _env_key() -> str:
+    key = os.environ.get("IDEOGRAM_API_KEY", "").strip()
+    if not key:
+        raise UsageError(
+            "no API key: set the IDEOGRAM_API_KEY environment variable or pass --api-key-file PATH"
+        )
+    return key
+
+
+def _unfinished(sources: list[Source], manifest: Path) -> list[Source]:
+    """The sources that ``manifest`` does not record as done, saying how many it skips."""
+    done = finished_sources(manifest)
+    todo = [source for source in sources if str(source.path) not in done]
+    if len(todo) < len(sources):
+        print(
+            f"Skipping {len(sources) - len(todo)} of {len(sources)} image(s) that "
+            f"{manifest} records as done.",
+            flush=True,
+        )
+    return todo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``ideogram-async demo``."""
+    from ._demo import run_demo
+
+    return _run(
+        lambda stop: run_demo(
+            Path(args.out),
+            count=args.count,
+            concurrency=args.concurrency,
+            fault_rate=args.fault_rate,
+            stop=stop,
+            live=_live(),
+        )
+    )

@@ -1,0 +1,101 @@
+"""Progress of a command-line run: a live bar on a terminal, plain lines otherwise.
+
+The live bar needs ``rich`` (the ``cli`` extra); without it, a terminal gets the
+plain lines too.
+
+The plain lines are a stable format that scripts (and the tests) read::
+
+    [12/50] ok photo.png -> out/photo.upscaled.png (1 attempt, 0.84s)
+    [13/50] FAILED bad.png: <error>
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import attrs
+
+from ._manifest import Outcome
+
+
+@attrs.define
+class Tally:
+    """Running counts of one run."""
+
+    total: int
+    ok: int = 0
+    failed: int = 0
+    active: int = 0
+    """Inputs taken up and not finished yet (uploading, waiting, retrying, downloading)."""
+    retries: int = 0
+    started: float = attrs.field(factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    def summary(self) -> str:
+        """One line: counts, time and rate."""
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        failed = f", {self.failed} failed" if self.failed else ""
+        retries = f", {self.retries} request(s) retried" if self.retries else ""
+        return (
+            f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s "
+            f"({rate:.1f}/s{retries})."
+        )
+
+
+class Reporter(Protocol):
+    """Shows a run's progress; the tally changes before each call."""
+
+    def start(self) -> None:
+        """Start any live display."""
+
+    def changed(self) -> None:
+        """An input was taken up or a request retried."""
+
+    def finished(self, outcome: Outcome) -> None:
+        """An input finished."""
+
+    def note(self, text: str) -> None:
+        """Show a line of text (a summary, a hint)."""
+
+    def close(self) -> None:
+        """Stop any live display; notes still work afterwards."""
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
+class PlainReporter:
+    """One flushed line per finished input, for logs, pipes and scripts."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+
+    def start(self) -> None:
+        pass
+
+    def changed(self) -> None:
+        pass
+
+    def finished(self, outcome: Outcome) -> None:
+        head = f"[{self._tally.done}/{self._tally.total}]"
+        if outcome.ok:
+            outputs = ", ".join(str(path) for path in outcome.outputs)
+            line = (
+                f"{head} ok {outcome.source.shown} -> {outputs} "
+                f"({_attempts(outcome.attempts)}, {outcome.seconds:.2f}s)"
+            )
+        else:
+            line = f"{head} FAILED {outcome.source.shown}: {outcome.error}"
+        print(line, flush=True)
+
+    def note(self, text: str) -> None:
+        print(text, flush=True)
+
+    def close(self) -> None:
+        pass

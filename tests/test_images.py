@@ -1,0 +1,157 @@
+"""Image formats (images.py): sniffing, suffixes, and width and height from the header."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from ideogram_async.images import (
+    HEADER_BYTES,
+    JPEG,
+    PNG,
+    SUFFIXES,
+    WEBP,
+    ImageFormat,
+    image_size,
+    sniff,
+)
+
+# Odd sizes, so that a swapped width and height or an off-by-one shows.
+SIZES = [(1, 1), (3, 7), (641, 479), (1000, 17)]
+
+
+def encode(size: tuple[int, int], fmt: str, mode: str = "RGB", **options: Any) -> bytes:
+    image = Image.new(mode, size, "#3a7")
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def exif_with_a_large_comment(length: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010E] = "x" * length  # ImageDescription
+    return exif
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n\0\0\0\r", PNG),
+        (b"\xff\xd8\xff\xe0\0\x10JFIF\0", JPEG),
+        (b"RIFF\x10\0\0\0WEBP", WEBP),
+        (b"RIFF\x10\0\0\0WAVE", None),
+        (b"GIF89a\x01\0\x01\0\0\0", None),
+        (b"\x89PNG", None),
+        (b"", None),
+    ],
+)
+def test_sniff(head: bytes, expected: ImageFormat | None) -> None:
+    assert sniff(head) is expected
+
+
+def test_formats_know_their_suffixes_and_content_types() -> None:
+    assert {".png", ".jpg", ".jpeg", ".webp"} == SUFFIXES
+    assert (JPEG.suffix, JPEG.content_type) == (".jpg", "image/jpeg")
+    assert (PNG.suffix, PNG.content_type) == (".png", "image/png")
+    assert (WEBP.suffix, WEBP.content_type) == (".webp", "image/webp")
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "P", {}),
+        ("JPEG", "RGB", {"quality": 80}),
+        ("JPEG", "L", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("WEBP", "RGB", {"quality": 80}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("WEBP", "RGB", {"exif": exif_with_a_large_comment(10)}),
+    ],
+    ids=[
+        "png",
+        "png-palette",
+        "jpeg",
+        "jpeg-grey",
+        "jpeg-progressive",
+        "webp",
+        "webp-ll",
+        "webp-x",
+    ],
+)
+def test_image_size_reads_the_header(
+    size: tuple[int, int], fmt: str, mode: str, options: dict[str, Any]
+) -> None:
+    data = encode(size, fmt, mode, **options)
+    assert image_size(data) == size
+    assert image_size(data[:HEADER_BYTES]) == size
+
+
+@pytest.mark.parametrize(
+    ("options", "chunk"),
+    [
+        ({"quality": 80}, b"VP8 "),
+        ({"lossless": True}, b"VP8L"),
+        ({"exif": exif_with_a_large_comment(10)}, b"VP8X"),
+    ],
+)
+def test_each_webp_variant_is_read(options: dict[str, Any], chunk: bytes) -> None:
+    data = encode((641, 479), "WEBP", **options)
+    assert data[12:16] == chunk  # the variant this case is about
+    assert image_size(data) == (641, 479)
+
+
+def test_progressive_jpeg_has_its_own_frame_marker() -> None:
+    data = encode((33, 65), "JPEG", progressive=True)
+    assert b"\xff\xc2" in data  # SOF2, not the baseline SOF0
+    assert image_size(data) == (33, 65)
+
+
+def test_jpeg_with_exif_before_the_frame_header() -> None:
+    data = encode((301, 203), "JPEG", exif=exif_with_a_large_comment(20_000))
+    sof = data.index(b"\xff\xc0")
+    assert data.index(b"Exif") < sof
+    assert sof > 20_000  # beyond the first few KB a naive reader would look at
+    assert image_size(data) == (301, 203)
+    assert image_size(data[: sof + 9]) == (301, 203)  # just enough bytes
+    assert image_size(data[: sof + 8]) is None  # the size is not in them yet
+    assert image_size(data[:4096]) is None
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_head_cut_before_the_size_gives_none(fmt: str) -> None:
+    data = encode((5, 9), fmt)
+    needed = next(n for n in range(len(data) + 1) if image_size(data[:n]) is not None)
+    assert image_size(data[:needed]) == (5, 9)
+    assert all(image_size(data[:n]) is None for n in range(needed))
+    assert needed <= 30
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"GIF89a" + b"\0" * 40,
+        b"\x89PNG\r\n\x1a\n" + b"\0\0\0\x0dIHDX" + b"\0" * 16,  # not an IHDR chunk
+        b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR" + b"\0" * 8,  # a 0x0 PNG
+        b"\xff\xd8\xff\xda\0\x08" + b"\0" * 10,  # scan data before any frame header
+        b"\xff\xd8\xff\xe0\0\x01" + b"\0" * 10,  # a segment length below 2
+        b"\xff\xd8\xff\xe0\0\x04\0\0\x12\x34" + b"\0" * 10,  # garbage where a marker goes
+        b"RIFF\0\0\0\0WEBPVP8 \0\0\0\0" + b"\0" * 10,  # VP8 without its start code
+        b"RIFF\0\0\0\0WEBPVP8L\0\0\0\0" + b"\0" * 10,  # VP8L without its signature
+        b"RIFF\0\0\0\0WEBPALPH\0\0\0\0" + b"\0" * 10,  # an unknown first chunk
+    ],
+)
+def test_malformed_headers_give_none(data: bytes) -> None:
+    assert image_size(data) is None
+
+
+def test_jpeg_fill_bytes_and_standalone_markers_are_skipped() -> None:
+    data = encode((12, 34), "JPEG")
+    # Insert fill bytes and a standalone marker (TEM) right after SOI.
+    padded = data[:2] + b"\xff\xff\xff\x01" + data[2:]
+    assert image_size(padded) == (12, 34)

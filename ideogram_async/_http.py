@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._settings import Flavor, Settings
+from ._settings import Flavor, Secret, Settings
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -27,17 +28,25 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    IdeogramError,
     NotFoundError,
     PaymentRequiredError,
     RateLimitError,
+    ResponseFormatError,
     ServerError,
+    ValidationError,
     snippet,
 )
 from .retry import parse_retry_after
 from .uploads import ImagePayload
 
-__all__ = ["Http", "error_for_status"]
+__all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "Http", "error_for_status"]
 
+DEFAULT_MAX_RESPONSE_SIZE = 4 * 1024 * 1024
+"""The largest API answer or error body read (4 MB, decoded): answers over it are
+refused, error bodies cut."""
+_READ_CHUNK = 64 * 1024
+_T = TypeVar("_T")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 
 
@@ -119,30 +128,109 @@ class Http:
             ):
                 yield response
         except TimeoutError as exc:
+            _abort(upload)
             raise self._timeout_error(exc, timer, upload) from None
         except aiohttp.ClientError as exc:
+            _abort(upload)
             if upload is not None and upload.error is not None:
                 raise upload.error from None
-            raise APIConnectionError(f"{failed} ({type(exc).__name__}: {exc}); {hint}") from exc
+            raise self._connection_error(_scrubbed(exc), failed, hint, upload) from exc
+        except BaseException:
+            _abort(upload)  # cancelled, or the caller's reading failed: drop the socket now
+            raise
         finally:
             if upload is not None:
                 upload.release()
 
+    def _connection_error(
+        self, exc: aiohttp.ClientError, failed: str, hint: str, upload: ImagePayload | None
+    ) -> IdeogramError:
+        """The error of a request that got no usable answer; ``exc`` carries no headers."""
+        what = self._settings.key.redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError) and not isinstance(
+            exc, aiohttp.RedirectClientError
+        ):
+            return ValidationError(f"{failed}: not a URL it can fetch ({what}); check it")
+        permanent = isinstance(exc, aiohttp.RedirectClientError) or (
+            isinstance(exc, aiohttp.ClientResponseError)
+            and not isinstance(exc, aiohttp.ClientHttpProxyError)
+        )
+        if permanent:
+            hint = "retrying cannot help: the answer (a redirect or its headers) is unusable"
+        body_sent = upload is not None and upload.complete
+        when = " after the image was sent" if body_sent else ""
+        return APIConnectionError(
+            f"{failed}{when} ({what}); {hint}", body_sent=body_sent, transient=not permanent
+        )
+
     async def raise_for_status(
         self, response: aiohttp.ClientResponse, *, download: bool = False
     ) -> None:
-        """Raise the ``APIError`` of a non-2xx answer (``download``: of an image URL)."""
+        """Raise the ``APIError`` of a non-2xx answer (``download``: of an image URL).
+
+        Its body is read up to ``max_response_size`` (the rest is dropped) and the
+        key is masked in it, in the detail decoded from it and in the request id.
+        """
         if response.status >= 300:
-            raise _api_error(response, await self._read(response), download=download)
+            text = self._scrub(await self._read(response, cut=True))
+            raise _api_error(response, text, self._settings.key, download=download)
 
     async def text(self, response: aiohttp.ClientResponse) -> str:
-        """The body of a 2xx answer as text; any other status raises its ``APIError``."""
-        await self.raise_for_status(response)
-        return await self._read(response)
+        """The body of a 2xx answer, as it came; any other status raises its ``APIError``.
 
-    async def _read(self, response: aiohttp.ClientResponse) -> str:
-        """The body as text, with the key masked (a service may echo it back)."""
-        return self._settings.key.redact(await response.text(errors="replace"))
+        A body over ``max_response_size`` raises ``ResponseFormatError``.
+        """
+        await self.raise_for_status(response)
+        return await self._read(response, cut=False)
+
+    def parse(self, parse: Callable[[str, int], _T], text: str, status: int) -> _T:
+        """``parse(text, status)``; a ``ResponseFormatError`` it raises shows no key."""
+        try:
+            return parse(text, status)
+        except ResponseFormatError:
+            scrubbed = self._scrub(text)
+            if scrubbed == text:
+                raise
+        return parse(scrubbed, status)  # fails the same way, quoting the masked body
+
+    async def _read(self, response: aiohttp.ClientResponse, *, cut: bool) -> str:
+        """The decoded body, at most ``max_response_size`` bytes of it.
+
+        Read in chunks with a running total (gzip is inflated chunk by chunk), so a
+        huge or endless body costs no more memory than the cap. Over the cap, the
+        body is ``cut`` short or refused with ``ResponseFormatError``.
+        """
+        limit = self._settings.max_response_size
+        length = response.content_length
+        if not cut and length is not None and length > limit:
+            raise _too_large(response, limit)
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                if not cut:
+                    raise _too_large(response, limit)
+                chunks.append(chunk[: len(chunk) - (total - limit)])
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        try:
+            return data.decode(response.charset or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know
+            return data.decode("utf-8", errors="replace")
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the key masked, also where JSON escapes (``\\/``, ``\\u``) hide it."""
+        key = self._settings.key
+        text = key.redact(text)
+        if "\\" not in text:
+            return text
+        try:
+            decoded = json.dumps(json.loads(text), ensure_ascii=False)
+        except (ValueError, RecursionError):
+            return text
+        return key.redact(decoded) if key.reveal() in decoded else text
 
     def _timeout_error(
         self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
@@ -166,7 +254,39 @@ class Http:
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
 
 
-def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:
+def _abort(upload: ImagePayload | None) -> None:
+    """Close the connection an upload went out on at once, unsent data and all.
+
+    A plain close waits until the data in the socket's buffer is sent, which for a
+    server that stopped reading is never: the socket would outlive the request.
+    """
+    if upload is not None:
+        upload.abort()
+
+
+def _scrubbed(exc: aiohttp.ClientError) -> aiohttp.ClientError:
+    """``exc`` without the request headers (the key) aiohttp keeps in its response errors."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        exc.request_info = exc.request_info._replace(headers=CIMultiDictProxy(CIMultiDict()))
+        exc.history = ()
+        exc.headers = None
+        exc.args = (exc.request_info, ())
+    return exc
+
+
+def _too_large(response: aiohttp.ClientResponse, limit: int) -> ResponseFormatError:
+    return ResponseFormatError(
+        f"the service answered HTTP {response.status} with a body over max_response_size "
+        f"({limit} bytes); check base_url points at the upscale service, or raise "
+        f"max_response_size",
+        body="",
+        status=response.status,
+    )
+
+
+def _api_error(
+    response: aiohttp.ClientResponse, text: str, key: Secret, *, download: bool
+) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
     should_retry = headers.get("x-should-retry", "").strip().lower()
@@ -179,7 +299,9 @@ def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -
         response.status,
         detail,
         body=text,
-        request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
+        request_id=next(
+            (key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None
+        ),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
     )
@@ -189,7 +311,7 @@ def _error_detail(text: str, content_type: str) -> str:
     """The service's own error text: JSON detail/message/error, else a body snippet."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         data = None
     for _ in range(3):  # unwrap {"error": {"message": ...}} and the like
         if not isinstance(data, dict):
@@ -198,7 +320,10 @@ def _error_detail(text: str, content_type: str) -> str:
     if isinstance(data, str):
         return snippet(data)
     if data is not None:
-        return snippet(json.dumps(data))
+        try:
+            return snippet(json.dumps(data))
+        except RecursionError:
+            return snippet(text)
     if "html" in content_type:
         return f"an HTML error page from a gateway: {snippet(text, 120)!r}"
     return snippet(text) if text.strip() else ""

@@ -13,7 +13,7 @@ import aiohttp
 from aiolimiter import AsyncLimiter
 
 from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
-from ._http import Http
+from ._http import DEFAULT_MAX_RESPONSE_SIZE, Http
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
@@ -50,6 +50,7 @@ class IdeogramClient:
         retry: RetryPolicy | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         max_download_size: int = DEFAULT_MAX_DOWNLOAD_SIZE,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
@@ -63,6 +64,7 @@ class IdeogramClient:
             retry=retry,
             max_file_size=max_file_size,
             max_download_size=max_download_size,
+            max_response_size=max_response_size,
             session=session,
         )
         self.flavor = settings.flavor
@@ -71,6 +73,7 @@ class IdeogramClient:
         self.requests_per_second = settings.requests_per_second
         self.max_file_size = settings.max_file_size
         self.max_download_size = settings.max_download_size
+        self.max_response_size = settings.max_response_size
         self.timeouts = settings.timeouts
         self.retry = settings.retry
         self._key = settings.key
@@ -293,4 +296,4 @@ class IdeogramClient:
                 allow_redirects=False,
             ) as response:
                 text = await self._http.text(response)
-        return parse_response(text, response.status)
+        return self._http.parse(parse_response, text, response.status)

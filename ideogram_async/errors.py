@@ -73,7 +73,18 @@ class ImageChangedError(IdeogramError):
 
 
 class APIConnectionError(IdeogramError):
-    """The request got no usable HTTP response (refused, reset, disconnected)."""
+    """The request got no usable HTTP response (refused, reset, disconnected).
+
+    ``body_sent`` is true when the whole image had been sent (handed to the
+    operating system) before the failure, so the service may have done, and billed,
+    the work. ``transient`` is false when retrying cannot help (an invalid or
+    looping redirect, response headers over aiohttp's limits).
+    """
+
+    def __init__(self, message: str, *, body_sent: bool = False, transient: bool = True) -> None:
+        super().__init__(message)
+        self.body_sent = body_sent
+        self.transient = transient
 
 
 class APITimeoutError(APIConnectionError):
@@ -81,14 +92,12 @@ class APITimeoutError(APIConnectionError):
 
     ``"connect"`` (opening the connection), ``"attempt"`` (one request, from the
     moment it held a concurrency slot) or ``"deadline"`` (the whole call, retries
-    and waits included). ``body_sent`` is true when the upload had completed, so
-    the service may have done (and billed) the work.
+    and waits included).
     """
 
     def __init__(self, message: str, *, kind: str, body_sent: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(message, body_sent=body_sent)
         self.kind = kind
-        self.body_sent = body_sent
 
 
 class ResponseFormatError(IdeogramError):

@@ -150,7 +150,7 @@ def parse_response(body: str, status: int = 200) -> UpscaleResponse:
     """Turn a 2xx body into an :class:`UpscaleResponse` or raise ``ResponseFormatError``."""
     try:
         raw = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         raise ResponseFormatError(
             f"the service answered HTTP {status} with a body that is not JSON: "
             f"{snippet(body)!r}; check base_url points at the upscale service",

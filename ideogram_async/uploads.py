@@ -166,6 +166,7 @@ class ImagePayload(payload.Payload):
         self.complete = False
         self.error: IdeogramError | None = None
         self._file: IO[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
         self._released = False
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -181,6 +182,7 @@ class ImagePayload(payload.Payload):
             return  # the attempt was abandoned before aiohttp's writer task started
         sent = 0
         source = self._image._source
+        self._transport = getattr(writer, "transport", None)
         try:
             await self._open()
             if self._released:  # abandoned while the file was being opened
@@ -214,6 +216,12 @@ class ImagePayload(payload.Payload):
                 file.close()
             return
         self._file = file
+
+    def abort(self) -> None:
+        """Drop the connection this attempt's upload went out on, buffered data and all."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
 
     def release(self) -> None:
         """Close the file this attempt opened, at once (also on cancellation).

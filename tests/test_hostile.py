@@ -46,7 +46,7 @@ from ideogram_async import (
     ValidationError,
     uploads,
 )
-from ideogram_async.cli._inputs import find_images
+from ideogram_async.cli._inputs import UsageError, find_images
 from ideogram_async.testing import Emulator
 
 from ._support import KEY, make_image, open_fds
@@ -270,7 +270,6 @@ async def test_a_device_is_refused_as_not_a_regular_file(hostile: Hostile) -> No
             await client.upscale("/dev/null")
 
 
-@pytest.mark.xfail(strict=True, reason="globs keep FIFOs and crash on symlink loops")
 def test_cli_globs_skip_special_files_and_symlink_loops(tmp_path: Path) -> None:
     (tmp_path / "real.png").write_bytes(PNG)
     os.mkfifo(tmp_path / "pipe.png")
@@ -278,6 +277,9 @@ def test_cli_globs_skip_special_files_and_symlink_loops(tmp_path: Path) -> None:
     for arg in (str(tmp_path / "*.png"), str(tmp_path)):
         found = find_images([arg], recursive=False, exclude=tmp_path / "out")
         assert [source.path.name for source in found] == ["real.png"]
+    for named in ("pipe.png", "loop.png"):
+        with pytest.raises(UsageError, match="not a regular file"):
+            find_images([str(tmp_path / named)], recursive=False, exclude=tmp_path / "out")
 
 
 # -- 5. downloads: checked before writing, capped -------------------------------------------
@@ -542,7 +544,6 @@ async def test_an_invalid_url_is_not_retried(hostile: Hostile, tmp_path: Path) -
     assert caught.value.attempts <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="prompts of any length are sent")
 def test_a_prompt_over_the_cap_is_a_validation_error() -> None:
     UpscaleRequest(prompt="p" * 10_000)
     with pytest.raises(ValidationError, match="10000"):
@@ -552,11 +553,7 @@ def test_a_prompt_over_the_cap_is_a_validation_error() -> None:
 @pytest.mark.parametrize(
     ("name", "sent"),
     [
-        pytest.param(
-            "фото.png",
-            'filename="фото.png"',
-            marks=pytest.mark.xfail(strict=True, reason="aiohttp percent-encodes the filename"),
-        ),
+        ("фото.png", 'filename="фото.png"'),
         ('a"b\r\n.png', 'filename="a%22b%0D%0A.png"'),
     ],
 )

@@ -60,6 +60,7 @@ ImageInput: TypeAlias = (
 )
 """What ``upscale`` accepts as an image."""
 
+_FILENAME_ESCAPES = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
 DEFAULT_MAX_FILE_SIZE = 25 * 1024 * 1024
 """The official API's cap on an uploaded image (25 MB)."""
 
@@ -162,7 +163,14 @@ class ImagePayload(payload.Payload):
         super().__init__(image, content_type=image.content_type, filename=image.filename)
         self._image = image
         self._size = image.size
-        self.set_content_disposition("form-data", name="image_file", filename=image.filename)
+        # RFC 7578: the name goes out as UTF-8, with only '"', CR and LF percent-encoded
+        # (as browsers do); aiohttp's default would percent-encode every non-ASCII byte.
+        self.set_content_disposition(
+            "form-data",
+            quote_fields=False,
+            name="image_file",
+            filename=image.filename.translate(_FILENAME_ESCAPES),
+        )
         self.complete = False
         self.error: IdeogramError | None = None
         self._file: IO[bytes] | None = None

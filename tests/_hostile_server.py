@@ -209,10 +209,13 @@ async def _serve(
     if kind == "silent":  # the whole upload read, then nothing
         await _hold(reader)
         return False
-    if kind == "json-key":  # a 400 echoing the key JSON-escaped: arg "u" (\uXXXX) or "slash" (\/)
+    if kind == "json-key":  # the key echoed JSON-escaped: arg "u" (\uXXXX) or "slash" (\/),
+        # in a 400, or with "-200" in a 200 that is not the documented shape
+        escape, _, status = arg.partition("-")
         key = request.key
-        escaped = _escape_all(key) if arg == "u" else key.replace("/", "\\/")
-        writer.write(_json(400, f'{{"detail": "invalid key {escaped}"}}'.encode()))
+        escaped = _escape_all(key) if escape == "u" else key.replace("/", "\\/")
+        body = f'{{"detail": "invalid key {escaped}"}}'.encode()
+        writer.write(_json(int(status or 400), body))
         return True
     if kind == "request-id-key":  # a 400 whose request id echoes the key
         writer.write(_json(400, b'{"detail": "nope"}', {"x-request-id": f"req-{request.key}"}))

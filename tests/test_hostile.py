@@ -347,17 +347,32 @@ async def test_a_download_that_cannot_be_written_is_an_error_of_the_tree(
 # -- 6. the key never escapes ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "escape"), [(KEY, "u"), ("sk/test/5e3cr3t/key", "slash")])
+@pytest.mark.parametrize(
+    ("key", "escape", "error"),
+    [
+        (KEY, "u", BadRequestError),
+        ("sk/test/5e3cr3t/key", "slash", BadRequestError),
+        (KEY, "u-200", ResponseFormatError),
+    ],
+)
 async def test_a_key_echoed_json_escaped_is_masked(
-    hostile: Hostile, caplog: pytest.LogCaptureFixture, key: str, escape: str
+    hostile: Hostile,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    escape: str,
+    error: type[IdeogramError],
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ideogram_async")
     async with client_of(hostile.url("json-key", escape), api_key=key) as client:
-        with pytest.raises(BadRequestError) as caught:
+        with pytest.raises(error) as caught:
             await client.upscale(PNG)
     assert "invalid key" in str(caught.value)
     assert key not in chain_text(caught.value)
     assert key not in caplog.text
+    # Nor in the escaped form the server sent, which anyone can decode.
+    sent = "".join(f"\\u{ord(c):04x}" for c in key) if escape[0] == "u" else key.replace("/", "\\/")
+    for text in (str(caught.value), getattr(caught.value, "body", ""), caplog.text):
+        assert sent not in text
 
 
 async def test_a_key_echoed_in_the_request_id_is_masked(hostile: Hostile) -> None:

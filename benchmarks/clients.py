@@ -35,6 +35,8 @@ REQUEST = UpscaleRequest(
 _FORM_JSON = REQUEST.to_json()
 _HEADERS = {"Accept": "application/json", "Authorization": f"Bearer {API_KEY}"}
 _TIMEOUT = 300.0
+NAIVE_ATTEMPTS = 3
+"""Attempts per request of the hand-written retry loop (a common choice, openai-python's)."""
 
 
 class Client(enum.StrEnum):
@@ -48,6 +50,9 @@ class Client(enum.StrEnum):
     """``IdeogramClient.upscale_many`` over a generator of paths."""
     AIOHTTP = "aiohttp"
     """Hand-written: ``aiohttp.ClientSession`` + ``FormData`` + ``Semaphore`` + gather."""
+    AIOHTTP_RETRY = "aiohttp-retry"
+    """``aiohttp``, plus the retry loop people add: any failure is retried at once,
+    up to :data:`NAIVE_ATTEMPTS` attempts in all."""
     HTTPX = "httpx"
     """``httpx.AsyncClient(limits=Limits(max_connections=C))`` + ``Semaphore`` + gather."""
 
@@ -88,11 +93,26 @@ async def _bounded(count: int, concurrency: int, one: Callable[[], Awaitable[Non
     return await _gather(bounded() for _ in range(count))
 
 
-async def _run_aiohttp(base_url: str, image: Path, count: int, concurrency: int) -> Outcome:
+async def _run_aiohttp(
+    base_url: str, image: Path, count: int, concurrency: int, *, attempts: int = 1
+) -> Outcome:
+    """The hand-written loop; with ``attempts`` > 1, any failure is retried at once."""
     url = base_url + UPSCALE_PATH
+    made = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT)) as session:
 
         async def one() -> None:
+            nonlocal made
+            for attempt in range(1, attempts + 1):
+                made += 1
+                try:
+                    await post()
+                    return
+                except (aiohttp.ClientError, RuntimeError):
+                    if attempt == attempts:
+                        raise
+
+        async def post() -> None:
             form = aiohttp.FormData()
             form.add_field("image_request", _FORM_JSON)
             # A plain open: this is the loop people write (aiohttp streams the file).
@@ -103,7 +123,9 @@ async def _run_aiohttp(base_url: str, image: Path, count: int, concurrency: int)
                         raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
                     await response.json()
 
-        return await _bounded(count, concurrency, one)
+        outcome = await _bounded(count, concurrency, one)
+    outcome.attempts = made
+    return outcome
 
 
 async def _run_httpx(base_url: str, image: Path, count: int, concurrency: int) -> Outcome:
@@ -162,6 +184,8 @@ async def run_client(
     """Upload ``image`` ``count`` times with ``client``, ``concurrency`` at a time."""
     if client is Client.AIOHTTP:
         return await _run_aiohttp(base_url, image, count, concurrency)
+    if client is Client.AIOHTTP_RETRY:
+        return await _run_aiohttp(base_url, image, count, concurrency, attempts=NAIVE_ATTEMPTS)
     if client is Client.HTTPX:
         return await _run_httpx(base_url, image, count, concurrency)
     return await _run_library(client, base_url, image, count, concurrency)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._bodies import read_capped, scrub
 from ._settings import Flavor, Secret, Settings
 from ._version import __version__
 from .errors import (
@@ -40,12 +41,8 @@ from .errors import (
 from .retry import parse_retry_after
 from .uploads import ImagePayload
 
-__all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "Http", "error_for_status"]
+__all__ = ["Http", "error_for_status"]
 
-DEFAULT_MAX_RESPONSE_SIZE = 4 * 1024 * 1024
-"""The largest API answer or error body read (4 MB, decoded): answers over it are
-refused, error bodies cut."""
-_READ_CHUNK = 64 * 1024
 _T = TypeVar("_T")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 
@@ -159,8 +156,12 @@ class Http:
             hint = "retrying cannot help: the answer (a redirect or its headers) is unusable"
         body_sent = upload is not None and upload.complete
         when = " after the image was sent" if body_sent else ""
+        unreachable = _unreachable(exc)
         return APIConnectionError(
-            f"{failed}{when} ({what}); {hint}", body_sent=body_sent, transient=not permanent
+            f"{failed}{when} ({unreachable or what}); {hint}",
+            body_sent=body_sent,
+            transient=not permanent,
+            unreachable=unreachable is not None,
         )
 
     async def raise_for_status(
@@ -172,7 +173,10 @@ class Http:
         key is masked in it, in the detail decoded from it and in the request id.
         """
         if response.status >= 300:
-            text = self._scrub(await self._read(response, cut=True))
+            text = scrub(
+                self._settings.key,
+                await read_capped(response, self._settings.max_response_size, cut=True),
+            )
             raise _api_error(response, text, self._settings.key, download=download)
 
     async def text(self, response: aiohttp.ClientResponse) -> str:
@@ -181,56 +185,17 @@ class Http:
         A body over ``max_response_size`` raises ``ResponseFormatError``.
         """
         await self.raise_for_status(response)
-        return await self._read(response, cut=False)
+        return await read_capped(response, self._settings.max_response_size, cut=False)
 
     def parse(self, parse: Callable[[str, int], _T], text: str, status: int) -> _T:
         """``parse(text, status)``; a ``ResponseFormatError`` it raises shows no key."""
         try:
             return parse(text, status)
         except ResponseFormatError:
-            scrubbed = self._scrub(text)
+            scrubbed = scrub(self._settings.key, text)
             if scrubbed == text:
                 raise
         return parse(scrubbed, status)  # fails the same way, quoting the masked body
-
-    async def _read(self, response: aiohttp.ClientResponse, *, cut: bool) -> str:
-        """The decoded body, at most ``max_response_size`` bytes of it.
-
-        Read in chunks with a running total (gzip is inflated chunk by chunk), so a
-        huge or endless body costs no more memory than the cap. Over the cap, the
-        body is ``cut`` short or refused with ``ResponseFormatError``.
-        """
-        limit = self._settings.max_response_size
-        length = response.content_length
-        if not cut and length is not None and length > limit:
-            raise _too_large(response, limit)
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.content.iter_chunked(_READ_CHUNK):
-            total += len(chunk)
-            if total > limit:
-                if not cut:
-                    raise _too_large(response, limit)
-                chunks.append(chunk[: len(chunk) - (total - limit)])
-                break
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        try:
-            return data.decode(response.charset or "utf-8", errors="replace")
-        except LookupError:  # a charset Python does not know
-            return data.decode("utf-8", errors="replace")
-
-    def _scrub(self, text: str) -> str:
-        """``text`` with the key masked, also where JSON escapes (``\\/``, ``\\u``) hide it."""
-        key = self._settings.key
-        text = key.redact(text)
-        if "\\" not in text:
-            return text
-        try:
-            decoded = json.dumps(json.loads(text), ensure_ascii=False)
-        except (ValueError, RecursionError):
-            return text
-        return key.redact(decoded) if key.reveal() in decoded else text
 
     def _timeout_error(
         self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
@@ -254,6 +219,17 @@ class Http:
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
 
 
+def _unreachable(exc: aiohttp.ClientError) -> str | None:
+    """Why the host cannot be reached at all (refused, unknown name); ``None`` otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused: nothing listens at that address"
+    return None
+
+
 def _abort(upload: ImagePayload | None) -> None:
     """Close the connection an upload went out on at once, unsent data and all.
 
@@ -272,16 +248,6 @@ def _scrubbed(exc: aiohttp.ClientError) -> aiohttp.ClientError:
         exc.headers = None
         exc.args = (exc.request_info, ())
     return exc
-
-
-def _too_large(response: aiohttp.ClientResponse, limit: int) -> ResponseFormatError:
-    return ResponseFormatError(
-        f"the service answered HTTP {response.status} with a body over max_response_size "
-        f"({limit} bytes); check base_url points at the upscale service, or raise "
-        f"max_response_size",
-        body="",
-        status=response.status,
-    )
 
 
 def _api_error(
@@ -304,6 +270,8 @@ def _api_error(
         ),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
+        method=response.method,
+        url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
 
 
@@ -368,6 +336,8 @@ def error_for_status(
     retry_after: float | None,
     should_retry: bool | None,
     hint: str | None = None,
+    method: str | None = None,
+    url: str | None = None,
 ) -> APIError:
     """Build the :class:`APIError` subclass that matches ``status``.
 
@@ -387,4 +357,6 @@ def error_for_status(
         request_id=request_id,
         retry_after=retry_after,
         should_retry=should_retry,
+        method=method,
+        url=url,
     )

@@ -12,8 +12,9 @@ from typing import Self
 import aiohttp
 from aiolimiter import AsyncLimiter
 
+from ._bodies import DEFAULT_MAX_RESPONSE_SIZE
 from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
-from ._http import DEFAULT_MAX_RESPONSE_SIZE, Http
+from ._http import Http
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError

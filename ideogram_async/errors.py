@@ -1,6 +1,10 @@
 """The exception tree of ``ideogram_async``.
 
-Every error the library raises on purpose derives from :class:`IdeogramError`::
+Every error a caller can see from ``ideogram_async`` derives from :class:`IdeogramError`;
+what goes wrong underneath (aiohttp, the network, the service, files) is mapped to this
+tree where it happens, so ``except IdeogramError`` catches every failure of a call
+(cancellation, ``KeyboardInterrupt`` and the like excepted: they are not failures).
+Any other exception escaping is a bug::
 
     IdeogramError
     ├── ValidationError (also ValueError)    bad input or settings; nothing was sent
@@ -18,7 +22,10 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
         └── ServerError                      5xx
 
 Messages say what happened and what to do about it; they never contain the API key.
-``attempts`` tells how many HTTP attempts were made before the error was raised.
+``attempts`` tells how many HTTP attempts were made before the error was raised; a
+``ValidationError`` always has 0: nothing was sent. An :class:`APIError` also carries
+the request it answers (``method``, ``url``) and, as in openai-python and httpx,
+``status_code``.
 """
 
 from __future__ import annotations
@@ -78,13 +85,24 @@ class APIConnectionError(IdeogramError):
     ``body_sent`` is true when the whole image had been sent (handed to the
     operating system) before the failure, so the service may have done, and billed,
     the work. ``transient`` is false when retrying cannot help (an invalid or
-    looping redirect, response headers over aiohttp's limits).
+    looping redirect, response headers over aiohttp's limits). ``unreachable`` is
+    true when the host refused the connection or its name did not resolve: a wrong
+    ``base_url`` or a service that is down, which retrying soon will not fix (see
+    ``RetryPolicy.connect_attempts``).
     """
 
-    def __init__(self, message: str, *, body_sent: bool = False, transient: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        body_sent: bool = False,
+        transient: bool = True,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(message)
         self.body_sent = body_sent
         self.transient = transient
+        self.unreachable = unreachable
 
 
 class APITimeoutError(APIConnectionError):
@@ -115,6 +133,8 @@ class APIError(IdeogramError):
     ``message`` is the service's own error text, ``body`` the raw body (text),
     ``request_id`` the id from the response headers when there was one, and
     ``retry_after`` the wait in seconds that the service asked for, if any.
+    ``method`` and ``url`` name the request answered (the URL without credentials or
+    query string, which may hold a signature).
     """
 
     def __init__(
@@ -126,6 +146,8 @@ class APIError(IdeogramError):
         request_id: str | None = None,
         retry_after: float | None = None,
         should_retry: bool | None = None,
+        method: str | None = None,
+        url: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -134,6 +156,13 @@ class APIError(IdeogramError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.should_retry = should_retry
+        self.method = method
+        self.url = url
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status, under the name openai-python and httpx use."""
+        return self.status
 
     def __str__(self) -> str:
         rid = f" (request id {self.request_id})" if self.request_id else ""

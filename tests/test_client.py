@@ -270,15 +270,28 @@ async def test_service_rejection_is_not_retried(emulator: Emulator, png_bytes: b
 
 
 async def test_client_used_after_close_is_a_clear_error(
-    emulator: Emulator, png_bytes: bytes
+    emulator: Emulator, png_bytes: bytes, tmp_path: Path
 ) -> None:
     client = IdeogramClient(api_key=KEY, base_url=emulator.base_url)
     async with client:
+        assert not client.closed
         await client.upscale(png_bytes)
     assert client.closed
     with pytest.raises(ClientClosedError, match="closed"):
         await client.upscale(png_bytes)
+    with pytest.raises(ClientClosedError):
+        # Checked first: a missing file does not mask the real problem.
+        await client.upscale(tmp_path / "missing.png")
+    with pytest.raises(ClientClosedError):
+        client.upscale_many([png_bytes])
+    with pytest.raises(ClientClosedError):
+        await client.download(emulator.base_url + "/images/x.png", tmp_path / "x.png")
+    with pytest.raises(RuntimeError):  # ClientClosedError is also a RuntimeError
+        async with client:
+            pass
     await client.aclose()  # idempotent
+    assert emulator.stats.requests == 1
+    assert len(emulator.stats.image_requests) == 0
 
 
 async def test_a_passed_session_is_used_and_left_open(emulator: Emulator, png_bytes: bytes) -> None:

@@ -1,13 +1,16 @@
-"""The exception tree (errors.py) and the status -> exception mapping (_http.py)."""
+"""The exception tree (errors.py) and the status -> exception mapping (_http.py).
+
+The mapping is checked over a real socket, against the emulator, from one table."""
 
 from __future__ import annotations
 
 import builtins
+import json
 import re
 
 import pytest
 
-from ideogram_async import errors
+from ideogram_async import IdeogramClient, RetryPolicy, errors
 from ideogram_async._http import error_for_status
 from ideogram_async.errors import (
     APIConnectionError,
@@ -25,24 +28,127 @@ from ideogram_async.errors import (
     ValidationError,
     snippet,
 )
+from ideogram_async.testing import Emulator, Fault, FaultPlan
 
-STATUS_CLASSES = {
-    400: BadRequestError,
-    413: BadRequestError,
-    422: BadRequestError,
-    401: AuthenticationError,
-    403: AuthenticationError,
-    402: PaymentRequiredError,
-    404: NotFoundError,
-    410: NotFoundError,
-    429: RateLimitError,
-    500: ServerError,
-    502: ServerError,
-    503: ServerError,
-    504: ServerError,
-    408: APIError,
-    409: APIError,
-}
+from ._support import KEY, make_image
+
+HTML_503 = (
+    "<html>\n<head><title>503 Service Temporarily Unavailable</title></head>\n<body>\n"
+    "<center><h1>503 Service Temporarily Unavailable</h1></center>\n"
+    "<hr><center>nginx</center>\n</body>\n</html>\n"
+)
+JSON = "application/json"
+TEXT = "text/plain"
+
+# The one table of the status -> error mapping: the status, the error class, the body
+# the service sends, its content type, and the detail the message must carry.
+STATUS_TABLE = [
+    (400, BadRequestError, '{"detail": "image_request is not JSON"}', JSON, "is not JSON"),
+    (401, AuthenticationError, '{"message": "Invalid credentials"}', JSON, "Invalid credentials"),
+    (402, PaymentRequiredError, '{"error": "Insufficient balance"}', JSON, "Insufficient balance"),
+    (403, AuthenticationError, '{"error": {"message": "Not allowed"}}', JSON, "Not allowed"),
+    (404, NotFoundError, "Not Found", TEXT, "Not Found"),
+    (408, APIError, '{"detail": "Request timeout"}', JSON, "Request timeout"),
+    (409, APIError, '{"detail": "Conflict"}', JSON, "Conflict"),
+    (410, NotFoundError, '{"detail": "Gone"}', JSON, "Gone"),
+    (413, BadRequestError, "<html><h1>413 Too Large</h1></html>", "text/html", "413 Too Large"),
+    (422, BadRequestError, '{"detail": [{"msg": "must be <= 100"}]}', JSON, "must be <= 100"),
+    (429, RateLimitError, '{"detail": "Too many requests"}', JSON, "Too many requests"),
+    (500, ServerError, '{"detail": "Internal error"}', JSON, "Internal error"),
+    (501, ServerError, "Not Implemented", TEXT, "Not Implemented"),
+    (502, ServerError, '{"detail": "Bad gateway"}', JSON, "Bad gateway"),
+    (503, ServerError, HTML_503, "text/html", "503 Service Temporarily Unavailable"),
+    (504, ServerError, '{"message": "Gateway timeout"}', JSON, "Gateway timeout"),
+    (599, ServerError, "odd", TEXT, "odd"),
+]
+STATUS_CLASSES = {status: cls for status, cls, *_ in STATUS_TABLE}
+PNG = make_image("png", (4, 4))
+
+
+async def answer_with(
+    status: int, body: str, content_type: str = JSON, headers: dict[str, str] | None = None
+) -> IdeogramError:
+    """The error ``upscale`` raises when the service answers so (over a real socket)."""
+    fault = Fault("status", status, tuple((headers or {}).items()), body, content_type)
+    async with (
+        Emulator(api_key=KEY, upscale=False, faults=FaultPlan.always(fault)) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy.no_retries()
+        ) as client,
+    ):
+        with pytest.raises(IdeogramError) as caught:
+            await client.upscale(PNG)
+    assert emulator.stats.requests == 1
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "body", "content_type", "detail"),
+    STATUS_TABLE,
+    ids=[str(case[0]) for case in STATUS_TABLE],
+)
+async def test_each_status_maps_to_its_error(
+    status: int, cls: type[APIError], body: str, content_type: str, detail: str
+) -> None:
+    headers = {"x-request-id": f"req-{status}"}
+    if status == 429:
+        headers["Retry-After"] = "7"
+    error = await answer_with(status, body, content_type, headers)
+    assert type(error) is cls
+    assert isinstance(error, APIError)
+    assert error.status == error.status_code == status
+    assert error.method == "POST"
+    assert error.url is not None
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/ideogram/upscale", error.url)
+    assert detail in error.message
+    assert detail in str(error)
+    assert str(status) in str(error)
+    assert error.request_id == f"req-{status}"
+    assert f"req-{status}" in str(error)
+    assert error.body == body
+    assert error.attempts == 1
+    assert error.retry_after == (7.0 if status == 429 else None)
+    if "html" in content_type:
+        assert "HTML" in error.message
+        assert "\n" not in error.message
+    assert KEY not in str(error) + repr(error) + error.body
+
+
+@pytest.mark.parametrize("header", ["request-id", "x-amzn-requestid", "cf-ray"])
+async def test_other_request_id_headers(header: str) -> None:
+    error = await answer_with(500, "oops", TEXT, {header: "abc-1"})
+    assert isinstance(error, ServerError)
+    assert error.request_id == "abc-1"
+
+
+async def test_x_should_retry_is_read_and_an_empty_body_still_gives_a_message() -> None:
+    error = await answer_with(503, "", TEXT, {"x-should-retry": "false"})
+    assert isinstance(error, ServerError)
+    assert error.should_retry is False
+    assert error.message
+
+
+async def test_the_key_never_appears_in_an_error_even_when_the_service_echoes_it() -> None:
+    error = await answer_with(401, json.dumps({"detail": f"Invalid API key: {KEY}"}))
+    assert isinstance(error, AuthenticationError)
+    assert "Invalid API key" in str(error)
+    assert KEY not in str(error) + repr(error) + error.message + error.body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html><body>It works!</body></html>",
+        '{"created": "2000-01-23T04:56:07.000Z"}',
+        '{"created": "2000-01-23T04:56:07.000Z", "data": [{"url": 5}]}',
+    ],
+    ids=["html", "no data", "url int"],
+)
+async def test_a_200_with_a_malformed_body_is_a_response_format_error(body: str) -> None:
+    error = await answer_with(200, body)
+    assert isinstance(error, ResponseFormatError)
+    assert (error.status, error.body, error.attempts) == (200, body, 1)
+
 
 _TREE_LINE = re.compile(
     r"^(?P<prefix>(?:│   |    )*)[├└]── (?P<name>\w+)(?: \(also (?P<also>\w+)\))?\s*(?P<rest>.*)$"
@@ -83,18 +189,6 @@ def _error(status: int, detail: str = "boom", **kwargs: object) -> APIError:
     }
     options.update(kwargs)
     return error_for_status(status, detail, **options)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES.items())
-def test_error_for_status_picks_the_class(status: int, cls: type[APIError]) -> None:
-    error = _error(status)
-    assert type(error) is cls
-    assert error.status == status
-
-
-@pytest.mark.parametrize("status", [501, 505, 599])
-def test_any_5xx_is_a_server_error(status: int) -> None:
-    assert type(_error(status)) is ServerError
 
 
 @pytest.mark.parametrize("status", sorted(STATUS_CLASSES))

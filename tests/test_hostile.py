@@ -174,11 +174,9 @@ async def test_an_oversized_error_body_is_cut_and_the_status_kept(
 @pytest.mark.parametrize(
     "header",
     [
-        pytest.param("Retry-After=nan", marks=pytest.mark.xfail(strict=True, reason="NaN wait")),
-        pytest.param("retry-after-ms=nan", marks=pytest.mark.xfail(strict=True, reason="NaN")),
-        pytest.param(
-            "Retry-After=-100", marks=pytest.mark.xfail(strict=True, reason="-100 retries at once")
-        ),
+        "Retry-After=nan",
+        "retry-after-ms=nan",
+        "Retry-After=-100",
         "Retry-After=inf",
         "Retry-After=garbage",
     ],

@@ -216,10 +216,9 @@ class ImagePayload(payload.Payload):
         """Open the file this attempt sends, in a worker thread (opening may block)."""
         file = await _in_thread(self._image._source.open, _close)
         if self._released:  # abandoned while the file was being opened
-            if file is not None:
-                file.close()
-            return
-        self._file = file
+            _close(file)
+        else:
+            self._file = file
 
     def abort(self) -> None:
         """Drop the connection this attempt's upload went out on, buffered data and all."""

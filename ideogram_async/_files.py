@@ -76,14 +76,33 @@ async def write_atomically(
     return await _write(target, head, chunks, size, max_size)
 
 
-async def _disk(target: Path, work: Callable[..., _T], *args: Any) -> _T:
-    """Run file system ``work`` in a worker thread; its ``OSError`` is an ``IdeogramError``."""
+async def _disk(
+    target: Path, work: Callable[..., _T], *args: Any, undo: Callable[[_T], None] | None = None
+) -> _T:
+    """Run file system ``work`` in a worker thread; its ``OSError`` is an ``IdeogramError``.
+
+    If the caller is cancelled, the thread is waited for (and what it made undone),
+    so that a cancelled download leaves no temporary file behind.
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        if not future.cancelled() and future.exception() is None and undo is not None:
+            undo(future.result())
+        raise
     except OSError as exc:
         raise IdeogramError(
             f"cannot write {target}: {exc.strerror or exc}; check the folder and free space"
         ) from None
+
+
+def _discard(created: tuple[int, str]) -> None:
+    fd, name = created
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
 
 
 async def _write(
@@ -94,7 +113,7 @@ async def _write(
         # A short prefix: the temp name must fit wherever the target's name fits.
         return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:40]}.", suffix=".part")
 
-    fd, temp_name = await _disk(target, create)
+    fd, temp_name = await _disk(target, create, undo=_discard)
     try:
         with os.fdopen(fd, "wb") as file:
             await _disk(target, file.write, head)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -141,6 +144,36 @@ async def test_cancelled_write_leaves_no_partial_file(tmp_path: Path, png_bytes:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
+    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    creating, release, created = asyncio.Event(), threading.Event(), threading.Event()
+    real_mkstemp = tempfile.mkstemp
+
+    def slow_mkstemp(**options: Any) -> tuple[int, str]:
+        loop.call_soon_threadsafe(creating.set)
+        release.wait(10)
+        try:
+            return real_mkstemp(**options)
+        finally:
+            created.set()
+
+    monkeypatch.setattr(tempfile, "mkstemp", slow_mkstemp)
+
+    async def once() -> AsyncIterator[bytes]:
+        yield png_bytes
+
+    task = asyncio.create_task(write_atomically(tmp_path / "x.png", once()))
+    await creating.wait()  # the worker thread is making the temp file
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(created.wait, 10)  # the thread is done, too
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import tempfile
@@ -10,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._threads import in_thread
 from .errors import IdeogramError, ResponseFormatError
 from .images import FORMATS, SNIFF_BYTES, SUFFIXES, sniff
 
@@ -81,17 +81,11 @@ async def _disk(
 ) -> _T:
     """Run file system ``work`` in a worker thread; its ``OSError`` is an ``IdeogramError``.
 
-    If the caller is cancelled, the thread is waited for (and what it made undone),
-    so that a cancelled download leaves no temporary file behind.
+    A cancelled call waits for the thread (and ``undo`` removes what it made), so that
+    a cancelled download leaves no temporary file behind.
     """
-    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
     try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        if not future.cancelled() and future.exception() is None and undo is not None:
-            undo(future.result())
-        raise
+        return await in_thread(work, *args, undo=undo)
     except OSError as exc:
         raise IdeogramError(
             f"cannot write {target}: {exc.strerror or exc}; check the folder and free space"

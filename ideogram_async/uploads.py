@@ -21,10 +21,10 @@ import inspect
 import io
 import os
 import stat
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable
 from contextlib import aclosing
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeAlias, TypeVar
+from typing import IO, Any, BinaryIO, TypeAlias
 
 from aiohttp import payload
 from aiohttp.abc import AbstractStreamWriter
@@ -42,6 +42,7 @@ from ._sources import (
     _Source,
     _spool,
 )
+from ._threads import in_thread
 from .errors import IdeogramError, ImageChangedError, ValidationError
 from .images import SNIFF_BYTES, sniff
 
@@ -61,7 +62,6 @@ ImageInput: TypeAlias = (
 """What ``upscale`` accepts as an image."""
 
 _FILENAME_ESCAPES = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
-_T = TypeVar("_T")
 DEFAULT_MAX_FILE_SIZE = 25 * 1024 * 1024
 """The official API's cap on an uploaded image (25 MB)."""
 
@@ -214,7 +214,7 @@ class ImagePayload(payload.Payload):
 
     async def _open(self) -> None:
         """Open the file this attempt sends, in a worker thread (opening may block)."""
-        file = await _in_thread(self._image._source.open, _close)
+        file = await in_thread(self._image._source.open, undo=_close)
         if self._released:  # abandoned while the file was being opened
             _close(file)
         else:
@@ -237,23 +237,6 @@ class ImagePayload(payload.Payload):
         file, self._file = self._file, None
         if file is not None:
             file.close()
-
-
-async def _in_thread(work: Callable[[], _T], undo: Callable[[_T], None] | None = None) -> _T:
-    """``work()`` in a worker thread; if the caller is cancelled, wait for it and ``undo`` it.
-
-    A cancelled ``asyncio.to_thread`` leaves its thread running, and a file it opens
-    open behind the cancelled call; the work here is short (a stat, an open, a
-    12-byte read), so waiting for it keeps "cancelled" meaning "nothing left open".
-    """
-    future = asyncio.get_running_loop().run_in_executor(None, work)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        if not future.cancelled() and future.exception() is None and undo is not None:
-            undo(future.result())
-        raise
 
 
 def _close(file: IO[bytes] | None) -> None:
@@ -332,7 +315,7 @@ async def _path_source(path: Path) -> _Source:
         with file:
             return _PathSource(path, size, file.read(SNIFF_BYTES))
 
-    return await _in_thread(check)
+    return await in_thread(check)
 
 
 def _open_regular(path: Path) -> tuple[IO[bytes], int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
 import tempfile
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ import aiohttp
 import pytest
 
 from ideogram_async import ImageChangedError, ValidationError, _sources, uploads
+from ideogram_async._threads import in_thread
 from ideogram_async.uploads import (
     CHUNK_SIZE,
     SPOOL_MEMORY,
@@ -579,3 +582,30 @@ async def test_streaming_a_50_mb_file_holds_a_small_fraction_of_it(
         image.close()
     assert writer.total == size
     assert peak < 5 * MB, f"peak {peak / MB:.1f} MB while streaming 50 MB"
+
+
+async def test_a_thread_cancelled_twice_still_undoes_what_it_opened() -> None:
+    loop = asyncio.get_running_loop()
+    started, undone, release = asyncio.Event(), asyncio.Event(), threading.Event()
+    closed: list[str] = []
+
+    def work() -> str:
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
+        return "file"
+
+    def undo(result: str) -> None:
+        closed.append(result)
+        undone.set()
+
+    task = asyncio.create_task(in_thread(work, undo=undo))
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # one loop turn: the first cancellation now waits for the thread
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(10):
+        await undone.wait()
+    assert closed == ["file"]

@@ -33,7 +33,7 @@ class Flavor(enum.StrEnum):
     PROXY = "proxy"
     """``POST {base_url}/ideogram/upscale`` with ``Authorization: Bearer <key>``."""
     OFFICIAL = "official"
-    """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``."""
+    """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``; also the v2 upscalers."""
 
 
 def of_type(name: str, value: _T | None, kind: type[_T]) -> _T | None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, overload
 
 import aiohttp
 from aiolimiter import AsyncLimiter
@@ -16,16 +16,19 @@ from ._bodies import DEFAULT_MAX_RESPONSE_SIZE
 from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._http import Http
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
+from ._v2_answers import parse_upscale
+from ._v2_client import V2Calls, poll_limiter
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
 from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
+from .v2 import V2Options, V2UpscaleResponse
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
 
-class IdeogramClient:
+class IdeogramClient(V2Calls):
     """An async client for the Ideogram upscale endpoint; use it as an async context manager.
 
     One client holds one connection pool and one concurrency limit: share it across
@@ -37,6 +40,11 @@ class IdeogramClient:
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
     ``https://api.ideogram.ai``). Pass ``session`` to reuse an ``aiohttp``
     session: the client then never closes it, and its pool limits apply.
+
+    A client of the official flavor also reaches Ideogram's v2 upscalers
+    (``upscale_v2``, ``quote_v2``, ``quote_many``, ``submit_v2``,
+    ``wait_for_generation``); ``poll_limit`` ``(polls, seconds)`` is the one rate
+    every generation poll of the client shares (Ideogram allows 1,000 per 10 s).
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class IdeogramClient:
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
+        poll_limit: tuple[int, float] = (1000, 10.0),
     ) -> None:
         settings = Settings.resolve(
             api_key=api_key,
@@ -83,6 +92,7 @@ class IdeogramClient:
         self._on_retry = on_retry
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
+        self._polls = poll_limiter(poll_limit)
         self._limiter = (
             None
             if settings.requests_per_second is None
@@ -171,6 +181,7 @@ class IdeogramClient:
                 on_retry=self._on_retry,
             )
 
+    @overload
     def upscale_many(
         self,
         inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
@@ -180,17 +191,44 @@ class IdeogramClient:
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
-    ) -> BatchRun:
+    ) -> BatchRun[UpscaleResponse]: ...
+
+    @overload
+    def upscale_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        request: V2Options,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun[V2UpscaleResponse]: ...
+
+    def upscale_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        request: UpscaleRequest | V2Options | None = None,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun[UpscaleResponse] | BatchRun[V2UpscaleResponse]:
         """Upscale many images, yielding a :class:`BatchResult` for each as it finishes.
 
         ``inputs`` is any iterable or async iterable of images, of ``(image,
-        UpscaleRequest)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
+        request)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
         at most ``window`` items (default ``2 * max_concurrency``) are in progress
         or buffered at once, however long it is. A failed item is a result with
         ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
         order; ``stop_on_error=True`` ends the run after the first failed result.
         Leaving the loop cancels what is still running (use ``async with`` for
         that to happen at once).
+
+        With a v2 model's options as ``request`` (e.g. ``TopazBloom2(...)``; official
+        flavor) every image goes to that v2 upscaler, as :meth:`upscale_v2` would
+        send it, and results carry a :class:`V2UpscaleResponse`.
         """
         self._http.session()
         if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
@@ -199,15 +237,36 @@ class IdeogramClient:
                 "wrap it in a list or call upscale() for a single image"
             )
         default = request or UpscaleRequest()
-        if not isinstance(default, UpscaleRequest):
+        if not isinstance(default, UpscaleRequest | V2Options):
             raise ValidationError(
-                f"request must be an UpscaleRequest, got {type(default).__name__}"
+                f"request must be an UpscaleRequest or a v2 model's options, "
+                f"got {type(default).__name__}"
             )
         size = 2 * self.max_concurrency if window is None else window
         int_at_least("window", size, 1)
         self._policy(retry)
+        if isinstance(default, V2Options):
+            self._v2_url("")  # a proxy-flavor client refuses v2 here, not per item
+
+            async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
+                assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
+                return await self._v2_post(
+                    job.image, job.request, parse_upscale, filename=job.filename, retry=retry
+                )
+
+            return BatchRun(
+                fan_out(
+                    inputs,
+                    run_v2,
+                    default,
+                    window=size,
+                    ordered=ordered,
+                    stop_on_error=stop_on_error,
+                )
+            )
 
         async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+            assert isinstance(job.request, UpscaleRequest)  # as_job keeps the batch's kind
             return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
 
         return BatchRun(
@@ -236,6 +295,11 @@ class IdeogramClient:
         """
         self._http.session()
         url = image.url if isinstance(image, UpscaledImage) else image
+        if isinstance(image, UpscaledImage) and image.is_image_safe is False and not url:
+            raise ValidationError(
+                "this image was withheld by the service's safety check, so there is "
+                "nothing to download (the upscale ran and is billed)"
+            )
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValidationError(
                 f"cannot download {url!r}: pass an UpscaledImage with a url or an http(s) URL"
@@ -277,18 +341,32 @@ class IdeogramClient:
             )
 
     async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
-        """One HTTP attempt, holding a concurrency slot only while on the wire."""
+        """One HTTP attempt of a v1 upscale."""
+        text, status = await self._post_image(
+            self._url, {"image_request": form}, image, part="image_file"
+        )
+        return self._http.parse(parse_response, text, status)
+
+    async def _post_image(
+        self, url: str, fields: Mapping[str, str], image: PreparedImage, *, part: str
+    ) -> tuple[str, int]:
+        """One multipart POST of an image and form fields; the 2xx body and status.
+
+        The one attempt path of every upscale (v1 and v2, quotes included): it holds
+        a concurrency slot only while on the wire, and any non-2xx raises its error.
+        """
         async with self._slots:
             if self._limiter is not None:
                 await self._limiter.acquire()
             body = aiohttp.MultipartWriter("form-data")
-            body.append(form).set_content_disposition("form-data", name="image_request")
-            upload = image.payload()
+            for name, value in fields.items():
+                body.append(value).set_content_disposition("form-data", name=name)
+            upload = image.payload(part)
             body.append_payload(upload)
             await image.check()
             async with self._http.request(
                 "POST",
-                self._url,
+                url,
                 failed=f"upscale {image.filename}: connection to {self.base_url} failed",
                 hint="check base_url and the network",
                 upload=upload,
@@ -297,4 +375,4 @@ class IdeogramClient:
                 allow_redirects=False,
             ) as response:
                 text = await self._http.text(response)
-        return self._http.parse(parse_response, text, response.status)
+        return text, response.status

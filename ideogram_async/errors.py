@@ -13,6 +13,8 @@ Any other exception escaping is a bug::
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    ├── GenerationFailedError                a v2 background generation ended ``failed``
+    ├── WebhookVerificationError             a webhook delivery failed its signature check
     └── APIError                             the service answered with a non-2xx status
         ├── BadRequestError                  400, 413, 422
         ├── AuthenticationError              401, 403
@@ -37,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "GenerationFailedError",
     "IdeogramError",
     "ImageChangedError",
     "NotFoundError",
@@ -45,6 +48,7 @@ __all__ = [
     "ResponseFormatError",
     "ServerError",
     "ValidationError",
+    "WebhookVerificationError",
 ]
 
 _SNIPPET = 300
@@ -125,6 +129,19 @@ class ResponseFormatError(IdeogramError):
         super().__init__(message)
         self.body = body
         self.status = status
+
+
+class GenerationFailedError(IdeogramError):
+    """A v2 generation ended ``failed``; ``failure_reason`` says why (it is not billed)."""
+
+    def __init__(self, message: str, *, generation_id: str, failure_reason: str | None) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+        self.failure_reason = failure_reason
+
+
+class WebhookVerificationError(IdeogramError):
+    """A webhook delivery is not signed by a given key, is stale, or lacks a header."""
 
 
 class APIError(IdeogramError):

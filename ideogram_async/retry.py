@@ -248,16 +248,16 @@ def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
         if error.should_retry is not None:
             return error.should_retry
         return error.status in RETRYABLE_STATUSES
-    if isinstance(error, APITimeoutError) and error.kind == "deadline":
-        return False
     if isinstance(error, APIConnectionError):
         return error.transient and (policy.retry_timeout_after_upload or not error.body_sent)
     return False
 
 
 def _failure(state: tenacity.RetryCallState) -> BaseException | None:
-    """The error of the attempt that just ended (tenacity asks only after a failure)."""
-    return state.outcome.exception() if state.outcome is not None else None
+    """The error of the attempt that just ended."""
+    outcome = state.outcome
+    assert outcome is not None  # tenacity asks only once an attempt has ended
+    return outcome.exception()
 
 
 class _StopUnreachable(tenacity.stop.stop_base):
@@ -331,7 +331,7 @@ async def call_with_retries(
     if _testing is not None and _testing.attempts is not None:
         cap = tenacity.stop_after_attempt(_testing.attempts)
         strategies = {**strategies, "stop": tenacity.stop_any(strategies["stop"], cap)}
-    number = 1
+    number = 1  # pragma: no mutate (equivalent: the loop rebinds it before anything can fail)
     try:
         async with asyncio.timeout(policy.deadline):
             async for state in tenacity.AsyncRetrying(

@@ -44,7 +44,7 @@ from ._sources import (
 )
 from ._threads import in_thread
 from .errors import IdeogramError, ImageChangedError, ValidationError
-from .images import SNIFF_BYTES, sniff
+from .images import HEADER_BYTES, SNIFF_BYTES, image_size, sniff
 
 __all__ = [
     "CHUNK_SIZE",
@@ -74,8 +74,11 @@ class _PathSource(_Source):
         self._head = head
         self.size = size
 
-    def head(self) -> bytes:
-        return self._head
+    def head(self, limit: int = SNIFF_BYTES) -> bytes:
+        if limit <= len(self._head):
+            return self._head[:limit]
+        with open(self._path, "rb") as file:
+            return file.read(limit)
 
     async def check(self) -> None:
         await asyncio.to_thread(self._stat)
@@ -129,9 +132,20 @@ class PreparedImage:
         self.content_type = content_type
         self.size = source.size
 
-    def payload(self) -> ImagePayload:
-        """A fresh multipart part for one attempt (aiohttp payloads are single-use)."""
-        return ImagePayload(self)
+    def payload(self, name: str = "image_file") -> ImagePayload:
+        """A fresh multipart part ``name`` for one attempt (aiohttp payloads are single-use)."""
+        return ImagePayload(self, name)
+
+    def dimensions(self) -> tuple[int, int] | None:
+        """``(width, height)`` from the image's header, without decoding it.
+
+        ``None`` when the header does not give it within :data:`HEADER_BYTES`.
+        """
+        try:
+            head = self._source.head(HEADER_BYTES)
+        except OSError as exc:
+            raise ValidationError(f"{self.filename} could not be read: {exc}") from None
+        return image_size(head)
 
     async def check(self) -> None:
         """Raise ``ImageChangedError`` if a file was deleted or resized since it was checked.
@@ -153,14 +167,14 @@ class PreparedImage:
 
 
 class ImagePayload(payload.Payload):
-    """The ``image_file`` part: streams a :class:`PreparedImage` in chunks.
+    """The file part (``image_file``; ``image`` for v2): streams a :class:`PreparedImage` in chunks.
 
     It sends exactly ``size`` bytes; a file that shrank, grew or vanished since it
     was checked fails the attempt with an ``ImageChangedError`` in ``error`` instead
     of sending something else. ``complete`` tells whether the whole image went out.
     """
 
-    def __init__(self, image: PreparedImage) -> None:
+    def __init__(self, image: PreparedImage, name: str = "image_file") -> None:
         super().__init__(image, content_type=image.content_type, filename=image.filename)
         self._image = image
         self._size = image.size
@@ -169,7 +183,7 @@ class ImagePayload(payload.Payload):
         self.set_content_disposition(
             "form-data",
             quote_fields=False,
-            name="image_file",
+            name=name,
             filename=image.filename.translate(_FILENAME_ESCAPES),
         )
         self.complete = False

@@ -171,7 +171,7 @@ async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> Non
     ):
         emulator.pause()
 
-        async def consume() -> list[BatchResult]:
+        async def consume() -> list[BatchResult[UpscaleResponse]]:
             return [r async for r in client.upscale_many([png_bytes] * 50)]
 
         consumer = asyncio.create_task(consume())
@@ -251,4 +251,4 @@ async def test_one_image_instead_of_many_is_a_clear_error(
 ) -> None:
     # A str or bytes is iterable: without the check, each character would be an "image".
     with pytest.raises(ValidationError, match="iterable of images"):
-        client.upscale_many(one_image)  # type: ignore[arg-type]
+        client.upscale_many(one_image)  # type: ignore[call-overload]

@@ -316,6 +316,10 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert size_of(out / "upscaled" / f"{source.stem}.upscaled.png") == (2 * width, 2 * height)
     records = read_manifest(out / "manifest.jsonl")
     assert [r["status"] for r in records] == ["ok"] * 6
+    assert re.search(r"v2 dry run: topaz-standard-2 at x4 would cost \$0\.\d{4} for 6", run.stdout)
+    first = sorted(inputs)[0]
+    width, height = size_of(first)
+    assert size_of(out / "upscaled-v2" / f"{first.stem}.png") == (2 * width, 2 * height)
 
 
 async def test_serve_answers_until_terminated(tmp_path: Path) -> None:

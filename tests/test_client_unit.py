@@ -213,7 +213,7 @@ async def test_bad_arguments_fail_before_the_network(
         with pytest.raises(ValidationError, match="RetryPolicy"):
             await client.upscale(png_bytes, retry=3)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="RetryPolicy"):
-            client.upscale_many([png_bytes], retry="often")  # type: ignore[arg-type]
+            client.upscale_many([png_bytes], retry="often")  # type: ignore[call-overload]
         with pytest.raises(ValidationError, match="RetryPolicy"):
             await client.download(emulator.base_url + "/images/x.png", "x.png", retry=1)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="not a JPEG, PNG or WebP"):

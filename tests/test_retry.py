@@ -180,18 +180,6 @@ async def test_per_call_policy_overrides_the_clients(png_bytes: bytes) -> None:
     assert emulator.stats.requests == 2
 
 
-async def test_connection_refused_is_retried_then_reported(png_bytes: bytes) -> None:
-    async with Emulator(api_key=KEY) as emulator:
-        base_url = emulator.base_url  # the port is closed once the emulator stops
-    async with IdeogramClient(
-        api_key=KEY, base_url=base_url, retry=RetryPolicy(attempts=3)
-    ) as client:
-        with pytest.raises(APIConnectionError) as caught:
-            await client.upscale(png_bytes)
-    assert caught.value.attempts == 3
-    assert "connection" in str(caught.value)
-
-
 async def _stream(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), 777):
         yield data[start : start + 777]
@@ -966,3 +954,39 @@ def test_set_testing_rejects_a_bad_attempt_cap(attempts: Any) -> None:
     with pytest.raises(ValidationError, match="attempts"):
         retry_module.set_testing(True, attempts=attempts)
     assert retry_module.is_testing()  # the autouse instant_retries() still holds
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [(1_700_000_000.5, 0.5), (1_700_000_001.0, None)],  # half a second ahead; exactly now
+)
+def test_a_retry_after_date_counts_from_now(
+    monkeypatch: pytest.MonkeyPatch, now: float, expected: float | None
+) -> None:
+    date = email.utils.formatdate(1_700_000_001, usegmt=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time", lambda: now)
+        wait = retry_module.parse_retry_after({"retry-after": date})
+    assert wait == expected
+
+
+async def test_each_attempt_gets_its_number_and_the_log_tells_the_story(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    numbers: list[int] = []
+
+    async def attempt(number: int) -> str:
+        numbers.append(number)
+        if number < 3:
+            raise ServerError("busy", status=503)
+        return "done"
+
+    result = await retry_module.call_with_retries(attempt, RetryPolicy(), what="upscale a.png")
+    assert result == ("done", 3)
+    assert numbers == [1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("upscale a.png: attempt 1 failed (HTTP 503: busy); retrying in ")
+    assert lines[1].startswith("upscale a.png: attempt 2 failed (HTTP 503: busy); retrying in ")
+    assert lines[2].startswith("upscale a.png: attempt 3 succeeded in ")
+    assert len(lines) == 3

@@ -25,6 +25,7 @@ from ._images import require_pillow, upscale_2x
 from ._multipart import UPSCALE_FIELDS, Body, Reject, check_upscale, parse_fields, read_body
 from ._stats import EmulatorStats, ReceivedUpload, Route
 from ._store import ImageStore
+from ._v2_routes import V2Routes
 
 __all__ = ["Emulator"]
 
@@ -52,6 +53,14 @@ class Emulator:
     ``image_faults`` the image routes. ``upscale=False`` skips decoding (no Pillow
     needed) and answers with a fixed 2x2 PNG. ``clock`` (seconds, monotonic) decides
     when result URLs expire; tests inject a fake one instead of sleeping.
+
+    Ideogram's v2 upscalers are served too, with ``Api-Key: KEY``: ``POST
+    {base_url}/v2/image/upscale/{model}`` (``?dry_run=true`` for a price quote) and
+    ``GET {base_url}/v2/generations/{id}``. A background generation completes
+    ``generation_delay`` seconds (by ``clock``) after it was submitted; polls over
+    ``poll_limit`` ``(polls, seconds)`` get a 429 with ``Retry-After``. The prompt
+    keywords ``[withhold]``, ``[unsafe]`` and ``[fail]`` trigger a withheld image, a
+    failed prompt check (422) and a failed generation.
     """
 
     def __init__(
@@ -68,6 +77,8 @@ class Emulator:
         image_ttl: float = 600.0,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        generation_delay: float = 0.0,
+        poll_limit: tuple[int, float] = (1000, 10.0),
     ) -> None:
         low, high = latency if isinstance(latency, tuple) else (latency, latency)
         if not 0 <= low <= high:
@@ -93,6 +104,8 @@ class Emulator:
         self._open.set()
         self._in_flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._images = ImageStore(image_ttl, clock)
+        self._v2_max_file_size = 50 * 1024 * 1024
+        self._v2 = V2Routes(self, generation_delay=generation_delay, poll_limit=poll_limit)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -188,11 +201,12 @@ class Emulator:
             ("POST", _PROXY_PATH, self._upscale_route("proxy")),
             ("POST", _OFFICIAL_PATH, self._upscale_route("official")),
             ("GET", "/images/{token}.png", self._image),
+            *self._v2.routes(),
         ]
 
     def _upscale_route(self, route: Route) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._handle_upscale(request, route)
+            return await self._handle(request, lambda request: self._process(request, route))
 
         return handle
 
@@ -224,12 +238,13 @@ class Emulator:
         finally:
             self._handlers.discard(task)
 
-    async def _handle_upscale(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, process: _Handler) -> web.StreamResponse:
+        """Count an upscale request (v1 or v2) in flight while ``process`` answers it."""
         self._stats.requests += 1
         self._count_in_flight(1)
         try:
             with self._cancellable():
-                response = await self._process(request, route)
+                response = await process(request)
         except Reject as reject:
             response = reject.response()
         finally:

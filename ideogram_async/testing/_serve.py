@@ -32,6 +32,16 @@ def _latency(text: str) -> float | tuple[float, float]:
     raise argparse.ArgumentTypeError(f"expected SECONDS or MIN,MAX (seconds >= 0), got {text!r}")
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return seconds
+
+
 def _rate(text: str) -> float:
     try:
         rate = float(text)
@@ -71,6 +81,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of latencies and faults [%(default)s]"
+    )
+    parser.add_argument(
+        "--generation-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="seconds until a v2 background generation completes [%(default)s]",
     )
     parser.add_argument(
         "--no-upscale",
@@ -125,6 +142,7 @@ def serve_main(
             faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
             upscale=args.upscale,
             seed=args.seed,
+            generation_delay=args.generation_delay,
         )
         asyncio.run(run_server(emulator))
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["MAX_RECORDS", "EmulatorStats", "ReceivedUpload", "Route"]
+__all__ = ["MAX_RECORDS", "EmulatorStats", "ReceivedUpload", "ReceivedV2Upload", "Route"]
 
 #: The uploads and image requests kept in :class:`EmulatorStats` (the most recent ones),
 #: so a long benchmark run does not grow memory without bound.
@@ -32,6 +32,26 @@ class ReceivedUpload:
     fields: dict[str, Any]
     image_request_raw: str
     field_content_type: str | None
+    filename: str | None
+    content_type: str | None
+    size: int
+    sha256: str
+    part_names: list[str]
+
+
+@attrs.frozen
+class ReceivedV2Upload:
+    """One v2 upscale (or quote) as the emulator received it.
+
+    ``model`` is the model in the URL, ``dry_run`` whether it asked for a quote;
+    ``fields`` holds every plain form field as text, ``part_names`` every part name in
+    the order received; ``filename`` .. ``sha256`` describe the ``image`` file part.
+    """
+
+    model: str
+    dry_run: bool
+    headers: dict[str, str]
+    fields: dict[str, str]
     filename: str | None
     content_type: str | None
     size: int
@@ -66,3 +86,15 @@ class EmulatorStats:
     image_requests: deque[dict[str, str]] = attrs.field(factory=_records, repr=False)
     image_downloads: int = 0
     faults_injected: Counter[str] = attrs.field(factory=Counter)
+    v2_uploads: deque[ReceivedV2Upload] = attrs.field(factory=_records, repr=False)
+    """The last v2 upscale and quote requests with a file part."""
+    quotes: int = 0
+    """v2 price quotes answered (``dry_run``)."""
+    billed_usd_micros: int = 0
+    """What the v2 upscales that ran cost, withheld images included, failed ones not."""
+    withheld: int = 0
+    """v2 result images withheld by the (emulated) safety check."""
+    polls: int = 0
+    """Generation polls answered (any status but 429)."""
+    polls_refused: int = 0
+    """Generation polls refused with 429 as over the polling limit."""

@@ -1,4 +1,4 @@
-"""The five workloads of the benchmark: what runs against what, and the rows they yield.
+"""The six workloads of the benchmark: what runs against what, and the rows they yield.
 
 Each workload starts its servers, then runs its variants (the library and the
 baselines) round by round, alternating them within each round and rotating who goes
@@ -21,10 +21,12 @@ from .processes import run_worker, running_server
 from .report import Compare, Row, Unit
 from .worker import Job, Measurement
 
-__all__ = ["FULL", "MB", "QUICK", "WORKLOADS", "Context", "Sizes", "runs_json"]
+__all__ = ["ALLOWANCE", "FULL", "MB", "QUICK", "WORKLOADS", "Context", "Sizes", "runs_json"]
 
 MB = 1024 * 1024
 """Bytes in the megabyte of the table (MiB)."""
+ALLOWANCE = 10
+"""Images in flight the emulator of workload 6 allows (the service's default)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -44,6 +46,9 @@ class Sizes:
     fanout_concurrency: int
     fanout_rounds: int
     fault_rate: float
+    allowance_count: int
+    allowance_latency: float
+    allowance_rounds: int
 
     def describe(self) -> list[str]:
         """One line per workload, then the rounds: the header of the table."""
@@ -59,6 +64,10 @@ class Sizes:
             f"workload 5 resilience: workload 1 with {self.fault_rate:.0%} 503 + "
             f"Retry-After: 0 (emulator with a FaultPlan), against aiohttp with "
             f"{NAIVE_ATTEMPTS} attempts a request",
+            f"workload 6 allowance: {self.allowance_count} calls ({self.allowance_count // 2} "
+            f"of num_images=4) against an allowance of {ALLOWANCE} images, "
+            f"{self.allowance_latency * 1000:.0f} ms per request (emulator; best of "
+            f"{self.allowance_rounds} rounds)",
             f"best of {self.rounds} rounds ({self.fanout_rounds} for workload 4), "
             f"variants alternating within each round",
         ]
@@ -78,8 +87,11 @@ FULL = Sizes(
     fanout_concurrency=32,
     fanout_rounds=2,
     fault_rate=0.2,
+    allowance_count=200,
+    allowance_latency=0.2,
+    allowance_rounds=2,
 )
-"""The sizes of issue 6."""
+"""The full sizes."""
 
 QUICK = Sizes(
     rounds=2,
@@ -95,6 +107,9 @@ QUICK = Sizes(
     fanout_concurrency=32,
     fanout_rounds=1,
     fault_rate=0.2,
+    allowance_count=20,
+    allowance_latency=0.05,
+    allowance_rounds=1,
 )
 """Reduced sizes for the CI smoke test (about half a minute on two cores)."""
 
@@ -347,11 +362,99 @@ def _successes(measurement: Measurement) -> int:
     return measurement.requests - measurement.failures
 
 
+@attrs.frozen
+class _Case:
+    """One case of workload 6: the calls, their images, the client's bound, the 429 body."""
+
+    label: str
+    calls: int
+    images: int
+    bound: int
+    body: str
+    wall_target: float | None = None
+    max_rejected: float | None = None
+    """The most 429s the library may receive, as a share of the calls."""
+
+
+def _allowance_emulator(latency: float, body: str) -> list[str]:
+    return [
+        *_emulator(latency),
+        "--no-upscale",
+        "--allowance",
+        str(ALLOWANCE),
+        "--allowance-body",
+        body,
+    ]
+
+
+def allowance(context: Context) -> Result:
+    """6: keeping a 10-image allowance full, against a fixed semaphore and plain backoff."""
+    sizes = context.sizes
+    count, latency = sizes.allowance_count, sizes.allowance_latency
+    over = 4 * ALLOWANCE
+    cases = [
+        _Case("defaults", count, 1, ALLOWANCE, "full"),
+        _Case("num_images=4", count // 2, 4, ALLOWANCE, "full", max_rejected=0.0),
+        _Case(f"bound {over}", count, 1, over, "full", wall_target=1.10, max_rejected=0.10),
+        _Case(f"bound {over}, no number", count, 1, over, "no-number", wall_target=1.30),
+    ]
+    clients = (Client.LIBRARY, Client.AIOHTTP_BACKOFF)
+    with (
+        running_server(_allowance_emulator(latency, "full")) as full,
+        running_server(_allowance_emulator(latency, "no-number")) as bare,
+    ):
+        jobs = {
+            f"{case.label} {client}": Job(
+                client=client,
+                base_url=full if case.body == "full" else bare,
+                image=str(context.small_png),
+                count=case.calls,
+                concurrency=case.bound,
+                num_images=case.images,
+            )
+            for case in cases
+            for client in clients
+        }
+        runs = _alternate(jobs, sizes.allowance_rounds)
+    rows = []
+    for case in cases:
+        ideal = case.calls * case.images / ALLOWANCE * latency
+        library, handwritten = (
+            min(runs[f"{case.label} {client}"], key=_wall) for client in clients
+        )
+        row = partial(Row, workload="6 allowance", baseline_name="aiohttp+backoff")
+        wall = library.wall / ideal
+        rows.append(
+            row(
+                metric=f"{case.label}: wall / ideal ({ideal:.1f} s)",
+                unit=Unit.TIMES,
+                library=wall,
+                baseline=handwritten.wall / ideal,
+                target="report" if case.wall_target is None else f"<= {case.wall_target:.2f}x",
+                met=None if case.wall_target is None else wall <= case.wall_target,
+            )
+        )
+        limit = None if case.max_rejected is None else case.max_rejected * case.calls
+        rows.append(
+            row(
+                metric=f"{case.label}: 429s, {case.calls} calls",
+                unit=Unit.REQUESTS,
+                library=library.rejected,
+                baseline=handwritten.rejected,
+                compare=Compare.DIFFERENCE,
+                target="report" if limit is None else f"<= {limit:.0f}",
+                met=None if limit is None else library.rejected <= limit,
+            )
+        )
+    return rows, runs
+
+
 WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "latency": latency_bound,
     "cpu": client_cpu,
     "streaming": streaming_memory,
     "fanout": fanout_memory,
     "resilience": resilience,
+    "allowance": allowance,
 }
 """Every workload by its short name, in the order they run."""

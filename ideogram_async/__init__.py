@@ -5,6 +5,7 @@
 """
 
 from ._version import __version__
+from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
@@ -49,12 +50,15 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Allowance",
+    "AllowanceChange",
     "AuthenticationError",
     "AutoUpscaler",
     "BadRequestError",
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "ChangeReason",
     "ClientClosedError",
     "Flavor",
     "Generation",
@@ -63,6 +67,7 @@ __all__ = [
     "IdeogramError",
     "ImageChangedError",
     "ImageInput",
+    "LocalAllowance",
     "MagicPrompt",
     "NanoBananaPro",
     "NotFoundError",

@@ -1,7 +1,8 @@
 """Reading an answer's body within a size cap, and quoting it without the key.
 
 A hostile or broken server may send an endless, huge or gzip-bombed body, or echo
-the key back in a form plain masking misses; these are the two defences.
+the key back in a form plain masking misses; and aiohttp's response errors carry the
+request's headers. These are the defences.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import json
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._settings import Secret
 from .errors import ResponseFormatError
 
-__all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "read_capped", "scrub"]
+__all__ = ["DEFAULT_MAX_RESPONSE_SIZE", "read_capped", "scrub", "without_headers"]
 
 DEFAULT_MAX_RESPONSE_SIZE = 4 * 1024 * 1024
 """The largest API answer or error body read (4 MB, decoded): answers over it are
@@ -73,3 +75,13 @@ def scrub(key: Secret, text: str) -> str:
     except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         return text
     return key.redact(decoded) if key.reveal() in decoded else text
+
+
+def without_headers(exc: aiohttp.ClientError) -> aiohttp.ClientError:
+    """``exc`` without the request headers (the key) aiohttp keeps in its response errors."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        exc.request_info = exc.request_info._replace(headers=CIMultiDictProxy(CIMultiDict()))
+        exc.history = ()
+        exc.headers = None
+        exc.args = (exc.request_info, ())
+    return exc

@@ -1,10 +1,10 @@
-"""``IdeogramClient``: one aiohttp session, bounded concurrency, retried upscales."""
+"""``IdeogramClient``: one aiohttp session, an allowance of places in flight, retried upscales."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Self, overload
@@ -15,9 +15,11 @@ from aiolimiter import AsyncLimiter
 from ._bodies import DEFAULT_MAX_RESPONSE_SIZE
 from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._http import Http
+from ._posts import ImagePosts
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
 from ._v2_answers import parse_upscale
 from ._v2_client import V2Calls, poll_limiter
+from .allowance import Allowance
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
@@ -28,13 +30,24 @@ from .v2 import V2Options, V2UpscaleResponse
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
 
-class IdeogramClient(V2Calls):
+class IdeogramClient(V2Calls, ImagePosts):
     """An async client for the Ideogram upscale endpoint; use it as an async context manager.
 
-    One client holds one connection pool and one concurrency limit: share it across
-    the tasks of an app rather than creating one per call. ``max_concurrency``
-    bounds requests in flight (the official API allows 10 per key);
-    ``requests_per_second`` optionally bounds their start rate too.
+    One client holds one connection pool and one allowance: share it across the
+    tasks of an app rather than creating one per call. ``allowance`` bounds the
+    images in flight (default 10, the service's default allowance per
+    organization): an upscale holds ``num_images`` places (1 by default; a v2
+    upscale or quote, 1) while it is on the wire, first come first served. Given
+    as a number, the bound learns from the service: a 429 that names the
+    allowance lowers it at once, and with ``adaptive`` (the default) a 429
+    without the number halves it while requests that go through raise it again,
+    never above the number given. Pass an
+    :class:`~ideogram_async.allowance.Allowance` instead to share one between
+    clients or processes (the client then never closes it). ``max_concurrency``
+    is the former name of a numeric ``allowance``. ``client.allowance`` shows
+    the current bound (``limit``) and the places held (``in_use``), for a
+    dashboard; ``client.max_concurrency`` is its ``maximum``.
+    ``requests_per_second`` optionally bounds the start rate of requests too.
 
     The key comes from ``api_key`` or ``IDEOGRAM_API_KEY``; the base URL from
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
@@ -53,7 +66,9 @@ class IdeogramClient(V2Calls):
         api_key: str | None = None,
         base_url: str | None = None,
         flavor: Flavor | str = Flavor.PROXY,
-        max_concurrency: int = 10,
+        allowance: int | Allowance | None = None,
+        adaptive: bool = True,
+        max_concurrency: int | None = None,
         requests_per_second: float | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
@@ -68,7 +83,9 @@ class IdeogramClient(V2Calls):
             api_key=api_key,
             base_url=base_url,
             flavor=flavor,
+            allowance=allowance,
             max_concurrency=max_concurrency,
+            adaptive=adaptive,
             requests_per_second=requests_per_second,
             timeouts=timeouts,
             retry=retry,
@@ -79,7 +96,8 @@ class IdeogramClient(V2Calls):
         )
         self.flavor = settings.flavor
         self.base_url = settings.base_url
-        self.max_concurrency = settings.max_concurrency
+        self.allowance = settings.allowance
+        self.max_concurrency = settings.allowance.maximum
         self.requests_per_second = settings.requests_per_second
         self.max_file_size = settings.max_file_size
         self.max_download_size = settings.max_download_size
@@ -90,7 +108,7 @@ class IdeogramClient(V2Calls):
         self._url = settings.url
         self._http = Http(settings, session)
         self._on_retry = on_retry
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._owns_allowance = not isinstance(allowance, Allowance)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
         self._polls = poll_limiter(poll_limit)
         self._limiter = (
@@ -102,7 +120,7 @@ class IdeogramClient(V2Calls):
     def __repr__(self) -> str:
         return (
             f"IdeogramClient(base_url={self.base_url!r}, flavor={self.flavor.value!r}, "
-            f"max_concurrency={self.max_concurrency}, api_key={self._key!r})"
+            f"allowance={self.allowance!r}, api_key={self._key!r})"
         )
 
     async def __aenter__(self) -> Self:
@@ -118,8 +136,13 @@ class IdeogramClient(V2Calls):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless the session was passed in). Idempotent."""
+        """Close the connection pool (unless the session was passed in). Idempotent.
+
+        An :class:`~ideogram_async.allowance.Allowance` passed in is left open.
+        """
         await self._http.aclose()
+        if self._owns_allowance:
+            await self.allowance.aclose()
 
     @property
     def closed(self) -> bool:
@@ -171,11 +194,18 @@ class IdeogramClient(V2Calls):
                 f"build one with UpscaleRequest(prompt=..., resemblance=...)"
             )
         policy = self._policy(retry)
+        places = request.num_images or 1
+        if places > self.allowance.maximum:
+            raise ValidationError(
+                f"num_images={places} needs {places} places in flight, more than the "
+                f"allowance of {self.allowance.maximum}; ask for fewer images per request "
+                "or raise allowance= (if your organization's allowance is higher)"
+            )
         prepared = await prepare_image(image, max_file_size=self.max_file_size, filename=filename)
         with prepared:
             form = request.to_json()
             return await call_with_retries(
-                lambda number: self._attempt(prepared, form, number),
+                lambda number: self._attempt(prepared, form, places),
                 policy,
                 what=f"upscale {prepared.filename}",
                 on_retry=self._on_retry,
@@ -219,7 +249,7 @@ class IdeogramClient(V2Calls):
 
         ``inputs`` is any iterable or async iterable of images, of ``(image,
         request)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
-        at most ``window`` items (default ``2 * max_concurrency``) are in progress
+        at most ``window`` items (default twice the allowance) are in progress
         or buffered at once, however long it is. A failed item is a result with
         ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
         order; ``stop_on_error=True`` ends the run after the first failed result.
@@ -340,39 +370,9 @@ class IdeogramClient(V2Calls):
                 length=response.content_length,
             )
 
-    async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
-        """One HTTP attempt of a v1 upscale."""
+    async def _attempt(self, image: PreparedImage, form: str, places: int) -> UpscaleResponse:
+        """One attempt of a v1 upscale of ``places`` images."""
         text, status = await self._post_image(
-            self._url, {"image_request": form}, image, part="image_file"
+            self._url, {"image_request": form}, image, part="image_file", places=places
         )
         return self._http.parse(parse_response, text, status)
-
-    async def _post_image(
-        self, url: str, fields: Mapping[str, str], image: PreparedImage, *, part: str
-    ) -> tuple[str, int]:
-        """One multipart POST of an image and form fields; the 2xx body and status.
-
-        The one attempt path of every upscale (v1 and v2, quotes included): it holds
-        a concurrency slot only while on the wire, and any non-2xx raises its error.
-        """
-        async with self._slots:
-            if self._limiter is not None:
-                await self._limiter.acquire()
-            body = aiohttp.MultipartWriter("form-data")
-            for name, value in fields.items():
-                body.append(value).set_content_disposition("form-data", name=name)
-            upload = image.payload(part)
-            body.append_payload(upload)
-            await image.check()
-            async with self._http.request(
-                "POST",
-                url,
-                failed=f"upscale {image.filename}: connection to {self.base_url} failed",
-                hint="check base_url and the network",
-                upload=upload,
-                data=body,
-                headers={"Accept": "application/json", **self._http.auth_headers()},
-                allow_redirects=False,
-            ) as response:
-                text = await self._http.text(response)
-        return text, response.status

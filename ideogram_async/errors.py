@@ -24,10 +24,11 @@ Any other exception escaping is a bug::
         └── ServerError                      5xx
 
 Messages say what happened and what to do about it; they never contain the API key.
-``attempts`` tells how many HTTP attempts were made before the error was raised; a
-``ValidationError`` always has 0: nothing was sent. An :class:`APIError` also carries
-the request it answers (``method``, ``url``) and, as in openai-python and httpx,
-``status_code``.
+``attempts`` tells how many attempts were made before the error was raised (a request
+the service refused as over the allowance, then sent again once a place freed, counts
+as one attempt); a ``ValidationError`` always has 0: nothing was sent. An
+:class:`APIError` also carries the request it answers (``method``, ``url``) and, as in
+openai-python and httpx, ``status_code``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class APITimeoutError(APIConnectionError):
     """A time limit fired; ``kind`` says which one.
 
     ``"connect"`` (opening the connection), ``"attempt"`` (one request, from the
-    moment it held a concurrency slot) or ``"deadline"`` (the whole call, retries
+    moment it held its places in flight) or ``"deadline"`` (the whole call, retries
     and waits included).
     """
 
@@ -151,7 +152,11 @@ class APIError(IdeogramError):
     ``request_id`` the id from the response headers when there was one, and
     ``retry_after`` the wait in seconds that the service asked for, if any.
     ``method`` and ``url`` name the request answered (the URL without credentials or
-    query string, which may hold a signature).
+    query string, which may hold a signature). When the body gives them (402 and
+    429), ``reject_reason`` says why the service refused (``inflight_limit``,
+    ``insufficient_funds``, ``daily_limit``, ...) and ``allowance`` is the
+    organization's allowance of images in flight (the body's
+    ``max_inflight_requests``).
     """
 
     def __init__(
@@ -163,6 +168,8 @@ class APIError(IdeogramError):
         request_id: str | None = None,
         retry_after: float | None = None,
         should_retry: bool | None = None,
+        reject_reason: str | None = None,
+        allowance: int | None = None,
         method: str | None = None,
         url: str | None = None,
     ) -> None:
@@ -173,6 +180,8 @@ class APIError(IdeogramError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.should_retry = should_retry
+        self.reject_reason = reject_reason
+        self.allowance = allowance
         self.method = method
         self.url = url
 
@@ -195,7 +204,12 @@ class AuthenticationError(APIError):
 
 
 class PaymentRequiredError(APIError):
-    """402: the account's balance is too low; top it up before retrying."""
+    """402: the balance, daily limit or plan does not allow the request; never retried.
+
+    ``reject_reason`` says which (``insufficient_funds``, ``daily_limit``,
+    ``subscription_required``, ``priority_credit_required``, ``feature_limit``) and
+    the message what to do about it.
+    """
 
 
 class NotFoundError(APIError):
@@ -203,7 +217,13 @@ class NotFoundError(APIError):
 
 
 class RateLimitError(APIError):
-    """429: too many requests; ``retry_after`` holds the wait the service asked for."""
+    """429: too many requests; ``retry_after`` holds the wait the service asked for.
+
+    ``reject_reason == "inflight_limit"`` means the organization had its whole
+    allowance of images in flight (``allowance`` places, when the body says); the
+    client waits for a place and sends the request again by itself, so this reaches
+    the caller only when the request can never fit.
+    """
 
 
 class ServerError(APIError):

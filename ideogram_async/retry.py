@@ -323,8 +323,8 @@ async def call_with_retries(
     """Run ``attempt(n)`` until it succeeds, fails for good, or the deadline passes.
 
     Returns the result and the number of attempts it took. ``what`` names the call
-    in log lines and retry events. The deadline covers everything, waiting for a
-    concurrency slot included; when it fires during an attempt the caller gets an
+    in log lines and retry events. The deadline covers everything, waiting for places
+    in flight included; when it fires during an attempt the caller gets an
     :class:`APITimeoutError` of kind ``"deadline"``.
     """
     strategies = policy._strategies

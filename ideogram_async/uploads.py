@@ -16,11 +16,9 @@ under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 from __future__ import annotations
 
 import asyncio
-import errno
 import inspect
 import io
 import os
-import stat
 from collections.abc import AsyncGenerator, AsyncIterable
 from contextlib import aclosing
 from pathlib import Path
@@ -41,6 +39,8 @@ from ._sources import (
     _read_file,
     _Source,
     _spool,
+    open_regular,
+    path_error,
 )
 from ._threads import in_thread
 from .errors import IdeogramError, ImageChangedError, ValidationError
@@ -107,7 +107,7 @@ class _PathSource(_Source):
     def open(self) -> IO[bytes]:
         """Reopen the checked file (in a worker thread: it may block)."""
         try:
-            file, size = _open_regular(self._path)
+            file, size = open_regular(self._path)
         except FileNotFoundError:
             raise self._gone() from None
         except (OSError, ValidationError) as exc:
@@ -189,6 +189,7 @@ class ImagePayload(payload.Payload):
         self.complete = False
         self.error: IdeogramError | None = None
         self._file: IO[bytes] | None = None
+        self._opening: asyncio.Future[IO[bytes] | None] | None = None
         self._transport: asyncio.Transport | None = None
         self._released = False
 
@@ -227,12 +228,27 @@ class ImagePayload(payload.Payload):
         self.complete = True
 
     async def _open(self) -> None:
-        """Open the file this attempt sends, in a worker thread (opening may block)."""
-        file = await in_thread(self._image._source.open, undo=_close)
-        if self._released:  # abandoned while the file was being opened
-            _close(file)
+        """Open the file this attempt sends, in a worker thread (opening may block).
+
+        The file is taken over when the thread ends, by a callback: closed at once if
+        the attempt was released meanwhile (:meth:`settle` waits for that).
+        """
+        self._opening = asyncio.get_running_loop().run_in_executor(None, self._image._source.open)
+        self._opening.add_done_callback(self._opened)
+        await asyncio.shield(self._opening)
+
+    def _opened(self, opening: asyncio.Future[IO[bytes] | None]) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return  # the exception reaches write_with_length through the await
+        if self._released:
+            _close(opening.result())
         else:
-            self._file = file
+            self._file = opening.result()
+
+    async def settle(self) -> None:
+        """Wait for a file still being opened, so that a released attempt leaves none open."""
+        if self._opening is not None and not self._opening.done():
+            await asyncio.wait([self._opening])
 
     def abort(self) -> None:
         """Drop the connection this attempt's upload went out on, buffered data and all."""
@@ -323,55 +339,13 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
 async def _path_source(path: Path) -> _Source:
     def check() -> _Source:
         try:
-            file, size = _open_regular(path)
+            file, size = open_regular(path)
         except OSError as exc:
-            raise _path_error(path, exc) from None
+            raise path_error(path, exc) from None
         with file:
             return _PathSource(path, size, file.read(SNIFF_BYTES))
 
     return await in_thread(check)
-
-
-def _open_regular(path: Path) -> tuple[IO[bytes], int]:
-    """Open ``path`` for reading and return it with its size; it may block (a slow disk).
-
-    Opened without blocking, so that a FIFO with no writer cannot hang the thread,
-    then refused unless it is a regular file (a FIFO, device or socket never ends).
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(info.st_mode):
-            raise ValidationError(
-                f"{path} is not a regular file (a FIFO, device or socket); pass an image file"
-            )
-        return os.fdopen(fd, "rb"), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _path_error(path: Path, exc: OSError) -> ValidationError:
-    """The ``ValidationError`` for a path that cannot be opened, with the fix."""
-    if isinstance(exc, FileNotFoundError):
-        return ValidationError(f"{path}: no such file; check the path")
-    if isinstance(exc, IsADirectoryError):
-        return ValidationError(
-            f"{path} is a directory; pass an image file (upscale_many takes many)"
-        )
-    if isinstance(exc, PermissionError):
-        return ValidationError(f"{path}: permission denied; make the file readable")
-    if isinstance(exc, NotADirectoryError):
-        return ValidationError(
-            f"{path}: a part of the path is a file, not a folder; check the path"
-        )
-    if exc.errno == errno.ELOOP:
-        return ValidationError(f"{path}: a symbolic link loop; fix the link")
-    if exc.errno == errno.ENAMETOOLONG:
-        return ValidationError(f"{path}: the name is too long; check the path")
-    return ValidationError(f"{path}: cannot be read ({exc.strerror or exc}); check the path")
 
 
 def _file_name(file: object) -> str | None:

@@ -110,7 +110,7 @@ def _upscale(args: argparse.Namespace) -> int:
                 api_key=key,
                 base_url=base_url,
                 flavor=Flavor.OFFICIAL if official else Flavor.PROXY,
-                max_concurrency=args.concurrency,
+                allowance=args.concurrency,
                 retry=retry,
                 on_retry=on_retry,
             )

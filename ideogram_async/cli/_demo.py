@@ -106,7 +106,7 @@ async def run_demo(
             return IdeogramClient(
                 api_key=key,
                 base_url=emulator.base_url,
-                max_concurrency=concurrency,
+                allowance=concurrency,
                 on_retry=on_retry,
             )
 

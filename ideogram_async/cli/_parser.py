@@ -163,11 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
+        "--allowance",
         "--concurrency",
+        dest="concurrency",
         type=_at_least(1),
         default=10,
         metavar="N",
-        help="requests in flight at once [%(default)s]",
+        help="images in flight at once, at most: your organization's allowance; lowered "
+        "to what the service reports [%(default)s]",
     )
 
 

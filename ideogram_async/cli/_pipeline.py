@@ -1,7 +1,7 @@
 """The command line's pipeline: upscale many files, download each result, record outcomes.
 
 Upscales fan out through ``IdeogramClient.upscale_many``; each finished upscale gets a
-download task, so downloads overlap further upscales. At most ``max_concurrency``
+download task, so downloads overlap further upscales. At most ``client.max_concurrency``
 download tasks exist at once (the consumer waits for one to end before starting
 another), so memory stays O(concurrency) however many files there are.
 
@@ -185,6 +185,7 @@ async def run_job(
         reporter.changed()
 
     client = connect(retried)
+    tally.allowance = client.allowance
     manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
     reporter.start()
 

@@ -52,6 +52,16 @@ def _rate(text: str) -> float:
     return rate
 
 
+def _places(text: str) -> int:
+    try:
+        places = int(text)
+    except ValueError:
+        places = 0
+    if places < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of images >= 1, got {text!r}")
+    return places
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     """The emulator's options: ``--port``, ``--host``, ``--api-key``, ..."""
     parser = argparse.ArgumentParser(
@@ -78,6 +88,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="R",
         help="probability of a random fault (503, 500, 429, dropped connection, HTML 502) "
         "per upscale request [%(default)s]",
+    )
+    parser.add_argument(
+        "--allowance",
+        type=_places,
+        default=None,
+        metavar="N",
+        help="images in flight allowed at once, as the service enforces per organization: a "
+        "request holds num_images places; over it, a 429 inflight_limit [no limit]",
+    )
+    parser.add_argument(
+        "--allowance-body",
+        choices=["full", "no-number", "empty"],
+        default="full",
+        help="what that 429 carries: the service's body, the body without "
+        "max_inflight_requests, or nothing (as proxies may) [%(default)s]",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of latencies and faults [%(default)s]"
@@ -142,6 +167,8 @@ def serve_main(
             faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
             upscale=args.upscale,
             seed=args.seed,
+            allowance=args.allowance,
+            allowance_body=args.allowance_body,
             generation_delay=args.generation_delay,
         )
         asyncio.run(run_server(emulator))

@@ -74,6 +74,12 @@ class EmulatorStats:
     bytes read; ``uploads`` keeps the last :data:`MAX_RECORDS` uploads; ``image_requests``
     keeps the (lower-cased) headers of the last image GETs and ``image_downloads`` counts
     the images served; ``faults_injected`` counts injected faults by kind.
+
+    Places (images in flight: a request holds ``num_images`` of them while the emulator
+    works on it): ``places_in_use``/``peak_places_in_use`` now/at most,
+    ``busy_place_seconds`` the sum of places x seconds held (divide by the allowance
+    and the wall time for the allowance's use), ``rejected_over_allowance`` the
+    requests refused with a 429 ``inflight_limit``.
     """
 
     requests: int = 0
@@ -86,6 +92,10 @@ class EmulatorStats:
     image_requests: deque[dict[str, str]] = attrs.field(factory=_records, repr=False)
     image_downloads: int = 0
     faults_injected: Counter[str] = attrs.field(factory=Counter)
+    places_in_use: int = 0
+    peak_places_in_use: int = 0
+    busy_place_seconds: float = 0.0
+    rejected_over_allowance: int = 0
     v2_uploads: deque[ReceivedV2Upload] = attrs.field(factory=_records, repr=False)
     """The last v2 upscale and quote requests with a file part."""
     quotes: int = 0

@@ -27,6 +27,7 @@ from ideogram_async.images import HEADER_BYTES, image_size, sniff
 from ._answers import FIXED_PNG, TRUNCATED_JSON, drop
 from ._faults import Fault, FaultPlan
 from ._multipart import Reject
+from ._places import Places
 from ._stats import EmulatorStats, ReceivedV2Upload, Route
 from ._store import ImageStore
 from ._v2_service import (
@@ -73,6 +74,7 @@ class _Emulator(Protocol):
     _upscale: bool
     _v2_max_file_size: int
     _images: ImageStore
+    _places: Places
 
     async def _handle(self, request: web.Request, process: _Handler) -> web.StreamResponse: ...
 
@@ -151,18 +153,22 @@ class V2Routes:
                     part_names=form.part_names,
                 )
             )
-        await emu._open.wait()
-        if fault is not None:
-            faulty = await emu._inject(request, fault, TRUNCATED_JSON, "application/json")
-            if faulty is not None:
-                return faulty
-        low, high = emu._latency
-        if high:
-            await asyncio.sleep(emu._rng.uniform(low, high))
-        try:
-            return await self._answer(request, model, form, dry_run)
-        except V2Refusal as refusal:
-            raise Reject(refusal.status, refusal.detail) from None
+        refused = emu._places.refuse(1)  # one image a request, quotes included
+        if refused is not None:
+            return refused
+        with emu._places.holding(1):
+            await emu._open.wait()
+            if fault is not None:
+                faulty = await emu._inject(request, fault, TRUNCATED_JSON, "application/json")
+                if faulty is not None:
+                    return faulty
+            low, high = emu._latency
+            if high:
+                await asyncio.sleep(emu._rng.uniform(low, high))
+            try:
+                return await self._answer(request, model, form, dry_run)
+            except V2Refusal as refusal:
+                raise Reject(refusal.status, refusal.detail) from None
 
     async def _read(self, request: web.Request) -> _Form:
         """Stream the form: plain fields as text, the ``image`` file hashed as it arrives."""

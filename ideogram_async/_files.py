@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +49,8 @@ async def write_atomically(
     anything is written, the size against ``length`` (the announced Content-Length)
     before reading and against the running total while streaming. When ``target``
     does not end in an image suffix, the image's own (``.png``, ``.jpg``, ``.webp``)
-    is added. Returns the path written. Parent folders are created; disk work runs
+    is added. Returns the path written, with the permissions the umask gives any new
+    file. Parent folders are created; disk work runs
     in a worker thread; a file system error is an :class:`IdeogramError`.
     """
     if length is not None and length > max_size:
@@ -92,20 +93,32 @@ async def _disk(
         ) from None
 
 
-def _discard(created: tuple[int, str]) -> None:
+def _discard(created: tuple[int, Path]) -> None:
     fd, name = created
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(name)
 
 
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """Create a new, empty ``.part`` file beside ``name``; return its descriptor and path.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600) the file is created with mode
+    0666 and the kernel applies the umask (and any default ACL), so the result
+    gets the permissions of any file the user creates. Nothing reads or changes
+    the process-wide umask.
+    """
+    temp = folder / f".{name}.{secrets.token_hex(8)}.part"
+    return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
+
+
 async def _write(
     target: Path, head: bytes, chunks: AsyncIterator[bytes], size: int, max_size: int
 ) -> Path:
-    def create() -> tuple[int, str]:
+    def create() -> tuple[int, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         # A short prefix: the temp name must fit wherever the target's name fits.
-        return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:40]}.", suffix=".part")
+        return _create_temp(target.parent, target.name[:40])
 
     fd, temp_name = await _disk(target, create, undo=_discard)
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import tempfile
+import os
+import stat
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -20,6 +20,7 @@ from ideogram_async import (
     ResponseFormatError,
     UpscaledImage,
     ValidationError,
+    _files,
 )
 from ideogram_async._files import write_atomically
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
@@ -152,17 +153,17 @@ async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
 ) -> None:
     loop = asyncio.get_running_loop()
     creating, release, created = asyncio.Event(), threading.Event(), threading.Event()
-    real_mkstemp = tempfile.mkstemp
+    real_create = _files._create_temp
 
-    def slow_mkstemp(**options: Any) -> tuple[int, str]:
+    def slow_create(folder: Path, name: str) -> tuple[int, Path]:
         loop.call_soon_threadsafe(creating.set)
         release.wait(10)
         try:
-            return real_mkstemp(**options)
+            return real_create(folder, name)
         finally:
             created.set()
 
-    monkeypatch.setattr(tempfile, "mkstemp", slow_mkstemp)
+    monkeypatch.setattr(_files, "_create_temp", slow_create)
 
     async def once() -> AsyncIterator[bytes]:
         yield png_bytes
@@ -187,6 +188,37 @@ async def test_a_dest_without_an_image_suffix_gets_the_images_own(
     # An image suffix the caller chose is kept as it is.
     assert await client.download(image, tmp_path / "c.jpg") == tmp_path / "c.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.upscaled.png", "c.jpg"]
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], int]]:
+    """``os.umask``, with the process's umask restored after the test."""
+    saved = os.umask(0o077)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize(
+    ("mask", "mode"),
+    [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)],
+    ids=["umask-022", "umask-027", "umask-002"],
+)
+async def test_a_download_gets_the_permissions_the_umask_gives(
+    client: IdeogramClient,
+    png_bytes: bytes,
+    tmp_path: Path,
+    umask: Callable[[int], int],
+    mask: int,
+    mode: int,
+) -> None:
+    result = await client.upscale(png_bytes)
+    umask(mask)
+    path = await client.download(result.data[0], tmp_path / "shared.png")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    # Replacing an existing private file gives the new one the same permissions.
+    path.chmod(0o600)
+    await client.download(result.data[0], path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 async def test_downloads_in_flight_are_bounded_by_max_concurrency(

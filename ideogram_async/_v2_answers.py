@@ -11,13 +11,12 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
-import cattrs
 
 from .errors import ResponseFormatError, snippet
-from .models import UpscaledImage, _converter
+from .models import UpscaledImage, structure
 
 __all__ = [
     "Generation",
@@ -28,7 +27,6 @@ __all__ = [
     "V2UpscaleResponse",
 ]
 
-_A = TypeVar("_A")
 _MICRO = Decimal(1_000_000)
 
 
@@ -230,30 +228,13 @@ def _load(body: str, status: int, required: dict[str, type], what: str) -> dict[
     return raw
 
 
-def _structure(raw: dict[str, Any], cls: type[_A], body: str, status: int) -> _A:
-    try:
-        return _converter.structure(raw, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        reasons = (
-            "; ".join(cattrs.transform_error(exc))
-            if isinstance(exc, cattrs.BaseValidationError)
-            else str(exc)
-        )
-        raise ResponseFormatError(
-            f"the service answered HTTP {status} with a body of the wrong shape "
-            f"({reasons}): {snippet(body)!r}",
-            body=body,
-            status=status,
-        ) from None
-
-
 def parse_upscale(body: str, status: int = 200, *, background: bool = False) -> V2UpscaleResponse:
     """A v2 upscale answer; ``data`` is required unless it was submitted in the background."""
     required: dict[str, type] = {"generation_id": str}
     if not background:
         required["data"] = list
     raw = _load(body, status, required, "an upscale result")
-    return _structure(raw, V2UpscaleResponse, body, status)
+    return structure(raw, V2UpscaleResponse, body, status)
 
 
 def parse_quote(body: str, status: int = 200) -> PriceQuote:
@@ -266,10 +247,10 @@ def parse_quote(body: str, status: int = 200) -> PriceQuote:
         "qualifier": str,
     }
     raw = _load(body, status, required, "a price quote")
-    return _structure(raw, PriceQuote, body, status)
+    return structure(raw, PriceQuote, body, status)
 
 
 def parse_generation(body: str, status: int = 200) -> Generation:
     """A polled generation's state."""
     raw = _load(body, status, {"generation_id": str, "status": str}, "a generation")
-    return _structure(raw, Generation, body, status)
+    return structure(raw, Generation, body, status)

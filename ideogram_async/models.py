@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -177,8 +177,16 @@ def parse_response(body: str, status: int = 200) -> UpscaleResponse:
             body=body,
             status=status,
         )
+    return structure(raw, UpscaleResponse, body, status)
+
+
+_A = TypeVar("_A")
+
+
+def structure(raw: dict[str, Any], cls: type[_A], body: str, status: int) -> _A:
+    """Build ``cls`` from a decoded 2xx body, or raise ``ResponseFormatError`` saying why not."""
     try:
-        return _converter.structure(raw, UpscaleResponse)
+        return _converter.structure(raw, cls)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         reasons = (
             "; ".join(cattrs.transform_error(exc))

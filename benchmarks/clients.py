@@ -4,13 +4,15 @@ Every client makes exactly the same requests: ``POST {base}/ideogram/upscale`` w
 ``Accept: application/json`` and ``Authorization: Bearer test-key``, and a
 ``multipart/form-data`` body of the ``image_request`` JSON string field and the
 ``image_file`` file part, read from disk for each request. Each holds at most
-``concurrency`` requests in flight, checks the status and decodes the JSON answer.
+``concurrency`` requests in flight (the library: images, ``num_images`` a request),
+checks the status and decodes the JSON answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import aiohttp
 import attrs
 import httpx
 
-from ideogram_async import IdeogramClient, MagicPrompt, RetryEvent, UpscaleRequest
+from ideogram_async import IdeogramClient, LocalAllowance, MagicPrompt, RetryEvent, UpscaleRequest
 
 from .server import API_KEY, UPSCALE_PATH
 
@@ -35,6 +37,14 @@ REQUEST = UpscaleRequest(
 _FORM_JSON = REQUEST.to_json()
 _HEADERS = {"Accept": "application/json", "Authorization": f"Bearer {API_KEY}"}
 _TIMEOUT = 300.0
+NAIVE_ATTEMPTS = 3
+"""Attempts per request of the hand-written retry loop (a common choice, openai-python's)."""
+_BACKOFF_ATTEMPTS = 30
+"""The hand-written loop with backoff tries this often before it gives up on a request."""
+
+
+def _request(num_images: int) -> UpscaleRequest:
+    return REQUEST if num_images == 1 else attrs.evolve(REQUEST, num_images=num_images)
 
 
 class Client(enum.StrEnum):
@@ -48,17 +58,24 @@ class Client(enum.StrEnum):
     """``IdeogramClient.upscale_many`` over a generator of paths."""
     AIOHTTP = "aiohttp"
     """Hand-written: ``aiohttp.ClientSession`` + ``FormData`` + ``Semaphore`` + gather."""
+    AIOHTTP_RETRY = "aiohttp-retry"
+    """``aiohttp``, plus the retry loop people add: any failure is retried at once,
+    up to :data:`NAIVE_ATTEMPTS` attempts in all."""
     HTTPX = "httpx"
     """``httpx.AsyncClient(limits=Limits(max_connections=C))`` + ``Semaphore`` + gather."""
+    AIOHTTP_BACKOFF = "aiohttp-backoff"
+    """Like ``aiohttp``, and a 429 is retried after an exponential backoff with full
+    jitter (0.5 s doubling, capped at 20 s), the semaphore held meanwhile."""
 
 
 @attrs.define
 class Outcome:
-    """What a client run did: requests that failed and HTTP attempts made."""
+    """What a client run did: requests that failed, HTTP attempts made, 429s received."""
 
     failures: int = 0
     first_error: str | None = None
     attempts: int = 0
+    rejected: int = 0
 
     def fail(self, error: BaseException) -> None:
         """Count a failed request, keeping the first reason."""
@@ -88,22 +105,61 @@ async def _bounded(count: int, concurrency: int, one: Callable[[], Awaitable[Non
     return await _gather(bounded() for _ in range(count))
 
 
-async def _run_aiohttp(base_url: str, image: Path, count: int, concurrency: int) -> Outcome:
+async def _run_aiohttp(
+    base_url: str,
+    image: Path,
+    count: int,
+    concurrency: int,
+    num_images: int = 1,
+    *,
+    attempts: int = 1,
+    backoff: bool = False,
+) -> Outcome:
+    """The hand-written loop; with ``attempts`` > 1, any failure is retried at once; with
+    ``backoff``, a 429 is sent again after a jittered exponential backoff."""
     url = base_url + UPSCALE_PATH
+    form_json = _request(num_images).to_json()
+    made = rejected = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT)) as session:
 
         async def one() -> None:
+            nonlocal made
+            failures = 0
+            for waits in range(_BACKOFF_ATTEMPTS):
+                made += 1
+                try:
+                    if await post():
+                        return
+                except (aiohttp.ClientError, RuntimeError):
+                    failures += 1
+                    if failures == attempts:
+                        raise
+                    continue
+                await asyncio.sleep(random.uniform(0, min(20.0, 0.5 * 2**waits)))
+            raise RuntimeError(f"still 429 after {_BACKOFF_ATTEMPTS} attempts")
+
+        async def post() -> bool:
+            """One POST: True when answered, False on a 429 to back off from."""
+            nonlocal rejected
             form = aiohttp.FormData()
-            form.add_field("image_request", _FORM_JSON)
+            form.add_field("image_request", form_json)
             # A plain open: this is the loop people write (aiohttp streams the file).
             with image.open("rb") as file:
                 form.add_field("image_file", file, filename=image.name, content_type="image/png")
                 async with session.post(url, data=form, headers=_HEADERS) as response:
+                    if response.status == 429 and backoff:
+                        rejected += 1
+                        await response.read()
+                        return False
                     if response.status != 200:
                         raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
                     await response.json()
+                    return True
 
-        return await _bounded(count, concurrency, one)
+        outcome = await _bounded(count, concurrency, one)
+    outcome.attempts = made
+    outcome.rejected = rejected
+    return outcome
 
 
 async def _run_httpx(base_url: str, image: Path, count: int, concurrency: int) -> Outcome:
@@ -126,42 +182,59 @@ async def _run_httpx(base_url: str, image: Path, count: int, concurrency: int) -
         return await _bounded(count, concurrency, one)
 
 
+class _Counted(LocalAllowance):
+    """The allowance ``IdeogramClient(allowance=n)`` builds, counting the 429s reported to it."""
+
+    rejections = 0
+
+    async def rejected(self, allowance: int | None) -> None:
+        self.rejections += 1
+        await super().rejected(allowance)
+
+
 async def _run_library(
-    client: Client, base_url: str, image: Path, count: int, concurrency: int
+    client: Client, base_url: str, image: Path, count: int, concurrency: int, num_images: int
 ) -> Outcome:
     retries = 0
+    request = _request(num_images)
+    places = _Counted(concurrency)
 
     def count_retry(_: RetryEvent) -> None:
         nonlocal retries
         retries += 1
 
     async with IdeogramClient(
-        api_key=API_KEY, base_url=base_url, max_concurrency=concurrency, on_retry=count_retry
+        api_key=API_KEY, base_url=base_url, allowance=places, on_retry=count_retry
     ) as ideogram:
         if client is Client.LIBRARY_MANY:
             outcome = Outcome()
-            async for item in ideogram.upscale_many((image for _ in range(count)), REQUEST):
+            async for item in ideogram.upscale_many((image for _ in range(count)), request):
                 if item.error is not None:
                     outcome.fail(item.error)
         elif client is Client.LIBRARY_BYTES:
 
             async def whole() -> None:
-                await ideogram.upscale(await asyncio.to_thread(image.read_bytes), REQUEST)
+                await ideogram.upscale(await asyncio.to_thread(image.read_bytes), request)
 
             outcome = await _gather(whole() for _ in range(count))
         else:
             # The client bounds concurrency itself: a plain gather is how it is used.
-            outcome = await _gather(ideogram.upscale(image, REQUEST) for _ in range(count))
-    outcome.attempts = count + retries
+            outcome = await _gather(ideogram.upscale(image, request) for _ in range(count))
+    outcome.rejected = places.rejections
+    outcome.attempts = count + retries + places.rejections
     return outcome
 
 
 async def run_client(
-    client: Client, base_url: str, image: Path, count: int, concurrency: int
+    client: Client, base_url: str, image: Path, count: int, concurrency: int, num_images: int = 1
 ) -> Outcome:
     """Upload ``image`` ``count`` times with ``client``, ``concurrency`` at a time."""
     if client is Client.AIOHTTP:
         return await _run_aiohttp(base_url, image, count, concurrency)
+    if client is Client.AIOHTTP_RETRY:
+        return await _run_aiohttp(base_url, image, count, concurrency, attempts=NAIVE_ATTEMPTS)
+    if client is Client.AIOHTTP_BACKOFF:
+        return await _run_aiohttp(base_url, image, count, concurrency, num_images, backoff=True)
     if client is Client.HTTPX:
         return await _run_httpx(base_url, image, count, concurrency)
-    return await _run_library(client, base_url, image, count, concurrency)
+    return await _run_library(client, base_url, image, count, concurrency, num_images)

@@ -25,6 +25,7 @@ class Unit(enum.StrEnum):
     MILLISECONDS = "ms"
     MEGABYTES = "MB"
     TIMES = "x"
+    REQUESTS = "requests"
 
 
 class Compare(enum.StrEnum):
@@ -63,6 +64,8 @@ class Row:
         """The row's cells, formatted."""
         if self.compare is Compare.RATIO:
             shown = f"{self.comparison:.2f}x"
+        elif self.unit is Unit.REQUESTS:
+            shown = f"{self.comparison:+.0f}"
         else:
             shown = f"{self.comparison:+.1f} {self.unit}"
         met = {None: "-", True: "yes", False: "NO"}[self.met]
@@ -84,6 +87,8 @@ class Row:
 
 
 def _figure(value: float, unit: Unit) -> str:
+    if unit is Unit.REQUESTS:
+        return f"{value:.0f}"
     if unit is Unit.TIMES:
         return f"{value:.3f}x"
     if unit is Unit.MILLISECONDS:

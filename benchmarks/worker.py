@@ -37,6 +37,7 @@ class Job:
     image: str
     count: int
     concurrency: int
+    num_images: int = 1
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +57,8 @@ class Measurement:
     first_error: str | None
     attempts: int
     """HTTP attempts made, retries included."""
+    rejected: int
+    """429 answers received."""
 
     @property
     def rss_growth(self) -> int:
@@ -113,7 +116,7 @@ async def _measure(job: Job) -> Measurement:
     cpu_started = time.process_time()
     started = time.perf_counter()
     outcome = await run_client(
-        job.client, job.base_url, Path(job.image), job.count, job.concurrency
+        job.client, job.base_url, Path(job.image), job.count, job.concurrency, job.num_images
     )
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
@@ -126,6 +129,7 @@ async def _measure(job: Job) -> Measurement:
         failures=outcome.failures,
         first_error=outcome.first_error,
         attempts=outcome.attempts,
+        rejected=outcome.rejected,
     )
 
 

@@ -5,6 +5,7 @@
 """
 
 from ._version import __version__
+from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
@@ -14,6 +15,7 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    GenerationFailedError,
     IdeogramError,
     NotFoundError,
     PaymentRequiredError,
@@ -21,38 +23,75 @@ from .errors import (
     ResponseFormatError,
     ServerError,
     ValidationError,
+    WebhookVerificationError,
 )
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent, RetryPolicy
 from .uploads import ImageInput
+from .v2 import (
+    AutoUpscaler,
+    Generation,
+    NanoBananaPro,
+    PriceQuote,
+    QuoteItem,
+    QuoteSummary,
+    TopazBloom2,
+    TopazRedefine,
+    TopazStandard2,
+    TopazTextRefine,
+    TopazWonder35,
+    V2Image,
+    V2Options,
+    V2UpscaleResponse,
+)
 
 __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Allowance",
+    "AllowanceChange",
     "AuthenticationError",
+    "AutoUpscaler",
     "BadRequestError",
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "ChangeReason",
     "ClientClosedError",
     "Flavor",
+    "Generation",
+    "GenerationFailedError",
     "IdeogramClient",
     "IdeogramError",
     "ImageInput",
+    "LocalAllowance",
     "MagicPrompt",
+    "NanoBananaPro",
     "NotFoundError",
     "PaymentRequiredError",
+    "PriceQuote",
+    "QuoteItem",
+    "QuoteSummary",
     "RateLimitError",
     "ResponseFormatError",
     "RetryEvent",
     "RetryPolicy",
     "ServerError",
     "Timeouts",
+    "TopazBloom2",
+    "TopazRedefine",
+    "TopazStandard2",
+    "TopazTextRefine",
+    "TopazWonder35",
     "UpscaleJob",
     "UpscaleRequest",
     "UpscaleResponse",
     "UpscaledImage",
+    "V2Image",
+    "V2Options",
+    "V2UpscaleResponse",
     "ValidationError",
+    "WebhookVerificationError",
     "__version__",
 ]

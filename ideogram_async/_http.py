@@ -65,9 +65,10 @@ class Http:
             )
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                # API requests and image downloads each get max_concurrency connections,
-                # so a request never waits for the pool once it holds a slot.
-                limit=2 * self._settings.max_concurrency,
+                # API requests and image downloads each get as many connections as
+                # the allowance's maximum, so a request holding places never waits
+                # for the pool.
+                limit=2 * self._settings.allowance.maximum,
                 ttl_dns_cache=300,
             )
             self._session = aiohttp.ClientSession(
@@ -123,7 +124,11 @@ class Http:
         except aiohttp.ClientError as exc:
             if upload is not None and upload.error is not None:
                 raise upload.error from None
-            raise APIConnectionError(f"{failed} ({type(exc).__name__}: {exc}); {hint}") from exc
+            unreachable = _unreachable(exc)
+            raise APIConnectionError(
+                f"{failed} ({unreachable or f'{type(exc).__name__}: {exc}'}); {hint}",
+                unreachable=unreachable is not None,
+            ) from exc
         finally:
             if upload is not None:
                 upload.release()
@@ -166,11 +171,26 @@ class Http:
         return APITimeoutError(f"the request timed out: {exc}", kind="attempt")
 
 
+def _unreachable(exc: aiohttp.ClientError) -> str | None:
+    """Why the host cannot be reached at all (refused, unknown name); ``None`` otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return "connection refused: nothing listens at that address"
+    return None
+
+
 def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
     should_retry = headers.get("x-should-retry", "").strip().lower()
-    detail = _error_detail(text, response.content_type)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    detail = _error_detail(data, text, response.content_type)
     if download and response.status in (404, 410):
         detail = (
             "the image URL has expired or does not exist; download results soon after upscaling"
@@ -182,15 +202,29 @@ def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -
         request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
+        **_rejection(data),
+        method=response.method,
+        url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
 
 
-def _error_detail(text: str, content_type: str) -> str:
+def _rejection(data: object) -> dict[str, Any]:
+    """``reject_reason`` and ``allowance`` (``max_inflight_requests``) of a 402/429 body."""
+    if not isinstance(data, dict):
+        return {}
+    reason, allowance = data.get("reject_reason"), data.get("max_inflight_requests")
+    return {
+        "reject_reason": reason if isinstance(reason, str) else None,
+        "allowance": (
+            allowance
+            if isinstance(allowance, int) and not isinstance(allowance, bool) and allowance >= 1
+            else None
+        ),
+    }
+
+
+def _error_detail(data: object, text: str, content_type: str) -> str:
     """The service's own error text: JSON detail/message/error, else a body snippet."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
     for _ in range(3):  # unwrap {"error": {"message": ...}} and the like
         if not isinstance(data, dict):
             break
@@ -218,7 +252,7 @@ _CLASSES: Mapping[int, type[APIError]] = {
 _HINTS: Mapping[int, str] = {
     400: "fix the request or the image; retrying will not help",
     401: "check the API key (api_key= or IDEOGRAM_API_KEY)",
-    402: "the account's balance is too low; top it up",
+    402: "the balance or the plan does not allow this request; top up or upgrade the plan",
     403: "check the API key (api_key= or IDEOGRAM_API_KEY) and its permissions",
     404: "check base_url and the flavor (proxy: /ideogram/upscale, official: /upscale)",
     408: "the service timed out reading the request; usually transient",
@@ -226,7 +260,21 @@ _HINTS: Mapping[int, str] = {
     410: "the resource is gone (an image URL expires soon after the upscale)",
     413: "the image is too large for the service; send a smaller file",
     422: "a value is out of range or the image is unsupported; fix the request",
-    429: "too many requests; lower max_concurrency or requests_per_second",
+    429: "too many requests; lower allowance= or requests_per_second",
+}
+_PAYMENT_HINTS: Mapping[str, str] = {
+    "insufficient_funds": "the account's balance is too low; top it up, then run again",
+    "daily_limit": (
+        "the organization reached its daily spending limit; wait until tomorrow, "
+        "or raise the limit in the billing settings"
+    ),
+    "subscription_required": "this needs an API subscription; subscribe, then run again",
+    "priority_credit_required": (
+        "this needs priority credits; buy some or upgrade the plan, then run again"
+    ),
+    "feature_limit": (
+        "the plan does not include this feature, or its share of it is used up; upgrade the plan"
+    ),
 }
 _REDIRECT_HINT = (
     "the API answered with a redirect, which is not followed so that the key goes "
@@ -243,13 +291,28 @@ def error_for_status(
     retry_after: float | None,
     should_retry: bool | None,
     hint: str | None = None,
+    reject_reason: str | None = None,
+    allowance: int | None = None,
+    method: str | None = None,
+    url: str | None = None,
 ) -> APIError:
     """Build the :class:`APIError` subclass that matches ``status``.
 
     The message is the service's ``detail`` followed by ``hint``, what to do about
-    it (by default a hint chosen by status).
+    it (by default a hint chosen by status and ``reject_reason``). A 402 is never
+    retried, whatever a gateway's ``x-should-retry`` says.
     """
     cls = _CLASSES.get(status, ServerError if status >= 500 else APIError)
+    if status == 402:
+        should_retry = False
+        if hint is None and reject_reason is not None:
+            hint = _PAYMENT_HINTS.get(reject_reason)
+    if hint is None and status == 429 and reject_reason == "inflight_limit":
+        places = "its whole allowance" if allowance is None else f"its allowance of {allowance}"
+        hint = (
+            f"the organization had {places} images in flight (every process using its "
+            "keys counts); ask for fewer images per request, or ask Ideogram for more"
+        )
     if hint is None and 300 <= status < 400:
         hint = _REDIRECT_HINT
     if hint is None:
@@ -262,4 +325,8 @@ def error_for_status(
         request_id=request_id,
         retry_after=retry_after,
         should_retry=should_retry,
+        reject_reason=reject_reason,
+        allowance=allowance,
+        method=method,
+        url=url,
     )

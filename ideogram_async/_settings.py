@@ -16,12 +16,15 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
+from .allowance import Allowance, LocalAllowance
 from .errors import ValidationError
 from .retry import RetryPolicy
 
 __all__ = ["OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
 
 OFFICIAL_BASE_URL = "https://api.ideogram.ai"
+_DEFAULT_ALLOWANCE = 10
+"""Places in flight when none is configured: the service's default allowance."""
 _T = TypeVar("_T")
 
 
@@ -31,7 +34,7 @@ class Flavor(enum.StrEnum):
     PROXY = "proxy"
     """``POST {base_url}/ideogram/upscale`` with ``Authorization: Bearer <key>``."""
     OFFICIAL = "official"
-    """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``."""
+    """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``; also the v2 upscalers."""
 
 
 def of_type(name: str, value: _T | None, kind: type[_T]) -> _T | None:
@@ -67,7 +70,7 @@ class Timeouts:
     """Per-attempt time limits, in seconds. The whole-call limit is ``RetryPolicy.deadline``.
 
     An upscale takes seconds to a minute, so ``attempt`` is generous. It starts
-    only once the request holds a concurrency slot, so waiting in the queue never
+    only once the request holds its places in flight, so waiting for them never
     counts against it.
     """
 
@@ -104,7 +107,7 @@ class Settings:
     key: Secret
     base_url: str
     """Without a trailing slash."""
-    max_concurrency: int
+    allowance: Allowance
     requests_per_second: float | None
     max_file_size: int
     timeouts: Timeouts
@@ -123,7 +126,9 @@ class Settings:
         api_key: str | None,
         base_url: str | None,
         flavor: Flavor | str,
-        max_concurrency: int,
+        allowance: int | Allowance | None,
+        max_concurrency: int | None,
+        adaptive: bool,
         requests_per_second: float | None,
         timeouts: Timeouts | None,
         retry: RetryPolicy | None,
@@ -161,7 +166,7 @@ class Settings:
             flavor=kind,
             key=Secret(key.strip()),
             base_url=base.rstrip("/"),
-            max_concurrency=int_at_least("max_concurrency", max_concurrency, 1),
+            allowance=_allowance(allowance, max_concurrency, adaptive),
             requests_per_second=positive_number(
                 "requests_per_second", requests_per_second, or_none=True
             ),
@@ -169,3 +174,29 @@ class Settings:
             timeouts=of_type("timeouts", timeouts, Timeouts) or Timeouts(),
             retry=of_type("retry", retry, RetryPolicy) or RetryPolicy(),
         )
+
+
+def _allowance(
+    allowance: int | Allowance | None, max_concurrency: int | None, adaptive: bool
+) -> Allowance:
+    """The limiter of places: ``allowance`` (or its old name ``max_concurrency``), default 10."""
+    of_type("adaptive", adaptive, bool)
+    if max_concurrency is not None:
+        if allowance is not None:
+            raise ValidationError("pass allowance= or max_concurrency= (its former name), not both")
+        allowance = int_at_least("max_concurrency", max_concurrency, 1)
+    if allowance is None:
+        allowance = _DEFAULT_ALLOWANCE
+    if isinstance(allowance, Allowance):
+        if not adaptive:
+            raise ValidationError(
+                "adaptive= applies to an allowance given as a number; an Allowance "
+                "object brings its own setting"
+            )
+        return allowance
+    if isinstance(allowance, bool) or not isinstance(allowance, int) or allowance < 1:
+        raise ValidationError(
+            f"allowance must be a number of images in flight >= 1 or an Allowance, "
+            f"got {allowance!r}; the service's default allowance is 10"
+        )
+    return LocalAllowance(allowance, adaptive=adaptive)

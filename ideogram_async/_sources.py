@@ -29,8 +29,8 @@ class _Source:
 
     size: int
 
-    def head(self) -> bytes:
-        """The first bytes, for type sniffing."""
+    def head(self, limit: int = SNIFF_BYTES) -> bytes:
+        """Up to ``limit`` first bytes: for type sniffing, or the size in the header."""
         raise NotImplementedError
 
     def open(self) -> IO[bytes] | None:
@@ -48,8 +48,8 @@ class _MemorySource(_Source):
         self._data = data
         self.size = len(data)
 
-    def head(self) -> bytes:
-        return bytes(self._data[:SNIFF_BYTES])
+    def head(self, limit: int = SNIFF_BYTES) -> bytes:
+        return bytes(self._data[:limit])
 
     async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
         for start in range(0, self.size, CHUNK_SIZE):
@@ -78,10 +78,10 @@ class _FileSource(_Source):
         self._owned = owned
         self.size = size
 
-    def head(self) -> bytes:
+    def head(self, limit: int = SNIFF_BYTES) -> bytes:
         self._file.seek(self._start)
         try:
-            return self._file.read(SNIFF_BYTES)
+            return self._file.read(min(limit, self.size))
         finally:
             self._file.seek(self._start)
 

@@ -1,4 +1,8 @@
-"""Bounded fan-out for ``upscale_many``: lazy input, O(window) tasks, per-item results."""
+"""Bounded fan-out for ``upscale_many``: lazy input, O(window) tasks, per-item results.
+
+The same machinery runs v1 upscales (:class:`UpscaleRequest`) and v2 ones (a model's
+options); a :class:`BatchResult` is typed by the answer it carries.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,45 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Generic, Self, TypeAlias, TypeVar
 
 import attrs
 
 from .errors import ValidationError
 from .models import UpscaleRequest, UpscaleResponse
 from .uploads import ImageInput
+from .v2 import V2Options, V2UpscaleResponse
 
 __all__ = ["BatchInput", "BatchResult", "BatchRun", "UpscaleJob"]
+
+_R = TypeVar("_R", UpscaleResponse, V2UpscaleResponse)
+"""The answer a batch yields: v1's or v2's."""
 
 
 @attrs.frozen
 class UpscaleJob:
-    """One item of ``upscale_many``: an image with its own request and file name."""
+    """One item of ``upscale_many``: an image with its own request and file name.
+
+    ``request`` is an :class:`UpscaleRequest` in a v1 batch, a model's options
+    (e.g. ``TopazBloom2(...)``) in a v2 one.
+    """
 
     image: ImageInput
-    request: UpscaleRequest | None = None
+    request: UpscaleRequest | V2Options | None = None
     filename: str | None = None
 
 
 @attrs.frozen(kw_only=True)
-class BatchResult:
+class BatchResult(Generic[_R]):
     """The outcome of one input of ``upscale_many``; errors are reported, not raised."""
 
     index: int
     """Position of the input in the input sequence (0-based)."""
     source: Any
     """The image as it was given (path, bytes, file, stream)."""
-    request: UpscaleRequest
+    request: UpscaleRequest | V2Options
     """The options it was upscaled with."""
-    response: UpscaleResponse | None
+    response: _R | None
     """The service's answer, or ``None`` when it failed."""
     error: Exception | None
     """Why it failed (usually an ``IdeogramError``), or ``None``."""
@@ -51,26 +63,41 @@ class BatchResult:
         return self.error is None
 
 
-BatchInput: TypeAlias = ImageInput | tuple[ImageInput, UpscaleRequest | None] | UpscaleJob
+BatchInput: TypeAlias = (
+    ImageInput | tuple[ImageInput, UpscaleRequest | V2Options | None] | UpscaleJob
+)
 """One item of ``upscale_many``'s input: an image, an ``(image, request)`` pair or a job."""
 
 # The client's upscale, returning the response and the attempts it took.
-Upscaler = Callable[[UpscaleJob], Awaitable[tuple[UpscaleResponse, int]]]
+Upscaler: TypeAlias = Callable[[UpscaleJob], Awaitable[tuple[_R, int]]]
 
 
-def as_job(item: object, default: UpscaleRequest) -> UpscaleJob:
-    """Normalise an input item (image, ``(image, request)`` pair or job) to a job."""
+def as_job(item: object, default: UpscaleRequest | V2Options) -> UpscaleJob:
+    """Normalise an input item (image, ``(image, request)`` pair or job) to a job.
+
+    Its request must be of the batch's kind: v1 (:class:`UpscaleRequest`) or v2.
+    """
+    kind, name = (
+        (V2Options, "a v2 model's options")
+        if isinstance(default, V2Options)
+        else (UpscaleRequest, "an UpscaleRequest")
+    )
     if isinstance(item, UpscaleJob):
         job = item
     elif isinstance(item, tuple):
-        if len(item) != 2 or not isinstance(item[1], UpscaleRequest | None):
+        if len(item) != 2:
             raise ValidationError(
-                "a tuple input must be an (image, UpscaleRequest) pair; "
+                "a tuple input must be an (image, request) pair; "
                 "use UpscaleJob(image, request, filename) for more"
             )
         job = UpscaleJob(item[0], item[1])
     else:
         job = UpscaleJob(item)  # type: ignore[arg-type]
+    if job.request is not None and not isinstance(job.request, kind):
+        raise ValidationError(
+            f"this batch's requests are {name}, got {type(job.request).__name__}; "
+            f"run v1 and v2 upscales in separate batches"
+        )
     return job if job.request is not None else attrs.evolve(job, request=default)
 
 
@@ -85,7 +112,7 @@ async def _items(
             yield item
 
 
-class BatchRun:
+class BatchRun(Generic[_R]):
     """The async iterator that ``upscale_many`` returns.
 
     Use it in ``async for``; wrap it in ``async with`` to cancel the remaining work
@@ -93,14 +120,15 @@ class BatchRun:
     the iterator is garbage-collected).
     """
 
-    def __init__(self, results: AsyncGenerator[BatchResult, None]) -> None:
-        self._gen = results
+    def __init__(self, results: AsyncGenerator[BatchResult[_R], None]) -> None:
+        self._gen: AsyncGenerator[BatchResult[_R], None] = results
 
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> BatchResult:
-        return await self._gen.__anext__()
+    async def __anext__(self) -> BatchResult[_R]:
+        result: BatchResult[_R] = await self._gen.__anext__()
+        return result
 
     async def aclose(self) -> None:
         """Cancel every item still in progress and wait until they have let go."""
@@ -118,10 +146,12 @@ class BatchRun:
         await self.aclose()
 
 
-async def _one(index: int, item: Any, upscale: Upscaler, default: UpscaleRequest) -> BatchResult:
+async def _one(
+    index: int, item: Any, upscale: Upscaler[_R], default: UpscaleRequest | V2Options
+) -> BatchResult[_R]:
     started = time.monotonic()
     source, request, attempts = item, default, 0
-    response: UpscaleResponse | None = None
+    response: _R | None = None
     error: Exception | None = None
     try:
         job = as_job(item, default)
@@ -143,17 +173,17 @@ async def _one(index: int, item: Any, upscale: Upscaler, default: UpscaleRequest
 
 async def fan_out(
     inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
-    upscale: Upscaler,
-    default: UpscaleRequest,
+    upscale: Upscaler[_R],
+    default: UpscaleRequest | V2Options,
     *,
     window: int,
     ordered: bool,
     stop_on_error: bool,
-) -> AsyncGenerator[BatchResult, None]:
+) -> AsyncGenerator[BatchResult[_R], None]:
     """Keep at most ``window`` items started-but-not-yielded; yield as they finish."""
     source = _items(inputs)
-    pending: set[asyncio.Task[BatchResult]] = set()
-    done_early: dict[int, BatchResult] = {}  # ordered mode: finished, waiting their turn
+    pending: set[asyncio.Task[BatchResult[_R]]] = set()
+    done_early: dict[int, BatchResult[_R]] = {}  # ordered mode: finished, waiting their turn
     next_index = 0  # next input index to start
     next_out = 0  # ordered mode: next index to yield
     exhausted = False
@@ -169,7 +199,7 @@ async def fan_out(
                 next_index += 1
             if not pending and not done_early:
                 return
-            finished: list[BatchResult] = []
+            finished: list[BatchResult[_R]] = []
             if pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 finished = sorted((task.result() for task in done), key=lambda r: r.index)

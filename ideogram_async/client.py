@@ -1,4 +1,4 @@
-"""``IdeogramClient``: one aiohttp session, bounded concurrency, retried upscales."""
+"""``IdeogramClient``: one aiohttp session, an allowance of places in flight, retried upscales."""
 
 from __future__ import annotations
 
@@ -7,35 +7,56 @@ import os
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, overload
 
 import aiohttp
 from aiolimiter import AsyncLimiter
 
 from ._files import write_atomically
 from ._http import Http
+from ._posts import ImagePosts
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
+from ._v2_answers import parse_upscale
+from ._v2_client import V2Calls, poll_limiter
+from .allowance import Allowance
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
 from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
+from .v2 import V2Options, V2UpscaleResponse
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
 
-class IdeogramClient:
+class IdeogramClient(V2Calls, ImagePosts):
     """An async client for the Ideogram upscale endpoint; use it as an async context manager.
 
-    One client holds one connection pool and one concurrency limit: share it across
-    the tasks of an app rather than creating one per call. ``max_concurrency``
-    bounds requests in flight (the official API allows 10 per key);
-    ``requests_per_second`` optionally bounds their start rate too.
+    One client holds one connection pool and one allowance: share it across the
+    tasks of an app rather than creating one per call. ``allowance`` bounds the
+    images in flight (default 10, the service's default allowance per
+    organization): an upscale holds ``num_images`` places (1 by default; a v2
+    upscale or quote, 1) while it is on the wire, first come first served. Given
+    as a number, the bound learns from the service: a 429 that names the
+    allowance lowers it at once, and with ``adaptive`` (the default) a 429
+    without the number halves it while requests that go through raise it again,
+    never above the number given. Pass an
+    :class:`~ideogram_async.allowance.Allowance` instead to share one between
+    clients or processes (the client then never closes it). ``max_concurrency``
+    is the former name of a numeric ``allowance``. ``client.allowance`` shows
+    the current bound (``limit``) and the places held (``in_use``), for a
+    dashboard; ``client.max_concurrency`` is its ``maximum``.
+    ``requests_per_second`` optionally bounds the start rate of requests too.
 
     The key comes from ``api_key`` or ``IDEOGRAM_API_KEY``; the base URL from
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
     ``https://api.ideogram.ai``). Pass ``session`` to reuse an ``aiohttp``
     session: the client then never closes it, and its pool limits apply.
+
+    A client of the official flavor also reaches Ideogram's v2 upscalers
+    (``upscale_v2``, ``quote_v2``, ``quote_many``, ``submit_v2``,
+    ``wait_for_generation``); ``poll_limit`` ``(polls, seconds)`` is the one rate
+    every generation poll of the client shares (Ideogram allows 1,000 per 10 s).
     """
 
     def __init__(
@@ -44,19 +65,24 @@ class IdeogramClient:
         api_key: str | None = None,
         base_url: str | None = None,
         flavor: Flavor | str = Flavor.PROXY,
-        max_concurrency: int = 10,
+        allowance: int | Allowance | None = None,
+        adaptive: bool = True,
+        max_concurrency: int | None = None,
         requests_per_second: float | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
+        poll_limit: tuple[int, float] = (1000, 10.0),
     ) -> None:
         settings = Settings.resolve(
             api_key=api_key,
             base_url=base_url,
             flavor=flavor,
+            allowance=allowance,
             max_concurrency=max_concurrency,
+            adaptive=adaptive,
             requests_per_second=requests_per_second,
             timeouts=timeouts,
             retry=retry,
@@ -65,7 +91,8 @@ class IdeogramClient:
         )
         self.flavor = settings.flavor
         self.base_url = settings.base_url
-        self.max_concurrency = settings.max_concurrency
+        self.allowance = settings.allowance
+        self.max_concurrency = settings.allowance.maximum
         self.requests_per_second = settings.requests_per_second
         self.max_file_size = settings.max_file_size
         self.timeouts = settings.timeouts
@@ -74,8 +101,9 @@ class IdeogramClient:
         self._url = settings.url
         self._http = Http(settings, session)
         self._on_retry = on_retry
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._owns_allowance = not isinstance(allowance, Allowance)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
+        self._polls = poll_limiter(poll_limit)
         self._limiter = (
             None
             if settings.requests_per_second is None
@@ -85,7 +113,7 @@ class IdeogramClient:
     def __repr__(self) -> str:
         return (
             f"IdeogramClient(base_url={self.base_url!r}, flavor={self.flavor.value!r}, "
-            f"max_concurrency={self.max_concurrency}, api_key={self._key!r})"
+            f"allowance={self.allowance!r}, api_key={self._key!r})"
         )
 
     async def __aenter__(self) -> Self:
@@ -101,8 +129,13 @@ class IdeogramClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless the session was passed in). Idempotent."""
+        """Close the connection pool (unless the session was passed in). Idempotent.
+
+        An :class:`~ideogram_async.allowance.Allowance` passed in is left open.
+        """
         await self._http.aclose()
+        if self._owns_allowance:
+            await self.allowance.aclose()
 
     @property
     def closed(self) -> bool:
@@ -154,16 +187,24 @@ class IdeogramClient:
                 f"build one with UpscaleRequest(prompt=..., resemblance=...)"
             )
         policy = self._policy(retry)
+        places = request.num_images or 1
+        if places > self.allowance.maximum:
+            raise ValidationError(
+                f"num_images={places} needs {places} places in flight, more than the "
+                f"allowance of {self.allowance.maximum}; ask for fewer images per request "
+                "or raise allowance= (if your organization's allowance is higher)"
+            )
         prepared = await prepare_image(image, max_file_size=self.max_file_size, filename=filename)
         with prepared:
             form = request.to_json()
             return await call_with_retries(
-                lambda number: self._attempt(prepared, form, number),
+                lambda number: self._attempt(prepared, form, places),
                 policy,
                 what=f"upscale {prepared.filename}",
                 on_retry=self._on_retry,
             )
 
+    @overload
     def upscale_many(
         self,
         inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
@@ -173,17 +214,44 @@ class IdeogramClient:
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
-    ) -> BatchRun:
+    ) -> BatchRun[UpscaleResponse]: ...
+
+    @overload
+    def upscale_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        request: V2Options,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun[V2UpscaleResponse]: ...
+
+    def upscale_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        request: UpscaleRequest | V2Options | None = None,
+        *,
+        ordered: bool = False,
+        stop_on_error: bool = False,
+        window: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> BatchRun[UpscaleResponse] | BatchRun[V2UpscaleResponse]:
         """Upscale many images, yielding a :class:`BatchResult` for each as it finishes.
 
         ``inputs`` is any iterable or async iterable of images, of ``(image,
-        UpscaleRequest)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
-        at most ``window`` items (default ``2 * max_concurrency``) are in progress
+        request)`` pairs, or of :class:`UpscaleJob`; it is pulled lazily, and
+        at most ``window`` items (default twice the allowance) are in progress
         or buffered at once, however long it is. A failed item is a result with
         ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
         order; ``stop_on_error=True`` ends the run after the first failed result.
         Leaving the loop cancels what is still running (use ``async with`` for
         that to happen at once).
+
+        With a v2 model's options as ``request`` (e.g. ``TopazBloom2(...)``; official
+        flavor) every image goes to that v2 upscaler, as :meth:`upscale_v2` would
+        send it, and results carry a :class:`V2UpscaleResponse`.
         """
         self._http.session()
         if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
@@ -192,15 +260,36 @@ class IdeogramClient:
                 "wrap it in a list or call upscale() for a single image"
             )
         default = request or UpscaleRequest()
-        if not isinstance(default, UpscaleRequest):
+        if not isinstance(default, UpscaleRequest | V2Options):
             raise ValidationError(
-                f"request must be an UpscaleRequest, got {type(default).__name__}"
+                f"request must be an UpscaleRequest or a v2 model's options, "
+                f"got {type(default).__name__}"
             )
         size = 2 * self.max_concurrency if window is None else window
         int_at_least("window", size, 1)
         self._policy(retry)
+        if isinstance(default, V2Options):
+            self._v2_url("")  # a proxy-flavor client refuses v2 here, not per item
+
+            async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
+                assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
+                return await self._v2_post(
+                    job.image, job.request, parse_upscale, filename=job.filename, retry=retry
+                )
+
+            return BatchRun(
+                fan_out(
+                    inputs,
+                    run_v2,
+                    default,
+                    window=size,
+                    ordered=ordered,
+                    stop_on_error=stop_on_error,
+                )
+            )
 
         async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+            assert isinstance(job.request, UpscaleRequest)  # as_job keeps the batch's kind
             return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
 
         return BatchRun(
@@ -226,6 +315,11 @@ class IdeogramClient:
         """
         self._http.session()
         url = image.url if isinstance(image, UpscaledImage) else image
+        if isinstance(image, UpscaledImage) and image.is_image_safe is False and not url:
+            raise ValidationError(
+                "this image was withheld by the service's safety check, so there is "
+                "nothing to download (the upscale ran and is billed)"
+            )
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValidationError(
                 f"cannot download {url!r}: pass an UpscaledImage with a url or an http(s) URL"
@@ -256,24 +350,9 @@ class IdeogramClient:
             await self._http.raise_for_status(response, download=True)
             return await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
 
-    async def _attempt(self, image: PreparedImage, form: str, number: int) -> UpscaleResponse:
-        """One HTTP attempt, holding a concurrency slot only while on the wire."""
-        async with self._slots:
-            if self._limiter is not None:
-                await self._limiter.acquire()
-            body = aiohttp.MultipartWriter("form-data")
-            body.append(form).set_content_disposition("form-data", name="image_request")
-            upload = image.payload()
-            body.append_payload(upload)
-            async with self._http.request(
-                "POST",
-                self._url,
-                failed=f"upscale {image.filename}: connection to {self.base_url} failed",
-                hint="check base_url and the network",
-                upload=upload,
-                data=body,
-                headers={"Accept": "application/json", **self._http.auth_headers()},
-                allow_redirects=False,
-            ) as response:
-                text = await self._http.text(response)
-        return parse_response(text, response.status)
+    async def _attempt(self, image: PreparedImage, form: str, places: int) -> UpscaleResponse:
+        """One attempt of a v1 upscale of ``places`` images."""
+        text, status = await self._post_image(
+            self._url, {"image_request": form}, image, part="image_file", places=places
+        )
+        return parse_response(text, status)

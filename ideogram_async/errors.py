@@ -1,6 +1,10 @@
 """The exception tree of ``ideogram_async``.
 
-Every error the library raises on purpose derives from :class:`IdeogramError`::
+Every error a caller can see from ``ideogram_async`` derives from :class:`IdeogramError`;
+what goes wrong underneath (aiohttp, the network, the service, files) is mapped to this
+tree where it happens, so ``except IdeogramError`` catches every failure of a call
+(cancellation, ``KeyboardInterrupt`` and the like excepted: they are not failures).
+Any other exception escaping is a bug::
 
     IdeogramError
     ├── ValidationError (also ValueError)    bad input or settings; nothing was sent
@@ -8,6 +12,8 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    ├── GenerationFailedError                a v2 background generation ended ``failed``
+    ├── WebhookVerificationError             a webhook delivery failed its signature check
     └── APIError                             the service answered with a non-2xx status
         ├── BadRequestError                  400, 413, 422
         ├── AuthenticationError              401, 403
@@ -17,7 +23,11 @@ Every error the library raises on purpose derives from :class:`IdeogramError`::
         └── ServerError                      5xx
 
 Messages say what happened and what to do about it; they never contain the API key.
-``attempts`` tells how many HTTP attempts were made before the error was raised.
+``attempts`` tells how many attempts were made before the error was raised (a request
+the service refused as over the allowance, then sent again once a place freed, counts
+as one attempt); a ``ValidationError`` always has 0: nothing was sent. An
+:class:`APIError` also carries the request it answers (``method``, ``url``) and, as in
+openai-python and httpx, ``status_code``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "GenerationFailedError",
     "IdeogramError",
     "NotFoundError",
     "PaymentRequiredError",
@@ -36,6 +47,7 @@ __all__ = [
     "ResponseFormatError",
     "ServerError",
     "ValidationError",
+    "WebhookVerificationError",
 ]
 
 _SNIPPET = 300
@@ -63,14 +75,23 @@ class ClientClosedError(IdeogramError, RuntimeError):
 
 
 class APIConnectionError(IdeogramError):
-    """The request got no usable HTTP response (refused, reset, disconnected)."""
+    """The request got no usable HTTP response (refused, reset, disconnected).
+
+    ``unreachable`` is true when the host refused the connection or its name did not
+    resolve: a wrong ``base_url`` or a service that is down, which retrying soon will
+    not fix (see ``RetryPolicy.connect_attempts``).
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class APITimeoutError(APIConnectionError):
     """A time limit fired; ``kind`` says which one.
 
     ``"connect"`` (opening the connection), ``"attempt"`` (one request, from the
-    moment it held a concurrency slot) or ``"deadline"`` (the whole call, retries
+    moment it held its places in flight) or ``"deadline"`` (the whole call, retries
     and waits included). ``body_sent`` is true when the upload had completed, so
     the service may have done (and billed) the work.
     """
@@ -90,12 +111,31 @@ class ResponseFormatError(IdeogramError):
         self.status = status
 
 
+class GenerationFailedError(IdeogramError):
+    """A v2 generation ended ``failed``; ``failure_reason`` says why (it is not billed)."""
+
+    def __init__(self, message: str, *, generation_id: str, failure_reason: str | None) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+        self.failure_reason = failure_reason
+
+
+class WebhookVerificationError(IdeogramError):
+    """A webhook delivery is not signed by a given key, is stale, or lacks a header."""
+
+
 class APIError(IdeogramError):
     """The service answered with a non-2xx status.
 
     ``message`` is the service's own error text, ``body`` the raw body (text),
     ``request_id`` the id from the response headers when there was one, and
     ``retry_after`` the wait in seconds that the service asked for, if any.
+    ``method`` and ``url`` name the request answered (the URL without credentials or
+    query string, which may hold a signature). When the body gives them (402 and
+    429), ``reject_reason`` says why the service refused (``inflight_limit``,
+    ``insufficient_funds``, ``daily_limit``, ...) and ``allowance`` is the
+    organization's allowance of images in flight (the body's
+    ``max_inflight_requests``).
     """
 
     def __init__(
@@ -107,6 +147,10 @@ class APIError(IdeogramError):
         request_id: str | None = None,
         retry_after: float | None = None,
         should_retry: bool | None = None,
+        reject_reason: str | None = None,
+        allowance: int | None = None,
+        method: str | None = None,
+        url: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -115,6 +159,15 @@ class APIError(IdeogramError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.should_retry = should_retry
+        self.reject_reason = reject_reason
+        self.allowance = allowance
+        self.method = method
+        self.url = url
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status, under the name openai-python and httpx use."""
+        return self.status
 
     def __str__(self) -> str:
         rid = f" (request id {self.request_id})" if self.request_id else ""
@@ -130,7 +183,12 @@ class AuthenticationError(APIError):
 
 
 class PaymentRequiredError(APIError):
-    """402: the account's balance is too low; top it up before retrying."""
+    """402: the balance, daily limit or plan does not allow the request; never retried.
+
+    ``reject_reason`` says which (``insufficient_funds``, ``daily_limit``,
+    ``subscription_required``, ``priority_credit_required``, ``feature_limit``) and
+    the message what to do about it.
+    """
 
 
 class NotFoundError(APIError):
@@ -138,7 +196,13 @@ class NotFoundError(APIError):
 
 
 class RateLimitError(APIError):
-    """429: too many requests; ``retry_after`` holds the wait the service asked for."""
+    """429: too many requests; ``retry_after`` holds the wait the service asked for.
+
+    ``reject_reason == "inflight_limit"`` means the organization had its whole
+    allowance of images in flight (``allowance`` places, when the body says); the
+    client waits for a place and sends the request again by itself, so this reaches
+    the caller only when the request can never fit.
+    """
 
 
 class ServerError(APIError):

@@ -3,17 +3,25 @@
 Transient failures are retried with exponential backoff and full jitter
 (``tenacity.wait_random_exponential``); a ``Retry-After``/``retry-after-ms`` header
 replaces the backoff, up to ``retry_after_max``; an ``x-should-retry`` header from a
-gateway overrides the status rules. The caller always gets the last real error,
-never tenacity's ``RetryError``, with ``error.attempts`` set.
+gateway overrides the status rules. A host that refuses connections or whose name does
+not resolve gets only ``connect_attempts``. The caller always gets the last real
+error, never tenacity's ``RetryError``, with ``error.attempts`` set.
+
+Each call runs one ``tenacity.AsyncRetrying``; its stop, wait and retry strategies are
+built once per policy. :func:`set_testing` makes the waits instant for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import email.utils
 import logging
+import math
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -21,7 +29,7 @@ import tenacity
 
 from .errors import APIConnectionError, APIError, APITimeoutError, IdeogramError, ValidationError
 
-__all__ = ["RetryEvent", "RetryPolicy"]
+__all__ = ["RetryEvent", "RetryPolicy", "is_testing", "set_testing"]
 
 logger = logging.getLogger("ideogram_async")
 
@@ -30,18 +38,35 @@ T = TypeVar("T")
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
-def _positive(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None and attribute.name == "deadline":
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValidationError(f"RetryPolicy.{attribute.name} must be a number >= 0, got {value!r}")
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
-def _attempts(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+def _seconds(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not _finite(value) or value < 0:
+        raise ValidationError(
+            f"RetryPolicy.{attribute.name} must be a finite number of seconds >= 0, got {value!r}"
+        )
+
+
+def _deadline(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and (not _finite(value) or value <= 0):
+        raise ValidationError(
+            f"RetryPolicy.deadline must be a finite number of seconds > 0, or None for no "
+            f"limit, got {value!r}"
+        )
+
+
+def _count(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValidationError(
-            f"RetryPolicy.attempts must be an int >= 1 (1 means no retries), got {value!r}"
+            f"RetryPolicy.{attribute.name} must be an int >= 1 (1 means no retries), got {value!r}"
         )
+
+
+def _flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValidationError(f"RetryPolicy.{attribute.name} must be True or False, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -54,25 +79,53 @@ class RetryPolicy:
     status rules either way.
     """
 
-    attempts: int = attrs.field(default=10, validator=_attempts)
+    attempts: int = attrs.field(default=10, validator=_count)
     """Total attempts per call, the first included; 1 disables retries."""
-    backoff_base: float = attrs.field(default=0.5, validator=_positive)
+    connect_attempts: int = attrs.field(default=3, validator=_count)
+    """Attempts after which a refused connection or an unknown host name ends the call.
+
+    Those do not heal in the seconds a retry waits, so a wrong ``base_url`` or a dead
+    host fails within a few seconds instead of running through ``attempts``.
+    """
+    backoff_base: float = attrs.field(default=0.5, validator=_seconds)
     """Upper bound of the first jittered wait, in seconds; it doubles per attempt."""
-    backoff_max: float = attrs.field(default=20.0, validator=_positive)
+    backoff_max: float = attrs.field(default=20.0, validator=_seconds)
     """Cap of the jittered exponential wait, in seconds."""
-    retry_after_max: float = attrs.field(default=60.0, validator=_positive)
+    retry_after_max: float = attrs.field(default=60.0, validator=_seconds)
     """Cap on a wait asked for by ``Retry-After`` or ``retry-after-ms``, in seconds."""
-    deadline: float | None = attrs.field(default=600.0, validator=_positive)
+    deadline: float | None = attrs.field(default=600.0, validator=_deadline)
     """Limit on the whole call, waits and retries included (``None``: no limit)."""
-    retry_timeout_after_upload: bool = attrs.field(
-        default=True, validator=attrs.validators.instance_of(bool)
-    )
+    retry_timeout_after_upload: bool = attrs.field(default=True, validator=_flag)
     """Retry an attempt that timed out after the whole image was sent.
 
     The service may already have done, and billed, that upscale; retrying can pay
     for it twice. ``True`` favours finishing every image; set ``False`` when a
     possible double charge costs more than a failed item.
     """
+    _strategies: dict[str, Any] = attrs.field(init=False, repr=False, eq=False)
+    """tenacity's stop, wait and retry strategies, built once: a call only assembles them."""
+
+    def __attrs_post_init__(self) -> None:
+        stops: list[tenacity.stop.stop_base] = [
+            tenacity.stop_after_attempt(self.attempts),
+            _StopUnreachable(self.connect_attempts),
+        ]
+        if self.deadline is not None:
+            stops.append(tenacity.stop_before_delay(self.deadline))
+        strategies = {
+            "stop": tenacity.stop_any(*stops),
+            "wait": _WaitRetryAfter(
+                self.retry_after_max,
+                tenacity.wait_random_exponential(
+                    multiplier=self.backoff_base, max=self.backoff_max
+                ),
+            ),
+            "retry": tenacity.retry_if_exception(self._retryable),
+        }
+        object.__setattr__(self, "_strategies", strategies)
+
+    def _retryable(self, error: BaseException) -> bool:
+        return is_retryable(error, self)
 
     @classmethod
     def no_retries(cls) -> RetryPolicy:
@@ -80,9 +133,9 @@ class RetryPolicy:
         return cls(attempts=1)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RetryEvent:
-    """What a retry hook receives before each backoff sleep."""
+    """What a retry hook receives before each wait between attempts."""
 
     attempt: int
     """The attempt that just failed (1-based)."""
@@ -90,47 +143,100 @@ class RetryEvent:
     """Why it failed."""
     wait: float
     """Seconds the client will now wait before the next attempt."""
+    waited: float
+    """Seconds this call already waited between earlier attempts (0 before the first wait)."""
+    name: str
+    """Which call is retried, e.g. ``"upscale photo.png"`` or ``"download photo.png"``."""
 
 
 RetryHook = Callable[[RetryEvent], None]
 
-_instant = False
+
+@attrs.frozen
+class _Testing:
+    attempts: int | None
 
 
-def _set_instant(enabled: bool) -> None:
-    """Make backoff sleeps instant (see ``ideogram_async.testing.instant_retries``)."""
-    global _instant
-    _instant = enabled
+_testing: _Testing | None = None
 
 
-def _instant_enabled() -> bool:
-    return _instant
+def set_testing(
+    enabled: bool, *, attempts: int | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Switch test mode on or off for every client in this process.
+
+    In test mode the waits between attempts take no time, so a test of retry
+    behaviour runs in milliseconds; retries still happen, and hooks still see the wait
+    each one would have made (the deadline counts only real time). With ``attempts``,
+    no call makes more than that many attempts (``attempts=1``: no retries at all).
+
+    The setting applies at once. The returned context manager restores the previous
+    setting on exit, so ``with set_testing(True): ...`` limits it to a block (this is
+    what ``ideogram_async.testing.instant_retries()`` does).
+    """
+    global _testing
+    if attempts is not None and (
+        isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
+    ):
+        raise ValidationError(f"set_testing(attempts=) must be an int >= 1, got {attempts!r}")
+    previous = _testing
+    _testing = _Testing(attempts) if enabled else None
+    return _restoring(previous)
+
+
+@contextlib.contextmanager
+def _restoring(previous: _Testing | None) -> Iterator[None]:
+    global _testing
+    try:
+        yield
+    finally:
+        _testing = previous
+
+
+def is_testing() -> bool:
+    """Whether test mode (:func:`set_testing`) is on."""
+    return _testing is not None
 
 
 async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(0 if _instant else seconds)
+    await asyncio.sleep(0 if _testing else seconds)
+
+
+_DELAY = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def _delay(text: str | None, unit: float) -> float | None:
+    """A header's non-negative number in seconds; ``None`` for anything else."""
+    if text is None or not _DELAY.fullmatch(text.strip()):
+        return None
+    seconds = float(text) / unit
+    return seconds if math.isfinite(seconds) else None
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
-    millis = headers.get("retry-after-ms")
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
+
+    Hostile values are ignored, so the usual backoff applies: anything that is not a
+    plain number (``nan``, ``inf``, negative, garbage), a number too large for a float,
+    and a date that is not in the future. ``retry_after_max`` caps what is left.
+    """
+    millis = _delay(headers.get("retry-after-ms"), 1000)
     if millis is not None:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
+        return millis
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _delay(value, 1)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    if when.tzinfo is None:  # "-0000": UTC by the RFC, not local time
+        when = when.replace(tzinfo=datetime.UTC)
+    left = when.timestamp() - time.time()
+    return left if left > 0 else None
 
 
 def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
@@ -140,80 +246,68 @@ def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
             return error.should_retry
         return error.status in RETRYABLE_STATUSES
     if isinstance(error, APITimeoutError):
-        if error.kind == "deadline":
-            return False
         return policy.retry_timeout_after_upload or not error.body_sent
     return isinstance(error, APIConnectionError)
 
 
-class _PastDeadline(tenacity.stop.stop_base):
-    """Stop when the next wait would end past the deadline: fail now, with the real error."""
+def _failure(state: tenacity.RetryCallState) -> BaseException | None:
+    """The error of the attempt that just ended."""
+    outcome = state.outcome
+    assert outcome is not None  # tenacity asks only once an attempt has ended
+    return outcome.exception()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline_at: float | None) -> None:
-        self._loop = loop
-        self._deadline_at = deadline_at
+
+class _StopUnreachable(tenacity.stop.stop_base):
+    """Stop once ``attempts`` were made and the host still cannot be reached."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
 
     def __call__(self, state: tenacity.RetryCallState) -> bool:
+        error = _failure(state)
         return (
-            self._deadline_at is not None
-            and self._loop.time() + state.upcoming_sleep >= self._deadline_at
+            isinstance(error, APIConnectionError)
+            and error.unreachable
+            and state.attempt_number >= self.attempts
         )
 
 
-def _retrying(
-    policy: RetryPolicy,
-    loop: asyncio.AbstractEventLoop,
-    deadline_at: float | None,
-    what: str,
-    on_retry: RetryHook | None,
-) -> tenacity.AsyncRetrying:
-    """The tenacity loop of ``policy``: when to stop, how long to wait, what to retry."""
-    backoff = tenacity.wait_random_exponential(
-        multiplier=policy.backoff_base, max=policy.backoff_max
-    )
+class _WaitRetryAfter(tenacity.wait.wait_base):
+    """The wait the service asked for (up to ``cap``), else ``backoff``'s."""
 
-    def wait(state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
+    def __init__(self, cap: float, backoff: tenacity.wait.wait_base) -> None:
+        self.cap = cap
+        self.backoff = backoff
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        error = _failure(state)
         if isinstance(error, APIError) and error.retry_after is not None:
-            return min(error.retry_after, policy.retry_after_max)
-        return float(backoff(state))
+            return min(error.retry_after, self.cap)
+        return self.backoff(state)
+
+
+def _before_sleep(
+    what: str, on_retry: RetryHook | None
+) -> Callable[[tenacity.RetryCallState], None]:
+    """Log the coming wait of call ``what`` and tell ``on_retry`` about it."""
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        assert isinstance(error, IdeogramError)
+        error = _failure(state)
+        assert isinstance(error, IdeogramError)  # only those are retried
+        wait = state.upcoming_sleep
         logger.debug(
-            "%s: attempt %d failed (%s); retrying in %.2fs",
-            what,
-            state.attempt_number,
-            error,
-            state.upcoming_sleep,
+            "%s: attempt %d failed (%s); retrying in %.2fs", what, state.attempt_number, error, wait
         )
         if on_retry is not None:
-            on_retry(RetryEvent(state.attempt_number, error, state.upcoming_sleep))
+            # tenacity has already added the coming wait to idle_for.
+            waited = state.idle_for - wait
+            on_retry(
+                RetryEvent(
+                    attempt=state.attempt_number, error=error, wait=wait, waited=waited, name=what
+                )
+            )
 
-    return tenacity.AsyncRetrying(
-        stop=tenacity.stop_any(
-            tenacity.stop_after_attempt(policy.attempts), _PastDeadline(loop, deadline_at)
-        ),
-        wait=wait,
-        retry=tenacity.retry_if_exception(lambda e: is_retryable(e, policy)),
-        before_sleep=before_sleep,
-        sleep=_sleep,
-        reraise=True,
-    )
-
-
-async def _logged_attempt(
-    attempt: Callable[[int], Awaitable[T]],
-    number: int,
-    what: str,
-    loop: asyncio.AbstractEventLoop,
-) -> T:
-    """Run attempt ``number``, logging its success and duration."""
-    started = loop.time()
-    result = await attempt(number)
-    logger.debug("%s: attempt %d succeeded in %.2fs", what, number, loop.time() - started)
-    return result
+    return before_sleep
 
 
 async def call_with_retries(
@@ -226,28 +320,34 @@ async def call_with_retries(
     """Run ``attempt(n)`` until it succeeds, fails for good, or the deadline passes.
 
     Returns the result and the number of attempts it took. ``what`` names the call
-    in log lines. The deadline covers everything, waiting for a concurrency slot
-    included; when it fires the caller gets an :class:`APITimeoutError` of kind
-    ``"deadline"``.
+    in log lines and retry events. The deadline covers everything, waiting for places
+    in flight included; when it fires during an attempt the caller gets an
+    :class:`APITimeoutError` of kind ``"deadline"``.
     """
-    loop = asyncio.get_running_loop()
-    deadline_at = None if policy.deadline is None else loop.time() + policy.deadline
-    number = 1
+    strategies = policy._strategies
+    if _testing is not None and _testing.attempts is not None:
+        cap = tenacity.stop_after_attempt(_testing.attempts)
+        strategies = {**strategies, "stop": tenacity.stop_any(strategies["stop"], cap)}
+    number = 1  # pragma: no mutate (equivalent: the loop rebinds it before anything can fail)
     try:
-        async with asyncio.timeout_at(deadline_at):
-            # Most calls succeed at once: tenacity's machinery is built only after a failure.
-            try:
-                return await _logged_attempt(attempt, 1, what, loop), 1
-            except IdeogramError as error:
-                if policy.attempts == 1 or not is_retryable(error, policy):
-                    raise
-                first_error = error
-            async for state in _retrying(policy, loop, deadline_at, what, on_retry):
+        async with asyncio.timeout(policy.deadline):
+            async for state in tenacity.AsyncRetrying(
+                sleep=_sleep,
+                before_sleep=_before_sleep(what, on_retry),
+                reraise=True,
+                **strategies,
+            ):
                 number = state.retry_state.attempt_number
                 with state:
-                    if number == 1:
-                        raise first_error  # attempt 1 already ran: replay its outcome
-                    return await _logged_attempt(attempt, number, what, loop), number
+                    started = time.monotonic()
+                    result = await attempt(number)
+                    logger.debug(
+                        "%s: attempt %d succeeded in %.2fs",
+                        what,
+                        number,
+                        time.monotonic() - started,
+                    )
+                    return result, number
     except IdeogramError as error:
         error.attempts = number
         if is_retryable(error, policy):

@@ -40,7 +40,7 @@ from ._sources import (
     _spool,
 )
 from .errors import ValidationError
-from .images import SNIFF_BYTES, sniff
+from .images import HEADER_BYTES, SNIFF_BYTES, image_size, sniff
 
 __all__ = [
     "CHUNK_SIZE",
@@ -69,8 +69,11 @@ class _PathSource(_Source):
         self._head = head
         self.size = size
 
-    def head(self) -> bytes:
-        return self._head
+    def head(self, limit: int = SNIFF_BYTES) -> bytes:
+        if limit <= len(self._head):
+            return self._head[:limit]
+        with open(self._path, "rb") as file:
+            return file.read(limit)
 
     def open(self) -> IO[bytes]:
         # Opening a local file does not block noticeably; the reads go to a thread.
@@ -95,9 +98,20 @@ class PreparedImage:
         self.content_type = content_type
         self.size = source.size
 
-    def payload(self) -> ImagePayload:
-        """A fresh multipart part for one attempt (aiohttp payloads are single-use)."""
-        return ImagePayload(self)
+    def payload(self, name: str = "image_file") -> ImagePayload:
+        """A fresh multipart part ``name`` for one attempt (aiohttp payloads are single-use)."""
+        return ImagePayload(self, name)
+
+    def dimensions(self) -> tuple[int, int] | None:
+        """``(width, height)`` from the image's header, without decoding it.
+
+        ``None`` when the header does not give it within :data:`HEADER_BYTES`.
+        """
+        try:
+            head = self._source.head(HEADER_BYTES)
+        except OSError as exc:
+            raise ValidationError(f"{self.filename} could not be read: {exc}") from None
+        return image_size(head)
 
     def close(self) -> None:
         """Delete any spool and close any file the client opened."""
@@ -111,18 +125,18 @@ class PreparedImage:
 
 
 class ImagePayload(payload.Payload):
-    """The ``image_file`` part: streams a :class:`PreparedImage` in chunks.
+    """The file part (``image_file``; ``image`` for v2): streams a :class:`PreparedImage` in chunks.
 
     It sends exactly ``size`` bytes; a file that shrank or grew since it was
     checked fails the attempt with a ``ValidationError`` in ``error`` instead of
     sending something else. ``complete`` tells whether the whole image went out.
     """
 
-    def __init__(self, image: PreparedImage) -> None:
+    def __init__(self, image: PreparedImage, name: str = "image_file") -> None:
         super().__init__(image, content_type=image.content_type, filename=image.filename)
         self._image = image
         self._size = image.size
-        self.set_content_disposition("form-data", name="image_file", filename=image.filename)
+        self.set_content_disposition("form-data", name=name, filename=image.filename)
         self.complete = False
         self.error: ValidationError | None = None
         self._file: IO[bytes] | None = None

@@ -99,7 +99,7 @@ async def test_stop_on_error_ends_the_run_after_the_first_failure(
     results = [r async for r in client.upscale_many(inputs, ordered=True, stop_on_error=True)]
     assert len(results) == 1
     assert not results[0].ok
-    assert client._slots._value == client.max_concurrency
+    assert client.allowance.in_use == 0
 
 
 async def test_retried_items_report_their_attempts(png_bytes: bytes) -> None:
@@ -127,8 +127,23 @@ async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> Non
             emulator.resume()
             await first
         # Leaving the block cancelled the rest at once: nothing in flight, slots free.
-        assert client._slots._value == 4
+        assert client.allowance.in_use == 0
         assert inputs.pulled < 20
+
+
+async def test_a_result_is_yielded_as_soon_as_it_is_done(png_bytes: bytes) -> None:
+    # One of two requests is held for an hour: the other's result must come out first,
+    # not wait for the whole window to finish.
+    plan = FaultPlan([Fault.slow(3600), None])
+    async with (
+        Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=2) as client,
+    ):
+        async with client.upscale_many([png_bytes, png_bytes]) as run:
+            async with asyncio.timeout(30):  # a hang guard, not a speed check
+                first = await anext(run)
+        assert first.ok
+        assert emulator.stats.requests == 2
 
 
 async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
@@ -142,7 +157,7 @@ async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
             async with client.upscale_many([png_bytes] * 100) as run:
                 async for _ in run:
                     break
-        assert client._slots._value == 3
+        assert client.allowance.in_use == 0
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert all(t.done() or "upscale" not in repr(t.get_coro()) for t in others)
         requests_then = emulator.stats.requests
@@ -156,7 +171,7 @@ async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> Non
     ):
         emulator.pause()
 
-        async def consume() -> list[BatchResult]:
+        async def consume() -> list[BatchResult[UpscaleResponse]]:
             return [r async for r in client.upscale_many([png_bytes] * 50)]
 
         consumer = asyncio.create_task(consume())
@@ -166,7 +181,7 @@ async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> Non
         with pytest.raises(asyncio.CancelledError):
             async with asyncio.timeout(30):  # a hang guard, not a speed check
                 await consumer
-        assert client._slots._value == 3
+        assert client.allowance.in_use == 0
         emulator.resume()
 
 
@@ -180,7 +195,7 @@ async def test_input_iterator_failure_propagates_after_cleanup(
     with pytest.raises(RuntimeError, match="input source broke"):
         async for _ in client.upscale_many(inputs()):
             pass
-    assert client._slots._value == client.max_concurrency
+    assert client.allowance.in_use == 0
 
 
 async def test_bad_window_is_a_validation_error(client: IdeogramClient) -> None:
@@ -236,4 +251,4 @@ async def test_one_image_instead_of_many_is_a_clear_error(
 ) -> None:
     # A str or bytes is iterable: without the check, each character would be an "image".
     with pytest.raises(ValidationError, match="iterable of images"):
-        client.upscale_many(one_image)  # type: ignore[arg-type]
+        client.upscale_many(one_image)  # type: ignore[call-overload]

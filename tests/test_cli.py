@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from ideogram_async import IdeogramClient
+from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.cli import main
 from ideogram_async.cli._demo import show_table
 from ideogram_async.cli._inputs import Source, find_images, output_path
@@ -316,6 +316,10 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert size_of(out / "upscaled" / f"{source.stem}.upscaled.png") == (2 * width, 2 * height)
     records = read_manifest(out / "manifest.jsonl")
     assert [r["status"] for r in records] == ["ok"] * 6
+    assert re.search(r"v2 dry run: topaz-standard-2 at x4 would cost \$0\.\d{4} for 6", run.stdout)
+    first = sorted(inputs)[0]
+    width, height = size_of(first)
+    assert size_of(out / "upscaled-v2" / f"{first.stem}.png") == (2 * width, 2 * height)
 
 
 async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
@@ -433,26 +437,31 @@ def test_find_images_expands_folders_and_patterns(tmp_path: Path) -> None:
     assert names([str(tmp_path / "notes.txt")]) == ["notes.txt"]  # named files are taken as is
 
 
-def test_live_progress_bar_shows_counts_and_failures(tmp_path: Path) -> None:
+async def test_live_progress_bar_shows_counts_places_and_failures(tmp_path: Path) -> None:
     screen = io.StringIO()
     tally = Tally(total=3)
-    reporter = RichReporter(tally, Console(file=screen, force_terminal=True, width=150))
+    reporter = RichReporter(tally, Console(file=screen, force_terminal=True, width=170))
     reporter.start()
-    tally.active, tally.retries = 2, 1
-    reporter.changed()
-    tally.active, tally.ok = 1, 1
-    reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True))
-    tally.active, tally.failed = 0, 1
-    bad = Source(tmp_path / "b.png", "b.png")
-    reporter.finished(Outcome(source=bad, ok=False, error="HTTP 400: no"))
-    reporter.close()
+    tally.allowance = places = LocalAllowance(8, adaptive=False)
+    async with places.hold(2):
+        await places.rejected(5)
+        tally.active, tally.retries = 2, 1
+        reporter.changed()
+        tally.active, tally.ok = 1, 1
+        reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True))
+        tally.active, tally.failed = 0, 1
+        bad = Source(tmp_path / "b.png", "b.png")
+        reporter.finished(Outcome(source=bad, ok=False, error="HTTP 400: no"))
+        reporter.close()  # drawn one last time: 2 of the 5 places in use
     reporter.note(tally.summary())
     shown = screen.getvalue()
     assert "FAILED" in shown
     assert "b.png: HTTP 400: no" in shown
     assert "2/3" in shown
     assert "1 failed" in shown
+    assert "2/5 places" in shown
     assert "Done: 1 of 3 image(s) upscaled, 1 failed" in shown
+    assert "The allowance settled at 5 of 8 images in flight." in shown
 
 
 @pytest.mark.parametrize(

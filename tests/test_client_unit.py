@@ -24,6 +24,7 @@ from ideogram_async import (
     RetryPolicy,
     ValidationError,
 )
+from ideogram_async.allowance import LocalAllowance
 from ideogram_async.testing import Emulator
 
 KEY = "sk-test-Zq7XUNIQUEkey9f3"
@@ -148,14 +149,56 @@ def test_an_unknown_flavor_is_an_error(flavor: object) -> None:
     assert repr(flavor) in str(info.value)
 
 
-@pytest.mark.parametrize("value", [0, -1, True, 1.5, "4", None])
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "4"])
 def test_a_bad_max_concurrency_is_an_error(value: object) -> None:
     with pytest.raises(ValidationError, match="max_concurrency"):
         IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=value)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "4"])
+def test_a_bad_allowance_is_an_error(value: object) -> None:
+    with pytest.raises(ValidationError, match="allowance must be"):
+        IdeogramClient(api_key=KEY, base_url=BASE, allowance=value)  # type: ignore[arg-type]
+
+
 def test_max_concurrency_of_one_is_fine() -> None:
     assert IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=1).max_concurrency == 1
+
+
+def test_the_allowance_defaults_to_ten_adaptive_places() -> None:
+    client = IdeogramClient(api_key=KEY, base_url=BASE)
+    assert isinstance(client.allowance, LocalAllowance)
+    assert (client.allowance.maximum, client.allowance.limit, client.max_concurrency) == (
+        10,
+        10,
+        10,
+    )
+
+
+def test_max_concurrency_is_the_former_name_of_the_allowance() -> None:
+    client = IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=4, adaptive=False)
+    assert client.allowance.maximum == 4
+    with pytest.raises(ValidationError, match="not both"):
+        IdeogramClient(api_key=KEY, base_url=BASE, allowance=4, max_concurrency=4)
+
+
+def test_an_allowance_object_is_used_as_is_and_left_open() -> None:
+    shared = LocalAllowance(6)
+    first = IdeogramClient(api_key=KEY, base_url=BASE, allowance=shared)
+    second = IdeogramClient(api_key=KEY, base_url=BASE, allowance=shared)
+    assert first.allowance is second.allowance is shared
+    assert first.max_concurrency == 6
+    with pytest.raises(
+        ValidationError, match="adaptive= applies to an allowance given as a number"
+    ):
+        IdeogramClient(api_key=KEY, base_url=BASE, allowance=shared, adaptive=False)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+async def test_adaptive_is_passed_to_the_allowance_built_from_a_number(adaptive: bool) -> None:
+    client = IdeogramClient(api_key=KEY, base_url=BASE, allowance=8, adaptive=adaptive)
+    await client.allowance.rejected(None)
+    assert client.allowance.limit == (4 if adaptive else 8)
 
 
 @pytest.mark.parametrize("base", ["127.0.0.1:9", "ftp://127.0.0.1", "api.ideogram.ai"])
@@ -213,7 +256,7 @@ async def test_bad_arguments_fail_before_the_network(
         with pytest.raises(ValidationError, match="RetryPolicy"):
             await client.upscale(png_bytes, retry=3)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="RetryPolicy"):
-            client.upscale_many([png_bytes], retry="often")  # type: ignore[arg-type]
+            client.upscale_many([png_bytes], retry="often")  # type: ignore[call-overload]
         with pytest.raises(ValidationError, match="RetryPolicy"):
             await client.download(emulator.base_url + "/images/x.png", "x.png", retry=1)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="not a JPEG, PNG or WebP"):

@@ -191,3 +191,15 @@ async def test_downloads_in_flight_are_bounded_by_max_concurrency(
         await asyncio.gather(*(client.download(url, tmp_path / f"{i}.png") for i in range(6)))
     assert emulator.stats.image_downloads == 6
     assert peak <= 2
+
+
+async def test_a_failed_download_names_its_request_without_the_query(tmp_path: Path) -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        url = f"{emulator.base_url}/images/none.png"
+        with pytest.raises(NotFoundError) as caught:
+            await client.download(url + "?expires=1&signature=s3cr3t", tmp_path / "x.png")
+    assert (caught.value.method, caught.value.url, caught.value.status_code) == ("GET", url, 404)
+    assert "s3cr3t" not in str(caught.value) + repr(caught.value)

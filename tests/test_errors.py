@@ -11,7 +11,7 @@ import re
 import pytest
 
 from ideogram_async import IdeogramClient, RetryPolicy, errors
-from ideogram_async._http import error_for_status
+from ideogram_async._http import _rejection, error_for_status
 from ideogram_async.errors import (
     APIConnectionError,
     APIError,
@@ -96,7 +96,10 @@ async def test_each_status_maps_to_its_error(
     error = await answer_with(status, body, content_type, headers)
     assert type(error) is cls
     assert isinstance(error, APIError)
-    assert error.status == status
+    assert error.status == error.status_code == status
+    assert error.method == "POST"
+    assert error.url is not None
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/ideogram/upscale", error.url)
     assert detail in error.message
     assert detail in str(error)
     assert str(status) in str(error)
@@ -302,3 +305,46 @@ def test_snippet_truncates_to_the_limit() -> None:
     assert len(text) == 50
     assert text.endswith("…")
     assert snippet("x" * 50, 50) == "x" * 50
+
+
+# --- reject reasons ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"reject_reason": "inflight_limit", "max_inflight_requests": 10},
+            {"reject_reason": "inflight_limit", "allowance": 10},
+        ),
+        ({"reject_reason": "daily_limit"}, {"reject_reason": "daily_limit", "allowance": None}),
+        (
+            {"reject_reason": 7, "max_inflight_requests": "10"},
+            {"reject_reason": None, "allowance": None},
+        ),
+        ({"max_inflight_requests": True}, {"reject_reason": None, "allowance": None}),
+        ({"max_inflight_requests": 0}, {"reject_reason": None, "allowance": None}),
+        (["not", "an", "object"], {}),
+        (None, {}),
+    ],
+)
+def test_reject_reason_and_allowance_are_read_only_when_well_formed(
+    body: object, expected: dict[str, object]
+) -> None:
+    assert _rejection(body) == expected
+
+
+def test_a_402_is_never_retried_and_names_the_fix() -> None:
+    error = _error(402, "no", should_retry=True, reject_reason="daily_limit")
+    assert error.should_retry is False
+    assert "wait until tomorrow" in str(error)
+    assert error.reject_reason == "daily_limit"
+    assert "top up or upgrade" in str(_error(402, "no", reject_reason="something_new"))
+
+
+def test_an_inflight_429_names_the_allowance() -> None:
+    error = _error(429, "busy", reject_reason="inflight_limit", allowance=10)
+    assert isinstance(error, RateLimitError)
+    assert error.allowance == 10
+    assert "allowance of 10 images in flight" in str(error)
+    assert "allowance=" in str(_error(429, "busy"))  # a plain 429 says what to lower

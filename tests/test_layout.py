@@ -100,7 +100,7 @@ def test_the_library_does_not_import_its_command_line_or_test_tools() -> None:
 
 
 def test_the_command_line_uses_only_the_public_library() -> None:
-    public = {"ideogram_async", "ideogram_async.images", TESTING}
+    public = {"ideogram_async", "ideogram_async.images", "ideogram_async.v2", TESTING}
     for name, targets in GRAPH.items():
         if within(name, CLI):
             assert {t for t in targets if not within(t, CLI)} <= public, name

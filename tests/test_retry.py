@@ -14,7 +14,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.abc
+import attrs
 import pytest
+import tenacity
 from aiolimiter import AsyncLimiter
 
 from ideogram_async import (
@@ -174,18 +178,6 @@ async def test_per_call_policy_overrides_the_clients(png_bytes: bytes) -> None:
     ):
         await c.upscale(png_bytes, retry=RetryPolicy(attempts=2))
     assert emulator.stats.requests == 2
-
-
-async def test_connection_refused_is_retried_then_reported(png_bytes: bytes) -> None:
-    async with Emulator(api_key=KEY) as emulator:
-        base_url = emulator.base_url  # the port is closed once the emulator stops
-    async with IdeogramClient(
-        api_key=KEY, base_url=base_url, retry=RetryPolicy(attempts=3)
-    ) as client:
-        with pytest.raises(APIConnectionError) as caught:
-            await client.upscale(png_bytes)
-    assert caught.value.attempts == 3
-    assert "connection" in str(caught.value)
 
 
 async def _stream(data: bytes) -> AsyncIterator[bytes]:
@@ -353,7 +345,7 @@ async def test_cancelling_1000_calls_frees_every_slot_and_file(tmp_path: Path) -
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, asyncio.CancelledError) for r in results)
-            assert client._slots._value == 10  # every slot is free again
+            assert client.allowance.in_use == 0  # every place is free again
             assert not {str(p) for p in paths} & set(open_fds().values())
             emulator.resume()
             # The client still works after the storm.
@@ -383,7 +375,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert client._slots._value == 1
+        assert client.allowance.in_use == 0
         # 2. awaiting the response (the slot is held, the upload done)
         emulator.pause()
         task = asyncio.create_task(client.upscale(path))
@@ -396,7 +388,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
         for t in (task, waiting):
             with pytest.raises(asyncio.CancelledError):
                 await t
-        assert client._slots._value == 1
+        assert client.allowance.in_use == 0
         assert str(path) not in open_fds().values()
         emulator.resume()
 
@@ -428,7 +420,7 @@ async def test_cancel_while_uploading_closes_the_file(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert str(path) not in open_fds().values()
-        assert c._slots._value == 10
+        assert c.allowance.in_use == 0
 
 
 async def test_no_key_in_logs_or_errors_of_a_failing_run(
@@ -476,16 +468,6 @@ async def test_the_backoff_sleep_gets_the_retry_after_wait(
     _, events, outcome = await run_with(faults, png_bytes)
     assert not isinstance(outcome, Exception)
     assert slept == [7.0, 0.25] == [e.wait for e in events]
-
-
-def test_instant_retries_restores_the_previous_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retry_module, "_instant", False)
-    with instant_retries():
-        assert retry_module._instant_enabled()
-        with instant_retries():
-            pass
-        assert retry_module._instant_enabled()
-    assert not retry_module._instant_enabled()
 
 
 async def test_a_gather_of_300_path_uploads_holds_few_files_open(tmp_path: Path) -> None:
@@ -545,3 +527,466 @@ async def test_connect_timeout_is_reported_as_such_and_retried(
     assert (error.kind, error.body_sent, error.attempts) == ("connect", False, 2)
     assert "Timeouts.connect" in str(error)
     assert len(events) == 1
+
+
+# --- The policy's fields -------------------------------------------------------------------
+
+NOT_A_COUNT = [0, -1, 1.5, True, "3", None, float("nan")]
+NOT_SECONDS = [-0.5, float("nan"), float("inf"), True, "1", None]
+BAD_VALUES = (
+    [("attempts", v) for v in NOT_A_COUNT]
+    + [("connect_attempts", v) for v in NOT_A_COUNT]
+    + [("backoff_base", v) for v in NOT_SECONDS]
+    + [("backoff_max", v) for v in NOT_SECONDS]
+    + [("retry_after_max", v) for v in NOT_SECONDS]
+    + [("deadline", v) for v in [0, *NOT_SECONDS[:-1]]]  # None: no deadline
+    + [("retry_timeout_after_upload", v) for v in [1, 0, None, "yes"]]
+)
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES)
+def test_every_invalid_policy_field_is_rejected(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=f"RetryPolicy.{field} must be"):
+        RetryPolicy(**{field: value})
+
+
+def test_every_policy_field_is_covered_by_the_rejection_test() -> None:
+    fields = {f.name for f in attrs.fields(RetryPolicy) if f.init}
+    assert fields == {field for field, _ in BAD_VALUES}
+
+
+def test_edge_values_are_accepted() -> None:
+    policy = RetryPolicy(
+        attempts=1,
+        connect_attempts=1,
+        backoff_base=0,
+        backoff_max=0,
+        retry_after_max=0,
+        deadline=0.001,
+        retry_timeout_after_upload=False,
+    )
+    assert policy.backoff_base == 0
+    assert RetryPolicy(deadline=None).deadline is None
+    assert RetryPolicy(backoff_base=2, backoff_max=1).backoff_base == 2  # the cap wins
+
+
+def test_policies_with_equal_fields_are_equal_and_hash_alike() -> None:
+    assert RetryPolicy(attempts=4) == RetryPolicy(attempts=4)
+    assert hash(RetryPolicy(attempts=4)) == hash(RetryPolicy(attempts=4))
+    assert RetryPolicy(attempts=4) != RetryPolicy(attempts=5)
+    assert "strategies" not in repr(RetryPolicy())
+
+
+async def test_an_evolved_policy_retries_by_its_own_fields(png_bytes: bytes) -> None:
+    policy = attrs.evolve(RetryPolicy(attempts=10), attempts=2)
+    emulator, _, outcome = await run_with([Fault.status(503)] * 3, png_bytes, policy=policy)
+    assert isinstance(outcome, ServerError)
+    assert outcome.attempts == emulator.stats.requests == 2
+
+
+# --- Waits: backoff, jitter, Retry-After ------------------------------------------------
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits the client sleeps between attempts, recorded instead of slept."""
+    waits: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(retry_module, "_sleep", recording_sleep)
+    return waits
+
+
+class _Draw:
+    """Stands in for ``random`` in tenacity's jitter: always draws ``pick(low, high)``."""
+
+    def __init__(self, pick: Callable[[float, float], float]) -> None:
+        self.uniform = pick
+
+
+@pytest.mark.parametrize(
+    ("pick", "expected"),
+    [
+        (lambda low, high: high, [0.5, 1.0, 2.0, 3.0, 3.0]),  # doubling from base, capped
+        (lambda low, high: low, [0.0] * 5),  # full jitter reaches down to 0
+    ],
+    ids=["highest draw", "lowest draw"],
+)
+async def test_backoff_sleeps_the_jittered_exponential_wait(
+    png_bytes: bytes,
+    slept: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+    pick: Callable[[float, float], float],
+    expected: list[float],
+) -> None:
+    monkeypatch.setattr(tenacity.wait, "random", _Draw(pick))
+    policy = RetryPolicy(attempts=6, backoff_base=0.5, backoff_max=3.0)
+    _, events, outcome = await run_with([Fault.status(500)] * 5 + [None], png_bytes, policy=policy)
+    assert not isinstance(outcome, Exception)
+    assert slept == expected == [e.wait for e in events]
+
+
+async def test_jitter_draws_vary_within_the_bounds(png_bytes: bytes, slept: list[float]) -> None:
+    policy = RetryPolicy(attempts=40, backoff_base=1.0, backoff_max=1.0)
+    await run_with([Fault.status(500)] * 39 + [None], png_bytes, policy=policy)
+    assert len(slept) == 39
+    assert all(0 <= wait <= 1.0 for wait in slept)
+    assert len(set(slept)) > 30  # random, not one fixed wait
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": " 7.5 "}, 7.5),
+        ({"retry-after": "0"}, 0.0),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after-ms": "nan", "retry-after": "9"}, 9.0),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "NaN"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "Infinity"}, None),
+        ({"retry-after": "-100"}, None),
+        ({"retry-after": "-0"}, None),
+        ({"retry-after": "1e3"}, None),
+        ({"retry-after": "0x10"}, None),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": ""}, None),
+        ({"retry-after": "9" * 400}, None),  # beyond a float: inf
+        ({"retry-after-ms": "nan"}, None),
+        ({"retry-after-ms": "-1"}, None),
+        ({"retry-after-ms": "inf"}, None),
+        ({"retry-after": "Mon, 32 Foo 2024 99:99:99 GMT"}, None),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),  # in the past
+        ({}, None),
+    ],
+)
+def test_retry_after_values_are_parsed_defensively(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    assert retry_module.parse_retry_after(headers) == expected
+
+
+def test_retry_after_http_dates_in_the_future() -> None:
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    wait = retry_module.parse_retry_after({"retry-after": soon})
+    assert wait is not None
+    assert 28 <= wait <= 30
+
+
+def test_a_retry_after_date_without_a_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "JST-9")  # local time 9 hours from UTC
+    time.tzset()
+    try:
+        soon = email.utils.formatdate(time.time() + 30)  # "... -0000"
+        wait = retry_module.parse_retry_after({"retry-after": soon})
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert soon.endswith("-0000")
+    assert wait is not None
+    assert 28 <= wait <= 30
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.status(429, retry_after="nan"),
+        Fault.status(429, retry_after="-100"),
+        Fault.status(429, retry_after="inf"),
+        Fault("status", 429, (("retry-after-ms", "nan"),), '{"detail": "slow down"}'),
+    ],
+    ids=["nan", "negative", "inf", "ms nan"],
+)
+async def test_a_hostile_retry_after_falls_back_to_the_backoff(
+    png_bytes: bytes, slept: list[float], fault: Fault
+) -> None:
+    policy = RetryPolicy(backoff_base=0.5, deadline=None)
+    _, events, outcome = await run_with([fault, None], png_bytes, policy=policy)
+    assert not isinstance(outcome, Exception)
+    assert len(slept) == 1
+    assert 0 <= slept[0] <= 0.5
+    assert isinstance(events[0].error, errors_module.RateLimitError)
+    assert events[0].error.retry_after is None
+
+
+async def test_a_huge_retry_after_is_capped(png_bytes: bytes, slept: list[float]) -> None:
+    policy = RetryPolicy(retry_after_max=5, deadline=None)
+    _, _, outcome = await run_with(
+        [Fault.status(429, retry_after="9" * 300), None], png_bytes, policy=policy
+    )
+    assert not isinstance(outcome, Exception)
+    assert slept == [5.0]
+
+
+class _FrozenClock:
+    """Stands in for ``time`` in tenacity: no time passes between attempts."""
+
+    @staticmethod
+    def monotonic() -> float:
+        return 100.0
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "retried"),
+    [(9.75, True), (10, False), (30, False)],
+)
+async def test_a_wait_that_would_end_at_or_past_the_deadline_is_not_made(
+    png_bytes: bytes,
+    slept: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+    retry_after: float,
+    retried: bool,
+) -> None:
+    monkeypatch.setattr(tenacity, "time", _FrozenClock)
+    policy = RetryPolicy(deadline=10, retry_after_max=60)
+    emulator, events, outcome = await run_with(
+        [Fault.status(429, retry_after=retry_after), None], png_bytes, policy=policy
+    )
+    if retried:
+        assert not isinstance(outcome, Exception)
+        assert slept == [retry_after]
+        assert emulator.stats.requests == 2
+    else:  # the real error, at once
+        assert isinstance(outcome, errors_module.RateLimitError)
+        assert (outcome.retry_after, outcome.attempts) == (retry_after, 1)
+        assert emulator.stats.requests == 1
+        assert slept == []
+        assert events == []
+
+
+async def test_no_deadline_means_no_limit_on_waits(png_bytes: bytes, slept: list[float]) -> None:
+    policy = RetryPolicy(deadline=None, retry_after_max=10_000)
+    _, _, outcome = await run_with(
+        [Fault.status(429, retry_after=5000), None], png_bytes, policy=policy
+    )
+    assert not isinstance(outcome, Exception)
+    assert slept == [5000.0]
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "requests"),
+    [(503, "false", 1), (503, " FALSE ", 1), (400, "true", 2), (503, "maybe", 2), (400, "1", 1)],
+)
+async def test_x_should_retry_overrides_the_status_only_when_it_is_a_boolean(
+    png_bytes: bytes, status: int, header: str, requests: int
+) -> None:
+    fault = Fault("status", status, (("x-should-retry", header),), '{"detail": "x"}')
+    emulator, _, _ = await run_with([fault, None], png_bytes)
+    assert emulator.stats.requests == requests
+
+
+# --- What a retry hook sees ------------------------------------------------------------
+
+
+async def test_the_retry_hook_gets_a_frozen_record_of_each_wait(png_bytes: bytes) -> None:
+    faults = [Fault.status(429, retry_after=2), Fault.status(503, retry_after_ms=500), None]
+    _, events, outcome = await run_with(faults, png_bytes)
+    assert not isinstance(outcome, Exception)
+    assert [e.attempt for e in events] == [1, 2]
+    assert [type(e.error) for e in events] == [errors_module.RateLimitError, ServerError]
+    assert [e.wait for e in events] == [2.0, 0.5]
+    assert [e.waited for e in events] == [0.0, 2.0]
+    assert {e.name for e in events} == {"upscale image.png"}
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        events[0].wait = 0  # type: ignore[misc]
+
+
+async def test_a_download_names_itself_in_retry_events(tmp_path: Path, png_bytes: bytes) -> None:
+    events: list[RetryEvent] = []
+    async with (
+        Emulator(api_key=KEY, upscale=False, image_faults=FaultPlan([Fault.status(503)])) as emu,
+        IdeogramClient(api_key=KEY, base_url=emu.base_url, on_retry=events.append) as client,
+    ):
+        response = await client.upscale(png_bytes)
+        await client.download(response.data[0], tmp_path / "out.png")
+    assert [(e.attempt, e.name) for e in events] == [(1, "download out.png")]
+
+
+# --- A host that cannot be reached -----------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_a_refused_connection_gets_the_short_budget(
+    closed_port: int, png_bytes: bytes
+) -> None:
+    events: list[RetryEvent] = []
+    async with IdeogramClient(
+        api_key=KEY, base_url=f"http://127.0.0.1:{closed_port}", on_retry=events.append
+    ) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(png_bytes)
+    error = caught.value
+    assert error.unreachable
+    assert error.attempts == 3  # RetryPolicy.connect_attempts, not attempts=10
+    assert len(events) == 2
+    assert "connection refused" in str(error)
+    assert "check base_url" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("policy", "attempts"),
+    [
+        (RetryPolicy(connect_attempts=1), 1),
+        (RetryPolicy(connect_attempts=5), 5),
+        (RetryPolicy(attempts=2, connect_attempts=5), 2),
+    ],
+)
+async def test_connect_attempts_sets_the_budget(
+    closed_port: int, png_bytes: bytes, policy: RetryPolicy, attempts: int
+) -> None:
+    async with IdeogramClient(
+        api_key=KEY, base_url=f"http://127.0.0.1:{closed_port}", retry=policy
+    ) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(png_bytes)
+    assert caught.value.attempts == attempts
+
+
+async def test_other_connection_errors_keep_the_full_budget(png_bytes: bytes) -> None:
+    policy = RetryPolicy(attempts=5)
+    emulator, _, outcome = await run_with([Fault.drop()] * 5, png_bytes, policy=policy)
+    assert isinstance(outcome, APIConnectionError)
+    assert not outcome.unreachable
+    assert outcome.attempts == emulator.stats.requests == 5
+
+
+class _NoSuchHost(aiohttp.abc.AbstractResolver):
+    """A resolver for which no name exists, as when a host name is misspelt."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        raise OSError(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_host_name_that_does_not_resolve_gets_the_short_budget(
+    png_bytes: bytes,
+) -> None:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=_NoSuchHost())) as session,
+        IdeogramClient(api_key=KEY, base_url="http://upscaler.invalid", session=session) as c,
+    ):
+        with pytest.raises(APIConnectionError) as caught:
+            await c.upscale(png_bytes)
+    assert caught.value.unreachable
+    assert caught.value.attempts == 3
+    assert "does not resolve" in str(caught.value)
+
+
+async def test_a_refused_download_gets_the_short_budget(closed_port: int, tmp_path: Path) -> None:
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:1") as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.download(f"http://127.0.0.1:{closed_port}/x.png", tmp_path / "x.png")
+    assert caught.value.unreachable
+    assert caught.value.attempts == 3
+    assert "connection refused" in str(caught.value)
+
+
+# --- The testing switch -----------------------------------------------------------------
+
+
+def test_instant_retries_is_test_mode_for_the_block_and_nests() -> None:
+    with retry_module.set_testing(False):
+        assert not retry_module.is_testing()
+        with instant_retries():
+            assert retry_module.is_testing()
+            with instant_retries():
+                pass
+            assert retry_module.is_testing()
+        assert not retry_module.is_testing()
+
+
+def test_set_testing_applies_at_once_and_its_context_restores() -> None:
+    with retry_module.set_testing(False):
+        restore = retry_module.set_testing(True, attempts=2)
+        assert retry_module.is_testing()
+        with restore:
+            pass
+        assert not retry_module.is_testing()
+
+
+@pytest.mark.parametrize(("testing", "expected"), [(True, 0), (False, 1.5)])
+async def test_test_mode_skips_the_sleep(
+    monkeypatch: pytest.MonkeyPatch, testing: bool, expected: float
+) -> None:
+    asked: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        asked.append(seconds)
+
+    with retry_module.set_testing(testing), monkeypatch.context() as patch:
+        patch.setattr(asyncio, "sleep", recording_sleep)
+        await retry_module._sleep(1.5)
+    assert asked == [expected]
+
+
+@pytest.mark.parametrize(
+    ("cap", "policy", "requests"),
+    [(1, RetryPolicy(), 1), (2, RetryPolicy(), 2), (5, RetryPolicy(attempts=3), 3)],
+)
+async def test_test_mode_caps_the_attempts(
+    png_bytes: bytes, cap: int, policy: RetryPolicy, requests: int
+) -> None:
+    with retry_module.set_testing(True, attempts=cap):
+        emulator, _, outcome = await run_with([Fault.status(503)] * 6, png_bytes, policy=policy)
+    assert isinstance(outcome, ServerError)
+    assert outcome.attempts == emulator.stats.requests == requests
+
+
+@pytest.mark.parametrize("attempts", [0, -1, 1.5, True, "2"])
+def test_set_testing_rejects_a_bad_attempt_cap(attempts: Any) -> None:
+    with pytest.raises(ValidationError, match="attempts"):
+        retry_module.set_testing(True, attempts=attempts)
+    assert retry_module.is_testing()  # the autouse instant_retries() still holds
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [(1_700_000_000.5, 0.5), (1_700_000_001.0, None)],  # half a second ahead; exactly now
+)
+def test_a_retry_after_date_counts_from_now(
+    monkeypatch: pytest.MonkeyPatch, now: float, expected: float | None
+) -> None:
+    date = email.utils.formatdate(1_700_000_001, usegmt=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time", lambda: now)
+        wait = retry_module.parse_retry_after({"retry-after": date})
+    assert wait == expected
+
+
+async def test_each_attempt_gets_its_number_and_the_log_tells_the_story(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    numbers: list[int] = []
+
+    async def attempt(number: int) -> str:
+        numbers.append(number)
+        if number < 3:
+            raise ServerError("busy", status=503)
+        return "done"
+
+    result = await retry_module.call_with_retries(attempt, RetryPolicy(), what="upscale a.png")
+    assert result == ("done", 3)
+    assert numbers == [1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("upscale a.png: attempt 1 failed (HTTP 503: busy); retrying in ")
+    assert lines[1].startswith("upscale a.png: attempt 2 failed (HTTP 503: busy); retrying in ")
+    assert lines[2].startswith("upscale a.png: attempt 3 succeeded in ")
+    assert len(lines) == 3

@@ -629,6 +629,79 @@ async def test_stats_count_concurrency_deterministically(
     assert emu.stats.uploads.maxlen == 10_000
 
 
+def images(count: int) -> aiohttp.MultipartWriter:
+    return form(json.dumps({"num_images": count}))
+
+
+async def test_the_allowance_counts_images_and_refuses_like_the_service(
+    session: aiohttp.ClientSession, clock: list[float]
+) -> None:
+    async with Emulator(upscale=False, allowance=3, clock=lambda: clock[0]) as emu:
+        emu.pause()
+        held = asyncio.create_task(upscale(session, emu, images(2)))
+        async with asyncio.timeout(10):
+            await emu.wait_places(2)
+        status, _, body = await upscale(session, emu, images(2))  # 2 + 2 > 3
+        assert status == 429
+        assert body == {
+            "error": "Too many requests in flight: the organization's allowance is 3 images",
+            "reject_reason": "inflight_limit",
+            "max_inflight_requests": 3,
+            "task_completion_speed": "fast",
+        }
+        one = asyncio.create_task(upscale(session, emu))  # 2 + 1 fits
+        async with asyncio.timeout(10):
+            await emu.wait_places(3)
+        clock[0] += 2.0
+        emu.resume()
+        assert [r[0] for r in await asyncio.gather(held, one)] == [200, 200]
+        stats = emu.stats
+        assert (stats.rejected_over_allowance, stats.peak_places_in_use) == (1, 3)
+        assert stats.places_in_use == 0
+        assert stats.busy_place_seconds == pytest.approx(3 * 2.0)
+        assert stats.responses_by_status == {200: 2, 429: 1}
+
+
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [("no-number", {"reject_reason": "inflight_limit"}), ("empty", "")],
+)
+async def test_a_proxy_may_drop_the_number_or_the_body(
+    session: aiohttp.ClientSession, what: Any, expected: Any
+) -> None:
+    async with Emulator(upscale=False, allowance=1, allowance_body=what) as emu:
+        emu.pause()
+        held = asyncio.create_task(upscale(session, emu))
+        async with asyncio.timeout(10):
+            await emu.wait_places(1)
+        status, _, body = await upscale(session, emu)
+        emu.resume()
+        assert (await held)[0] == 200
+    assert status == 429
+    if isinstance(body, dict):
+        assert "max_inflight_requests" not in body
+        assert body["reject_reason"] == expected["reject_reason"]
+    else:
+        assert body == expected
+
+
+async def test_places_are_counted_without_an_allowance(session: aiohttp.ClientSession) -> None:
+    async with Emulator(upscale=False) as emu:
+        emu.pause()
+        tasks = [asyncio.create_task(upscale(session, emu, images(4))) for _ in range(3)]
+        async with asyncio.timeout(10):
+            await emu.wait_places(12)
+        emu.reset_stats()  # places in progress are carried over
+        assert (emu.stats.places_in_use, emu.stats.peak_places_in_use) == (12, 12)
+        emu.resume()
+        assert [r[0] for r in await asyncio.gather(*tasks)] == [200] * 3
+    assert emu.stats.rejected_over_allowance == 0
+    with pytest.raises(ValueError, match="allowance"):
+        Emulator(allowance=0)
+    with pytest.raises(ValueError, match="allowance_body"):
+        Emulator(allowance_body="nothing")  # type: ignore[arg-type]
+
+
 async def test_stop_cancels_requests_in_progress(session: aiohttp.ClientSession) -> None:
     emu = Emulator(upscale=False)
     async with emu:
@@ -694,7 +767,16 @@ def test_serve_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     args = parser.parse_args(["--port", "0", "--latency", "0.1,0.5", "--fault-rate", "0.2"])
     assert (args.port, args.latency, args.fault_rate, args.upscale) == (0, (0.1, 0.5), 0.2, True)
     assert parser.parse_args(["--latency", "2", "--no-upscale"]).latency == 2.0
-    for bad in (["--latency", "1,0"], ["--latency", "x"], ["--fault-rate", "2"]):
+    assert (args.allowance, args.allowance_body) == (None, "full")
+    args = parser.parse_args(["--allowance", "10", "--allowance-body", "no-number"])
+    assert (args.allowance, args.allowance_body) == (10, "no-number")
+    for bad in (
+        ["--latency", "1,0"],
+        ["--latency", "x"],
+        ["--fault-rate", "2"],
+        ["--allowance", "0"],
+        ["--allowance-body", "none"],
+    ):
         assert serve_main(bad, prog="emu") == 2  # a usage error, reported, nothing served
         assert "emu: error:" in capsys.readouterr().err
 

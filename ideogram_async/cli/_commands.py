@@ -21,6 +21,7 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.testing import serve_main
+from ideogram_async.v2 import V2Options, options_from_strings
 
 from ._inputs import (
     Source,
@@ -32,6 +33,7 @@ from ._inputs import (
 from ._manifest import finished_sources
 from ._parser import PROG, build_parser
 from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
+from ._quotes import run_quotes
 
 __all__ = ["main"]
 
@@ -91,14 +93,38 @@ def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
 
 def _upscale(args: argparse.Namespace) -> int:
     """``ideogram-async upscale``: check everything before anything is sent, then run."""
-    request = _request(args)
+    request = _v2_options(args) if args.model else _request(args)
     key = read_key_file(args.api_key_file) if args.api_key_file else _env_key()
     base_url = args.base_url or os.environ.get("IDEOGRAM_BASE_URL") or None
-    if base_url is None and not args.official:
+    official = args.official or args.model is not None  # v2 is Ideogram's own API
+    if base_url is None and not official:
         raise UsageError(
             "no service URL: pass --base-url URL or set IDEOGRAM_BASE_URL "
             "(or pass --official to use api.ideogram.ai)"
         )
+    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
+
+    def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
+        try:
+            return IdeogramClient(
+                api_key=key,
+                base_url=base_url,
+                flavor=Flavor.OFFICIAL if official else Flavor.PROXY,
+                allowance=args.concurrency,
+                retry=retry,
+                on_retry=on_retry,
+            )
+        except ValidationError as exc:  # e.g. a base URL that is not http(s)
+            raise UsageError(str(exc)) from None
+
+    if args.dry_run:
+        if not isinstance(request, V2Options):
+            raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
+        sources = find_images(args.images, recursive=args.recursive, exclude=None)
+        options = request
+        return _run(lambda stop: run_quotes(connect, sources, options, stop))
+    if not args.out:
+        raise UsageError("--out DIR is required: the folder to save the results in")
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -130,25 +156,12 @@ def _upscale(args: argparse.Namespace) -> int:
         append=args.resume,
         rerun_hint=hint,
     )
-    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
-
-    def connect(on_retry: Callable[[RetryEvent], None]) -> IdeogramClient:
-        try:
-            return IdeogramClient(
-                api_key=key,
-                base_url=base_url,
-                flavor=Flavor.OFFICIAL if args.official else Flavor.PROXY,
-                max_concurrency=args.concurrency,
-                retry=retry,
-                on_retry=on_retry,
-            )
-        except ValidationError as exc:  # e.g. a base URL that is not http(s)
-            raise UsageError(str(exc)) from None
-
     return _run(lambda stop: run_job(job, connect, stop, live=_live()))
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:
+    if args.factor or args.option or args.dry_run:
+        raise UsageError("--factor, --option and --dry-run are v2 settings: add --model MODEL")
     try:
         return UpscaleRequest(
             prompt=args.prompt,
@@ -158,6 +171,38 @@ def _request(args: argparse.Namespace) -> UpscaleRequest:
             seed=args.seed,
             num_images=args.num_images,
         )
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _v2_options(args: argparse.Namespace) -> V2Options:
+    """The model's options from --factor, --prompt, --seed and each --option NAME=VALUE."""
+    v1_only = {
+        "--resemblance": args.resemblance,
+        "--detail": args.detail,
+        "--magic-prompt": args.magic_prompt,
+        "--num-images": args.num_images,
+    }
+    given = [flag for flag, value in v1_only.items() if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to the v1 upscaler, not to --model")
+    values: dict[str, str] = {}
+    for name, value in (
+        ("upscale_factor", args.factor),
+        ("prompt", args.prompt),
+        ("seed", None if args.seed is None else str(args.seed)),
+    ):
+        if value is not None:
+            values[name] = value
+    for option in args.option:
+        name, sep, value = option.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--option takes NAME=VALUE, got {option!r}")
+        if name.strip() in values:
+            raise UsageError(f"{name.strip()} is given twice; give it once")
+        values[name.strip()] = value
+    try:
+        return options_from_strings(args.model, values)
     except ValidationError as exc:
         raise UsageError(str(exc)) from None
 

@@ -19,6 +19,7 @@ import attrs
 from ideogram_async import IdeogramClient, RetryEvent, UpscaleRequest
 from ideogram_async.testing import Emulator, FaultPlan
 
+from ._demo_v2 import try_v2
 from ._inputs import Source, UsageError
 from ._manifest import Outcome
 from ._pipeline import EXIT_INTERRUPTED, Job, run_job
@@ -105,14 +106,18 @@ async def run_demo(
             return IdeogramClient(
                 api_key=key,
                 base_url=emulator.base_url,
-                max_concurrency=concurrency,
+                allowance=concurrency,
                 on_retry=on_retry,
             )
 
         status = await run_job(job, connect, stop, live=live, on_outcome=outcomes.append)
-    if status == EXIT_INTERRUPTED:
-        return status
+        if status == EXIT_INTERRUPTED:
+            return status
+        paths = [sample.path for sample in samples]
+        v2_lines = await try_v2(emulator.base_url, key, paths, out / "upscaled-v2")
     show_table(_TITLE, _COLUMNS, _rows(samples, outcomes))
+    for line in v2_lines:
+        print(line)
     print(f"Inputs: {out / 'inputs'}")
     print(
         f"With the real service: IDEOGRAM_API_KEY=... ideogram-async upscale "

@@ -37,7 +37,7 @@ class Source:
         return Path(self.shown).stem
 
 
-def find_images(args: Sequence[str], *, recursive: bool, exclude: Path) -> list[Source]:
+def find_images(args: Sequence[str], *, recursive: bool, exclude: Path | None) -> list[Source]:
     """Expand files, folders and glob patterns into unique images, in command-line order.
 
     A named file is taken as it is (the client rejects a non-image when it gets to
@@ -54,7 +54,7 @@ def find_images(args: Sequence[str], *, recursive: bool, exclude: Path) -> list[
             raise UsageError(f"{arg}: {exc.strerror or exc}") from None
         for shown, named in expanded:
             path = Path(shown).resolve()
-            if named or not path.is_relative_to(exclude):
+            if named or exclude is None or not path.is_relative_to(exclude):
                 found.setdefault(path, Source(path, shown))
     if not found:
         where = ", ".join(args)

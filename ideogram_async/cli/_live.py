@@ -38,8 +38,22 @@ class _RateColumn(ProgressColumn):
         return Text(f"{shown} img/s", style="progress.data.speed")
 
 
+class _PlacesColumn(ProgressColumn):
+    """Places (images) in flight out of the allowance's current bound."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self._tally = tally
+
+    def render(self, task: Task) -> Text:
+        places = self._tally.allowance
+        if places is None:
+            return Text("")
+        return Text(f"{places.in_use}/{places.limit} places", style="cyan")
+
+
 class RichReporter:
-    """A live bar (done, ok, failed, in flight, retries, rate, ETA) for a terminal.
+    """A live bar (done, ok, failed, in flight, places, retries, rate, ETA) for a terminal.
 
     Failures are printed above the bar as they happen.
     """
@@ -55,6 +69,7 @@ class RichReporter:
                 "[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] "
                 "{task.fields[active]} in flight {task.fields[retries]} retries"
             ),
+            _PlacesColumn(tally),
             _RateColumn(),
             TimeElapsedColumn(),
             TextColumn("ETA"),

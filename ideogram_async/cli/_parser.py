@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from ideogram_async import MagicPrompt, RetryPolicy, __version__
+from ideogram_async.v2 import MODELS
 
 __all__ = ["PROG", "build_parser"]
 
@@ -17,11 +18,19 @@ examples:
   ideogram-async upscale photos/ --out upscaled --base-url https://proxy.example
   ideogram-async upscale 'shots/**/*.jpg' -r -o big --official --prompt "crisp detail"
   ideogram-async upscale photos/ -o big --manifest big/manifest.jsonl --resume
+  ideogram-async upscale photos/ -o big --model topaz-bloom-2 --factor x4 \
+      --option creativity=5 --prompt "autumn leaves"
+  ideogram-async upscale photos/ --model topaz-standard-2 --factor x4 --dry-run
 
 Each result is saved as DIR/<name>.upscaled.<ext> (<name>.upscaled-<k>.<ext> when
 --num-images asks for several). With --manifest, one JSON line per finished image
 records its source, status, urls, outputs, error, attempts and seconds; --resume skips
 the images it records as ok, so finishing an interrupted run pays for no image twice.
+
+--model uses one of Ideogram's v2 upscalers (its own API and Api-Key; --base-url still
+overrides the host), with its options as --option NAME=VALUE; an image whose result
+would pass 8192 px a side fails on its own, before upload. --dry-run prices every
+image without running, downloading or billing anything, and prints the total.
 
 exit status: 0 all images done, 1 some failed, 2 usage error (nothing was sent),
 130 interrupted (Ctrl-C or SIGTERM).
@@ -52,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, folders (their .jpg/.jpeg/.png/.webp files) or glob patterns",
     )
     upscale.add_argument(
-        "-o", "--out", required=True, metavar="DIR", help="folder to save the results in"
+        "-o", "--out", metavar="DIR", help="folder to save the results in (not with --dry-run)"
     )
     upscale.add_argument(
         "-r", "--recursive", action="store_true", help="look into subfolders; let ** match them"
@@ -70,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument("--seed", type=int, metavar="N", help="seed for repeatable results")
     options.add_argument(
         "--num-images", type=int, metavar="1-8", help="variants to make of each image"
+    )
+    v2 = upscale.add_argument_group("v2 upscalers (Ideogram's API; --prompt and --seed apply)")
+    v2.add_argument("--model", choices=list(MODELS), help="the v2 upscaler to use")
+    v2.add_argument("--factor", choices=["x2", "x4", "x8"], help="output size per side [x2]")
+    v2.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a model option, e.g. creativity=5 or face_enhancement=true (repeatable)",
+    )
+    v2.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="price every image and print the total; nothing is run, downloaded or billed",
     )
     service = upscale.add_argument_group("service")
     service.add_argument(
@@ -139,11 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
+        "--allowance",
         "--concurrency",
+        dest="concurrency",
         type=_at_least(1),
         default=10,
         metavar="N",
-        help="requests in flight at once [%(default)s]",
+        help="images in flight at once, at most: your organization's allowance; lowered "
+        "to what the service reports [%(default)s]",
     )
 
 

@@ -1,7 +1,7 @@
 """The command line's pipeline: upscale many files, download each result, record outcomes.
 
 Upscales fan out through ``IdeogramClient.upscale_many``; each finished upscale gets a
-download task, so downloads overlap further upscales. At most ``max_concurrency``
+download task, so downloads overlap further upscales. At most ``client.max_concurrency``
 download tasks exist at once (the consumer waits for one to end before starting
 another), so memory stays O(concurrency) however many files there are.
 
@@ -26,6 +26,8 @@ from ideogram_async import (
     RetryEvent,
     UpscaleRequest,
     UpscaleResponse,
+    V2Options,
+    V2UpscaleResponse,
 )
 
 from ._inputs import Source, output_path
@@ -33,6 +35,7 @@ from ._manifest import Manifest, Outcome
 from ._progress import PlainReporter, Reporter, Tally
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+Answer = UpscaleResponse | V2UpscaleResponse
 
 
 def describe(error: BaseException) -> str:
@@ -46,7 +49,7 @@ def describe(error: BaseException) -> str:
 async def run_batch(
     client: IdeogramClient,
     sources: Sequence[Source],
-    request: UpscaleRequest,
+    request: UpscaleRequest | V2Options,
     out_dir: Path,
     *,
     on_start: Callable[[], None],
@@ -64,7 +67,7 @@ async def run_batch(
             on_start()
             yield source.path
 
-    async def finish(source: Source, result: BatchResult, response: UpscaleResponse) -> None:
+    async def finish(source: Source, result: BatchResult[Any], response: Answer) -> None:
         on_finish(await _download(client, source, result, response, out_dir))
 
     downloads: set[asyncio.Task[None]] = set()
@@ -89,7 +92,7 @@ async def run_batch(
         await asyncio.gather(*downloads, return_exceptions=True)
 
 
-def _failed(source: Source, result: BatchResult, error: str) -> Outcome:
+def _failed(source: Source, result: BatchResult[Any], error: str) -> Outcome:
     return Outcome(
         source=source, ok=False, error=error, attempts=result.attempts, seconds=result.elapsed
     )
@@ -98,8 +101,8 @@ def _failed(source: Source, result: BatchResult, error: str) -> Outcome:
 async def _download(
     client: IdeogramClient,
     source: Source,
-    result: BatchResult,
-    response: UpscaleResponse,
+    result: BatchResult[Any],
+    response: Answer,
     out_dir: Path,
 ) -> Outcome:
     """Download every image of a successful upscale; any failure fails the input."""
@@ -110,9 +113,13 @@ async def _download(
         return _failed(source, result, "the service answered with no images")
     if len(urls) < len(response.data):
         missing = len(response.data) - len(urls)
-        return _failed(
-            source, result, f"the service answered with {missing} image(s) without a URL"
+        withheld = sum(image.is_image_safe is False for image in response.data)
+        why = (
+            f"{withheld} image(s) withheld by the service's safety check (the upscale is billed)"
+            if withheld
+            else f"the service answered with {missing} image(s) without a URL"
         )
+        return _failed(source, result, why)
     targets = [
         output_path(out_dir, source, url, None if len(urls) == 1 else number)
         for number, url in enumerate(urls, 1)
@@ -147,7 +154,7 @@ class Job:
     """What one run does: which inputs, with which options, into which folder."""
 
     sources: Sequence[Source]
-    request: UpscaleRequest
+    request: UpscaleRequest | V2Options
     out_dir: Path
     manifest: Path | None = None
     append: bool = False
@@ -178,6 +185,7 @@ async def run_job(
         reporter.changed()
 
     client = connect(retried)
+    tally.allowance = client.allowance
     manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
     reporter.start()
 

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import attrs
 
+from ideogram_async import Allowance
+
 from ._manifest import Outcome
 
 
@@ -30,6 +32,8 @@ class Tally:
     """Inputs taken up and not finished yet (uploading, waiting, retrying, downloading)."""
     retries: int = 0
     started: float = attrs.field(factory=time.monotonic)
+    allowance: Allowance | None = None
+    """The client's places in flight (``in_use`` of ``limit``), once it exists."""
 
     @property
     def done(self) -> int:
@@ -41,9 +45,15 @@ class Tally:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         failed = f", {self.failed} failed" if self.failed else ""
         retries = f", {self.retries} request(s) retried" if self.retries else ""
+        places = self.allowance
+        learned = (
+            f" The allowance settled at {places.limit} of {places.maximum} images in flight."
+            if places is not None and places.limit < places.maximum
+            else ""
+        )
         return (
             f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s "
-            f"({rate:.1f}/s{retries})."
+            f"({rate:.1f}/s{retries}).{learned}"
         )
 
 

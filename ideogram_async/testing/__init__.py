@@ -19,11 +19,13 @@ one from a shell.
 
 from ._emulator import Emulator
 from ._faults import Fault, FaultPlan
+from ._places import AllowanceBody
 from ._retries import instant_retries
 from ._serve import run_server, serve_main
 from ._stats import EmulatorStats, ReceivedUpload
 
 __all__ = [
+    "AllowanceBody",
     "Emulator",
     "EmulatorStats",
     "Fault",

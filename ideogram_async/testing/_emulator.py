@@ -23,8 +23,10 @@ from ._answers import FIXED_PNG, FIXED_SIZE, TRUNCATED_JSON, created, drop, faul
 from ._faults import Fault, FaultPlan
 from ._images import require_pillow, upscale_2x
 from ._multipart import UPSCALE_FIELDS, Body, Reject, check_upscale, parse_fields, read_body
+from ._places import AllowanceBody, Places, Threshold, places_of
 from ._stats import EmulatorStats, ReceivedUpload, Route
 from ._store import ImageStore
+from ._v2_routes import V2Routes
 
 __all__ = ["Emulator"]
 
@@ -52,6 +54,21 @@ class Emulator:
     ``image_faults`` the image routes. ``upscale=False`` skips decoding (no Pillow
     needed) and answers with a fixed 2x2 PNG. ``clock`` (seconds, monotonic) decides
     when result URLs expire; tests inject a fake one instead of sleeping.
+
+    Ideogram's v2 upscalers are served too, with ``Api-Key: KEY``: ``POST
+    {base_url}/v2/image/upscale/{model}`` (``?dry_run=true`` for a price quote) and
+    ``GET {base_url}/v2/generations/{id}``. A background generation completes
+    ``generation_delay`` seconds (by ``clock``) after it was submitted; polls over
+    ``poll_limit`` ``(polls, seconds)`` get a 429 with ``Retry-After``. The prompt
+    keywords ``[withhold]``, ``[unsafe]`` and ``[fail]`` trigger a withheld image, a
+    failed prompt check (422) and a failed generation.
+
+    ``allowance`` (images in flight) enforces the service's limit: a request holds
+    ``num_images`` places (1 by default) from the moment its body is read until its
+    answer, and one that does not fit is refused with the service's 429 ``{"error",
+    "reject_reason": "inflight_limit", "max_inflight_requests": N,
+    "task_completion_speed": "fast"}``, or what ``allowance_body`` leaves of it.
+    Places are counted in :attr:`stats` with or without an allowance.
     """
 
     def __init__(
@@ -68,6 +85,10 @@ class Emulator:
         image_ttl: float = 600.0,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        allowance: int | None = None,
+        allowance_body: AllowanceBody = "full",
+        generation_delay: float = 0.0,
+        poll_limit: tuple[int, float] = (1000, 10.0),
     ) -> None:
         low, high = latency if isinstance(latency, tuple) else (latency, latency)
         if not 0 <= low <= high:
@@ -91,8 +112,11 @@ class Emulator:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._open = asyncio.Event()
         self._open.set()
-        self._in_flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._in_flight_reached = Threshold()
+        self._places = Places(allowance, allowance_body, clock, lambda: self._stats)
         self._images = ImageStore(image_ttl, clock)
+        self._v2_max_file_size = 50 * 1024 * 1024
+        self._v2 = V2Routes(self, generation_delay=generation_delay, poll_limit=poll_limit)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -153,8 +177,13 @@ class Emulator:
 
     def reset_stats(self) -> None:
         """Start counting afresh (requests still in flight are carried over)."""
-        in_flight = self._stats.in_flight
-        self._stats = EmulatorStats(in_flight=in_flight, peak_in_flight=in_flight)
+        old = self._stats
+        self._stats = EmulatorStats(
+            in_flight=old.in_flight,
+            peak_in_flight=old.in_flight,
+            places_in_use=old.places_in_use,
+            peak_places_in_use=old.places_in_use,
+        )
 
     def pause(self) -> None:
         """Hold upscale requests once their body is read, until :meth:`resume`.
@@ -170,15 +199,15 @@ class Emulator:
 
     async def wait_in_flight(self, count: int) -> None:
         """Wait until at least ``count`` upscale requests are inside the handler."""
-        if self._stats.in_flight >= count:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (count, waiter)
-        self._in_flight_waiters.append(entry)
-        try:
-            await waiter
-        finally:
-            self._in_flight_waiters.remove(entry)
+        await self._in_flight_reached.wait(self._stats.in_flight, count)
+
+    async def wait_places(self, count: int) -> None:
+        """Wait until at least ``count`` places (images) are held by requests in progress.
+
+        Unlike :meth:`wait_in_flight`, a request refused as over the allowance never
+        counts, so ``pause(); ...; await wait_places(n)`` is exact.
+        """
+        await self._places.wait(count)
 
     # -- upscale routes ----------------------------------------------------------------
 
@@ -188,11 +217,12 @@ class Emulator:
             ("POST", _PROXY_PATH, self._upscale_route("proxy")),
             ("POST", _OFFICIAL_PATH, self._upscale_route("official")),
             ("GET", "/images/{token}.png", self._image),
+            *self._v2.routes(),
         ]
 
     def _upscale_route(self, route: Route) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._handle_upscale(request, route)
+            return await self._handle(request, lambda request: self._process(request, route))
 
         return handle
 
@@ -209,9 +239,7 @@ class Emulator:
         stats = self._stats
         stats.in_flight += delta
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
-        for count, waiter in self._in_flight_waiters:
-            if stats.in_flight >= count and not waiter.done():
-                waiter.set_result(None)
+        self._in_flight_reached.reached(stats.in_flight)
 
     @contextlib.contextmanager
     def _cancellable(self) -> Iterator[None]:
@@ -224,12 +252,13 @@ class Emulator:
         finally:
             self._handlers.discard(task)
 
-    async def _handle_upscale(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, process: _Handler) -> web.StreamResponse:
+        """Count an upscale request (v1 or v2) in flight while ``process`` answers it."""
         self._stats.requests += 1
         self._count_in_flight(1)
         try:
             with self._cancellable():
-                response = await self._process(request, route)
+                response = await process(request)
         except Reject as reject:
             response = reject.response()
         finally:
@@ -254,6 +283,17 @@ class Emulator:
             fault = plan.next_fault(body.sha256)
         if body.image_request is not None and body.has_file:
             self._record(request, route, body)
+        places = places_of(body)
+        refused = self._places.refuse(places)
+        if refused is not None:
+            return refused
+        with self._places.holding(places):
+            return await self._run(request, route, body, fault)
+
+    async def _run(
+        self, request: web.Request, route: Route, body: Body, fault: Fault | None
+    ) -> web.StreamResponse:
+        """Pause, fault, latency and upscale of a request that holds its places."""
         await self._open.wait()
         if fault is not None:
             faulty = await self._inject(request, fault, TRUNCATED_JSON, "application/json")

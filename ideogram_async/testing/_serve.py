@@ -32,6 +32,16 @@ def _latency(text: str) -> float | tuple[float, float]:
     raise argparse.ArgumentTypeError(f"expected SECONDS or MIN,MAX (seconds >= 0), got {text!r}")
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return seconds
+
+
 def _rate(text: str) -> float:
     try:
         rate = float(text)
@@ -40,6 +50,16 @@ def _rate(text: str) -> float:
     if not 0 <= rate <= 1:
         raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got {text!r}")
     return rate
+
+
+def _places(text: str) -> int:
+    try:
+        places = int(text)
+    except ValueError:
+        places = 0
+    if places < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of images >= 1, got {text!r}")
+    return places
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -70,7 +90,29 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "per upscale request [%(default)s]",
     )
     parser.add_argument(
+        "--allowance",
+        type=_places,
+        default=None,
+        metavar="N",
+        help="images in flight allowed at once, as the service enforces per organization: a "
+        "request holds num_images places; over it, a 429 inflight_limit [no limit]",
+    )
+    parser.add_argument(
+        "--allowance-body",
+        choices=["full", "no-number", "empty"],
+        default="full",
+        help="what that 429 carries: the service's body, the body without "
+        "max_inflight_requests, or nothing (as proxies may) [%(default)s]",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="seed of latencies and faults [%(default)s]"
+    )
+    parser.add_argument(
+        "--generation-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="seconds until a v2 background generation completes [%(default)s]",
     )
     parser.add_argument(
         "--no-upscale",
@@ -125,6 +167,9 @@ def serve_main(
             faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
             upscale=args.upscale,
             seed=args.seed,
+            allowance=args.allowance,
+            allowance_body=args.allowance_body,
+            generation_delay=args.generation_delay,
         )
         asyncio.run(run_server(emulator))
     except KeyboardInterrupt:

@@ -1,0 +1,187 @@
+"""Check that a webhook delivery really comes from Ideogram (Ed25519 signatures).
+
+Needs the ``webhooks`` extra (``pip install 'ideogram-async[webhooks]'``, which brings
+``cryptography``). Ideogram signs each delivery with one of the keys it publishes at
+``https://api.ideogram.ai/v1/.well-known/jwks.json``: fetch that document, turn it
+into keys with :func:`load_webhook_keys`, and check each delivery with
+:func:`verify_webhook` before trusting its body::
+
+    keys = load_webhook_keys(jwks_document)
+    delivery = verify_webhook(request.headers, await request.read(), keys)
+
+The signed message is the generation id, the user id, the timestamp and the SHA-256
+(hex) of the raw body, one per line, as sent in the ``X-Ideogram-Webhook-*`` headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .errors import WebhookVerificationError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = [
+    "WebhookDelivery",
+    "WebhookVerificationError",
+    "load_webhook_keys",
+    "verify_webhook",
+]
+
+_PREFIX = "x-ideogram-webhook-"
+_HEADERS = ("generation-id", "user-id", "timestamp", "key-id", "signature")
+_SIGNATURE_SIZE = 64
+_EXTRA_HINT = "webhook verification needs cryptography: pip install 'ideogram-async[webhooks]'"
+
+
+@attrs.frozen(kw_only=True)
+class WebhookDelivery:
+    """A delivery whose signature checked out: its headers and its JSON body."""
+
+    generation_id: str
+    user_id: str
+    timestamp: str
+    """As sent in the header."""
+    key_id: str
+    payload: Any
+    """The body, parsed as JSON."""
+
+
+def _crypto() -> tuple[Any, type[Exception]]:
+    """``cryptography``'s Ed25519 module and its bad-signature error, imported on use."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as exc:
+        raise ImportError(_EXTRA_HINT) from exc
+    return ed25519, InvalidSignature
+
+
+def _unbase64(text: str) -> bytes:
+    """Standard or URL-safe base64, padded or not."""
+    padded = text + "=" * (-len(text) % 4)
+    return base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+
+
+def load_webhook_keys(jwks: Mapping[str, Any] | str | bytes) -> dict[str, Ed25519PublicKey]:
+    """The Ed25519 keys of a JWKS document (a dict or its JSON text), by key id.
+
+    Keys of other types are skipped; a document with no usable key raises
+    :class:`WebhookVerificationError`.
+    """
+    ed25519, _ = _crypto()
+    document = json.loads(jwks) if isinstance(jwks, str | bytes) else jwks
+    entries = document.get("keys") if isinstance(document, Mapping) else None
+    keys: dict[str, Ed25519PublicKey] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, Mapping) or (entry.get("kty"), entry.get("crv")) != (
+            "OKP",
+            "Ed25519",
+        ):
+            continue
+        kid, x = entry.get("kid"), entry.get("x")
+        if isinstance(kid, str) and isinstance(x, str):
+            try:
+                keys[kid] = ed25519.Ed25519PublicKey.from_public_bytes(_unbase64(x))
+            except (ValueError, binascii.Error):
+                continue
+    if not keys:
+        raise WebhookVerificationError(
+            "the JWKS document holds no Ed25519 key (kty OKP, crv Ed25519, kid and x)"
+        )
+    return keys
+
+
+def _decode_signature(text: str) -> bytes:
+    """The 64 signature bytes, from hex or (URL-safe) base64."""
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text) if len(text) == 2 * _SIGNATURE_SIZE else _unbase64(text)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != _SIGNATURE_SIZE:
+        raise WebhookVerificationError(
+            "the signature header is not a 64-byte Ed25519 signature in hex or base64"
+        )
+    return raw
+
+
+def _sent_at(timestamp: str) -> float:
+    """Seconds since the epoch from Unix seconds (or milliseconds) or ISO 8601 text."""
+    try:
+        value = float(timestamp)
+    except ValueError:
+        try:
+            return datetime.fromisoformat(timestamp).timestamp()
+        except ValueError:
+            raise WebhookVerificationError(
+                f"the timestamp header {timestamp!r} is neither Unix time nor ISO 8601"
+            ) from None
+    return value / 1000 if value > 1e11 else value
+
+
+def verify_webhook(
+    headers: Mapping[str, str],
+    body: bytes,
+    keys: Mapping[str, Ed25519PublicKey],
+    *,
+    max_age: float | None = 300.0,
+    now: float | None = None,
+) -> WebhookDelivery:
+    """Check a delivery's signature and age; return it, or raise :class:`WebhookVerificationError`.
+
+    ``headers`` are the request's (any case), ``body`` its raw bytes (before any
+    parsing), ``keys`` the published keys by id (:func:`load_webhook_keys`).
+    ``max_age`` (seconds) refuses deliveries stamped that far from ``now`` (the
+    current time by default), so a captured delivery cannot be replayed later;
+    ``None`` turns the check off.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    missing = [f"X-Ideogram-Webhook-{h}" for h in _HEADERS if _PREFIX + h not in lowered]
+    if missing:
+        raise WebhookVerificationError(f"the delivery lacks the {', '.join(missing)} header(s)")
+    generation_id, user_id, timestamp, key_id, signature = (lowered[_PREFIX + h] for h in _HEADERS)
+    _, invalid = _crypto()
+    key = keys.get(key_id)
+    if key is None:
+        raise WebhookVerificationError(
+            f"the delivery is signed with key {key_id!r}, which is not among the given keys; "
+            f"fetch the current ones from Ideogram's JWKS document"
+        )
+    message = "\n".join(
+        (generation_id, user_id, timestamp, hashlib.sha256(body).hexdigest())
+    ).encode()
+    try:
+        key.verify(_decode_signature(signature), message)
+    except invalid as exc:
+        raise WebhookVerificationError(
+            "the signature does not match the delivery: it was not sent by Ideogram "
+            "or was altered on the way"
+        ) from exc
+    age = (time.time() if now is None else now) - _sent_at(timestamp)
+    if max_age is not None and abs(age) > max_age:
+        raise WebhookVerificationError(
+            f"the delivery is stamped {abs(age):.0f}s {'ago' if age > 0 else 'ahead'}, "
+            f"beyond max_age={max_age:g}s; it may be a replay"
+        )
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise WebhookVerificationError("the signed body is not JSON") from None
+    return WebhookDelivery(
+        generation_id=generation_id,
+        user_id=user_id,
+        timestamp=timestamp,
+        key_id=key_id,
+        payload=payload,
+    )

@@ -1,0 +1,311 @@
+"""The allowance over a real socket: the client against the emulator's allowance mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from ideogram_async import (
+    APITimeoutError,
+    IdeogramClient,
+    LocalAllowance,
+    PaymentRequiredError,
+    RateLimitError,
+    RetryPolicy,
+    UpscaleRequest,
+    ValidationError,
+)
+from ideogram_async.testing import AllowanceBody, Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.v2 import TopazWonder35
+
+from ._support import KEY, make_image
+
+PNG = make_image("png", (4, 4))
+
+
+@pytest.fixture(autouse=True)
+def _instant() -> Any:
+    with instant_retries():
+        yield
+
+
+class Watched:
+    """An :class:`Allowance` that delegates to a :class:`LocalAllowance` and lets a test
+    wait until a number of holds were asked for, or rejections reported."""
+
+    def __init__(self, inner: LocalAllowance) -> None:
+        self.inner = inner
+        self.asked = 0
+        self.rejections: list[int | None] = []
+        self._changed = asyncio.Event()
+
+    @property
+    def maximum(self) -> int:
+        return self.inner.maximum
+
+    @property
+    def limit(self) -> int:
+        return self.inner.limit
+
+    @property
+    def in_use(self) -> int:
+        return self.inner.in_use
+
+    def hold(self, places: int) -> AbstractAsyncContextManager[None]:
+        return self._hold(places)
+
+    @asynccontextmanager
+    async def _hold(self, places: int) -> AsyncIterator[None]:
+        self.asked += 1
+        self._poke()
+        async with self.inner.hold(places):
+            yield
+
+    async def rejected(self, allowance: int | None) -> None:
+        self.rejections.append(allowance)
+        self._poke()
+        await self.inner.rejected(allowance)
+
+    async def completed(self) -> None:
+        await self.inner.completed()
+
+    async def released(self) -> None:
+        await self.inner.released()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                await self._changed.wait()
+
+
+def request(images: int = 1) -> UpscaleRequest:
+    return UpscaleRequest(num_images=images)
+
+
+@asynccontextmanager
+async def served(
+    allowance: int | None = None, body: AllowanceBody = "full", **options: Any
+) -> AsyncIterator[Emulator]:
+    async with Emulator(
+        api_key=KEY, upscale=False, allowance=allowance, allowance_body=body, **options
+    ) as emulator:
+        yield emulator
+
+
+def client_of(emulator: Emulator, allowance: Any, **options: Any) -> IdeogramClient:
+    return IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=allowance, **options)
+
+
+async def test_an_upscale_holds_num_images_places_and_waits_whole(  # weighted places
+) -> None:
+    watched = Watched(LocalAllowance(10, adaptive=False))
+    async with served() as emulator, client_of(emulator, watched) as client:
+        emulator.pause()
+        calls = [asyncio.create_task(client.upscale(PNG, request(4))) for _ in range(3)]
+        await watched.until(lambda: watched.asked == 3)
+        await emulator.wait_places(8)
+        assert client.allowance.in_use == 8  # the third holds nothing while it waits
+        assert emulator.stats.requests == 2
+        emulator.resume()
+        responses = await asyncio.gather(*calls)
+    assert [len(r.data) for r in responses] == [4, 4, 4]
+    assert emulator.stats.peak_places_in_use == 8
+    assert client.allowance.in_use == 0
+
+
+async def test_a_large_request_is_not_overtaken_by_later_small_ones() -> None:  # FIFO
+    watched = Watched(LocalAllowance(4, adaptive=False))
+    async with served() as emulator, client_of(emulator, watched) as client:
+        emulator.pause()
+        first = asyncio.create_task(client.upscale(PNG, request(3)))
+        await emulator.wait_places(3)
+        large = asyncio.create_task(client.upscale(PNG, request(4)))
+        await watched.until(lambda: watched.asked == 2)
+        small = [asyncio.create_task(client.upscale(PNG, request(1))) for _ in range(2)]
+        await watched.until(lambda: watched.asked == 4)
+        assert emulator.stats.requests == 1  # 3 + 1 fits, yet the small ones wait their turn
+        emulator.resume()
+        await asyncio.gather(first, large, *small)
+    arrivals = [upload.fields.get("num_images") for upload in emulator.stats.uploads]
+    assert arrivals == [3, 4, 1, 1]
+    assert emulator.stats.peak_places_in_use == 4
+
+
+async def test_the_allowance_in_the_429_body_is_learned_at_once() -> None:
+    watched = Watched(LocalAllowance(10, fallback=0.01))
+    async with served(allowance=3) as emulator, client_of(emulator, watched) as client:
+        emulator.pause()
+        burst = [asyncio.create_task(client.upscale(PNG)) for _ in range(10)]
+        await watched.until(lambda: len(watched.rejections) == 7)
+        assert watched.rejections == [3] * 7
+        assert client.allowance.limit == 3
+        emulator.resume()
+        first = await asyncio.gather(*burst)
+        assert emulator.stats.rejected_over_allowance == 7
+        # Every call went through in one attempt: waiting for a place is not a retry.
+        more = [client._upscale(PNG, None) for _ in range(30)]
+        results = await asyncio.gather(*more)
+    assert len(first) == 10
+    assert [attempts for _, attempts in results] == [1] * 30
+    assert emulator.stats.rejected_over_allowance == 7  # none once the bound was learned
+    assert emulator.stats.peak_places_in_use == 3
+    assert emulator.stats.responses_by_status == {200: 40, 429: 7}
+
+
+async def test_without_the_number_the_bound_adapts_to_the_allowance() -> None:
+    bounds: list[int] = []
+    allowance = LocalAllowance(10, on_change=lambda change: bounds.append(change.new))
+    async with (
+        served(allowance=3, body="no-number", latency=0.002) as emulator,
+        client_of(emulator, allowance) as client,
+    ):
+        results = await asyncio.gather(*(client._upscale(PNG, None) for _ in range(120)))
+    assert [attempts for _, attempts in results] == [1] * 120
+    # From 10 down to the allowance within a few rounds, then around it (AIMD's probing).
+    # From 10 down to the allowance within a few rounds, then around it (AIMD's probing).
+    assert min(bounds[:10]) <= 3, bounds
+    assert 2 <= statistics.median(bounds[10:]) <= 5, bounds
+    rejected = emulator.stats.rejected_over_allowance
+    assert 0 < rejected < 60, rejected
+    assert emulator.stats.peak_places_in_use == 3
+
+
+async def test_a_429_without_a_body_adapts_and_is_retried_with_backoff() -> None:
+    watched = Watched(LocalAllowance(2, fallback=3600))
+    async with (
+        served(allowance=1, body="empty") as emulator,
+        client_of(emulator, watched) as client,
+    ):
+        emulator.pause()
+        held = asyncio.create_task(client._upscale(PNG, None))
+        await emulator.wait_places(1)
+        other = asyncio.create_task(client._upscale(PNG, None))
+        await watched.until(lambda: watched.asked == 3)  # rejected, retried, waits for a place
+        assert watched.rejections == [None]
+        assert client.allowance.limit == 1
+        emulator.resume()
+        (_, first), (_, second) = await asyncio.gather(held, other)
+    assert (first, second) == (1, 2)  # the retry used an attempt
+    assert emulator.stats.rejected_over_allowance == 1
+
+
+async def test_a_request_larger_than_the_named_allowance_fails_at_once() -> None:
+    async with served(allowance=2) as emulator, client_of(emulator, 10) as client:
+        with pytest.raises(RateLimitError, match=r"needs 4 places.*allowance of 2") as info:
+            await client.upscale(PNG, request(4))
+    assert (info.value.reject_reason, info.value.allowance, info.value.attempts) == (
+        "inflight_limit",
+        2,
+        1,
+    )
+    assert emulator.stats.requests == 1
+
+
+async def test_more_images_than_the_maximum_is_refused_before_sending() -> None:
+    async with served() as emulator, client_of(emulator, 3) as client:
+        with pytest.raises(ValidationError, match=r"num_images=4 needs 4 places.*allowance of 3"):
+            await client.upscale(PNG, request(4))
+    assert emulator.stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("reason", "advice"),
+    [
+        ("insufficient_funds", "top it up"),
+        ("daily_limit", "wait until tomorrow"),
+        ("subscription_required", "subscribe"),
+        ("priority_credit_required", "priority credits"),
+        ("feature_limit", "upgrade the plan"),
+    ],
+)
+async def test_a_402_says_what_to_do_and_is_never_retried(reason: str, advice: str) -> None:
+    body = json.dumps({"error": "Payment required", "reject_reason": reason})
+    plan = FaultPlan([Fault.status(402, body=body, should_retry=True)] * 3)
+    async with served(faults=plan) as emulator, client_of(emulator, 10) as client:
+        with pytest.raises(PaymentRequiredError, match=advice) as info:
+            await client.upscale(PNG)
+    assert info.value.reject_reason == reason
+    assert info.value.attempts == 1
+    assert emulator.stats.requests == 1
+
+
+async def test_the_deadline_holds_while_waiting_for_a_place() -> None:
+    async with served(allowance=1) as emulator, client_of(emulator, 5) as client:
+        emulator.pause()
+        held = asyncio.create_task(client.upscale(PNG))
+        await emulator.wait_places(1)
+        with pytest.raises(APITimeoutError, match="deadline") as info:
+            await client.upscale(PNG, retry=RetryPolicy(deadline=0.2))
+        assert info.value.kind == "deadline"
+        assert info.value.attempts == 1
+        assert client.allowance.in_use == 1  # the waiter gave up nothing it did not hold
+        emulator.resume()
+        await held
+    assert emulator.stats.rejected_over_allowance == 1  # it waited, it did not hammer
+
+
+async def test_places_held_by_another_process_are_waited_for_not_hammered() -> None:
+    watched = Watched(LocalAllowance(5, fallback=3600))
+    async with (
+        served(allowance=1) as emulator,
+        client_of(emulator, 1) as other_process,
+        client_of(emulator, watched) as client,
+    ):
+        emulator.pause()
+        held = asyncio.create_task(other_process.upscale(PNG))
+        await emulator.wait_places(1)
+        with pytest.raises(APITimeoutError, match="deadline"):
+            await client.upscale(PNG, retry=RetryPolicy(deadline=0.3))
+        assert watched.rejections == [1]  # then it waited for a release, none came here
+        emulator.resume()
+        await held
+
+
+async def test_cancelling_a_request_on_the_wire_frees_its_places_for_the_next() -> None:
+    watched = Watched(LocalAllowance(2, adaptive=False))
+    async with served() as emulator, client_of(emulator, watched) as client:
+        emulator.pause()
+        first = asyncio.create_task(client.upscale(PNG, request(2)))
+        await emulator.wait_places(2)
+        second = asyncio.create_task(client.upscale(PNG, request(2)))
+        await watched.until(lambda: watched.asked == 2)
+        assert emulator.stats.requests == 1
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert client.allowance.in_use == 2  # the second holds the places the first freed
+        emulator.resume()
+        await second
+    assert client.allowance.in_use == 0
+    assert emulator.stats.requests == 2
+
+
+async def test_a_v2_upscale_takes_one_place_and_learns_from_the_429_too() -> None:
+    watched = Watched(LocalAllowance(5, fallback=3600))
+    async with (
+        served(allowance=1) as emulator,
+        client_of(emulator, watched, flavor="official") as client,
+    ):
+        emulator.pause()
+        first = asyncio.create_task(client.upscale_v2(PNG, TopazWonder35()))
+        await emulator.wait_places(1)
+        second = asyncio.create_task(client.upscale_v2(PNG, TopazWonder35()))
+        await watched.until(lambda: watched.rejections == [1])
+        assert client.allowance.limit == 1
+        emulator.resume()
+        await asyncio.gather(first, second)
+    assert emulator.stats.rejected_over_allowance == 1
+    assert emulator.stats.peak_places_in_use == 1

@@ -1,0 +1,148 @@
+"""``ideogram-async upscale --model``: a v2 run and ``--dry-run``, against the emulator."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ideogram_async.cli import main
+from ideogram_async.testing import Emulator
+
+from .test_cli import KEY, assert_clean, listing, read_manifest, run_cli, save_image, size_of
+
+PRICE = re.compile(r"\$(\d[\d,]*\.\d{4})")
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """Three small images and one whose x4 result would pass 8192 px."""
+    folder = tmp_path / "in"
+    for index, name in enumerate(["a.png", "b.jpg", "c.webp"]):
+        save_image(folder / name, (10 + 2 * index, 6 + index), shade=index * 50)
+    save_image(folder / "wide.png", (2100, 8))
+    return folder
+
+
+def v2_args(emulator: Emulator, inputs: Path, *extra: str) -> list[str]:
+    return ["upscale", str(inputs), "--base-url", emulator.base_url, "--model", *extra]
+
+
+async def test_a_v2_run_upscales_by_the_factor_and_refuses_what_would_pass_8192_px(
+    inputs: Path, tmp_path: Path
+) -> None:
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(
+            *v2_args(emulator, inputs, "topaz-bloom-2", "--factor", "x4"),
+            *("--prompt", "autumn", "--option", "creativity=5", "--option", "seed=7"),
+            *("--out", str(out), "--manifest", str(manifest)),
+        )
+        stats = emulator.stats
+    assert run.returncode == 1, run.stderr  # the wide image failed; the run went on
+    assert_clean(run)
+    sent = sorted(str(upload.filename) for upload in stats.v2_uploads)
+    assert sent == ["a.png", "b.jpg", "c.webp"]
+    for upload in stats.v2_uploads:
+        assert upload.model == "topaz-bloom-2"
+        assert upload.headers["api-key"] == KEY
+        assert upload.fields == {
+            "upscale_factor": "x4",
+            "prompt": "autumn",
+            "seed": "7",
+            "creativity": "5",
+        }
+        assert upload.part_names[-1] == "image"
+    results = listing(out)
+    assert [p.name for p in results] == ["a.upscaled.png", "b.upscaled.png", "c.upscaled.png"]
+    assert [size_of(p) for p in results] == [(40, 24), (48, 28), (56, 32)]
+    records = {Path(r["source"]).name: r for r in read_manifest(manifest)}
+    assert records["wide.png"]["status"] == "failed"
+    assert records["wide.png"]["attempts"] == 0
+    assert "refuses outputs over 8192 px" in records["wide.png"]["error"]
+    assert "largest factor that fits is x2" in records["wide.png"]["error"]
+    assert "wide.png" in run.stdout
+
+
+async def test_a_withheld_image_fails_its_item_and_says_it_is_billed(
+    inputs: Path, tmp_path: Path
+) -> None:
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(
+            *v2_args(emulator, inputs / "a.png", "topaz-redefine"),
+            *("--prompt", "[withhold]", "--out", str(tmp_path / "out")),
+        )
+    assert run.returncode == 1
+    assert "withheld by the service's safety check (the upscale is billed)" in run.stdout
+    assert emulator.stats.image_downloads == 0
+
+
+async def test_dry_run_prices_every_image_and_prints_the_total(
+    inputs: Path, tmp_path: Path
+) -> None:
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(
+            *v2_args(emulator, inputs, "auto", "--factor", "x4", "--dry-run"),
+            "--recursive",
+        )
+        stats = emulator.stats
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert_clean(run)
+    assert stats.quotes == 3  # the wide image was refused before upload
+    assert all(upload.dry_run for upload in stats.v2_uploads)
+    assert stats.billed_usd_micros == 0
+    assert stats.image_downloads == 0
+    lines = run.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith(str(inputs))}
+    assert len(rows) == 4
+    assert "refused" in rows[str(inputs / "wide.png")]
+    assert "8192 px" in rows[str(inputs / "wide.png")]
+    prices = [
+        Decimal(PRICE.findall(rows[str(inputs / n)])[0]) for n in ("a.png", "b.jpg", "c.webp")
+    ]
+    total = next(line for line in lines if line.startswith("Total: "))
+    assert Decimal(PRICE.findall(total)[0]) == sum(prices)
+    assert "for 3 of 4 image(s)" in total
+    assert "estimated" in total
+    assert "1 image(s) could not be priced" in run.stdout
+    assert "Nothing was run, downloaded or billed." in run.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--factor", "x4"], "are v2 settings: add --model MODEL"),
+        (["--dry-run"], "are v2 settings: add --model MODEL"),
+        (["--model", "topaz-bloom-2", "--option", "texture=2"], "has no option 'texture'"),
+        (["--model", "topaz-standard-2", "--seed", "3"], "has no option 'seed'"),
+        (["--model", "topaz-bloom-2", "--option", "creativity=12"], "creativity must be from 1"),
+        (["--model", "topaz-bloom-2", "--option", "creativity"], "--option takes NAME=VALUE"),
+        (["--model", "auto", "--resemblance", "50"], "--resemblance apply to the v1 upscaler"),
+        (["--model", "nano-banana-pro", "--factor", "x2"], "has no option 'upscale_factor'"),
+        (["--model", "topaz-wonder-4"], "--model: invalid choice"),
+    ],
+)
+def test_bad_v2_options_exit_2_before_sending(
+    extra: list[str],
+    message: str,
+    inputs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    args = ["upscale", str(inputs), "-o", str(tmp_path / "out"), "--base-url", "http://127.0.0.1:9"]
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_out_is_required_unless_pricing(
+    inputs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    args = ["upscale", str(inputs), "--base-url", "http://127.0.0.1:9", "--model", "auto"]
+    assert main(args) == 2
+    assert "--out DIR is required" in capsys.readouterr().err

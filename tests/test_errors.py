@@ -348,3 +348,15 @@ def test_an_inflight_429_names_the_allowance() -> None:
     assert error.allowance == 10
     assert "allowance of 10 images in flight" in str(error)
     assert "allowance=" in str(_error(429, "busy"))  # a plain 429 says what to lower
+
+
+def test_an_api_error_built_with_only_a_message_and_status() -> None:
+    error = ServerError("the gateway timed out", status=504)
+    assert str(error) == "HTTP 504: the gateway timed out"
+    assert repr(error) == "ServerError('the gateway timed out')"
+    assert (error.body, error.request_id, error.retry_after) == ("", None, None)
+    assert error.status_code == 504
+
+
+def test_a_response_format_error_is_about_a_200_unless_told() -> None:
+    assert ResponseFormatError("not JSON", body="<html>").status == 200

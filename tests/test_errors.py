@@ -358,5 +358,10 @@ def test_an_api_error_built_with_only_a_message_and_status() -> None:
     assert error.status_code == 504
 
 
+def test_a_connection_error_is_not_unreachable_unless_told() -> None:
+    assert APIConnectionError("reset by peer").unreachable is False
+    assert APIConnectionError("refused", unreachable=True).unreachable is True
+
+
 def test_a_response_format_error_is_about_a_200_unless_told() -> None:
     assert ResponseFormatError("not JSON", body="<html>").status == 200

@@ -404,6 +404,13 @@ async def test_oversized_file_is_rejected_and_the_cap_is_inclusive(
         assert image.size == len(png_bytes)
 
 
+async def test_a_stream_may_be_exactly_as_large_as_the_cap(png_bytes: bytes) -> None:
+    with await prepare_image(agen(png_bytes), max_file_size=len(png_bytes)) as image:
+        assert image.size == len(png_bytes)
+    with pytest.raises(ValidationError, match="over the cap"):
+        await prepare_image(agen(png_bytes), max_file_size=len(png_bytes) - 1)
+
+
 async def test_oversized_bytes_and_seekable_file(png_bytes: bytes) -> None:
     with pytest.raises(ValidationError, match="over the cap"):
         await prepare_image(png_bytes, max_file_size=10)

@@ -20,9 +20,10 @@ from ideogram_async import (
     UpscaleRequest,
     ValidationError,
 )
-from ideogram_async.batch import BatchRun, fan_out
+from ideogram_async.batch import BatchRun, as_job, fan_out
 from ideogram_async.models import UpscaleResponse
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.v2 import AutoUpscaler
 
 from ._support import KEY, make_image
 
@@ -252,3 +253,20 @@ async def test_one_image_instead_of_many_is_a_clear_error(
     # A str or bytes is iterable: without the check, each character would be an "image".
     with pytest.raises(ValidationError, match="iterable of images"):
         client.upscale_many(one_image)  # type: ignore[call-overload]
+
+
+def test_an_input_the_batch_cannot_take_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValidationError) as info:
+        as_job((b"image", UpscaleRequest(), "name.png"), UpscaleRequest())
+    assert str(info.value) == (
+        "a tuple input must be an (image, request) pair; "
+        "use UpscaleJob(image, request, filename) for more"
+    )
+    with pytest.raises(ValidationError) as info:
+        as_job((b"image", AutoUpscaler()), UpscaleRequest())
+    assert str(info.value) == (
+        "this batch's requests are an UpscaleRequest, got AutoUpscaler; "
+        "run v1 and v2 upscales in separate batches"
+    )
+    with pytest.raises(ValidationError, match="requests are a v2 model's options, got Upscale"):
+        as_job((b"image", UpscaleRequest()), AutoUpscaler())

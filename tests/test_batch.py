@@ -270,3 +270,8 @@ def test_an_input_the_batch_cannot_take_is_refused_with_the_fix() -> None:
     )
     with pytest.raises(ValidationError, match="requests are a v2 model's options, got Upscale"):
         as_job((b"image", UpscaleRequest()), AutoUpscaler())
+
+
+async def test_a_request_of_neither_kind_is_refused_naming_its_type(client: IdeogramClient) -> None:
+    with pytest.raises(ValidationError, match="v2 model's options, got dict"):
+        client.upscale_many([b"image"], {"seed": 1})  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ async def test_expired_url_is_a_clear_error_and_writes_nothing(
     ):
         result = await client.upscale(png_bytes)
         now[0] = 61.0
-        with pytest.raises(NotFoundError, match="expired") as caught:
+        with pytest.raises(NotFoundError, match="download results soon after") as caught:
             await client.download(result.data[0], tmp_path / "late.png")
     assert caught.value.attempts == 1  # not retried
     assert list(tmp_path.iterdir()) == []

@@ -148,7 +148,6 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(datetime, _parse_created)
     for kind in (str, int, bool):
         converter.register_structure_hook(kind, _strict(kind))
-    converter.register_unstructure_hook(MagicPrompt, lambda m: m.value)
     return converter
 
 

@@ -350,6 +350,21 @@ def test_an_inflight_429_names_the_allowance() -> None:
     assert "allowance=" in str(_error(429, "busy"))  # a plain 429 says what to lower
 
 
+def test_an_inflight_429_without_the_number_says_the_whole_allowance() -> None:
+    error = _error(429, "busy", reject_reason="inflight_limit", request_id=None)
+    assert str(error) == (
+        "HTTP 429: busy — the organization had its whole allowance images in flight "
+        "(every process using its keys counts); ask for fewer images per request, "
+        "or ask Ideogram for more"
+    )
+
+
+def test_a_402_keeps_a_hint_given_for_it() -> None:
+    error = _error(402, "no", hint="top up the demo account")
+    assert error.message == "no — top up the demo account"
+    assert error.should_retry is False
+
+
 def test_an_api_error_built_with_only_a_message_and_status() -> None:
     error = ServerError("the gateway timed out", status=504)
     assert str(error) == "HTTP 504: the gateway timed out"

@@ -211,6 +211,7 @@ async def test_a_request_larger_than_the_named_allowance_fails_at_once() -> None
         2,
         1,
     )
+    assert (info.value.status, info.value.should_retry) == (429, False)
     assert emulator.stats.requests == 1
 
 

@@ -274,4 +274,17 @@ def test_an_input_the_batch_cannot_take_is_refused_with_the_fix() -> None:
 
 async def test_a_request_of_neither_kind_is_refused_naming_its_type(client: IdeogramClient) -> None:
     with pytest.raises(ValidationError, match="v2 model's options, got dict"):
-        client.upscale_many([b"image"], {"seed": 1})  # type: ignore[arg-type]
+        client.upscale_many([b"image"], {"seed": 1})  # type: ignore[call-overload]
+
+
+async def test_an_error_that_is_not_ours_counts_no_attempts() -> None:
+    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+        raise RuntimeError("a bug in a custom upscaler")
+
+    results = [
+        r
+        async for r in fan_out(
+            [b"a"], upscale, UpscaleRequest(), window=1, ordered=False, stop_on_error=False
+        )
+    ]
+    assert [(type(r.error), r.attempts) for r in results] == [(RuntimeError, 0)]

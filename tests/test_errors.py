@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from aiohttp import web
 
 from ideogram_async import IdeogramClient, RetryPolicy, errors
 from ideogram_async._http import _rejection, error_for_status
@@ -148,6 +149,35 @@ async def test_a_200_with_a_malformed_body_is_a_response_format_error(body: str)
     error = await answer_with(200, body)
     assert isinstance(error, ResponseFormatError)
     assert (error.status, error.body, error.attempts) == (200, body, 1)
+
+
+async def test_a_malformed_2xx_other_than_200_names_its_status() -> None:
+    error = await answer_with(201, "<html>created</html>", "text/html")
+    assert isinstance(error, ResponseFormatError)
+    assert error.status == 201
+    assert "HTTP 201" in str(error)
+
+
+async def test_an_error_body_that_is_not_utf_8_is_read_with_replacements() -> None:
+    async def broken(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=500, body=b"bad \xff byte", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_post("/ideogram/upscale", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=base_url, retry=RetryPolicy.no_retries()
+        ) as client:
+            with pytest.raises(ServerError) as caught:
+                await client.upscale(PNG)
+    finally:
+        await runner.cleanup()
+    assert "bad \ufffd byte" in str(caught.value)
 
 
 _TREE_LINE = re.compile(

@@ -33,7 +33,7 @@ REQUEST = UpscaleRequest(
     magic_prompt_option=MagicPrompt.AUTO,
     seed=12345,
 )
-"""The options of every upload: SPEC.md's reference request."""
+"""The options of every upload: every documented field set, as in the API's own example."""
 _FORM_JSON = REQUEST.to_json()
 _HEADERS = {"Accept": "application/json", "Authorization": f"Bearer {API_KEY}"}
 _TIMEOUT = 300.0

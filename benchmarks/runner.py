@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure ideogram_async against a hand-written aiohttp loop and httpx.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="reduced sizes: a smoke test of under a minute"
+        "--quick", action="store_true", help="reduced sizes: a smoke test of about 2 minutes"
     )
     parser.add_argument(
         "--json",

@@ -28,7 +28,7 @@ __all__ = ["main"]
 API_KEY = "test-key"
 """The key clients must send as ``Authorization: Bearer <key>``."""
 UPSCALE_PATH = "/ideogram/upscale"
-"""The proxy-flavor route (SPEC.md)."""
+"""The proxy-flavor route."""
 _CHUNK_SIZE = 256 * 1024
 _CREATED = "2000-01-23T04:56:07.000Z"
 _UNAUTHORIZED = json.dumps({"detail": "Invalid or missing API key"})

@@ -91,7 +91,7 @@ FULL = Sizes(
     allowance_latency=0.2,
     allowance_rounds=2,
 )
-"""The full sizes."""
+"""The sizes of the full run."""
 
 QUICK = Sizes(
     rounds=2,

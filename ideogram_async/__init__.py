@@ -4,6 +4,8 @@
 ...     result = await client.upscale("photo.png", UpscaleRequest(prompt="crisp"))
 """
 
+import logging
+
 from ._version import __version__
 from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
@@ -44,6 +46,9 @@ from .v2 import (
     V2Options,
     V2UpscaleResponse,
 )
+
+# A library stays silent until the application configures logging.
+logging.getLogger("ideogram_async").addHandler(logging.NullHandler())
 
 __all__ = [
     "APIConnectionError",

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Generic, Self, TypeAlias, TypeVar
+from typing import Generic, Self, TypeAlias, TypeVar
 
 import attrs
 
@@ -44,8 +44,10 @@ class BatchResult(Generic[_R]):
 
     index: int
     """Position of the input in the input sequence (0-based)."""
-    source: Any
-    """The image as it was given (path, bytes, file, stream)."""
+    source: ImageInput
+    """The image as it was given: the path (``str`` or ``os.PathLike``), bytes, file or
+    stream itself, also when it came in an ``(image, request)`` pair or an ``UpscaleJob``.
+    A path stays as given, so use ``Path(result.source)`` to name an output after it."""
     request: UpscaleRequest | V2Options
     """The options it was upscaled with."""
     response: _R | None
@@ -146,16 +148,25 @@ class BatchRun(Generic[_R]):
         await self.aclose()
 
 
+def _image_of(item: BatchInput) -> ImageInput:
+    """The image of an input item, also of one ``as_job`` refuses (a malformed pair)."""
+    if isinstance(item, UpscaleJob):
+        return item.image
+    if isinstance(item, tuple):
+        return item[0] if len(item) == 2 else item
+    return item
+
+
 async def _one(
-    index: int, item: Any, upscale: Upscaler[_R], default: UpscaleRequest | V2Options
+    index: int, item: BatchInput, upscale: Upscaler[_R], default: UpscaleRequest | V2Options
 ) -> BatchResult[_R]:
     started = time.monotonic()
-    source, request, attempts = item, default, 0
+    source, request, attempts = _image_of(item), default, 0
     response: _R | None = None
     error: Exception | None = None
     try:
         job = as_job(item, default)
-        source, request = job.image, job.request or default
+        request = job.request or default
         response, attempts = await upscale(job)
     except Exception as exc:
         error = exc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import io
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from ideogram_async import (
     BatchInput,
     BatchResult,
     IdeogramClient,
+    ImageInput,
     UpscaleJob,
     UpscaleRequest,
     ValidationError,
@@ -288,3 +291,51 @@ async def test_an_error_that_is_not_ours_counts_no_attempts() -> None:
         )
     ]
     assert [(type(r.error), r.attempts) for r in results] == [(RuntimeError, 0)]
+
+
+class _Unseekable(io.RawIOBase):
+    """A pipe-like binary file: readable once, not seekable."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._data.readinto(buffer)
+
+
+async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    yield data[:10]
+    yield data[10:]
+
+
+async def test_every_image_kind_upscale_takes_is_an_input(
+    emulator: Emulator, client: IdeogramClient, tmp_path: Path, png_bytes: bytes
+) -> None:
+    (tmp_path / "photo.png").write_bytes(png_bytes)
+    images: list[ImageInput] = [
+        str(tmp_path / "photo.png"),
+        tmp_path / "photo.png",
+        png_bytes,
+        bytearray(png_bytes),
+        memoryview(png_bytes),
+        io.BytesIO(png_bytes),
+        io.BufferedReader(_Unseekable(png_bytes)),
+        _stream(png_bytes),
+    ]
+    inputs: list[BatchInput] = [
+        *images,
+        (str(tmp_path / "photo.png"), UpscaleRequest(seed=1)),
+        UpscaleJob(str(tmp_path / "photo.png"), filename="job.png"),
+    ]
+    results = [r async for r in client.upscale_many(inputs, ordered=True)]
+    assert [r.error for r in results] == [None] * len(inputs)
+    # The source is the image as given (for a pair or a job, its image), so a str path
+    # names its output the way the README shows.
+    assert [r.source for r in results[: len(images)]] == images
+    assert results[-2].source == results[-1].source == str(tmp_path / "photo.png")
+    assert {Path(r.source).stem for r in results if isinstance(r.source, str)} == {"photo"}
+    assert emulator.stats.requests == len(inputs)
+    assert {u.sha256 for u in emulator.stats.uploads} == {hashlib.sha256(png_bytes).hexdigest()}

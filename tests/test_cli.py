@@ -238,7 +238,10 @@ async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Pat
         assert emulator.stats.requests == 1
     assert again.returncode == 1, again.stderr
     assert "Skipping 4 of 6 image(s)" in again.stdout
-    assert len(read_manifest(manifest)) == 8
+    # One record per input, its last: the rejected image is now ok.
+    records = {Path(r["source"]).name: r for r in read_manifest(manifest)}
+    assert len(records) == 6
+    assert [r["status"] for r in records.values()].count("failed") == 1
     assert len(listing(out)) == 5
 
 
@@ -338,7 +341,8 @@ async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
         process.terminate()
         run = await finish(process)
     assert run.returncode == 0
-    assert_clean(run)
+    # Clean, though not assert_clean: serve prints the (test) key it accepts, by design.
+    assert not [dirt for dirt in DIRT if dirt in run.stderr], run.stderr
 
 
 async def test_missing_key_exits_2_before_sending(inputs: Path, tmp_path: Path) -> None:
@@ -445,11 +449,11 @@ async def test_live_progress_bar_shows_counts_places_and_failures(tmp_path: Path
     tally.allowance = places = LocalAllowance(8, adaptive=False)
     async with places.hold(2):
         await places.rejected(5)
-        tally.active, tally.retries = 2, 1
+        tally.in_flight, tally.downloading, tally.retries = 2, 1, 1
         reporter.changed()
-        tally.active, tally.ok = 1, 1
+        tally.in_flight, tally.downloading, tally.ok = 1, 0, 1
         reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True))
-        tally.active, tally.failed = 0, 1
+        tally.in_flight, tally.failed = 0, 1
         bad = Source(tmp_path / "b.png", "b.png")
         reporter.finished(Outcome(source=bad, ok=False, error="HTTP 400: no"))
         reporter.close()  # drawn one last time: 2 of the 5 places in use
@@ -459,6 +463,7 @@ async def test_live_progress_bar_shows_counts_places_and_failures(tmp_path: Path
     assert "b.png: HTTP 400: no" in shown
     assert "2/3" in shown
     assert "1 failed" in shown
+    assert "0 in flight 0 downloading" in shown
     assert "2/5 places" in shown
     assert "Done: 1 of 3 image(s) upscaled, 1 failed" in shown
     assert "The allowance settled at 5 of 8 images in flight." in shown

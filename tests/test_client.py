@@ -30,7 +30,7 @@ from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from ._support import KEY, open_fds
 
-SPEC_FIELDS = {
+DOCUMENTED_FIELDS = {
     "resemblance": 50,
     "magic_prompt_option": "AUTO",
     "prompt": "A serene tropical beach",
@@ -61,7 +61,7 @@ async def test_multipart_matches_the_spec_curl_example(
     assert upload is not None
     assert upload.route == "proxy"
     assert upload.part_names == ["image_request", "image_file"]
-    assert json.loads(upload.image_request_raw) == SPEC_FIELDS
+    assert json.loads(upload.image_request_raw) == DOCUMENTED_FIELDS
     assert ", " not in upload.image_request_raw
     assert ": " not in upload.image_request_raw
     assert "%20" not in upload.image_request_raw

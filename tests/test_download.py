@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+import os
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -206,6 +208,37 @@ async def test_a_dest_without_an_image_suffix_gets_the_images_own(
     # An image suffix the caller chose is kept as it is.
     assert await client.download(image, tmp_path / "c.jpg") == tmp_path / "c.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.upscaled.png", "c.jpg"]
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], int]]:
+    """``os.umask``, with the process's umask restored after the test."""
+    saved = os.umask(0o077)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize(
+    ("mask", "mode"),
+    [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)],
+    ids=["umask-022", "umask-027", "umask-002"],
+)
+async def test_a_download_gets_the_permissions_the_umask_gives(
+    client: IdeogramClient,
+    png_bytes: bytes,
+    tmp_path: Path,
+    umask: Callable[[int], int],
+    mask: int,
+    mode: int,
+) -> None:
+    result = await client.upscale(png_bytes)
+    umask(mask)
+    path = await client.download(result.data[0], tmp_path / "shared.png")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    # Replacing an existing private file gives the new one the same permissions.
+    path.chmod(0o600)
+    await client.download(result.data[0], path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 async def test_downloads_in_flight_are_bounded_by_max_concurrency(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
+import subprocess
+import sys
 import types
+
+import pytest
 
 import ideogram_async
 
@@ -52,3 +56,41 @@ def test_version_is_a_string_matching_the_distribution() -> None:
     assert isinstance(ideogram_async.__version__, str)
     assert ideogram_async.__version__
     assert ideogram_async.__version__ == importlib.metadata.version("ideogram-async")
+
+
+_GIVE_UP = """
+import asyncio, socket{configure}
+from ideogram_async import APIConnectionError, IdeogramClient, RetryPolicy
+
+with socket.socket() as closed:  # a port nothing listens on
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+
+
+async def main() -> None:
+    async with IdeogramClient(api_key="k", base_url=f"http://127.0.0.1:{{port}}") as client:
+        try:
+            await client.upscale(b"\\x89PNG\\r\\n\\x1a\\n-", retry=RetryPolicy.no_retries())
+        except APIConnectionError:
+            print("failed as expected")
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_the_library_prints_nothing_until_the_app_configures_logging(configured: bool) -> None:
+    configure = "\nimport logging; logging.basicConfig()" if configured else ""
+    run = subprocess.run(
+        [sys.executable, "-c", _GIVE_UP.format(configure=configure)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout == "failed as expected\n"
+    if configured:  # the warning exists, and reaches the app's handlers
+        assert "WARNING:ideogram_async:" in run.stderr
+    else:
+        assert run.stderr == ""

@@ -29,7 +29,7 @@ INT_FIELDS = {
     "num_images": (1, 8),
 }
 CREATED = datetime(2000, 1, 23, 4, 56, 7, tzinfo=UTC)
-SPEC_BODY = {
+DOCUMENTED_BODY = {
     "created": "2000-01-23T04:56:07.000Z",
     "data": [
         {
@@ -228,7 +228,7 @@ def test_to_json_of_every_field() -> None:
 
 
 def test_parse_response_of_the_spec_example() -> None:
-    response = parse_response(json.dumps(SPEC_BODY))
+    response = parse_response(json.dumps(DOCUMENTED_BODY))
     assert isinstance(response, UpscaleResponse)
     assert response.created == CREATED
     assert response.data == [

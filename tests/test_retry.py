@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import io
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -153,7 +154,7 @@ async def test_giving_up_raises_the_last_real_error_with_attempts(
     assert len(events) == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "giving up after 3 attempt" in warnings[0].getMessage()
+    assert warnings[0].getMessage() == f"upscale image.png: giving up after 3 attempt(s): {outcome}"
     # One line per attempt: two "retrying in" lines, then the warning.
     ours = [r for r in caplog.records if r.name == "ideogram_async"]
     assert len(ours) == 3
@@ -243,12 +244,27 @@ async def test_attempt_timeout_after_upload_respects_the_cost_switch(png_bytes: 
     assert emulator.stats.requests == 2
 
 
-async def test_deadline_bounds_the_whole_call(png_bytes: bytes) -> None:
+async def test_deadline_bounds_the_whole_call(
+    png_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     policy = RetryPolicy(deadline=0.3)
     _emulator, _, outcome = await run_with([Fault.slow(30)], png_bytes, policy=policy)
     assert isinstance(outcome, APITimeoutError)
-    assert outcome.kind == "deadline"
-    assert "deadline" in str(outcome)
+    assert (outcome.kind, outcome.attempts) == ("deadline", 1)
+    assert str(outcome).startswith("upscale image.png: the deadline of 0.3s for the whole call")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        str(outcome)
+    ]
+
+
+async def test_a_permanent_failure_is_logged_once_at_debug(
+    png_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    _, _, outcome = await run_with([Fault.status(400)], png_bytes)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ideogram_async"] == [
+        (logging.DEBUG, f"upscale image.png: attempt 1 failed for good: {outcome}")
+    ]
 
 
 async def test_no_retry_when_the_wait_would_pass_the_deadline(png_bytes: bytes) -> None:
@@ -988,5 +1004,7 @@ async def test_each_attempt_gets_its_number_and_the_log_tells_the_story(
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("upscale a.png: attempt 1 failed (HTTP 503: busy); retrying in ")
     assert lines[1].startswith("upscale a.png: attempt 2 failed (HTTP 503: busy); retrying in ")
-    assert lines[2].startswith("upscale a.png: attempt 3 succeeded in ")
+    took = re.fullmatch(r"upscale a\.png: attempt 3 succeeded in (\d+\.\d\d)s", lines[2])
+    assert took is not None
+    assert float(took[1]) < 60  # the attempt's own duration
     assert len(lines) == 3

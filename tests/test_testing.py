@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -805,3 +806,16 @@ async def test_module_runs_a_server_until_terminated(session: aiohttp.ClientSess
         proc.terminate()
         await proc.communicate()
     assert proc.returncode == 0
+
+
+def test_the_fixture_plugin_without_pytest_asyncio_names_the_extra() -> None:
+    # None in sys.modules makes the import fail, as in an install without the extra.
+    code = (
+        "import sys; sys.modules['pytest_asyncio'] = None\n"
+        "import ideogram_async.testing.pytest_plugin"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 1
+    assert "pip install 'ideogram-async[testing]'" in run.stderr

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from ._inputs import (
     find_images,
     read_key_file,
 )
-from ._manifest import finished_sources
+from ._manifest import ManifestLock, finished_sources, read_records
 from ._parser import PROG, build_parser
 from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
 from ._quotes import run_quotes
@@ -133,6 +134,19 @@ def _upscale(args: argparse.Namespace) -> int:
     sources = find_images(args.images, recursive=args.recursive, exclude=out_dir.resolve())
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
+    with ManifestLock(manifest) if manifest else contextlib.nullcontext():
+        return _upscale_locked(args, request, sources, out_dir, manifest, connect)
+
+
+def _upscale_locked(
+    args: argparse.Namespace,
+    request: UpscaleRequest | V2Options,
+    sources: list[Source],
+    out_dir: Path,
+    manifest: Path | None,
+    connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
+) -> int:
+    """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
@@ -148,6 +162,7 @@ def _upscale(args: argparse.Namespace) -> int:
         )
     else:
         hint = "Run the same command again with --resume to finish the rest."
+    _check_writable(out_dir)
     job = Job(
         sources=sources,
         request=request,
@@ -217,8 +232,11 @@ def _env_key() -> str:
 
 
 def _unfinished(sources: list[Source], manifest: Path) -> list[Source]:
-    """The sources that ``manifest`` does not record as done, saying how many it skips."""
-    done = finished_sources(manifest)
+    """The sources that ``manifest`` does not record as done, saying what it skips and redoes.
+
+    An image recorded as done whose result file is gone is done again.
+    """
+    done, gone = finished_sources(read_records(manifest))
     todo = [source for source in sources if str(source.path) not in done]
     if len(todo) < len(sources):
         print(
@@ -226,7 +244,26 @@ def _unfinished(sources: list[Source], manifest: Path) -> list[Source]:
             f"{manifest} records as done.",
             flush=True,
         )
+    redone = [source.shown for source in sources if str(source.path) in gone]
+    if redone:
+        listed = ", ".join(redone[:5]) + (f" and {len(redone) - 5} more" if len(redone) > 5 else "")
+        print(
+            f"Redoing {len(redone)} image(s) recorded as done whose result is missing: {listed}.",
+            flush=True,
+        )
     return todo
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and make sure a file can be written in it, before anything is paid."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write results into --out {out_dir}: {exc.strerror or exc}"
+        ) from None
 
 
 def _demo(args: argparse.Namespace) -> int:

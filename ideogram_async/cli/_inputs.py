@@ -7,6 +7,7 @@ nothing: it is reported as a :class:`UsageError` (exit status 2).
 from __future__ import annotations
 
 import glob
+import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -58,9 +59,14 @@ def find_images(args: Sequence[str], *, recursive: bool, exclude: Path | None) -
                 found.setdefault(path, Source(path, shown))
     if not found:
         where = ", ".join(args)
-        hint = "" if recursive else " (add --recursive to look in subfolders)"
+        nested = not recursive and any(_has_subfolders(Path(arg)) for arg in args)
+        hint = " (add --recursive to look in subfolders)" if nested else ""
         raise UsageError(f"no JPEG, PNG or WebP images found in: {where}{hint}")
     return list(found.values())
+
+
+def _has_subfolders(path: Path) -> bool:
+    return path.is_dir() and any(child.is_dir() for child in path.iterdir())
 
 
 def _expand(arg: str, *, recursive: bool) -> list[tuple[str, bool]]:
@@ -72,6 +78,9 @@ def _expand(arg: str, *, recursive: bool) -> list[tuple[str, bool]]:
         return [(arg, True)]
     if glob.escape(arg) == arg:
         raise UsageError(f"{arg}: no such file or folder")
+    fixed = Path(*itertools.takewhile(lambda part: glob.escape(part) == part, path.parts[:-1]))
+    if not fixed.is_dir():  # "nothing/*.jpg": say so, rather than "no images found"
+        raise UsageError(f"{arg}: no such folder {fixed}")
     files: list[tuple[str, bool]] = []
     for match in sorted(glob.glob(arg, recursive=recursive)):
         if Path(match).is_dir():

@@ -53,7 +53,10 @@ class _PlacesColumn(ProgressColumn):
 
 
 class RichReporter:
-    """A live bar (done, ok, failed, in flight, places, retries, rate, ETA) for a terminal.
+    """A live bar (done, ok, failed, in flight, downloading, places, retries, rate, ETA).
+
+    "In flight" counts the upscale calls that ``--allowance`` bounds; downloads of
+    finished upscales are counted apart.
 
     Failures are printed above the bar as they happen.
     """
@@ -67,7 +70,8 @@ class RichReporter:
             MofNCompleteColumn(),
             TextColumn(
                 "[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] "
-                "{task.fields[active]} in flight {task.fields[retries]} retries"
+                "{task.fields[in_flight]} in flight {task.fields[downloading]} downloading "
+                "{task.fields[retries]} retries"
             ),
             _PlacesColumn(tally),
             _RateColumn(),
@@ -89,7 +93,8 @@ class RichReporter:
             completed=tally.done,
             ok=tally.ok,
             failed=tally.failed,
-            active=tally.active,
+            in_flight=tally.in_flight,
+            downloading=tally.downloading,
             retries=tally.retries,
         )
 

@@ -23,17 +23,18 @@ examples:
   ideogram-async upscale photos/ --model topaz-standard-2 --factor x4 --dry-run
 
 Each result is saved as DIR/<name>.upscaled.<ext> (<name>.upscaled-<k>.<ext> when
---num-images asks for several). With --manifest, one JSON line per finished image
-records its source, status, urls, outputs, error, attempts and seconds; --resume skips
-the images it records as ok, so finishing an interrupted run pays for no image twice.
+--num-images asks for several). With --manifest, one JSON line per image records its
+source, status, urls, outputs, error, attempts and seconds; --resume skips the images
+it records as ok whose results still exist, so finishing an interrupted run pays for no
+image twice. A refused key, or a service that cannot be reached, stops the run at once.
 
 --model uses one of Ideogram's v2 upscalers (its own API and Api-Key; --base-url still
 overrides the host), with its options as --option NAME=VALUE; an image whose result
 would pass 8192 px a side fails on its own, before upload. --dry-run prices every
 image without running, downloading or billing anything, and prints the total.
 
-exit status: 0 all images done, 1 some failed, 2 usage error (nothing was sent),
-130 interrupted (Ctrl-C or SIGTERM).
+exit status: 0 all images done, 1 some failed or the run was stopped, 2 usage error
+(nothing was sent), 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument(
         "--resume",
         action="store_true",
-        help="skip images the manifest records as ok, and append to it",
+        help="skip images the manifest records as ok whose results still exist; do the rest",
     )
 
     demo = commands.add_parser(

@@ -1,9 +1,14 @@
 """The command line's pipeline: upscale many files, download each result, record outcomes.
 
-Upscales fan out through ``IdeogramClient.upscale_many``; each finished upscale gets a
-download task, so downloads overlap further upscales. At most ``client.max_concurrency``
-download tasks exist at once (the consumer waits for one to end before starting
-another), so memory stays O(concurrency) however many files there are.
+Upscales fan out through ``IdeogramClient.upscale_many`` with a window of
+``client.max_concurrency``, so every input taken up is an upscale call in flight; each
+finished upscale gets a download task, so downloads overlap further upscales. At most
+``client.max_concurrency`` download tasks exist at once (the consumer waits for one to
+end before starting another), so memory stays O(concurrency) however many files there
+are.
+
+A run that cannot succeed stops early (:class:`FailFast`): when the service refuses the
+key, or when nothing has reached the service and a call could not connect at all.
 
 :func:`run_job` wraps one run with its manifest, progress display and summary, and
 stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM).
@@ -12,17 +17,25 @@ stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 
 from ideogram_async import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
     BatchResult,
+    Flavor,
     IdeogramClient,
     IdeogramError,
+    ResponseFormatError,
     RetryEvent,
     UpscaleRequest,
     UpscaleResponse,
@@ -38,12 +51,72 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 Answer = UpscaleResponse | V2UpscaleResponse
 
 
+# The library's hints name its Python arguments; the command line has options instead.
+_OPTION_NAMES = (
+    ("api_key= or IDEOGRAM_API_KEY", "IDEOGRAM_API_KEY or --api-key-file"),
+    ("allowance= or requests_per_second", "--allowance"),
+    ("check base_url", "check --base-url"),
+)
+
+
 def describe(error: BaseException) -> str:
     """An error as one line for the user: the library's message, else its type too."""
     text = " ".join(str(error).split())
+    for python, option in _OPTION_NAMES:
+        text = text.replace(python, option)
     if isinstance(error, IdeogramError) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class RunStopped(Exception):
+    """No further image can succeed; the message says why and what to check."""
+
+
+def _cannot_connect(error: BaseException) -> bool:
+    """Whether ``error`` means no connection to the service could be opened at all."""
+    if isinstance(error, APITimeoutError):
+        return error.kind == "connect"
+    return isinstance(error, APIConnectionError) and isinstance(
+        error.__cause__, aiohttp.ClientConnectorError
+    )
+
+
+class FailFast:
+    """Decides when a run must stop because every further image would fail too.
+
+    A 401/403 stops it at once. A call that could not connect at all (refused, an
+    unknown host, a connect timeout) stops it as long as nothing has reached the
+    service yet; once anything has, such failures are the images' own.
+    """
+
+    def __init__(self, service: str, *, official: bool) -> None:
+        self._service = service
+        self._check = "the network" if official else "--base-url (or IDEOGRAM_BASE_URL)"
+        self._reached = False
+
+    def retried(self, event: RetryEvent) -> None:
+        """A request failed and is retried; any failure but a connect one reached the service."""
+        if not _cannot_connect(event.error):
+            self._reached = True
+
+    def reason_to_stop(self, result: BatchResult[Any]) -> str | None:
+        """Why the run must stop after ``result``, or ``None`` to go on."""
+        error = result.error
+        if isinstance(error, AuthenticationError):
+            return f"{self._service} refused the API key: {describe(error)}"
+        if error is not None and _cannot_connect(error):
+            if self._reached:
+                return None
+            cause = error.__cause__  # what the connection attempt ran into
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else describe(error)
+            return (
+                f"cannot reach the service at {self._service} ({' '.join(why.split())}). "
+                f"Check {self._check}, and that the service is up"
+            )
+        if error is None or isinstance(error, APIError | ResponseFormatError | APIConnectionError):
+            self._reached = True  # an answer, or a failure after connecting
+        return None
 
 
 async def run_batch(
@@ -52,14 +125,20 @@ async def run_batch(
     request: UpscaleRequest | V2Options,
     out_dir: Path,
     *,
+    fail_fast: FailFast,
     on_start: Callable[[], None],
-    on_finish: Callable[[Outcome], None],
+    on_answer: Callable[[bool], None],
+    on_finish: Callable[[Outcome, bool], None],
 ) -> None:
     """Upscale every source and download its results into ``out_dir``.
 
-    ``on_start`` is called as each input is taken up, ``on_finish`` with its
-    outcome once its upscale and all its downloads have ended. Cancelling this
-    coroutine cancels everything in progress and waits until it has let go.
+    ``on_start`` is called as each input's upscale call starts (at most
+    ``max_concurrency`` are in progress), ``on_answer(ok)`` when it has ended (its
+    downloads start when ``ok``), and ``on_finish(outcome, downloaded)`` once the input
+    is done. Raises :class:`RunStopped` when ``fail_fast`` says so: nothing more is
+    sent, the calls in flight are cancelled, and results already paid for are still
+    downloaded. Cancelling this coroutine cancels everything in progress and waits
+    until it has let go.
     """
 
     def pulled() -> Iterator[Path]:
@@ -68,15 +147,21 @@ async def run_batch(
             yield source.path
 
     async def finish(source: Source, result: BatchResult[Any], response: Answer) -> None:
-        on_finish(await _download(client, source, result, response, out_dir))
+        on_finish(await _download(client, source, result, response, out_dir), True)
 
+    stopped: str | None = None
     downloads: set[asyncio.Task[None]] = set()
     try:
-        async with client.upscale_many(pulled(), request) as run:
+        window = client.max_concurrency
+        async with client.upscale_many(pulled(), request, window=window) as run:
             async for result in run:
+                on_answer(result.ok)
+                stopped = fail_fast.reason_to_stop(result)
+                if stopped is not None:
+                    break  # leaving the block cancels the calls in flight
                 source = sources[result.index]
                 if result.error is not None:
-                    on_finish(_failed(source, result, describe(result.error)))
+                    on_finish(_failed(source, result, describe(result.error)), False)
                     continue
                 assert result.response is not None  # there is one whenever error is None
                 if len(downloads) >= client.max_concurrency:
@@ -90,6 +175,8 @@ async def run_batch(
         for task in downloads:
             task.cancel()
         await asyncio.gather(*downloads, return_exceptions=True)
+    if stopped is not None:
+        raise RunStopped(stopped)
 
 
 def _failed(source: Source, result: BatchResult[Any], error: str) -> Outcome:
@@ -175,26 +262,38 @@ async def run_job(
 
     ``connect`` builds the client around a retry hook (it may raise ``UsageError``).
     When ``stop`` is set the run is cancelled, the manifest keeps every whole line
-    written so far, and the status is 130.
+    written so far, and the status is 130. A run stopped early (a refused key, an
+    unreachable service) says why on stderr and returns 1.
     """
     tally = Tally(total=len(job.sources))
     reporter = make_reporter(tally, live=live)
+    fail_fast: FailFast | None = None
 
-    def retried(_: RetryEvent) -> None:
+    def retried(event: RetryEvent) -> None:
         tally.retries += 1
+        if fail_fast is not None:
+            fail_fast.retried(event)
         reporter.changed()
 
     client = connect(retried)
+    fail_fast = FailFast(client.base_url, official=client.flavor is Flavor.OFFICIAL)
     tally.allowance = client.allowance
     manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
     reporter.start()
 
     def started() -> None:
-        tally.active += 1
+        tally.in_flight += 1
         reporter.changed()
 
-    def finished(outcome: Outcome) -> None:
-        tally.active -= 1
+    def answered(ok: bool) -> None:
+        tally.in_flight -= 1
+        if ok:
+            tally.downloading += 1
+        reporter.changed()
+
+    def finished(outcome: Outcome, downloaded: bool) -> None:
+        if downloaded:
+            tally.downloading -= 1
         if outcome.ok:
             tally.ok += 1
         else:
@@ -205,6 +304,7 @@ async def run_job(
             on_outcome(outcome)
         reporter.finished(outcome)
 
+    stopped: RunStopped | None = None
     try:
         async with client:
             batch = run_batch(
@@ -212,10 +312,14 @@ async def run_job(
                 job.sources,
                 job.request,
                 job.out_dir,
+                fail_fast=fail_fast,
                 on_start=started,
+                on_answer=answered,
                 on_finish=finished,
             )
             completed = await until_stopped(batch, stop)
+    except RunStopped as exc:
+        stopped, completed = exc, True
     finally:
         reporter.close()
         if manifest is not None:
@@ -226,8 +330,17 @@ async def run_job(
             f"({tally.ok} ok, {tally.failed} failed). {job.rerun_hint}"
         )
         return EXIT_INTERRUPTED
+    if stopped is not None:
+        print(
+            f"Stopped: {stopped}. Nothing more was sent: {tally.ok} of {tally.total} "
+            f"image(s) upscaled, {tally.total - tally.done} not done. {job.rerun_hint}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_FAILED
     reporter.note(tally.summary())
-    reporter.note(f"Results: {job.out_dir}")
+    if tally.ok:
+        reporter.note(f"Results: {job.out_dir}")
     if manifest is not None:
         reporter.note(f"Manifest: {manifest.path}")
     return EXIT_FAILED if tally.failed else EXIT_OK

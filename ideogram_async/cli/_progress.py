@@ -28,8 +28,11 @@ class Tally:
     total: int
     ok: int = 0
     failed: int = 0
-    active: int = 0
-    """Inputs taken up and not finished yet (uploading, waiting, retrying, downloading)."""
+    in_flight: int = 0
+    """Upscale calls started and not answered yet (sending, awaiting, retrying): what
+    ``--allowance`` bounds."""
+    downloading: int = 0
+    """Inputs upscaled whose results are being downloaded (bounded separately)."""
     retries: int = 0
     started: float = attrs.field(factory=time.monotonic)
     allowance: Allowance | None = None
@@ -40,11 +43,13 @@ class Tally:
         return self.ok + self.failed
 
     def summary(self) -> str:
-        """One line: counts, time and rate."""
+        """One line: counts, time, and the rate of upscaled images (when there are some)."""
         elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
         failed = f", {self.failed} failed" if self.failed else ""
-        retries = f", {self.retries} request(s) retried" if self.retries else ""
+        details = [f"{self.ok / elapsed:.1f}/s"] if self.ok and elapsed > 0 else []
+        if self.retries:
+            details.append(f"{self.retries} request(s) retried")
+        shown = f" ({', '.join(details)})" if details else ""
         places = self.allowance
         learned = (
             f" The allowance settled at {places.limit} of {places.maximum} images in flight."
@@ -52,8 +57,8 @@ class Tally:
             else ""
         )
         return (
-            f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s "
-            f"({rate:.1f}/s{retries}).{learned}"
+            f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s"
+            f"{shown}.{learned}"
         )
 
 

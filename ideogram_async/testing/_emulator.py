@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,6 +36,9 @@ _OFFICIAL_PATH = "/upscale"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _UNAUTHORIZED = "Invalid or missing API key"
 _MADE_UP_PROMPT = "A crisp, detailed upscale of the original image, with sharp edges."
+_log = logging.getLogger("ideogram_async.testing")
+# Client address, request line (never a header, so never a key), status, size, seconds.
+_LOG_FORMAT = '%a "%r" %s %b bytes %Tfs'
 
 
 def _detail(status: int, detail: str) -> web.Response:
@@ -128,7 +132,10 @@ class Emulator:
         for method, path, handler in self._routes():
             app.router.add_route(method, path, handler)
         # handler_cancellation: a client that gives up (a timeout test) ends its handler.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # Each request is logged at INFO to "ideogram_async.testing" (silent unless enabled).
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=_log, access_log_format=_LOG_FORMAT
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self._host, self._port).start()
@@ -169,6 +176,11 @@ class Emulator:
         if self._base_url is None:
             raise RuntimeError("The emulator has not been started.")
         return self._base_url
+
+    @property
+    def api_key(self) -> str:
+        """The key clients must send (``Authorization: Bearer`` or ``Api-Key``)."""
+        return self._api_key.decode()
 
     @property
     def stats(self) -> EmulatorStats:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import shlex
 import signal
 import sys
 
@@ -120,13 +122,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_false",
         help="skip decoding and answer with a fixed tiny PNG (fast, no Pillow needed)",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log each request received (address, request line, status, size, time) to stderr",
+    )
     return parser
 
 
 async def run_server(emulator: Emulator) -> None:
     """Serve ``emulator`` until SIGINT or SIGTERM.
 
-    Prints one line ending with the base URL once the server listens.
+    Once the server listens, prints a line ending with the base URL, then the key it
+    accepts and lines to paste to point the command line or the library at it.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,7 +148,17 @@ async def run_server(emulator: Emulator) -> None:
             handled.append(signum)
     try:
         async with emulator:
-            print(f"Ideogram emulator listening on {emulator.base_url}", flush=True)
+            url, key = emulator.base_url, emulator.api_key
+            print(
+                f"Ideogram emulator listening on {url}\n"
+                f"It accepts the API key {key!r}. Point a client at it (Ctrl-C stops it):\n"
+                f"  export IDEOGRAM_BASE_URL={shlex.quote(url)} "
+                f"IDEOGRAM_API_KEY={shlex.quote(key)}\n"
+                f"  command line: IDEOGRAM_API_KEY={shlex.quote(key)} ideogram-async upscale "
+                f"photo.png --out upscaled --base-url {shlex.quote(url)}\n"
+                f"  library:      IdeogramClient(base_url={url!r}, api_key={key!r})",
+                flush=True,
+            )
             await stop.wait()
     finally:
         for signum in handled:
@@ -158,6 +177,12 @@ def serve_main(
         args = _parser(prog).parse_args(argv)
     except SystemExit as exc:  # --help, or a bad option (argparse exits 2)
         return exc.code if isinstance(exc.code, int) else 2
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        requests = logging.getLogger("ideogram_async.testing")
+        requests.addHandler(handler)
+        requests.setLevel(logging.INFO)
     try:
         emulator = Emulator(
             args.api_key,

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import pytest_asyncio
+try:
+    import pytest_asyncio
+except ImportError as exc:
+    raise ImportError(
+        "the ideogram_emulator fixture needs pytest-asyncio: pip install 'ideogram-async[testing]'"
+    ) from exc
 
 from ._emulator import Emulator
 

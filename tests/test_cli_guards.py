@@ -1,0 +1,384 @@
+"""The command line protects a newcomer's first run: it stops a run that cannot succeed,
+reports each failure once, checks its output folder and manifest before sending, and
+keeps the manifest exact across resumes and concurrent runs.
+
+CLI runs are real subprocesses (see ``test_cli.py``) against an in-process emulator;
+the pipeline's accounting is checked in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from ideogram_async import (
+    APIConnectionError,
+    BatchResult,
+    IdeogramClient,
+    RetryPolicy,
+    UpscaleRequest,
+    UpscaleResponse,
+    ValidationError,
+)
+from ideogram_async.cli import main
+from ideogram_async.cli._inputs import Source
+from ideogram_async.cli._manifest import Outcome
+from ideogram_async.cli._pipeline import FailFast, run_batch
+from ideogram_async.testing import Emulator, Fault, FaultPlan
+
+from .test_cli import (
+    KEY,
+    assert_clean,
+    cli_env,
+    finish,
+    read_manifest,
+    run_cli,
+    save_image,
+    start_cli,
+    upscale_args,
+)
+
+
+@pytest.fixture
+def env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    monkeypatch.delenv("IDEOGRAM_BASE_URL", raising=False)
+
+
+def dead_url() -> str:
+    """The URL of a local port nothing listens on (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def images(folder: Path, count: int) -> list[Path]:
+    return [save_image(folder / f"img-{i:02d}.png", (8, 6), shade=i) for i in range(count)]
+
+
+async def test_a_wrong_key_stops_the_run_after_the_calls_in_flight(tmp_path: Path) -> None:
+    images(tmp_path / "in", 30)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        run = await run_cli(
+            *args, "--concurrency", "3", "--manifest", str(manifest), env=cli_env(key="wrong")
+        )
+        requests = emulator.stats.requests
+    assert run.returncode == 1, run.stderr
+    assert 1 <= requests <= 3  # only the calls already in flight reached the service
+    assert_clean(run)
+    # One message that says what to check, naming the command's own options.
+    assert run.stderr.count("Stopped:") == 1
+    assert f"{emulator.base_url} refused the API key: HTTP 401" in run.stderr
+    assert "IDEOGRAM_API_KEY or --api-key-file" in run.stderr
+    assert "api_key=" not in run.stdout + run.stderr
+    assert "0 of 30 image(s) upscaled, 30 not done" in run.stderr
+    assert "FAILED" not in run.stdout
+    assert manifest.read_text() == ""  # nothing finished: every image is left to a rerun
+
+
+async def test_a_dead_port_stops_the_run_at_the_first_refused_call(tmp_path: Path) -> None:
+    images(tmp_path / "in", 30)
+    url = dead_url()
+    args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+    run = await run_cli(*args, "--concurrency", "2", "--retries", "0")
+    assert run.returncode == 1, run.stderr
+    assert_clean(run)
+    assert run.stderr.count("Stopped:") == 1
+    assert f"cannot reach the service at {url}" in run.stderr
+    assert "Check --base-url (or IDEOGRAM_BASE_URL)" in run.stderr
+    assert "30 not done" in run.stderr
+    assert "FAILED" not in run.stdout  # not one line per image of the folder
+
+
+async def refused_error(png: bytes) -> APIConnectionError:
+    async with IdeogramClient(api_key=KEY, base_url=dead_url()) as client:
+        try:
+            await client.upscale(png, retry=RetryPolicy.no_retries())
+        except APIConnectionError as error:
+            return error
+    raise AssertionError("a dead port answered")
+
+
+def result(error: Exception | None) -> BatchResult[UpscaleResponse]:
+    return BatchResult(
+        index=0,
+        source=b"",
+        request=UpscaleRequest(),
+        response=None,
+        error=error,
+        attempts=1,
+        elapsed=0.0,
+    )
+
+
+async def test_a_refused_call_stops_the_run_only_until_the_service_was_reached(
+    png_bytes: bytes,
+) -> None:
+    refused = await refused_error(png_bytes)
+    fresh = FailFast("http://x", official=False)
+    assert fresh.reason_to_stop(result(ValidationError("not an image"))) is None
+    reason = fresh.reason_to_stop(result(refused))
+    assert reason is not None
+    assert "cannot reach the service at http://x" in reason
+    # Once anything got an answer, a refused call is that image's own failure.
+    reached = FailFast("http://x", official=True)
+    assert reached.reason_to_stop(result(None)) is None
+    assert reached.reason_to_stop(result(refused)) is None
+
+
+async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
+    images(tmp_path / "in", 4)
+    plan = FaultPlan(rate=1.0, choices=[Fault.status(503)])
+    async with Emulator(KEY, faults=plan) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_cli(*args, "--retries", "1")
+        assert emulator.stats.requests == 8
+    assert run.returncode == 1, run.stderr
+    assert_clean(run)
+    everything = run.stdout + run.stderr
+    assert everything.count("FAILED") == 4
+    assert "giving up" not in everything
+    assert "Done: 0 of 4 image(s) upscaled, 4 failed" in run.stdout
+    assert "Results:" not in run.stdout  # nothing to look at
+
+
+async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: Path) -> None:
+    paths = images(tmp_path / "in", 12)
+    sources = [Source(path, path.name) for path in paths]
+    in_flight, peak, finished = 0, 0, []
+
+    def started() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+
+    def answered(ok: bool) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+
+    def done(outcome: Outcome, downloaded: bool) -> None:
+        finished.append(outcome.ok and downloaded)
+
+    async with (
+        Emulator(KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
+    ):
+        emulator.pause()
+        batch = asyncio.create_task(
+            run_batch(
+                client,
+                sources,
+                UpscaleRequest(),
+                tmp_path / "out",
+                fail_fast=FailFast(emulator.base_url, official=False),
+                on_start=started,
+                on_answer=answered,
+                on_finish=done,
+            )
+        )
+        await emulator.wait_in_flight(3)
+        assert in_flight == 3  # not 6: nothing waits for a slot while counted as in flight
+        emulator.resume()
+        await batch
+    assert peak == 3
+    assert finished == [True] * 12
+
+
+async def test_resume_redoes_a_missing_output_and_keeps_one_record_per_input(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 5)
+    (tmp_path / "in" / "notes.png").write_text("not an image")  # fails every time
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    keep = ["--manifest", str(manifest)]
+    async with Emulator(KEY) as emulator:
+        first = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out), *keep)
+    assert first.returncode == 1, first.stderr
+    manifest.chmod(0o640)
+    deleted = out / "img-02.upscaled.png"
+    deleted.unlink()
+
+    for _ in range(2):  # the second resume redoes only the text file, again
+        async with Emulator(KEY) as emulator:
+            again = await run_cli(
+                *upscale_args(emulator, [tmp_path / "in"], out), *keep, "--resume"
+            )
+            sent = emulator.stats.requests
+        assert again.returncode == 1, again.stderr
+        assert_clean(again)
+        records = read_manifest(manifest)
+        assert len(records) == 6  # one final record per input, however many runs
+        assert sorted(r["status"] for r in records) == ["failed"] + ["ok"] * 5
+        assert deleted.is_file()
+        assert stat.S_IMODE(manifest.stat().st_mode) == 0o640  # rewritten in place
+    assert sent == 0
+    assert "Redoing 1 image(s) recorded as done whose result is missing" not in again.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+async def test_resume_says_which_outputs_are_missing(tmp_path: Path) -> None:
+    images(tmp_path / "in", 3)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    keep = ["--manifest", str(manifest)]
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        assert (await run_cli(*args, *keep)).returncode == 0
+        (out / "img-01.upscaled.png").unlink()
+        again = await run_cli(*args, *keep, "--resume")
+        assert emulator.stats.requests == 4
+    assert again.returncode == 0, again.stderr
+    assert "Skipping 2 of 3 image(s)" in again.stdout
+    assert "Redoing 1 image(s) recorded as done whose result is missing: " in again.stdout
+    assert "img-01.png" in again.stdout
+    assert (out / "img-01.upscaled.png").is_file()
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume"])
+async def test_a_second_run_on_the_same_manifest_refuses(tmp_path: Path, resume: bool) -> None:
+    images(tmp_path / "in", 6)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    again = ["--resume"] if resume else []
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        emulator.pause()
+        first = await start_cli(*args, *again, "--concurrency", "2")
+        await emulator.wait_in_flight(2)  # the first run holds the manifest now
+        second = await run_cli(*args, *again)
+        assert second.returncode == 2, second.stderr
+        assert f"another run is using the manifest {manifest}" in second.stderr
+        assert emulator.stats.requests == 2  # the second run sent nothing
+        emulator.resume()
+        done = await finish(first)
+    assert done.returncode == 0, done.stderr
+    assert len(read_manifest(manifest)) == 6
+    assert done.stdout.count("] ok ") == 6
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only-folder"])
+async def test_an_unwritable_out_folder_exits_2_before_sending(tmp_path: Path, where: str) -> None:
+    images(tmp_path / "in", 2)
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "results"
+    elif os.geteuid() == 0:  # root writes through any mode bits; /sys refuses even root
+        out = Path("/sys/kernel")
+        if not out.is_dir():
+            pytest.skip("no /sys/kernel here")
+    else:
+        out = tmp_path / "read-only"
+        out.mkdir(mode=0o555)
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out))
+        assert emulator.stats.requests == 0
+    assert run.returncode == 2, run.stderr
+    assert f"cannot write results into --out {out}" in run.stderr
+
+
+@pytest.mark.usefixtures("env_key")
+def test_out_folder_is_created_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.png").write_text("not an image")  # fails locally: nothing is sent
+    out = tmp_path / "a" / "b"
+    args = ["upscale", str(tmp_path / "notes.png"), "-o", str(out), "--base-url", dead_url()]
+    assert main(args) == 1
+    assert out.is_dir()
+    shown = capsys.readouterr().out
+    assert "Done: 0 of 1 image(s) upscaled, 1 failed in " in shown
+    assert "/s" not in shown  # no rate of images that were never upscaled
+    assert "Results:" not in shown
+
+
+@pytest.mark.usefixtures("env_key")
+def test_a_pattern_in_a_missing_folder_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = ["--base-url", dead_url()]
+    assert main(["upscale", "nothing/*.jpg", "-o", "out", *url]) == 2
+    err = capsys.readouterr().err
+    assert "nothing/*.jpg: no such folder nothing" in err
+    assert "--recursive" not in err
+    (tmp_path / "flat").mkdir()
+    assert main(["upscale", "flat", "-o", "out", *url]) == 2
+    assert "--recursive" not in capsys.readouterr().err  # it has no subfolders
+    save_image(tmp_path / "flat" / "deeper" / "x.png", (2, 2))
+    assert main(["upscale", "flat", "-o", "out", *url]) == 2
+    assert "(add --recursive to look in subfolders)" in capsys.readouterr().err
+
+
+async def test_serve_prints_lines_that_work_and_logs_each_request(tmp_path: Path) -> None:
+    process = await start_cli("serve", "--port", "0", "--api-key", KEY, "--verbose")
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            lines = [(await process.stdout.readline()).decode() for _ in range(5)]
+        url = lines[0].split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        assert f"It accepts the API key {KEY!r}" in lines[1]
+        exported = dict(word.split("=", 1) for word in shlex.split(lines[2])[1:])
+        assert exported == {"IDEOGRAM_BASE_URL": url, "IDEOGRAM_API_KEY": KEY}
+        # The command-line line, pasted into a folder holding photo.png.
+        save_image(tmp_path / "photo.png", (6, 4))
+        env_word, program, *rest = shlex.split(lines[3].split("command line:", 1)[1])
+        assert program == "ideogram-async"
+        name, value = env_word.split("=", 1)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ideogram_async",
+            *rest,
+            cwd=tmp_path,
+            env={**cli_env(key=None), name: value},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        ran = await finish(cli)
+        assert ran.returncode == 0, ran.stderr
+        assert (tmp_path / "upscaled" / "photo.upscaled.png").is_file()
+        # The library line, pasted into Python.
+        built = eval(lines[4].split("library:", 1)[1], {"IdeogramClient": IdeogramClient})
+        async with built as client:
+            response = await client.upscale(tmp_path / "photo.png")
+        assert response.data[0].resolution == "12x8"
+    finally:
+        process.terminate()
+        served = await finish(process)
+    assert served.returncode == 0
+    logged = [line for line in served.stderr.splitlines() if "POST /ideogram/upscale" in line]
+    assert len(logged) == 2
+    assert all('HTTP/1.1" 200 ' in line for line in logged)
+    assert served.stderr.count("GET /images/") == 1  # the command line's download
+    assert KEY not in served.stderr
+
+
+async def test_results_get_the_permissions_the_umask_gives(tmp_path: Path) -> None:
+    images(tmp_path / "in", 2)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ideogram_async",
+            *args,
+            env=cli_env(),
+            umask=0o027,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        run = await finish(process)
+    assert run.returncode == 0, run.stderr
+    modes = {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert modes == {0o640}  # not 0600: a web server in the group can read them
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o640

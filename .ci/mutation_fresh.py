@@ -3,10 +3,10 @@
 mutmut 3 runs every mutant's tests in a process forked from one that has already
 imported the package, so a mutant in a function called while a module loads (a
 validator or converter built at import) is never the code the tests run, and it
-"survives" whatever they check. This reruns each surviving mutant whose name
-matches a pattern in a new interpreter with ``MUTANT_UNDER_TEST`` set, so the
-package is imported with that mutant active, and writes the verdict back where
-``mutmut results`` reads it. Run it from the repository root after ``mutmut run``::
+"survives" whatever they check. This runs each surviving (or not yet checked)
+mutant whose name matches a pattern in a new interpreter with ``MUTANT_UNDER_TEST``
+set, so the package is imported with that mutant active, and writes the verdict
+back where ``mutmut results`` reads it. Run it from the repository root after ``mutmut run``::
 
     python .ci/mutation_fresh.py 'ideogram_async.models.x__int_in*' -- tests/test_models.py
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         meta = json.loads(meta_path.read_text())
         verdicts: dict[str, int | None] = meta["exit_code_by_key"]
         for name, code in verdicts.items():
-            if code != SURVIVED or not any(fnmatch.fnmatch(name, p) for p in patterns):
+            if code not in (SURVIVED, None) or not any(fnmatch.fnmatch(name, p) for p in patterns):
                 continue
             code = run_tests(name, tests)
             if code == NO_TESTS:

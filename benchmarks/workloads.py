@@ -19,6 +19,7 @@ import attrs
 from .clients import NAIVE_ATTEMPTS, Client
 from .processes import run_worker, running_server
 from .report import Compare, Row, Unit
+from .shared import acquire_cost, many_processes
 from .worker import Job, Measurement
 
 __all__ = ["ALLOWANCE", "FULL", "MB", "QUICK", "WORKLOADS", "Context", "Sizes", "runs_json"]
@@ -49,6 +50,11 @@ class Sizes:
     allowance_count: int
     allowance_latency: float
     allowance_rounds: int
+    cost_count: int
+    cost_concurrency: int
+    shared_count: int
+    shared_latency: float
+    shared_rounds: int
 
     def describe(self) -> list[str]:
         """One line per workload, then the rounds: the header of the table."""
@@ -68,6 +74,11 @@ class Sizes:
             f"of num_images=4) against an allowance of {ALLOWANCE} images, "
             f"{self.allowance_latency * 1000:.0f} ms per request (emulator; best of "
             f"{self.allowance_rounds} rounds)",
+            f"workload 7 many processes: {self.shared_count} requests split over 1, 2 and 4 "
+            f"processes, latency {self.shared_latency * 1000:.0f} ms, emulator allowance 10: "
+            f"one RedisAllowance(10) vs a limiter of 10 each (best of {self.shared_rounds} rounds)",
+            f"workload 8 acquire cost: {self.cost_count} empty hold(1) blocks by "
+            f"{self.cost_concurrency} tasks, shared allowance on a local redis-server vs local",
             f"best of {self.rounds} rounds ({self.fanout_rounds} for workload 4), "
             f"variants alternating within each round",
         ]
@@ -90,6 +101,11 @@ FULL = Sizes(
     allowance_count=200,
     allowance_latency=0.2,
     allowance_rounds=2,
+    cost_count=5000,
+    cost_concurrency=10,
+    shared_count=400,
+    shared_latency=0.1,
+    shared_rounds=3,
 )
 """The sizes of the full run."""
 
@@ -110,6 +126,11 @@ QUICK = Sizes(
     allowance_count=20,
     allowance_latency=0.05,
     allowance_rounds=1,
+    cost_count=500,
+    cost_concurrency=10,
+    shared_count=120,
+    shared_latency=0.05,
+    shared_rounds=1,
 )
 """Reduced sizes for the CI smoke test (about half a minute on two cores)."""
 
@@ -456,5 +477,7 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "fanout": fanout_memory,
     "resilience": resilience,
     "allowance": allowance,
+    "processes": many_processes,
+    "acquire": acquire_cost,
 }
 """Every workload by its short name, in the order they run."""

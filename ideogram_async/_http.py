@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 
-from ._settings import Flavor, Settings
+from ._bodies import read_capped, scrub, without_headers
+from ._settings import Flavor, Secret, Settings
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -27,10 +28,13 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    IdeogramError,
     NotFoundError,
     PaymentRequiredError,
     RateLimitError,
+    ResponseFormatError,
     ServerError,
+    ValidationError,
     snippet,
 )
 from .retry import parse_retry_after
@@ -38,6 +42,7 @@ from .uploads import ImagePayload
 
 __all__ = ["Http", "error_for_status"]
 
+_T = TypeVar("_T")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 
 
@@ -120,34 +125,78 @@ class Http:
             ):
                 yield response
         except TimeoutError as exc:
+            _abort(upload)
             raise self._timeout_error(exc, timer, upload) from None
         except aiohttp.ClientError as exc:
+            _abort(upload)
             if upload is not None and upload.error is not None:
                 raise upload.error from None
-            unreachable = _unreachable(exc)
-            raise APIConnectionError(
-                f"{failed} ({unreachable or f'{type(exc).__name__}: {exc}'}); {hint}",
-                unreachable=unreachable is not None,
-            ) from exc
+            raise self._connection_error(without_headers(exc), failed, hint, upload) from exc
+        except BaseException:
+            _abort(upload)  # cancelled, or the caller's reading failed: drop the socket now
+            raise
         finally:
             if upload is not None:
                 upload.release()
+                await upload.settle()
+
+    def _connection_error(
+        self, exc: aiohttp.ClientError, failed: str, hint: str, upload: ImagePayload | None
+    ) -> IdeogramError:
+        """The error of a request that got no usable answer; ``exc`` carries no headers."""
+        what = self._settings.key.redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError) and not isinstance(
+            exc, aiohttp.RedirectClientError
+        ):
+            return ValidationError(f"{failed}: not a URL it can fetch ({what}); check it")
+        permanent = isinstance(exc, aiohttp.RedirectClientError) or (
+            isinstance(exc, aiohttp.ClientResponseError)
+            and not isinstance(exc, aiohttp.ClientHttpProxyError)
+        )
+        if permanent:
+            hint = "retrying cannot help: the answer (a redirect or its headers) is unusable"
+        body_sent = upload is not None and upload.complete
+        when = " after the image was sent" if body_sent else ""
+        unreachable = _unreachable(exc)
+        return APIConnectionError(
+            f"{failed}{when} ({unreachable or what}); {hint}",
+            body_sent=body_sent,
+            transient=not permanent,
+            unreachable=unreachable is not None,
+        )
 
     async def raise_for_status(
         self, response: aiohttp.ClientResponse, *, download: bool = False
     ) -> None:
-        """Raise the ``APIError`` of a non-2xx answer (``download``: of an image URL)."""
+        """Raise the ``APIError`` of a non-2xx answer (``download``: of an image URL).
+
+        Its body is read up to ``max_response_size`` (the rest is dropped) and the
+        key is masked in it, in the detail decoded from it and in the request id.
+        """
         if response.status >= 300:
-            raise _api_error(response, await self._read(response), download=download)
+            text = scrub(
+                self._settings.key,
+                await read_capped(response, self._settings.max_response_size, cut=True),
+            )
+            raise _api_error(response, text, self._settings.key, download=download)
 
     async def text(self, response: aiohttp.ClientResponse) -> str:
-        """The body of a 2xx answer as text; any other status raises its ``APIError``."""
-        await self.raise_for_status(response)
-        return await self._read(response)
+        """The body of a 2xx answer, as it came; any other status raises its ``APIError``.
 
-    async def _read(self, response: aiohttp.ClientResponse) -> str:
-        """The body as text, with the key masked (a service may echo it back)."""
-        return self._settings.key.redact(await response.text(errors="replace"))
+        A body over ``max_response_size`` raises ``ResponseFormatError``.
+        """
+        await self.raise_for_status(response)
+        return await read_capped(response, self._settings.max_response_size, cut=False)
+
+    def parse(self, parse: Callable[[str, int], _T], text: str, status: int) -> _T:
+        """``parse(text, status)``; a ``ResponseFormatError`` it raises shows no key."""
+        try:
+            return parse(text, status)
+        except ResponseFormatError:
+            scrubbed = scrub(self._settings.key, text)
+            if scrubbed == text:
+                raise
+        return parse(scrubbed, status)  # fails the same way, quoting the masked body
 
     def _timeout_error(
         self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
@@ -182,13 +231,25 @@ def _unreachable(exc: aiohttp.ClientError) -> str | None:
     return None
 
 
-def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -> APIError:
+def _abort(upload: ImagePayload | None) -> None:
+    """Close the connection an upload went out on at once, unsent data and all.
+
+    A plain close waits until the data in the socket's buffer is sent, which for a
+    server that stopped reading is never: the socket would outlive the request.
+    """
+    if upload is not None:
+        upload.abort()
+
+
+def _api_error(
+    response: aiohttp.ClientResponse, text: str, key: Secret, *, download: bool
+) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
     should_retry = headers.get("x-should-retry", "").strip().lower()
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         data = None
     detail = _error_detail(data, text, response.content_type)
     if download and response.status in (404, 410):
@@ -199,7 +260,9 @@ def _api_error(response: aiohttp.ClientResponse, text: str, *, download: bool) -
         response.status,
         detail,
         body=text,
-        request_id=next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None),
+        request_id=next(
+            (key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None
+        ),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
         **_rejection(data),
@@ -232,7 +295,10 @@ def _error_detail(data: object, text: str, content_type: str) -> str:
     if isinstance(data, str):
         return snippet(data)
     if data is not None:
-        return snippet(json.dumps(data))
+        try:
+            return snippet(json.dumps(data))
+        except RecursionError:
+            return snippet(text)
     if "html" in content_type:
         return f"an HTML error page from a gateway: {snippet(text, 120)!r}"
     return snippet(text)  # "" for a blank body

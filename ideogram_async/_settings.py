@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -99,6 +101,26 @@ class Secret:
         return "'***'"
 
 
+def _checked_base_url(base: str) -> str:
+    """``base`` if it is an http(s) URL with a host and no credentials in it."""
+    shown = repr(re.sub(r"//[^/]*@", "//***@", base, count=1))  # never show a password
+    if not base.startswith(("http://", "https://")):
+        raise ValidationError(f"base_url must start with http:// or https://, got {shown}")
+    try:
+        parts = urlsplit(base)
+        valid = bool(parts.hostname) and (parts.port or 0) >= 0  # .port checks the range
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValidationError(f"base_url is not a valid URL: {shown}; check its host and port")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError(
+            f"base_url must not contain a user name or password ({shown}): credentials "
+            f"in a URL end up in logs; pass the key as api_key="
+        )
+    return base
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """The validated settings of one client; build it with :meth:`resolve`."""
@@ -110,6 +132,8 @@ class Settings:
     allowance: Allowance
     requests_per_second: float | None
     max_file_size: int
+    max_download_size: int
+    max_response_size: int
     timeouts: Timeouts
     retry: RetryPolicy
 
@@ -133,6 +157,8 @@ class Settings:
         timeouts: Timeouts | None,
         retry: RetryPolicy | None,
         max_file_size: int,
+        max_download_size: int,
+        max_response_size: int,
         session: aiohttp.ClientSession | None,
     ) -> Settings:
         """Check the client's arguments, filling in the key and URL from the environment."""
@@ -153,8 +179,7 @@ class Settings:
                     "IDEOGRAM_BASE_URL (or use flavor='official' for api.ideogram.ai)"
                 )
             base = OFFICIAL_BASE_URL
-        if not base.startswith(("http://", "https://")):
-            raise ValidationError(f"base_url must start with http:// or https://, got {base!r}")
+        base = _checked_base_url(base)
         if session is not None and {"authorization", "api-key"} & {
             h.lower() for h in session.headers
         }:
@@ -171,6 +196,8 @@ class Settings:
                 "requests_per_second", requests_per_second, or_none=True
             ),
             max_file_size=int_at_least("max_file_size", max_file_size, 1),
+            max_download_size=int_at_least("max_download_size", max_download_size, 1),
+            max_response_size=int_at_least("max_response_size", max_response_size, 1),
             timeouts=of_type("timeouts", timeouts, Timeouts) or Timeouts(),
             retry=of_type("retry", retry, RetryPolicy) or RetryPolicy(),
         )

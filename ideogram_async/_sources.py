@@ -6,12 +6,16 @@ Each source can produce the same bytes again for every attempt of an upload.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import stat
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from contextlib import aclosing
+from pathlib import Path
 from typing import IO, Any
 
-from .errors import ValidationError
+from .errors import ImageChangedError, ValidationError
 from .images import SNIFF_BYTES
 
 CHUNK_SIZE = 256 * 1024
@@ -34,7 +38,11 @@ class _Source:
         raise NotImplementedError
 
     def open(self) -> IO[bytes] | None:
+        """Called in a worker thread, as opening a file may block."""
         return None
+
+    async def check(self) -> None:
+        """Raise ``ImageChangedError`` if the image is gone or changed since it was checked."""
 
     def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
         raise NotImplementedError
@@ -97,8 +105,8 @@ class _FileSource(_Source):
             self._file.seek(self._start)
 
 
-def _changed(name: str, expected: int, found: str) -> ValidationError:
-    return ValidationError(
+def _changed(name: str, expected: int, found: str) -> ImageChangedError:
+    return ImageChangedError(
         f"{name}: the file changed after it was checked (expected {expected} bytes, "
         f"found {found}); upload it again once it is complete"
     )
@@ -162,3 +170,45 @@ async def _spool(chunks: AsyncGenerator[bytes, None], max_file_size: int) -> _So
     if spill is None:
         return _MemorySource(memoryview(b"".join(buffered)))
     return _FileSource(spill, 0, size, owned=True)
+
+
+def open_regular(path: Path) -> tuple[IO[bytes], int]:
+    """Open ``path`` for reading and return it with its size; it may block (a slow disk).
+
+    Opened without blocking, so that a FIFO with no writer cannot hang the thread,
+    then refused unless it is a regular file (a FIFO, device or socket never ends).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(
+                f"{path} is not a regular file (a FIFO, device or socket); pass an image file"
+            )
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def path_error(path: Path, exc: OSError) -> ValidationError:
+    """The ``ValidationError`` for a path that cannot be opened, with the fix."""
+    if isinstance(exc, FileNotFoundError):
+        return ValidationError(f"{path}: no such file; check the path")
+    if isinstance(exc, IsADirectoryError):
+        return ValidationError(
+            f"{path} is a directory; pass an image file (upscale_many takes many)"
+        )
+    if isinstance(exc, PermissionError):
+        return ValidationError(f"{path}: permission denied; make the file readable")
+    if isinstance(exc, NotADirectoryError):
+        return ValidationError(
+            f"{path}: a part of the path is a file, not a folder; check the path"
+        )
+    if exc.errno == errno.ELOOP:
+        return ValidationError(f"{path}: a symbolic link loop; fix the link")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ValidationError(f"{path}: the name is too long; check the path")
+    return ValidationError(f"{path}: cannot be read ({exc.strerror or exc}); check the path")

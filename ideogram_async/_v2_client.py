@@ -146,7 +146,7 @@ class V2Calls:
 
             async def attempt(number: int) -> _T:
                 text, status = await self._post_image(url, fields, prepared, part="image")
-                return parse(text, status)
+                return self._http.parse(parse, text, status)
 
             what = "quote" if dry_run else options.model
             return await call_with_retries(
@@ -285,7 +285,7 @@ class V2Calls:
                 allow_redirects=False,
             ) as response:
                 text = await self._http.text(response)
-            return parse_generation(text, response.status)
+            return self._http.parse(parse_generation, text, response.status)
 
         generation, _ = await call_with_retries(
             attempt,

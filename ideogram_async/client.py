@@ -12,7 +12,8 @@ from typing import Self, overload
 import aiohttp
 from aiolimiter import AsyncLimiter
 
-from ._files import write_atomically
+from ._bodies import DEFAULT_MAX_RESPONSE_SIZE
+from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._http import Http
 from ._posts import ImagePosts
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
@@ -72,6 +73,8 @@ class IdeogramClient(V2Calls, ImagePosts):
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        max_download_size: int = DEFAULT_MAX_DOWNLOAD_SIZE,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
         poll_limit: tuple[int, float] = (1000, 10.0),
@@ -87,6 +90,8 @@ class IdeogramClient(V2Calls, ImagePosts):
             timeouts=timeouts,
             retry=retry,
             max_file_size=max_file_size,
+            max_download_size=max_download_size,
+            max_response_size=max_response_size,
             session=session,
         )
         self.flavor = settings.flavor
@@ -95,6 +100,8 @@ class IdeogramClient(V2Calls, ImagePosts):
         self.max_concurrency = settings.allowance.maximum
         self.requests_per_second = settings.requests_per_second
         self.max_file_size = settings.max_file_size
+        self.max_download_size = settings.max_download_size
+        self.max_response_size = settings.max_response_size
         self.timeouts = settings.timeouts
         self.retry = settings.retry
         self._key = settings.key
@@ -305,10 +312,13 @@ class IdeogramClient(V2Calls, ImagePosts):
     ) -> Path:
         """Download a result image to ``dest`` and return the path written.
 
-        ``image`` is an :class:`UpscaledImage` or its URL. The body is streamed to a
-        temporary file beside ``dest`` and renamed into place only once complete and
-        checked to be an image, so ``dest`` is never left half-written; parent
-        folders are created. When ``dest`` does not end in ``.png``, ``.jpg``,
+        ``image`` is an :class:`UpscaledImage` or its URL. The body must start like
+        a JPEG, PNG or WebP image (checked before anything is written) and be at
+        most ``max_download_size`` bytes (checked against Content-Length up front
+        and while streaming), else :class:`ResponseFormatError`. It is streamed to
+        a temporary file beside ``dest`` and renamed into place only once complete,
+        so ``dest`` is never left half-written and a failure leaves nothing on
+        disk; parent folders are created. When ``dest`` does not end in ``.png``, ``.jpg``,
         ``.jpeg`` or ``.webp``, the image's own suffix is added (result URLs often
         have none). Transient failures are retried like ``upscale``. The API key is
         never sent: the image lives on another host.
@@ -325,6 +335,11 @@ class IdeogramClient(V2Calls, ImagePosts):
                 f"cannot download {url!r}: pass an UpscaledImage with a url or an http(s) URL"
             )
         target = Path(os.fspath(dest))
+        if name_too_long(target):
+            raise ValidationError(
+                f"{target.name[:40]}... is too long a file name (255 bytes at most, with "
+                f"the image suffix); pass a shorter dest"
+            )
         if await asyncio.to_thread(os.path.isdir, target):
             raise ValidationError(f"{target} is a directory; pass the path of the file to write")
         path, _ = await call_with_retries(
@@ -348,11 +363,16 @@ class IdeogramClient(V2Calls, ImagePosts):
             ) as response,
         ):
             await self._http.raise_for_status(response, download=True)
-            return await write_atomically(target, response.content.iter_chunked(CHUNK_SIZE))
+            return await write_atomically(
+                target,
+                response.content.iter_chunked(CHUNK_SIZE),
+                max_size=self.max_download_size,
+                length=response.content_length,
+            )
 
     async def _attempt(self, image: PreparedImage, form: str, places: int) -> UpscaleResponse:
         """One attempt of a v1 upscale of ``places`` images."""
         text, status = await self._post_image(
             self._url, {"image_request": form}, image, part="image_file", places=places
         )
-        return parse_response(text, status)
+        return self._http.parse(parse_response, text, status)

@@ -9,9 +9,11 @@ Any other exception escaping is a bug::
     IdeogramError
     ├── ValidationError (also ValueError)    bad input or settings; nothing was sent
     ├── ClientClosedError (also RuntimeError) the client was used after ``aclose()``
+    ├── ImageChangedError                    the image file changed or vanished after its check
     ├── APIConnectionError                   no usable HTTP response
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
+    ├── SharedAllowanceError                 the shared allowance's Redis is unreachable
     ├── GenerationFailedError                a v2 background generation ended ``failed``
     ├── WebhookVerificationError             a webhook delivery failed its signature check
     └── APIError                             the service answered with a non-2xx status
@@ -41,11 +43,13 @@ __all__ = [
     "ClientClosedError",
     "GenerationFailedError",
     "IdeogramError",
+    "ImageChangedError",
     "NotFoundError",
     "PaymentRequiredError",
     "RateLimitError",
     "ResponseFormatError",
     "ServerError",
+    "SharedAllowanceError",
     "ValidationError",
     "WebhookVerificationError",
 ]
@@ -74,16 +78,37 @@ class ClientClosedError(IdeogramError, RuntimeError):
     """The client was used after it was closed."""
 
 
+class ImageChangedError(IdeogramError):
+    """An image file changed, or was deleted, after it was checked; it is never retried.
+
+    Unlike :class:`ValidationError` this can happen once part of the image has been
+    sent, on any attempt.
+    """
+
+
 class APIConnectionError(IdeogramError):
     """The request got no usable HTTP response (refused, reset, disconnected).
 
-    ``unreachable`` is true when the host refused the connection or its name did not
-    resolve: a wrong ``base_url`` or a service that is down, which retrying soon will
-    not fix (see ``RetryPolicy.connect_attempts``).
+    ``body_sent`` is true when the whole image had been sent (handed to the
+    operating system) before the failure, so the service may have done, and billed,
+    the work. ``transient`` is false when retrying cannot help (an invalid or
+    looping redirect, response headers over aiohttp's limits). ``unreachable`` is
+    true when the host refused the connection or its name did not resolve: a wrong
+    ``base_url`` or a service that is down, which retrying soon will not fix (see
+    ``RetryPolicy.connect_attempts``).
     """
 
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        body_sent: bool = False,
+        transient: bool = True,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(message)
+        self.body_sent = body_sent
+        self.transient = transient
         self.unreachable = unreachable
 
 
@@ -92,14 +117,12 @@ class APITimeoutError(APIConnectionError):
 
     ``"connect"`` (opening the connection), ``"attempt"`` (one request, from the
     moment it held its places in flight) or ``"deadline"`` (the whole call, retries
-    and waits included). ``body_sent`` is true when the upload had completed, so
-    the service may have done (and billed) the work.
+    and waits included).
     """
 
     def __init__(self, message: str, *, kind: str, body_sent: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(message, body_sent=body_sent)
         self.kind = kind
-        self.body_sent = body_sent
 
 
 class ResponseFormatError(IdeogramError):
@@ -109,6 +132,18 @@ class ResponseFormatError(IdeogramError):
         super().__init__(message)
         self.body = body
         self.status = status
+
+
+class SharedAllowanceError(IdeogramError):
+    """The Redis server of a shared allowance could not be reached, or was lost mid-run.
+
+    The call that raised it took no places and sent nothing. ``url`` names the
+    server, with any password in it replaced by ``***``.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class GenerationFailedError(IdeogramError):

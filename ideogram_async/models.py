@@ -22,6 +22,8 @@ from .errors import ResponseFormatError, ValidationError, snippet
 __all__ = ["MagicPrompt", "UpscaleRequest", "UpscaleResponse", "UpscaledImage"]
 
 SEED_MAX = 2_147_483_647
+MAX_PROMPT_LENGTH = 10_000
+"""The longest prompt sent, in characters; a longer one is a mistake, not guidance."""
 
 
 class MagicPrompt(enum.StrEnum):
@@ -64,6 +66,11 @@ def _int_in(low: int, high: int) -> Any:
 def _check_prompt(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise ValidationError(f"prompt must be a str, got {type(value).__name__} {value!r}")
+    if value is not None and len(value) > MAX_PROMPT_LENGTH:
+        raise ValidationError(
+            f"prompt is {len(value)} characters, over the cap of {MAX_PROMPT_LENGTH}; "
+            f"shorten it (a prompt guides the upscale, a few sentences are plenty)"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -158,7 +165,7 @@ def parse_response(body: str, status: int = 200) -> UpscaleResponse:
     """Turn a 2xx body into an :class:`UpscaleResponse` or raise ``ResponseFormatError``."""
     try:
         raw = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         raise ResponseFormatError(
             f"the service answered HTTP {status} with a body that is not JSON: "
             f"{snippet(body)!r}; check base_url points at the upscale service",

@@ -74,8 +74,9 @@ class RetryPolicy:
     """How a call retries transient failures. Immutable; pass one to the client or a call.
 
     Retried: connection errors, timeouts, HTTP 408, 409, 429, 500, 502, 503, 504.
-    Never retried: 400, 401, 402, 403, 404, 413, 422, validation errors and
-    malformed success bodies. A gateway's ``x-should-retry`` header overrides the
+    Never retried: 400, 401, 402, 403, 404, 413, 422, validation errors,
+    malformed success bodies and transport errors retrying cannot fix (bad or
+    looping redirects, oversized headers). A gateway's ``x-should-retry`` header overrides the
     status rules either way.
     """
 
@@ -96,11 +97,13 @@ class RetryPolicy:
     deadline: float | None = attrs.field(default=600.0, validator=_deadline)
     """Limit on the whole call, waits and retries included (``None``: no limit)."""
     retry_timeout_after_upload: bool = attrs.field(default=True, validator=_flag)
-    """Retry an attempt that timed out after the whole image was sent.
+    """Retry an attempt that failed after the whole image was sent.
 
-    The service may already have done, and billed, that upscale; retrying can pay
-    for it twice. ``True`` favours finishing every image; set ``False`` when a
-    possible double charge costs more than a failed item.
+    "Sent" means the image's last byte was handed to the operating system; a
+    timeout, reset or cut-off answer after that leaves the service possibly done,
+    and billed: retrying can pay for the upscale twice. ``True`` favours finishing
+    every image; ``False`` never pays twice but fails such items
+    (``APIConnectionError.body_sent`` tells them apart).
     """
     _strategies: dict[str, Any] = attrs.field(init=False, repr=False, eq=False)
     """tenacity's stop, wait and retry strategies, built once: a call only assembles them."""
@@ -245,9 +248,9 @@ def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
         if error.should_retry is not None:
             return error.should_retry
         return error.status in RETRYABLE_STATUSES
-    if isinstance(error, APITimeoutError):
-        return policy.retry_timeout_after_upload or not error.body_sent
-    return isinstance(error, APIConnectionError)
+    if isinstance(error, APIConnectionError):
+        return error.transient and (policy.retry_timeout_after_upload or not error.body_sent)
+    return False
 
 
 def _failure(state: tenacity.RetryCallState) -> BaseException | None:

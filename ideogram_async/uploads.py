@@ -15,6 +15,7 @@ under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import os
@@ -38,8 +39,11 @@ from ._sources import (
     _read_file,
     _Source,
     _spool,
+    open_regular,
+    path_error,
 )
-from .errors import ValidationError
+from ._threads import in_thread
+from .errors import IdeogramError, ImageChangedError, ValidationError
 from .images import HEADER_BYTES, SNIFF_BYTES, image_size, sniff
 
 __all__ = [
@@ -57,6 +61,7 @@ ImageInput: TypeAlias = (
 )
 """What ``upscale`` accepts as an image."""
 
+_FILENAME_ESCAPES = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
 DEFAULT_MAX_FILE_SIZE = 25 * 1024 * 1024
 """The official API's cap on an uploaded image (25 MB)."""
 
@@ -75,10 +80,39 @@ class _PathSource(_Source):
         with open(self._path, "rb") as file:
             return file.read(limit)
 
+    async def check(self) -> None:
+        await asyncio.to_thread(self._stat)
+
+    def _stat(self) -> None:
+        try:
+            size = os.stat(self._path).st_size
+        except FileNotFoundError:
+            raise self._gone() from None
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        if size != self.size:
+            raise _changed(self._path.name, self.size, f"{size} bytes")
+
+    def _gone(self) -> ImageChangedError:
+        return ImageChangedError(
+            f"{self._path.name} no longer exists (deleted or moved after it was "
+            f"checked); upload it again once it is back"
+        )
+
+    def _unusable(self, exc: Exception) -> ImageChangedError:
+        return ImageChangedError(
+            f"{self._path.name} cannot be opened any more ({exc}); it changed after it was checked"
+        )
+
     def open(self) -> IO[bytes]:
-        # Opening a local file does not block noticeably; the reads go to a thread.
-        file = open(self._path, "rb")  # noqa: SIM115 - the payload closes it
-        if os.fstat(file.fileno()).st_size != self.size:
+        """Reopen the checked file (in a worker thread: it may block)."""
+        try:
+            file, size = open_regular(self._path)
+        except FileNotFoundError:
+            raise self._gone() from None
+        except (OSError, ValidationError) as exc:
+            raise self._unusable(exc) from None
+        if size != self.size:
             file.close()
             raise _changed(self._path.name, self.size, "a different size")
         return file
@@ -113,6 +147,14 @@ class PreparedImage:
             raise ValidationError(f"{self.filename} could not be read: {exc}") from None
         return image_size(head)
 
+    async def check(self) -> None:
+        """Raise ``ImageChangedError`` if a file was deleted or resized since it was checked.
+
+        The client calls it before each attempt, so that a file changed while the call
+        waited for its turn fails before anything is sent.
+        """
+        await self._source.check()
+
     def close(self) -> None:
         """Delete any spool and close any file the client opened."""
         self._source.close()
@@ -127,19 +169,28 @@ class PreparedImage:
 class ImagePayload(payload.Payload):
     """The file part (``image_file``; ``image`` for v2): streams a :class:`PreparedImage` in chunks.
 
-    It sends exactly ``size`` bytes; a file that shrank or grew since it was
-    checked fails the attempt with a ``ValidationError`` in ``error`` instead of
-    sending something else. ``complete`` tells whether the whole image went out.
+    It sends exactly ``size`` bytes; a file that shrank, grew or vanished since it
+    was checked fails the attempt with an ``ImageChangedError`` in ``error`` instead
+    of sending something else. ``complete`` tells whether the whole image went out.
     """
 
     def __init__(self, image: PreparedImage, name: str = "image_file") -> None:
         super().__init__(image, content_type=image.content_type, filename=image.filename)
         self._image = image
         self._size = image.size
-        self.set_content_disposition("form-data", name=name, filename=image.filename)
+        # RFC 7578: the name goes out as UTF-8, with only '"', CR and LF percent-encoded
+        # (as browsers do); aiohttp's default would percent-encode every non-ASCII byte.
+        self.set_content_disposition(
+            "form-data",
+            quote_fields=False,
+            name=name,
+            filename=image.filename.translate(_FILENAME_ESCAPES),
+        )
         self.complete = False
-        self.error: ValidationError | None = None
+        self.error: IdeogramError | None = None
         self._file: IO[bytes] | None = None
+        self._opening: asyncio.Future[IO[bytes] | None] | None = None
+        self._transport: asyncio.Transport | None = None
         self._released = False
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -155,8 +206,11 @@ class ImagePayload(payload.Payload):
             return  # the attempt was abandoned before aiohttp's writer task started
         sent = 0
         source = self._image._source
+        self._transport = getattr(writer, "transport", None)
         try:
-            self._file = source.open()
+            await self._open()
+            if self._released:  # abandoned while the file was being opened
+                return
             async with aclosing(source.chunks(self._file)) as chunks:
                 async for chunk in chunks:
                     chunk = chunk[: self._image.size - sent]
@@ -166,12 +220,41 @@ class ImagePayload(payload.Payload):
                         break
             if sent != self._image.size:
                 raise _changed(self._image.filename, self._image.size, f"{sent} bytes")
-        except ValidationError as exc:
+        except IdeogramError as exc:
             self.error = exc
             raise
         finally:
             self.release()
         self.complete = True
+
+    async def _open(self) -> None:
+        """Open the file this attempt sends, in a worker thread (opening may block).
+
+        The file is taken over when the thread ends, by a callback: closed at once if
+        the attempt was released meanwhile (:meth:`settle` waits for that).
+        """
+        self._opening = asyncio.get_running_loop().run_in_executor(None, self._image._source.open)
+        self._opening.add_done_callback(self._opened)
+        await asyncio.shield(self._opening)
+
+    def _opened(self, opening: asyncio.Future[IO[bytes] | None]) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return  # the exception reaches write_with_length through the await
+        if self._released:
+            _close(opening.result())
+        else:
+            self._file = opening.result()
+
+    async def settle(self) -> None:
+        """Wait for a file still being opened, so that a released attempt leaves none open."""
+        if self._opening is not None and not self._opening.done():
+            await asyncio.wait([self._opening])
+
+    def abort(self) -> None:
+        """Drop the connection this attempt's upload went out on, buffered data and all."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
 
     def release(self) -> None:
         """Close the file this attempt opened, at once (also on cancellation).
@@ -184,6 +267,11 @@ class ImagePayload(payload.Payload):
         file, self._file = self._file, None
         if file is not None:
             file.close()
+
+
+def _close(file: IO[bytes] | None) -> None:
+    if file is not None:
+        file.close()
 
 
 async def prepare_image(
@@ -227,15 +315,15 @@ def _finish(
 
 async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
     if isinstance(image, str | os.PathLike):
-        # A stat and a short read of a local file (~15 us) cost less than a thread hop
-        # (~80 us of CPU); the file is opened on the loop for every attempt anyway.
-        return _path_source(Path(os.fspath(image))), Path(image).name
+        return await _path_source(Path(os.fspath(image))), Path(image).name
     if isinstance(image, bytes | bytearray | memoryview):
         view = memoryview(image)
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
         return _MemorySource(view.cast("B")), None
     read = getattr(image, "read", None)
+    if read is not None and getattr(image, "closed", False) is True:
+        raise ValidationError("the image file is closed; pass it while it is still open")
     if inspect.iscoroutinefunction(read):  # aiohttp's response.content, aiofiles files
         return await _spool(_async_reads(read), max_file_size), _file_name(image)
     if read is not None:
@@ -248,20 +336,16 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
     )
 
 
-def _path_source(path: Path) -> _Source:
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            head = file.read(SNIFF_BYTES)
-    except FileNotFoundError:
-        raise ValidationError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise ValidationError(
-            f"{path} is a directory; pass an image file (upscale_many takes many)"
-        ) from None
-    except PermissionError:
-        raise ValidationError(f"{path}: permission denied; make the file readable") from None
-    return _PathSource(path, size, head)
+async def _path_source(path: Path) -> _Source:
+    def check() -> _Source:
+        try:
+            file, size = open_regular(path)
+        except OSError as exc:
+            raise path_error(path, exc) from None
+        with file:
+            return _PathSource(path, size, file.read(SNIFF_BYTES))
+
+    return await in_thread(check)
 
 
 def _file_name(file: object) -> str | None:

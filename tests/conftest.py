@@ -13,8 +13,8 @@ from ideogram_async.testing import Emulator
 
 from ._support import KEY, make_image
 
-# Dogfood the fixture users get: `ideogram_emulator`.
-pytest_plugins = ["ideogram_async.testing.pytest_plugin"]
+# Dogfood the fixture users get (`ideogram_emulator`); a real redis-server (`tests._redis`).
+pytest_plugins = ["ideogram_async.testing.pytest_plugin", "tests._redis"]
 
 ImageFactory = Callable[..., bytes]
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ideogram_async import (
     ResponseFormatError,
     UpscaledImage,
     ValidationError,
+    _files,
 )
 from ideogram_async._files import write_atomically
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
@@ -124,7 +126,7 @@ async def test_failed_write_leaves_the_previous_file_untouched(
     dest = tmp_path / "keep.png"
     dest.write_bytes(b"old contents")
     with pytest.raises(ConnectionResetError):
-        await write_atomically(dest, _broken(png_bytes[:10]))
+        await write_atomically(dest, _broken(png_bytes[:20]))  # past the type check
     assert dest.read_bytes() == b"old contents"
     assert leftovers(tmp_path) == []
 
@@ -133,7 +135,7 @@ async def test_cancelled_write_leaves_no_partial_file(tmp_path: Path, png_bytes:
     started = asyncio.Event()
 
     async def stalls() -> AsyncIterator[bytes]:
-        yield png_bytes[:10]
+        yield png_bytes[:20]  # past the type check: the temp file exists
         started.set()
         await asyncio.Event().wait()
         yield b""  # pragma: no cover
@@ -196,6 +198,36 @@ async def test_a_partial_file_removed_by_someone_else_does_not_hide_the_error(
 
     with pytest.raises(ConnectionResetError):
         await write_atomically(tmp_path / "x.png", body())
+
+
+async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
+    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    creating, release, created = asyncio.Event(), threading.Event(), threading.Event()
+    real_create = _files._create_temp
+
+    def slow_create(folder: Path, name: str) -> tuple[int, Path]:
+        loop.call_soon_threadsafe(creating.set)
+        release.wait(10)
+        try:
+            return real_create(folder, name)
+        finally:
+            created.set()
+
+    monkeypatch.setattr(_files, "_create_temp", slow_create)
+
+    async def once() -> AsyncIterator[bytes]:
+        yield png_bytes
+
+    task = asyncio.create_task(write_atomically(tmp_path / "x.png", once()))
+    await creating.wait()  # the worker thread is making the temp file
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(created.wait, 10)  # the thread is done, too
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_dest_without_an_image_suffix_gets_the_images_own(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
 import tempfile
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,7 +17,8 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from ideogram_async import ValidationError, _sources, uploads
+from ideogram_async import ImageChangedError, ValidationError, _sources, uploads
+from ideogram_async._threads import in_thread
 from ideogram_async.uploads import (
     CHUNK_SIZE,
     SPOOL_MEMORY,
@@ -516,7 +519,7 @@ async def test_a_path_that_shrank_fails_the_payload(png_path: Path, png_bytes: b
     image = await prepare_image(png_path)
     png_path.write_bytes(png_bytes[: len(png_bytes) // 2])
     payload = image.payload()
-    with pytest.raises(ValidationError, match="changed after it was checked") as info:
+    with pytest.raises(ImageChangedError, match="changed after it was checked") as info:
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
     assert payload.error is info.value
     assert not payload.complete
@@ -533,18 +536,18 @@ async def test_a_seekable_file_that_shrank_fails_the_payload(
         image = await prepare_image(file)
         os.truncate(path, 10)
         payload = image.payload()
-        with pytest.raises(ValidationError, match="changed"):
+        with pytest.raises(ImageChangedError, match="changed"):
             await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
         assert not payload.complete
 
 
 async def test_a_path_that_grew_fails_the_payload(png_path: Path, png_bytes: bytes) -> None:
-    # ImagePayload's docstring: "a file that shrank or grew since it was checked fails
-    # the attempt with a ValidationError instead of sending something else".
+    # ImagePayload's docstring: "a file that shrank, grew or vanished since it was checked
+    # fails the attempt with an ImageChangedError instead of sending something else".
     image = await prepare_image(png_path)
     png_path.write_bytes(png_bytes + b"appended by another process")
     payload = image.payload()
-    with pytest.raises(ValidationError, match="changed"):
+    with pytest.raises(ImageChangedError, match="changed"):
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
     assert not payload.complete
     image.close()
@@ -586,3 +589,30 @@ async def test_streaming_a_50_mb_file_holds_a_small_fraction_of_it(
         image.close()
     assert writer.total == size
     assert peak < 5 * MB, f"peak {peak / MB:.1f} MB while streaming 50 MB"
+
+
+async def test_a_thread_cancelled_twice_still_undoes_what_it_opened() -> None:
+    loop = asyncio.get_running_loop()
+    started, undone, release = asyncio.Event(), asyncio.Event(), threading.Event()
+    closed: list[str] = []
+
+    def work() -> str:
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
+        return "file"
+
+    def undo(result: str) -> None:
+        closed.append(result)
+        undone.set()
+
+    task = asyncio.create_task(in_thread(work, undo=undo))
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # one loop turn: the first cancellation now waits for the thread
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(10):
+        await undone.wait()
+    assert closed == ["file"]

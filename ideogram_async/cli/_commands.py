@@ -11,18 +11,22 @@ import sys
 import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ideogram_async import (
     Flavor,
     IdeogramClient,
     RetryEvent,
     RetryPolicy,
+    SharedAllowanceError,
     UpscaleRequest,
     ValidationError,
 )
 from ideogram_async.testing import serve_main
 from ideogram_async.v2 import V2Options, options_from_strings
+
+if TYPE_CHECKING:
+    from ideogram_async.redis_allowance import RedisAllowance
 
 from ._inputs import (
     Source,
@@ -104,6 +108,7 @@ def _upscale(args: argparse.Namespace) -> int:
             "(or pass --official to use api.ideogram.ai)"
         )
     retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
+    allowance = _shared_allowance(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
         try:
@@ -111,7 +116,7 @@ def _upscale(args: argparse.Namespace) -> int:
                 api_key=key,
                 base_url=base_url,
                 flavor=Flavor.OFFICIAL if official else Flavor.PROXY,
-                allowance=args.concurrency,
+                allowance=args.concurrency if allowance is None else allowance,
                 retry=retry,
                 on_retry=on_retry,
             )
@@ -123,7 +128,7 @@ def _upscale(args: argparse.Namespace) -> int:
             raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
         options = request
-        return _run(lambda stop: run_quotes(connect, sources, options, stop))
+        return _run(lambda stop: _sharing(allowance, run_quotes(connect, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
     if args.resume and not args.manifest:
@@ -135,7 +140,7 @@ def _upscale(args: argparse.Namespace) -> int:
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
     with ManifestLock(manifest) if manifest else contextlib.nullcontext():
-        return _upscale_locked(args, request, sources, out_dir, manifest, connect)
+        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance)
 
 
 def _upscale_locked(
@@ -145,6 +150,7 @@ def _upscale_locked(
     out_dir: Path,
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
+    allowance: RedisAllowance | None,
 ) -> int:
     """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
     if manifest is None:
@@ -171,7 +177,42 @@ def _upscale_locked(
         append=args.resume,
         rerun_hint=hint,
     )
-    return _run(lambda stop: run_job(job, connect, stop, live=_live()))
+    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, live=_live())))
+
+
+def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
+    """The allowance on Redis that ``--shared-allowance`` names, not yet connected."""
+    if args.shared_allowance is None:
+        if args.lease is not None:
+            raise UsageError("--lease applies to --shared-allowance REDIS_URL")
+        return None
+    try:
+        from ideogram_async.redis_allowance import RedisAllowance
+    except ImportError:
+        raise UsageError(
+            "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
+        ) from None
+    lease = 30.0 if args.lease is None else args.lease
+    try:
+        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease)
+    except ValidationError as exc:
+        raise UsageError(f"--shared-allowance: {exc}") from None
+
+
+async def _sharing(allowance: RedisAllowance | None, work: Coroutine[Any, Any, int]) -> int:
+    """Run ``work`` with ``allowance`` connected first: if Redis is unreachable, nothing is sent."""
+    if allowance is None:
+        return await work
+    try:
+        await allowance.connect()
+    except SharedAllowanceError as exc:
+        work.close()
+        await allowance.aclose()
+        raise UsageError(str(exc)) from None
+    try:
+        return await work
+    finally:
+        await allowance.aclose()
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:

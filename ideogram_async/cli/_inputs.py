@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -42,10 +43,12 @@ def find_images(args: Sequence[str], *, recursive: bool, exclude: Path | None) -
     """Expand files, folders and glob patterns into unique images, in command-line order.
 
     A named file is taken as it is (the client rejects a non-image when it gets to
-    it); folders contribute their JPEG/PNG/WebP files, non-hidden, sorted, and their
-    subfolders too when ``recursive``. Patterns are expanded here so that they work
-    when no shell did it. Files under ``exclude`` (the resolved output folder) are
-    skipped when found through a folder or a pattern, so a rerun never upscales results.
+    it) unless it is no regular file; folders and patterns contribute their regular
+    JPEG/PNG/WebP files, non-hidden, sorted, and their subfolders' too when
+    ``recursive`` (FIFOs, devices, sockets and link loops are skipped). Patterns are
+    expanded here so that they work when no shell did it. Files under ``exclude``
+    (the resolved output folder) are skipped when found through a folder or a
+    pattern, so a rerun never upscales results.
     """
     found: dict[Path, Source] = {}
     for arg in args:
@@ -77,6 +80,8 @@ def _expand(arg: str, *, recursive: bool) -> list[tuple[str, bool]]:
     if path.is_file():
         return [(arg, True)]
     if glob.escape(arg) == arg:
+        if os.path.lexists(path):
+            raise UsageError(f"{arg}: not a regular file (a FIFO, device, socket or link loop)")
         raise UsageError(f"{arg}: no such file or folder")
     fixed = Path(*itertools.takewhile(lambda part: glob.escape(part) == part, path.parts[:-1]))
     if not fixed.is_dir():  # "nothing/*.jpg": say so, rather than "no images found"
@@ -85,7 +90,7 @@ def _expand(arg: str, *, recursive: bool) -> list[tuple[str, bool]]:
     for match in sorted(glob.glob(arg, recursive=recursive)):
         if Path(match).is_dir():
             files.extend(_expand(match, recursive=recursive))
-        else:
+        elif Path(match).is_file():  # not a FIFO, device, socket, dangling link or link loop
             files.append((match, False))
     return files
 

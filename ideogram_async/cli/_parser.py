@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_concurrency(service)
     service.add_argument(
+        "--shared-allowance",
+        metavar="REDIS_URL",
+        help="share --allowance with every process that names this Redis server "
+        "(redis://HOST:PORT/DB; needs the redis extra)",
+    )
+    service.add_argument(
+        "--lease",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --shared-allowance: how long a worker that died keeps its places [30]",
+    )
+    service.add_argument(
         "--retries",
         type=_at_least(0),
         metavar="N",
@@ -186,6 +198,16 @@ def _at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 0.1:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0.1, got {text!r}")
+    return value
 
 
 def _probability(text: str) -> float:

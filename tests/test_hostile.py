@@ -1,0 +1,577 @@
+"""A hostile server cannot exhaust memory or disk, hang a call, leak the key, charge
+twice, or raise outside the error tree.
+
+The server (``tests/_hostile_server.py``) runs in a process of its own on 127.0.0.1,
+so a client that reads without bound fails its test instead of starving the server;
+each test picks a misbehaviour through the URL path. Bodies it sends are modest
+(tens of MB): the client's caps, far lower, must make it stop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import traceback
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_asyncio
+
+from ideogram_async import (
+    APIConnectionError,
+    APITimeoutError,
+    BadRequestError,
+    ClientClosedError,
+    IdeogramClient,
+    IdeogramError,
+    RateLimitError,
+    ResponseFormatError,
+    RetryEvent,
+    RetryPolicy,
+    ServerError,
+    Timeouts,
+    UpscaleRequest,
+    ValidationError,
+    uploads,
+)
+from ideogram_async.cli._inputs import UsageError, find_images
+from ideogram_async.testing import Emulator
+
+from ._support import KEY, make_image, open_fds
+
+MB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
+PNG = make_image("PNG")
+FAST = RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=0.01, deadline=None)
+"""Retries without real waits, for the tests that count attempts."""
+
+
+class Hostile:
+    """One test's handle on the hostile server: its URLs and what the server saw."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.token = uuid.uuid4().hex[:12]
+
+    def url(self, scenario: str, arg: str = "-") -> str:
+        """The base URL (or image URL) that makes the server play ``scenario``."""
+        return f"http://127.0.0.1:{self.port}/h/{self.token}/{scenario}/{quote(arg, safe='')}"
+
+    async def stats(self) -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(f"GET /stats/{self.token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            data: dict[str, Any] = json.loads(await reader.readexactly(length))
+            return data
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def hostile_port() -> Iterator[int]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests._hostile_server"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert server.stdin is not None
+    assert server.stdout is not None
+    try:
+        yield int(server.stdout.readline())
+    finally:
+        server.stdin.close()  # the server exits when its stdin closes
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stdout.close()
+
+
+@pytest.fixture
+def hostile(hostile_port: int) -> Hostile:
+    return Hostile(hostile_port)
+
+
+@pytest_asyncio.fixture
+async def paused_emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(api_key=KEY, upscale=False) as emulator:
+        emulator.pause()
+        yield emulator
+
+
+@contextmanager
+def peak_memory() -> Iterator[list[int]]:
+    """Trace Python allocations; the list receives the peak in bytes on exit."""
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+
+
+def client_of(url: str, **settings: Any) -> IdeogramClient:
+    settings.setdefault("retry", RetryPolicy.no_retries())
+    return IdeogramClient(api_key=settings.pop("api_key", KEY), base_url=url, **settings)
+
+
+def chain_text(error: BaseException) -> str:
+    """Everything a traceback of ``error`` would print: messages, reprs, causes."""
+    text = "".join(traceback.format_exception(error))
+    seen: BaseException | None = error
+    while seen is not None:
+        text += repr(seen) + repr(seen.args) + repr(vars(seen))
+        seen = seen.__cause__ or seen.__context__
+    return text
+
+
+# -- 1. bodies are bounded, gzip included -------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["endless", "gzip", "huge-length"])
+async def test_an_oversized_answer_is_refused_within_the_cap(
+    hostile: Hostile, scenario: str
+) -> None:
+    async with client_of(hostile.url(scenario)) as client:
+        with peak_memory() as peak, pytest.raises(ResponseFormatError) as caught:
+            await client.upscale(PNG)
+    assert peak[0] < 24 * MB
+    assert "max_response_size" in str(caught.value)
+
+
+@pytest.mark.parametrize(("scenario", "arg"), [("error-endless", "-"), ("gzip", "500")])
+async def test_an_oversized_error_body_is_cut_and_the_status_kept(
+    hostile: Hostile, scenario: str, arg: str
+) -> None:
+    async with client_of(hostile.url(scenario, arg)) as client:
+        with peak_memory() as peak, pytest.raises(ServerError) as caught:
+            await client.upscale(PNG)
+    assert caught.value.status == 500
+    assert peak[0] < 24 * MB
+
+
+# -- 2. Retry-After values that are not a wait ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Retry-After=nan",
+        "retry-after-ms=nan",
+        "Retry-After=-100",
+        "Retry-After=inf",
+        "Retry-After=garbage",
+    ],
+)
+async def test_a_retry_after_that_is_no_wait_falls_back_to_backoff(
+    hostile: Hostile, header: str
+) -> None:
+    waits: list[float] = []
+    policy = RetryPolicy(
+        attempts=2, backoff_base=0.01, backoff_max=0.01, retry_after_max=0.05, deadline=None
+    )
+
+    def hook(event: RetryEvent) -> None:
+        waits.append(event.wait)
+
+    async with client_of(hostile.url("retry-after", header), retry=policy, on_retry=hook) as client:
+        # A bound, not a wait: a NaN sleep would otherwise hang the test for ever.
+        async with asyncio.timeout(10):
+            with pytest.raises(RateLimitError) as caught:
+                await client.upscale(PNG)
+    assert caught.value.attempts == 2
+    assert len(waits) == 1
+    assert 0 < waits[0] <= 0.05
+
+
+# -- 3. the no-double-charge switch ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "cutoff",
+        "reset",
+        "silent",
+    ],
+)
+async def test_no_retry_after_a_complete_upload_when_the_switch_is_off(
+    hostile: Hostile, scenario: str
+) -> None:
+    policy = RetryPolicy(
+        attempts=5,
+        backoff_base=0.01,
+        backoff_max=0.01,
+        deadline=None,
+        retry_timeout_after_upload=False,
+    )
+    timeouts = Timeouts(attempt=1)
+    async with client_of(hostile.url(scenario), retry=policy, timeouts=timeouts) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(PNG)
+    assert caught.value.attempts == 1
+    assert (await hostile.stats())["uploads"] == 1
+
+
+async def test_a_cut_off_answer_is_retried_when_the_switch_is_on(hostile: Hostile) -> None:
+    async with client_of(hostile.url("cutoff"), retry=FAST) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(PNG)
+    assert caught.value.attempts == 3
+    assert (await hostile.stats())["uploads"] == 3
+
+
+# -- 4. special files never block the loop ------------------------------------------------
+
+
+async def test_a_fifo_is_refused_without_being_opened(hostile: Hostile, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    opened = asyncio.get_running_loop().run_in_executor(None, _open_for_writing, fifo)
+    try:
+        async with client_of(hostile.url("ok")) as client:
+            with pytest.raises(ValidationError, match="not a regular file"):
+                await client.upscale(fifo)
+    finally:
+        # Release the writer thread ourselves when the client did not open the FIFO.
+        unblock = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        await opened
+        os.close(unblock)
+    assert (await hostile.stats())["requests"] == 0
+
+
+def _open_for_writing(fifo: Path) -> None:
+    os.close(os.open(fifo, os.O_WRONLY))  # blocks until someone opens it for reading
+
+
+async def test_a_device_is_refused_as_not_a_regular_file(hostile: Hostile) -> None:
+    async with client_of(hostile.url("ok")) as client:
+        with pytest.raises(ValidationError, match="not a regular file"):
+            await client.upscale("/dev/null")
+
+
+def test_cli_globs_skip_special_files_and_symlink_loops(tmp_path: Path) -> None:
+    (tmp_path / "real.png").write_bytes(PNG)
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    for arg in (str(tmp_path / "*.png"), str(tmp_path)):
+        found = find_images([arg], recursive=False, exclude=tmp_path / "out")
+        assert [source.path.name for source in found] == ["real.png"]
+    for named in ("pipe.png", "loop.png"):
+        with pytest.raises(UsageError, match="not a regular file"):
+            find_images([str(tmp_path / named)], recursive=False, exclude=tmp_path / "out")
+
+
+# -- 5. downloads: checked before writing, capped -------------------------------------------
+
+
+async def test_a_download_that_is_not_an_image_is_refused_at_its_first_bytes(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out" / "result"
+    async with client_of(hostile.url("ok"), timeouts=Timeouts(attempt=10)) as client:
+        with pytest.raises(ResponseFormatError, match="not a JPEG, PNG or WebP"):
+            # The page never ends: only a check of its first bytes can end the call.
+            await client.download(hostile.url("html-hold"), dest)
+    assert list(tmp_path.iterdir()) == []  # not even the folder was made
+
+
+async def test_a_download_over_the_cap_stops_while_streaming(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    dest = tmp_path / "result.png"
+    settings: dict[str, Any] = {"max_download_size": MB, "timeouts": Timeouts(attempt=10)}
+    async with client_of(hostile.url("ok"), **settings) as client:
+        with pytest.raises(ResponseFormatError, match="max_download_size"):
+            await client.download(hostile.url("png-hold", "3"), dest)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_download_whose_length_is_over_the_cap_is_refused_up_front(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    async with client_of(hostile.url("ok")) as client:
+        with pytest.raises(ResponseFormatError, match="max_download_size"):
+            await client.download(hostile.url("png-length"), tmp_path / "result.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_download_to_a_long_name_works(hostile: Hostile, tmp_path: Path) -> None:
+    dest = tmp_path / ("n" * 246 + ".png")
+    async with client_of(hostile.url("ok")) as client:
+        assert await client.download(hostile.url("png"), dest) == dest
+    assert dest.read_bytes().startswith(b"\x89PNG")
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+async def test_a_download_to_a_name_over_the_limit_is_a_validation_error(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    async with client_of(hostile.url("ok")) as client:
+        with pytest.raises(ValidationError, match="too long"):
+            await client.download(hostile.url("png"), tmp_path / ("n" * 300 + ".png"))
+    assert (await hostile.stats())["requests"] == 0
+
+
+async def test_a_download_that_cannot_be_written_is_an_error_of_the_tree(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        with pytest.raises(IdeogramError, match="cannot write") as caught:
+            await client.download(hostile.url("png"), tmp_path / "file" / "x.png")
+    assert caught.value.attempts == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]
+
+
+# -- 6. the key never escapes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "escape", "error"),
+    [
+        (KEY, "u", BadRequestError),
+        ("sk/test/5e3cr3t/key", "slash", BadRequestError),
+        (KEY, "u-200", ResponseFormatError),
+    ],
+)
+async def test_a_key_echoed_json_escaped_is_masked(
+    hostile: Hostile,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    escape: str,
+    error: type[IdeogramError],
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    async with client_of(hostile.url("json-key", escape), api_key=key) as client:
+        with pytest.raises(error) as caught:
+            await client.upscale(PNG)
+    assert "invalid key" in str(caught.value)
+    assert key not in chain_text(caught.value)
+    assert key not in caplog.text
+    # Nor in the escaped form the server sent, which anyone can decode.
+    sent = "".join(f"\\u{ord(c):04x}" for c in key) if escape[0] == "u" else key.replace("/", "\\/")
+    for text in (str(caught.value), getattr(caught.value, "body", ""), caplog.text):
+        assert sent not in text
+
+
+async def test_a_key_echoed_in_the_request_id_is_masked(hostile: Hostile) -> None:
+    async with client_of(hostile.url("request-id-key")) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.upscale(PNG)
+    assert caught.value.request_id == "req-***"
+    assert KEY not in chain_text(caught.value)
+
+
+async def test_oversized_headers_fail_once_without_the_key(hostile: Hostile) -> None:
+    async with client_of(hostile.url("big-headers"), retry=FAST) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(PNG)
+    assert KEY not in chain_text(caught.value)
+    assert caught.value.attempts == 1
+    assert (await hostile.stats())["requests"] == 1
+
+
+@pytest.mark.parametrize("flavor", ["proxy", "official"])
+def test_credentials_in_base_url_are_refused_and_hidden(flavor: str) -> None:
+    password = "pa55word"
+    url = f"http://joe:{password}@127.0.0.1:9"
+    with pytest.raises(ValidationError, match="user name or password") as caught:
+        IdeogramClient(api_key=KEY, base_url=url, flavor=flavor)
+    assert password not in chain_text(caught.value)
+
+
+async def test_masking_never_changes_a_successful_answer(hostile: Hostile) -> None:
+    async with client_of(hostile.url("ok"), api_key="ok") as client:
+        response = await client.upscale(PNG)
+    assert response.data[0].url == "http://127.0.0.1/img/bookmark/ok.png"
+
+
+# -- 7. an aborted request closes its socket at once ------------------------------------
+
+
+async def test_a_timed_out_upload_to_a_server_that_stops_reading_returns_its_socket(
+    hostile: Hostile,
+) -> None:
+    big = b"\x89PNG\r\n\x1a\n" + bytes(20 * MB)
+    before = set(open_fds())
+    try:
+        async with client_of(hostile.url("stall"), timeouts=Timeouts(attempt=1)) as client:
+            with pytest.raises(APITimeoutError):
+                await client.upscale(big)
+        await asyncio.sleep(0)  # let the loop run the callbacks of closed transports
+        gc.collect()
+        assert set(open_fds()) <= before
+    finally:
+        _abort_leftover_transports()
+
+
+def _abort_leftover_transports() -> None:
+    """Abort sockets a failing client left open, so the failure stays in its own test."""
+    for thing in gc.get_objects():
+        if isinstance(thing, asyncio.WriteTransport) and thing.get_write_buffer_size():
+            thing.abort()
+
+
+# -- 8. every error is in the tree ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "error"), [(200, ResponseFormatError), (400, BadRequestError)])
+async def test_deeply_nested_json_is_an_error_of_the_tree(
+    hostile: Hostile, status: int, error: type[IdeogramError]
+) -> None:
+    async with client_of(hostile.url("nested", str(status))) as client:
+        with pytest.raises(error):
+            await client.upscale(PNG)
+
+
+async def test_aclose_while_calls_are_queued_gives_client_closed_errors(
+    paused_emulator: Emulator,
+) -> None:
+    client = client_of(paused_emulator.base_url, max_concurrency=1)
+    async with client:
+        calls = [asyncio.create_task(client.upscale(PNG)) for _ in range(5)]
+        await paused_emulator.wait_in_flight(1)
+    paused_emulator.resume()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(outcome, IdeogramError) for outcome in outcomes), outcomes
+    assert all(isinstance(outcome, ClientClosedError) for outcome in outcomes[1:]), outcomes
+
+
+def _symlink_loop(tmp_path: Path) -> Path:
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    return tmp_path / "loop.png"
+
+
+def _through_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "file").write_bytes(PNG)
+    return tmp_path / "file" / "image.png"
+
+
+def _too_long(tmp_path: Path) -> Path:
+    return tmp_path / ("n" * 300 + ".png")
+
+
+@pytest.mark.parametrize("make", [_symlink_loop, _through_a_file, _too_long])
+async def test_an_unusable_path_is_a_validation_error(
+    hostile: Hostile, tmp_path: Path, make: Any
+) -> None:
+    async with client_of(hostile.url("ok")) as client:
+        with pytest.raises(ValidationError):
+            await client.upscale(make(tmp_path))
+    assert (await hostile.stats())["requests"] == 0
+
+
+async def test_a_file_deleted_while_queued_is_reported_as_such(
+    paused_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    checked = asyncio.Event()
+    check = uploads._path_source
+
+    async def check_and_tell(where: Path) -> Any:
+        source = await check(where)
+        checked.set()
+        return source
+
+    monkeypatch.setattr(uploads, "_path_source", check_and_tell)
+    async with client_of(paused_emulator.base_url, max_concurrency=1, retry=FAST) as client:
+        first = asyncio.create_task(client.upscale(PNG))
+        await paused_emulator.wait_in_flight(1)
+        queued = asyncio.create_task(client.upscale(path))
+        await checked.wait()  # it was checked, and now waits for the first to finish
+        path.unlink()
+        paused_emulator.resume()
+        await first
+        with pytest.raises(IdeogramError, match="no longer exists") as caught:
+            await queued
+    assert not isinstance(caught.value, APIConnectionError)
+    assert caught.value.attempts == 1
+    assert paused_emulator.stats.requests == 1
+
+
+async def test_a_closed_file_object_is_a_validation_error(hostile: Hostile) -> None:
+    file = io.BytesIO(PNG)
+    file.close()
+    async with client_of(hostile.url("ok")) as client:
+        with pytest.raises(ValidationError, match="closed"):
+            await client.upscale(file)
+
+
+class _ShrinkingFile(io.BytesIO):
+    """A file that loses its tail after the client has started sending it."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        if size is not None and size > 12:  # a chunk of the upload, not the type check
+            self.truncate(len(data))
+        return data
+
+
+async def test_a_file_that_changes_mid_upload_is_not_a_validation_error(
+    hostile: Hostile,
+) -> None:
+    file = _ShrinkingFile(PNG + bytes(2 * MB))
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        with pytest.raises(IdeogramError, match="changed") as caught:
+            await client.upscale(file)
+    assert not isinstance(caught.value, ValidationError)
+    assert caught.value.attempts == 1
+
+
+# -- 9. permanent failures, prompt length, file names -------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["file", "loop"])
+async def test_a_bad_redirect_is_not_retried(hostile: Hostile, tmp_path: Path, arg: str) -> None:
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        with pytest.raises(APIConnectionError, match="redirect") as caught:
+            await client.download(hostile.url("redirect", arg), tmp_path / "x.png")
+    assert caught.value.attempts == 1
+    assert (await hostile.stats())["requests"] <= 11  # aiohttp's hop limit, once
+
+
+async def test_an_invalid_url_is_not_retried(hostile: Hostile, tmp_path: Path) -> None:
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        with pytest.raises(IdeogramError) as caught:
+            await client.download("http://127.0.0.1:99999/x.png", tmp_path / "x.png")
+    assert caught.value.attempts <= 1
+
+
+def test_a_prompt_over_the_cap_is_a_validation_error() -> None:
+    UpscaleRequest(prompt="p" * 10_000)
+    with pytest.raises(ValidationError, match="10000"):
+        UpscaleRequest(prompt="p" * 10_001)
+
+
+@pytest.mark.parametrize(
+    ("name", "sent"),
+    [
+        ("фото.png", 'filename="фото.png"'),
+        ('a"b\r\n.png', 'filename="a%22b%0D%0A.png"'),
+    ],
+)
+async def test_a_file_name_is_sent_as_utf8(hostile: Hostile, name: str, sent: str) -> None:
+    async with client_of(hostile.url("ok")) as client:
+        response = await client.upscale(PNG, filename=name)
+    assert response.data[0].prompt is not None
+    assert sent in response.data[0].prompt

@@ -164,6 +164,8 @@ def test_a_bad_allowance_is_an_error(value: object) -> None:
 def test_settings_errors_name_the_argument() -> None:
     with pytest.raises(ValidationError, match="max_concurrency must be an int >= 1, got 0"):
         IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=0)
+    with pytest.raises(ValidationError, match="requests_per_second must be a number > 0 or None"):
+        IdeogramClient(api_key=KEY, base_url=BASE, requests_per_second=0)
     with pytest.raises(ValidationError, match="adaptive must be a bool, got str"):
         IdeogramClient(api_key=KEY, base_url=BASE, adaptive="no")  # type: ignore[arg-type]
 

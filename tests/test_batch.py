@@ -19,6 +19,7 @@ from ideogram_async import (
     BatchResult,
     IdeogramClient,
     ImageInput,
+    RetryPolicy,
     UpscaleJob,
     UpscaleRequest,
     ValidationError,
@@ -115,6 +116,19 @@ async def test_retried_items_report_their_attempts(png_bytes: bytes) -> None:
             results = [r async for r in c.upscale_many([png_bytes], ordered=True)]
     assert results[0].ok
     assert results[0].attempts == 2
+
+
+async def test_a_failed_item_reports_the_attempts_it_used(png_bytes: bytes) -> None:
+    with instant_retries():
+        async with (
+            Emulator(api_key=KEY, faults=FaultPlan.always(Fault.status(503))) as emulator,
+            IdeogramClient(
+                api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy(attempts=3)
+            ) as client,
+        ):
+            results = [r async for r in client.upscale_many([png_bytes])]
+    assert not results[0].ok
+    assert results[0].attempts == 3 == emulator.stats.requests
 
 
 async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> None:

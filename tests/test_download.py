@@ -230,6 +230,31 @@ async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_the_download_cap_is_inclusive_and_counts_every_chunk(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    parts = [
+        png_bytes[:5],
+        png_bytes[5:12],
+        *(png_bytes[i : i + 7] for i in range(12, len(png_bytes), 7)),
+    ]
+    size = len(png_bytes)
+    assert await write_atomically(tmp_path / "a.png", _chunks(*parts), max_size=size)
+    assert (tmp_path / "a.png").read_bytes() == png_bytes
+    for cap in (size - 1, 6):  # over it while streaming, and within the first bytes
+        with pytest.raises(ResponseFormatError) as info:
+            await write_atomically(tmp_path / "b.png", _chunks(*parts), max_size=cap)
+        assert str(info.value) == (
+            f"the image for b.png is larger than max_download_size ({cap} bytes); "
+            "raise max_download_size if such images are expected"
+        )
+    with pytest.raises(
+        ResponseFormatError, match=rf"\({size - 1} bytes\) \({size} bytes announced\)"
+    ):
+        await write_atomically(tmp_path / "c.png", _chunks(*parts), max_size=size - 1, length=size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
 async def test_a_dest_without_an_image_suffix_gets_the_images_own(
     client: IdeogramClient, png_bytes: bytes, tmp_path: Path
 ) -> None:

@@ -523,6 +523,7 @@ async def test_a_path_that_shrank_fails_the_payload(png_path: Path, png_bytes: b
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
     assert payload.error is info.value
     assert not payload.complete
+    assert str(info.value).startswith(f"{png_path.name}: the file changed after it was checked")
     assert f"expected {len(png_bytes)} bytes, found a different size" in str(info.value)
     image.close()
 

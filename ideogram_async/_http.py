@@ -301,7 +301,7 @@ def _error_detail(data: object, text: str, content_type: str) -> str:
             return snippet(text)
     if "html" in content_type:
         return f"an HTML error page from a gateway: {snippet(text, 120)!r}"
-    return snippet(text) if text.strip() else ""
+    return snippet(text)  # "" for a blank body
 
 
 _CLASSES: Mapping[int, type[APIError]] = {

@@ -91,9 +91,10 @@ def image_size(head: bytes) -> tuple[int, int] | None:
 
 def _png_size(head: bytes) -> tuple[int, int] | None:
     # Signature, then the IHDR chunk first: length (4), type (4), width (4), height (4).
+    # Width and height are at most 2**31 - 1: read signed, a larger one is negative, invalid.
     if len(head) < 24 or head[12:16] != b"IHDR":
         return None
-    width, height = struct.unpack(">II", head[16:24])
+    width, height = struct.unpack(">ii", head[16:24])
     return width, height
 
 

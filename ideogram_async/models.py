@@ -122,10 +122,19 @@ class UpscaleResponse:
     data: list[UpscaledImage] = attrs.field(factory=list)
 
 
+class _WrongType(TypeError):
+    """A field of the wrong JSON type; the message says what was expected and what came."""
+
+
+def _reason(exc: BaseException, kind: type | None) -> str:
+    """One failure in a response's shape, in cattrs' words or, for a wrong type, ours."""
+    return str(exc) if isinstance(exc, _WrongType) else cattrs.v.format_exception(exc, kind)
+
+
 def _parse_created(value: object, _: type) -> datetime:
     """Parse both documented forms (``...T04:56:07.000Z`` and ``... 04:56:07+00:00``)."""
     if not isinstance(value, str):
-        raise TypeError(f"created must be a string, got {type(value).__name__}")
+        raise _WrongType(f"expected a date string, got {type(value).__name__}")
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
@@ -135,7 +144,7 @@ def _strict(kind: type) -> Any:
 
     def hook(value: object, _: type) -> object:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+            raise _WrongType(f"expected {kind.__name__}, got {type(value).__name__}")
         return value
 
     return hook
@@ -146,7 +155,6 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(datetime, _parse_created)
     for kind in (str, int, bool):
         converter.register_structure_hook(kind, _strict(kind))
-    converter.register_unstructure_hook(MagicPrompt, lambda m: m.value)
     return converter
 
 
@@ -187,12 +195,8 @@ def structure(raw: dict[str, Any], cls: type[_A], body: str, status: int) -> _A:
     """Build ``cls`` from a decoded 2xx body, or raise ``ResponseFormatError`` saying why not."""
     try:
         return _converter.structure(raw, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        reasons = (
-            "; ".join(cattrs.transform_error(exc))
-            if isinstance(exc, cattrs.BaseValidationError)
-            else str(exc)
-        )
+    except cattrs.BaseValidationError as exc:  # cattrs wraps every failure of a field in one
+        reasons = "; ".join(cattrs.transform_error(exc, format_exception=_reason))
         raise ResponseFormatError(
             f"the service answered HTTP {status} with a body of the wrong shape "
             f"({reasons}): {snippet(body)!r}",

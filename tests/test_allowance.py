@@ -220,6 +220,19 @@ async def test_a_number_from_the_service_sets_the_bound_at_once_logged_once(
     assert "allowance of 3 places" in infos[0]
 
 
+async def test_each_change_of_the_bound_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    allowance = LocalAllowance(8, adaptive=False)
+    await allowance.rejected(3)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "allowance bound 8 -> 3 places (learned)" in debug
+
+
+def test_a_negative_fallback_is_refused_with_its_value() -> None:
+    with pytest.raises(ValidationError, match=r"fallback must be >= 0 seconds, got -0\.5"):
+        LocalAllowance(4, fallback=-0.5)
+
+
 async def test_a_number_above_the_maximum_never_raises_the_bound() -> None:
     changes: list[AllowanceChange] = []
     allowance = LocalAllowance(5, adaptive=False, on_change=changes.append)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import statistics
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -144,7 +146,10 @@ async def test_a_large_request_is_not_overtaken_by_later_small_ones() -> None:  
     assert emulator.stats.peak_places_in_use == 4
 
 
-async def test_the_allowance_in_the_429_body_is_learned_at_once() -> None:
+async def test_the_allowance_in_the_429_body_is_learned_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
     watched = Watched(LocalAllowance(10, fallback=0.01))
     async with served(allowance=3) as emulator, client_of(emulator, watched) as client:
         emulator.pause()
@@ -163,6 +168,11 @@ async def test_the_allowance_in_the_429_body_is_learned_at_once() -> None:
     assert emulator.stats.rejected_over_allowance == 7  # none once the bound was learned
     assert emulator.stats.peak_places_in_use == 3
     assert emulator.stats.responses_by_status == {200: 40, 429: 7}
+    waits = [r.getMessage() for r in caplog.records if "waiting for a place" in r.getMessage()]
+    assert len(waits) == 7
+    assert re.fullmatch(
+        r"upscale \S+: the allowance is full \(HTTP 429: .+\); waiting for a place", waits[0]
+    )
 
 
 async def test_without_the_number_the_bound_adapts_to_the_allowance() -> None:
@@ -211,6 +221,7 @@ async def test_a_request_larger_than_the_named_allowance_fails_at_once() -> None
         2,
         1,
     )
+    assert (info.value.status, info.value.should_retry) == (429, False)
     assert emulator.stats.requests == 1
 
 

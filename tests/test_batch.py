@@ -19,13 +19,15 @@ from ideogram_async import (
     BatchResult,
     IdeogramClient,
     ImageInput,
+    RetryPolicy,
     UpscaleJob,
     UpscaleRequest,
     ValidationError,
 )
-from ideogram_async.batch import BatchRun, fan_out
+from ideogram_async.batch import BatchRun, as_job, fan_out
 from ideogram_async.models import UpscaleResponse
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.v2 import AutoUpscaler
 
 from ._support import KEY, make_image
 
@@ -114,6 +116,19 @@ async def test_retried_items_report_their_attempts(png_bytes: bytes) -> None:
             results = [r async for r in c.upscale_many([png_bytes], ordered=True)]
     assert results[0].ok
     assert results[0].attempts == 2
+
+
+async def test_a_failed_item_reports_the_attempts_it_used(png_bytes: bytes) -> None:
+    with instant_retries():
+        async with (
+            Emulator(api_key=KEY, faults=FaultPlan.always(Fault.status(503))) as emulator,
+            IdeogramClient(
+                api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy(attempts=3)
+            ) as client,
+        ):
+            results = [r async for r in client.upscale_many([png_bytes])]
+    assert not results[0].ok
+    assert results[0].attempts == 3 == emulator.stats.requests
 
 
 async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> None:
@@ -255,6 +270,41 @@ async def test_one_image_instead_of_many_is_a_clear_error(
     # A str or bytes is iterable: without the check, each character would be an "image".
     with pytest.raises(ValidationError, match="iterable of images"):
         client.upscale_many(one_image)  # type: ignore[call-overload]
+
+
+def test_an_input_the_batch_cannot_take_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValidationError) as info:
+        as_job((b"image", UpscaleRequest(), "name.png"), UpscaleRequest())
+    assert str(info.value) == (
+        "a tuple input must be an (image, request) pair; "
+        "use UpscaleJob(image, request, filename) for more"
+    )
+    with pytest.raises(ValidationError) as info:
+        as_job((b"image", AutoUpscaler()), UpscaleRequest())
+    assert str(info.value) == (
+        "this batch's requests are an UpscaleRequest, got AutoUpscaler; "
+        "run v1 and v2 upscales in separate batches"
+    )
+    with pytest.raises(ValidationError, match="requests are a v2 model's options, got Upscale"):
+        as_job((b"image", UpscaleRequest()), AutoUpscaler())
+
+
+async def test_a_request_of_neither_kind_is_refused_naming_its_type(client: IdeogramClient) -> None:
+    with pytest.raises(ValidationError, match="v2 model's options, got dict"):
+        client.upscale_many([b"image"], {"seed": 1})  # type: ignore[call-overload]
+
+
+async def test_an_error_that_is_not_ours_counts_no_attempts() -> None:
+    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+        raise RuntimeError("a bug in a custom upscaler")
+
+    results = [
+        r
+        async for r in fan_out(
+            [b"a"], upscale, UpscaleRequest(), window=1, ordered=False, stop_on_error=False
+        )
+    ]
+    assert [(type(r.error), r.attempts) for r in results] == [(RuntimeError, 0)]
 
 
 class _Unseekable(io.RawIOBase):

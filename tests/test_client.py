@@ -82,6 +82,31 @@ async def test_multipart_matches_the_spec_curl_example(
     assert result.data[0].seed == 12345
 
 
+async def test_each_part_is_a_form_data_part_byte_for_byte(png_bytes: bytes) -> None:
+    """The parts' headers as they go on the wire (the emulator parses, so it forgives)."""
+    bodies: list[bytes] = []
+
+    async def upscale(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.json_response({"created": "2000-01-23T04:56:07Z", "data": []})
+
+    app = web.Application()
+    app.router.add_post("/ideogram/upscale", upscale)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with IdeogramClient(api_key=KEY, base_url=base_url) as client:
+            await client.upscale(png_bytes, UpscaleRequest(seed=1), filename="x.png")
+    finally:
+        await runner.cleanup()
+    assert b'\r\nContent-Disposition: form-data; name="image_request"\r\n' in bodies[0]
+    file_part = b'\r\nContent-Disposition: form-data; name="image_file"; filename="x.png"'
+    assert file_part in bodies[0]
+
+
 async def test_unset_fields_are_omitted_not_null(
     emulator: Emulator, client: IdeogramClient, png_bytes: bytes
 ) -> None:

@@ -161,6 +161,15 @@ def test_a_bad_allowance_is_an_error(value: object) -> None:
         IdeogramClient(api_key=KEY, base_url=BASE, allowance=value)  # type: ignore[arg-type]
 
 
+def test_settings_errors_name_the_argument() -> None:
+    with pytest.raises(ValidationError, match="max_concurrency must be an int >= 1, got 0"):
+        IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=0)
+    with pytest.raises(ValidationError, match="requests_per_second must be a number > 0 or None"):
+        IdeogramClient(api_key=KEY, base_url=BASE, requests_per_second=0)
+    with pytest.raises(ValidationError, match="adaptive must be a bool, got str"):
+        IdeogramClient(api_key=KEY, base_url=BASE, adaptive="no")  # type: ignore[arg-type]
+
+
 def test_max_concurrency_of_one_is_fine() -> None:
     assert IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=1).max_concurrency == 1
 
@@ -217,7 +226,7 @@ async def test_a_session_with_a_default_auth_header_is_refused(header: str) -> N
 def test_repr_and_str_hide_the_key() -> None:
     client = IdeogramClient(api_key=KEY, base_url=BASE)
     assert_no_key(repr(client), str(client), repr(vars(client)), f"{client!r:>10}")
-    assert "***" in repr(client)
+    assert "key='***'" in repr(client)
     assert BASE in repr(client)
 
 

@@ -74,7 +74,7 @@ async def test_expired_url_is_a_clear_error_and_writes_nothing(
     ):
         result = await client.upscale(png_bytes)
         now[0] = 61.0
-        with pytest.raises(NotFoundError, match="expired") as caught:
+        with pytest.raises(NotFoundError, match="download results soon after") as caught:
             await client.download(result.data[0], tmp_path / "late.png")
     assert caught.value.attempts == 1  # not retried
     assert list(tmp_path.iterdir()) == []
@@ -148,6 +148,58 @@ async def test_cancelled_write_leaves_no_partial_file(tmp_path: Path, png_bytes:
     assert list(tmp_path.iterdir()) == []
 
 
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_a_download_in_progress_is_a_hidden_part_file_beside_the_target(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    seen: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield png_bytes[:100]
+        seen.extend(p.name for p in tmp_path.iterdir())
+        yield png_bytes[100:]
+
+    dest = tmp_path / "out.png"
+    assert await write_atomically(dest, body()) == dest
+    assert len(seen) == 1
+    assert seen[0].startswith(".out.png.")
+    assert seen[0].endswith(".part")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    assert dest.read_bytes() == png_bytes
+
+
+async def test_the_image_type_is_read_across_small_chunks(tmp_path: Path, png_bytes: bytes) -> None:
+    parts = [png_bytes[i : i + 1] for i in range(20)] + [png_bytes[20:]]
+    assert await write_atomically(tmp_path / "a", _chunks(*parts)) == tmp_path / "a.png"
+    assert (tmp_path / "a.png").read_bytes() == png_bytes
+
+
+async def test_a_body_that_is_not_an_image_is_quoted_by_its_first_bytes(tmp_path: Path) -> None:
+    body = b"<html><head><title>Sign in</title></head></html>"
+    with pytest.raises(ResponseFormatError) as info:
+        await write_atomically(tmp_path / "x.png", _chunks(body[:5], body[5:]))
+    assert f"(it starts with {body[:8]!r})" in str(info.value)
+    assert info.value.body == body[:12].decode()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_partial_file_removed_by_someone_else_does_not_hide_the_error(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield png_bytes[:10]
+        for part in tmp_path.glob("*.part"):
+            part.unlink()
+        raise ConnectionResetError("peer went away")
+
+    with pytest.raises(ConnectionResetError):
+        await write_atomically(tmp_path / "x.png", body())
+
+
 async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
     tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,6 +228,31 @@ async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
         await task
     assert await asyncio.to_thread(created.wait, 10)  # the thread is done, too
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_download_cap_is_inclusive_and_counts_every_chunk(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    parts = [
+        png_bytes[:5],
+        png_bytes[5:12],
+        *(png_bytes[i : i + 7] for i in range(12, len(png_bytes), 7)),
+    ]
+    size = len(png_bytes)
+    assert await write_atomically(tmp_path / "a.png", _chunks(*parts), max_size=size)
+    assert (tmp_path / "a.png").read_bytes() == png_bytes
+    for cap in (size - 1, 6):  # over it while streaming, and within the first bytes
+        with pytest.raises(ResponseFormatError) as info:
+            await write_atomically(tmp_path / "b.png", _chunks(*parts), max_size=cap)
+        assert str(info.value) == (
+            f"the image for b.png is larger than max_download_size ({cap} bytes); "
+            "raise max_download_size if such images are expected"
+        )
+    with pytest.raises(
+        ResponseFormatError, match=rf"\({size - 1} bytes\) \({size} bytes announced\)"
+    ):
+        await write_atomically(tmp_path / "c.png", _chunks(*parts), max_size=size - 1, length=size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
 async def test_a_dest_without_an_image_suffix_gets_the_images_own(

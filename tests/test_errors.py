@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from aiohttp import web
 
 from ideogram_async import IdeogramClient, RetryPolicy, errors
 from ideogram_async._http import _rejection, error_for_status
@@ -148,6 +149,35 @@ async def test_a_200_with_a_malformed_body_is_a_response_format_error(body: str)
     error = await answer_with(200, body)
     assert isinstance(error, ResponseFormatError)
     assert (error.status, error.body, error.attempts) == (200, body, 1)
+
+
+async def test_a_malformed_2xx_other_than_200_names_its_status() -> None:
+    error = await answer_with(201, "<html>created</html>", "text/html")
+    assert isinstance(error, ResponseFormatError)
+    assert error.status == 201
+    assert "HTTP 201" in str(error)
+
+
+async def test_an_error_body_that_is_not_utf_8_is_read_with_replacements() -> None:
+    async def broken(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=500, body=b"bad \xff byte", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_post("/ideogram/upscale", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=base_url, retry=RetryPolicy.no_retries()
+        ) as client:
+            with pytest.raises(ServerError) as caught:
+                await client.upscale(PNG)
+    finally:
+        await runner.cleanup()
+    assert "bad \ufffd byte" in str(caught.value)
 
 
 _TREE_LINE = re.compile(
@@ -348,3 +378,35 @@ def test_an_inflight_429_names_the_allowance() -> None:
     assert error.allowance == 10
     assert "allowance of 10 images in flight" in str(error)
     assert "allowance=" in str(_error(429, "busy"))  # a plain 429 says what to lower
+
+
+def test_an_inflight_429_without_the_number_says_the_whole_allowance() -> None:
+    error = _error(429, "busy", reject_reason="inflight_limit", request_id=None)
+    assert str(error) == (
+        "HTTP 429: busy — the organization had its whole allowance images in flight "
+        "(every process using its keys counts); ask for fewer images per request, "
+        "or ask Ideogram for more"
+    )
+
+
+def test_a_402_keeps_a_hint_given_for_it() -> None:
+    error = _error(402, "no", hint="top up the demo account")
+    assert error.message == "no — top up the demo account"
+    assert error.should_retry is False
+
+
+def test_an_api_error_built_with_only_a_message_and_status() -> None:
+    error = ServerError("the gateway timed out", status=504)
+    assert str(error) == "HTTP 504: the gateway timed out"
+    assert repr(error) == "ServerError('the gateway timed out')"
+    assert (error.body, error.request_id, error.retry_after) == ("", None, None)
+    assert error.status_code == 504
+
+
+def test_a_connection_error_is_not_unreachable_unless_told() -> None:
+    assert APIConnectionError("reset by peer").unreachable is False
+    assert APIConnectionError("refused", unreachable=True).unreachable is True
+
+
+def test_a_response_format_error_is_about_a_200_unless_told() -> None:
+    assert ResponseFormatError("not JSON", body="<html>").status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from typing import Any
 
 import pytest
@@ -122,13 +123,80 @@ def test_jpeg_with_exif_before_the_frame_header() -> None:
     assert image_size(data[:4096]) is None
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_a_head_cut_before_the_size_gives_none(fmt: str) -> None:
-    data = encode((5, 9), fmt)
-    needed = next(n for n in range(len(data) + 1) if image_size(data[:n]) is not None)
-    assert image_size(data[:needed]) == (5, 9)
-    assert all(image_size(data[:n]) is None for n in range(needed))
-    assert needed <= 30
+def _sof_end(data: bytes) -> int:
+    """Where a JPEG's frame header ends: its width is the last thing image_size needs."""
+    return next(data.index(m) for m in (b"\xff\xc0", b"\xff\xc2") if m in data) + 9
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "needed"),
+    [
+        ("PNG", {}, lambda data: 24),  # signature (8) and IHDR up to the height
+        ("WEBP", {"quality": 80}, lambda data: 30),  # VP8 frame header
+        ("WEBP", {"lossless": True}, lambda data: 25),  # VP8L's 4 bytes of size bits
+        ("WEBP", {"exif": exif_with_a_large_comment(10)}, lambda data: 30),  # VP8X canvas
+        ("JPEG", {}, _sof_end),
+        ("JPEG", {"progressive": True}, _sof_end),
+        ("JPEG", {"exif": exif_with_a_large_comment(300)}, _sof_end),
+    ],
+    ids=["png", "webp", "webp-ll", "webp-x", "jpeg", "jpeg-progressive", "jpeg-exif"],
+)
+def test_a_head_cut_anywhere_before_the_size_gives_none(
+    fmt: str, options: dict[str, Any], needed: Any
+) -> None:
+    data = encode((5, 9), fmt, **options)
+    end = needed(data)
+    assert all(image_size(data[:n]) is None for n in range(end))  # no error either
+    assert all(image_size(data[:n]) == (5, 9) for n in range(end, end + 40))
+
+
+def test_jpeg_size_past_a_segment_longer_than_32k() -> None:
+    # A segment length of 0x8000 or more, read as signed, would end the walk early.
+    data = encode((301, 203), "JPEG", exif=exif_with_a_large_comment(40_000))
+    assert _sof_end(data) > 40_000
+    assert image_size(data) == (301, 203)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + b"\x08\x02\0\0\0"
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr
+
+
+def _jpeg_header(width: int, height: int, *before_frame: bytes) -> bytes:
+    frame = b"\xff\xc0\0\x11\x08" + struct.pack(">HH", height, width) + b"\x03" + b"\0" * 9
+    return b"\xff\xd8" + b"".join(before_frame) + frame
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        (_png_header(2**31 - 1, 1), (2**31 - 1, 1)),  # the largest a PNG may declare
+        (_jpeg_header(65_535, 40_000), (65_535, 40_000)),  # 16-bit sizes are unsigned
+        (_jpeg_header(7, 5, b"\xff\xe1\0\x02"), (7, 5)),  # an empty segment (length 2)
+        (_jpeg_header(7, 5, b"\xff\xe1\0\x03\0"), (7, 5)),  # a one-byte segment
+        (_jpeg_header(7, 5, b"\xff"), (7, 5)),  # one fill byte before the frame marker
+    ],
+    ids=["png-max", "jpeg-large", "jpeg-empty-segment", "jpeg-short-segment", "jpeg-fill"],
+)
+def test_image_size_of_edge_case_headers(header: bytes, size: tuple[int, int]) -> None:
+    assert image_size(header) == size
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        _png_header(2**31, 1),  # beyond the largest a PNG may declare
+        _png_header(0, 5),
+        _png_header(5, 0),
+        _jpeg_header(0, 5),
+        _jpeg_header(5, 0),
+        # The image ends (EOI) before any frame; what follows is not part of it.
+        _jpeg_header(7, 5, b"\xff\xd9\0\x02"),
+    ],
+    ids=["png-too-wide", "png-0-wide", "png-0-high", "jpeg-0-wide", "jpeg-0-high", "jpeg-eoi"],
+)
+def test_image_size_of_invalid_headers_is_none(header: bytes) -> None:
+    assert image_size(header) is None
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ def test_int_fields_reject_wrong_types(field: str, value: object) -> None:
         UpscaleRequest(**cast(dict[str, Any], {field: value}))
     message = str(info.value)
     assert field in message
-    assert repr(value) in message
+    assert f"got {type(value).__name__} {value!r}" in message
     low, high = INT_FIELDS[field]
     assert _mentions(message, low)
     assert _mentions(message, high)
@@ -103,8 +103,9 @@ def test_validation_error_is_a_value_error_and_an_ideogram_error() -> None:
 
 @pytest.mark.parametrize("value", [5, b"text", ["a"]])
 def test_prompt_must_be_a_string(value: object) -> None:
-    with pytest.raises(ValidationError, match="prompt"):
+    with pytest.raises(ValidationError, match="prompt") as info:
         UpscaleRequest(prompt=value)  # type: ignore[arg-type]
+    assert f"got {type(value).__name__} {value!r}" in str(info.value)
 
 
 def test_validators_also_run_on_evolve() -> None:
@@ -201,6 +202,11 @@ def test_to_json_sends_the_prompt_verbatim_never_percent_encoded(prompt: str) ->
     assert json.loads(text) == {"prompt": prompt}
     if "%" not in prompt:
         assert "%" not in text
+
+
+def test_to_json_keeps_non_ascii_text_as_utf_8_not_escapes() -> None:
+    prompt = "été à la plage — 🌴 海滩"
+    assert UpscaleRequest(prompt=prompt).to_json() == '{"prompt":"' + prompt + '"}'
 
 
 def test_to_json_of_every_field() -> None:
@@ -328,9 +334,13 @@ def test_malformed_bodies_raise_response_format_error_quoting_the_body(body: str
 
 
 def test_strings_are_not_coerced_to_ints_nor_ints_to_strings() -> None:
-    with pytest.raises(ResponseFormatError, match="seed"):
+    with pytest.raises(
+        ResponseFormatError, match=re.escape("expected int, got str @ $.data[0].seed")
+    ):
         parse_response(_body(data=[{"seed": "5"}]))
-    with pytest.raises(ResponseFormatError, match="url"):
+    with pytest.raises(
+        ResponseFormatError, match=re.escape("expected str, got int @ $.data[0].url")
+    ):
         parse_response(_body(data=[{"url": 5}]))
     assert parse_response(_body(data=[{"seed": 5, "url": "5"}])).data == [
         UpscaledImage(seed=5, url="5")
@@ -354,3 +364,39 @@ def test_the_quoted_snippet_is_truncated_for_huge_bodies(body: str) -> None:
     assert body[:20] in message
     assert "\n" not in message
     assert info.value.body == body  # the whole body stays available
+
+
+@pytest.mark.parametrize(
+    ("fields", "reasons"),
+    [
+        ({"created": 5}, ["expected a date string, got int @ $.created"]),
+        ({"created": "yesterday"}, ["expected datetime @ $.created"]),
+        ({"data": [{"seed": True}]}, ["expected int, got bool @ $.data[0].seed"]),
+        ({"data": [{"is_image_safe": 1}]}, ["expected bool, got int @ $.data[0].is_image_safe"]),
+        (
+            {"created": 5, "data": [{}, {"url": 5, "prompt": ["a"]}]},
+            [
+                "expected a date string, got int @ $.created",
+                "expected str, got int @ $.data[1].url",
+                "expected str, got list @ $.data[1].prompt",
+            ],
+        ),
+    ],
+)
+def test_a_wrong_shape_names_each_bad_field_what_it_expected_and_what_came(
+    fields: dict[str, Any], reasons: list[str]
+) -> None:
+    with pytest.raises(ResponseFormatError) as info:
+        parse_response(_body(**fields))
+    listed = re.search(r"wrong shape \((.*)\): '", str(info.value))
+    assert listed is not None
+    given = listed.group(1).split("; ")
+    assert len(given) == len(reasons)
+    for reason in reasons:
+        assert any(item.endswith(reason) for item in given)
+
+
+def test_a_body_parsed_without_a_status_is_reported_as_http_200() -> None:
+    with pytest.raises(ResponseFormatError, match="HTTP 200 ") as info:
+        parse_response("<html>")
+    assert info.value.status == 200

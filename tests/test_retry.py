@@ -848,7 +848,7 @@ async def test_a_refused_connection_gets_the_short_budget(
     assert error.unreachable
     assert error.attempts == 3  # RetryPolicy.connect_attempts, not attempts=10
     assert len(events) == 2
-    assert "connection refused" in str(error)
+    assert "(connection refused: nothing listens at that address)" in str(error)
     assert "check base_url" in str(error)
 
 

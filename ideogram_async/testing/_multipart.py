@@ -192,18 +192,54 @@ async def _read_file(
     body.has_file = True
     body.filename = part.filename
     body.content_type = part.headers.get("Content-Type")
+    file = await read_file_part(
+        part,
+        max_size=max_file_size,
+        too_large=f"image_file is larger than the limit of {max_file_size} bytes.",
+        head_bytes=SNIFF_BYTES,
+        keep=keep,
+        received=received,
+    )
+    body.size, body.head, body.sha256, body.data = file.size, file.head, file.sha256, file.data
+
+
+@attrs.frozen
+class FilePart:
+    """What the emulator keeps of an uploaded file part."""
+
+    size: int
+    head: bytes
+    sha256: str
+    data: bytes | None
+
+
+async def read_file_part(
+    part: BodyPartReader,
+    *,
+    max_size: int,
+    too_large: str,
+    head_bytes: int,
+    keep: bool,
+    received: Callable[[int], None],
+) -> FilePart:
+    """Read a file part in chunks: its size, first ``head_bytes``, sha256 and (if ``keep``) bytes.
+
+    Over ``max_size`` it is refused with a 413 saying ``too_large``; ``received`` is told
+    the size of every chunk as it arrives.
+    """
+    size = 0
+    head = b""
     digest = hashlib.sha256()
     kept: list[bytes] = []
     while not part.at_eof():
         chunk = await part.read_chunk(_CHUNK_SIZE)
-        body.size += len(chunk)
+        size += len(chunk)
         received(len(chunk))
-        if body.size > max_file_size:
-            raise Reject(413, f"image_file is larger than the limit of {max_file_size} bytes.")
+        if size > max_size:
+            raise Reject(413, too_large)
         digest.update(chunk)
-        if len(body.head) < SNIFF_BYTES:
-            body.head += chunk[: SNIFF_BYTES - len(body.head)]
+        if len(head) < head_bytes:
+            head += chunk[: head_bytes - len(head)]
         if keep:
             kept.append(chunk)
-    body.sha256 = digest.hexdigest()
-    body.data = b"".join(kept) if keep else None
+    return FilePart(size, head, digest.hexdigest(), b"".join(kept) if keep else None)

@@ -10,7 +10,6 @@ and answers a result, a price quote (``?dry_run=true``) or, with ``async`` or a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import math
 import random
@@ -26,7 +25,7 @@ from ideogram_async.images import HEADER_BYTES, image_size, sniff
 
 from ._answers import FIXED_PNG, TRUNCATED_JSON, drop
 from ._faults import Fault, FaultPlan
-from ._multipart import Reject
+from ._multipart import Reject, read_file_part
 from ._places import Places
 from ._stats import EmulatorStats, ReceivedV2Upload, Route
 from ._store import ImageStore
@@ -43,7 +42,6 @@ from ._v2_service import (
 
 __all__ = ["V2Routes"]
 
-_CHUNK_SIZE = 64 * 1024
 _MAX_FIELD_SIZE = 64 * 1024
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -200,21 +198,15 @@ class V2Routes:
         emu = self._emu
         form.filename = part.filename
         form.content_type = part.headers.get("Content-Type")
-        digest = hashlib.sha256()
-        kept: list[bytes] = []
-        while not part.at_eof():
-            chunk = await part.read_chunk(_CHUNK_SIZE)
-            form.size += len(chunk)
-            emu._received(len(chunk))
-            if form.size > emu._v2_max_file_size:
-                raise Reject(413, f"image is larger than {emu._v2_max_file_size} bytes.")
-            digest.update(chunk)
-            if len(form.head) < HEADER_BYTES:
-                form.head += chunk[: HEADER_BYTES - len(form.head)]
-            if emu._upscale:
-                kept.append(chunk)
-        form.sha256 = digest.hexdigest()
-        form.data = b"".join(kept) if emu._upscale else None
+        file = await read_file_part(
+            part,
+            max_size=emu._v2_max_file_size,
+            too_large=f"image is larger than {emu._v2_max_file_size} bytes.",
+            head_bytes=HEADER_BYTES,
+            keep=emu._upscale,
+            received=emu._received,
+        )
+        form.size, form.head, form.sha256, form.data = file.size, file.head, file.sha256, file.data
 
     async def _answer(
         self, request: web.Request, model: str, form: _Form, dry_run: bool

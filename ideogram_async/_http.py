@@ -116,9 +116,9 @@ class Http:
         ``upload`` that failed on its own side raises its own error, and is
         released when the request ends, however it ends.
         """
-        session = self.session()
         timer = asyncio.timeout(self._settings.timeouts.attempt)
         try:
+            session = self.session()
             async with (
                 timer,
                 session.request(method, url, timeout=self._timeout, **options) as response,
@@ -138,7 +138,6 @@ class Http:
         finally:
             if upload is not None:
                 upload.release()
-                await upload.settle()
 
     def _connection_error(
         self, exc: aiohttp.ClientError, failed: str, hint: str, upload: ImagePayload | None

@@ -111,7 +111,7 @@ class ImagePosts:
             body.append(value).set_content_disposition("form-data", name=name)
         upload = image.payload(part)
         body.append_payload(upload)
-        await image.check()
+        await upload.open()
         async with self._http.request(
             "POST",
             url,

@@ -27,24 +27,27 @@ SPOOL_MEMORY = 1024 * 1024
 class _Source:
     """Where an image's bytes come from; each attempt reads them afresh.
 
-    ``open()`` returns a per-attempt file the payload must close (``None`` when
-    there is none); ``chunks(file)`` yields the bytes.
+    An attempt calls ``start()`` before its request goes out, then streams the first
+    chunk it returned and ``rest()`` after it, and closes the file ``start()`` opened.
     """
 
     size: int
+    blocking = True
+    """``start()`` may block (it opens or reads a file), so it runs in a worker thread."""
 
     def head(self, limit: int = SNIFF_BYTES) -> bytes:
         """Up to ``limit`` first bytes: for type sniffing, or the size in the header."""
         raise NotImplementedError
 
-    def open(self) -> IO[bytes] | None:
-        """Called in a worker thread, as opening a file may block."""
-        return None
+    def start(self) -> tuple[IO[bytes] | None, bytes | memoryview]:
+        """Begin an attempt: the file it must close (``None`` if none) and the first chunk.
 
-    async def check(self) -> None:
-        """Raise ``ImageChangedError`` if the image is gone or changed since it was checked."""
+        Raises ``ImageChangedError`` if the image is gone or resized since it was checked.
+        """
+        raise NotImplementedError
 
-    def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
+    def rest(self, file: IO[bytes] | None, offset: int) -> AsyncGenerator[bytes | memoryview, None]:
+        """The bytes after the first ``offset``, read for this attempt."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -52,6 +55,8 @@ class _Source:
 
 
 class _MemorySource(_Source):
+    blocking = False
+
     def __init__(self, data: memoryview) -> None:
         self._data = data
         self.size = len(data)
@@ -59,8 +64,13 @@ class _MemorySource(_Source):
     def head(self, limit: int = SNIFF_BYTES) -> bytes:
         return bytes(self._data[:limit])
 
-    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes | memoryview, None]:
-        for start in range(0, self.size, CHUNK_SIZE):
+    def start(self) -> tuple[None, memoryview]:
+        return None, self._data[:CHUNK_SIZE]
+
+    async def rest(
+        self, file: IO[bytes] | None, offset: int
+    ) -> AsyncGenerator[bytes | memoryview, None]:
+        for start in range(offset, self.size, CHUNK_SIZE):
             yield self._data[start : start + CHUNK_SIZE]
 
 
@@ -93,8 +103,12 @@ class _FileSource(_Source):
         finally:
             self._file.seek(self._start)
 
-    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes, None]:
-        async for chunk in _read_file(self._file, self._start, self.size):
+    def start(self) -> tuple[None, bytes]:
+        self._file.seek(self._start)
+        return None, self._file.read(min(CHUNK_SIZE, self.size))
+
+    async def rest(self, file: IO[bytes] | None, offset: int) -> AsyncGenerator[bytes, None]:
+        async for chunk in _read_file(self._file, self._start + offset, self.size - offset):
             yield chunk
 
     def close(self) -> None:

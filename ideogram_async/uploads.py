@@ -80,19 +80,6 @@ class _PathSource(_Source):
         with open(self._path, "rb") as file:
             return file.read(limit)
 
-    async def check(self) -> None:
-        await asyncio.to_thread(self._stat)
-
-    def _stat(self) -> None:
-        try:
-            size = os.stat(self._path).st_size
-        except FileNotFoundError:
-            raise self._gone() from None
-        except OSError as exc:
-            raise self._unusable(exc) from None
-        if size != self.size:
-            raise _changed(self._path.name, self.size, f"{size} bytes")
-
     def _gone(self) -> ImageChangedError:
         return ImageChangedError(
             f"{self._path.name} no longer exists (deleted or moved after it was "
@@ -104,23 +91,34 @@ class _PathSource(_Source):
             f"{self._path.name} cannot be opened any more ({exc}); it changed after it was checked"
         )
 
-    def open(self) -> IO[bytes]:
-        """Reopen the checked file (in a worker thread: it may block)."""
+    def start(self) -> tuple[IO[bytes] | None, bytes]:
+        """Reopen the checked file and read its first chunk (it may block: a slow disk).
+
+        A file that fits in one chunk is closed at once; a larger one stays open
+        for :meth:`rest`.
+        """
         try:
             file, size = open_regular(self._path)
         except FileNotFoundError:
             raise self._gone() from None
         except (OSError, ValidationError) as exc:
             raise self._unusable(exc) from None
-        if size != self.size:
+        try:
+            if size != self.size:
+                raise _changed(self._path.name, self.size, f"{size} bytes")
+            first = file.read(min(CHUNK_SIZE, size))
+        except BaseException:
             file.close()
-            raise _changed(self._path.name, self.size, "a different size")
-        return file
+            raise
+        if len(first) < size:
+            return file, first
+        file.close()
+        return None, first
 
-    async def chunks(self, file: IO[bytes] | None) -> AsyncGenerator[bytes, None]:
-        assert file is not None
-        async for chunk in _read_file(file, 0, self.size):
-            yield chunk
+    async def rest(self, file: IO[bytes] | None, offset: int) -> AsyncGenerator[bytes, None]:
+        if file is not None:
+            async for chunk in _read_file(file, offset, self.size - offset):
+                yield chunk
 
 
 class PreparedImage:
@@ -146,14 +144,6 @@ class PreparedImage:
         except OSError as exc:
             raise ValidationError(f"{self.filename} could not be read: {exc}") from None
         return image_size(head)
-
-    async def check(self) -> None:
-        """Raise ``ImageChangedError`` if a file was deleted or resized since it was checked.
-
-        The client calls it before each attempt, so that a file changed while the call
-        waited for its turn fails before anything is sent.
-        """
-        await self._source.check()
 
     def close(self) -> None:
         """Delete any spool and close any file the client opened."""
@@ -189,12 +179,33 @@ class ImagePayload(payload.Payload):
         self.complete = False
         self.error: IdeogramError | None = None
         self._file: IO[bytes] | None = None
-        self._opening: asyncio.Future[IO[bytes] | None] | None = None
+        self._first: bytes | memoryview | None = None
         self._transport: asyncio.Transport | None = None
         self._released = False
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("an image upload is binary and streamed; it has no text form")
+
+    async def open(self) -> None:
+        """Start the attempt: reopen the file and read its first chunk, off the event loop.
+
+        The client awaits it before the request goes out, so a file deleted or resized
+        since it was checked fails with an ``ImageChangedError`` before anything is
+        sent, and an image that fits in one chunk costs one worker-thread hop. A
+        cancelled open leaves nothing open; :meth:`release` closes what it opened.
+        """
+        source = self._image._source
+        try:
+            if source.blocking:
+                started = await in_thread(source.start, undo=lambda done: _close(done[0]))
+            else:
+                started = source.start()
+        except IdeogramError as exc:
+            self.error = exc
+            raise
+        self._file, self._first = started
+        if self._released:  # released while it opened (it was written by aiohttp's task)
+            self.release()
 
     async def write(self, writer: AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
@@ -204,51 +215,33 @@ class ImagePayload(payload.Payload):
     ) -> None:
         if self._released:
             return  # the attempt was abandoned before aiohttp's writer task started
-        sent = 0
-        source = self._image._source
+        size = self._image.size
         self._transport = getattr(writer, "transport", None)
         try:
-            await self._open()
-            if self._released:  # abandoned while the file was being opened
+            if self._first is None:  # used as a plain aiohttp payload, without open()
+                await self.open()
+            first, self._first = self._first, None
+            if first is None:  # released while it opened
                 return
-            async with aclosing(source.chunks(self._file)) as chunks:
-                async for chunk in chunks:
-                    chunk = chunk[: self._image.size - sent]
-                    await writer.write(chunk)
-                    sent += len(chunk)
-                    if sent >= self._image.size:
-                        break
-            if sent != self._image.size:
-                raise _changed(self._image.filename, self._image.size, f"{sent} bytes")
+            await writer.write(first[:size])
+            sent = min(len(first), size)
+            if sent < size:
+                rest = self._image._source.rest(self._file, sent)
+                async with aclosing(rest) as chunks:
+                    async for chunk in chunks:
+                        chunk = chunk[: size - sent]
+                        await writer.write(chunk)
+                        sent += len(chunk)
+                        if sent >= size:
+                            break
+            if sent != size:
+                raise _changed(self._image.filename, size, f"{sent} bytes")
         except IdeogramError as exc:
             self.error = exc
             raise
         finally:
             self.release()
         self.complete = True
-
-    async def _open(self) -> None:
-        """Open the file this attempt sends, in a worker thread (opening may block).
-
-        The file is taken over when the thread ends, by a callback: closed at once if
-        the attempt was released meanwhile (:meth:`settle` waits for that).
-        """
-        self._opening = asyncio.get_running_loop().run_in_executor(None, self._image._source.open)
-        self._opening.add_done_callback(self._opened)
-        await asyncio.shield(self._opening)
-
-    def _opened(self, opening: asyncio.Future[IO[bytes] | None]) -> None:
-        if opening.cancelled() or opening.exception() is not None:
-            return  # the exception reaches write_with_length through the await
-        if self._released:
-            _close(opening.result())
-        else:
-            self._file = opening.result()
-
-    async def settle(self) -> None:
-        """Wait for a file still being opened, so that a released attempt leaves none open."""
-        if self._opening is not None and not self._opening.done():
-            await asyncio.wait([self._opening])
 
     def abort(self) -> None:
         """Drop the connection this attempt's upload went out on, buffered data and all."""
@@ -264,9 +257,9 @@ class ImagePayload(payload.Payload):
         nor opened late by a writer task that had not started yet.
         """
         self._released = True
+        self._first = None
         file, self._file = self._file, None
-        if file is not None:
-            file.close()
+        _close(file)
 
 
 def _close(file: IO[bytes] | None) -> None:

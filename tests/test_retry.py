@@ -417,14 +417,16 @@ async def test_cancel_while_uploading_closes_the_file(
         file.write(make_image("png", (8, 8)))
         file.truncate(20 * 1024 * 1024)
     opened = asyncio.Event()
-    real_chunks = uploads._PathSource.chunks
+    real_rest = uploads._PathSource.rest
 
-    async def chunks_and_tell(self: uploads._PathSource, file: Any) -> AsyncIterator[bytes]:
-        async for chunk in real_chunks(self, file):
+    async def rest_and_tell(
+        self: uploads._PathSource, file: Any, offset: int
+    ) -> AsyncIterator[bytes]:
+        async for chunk in real_rest(self, file, offset):
             opened.set()  # the file is open and being sent
             yield chunk
 
-    monkeypatch.setattr(uploads._PathSource, "chunks", chunks_and_tell)
+    monkeypatch.setattr(uploads._PathSource, "rest", rest_and_tell)
     async with (
         Emulator(api_key=KEY, upscale=False) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_file_size=30 * 2**20) as c,

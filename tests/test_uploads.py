@@ -192,13 +192,13 @@ async def test_a_payload_released_before_it_is_written_sends_and_opens_nothing(
     # aiohttp writes the body in a task of its own, which may start only after the
     # attempt was abandoned (and the payload released): it must not open the file then.
     opened: list[Path] = []
-    real_open = uploads._PathSource.open
+    real_start = uploads._PathSource.start
 
-    def recording_open(self: uploads._PathSource) -> IO[bytes]:
+    def recording_start(self: uploads._PathSource) -> tuple[IO[bytes] | None, bytes]:
         opened.append(self._path)
-        return real_open(self)
+        return real_start(self)
 
-    monkeypatch.setattr(uploads._PathSource, "open", recording_open)
+    monkeypatch.setattr(uploads._PathSource, "start", recording_start)
     with await prepare_image(png_path) as image:
         upload = image.payload()
         upload.release()
@@ -524,7 +524,7 @@ async def test_a_path_that_shrank_fails_the_payload(png_path: Path, png_bytes: b
     assert payload.error is info.value
     assert not payload.complete
     assert str(info.value).startswith(f"{png_path.name}: the file changed after it was checked")
-    assert f"expected {len(png_bytes)} bytes, found a different size" in str(info.value)
+    assert f"expected {len(png_bytes)} bytes, found {len(png_bytes) // 2} bytes" in str(info.value)
     image.close()
 
 
@@ -617,3 +617,59 @@ async def test_a_thread_cancelled_twice_still_undoes_what_it_opened() -> None:
     async with asyncio.timeout(10):
         await undone.wait()
     assert closed == ["file"]
+
+
+def _paths_open() -> set[str]:
+    return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+
+
+async def test_an_attempt_cancelled_while_its_file_opens_leaves_it_closed(
+    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(png_bytes + b"\0" * (2 * CHUNK_SIZE))  # kept open after the first chunk
+    loop = asyncio.get_running_loop()
+    opened, go = asyncio.Event(), threading.Event()
+    real_start = uploads._PathSource.start
+
+    def slow_start(self: uploads._PathSource) -> tuple[IO[bytes] | None, bytes]:
+        started = real_start(self)
+        loop.call_soon_threadsafe(opened.set)
+        go.wait(10)  # a slow disk: the call is cancelled while the thread still runs
+        return started
+
+    monkeypatch.setattr(uploads._PathSource, "start", slow_start)
+    with await prepare_image(path) as image:
+        payload = image.payload()
+        task = asyncio.create_task(payload.open())
+        await opened.wait()
+        assert str(path) in _paths_open()
+        task.cancel()
+        await asyncio.sleep(0)  # one loop turn: the cancellation now waits for the thread
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert str(path) not in _paths_open()
+
+
+async def test_an_attempt_of_a_small_file_holds_no_file_and_costs_one_thread_hop(
+    png_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with await prepare_image(png_path) as image:
+        payload = image.payload()
+        hops: list[object] = []
+        loop = asyncio.get_running_loop()
+        real = loop.run_in_executor
+
+        def counting(executor: Any, work: Any, *args: Any) -> Any:
+            hops.append(work)
+            return real(executor, work, *args)
+
+        monkeypatch.setattr(loop, "run_in_executor", counting)
+        await payload.open()
+        assert str(png_path) not in _paths_open()  # the whole image is in the first chunk
+        writer = Collector()
+        await payload.write_with_length(writer, None)  # type: ignore[arg-type]
+    assert len(hops) == 1
+    assert writer.data == png_bytes
+    assert payload.complete

@@ -25,7 +25,7 @@ from ideogram_async.images import HEADER_BYTES, image_size, sniff
 
 from ._answers import FIXED_PNG, TRUNCATED_JSON, drop
 from ._faults import Fault, FaultPlan
-from ._multipart import Reject, read_file_part
+from ._multipart import Reject, media_type, part_names, read_file_part
 from ._places import Places
 from ._stats import EmulatorStats, ReceivedV2Upload, Route
 from ._store import ImageStore
@@ -170,33 +170,36 @@ class V2Routes:
 
     async def _read(self, request: web.Request) -> _Form:
         """Stream the form: plain fields as text, the ``image`` file hashed as it arrives."""
-        if request.content_type != "multipart/form-data":
-            raise Reject(400, f"Expected a multipart/form-data body, got {request.content_type!r}.")
+        if (media := media_type(request)) != "multipart/form-data":
+            raise Reject(
+                400, f"Expected a multipart/form-data body, got {media or 'no Content-Type'!r}."
+            )
         form = _Form()
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader) or not part.name:
+                name, filename = part_names(part)
+                if not name or not isinstance(part, BodyPartReader):
                     raise Reject(400, "Every part needs a name.")
-                form.part_names.append(part.name)
-                if part.name in form.part_names[:-1]:
-                    raise Reject(400, f"The {part.name} part was sent more than once.")
-                if part.filename is not None:
-                    if part.name != "image":
-                        raise Reject(400, f"Unexpected file part {part.name!r}; send 'image'.")
-                    await self._read_file(part, form)
+                form.part_names.append(name)
+                if name in form.part_names[:-1]:
+                    raise Reject(400, f"The {name} part was sent more than once.")
+                if filename is not None:
+                    if name != "image":
+                        raise Reject(400, f"Unexpected file part {name!r}; send 'image'.")
+                    await self._read_file(part, filename, form)
                     continue
                 text = await part.read(decode=True)
                 if len(text) > _MAX_FIELD_SIZE:
-                    raise Reject(413, f"{part.name} is larger than {_MAX_FIELD_SIZE} bytes.")
-                form.fields[part.name] = text.decode(part.get_charset("utf-8"))
+                    raise Reject(413, f"{name} is larger than {_MAX_FIELD_SIZE} bytes.")
+                form.fields[name] = text.decode(part.get_charset("utf-8"))
         except (ValueError, LookupError, HttpProcessingError, RequestPayloadError) as exc:
             raise Reject(400, f"Malformed multipart body: {exc}") from exc
         return form
 
-    async def _read_file(self, part: BodyPartReader, form: _Form) -> None:
+    async def _read_file(self, part: BodyPartReader, filename: str, form: _Form) -> None:
         emu = self._emu
-        form.filename = part.filename
+        form.filename = filename
         form.content_type = part.headers.get("Content-Type")
         file = await read_file_part(
             part,

@@ -70,7 +70,7 @@ async def write_atomically(
         raise ResponseFormatError(
             f"the downloaded body for {target.name} is not a JPEG, PNG or WebP image "
             f"(it starts with {head[:8]!r}); the URL may have expired",
-            body=head[:SNIFF_BYTES].decode("latin-1"),
+            body=head[:SNIFF_BYTES].decode("latin-1"),  # pragma: no mutate (case-blind codec name)
         )
     if target.suffix.lower() not in SUFFIXES:
         target = target.with_name(target.name + fmt.suffix)
@@ -121,18 +121,25 @@ async def _write(
         return _create_temp(target.parent, target.name[:40])
 
     fd, temp_name = await _disk(target, create, undo=_discard)
+    file = os.fdopen(fd, "wb")
+
+    def finish() -> None:
+        file.close()  # the last flush: a full disk can show only here
+        os.replace(temp_name, target)
+
     try:
-        with os.fdopen(fd, "wb") as file:
-            await _disk(target, file.write, head)
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_size:
-                    raise _over_cap(target, max_size)
-                await _disk(target, file.write, chunk)
-        await _disk(target, os.replace, temp_name, target)
+        await _disk(target, file.write, head)
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_size:
+                raise _over_cap(target, max_size)
+            await _disk(target, file.write, chunk)
+        await _disk(target, finish)
         return target
     except BaseException:
         # Synchronous on purpose: it must also happen when the task is cancelled.
+        with contextlib.suppress(OSError):
+            file.close()  # closes the descriptor even when its flush fails
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
         raise

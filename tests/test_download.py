@@ -23,6 +23,7 @@ from ideogram_async import (
     _files,
 )
 from ideogram_async._files import write_atomically
+from ideogram_async.images import SNIFF_BYTES
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from ._support import KEY
@@ -187,17 +188,34 @@ async def test_a_body_that_is_not_an_image_is_quoted_by_its_first_bytes(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_body_is_judged_on_its_first_bytes_without_waiting_for_more(
+    tmp_path: Path,
+) -> None:
+    async def page_then_stall() -> AsyncIterator[bytes]:
+        yield b"<html><head>"
+        pytest.fail("read past the first bytes")
+
+    assert len(b"<html><head>") == SNIFF_BYTES
+    with pytest.raises(ResponseFormatError, match="not a JPEG, PNG or WebP"):
+        await write_atomically(tmp_path / "x.png", page_then_stall())
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_partial_file_removed_by_someone_else_does_not_hide_the_error(
     tmp_path: Path, png_bytes: bytes
 ) -> None:
+    removed: list[Path] = []
+
     async def body() -> AsyncIterator[bytes]:
-        yield png_bytes[:10]
-        for part in tmp_path.glob("*.part"):
+        yield png_bytes[:20]  # past the type check: the part file exists
+        removed.extend(tmp_path.glob(".*.part"))
+        for part in removed:
             part.unlink()
         raise ConnectionResetError("peer went away")
 
     with pytest.raises(ConnectionResetError):
         await write_atomically(tmp_path / "x.png", body())
+    assert len(removed) == 1
 
 
 async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
@@ -241,6 +259,9 @@ async def test_the_download_cap_is_inclusive_and_counts_every_chunk(
     size = len(png_bytes)
     assert await write_atomically(tmp_path / "a.png", _chunks(*parts), max_size=size)
     assert (tmp_path / "a.png").read_bytes() == png_bytes
+    # Whole in its first chunk, and announced: exactly the cap is within it, too.
+    whole = tmp_path / "whole.png"
+    assert await write_atomically(whole, _chunks(png_bytes), max_size=size, length=size) == whole
     for cap in (size - 1, 6):  # over it while streaming, and within the first bytes
         with pytest.raises(ResponseFormatError) as info:
             await write_atomically(tmp_path / "b.png", _chunks(*parts), max_size=cap)
@@ -248,11 +269,12 @@ async def test_the_download_cap_is_inclusive_and_counts_every_chunk(
             f"the image for b.png is larger than max_download_size ({cap} bytes); "
             "raise max_download_size if such images are expected"
         )
+        assert info.value.body == ""  # no body worth quoting: it is an image, only too large
     with pytest.raises(
         ResponseFormatError, match=rf"\({size - 1} bytes\) \({size} bytes announced\)"
     ):
         await write_atomically(tmp_path / "c.png", _chunks(*parts), max_size=size - 1, length=size)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "whole.png"]
 
 
 async def test_a_dest_without_an_image_suffix_gets_the_images_own(

@@ -245,19 +245,17 @@ def _api_error(
 ) -> APIError:
     """Map a non-2xx response to the matching :class:`APIError` subclass."""
     headers: Mapping[str, str] = response.headers
-    should_retry = headers.get("x-should-retry", "").strip().lower()
+    said = headers.get("x-should-retry", "")  # pragma: no mutate (case-blind; "" = unsaid)
+    should_retry = said.strip().lower()
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         data = None
-    detail = _error_detail(data, text, response.content_type)
-    if download and response.status in (404, 410):
-        detail = (
-            "the image URL has expired or does not exist; download results soon after upscaling"
-        )
+    expired = download and response.status in (404, 410)
     return error_for_status(
         response.status,
-        detail,
+        _error_detail(data, text, response.content_type),
+        hint=_EXPIRED if expired else None,
         body=text,
         request_id=next(
             (key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None
@@ -268,6 +266,9 @@ def _api_error(
         method=response.method,
         url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
+
+
+_EXPIRED = "the image URL has expired or does not exist; download results soon after upscaling"
 
 
 def _rejection(data: object) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from ideogram_async.testing import Emulator
 
 from ._support import KEY, make_image
 
-# Dogfood the fixture users get (`ideogram_emulator`); a real redis-server (`tests._redis`).
-pytest_plugins = ["ideogram_async.testing.pytest_plugin", "tests._redis"]
+# Dogfood the fixture users get (`ideogram_emulator`); a real redis-server (`tests._redis`);
+# the hostile server (`tests._hostile`).
+pytest_plugins = ["ideogram_async.testing.pytest_plugin", "tests._redis", "tests._hostile"]
 
 ImageFactory = Callable[..., bytes]
 

@@ -102,6 +102,7 @@ async def test_each_status_maps_to_its_error(
     assert error.url is not None
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/ideogram/upscale", error.url)
     assert detail in error.message
+    assert not any(key in error.message for key in ('"detail"', '"message"', '"error"'))
     assert detail in str(error)
     assert str(status) in str(error)
     assert error.request_id == f"req-{status}"

@@ -904,7 +904,7 @@ async def test_a_host_name_that_does_not_resolve_gets_the_short_budget(
             await c.upscale(png_bytes)
     assert caught.value.unreachable
     assert caught.value.attempts == 3
-    assert "does not resolve" in str(caught.value)
+    assert "failed (the host name does not resolve); check base_url" in str(caught.value)
 
 
 async def test_a_refused_download_gets_the_short_budget(closed_port: int, tmp_path: Path) -> None:

@@ -185,7 +185,8 @@ class Http:
         A body over ``max_response_size`` raises ``ResponseFormatError``.
         """
         await self.raise_for_status(response)
-        return await read_capped(response, self._settings.max_response_size, cut=False)
+        limit = self._settings.max_response_size
+        return await read_capped(response, limit, cut=False)  # pragma: no mutate (None is False)
 
     def parse(self, parse: Callable[[str, int], _T], text: str, status: int) -> _T:
         """``parse(text, status)``; a ``ResponseFormatError`` it raises shows no key."""

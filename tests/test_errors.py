@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from ideogram_async import IdeogramClient, RetryPolicy, errors
-from ideogram_async._http import _rejection, error_for_status
+from ideogram_async._http import _REDIRECT_HINT, _error_detail, _rejection, error_for_status
 from ideogram_async.errors import (
     APIConnectionError,
     APIError,
@@ -391,7 +391,7 @@ def test_an_inflight_429_without_the_number_says_the_whole_allowance() -> None:
 
 
 def test_a_402_keeps_a_hint_given_for_it() -> None:
-    error = _error(402, "no", hint="top up the demo account")
+    error = _error(402, "no", hint="top up the demo account", reject_reason="insufficient_balance")
     assert error.message == "no — top up the demo account"
     assert error.should_retry is False
 
@@ -411,3 +411,60 @@ def test_a_connection_error_is_not_unreachable_unless_told() -> None:
 
 def test_a_response_format_error_is_about_a_200_unless_told() -> None:
     assert ResponseFormatError("not JSON", body="<html>").status == 200
+
+
+@pytest.mark.parametrize("status", [300, 301, 308, 399])
+def test_a_redirect_gets_the_redirect_hint_unless_given_one(status: int) -> None:
+    assert _error(status, "moved").message == f"moved — {_REDIRECT_HINT}"
+    assert _error(status, "moved", hint="follow it by hand").message == "moved — follow it by hand"
+
+
+@pytest.mark.parametrize("status", [299, 400])
+def test_a_status_next_to_the_redirects_gets_no_redirect_hint(status: int) -> None:
+    assert _REDIRECT_HINT not in _error(status, "x").message
+
+
+@pytest.mark.parametrize("status", [418, 507])
+def test_a_status_without_a_hint_of_its_own_is_called_usually_transient(status: int) -> None:
+    assert _error(status, "odd").message == (
+        "odd — the service or a gateway failed; usually transient"
+    )
+
+
+def test_an_empty_detail_leaves_the_hint_alone() -> None:
+    assert _error(500, "").message == "the service or a gateway failed; usually transient"
+
+
+JSON_TYPE = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        ({"detail": "a"}, "a"),
+        ({"message": "b"}, "b"),
+        ({"error": "c"}, "c"),
+        ({"detail": "d", "message": "not this", "error": "nor this"}, "d"),
+        ({"message": "e", "error": "not this"}, "e"),
+        ({"error": {"message": {"detail": "three deep"}}}, "three deep"),
+        ({"error": {"error": {"error": {"message": "four"}}}}, '{"message": "four"}'),
+        ({"detail": [{"msg": "a list"}]}, '[{"msg": "a list"}]'),
+        ({"other": "field"}, "the text"),
+    ],
+)
+def test_the_detail_is_taken_from_the_json_three_levels_deep(data: object, detail: str) -> None:
+    assert _error_detail(data, "the text", JSON_TYPE) == detail
+
+
+def test_a_detail_too_deep_to_show_falls_back_to_the_text() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):  # deeper than any recursion limit: json.dumps gives up
+        deep = [deep]
+    assert _error_detail({"detail": deep}, "the text", JSON_TYPE) == "the text"
+
+
+def test_an_html_page_is_named_and_cut_at_120_characters() -> None:
+    page = "<html>" + "x" * 300
+    detail = _error_detail(None, page, "text/html")
+    assert detail == f"an HTML error page from a gateway: {snippet(page, 120)!r}"
+    assert len(snippet(page, 120)) == 120

@@ -18,6 +18,7 @@ from ideogram_async.errors import (
     APITimeoutError,
     IdeogramError,
     NotFoundError,
+    ResponseFormatError,
     ValidationError,
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan
@@ -157,3 +158,11 @@ async def test_a_download_url_aiohttp_cannot_fetch_is_a_validation_error(tmp_pat
         "download of x.png failed: not a URL it can fetch "
         "(InvalidUrlClientError: http://[::1/x.png); check it"
     )
+
+
+async def test_a_malformed_2xx_that_echoes_the_key_keeps_its_status(hostile: Hostile) -> None:
+    error = await failure(hostile.url("json-key", "u-201"))
+    assert isinstance(error, ResponseFormatError)
+    assert error.status == 201
+    assert "HTTP 201" in str(error)
+    assert KEY not in str(error)

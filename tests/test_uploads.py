@@ -673,3 +673,25 @@ async def test_an_attempt_of_a_small_file_holds_no_file_and_costs_one_thread_hop
     assert len(hops) == 1
     assert writer.data == png_bytes
     assert payload.complete
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path", "file"])
+async def test_every_write_is_at_most_one_chunk(
+    tmp_path: Path, png_bytes: bytes, kind: str
+) -> None:
+    data = png_bytes + bytes(2 * CHUNK_SIZE + 7)
+    path = tmp_path / "big.png"
+    path.write_bytes(data)
+    with open(path, "rb") as file:
+        source = {"bytes": data, "path": path, "file": file}[kind]
+        with await prepare_image(source, max_file_size=len(data)) as image:
+            payload = image.payload()
+            await payload.open()
+            writer = Collector()
+            await payload.write_with_length(writer, None)  # type: ignore[arg-type]
+    assert writer.data == data
+    assert [len(chunk) for chunk in writer.chunks] == [
+        CHUNK_SIZE,
+        CHUNK_SIZE,
+        len(data) - 2 * CHUNK_SIZE,
+    ]

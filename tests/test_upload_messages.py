@@ -1,0 +1,170 @@
+"""What a refused or changed image input says, word for word: the problem and the fix.
+
+Every one of these is raised before anything is sent (``ValidationError``), or by an
+attempt that finds the file changed since it was checked (``ImageChangedError``).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ideogram_async import ImageChangedError, ValidationError
+from ideogram_async._sources import SPOOL_MEMORY, open_regular, path_error
+from ideogram_async.uploads import PreparedImage, prepare_image
+
+from ._support import make_image
+
+PNG = make_image("png", (4, 4))
+
+
+async def refused(image: object, **options: object) -> str:
+    with pytest.raises(ValidationError) as caught:
+        await prepare_image(image, **options)  # type: ignore[arg-type]
+    return str(caught.value)
+
+
+async def stream(*chunks: object) -> AsyncIterator[object]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_an_empty_input_names_itself_or_its_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    expected = "is empty (0 bytes); pass a JPEG, PNG or WebP image"
+    assert await refused(b"") == f"the image {expected}"
+    assert await refused(empty) == f"empty.png {expected}"
+    assert await refused(b"", filename="given.png") == f"given.png {expected}"
+
+
+async def test_an_input_over_the_cap_says_by_how_much() -> None:
+    assert await refused(PNG, max_file_size=len(PNG) - 1) == (
+        f"the image is {len(PNG)} bytes, over the cap of {len(PNG) - 1} bytes; shrink the "
+        "image or raise max_file_size if the service accepts more"
+    )
+
+
+async def test_a_non_image_shows_its_first_bytes() -> None:
+    assert await refused(b"GIF89a-and-more") == (
+        "the image is not a JPEG, PNG or WebP image (its first bytes are b'GIF89a-a'); "
+        "the service accepts only those three formats"
+    )
+
+
+async def test_a_stream_over_the_cap_is_stopped_while_spooling() -> None:
+    assert await refused(stream(PNG, b"x"), max_file_size=len(PNG)) == (
+        f"the image stream is over the cap of {len(PNG)} bytes; shrink the image or raise "
+        "max_file_size"
+    )
+
+
+async def test_a_stream_of_text_is_refused_with_the_fix() -> None:
+    assert await refused(stream("text")) == (
+        "the image stream yielded str, not bytes; open files in binary mode and yield bytes"
+    )
+
+
+async def test_files_closed_or_in_text_mode_and_other_objects_are_refused(tmp_path: Path) -> None:
+    closed = io.BytesIO(PNG)
+    closed.close()
+    assert await refused(closed) == "the image file is closed; pass it while it is still open"
+    with open(tmp_path / "t.txt", "w+") as text:
+        assert await refused(text) == "the image file is open in text mode; open it with 'rb'"
+    assert await refused(42) == (
+        "cannot upload a int; pass a path, bytes, a binary file object or an async iterator "
+        "of bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (FileNotFoundError(errno.ENOENT, "x"), "p.png: no such file; check the path"),
+        (
+            IsADirectoryError(errno.EISDIR, "x"),
+            "p.png is a directory; pass an image file (upscale_many takes many)",
+        ),
+        (PermissionError(errno.EACCES, "x"), "p.png: permission denied; make the file readable"),
+        (
+            NotADirectoryError(errno.ENOTDIR, "x"),
+            "p.png: a part of the path is a file, not a folder; check the path",
+        ),
+        (OSError(errno.ELOOP, "x"), "p.png: a symbolic link loop; fix the link"),
+        (OSError(errno.ENAMETOOLONG, "x"), "p.png: the name is too long; check the path"),
+        (OSError(errno.EIO, "I/O error"), "p.png: cannot be read (I/O error); check the path"),
+        (OSError("odd"), "p.png: cannot be read (odd); check the path"),
+    ],
+)
+def test_each_path_problem_names_its_fix(error: OSError, expected: str) -> None:
+    assert str(path_error(Path("p.png"), error)) == expected
+
+
+async def test_a_fifo_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert await refused(fifo) == (
+        f"{fifo} is not a regular file (a FIFO, device or socket); pass an image file"
+    )
+    with pytest.raises(IsADirectoryError):
+        open_regular(tmp_path)
+
+
+async def changed(path: Path, image: PreparedImage) -> str:
+    with image, pytest.raises(ImageChangedError) as caught:
+        await image.payload().open()
+    return str(caught.value)
+
+
+async def test_a_file_resized_since_its_check_says_what_was_found(tmp_path: Path) -> None:
+    path = tmp_path / "grows.png"
+    path.write_bytes(PNG)
+    image = await prepare_image(path)
+    path.write_bytes(PNG + b"more")
+    assert await changed(path, image) == (
+        f"grows.png: the file changed after it was checked (expected {len(PNG)} bytes, found "
+        f"{len(PNG) + 4} bytes); upload it again once it is complete"
+    )
+
+
+async def test_a_file_deleted_since_its_check_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "gone.png"
+    path.write_bytes(PNG)
+    image = await prepare_image(path)
+    path.unlink()
+    assert await changed(path, image) == (
+        "gone.png no longer exists (deleted or moved after it was checked); upload it "
+        "again once it is back"
+    )
+
+
+async def test_a_file_replaced_by_a_folder_says_it_cannot_be_opened(tmp_path: Path) -> None:
+    path = tmp_path / "swapped.png"
+    path.write_bytes(PNG)
+    image = await prepare_image(path)
+    path.unlink()
+    path.mkdir()
+    assert await changed(path, image) == (
+        f"swapped.png cannot be opened any more ([Errno 21] Is a directory: '{path}'); "
+        "it changed after it was checked"
+    )
+
+
+async def test_a_spool_of_exactly_the_memory_limit_is_kept_in_memory() -> None:
+    data = PNG + bytes(SPOOL_MEMORY - len(PNG))
+    with await prepare_image(stream(data)) as image:
+        assert image.size == SPOOL_MEMORY
+        assert image._source.blocking is False
+
+
+async def test_an_image_payload_has_no_text_form() -> None:
+    with await prepare_image(PNG) as image, pytest.raises(TypeError) as caught:
+        image.payload().decode()
+    assert str(caught.value) == "an image upload is binary and streamed; it has no text form"

@@ -1,4 +1,5 @@
-"""What the error of a failed request says, word for word: what failed, when, why, what to do.
+"""The HTTP layer: what a failed request's error says, word for word (what failed, when,
+why, what to do), and what every request carries.
 
 Over real sockets (the emulator, the hostile server, a closed port); only an error no
 server can cause is mocked.
@@ -9,10 +10,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from ideogram_async import IdeogramClient, RetryPolicy, Timeouts, UpscaledImage
+from ideogram_async import IdeogramClient, RetryPolicy, Timeouts, UpscaledImage, __version__
 from ideogram_async.errors import (
     APIConnectionError,
     APIError,
@@ -195,3 +197,13 @@ async def test_the_pool_has_a_connection_for_every_place_and_every_download() ->
         connector = c._http.session().connector
         assert connector is not None
         assert connector.limit == 160
+
+
+async def test_every_request_names_the_library_and_aiohttp() -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        await client.upscale(PNG)
+    agent = emulator.stats.uploads[0].headers["user-agent"]
+    assert agent == f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"

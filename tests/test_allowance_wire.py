@@ -222,6 +222,11 @@ async def test_a_request_larger_than_the_named_allowance_fails_at_once() -> None
         1,
     )
     assert (info.value.status, info.value.should_retry) == (429, False)
+    assert str(info.value).startswith(
+        "HTTP 429: a request for 4 images needs 4 places in flight, more than the "
+        "organization's allowance of 2; ask for fewer images per request, or ask Ideogram "
+        "to raise the allowance"
+    )
     assert emulator.stats.requests == 1
 
 

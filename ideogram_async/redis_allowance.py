@@ -274,8 +274,7 @@ class RedisAllowance:
         freed = self._freed
         await self._advise("listen", [self._ticket_ms])
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._poll):
-                await freed.wait()
+            await asyncio.wait_for(freed.wait(), self._poll)
 
     async def _acquire(self, holder: str, places: int) -> int:
         """Take a ticket and wait until it is served; the count of decreases by then."""
@@ -290,8 +289,7 @@ class RedisAllowance:
                 if ok:
                     return int(decreases)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll):
-                        await wake.wait()
+                    await asyncio.wait_for(wake.wait(), self._poll)
         except BaseException:
             # Cancelled or Redis lost: leave the queue (and give the places back if
             # they were granted but the answer or message was lost or not heard yet).
@@ -317,8 +315,7 @@ class RedisAllowance:
                 logger.warning("%s; Redis frees the places when their lease ends", exc)
                 return False
         self._in_use = used
-        if released:
-            self._notify(freed=True)
+        self._notify(freed=bool(released))
         return bool(released)
 
     async def _renew(self) -> None:
@@ -351,19 +348,22 @@ class RedisAllowance:
             except (RedisError, OSError) as exc:
                 logger.debug("shared allowance: lost the release channel (%s)", exc)
                 # The waiters poll meanwhile and meet the fault themselves.
-                self._notify(freed=True)
+                self._notify(wake=True, freed=True)
                 await asyncio.sleep(self._poll)
                 continue
             data = b"" if message is None else message["data"]
             ticket, *granted = data.split(b":")  # a grant adds: in use, bound, ceiling, decreases
-            if granted and ticket == self._ticket:
-                self._granted = [1, *map(int, granted)]
-            if data == b"r" or (data and ticket == self._ticket):
-                self._notify(freed=data == b"r")
+            if data and ticket == self._ticket:
+                self._granted = [1, *map(int, granted)] if granted else None
+                self._notify(wake=True)
+            elif data == b"r":
+                self._notify(freed=True)
 
-    def _notify(self, *, freed: bool) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+    def _notify(self, *, wake: bool = False, freed: bool = False) -> None:
+        """Wake this process's waiter on Redis, and (``freed``) those awaiting released()."""
+        if wake:
+            self._wake.set()
+            self._wake = asyncio.Event()
         if freed:
             self._freed.set()
             self._freed = asyncio.Event()

@@ -334,6 +334,31 @@ async def test_a_release_grants_the_head_its_places_with_its_own_lease(
         assert calls == ["acquire", "release"]
 
 
+async def test_a_release_does_not_send_its_own_waiter_asking_again(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 1, key=redis_key) as a,
+        RedisAllowance(url, 1, key=redis_key) as b,
+    ):
+        a._poll = b._poll = 3600.0  # only the message on the channel can wake them
+        calls = count_scripts(a, monkeypatch)
+        first = Entry(a, 1)
+        await first.entered.wait()
+        ahead = Entry(b, 1)
+        await eventually(lambda: b.in_use == 1, "b never tried")
+        behind = Entry(a, 1)
+        await eventually(lambda: calls == ["acquire", "acquire"], "a's second never tried")
+        await first.done()
+        await ahead.entered.wait()  # granted by a's release: a's own waiter has no turn yet
+        assert calls == ["acquire", "acquire", "release"]
+        await ahead.done()
+        await behind.entered.wait()
+        assert calls == ["acquire", "acquire", "release"]
+        await behind.done()
+
+
 async def test_a_release_grants_every_head_that_fits_in_order(
     redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,15 +12,23 @@ How the shared allowance works:
   every ``lease / 3`` seconds, so a process that dies (SIGKILL, a lost host)
   gives its places back when its leases end. Releases go by holder id: releasing
   a holder twice, or one that is not there, changes nothing.
-- **Served in order, woken by messages.** Within a process, holds queue first
-  come first served and only the first one waits on Redis. Across processes, the
-  waiting ones take a ticket in a queue on Redis and only its head is served
-  (a 4-place hold is not starved by a stream of 1-place ones); a ticket that is
-  not refreshed (its process died) leaves the queue within a few seconds.
-  Waiters sleep until they are called on a channel: freeing places publishes the
-  ticket of the queue's head, so only its process tries (and ``r`` when a process
-  awaits ``released()``); a fallback poll of ``min(lease / 4, 1)`` seconds covers
-  a lost message.
+- **Served in order, granted by whoever frees places.** Within a process, holds
+  queue first come first served and only the first one waits on Redis. Across
+  processes, the waiting ones take a ticket in a queue on Redis and only its head
+  is served (a 4-place hold is not starved by a stream of 1-place ones); a ticket
+  that is not refreshed (its process died) leaves the queue within a few seconds.
+  The ticket carries what serving it needs (places, and its process's lease,
+  maximum and start), so the script that frees places (a release, a lease that
+  ended, a bound that grew) grants them to the queue's heads itself, in order
+  while they fit, each with its own lease, and publishes each grant on a channel
+  (``<ticket>:<in use>:<bound>:<ceiling>:<decreases>``). The waiter's process
+  returns on that message without asking Redis again: a turnover of places costs
+  one round trip and one message, not two round trips. A lost message is made up
+  for by the fallback poll (every ``min(lease / 4, 1)`` seconds), whose acquire
+  answers "granted" for a holder; a waiter cancelled before it heard of its grant
+  releases the places by its id. A process that dies while waiting may be granted
+  places just before its ticket ends; they come back when that lease ends. Processes
+  awaiting ``released()`` are woken by an ``r`` on the same channel.
 - **One bound for all.** The bound follows the same rules as
   :class:`~ideogram_async.allowance.LocalAllowance` (learned from a 429's number;
   when adaptive, a slow start from 10 places, halving on a 429 without a number

@@ -106,18 +106,20 @@ end
 -- process's maximum, start and lease), telling each "<ticket>:<in use>:<bound>:
 -- <ceiling>:<decreases>" on the channel (not the caller, which learns it from the
 -- answer). A ticket without those numbers (an older client's) is only called.
+-- Returns the places in use after, if it had to count them.
 local function serve(channel, caller)
-  local used = in_use()
-  local decreases = tonumber(redis.call('HGET', KEYS[6], 'decreases')) or 0
+  local used, decreases
   while true do
     local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-    if not head then return end
+    if not head then return used end
     local entry = redis.call('HGET', KEYS[4], head) or ''
     local want, lease, maximum, start = string.match(entry, '^%d+:(%d+):(%d+):(%d+):(%d+)$')
-    if not start then return redis.call('PUBLISH', channel, head) end
+    if not start then redis.call('PUBLISH', channel, head) return used end
     local bound, ceiling = bounds(tonumber(maximum), tonumber(start))
+    used = used or in_use()
+    decreases = decreases or tonumber(redis.call('HGET', KEYS[6], 'decreases')) or 0
     -- A hold larger than a lowered bound goes alone rather than never.
-    if used + tonumber(want) > bound and used > 0 then return end
+    if used + tonumber(want) > bound and used > 0 then return used end
     redis.call('ZADD', KEYS[1], now + tonumber(lease), head)
     redis.call('HSET', KEYS[2], head, want)
     redis.call('ZREM', KEYS[3], head)
@@ -133,8 +135,9 @@ end
 -- Places were freed (or the bound grew): serve the queue and wake any process
 -- awaiting released().
 local function announce(channel, caller)
-  serve(channel, caller)
+  local used = serve(channel, caller)
   if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('PUBLISH', channel, 'r') end
+  return used
 end
 """
 
@@ -153,9 +156,10 @@ if not redis.call('ZSCORE', KEYS[3], id) then
 end
 redis.call('HSET', KEYS[4], id, string.format('%d:%s:%s:%s:%s', now + tonumber(ARGV[6]),
            ARGV[2], ARGV[5], ARGV[3], ARGV[4]))
-if freed then announce(ARGV[7], id) else serve(ARGV[7], id) end
+local used
+if freed then used = announce(ARGV[7], id) else used = serve(ARGV[7], id) end
 local granted = redis.call('ZSCORE', KEYS[1], id) and 1 or 0
-return {granted, in_use(), bound, ceiling, decreases}
+return {granted, used or in_use(), bound, ceiling, decreases}
 """
 
 # ARGV: lease ms, then holder, places pairs -> how many holders were missing
@@ -175,8 +179,9 @@ local released = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local dequeued = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-if released + dequeued > 0 then announce(ARGV[2], '') end
-return {released, in_use()}
+local used
+if released + dequeued > 0 then used = announce(ARGV[2], '') end
+return {released, used or in_use()}
 """
 
 # ARGV: ms -> nothing; releases are published for that long even with nobody queued

@@ -422,6 +422,31 @@ async def test_a_hold_larger_than_a_lowered_bound_is_granted_alone_with_its_roun
         assert b.limit == 1
 
 
+async def test_an_older_clients_ticket_is_called_not_granted(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    client = aioredis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(f"{{{redis_key}}}:released")
+        async with RedisAllowance(url, 10, key=redis_key) as a:
+            async with a.hold(10):
+                # Queued as a client without grants does: "<expiry ms>:<places>".
+                await client.zadd(f"{{{redis_key}}}:queue", {"old": 1})
+                await client.hset(f"{{{redis_key}}}:waiting", "old", f"{2**52}:1")
+            messages: list[object] = []
+            while len(messages) < 2:  # the subscription, then what the release said
+                message = await pubsub.get_message(timeout=10)
+                assert message is not None, "the release published nothing"
+                messages.append(message["data"])
+            assert messages[1] == b"old"  # its process tries the acquire it knows
+            assert await redis_state(url, redis_key) == (0, 1)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+
+
 def deaf(allowance: RedisAllowance) -> RedisAllowance:
     """``allowance`` (not yet connected) listening where nobody publishes: its messages are lost."""
     allowance._channel += ":deaf"

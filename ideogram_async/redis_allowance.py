@@ -360,7 +360,7 @@ class RedisAllowance:
                 self._notify(freed=True)
 
     def _notify(self, *, wake: bool = False, freed: bool = False) -> None:
-        """Wake this process's waiter on Redis, and (``freed``) those awaiting released()."""
+        """Wake (``wake``) this process's waiter on Redis, (``freed``) those awaiting released()."""
         if wake:
             self._wake.set()
             self._wake = asyncio.Event()

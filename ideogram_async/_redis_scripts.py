@@ -12,15 +12,23 @@ How the shared allowance works:
   every ``lease / 3`` seconds, so a process that dies (SIGKILL, a lost host)
   gives its places back when its leases end. Releases go by holder id: releasing
   a holder twice, or one that is not there, changes nothing.
-- **Served in order, woken by messages.** Within a process, holds queue first
-  come first served and only the first one waits on Redis. Across processes, the
-  waiting ones take a ticket in a queue on Redis and only its head is served
-  (a 4-place hold is not starved by a stream of 1-place ones); a ticket that is
-  not refreshed (its process died) leaves the queue within a few seconds.
-  Waiters sleep until they are called on a channel: freeing places publishes the
-  ticket of the queue's head, so only its process tries (and ``r`` when a process
-  awaits ``released()``); a fallback poll of ``min(lease / 4, 1)`` seconds covers
-  a lost message.
+- **Served in order, granted by whoever frees places.** Within a process, holds
+  queue first come first served and only the first one waits on Redis. Across
+  processes, the waiting ones take a ticket in a queue on Redis and only its head
+  is served (a 4-place hold is not starved by a stream of 1-place ones); a ticket
+  that is not refreshed (its process died) leaves the queue within a few seconds.
+  The ticket carries what serving it needs (places, and its process's lease,
+  maximum and start), so the script that frees places (a release, a lease that
+  ended, a bound that grew) grants them to the queue's heads itself, in order
+  while they fit, each with its own lease, and publishes each grant on a channel
+  (``<ticket>:<in use>:<bound>:<ceiling>:<decreases>``). The waiter's process
+  returns on that message without asking Redis again: a turnover of places costs
+  one round trip and one message, not two round trips. A lost message is made up
+  for by the fallback poll (every ``min(lease / 4, 1)`` seconds), whose acquire
+  answers "granted" for a holder; a waiter cancelled before it heard of its grant
+  releases the places by its id. A process that dies while waiting may be granted
+  places just before its ticket ends; they come back when that lease ends. Processes
+  awaiting ``released()`` are woken by an ``r`` on the same channel.
 - **One bound for all.** The bound follows the same rules as
   :class:`~ideogram_async.allowance.LocalAllowance` (learned from a 429's number;
   when adaptive, a slow start from 10 places, halving on a 429 without a number
@@ -45,7 +53,8 @@ __all__ = ["ACQUIRE", "COMPLETED", "LISTEN", "PRELUDE", "REJECTED", "RELEASE", "
 #   KEYS[1] holders  sorted set: holder id -> lease end (ms, Redis time)
 #   KEYS[2] places   hash: holder id -> places held
 #   KEYS[3] queue    sorted set: waiting ticket (= its holder id) -> queue number
-#   KEYS[4] waiting  hash: ticket -> "<expiry ms>:<places wanted>"
+#   KEYS[4] waiting  hash: ticket -> "<expiry ms>:<places wanted>:<lease ms>:
+#                    <maximum>:<start>" (what serving it needs)
 #   KEYS[5] counter  the last queue number handed out
 #   KEYS[6] bound    hash: limit, learned (the service's number), learned_at,
 #                    threshold (slow start below it), completions, decreases
@@ -81,14 +90,6 @@ local function in_use()
   return total
 end
 
--- Places were freed: call the head of the queue (its process tries at once; the
--- others sleep on) and wake any process awaiting released().
-local function announce(channel, except)
-  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-  if head and head ~= except then redis.call('PUBLISH', channel, head) end
-  if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('PUBLISH', channel, 'r') end
-end
-
 -- The current bound, and the ceiling it never rises above, for this process's
 -- maximum and start (where the bound is before anything was learned).
 local function bounds(maximum, start)
@@ -100,42 +101,65 @@ local function bounds(maximum, start)
   if bound > ceiling then bound = ceiling end
   return math.max(1, bound), ceiling
 end
+
+-- Grant places to the heads of the queue in order while they fit (each by its own
+-- process's maximum, start and lease), telling each "<ticket>:<in use>:<bound>:
+-- <ceiling>:<decreases>" on the channel (not the caller, which learns it from the
+-- answer). A ticket without those numbers (an older client's) is only called.
+-- Returns the places in use after, if it had to count them.
+local function serve(channel, caller)
+  local used, decreases
+  while true do
+    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+    if not head then return used end
+    local entry = redis.call('HGET', KEYS[4], head) or ''
+    local want, lease, maximum, start = string.match(entry, '^%d+:(%d+):(%d+):(%d+):(%d+)$')
+    if not start then redis.call('PUBLISH', channel, head) return used end
+    local bound, ceiling = bounds(tonumber(maximum), tonumber(start))
+    used = used or in_use()
+    decreases = decreases or tonumber(redis.call('HGET', KEYS[6], 'decreases')) or 0
+    -- A hold larger than a lowered bound goes alone rather than never.
+    if used + tonumber(want) > bound and used > 0 then return used end
+    redis.call('ZADD', KEYS[1], now + tonumber(lease), head)
+    redis.call('HSET', KEYS[2], head, want)
+    redis.call('ZREM', KEYS[3], head)
+    redis.call('HDEL', KEYS[4], head)
+    used = used + tonumber(want)
+    if head ~= caller then
+      local message = string.format('%s:%d:%d:%d:%d', head, used, bound, ceiling, decreases)
+      redis.call('PUBLISH', channel, message)
+    end
+  end
+end
+
+-- Places were freed (or the bound grew): serve the queue and wake any process
+-- awaiting released().
+local function announce(channel, caller)
+  local used = serve(channel, caller)
+  if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('PUBLISH', channel, 'r') end
+  return used
+end
 """
 
 # ARGV: holder, places, maximum, start, lease ms, ticket ms, channel
 # -> {granted, in use, bound, ceiling, decreases so far}
 ACQUIRE = """
-local id, want = ARGV[1], tonumber(ARGV[2])
+local id = ARGV[1]
 local freed = purge()
 local bound, ceiling = bounds(tonumber(ARGV[3]), tonumber(ARGV[4]))
 local decreases = tonumber(redis.call('HGET', KEYS[6], 'decreases')) or 0
 if redis.call('ZSCORE', KEYS[1], id) then
   return {1, in_use(), bound, ceiling, decreases}
 end
-local seq = tonumber(redis.call('ZSCORE', KEYS[3], id))
-if not seq then
-  seq = redis.call('INCR', KEYS[5])
-  redis.call('ZADD', KEYS[3], seq, id)
+if not redis.call('ZSCORE', KEYS[3], id) then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), id)
 end
-redis.call('HSET', KEYS[4], id, string.format('%d:%d', now + tonumber(ARGV[6]), want))
-local used = in_use()
-local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
--- A hold larger than a lowered bound goes alone rather than never.
-if head == id and (used + want <= bound or used == 0) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), id)
-  redis.call('HSET', KEYS[2], id, want)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-  used = used + want
-  local after = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-  if after then
-    local wanted = tonumber(string.match(redis.call('HGET', KEYS[4], after), ':(%d+)$'))
-    if used + wanted <= bound then redis.call('PUBLISH', ARGV[7], after) end
-  end
-  return {1, used, bound, ceiling, decreases}
-end
-if freed then announce(ARGV[7], id) end
-return {0, used, bound, ceiling, decreases}
+redis.call('HSET', KEYS[4], id, string.format('%d:%s:%s:%s:%s', now + tonumber(ARGV[6]),
+           ARGV[2], ARGV[5], ARGV[3], ARGV[4]))
+local used
+if freed then used = announce(ARGV[7], id) else used = serve(ARGV[7], id) end
+local granted = redis.call('ZSCORE', KEYS[1], id) and 1 or 0
+return {granted, used or in_use(), bound, ceiling, decreases}
 """
 
 # ARGV: lease ms, then holder, places pairs -> how many holders were missing
@@ -155,8 +179,9 @@ local released = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local dequeued = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-if released + dequeued > 0 then announce(ARGV[2], '') end
-return {released, in_use()}
+local used
+if released + dequeued > 0 then used = announce(ARGV[2], '') end
+return {released, used or in_use()}
 """
 
 # ARGV: ms -> nothing; releases are published for that long even with nobody queued

@@ -1,10 +1,9 @@
 """A shared allowance on Redis: one bound on places in flight for every process using a key.
 
-Ideogram's allowance belongs to the organization, so workers that each keep
-their own bound over-subscribe it together. A :class:`RedisAllowance` keeps the
-bound in Redis instead: every process that names the same Redis server and
-``key`` shares one ``maximum``. It needs the ``redis`` extra
-(``pip install 'ideogram-async[redis]'``) and Redis 5 or later.
+Ideogram's allowance belongs to the organization, so workers that each keep their own bound
+over-subscribe it together. A :class:`RedisAllowance` keeps the bound in Redis instead: every
+process that names the same Redis server and ``key`` shares one ``maximum``. It needs the ``redis``
+extra (``pip install 'ideogram-async[redis]'``) and Redis 5 or later.
 
 How it works (leases, the queue, what happens when Redis fails) is described
 in ``ideogram_async._redis_scripts``, which holds the Lua scripts.
@@ -69,18 +68,16 @@ def _shown(url: str) -> str:
 class RedisAllowance:
     """An :class:`~ideogram_async.allowance.Allowance` shared through Redis by every process.
 
-    ``maximum`` is the allowance of all the processes that use the same Redis
-    server and ``key`` together, in places. ``lease`` (seconds) is how long a
-    holder's places stay taken without renewal: a process that dies gives its
-    places back at most that long after its last renewal. ``adaptive`` works as for
-    :class:`~ideogram_async.allowance.LocalAllowance` (a slow start from 10, halving
-    on a 429 without a number), on the shared bound. ``on_change`` is called with an
-    :class:`~ideogram_async.allowance.AllowanceChange` when a call of this
-    process changes the shared bound.
+    ``maximum`` is the allowance of all the processes that use the same Redis server and ``key``
+    together, in places. ``lease`` (seconds) is how long a holder's places stay taken without
+    renewal: a process that dies gives its places back at most that long after its last renewal.
+    ``adaptive`` works as for :class:`~ideogram_async.allowance.LocalAllowance` (a slow start from
+    10, halving on a 429 without a number), on the shared bound. ``on_change`` is called with an
+    :class:`~ideogram_async.allowance.AllowanceChange` when a call of this process changes the
+    shared bound.
 
-    Use it as an async context manager, or call :meth:`aclose` when done;
-    :meth:`connect` checks the connection up front (the first hold does it
-    otherwise).
+    Use it as an async context manager, or call :meth:`aclose` when done; :meth:`connect`
+    checks the connection up front (the first hold does it otherwise).
     """
 
     def __init__(
@@ -131,6 +128,7 @@ class RedisAllowance:
         self._releases: set[asyncio.Task[bool]] = set()
         self._held: dict[str, int] = {}
         self._ticket = b""  # of the waiter at the head of this process's queue, if any
+        self._granted: list[int] | None = None  # the answer a grant message brought it
         self._closed = False
         self._connecting = asyncio.Lock()
         self._turn = asyncio.Lock()
@@ -276,27 +274,25 @@ class RedisAllowance:
         freed = self._freed
         await self._advise("listen", [self._ticket_ms])
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._poll):
-                await freed.wait()
+            await asyncio.wait_for(freed.wait(), self._poll)
 
     async def _acquire(self, holder: str, places: int) -> int:
         """Take a ticket and wait until it is served; the count of decreases by then."""
         args: list[str | int] = [holder, places, self._maximum, self._start]
         args += [self._lease_ms, self._ticket_ms, self._channel]
-        self._ticket = holder.encode()
+        self._ticket, self._granted = holder.encode(), None
         try:
             while True:
                 wake = self._wake
-                granted, used, bound, ceiling, decreases = await self._run("acquire", args)
-                self._in_use, self._limit, self._ceiling = used, bound, ceiling
-                if granted:
+                ok, *seen, decreases = self._granted or await self._run("acquire", args)
+                self._in_use, self._limit, self._ceiling = seen
+                if ok:
                     return int(decreases)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll):
-                        await wake.wait()
+                    await asyncio.wait_for(wake.wait(), self._poll)
         except BaseException:
-            # Cancelled or Redis lost: leave the queue (and drop the places, if the
-            # grant happened but its answer was lost).
+            # Cancelled or Redis lost: leave the queue (and give the places back if
+            # they were granted but the answer or message was lost or not heard yet).
             await self._give_back(holder)
             raise
         finally:
@@ -319,8 +315,7 @@ class RedisAllowance:
                 logger.warning("%s; Redis frees the places when their lease ends", exc)
                 return False
         self._in_use = used
-        if released:
-            self._notify(freed=True)
+        self._notify(freed=bool(released))
         return bool(released)
 
     async def _renew(self) -> None:
@@ -329,8 +324,7 @@ class RedisAllowance:
             if not self._held:
                 return
             args: list[str | int] = [self._lease_ms]
-            for holder, places in self._held.items():
-                args += [holder, places]
+            args += [value for pair in self._held.items() for value in pair]
             missing = await self._run("renew", args)
         if missing:
             message = "shared allowance at %s: %d holder(s) lost by Redis registered again"
@@ -354,16 +348,22 @@ class RedisAllowance:
             except (RedisError, OSError) as exc:
                 logger.debug("shared allowance: lost the release channel (%s)", exc)
                 # The waiters poll meanwhile and meet the fault themselves.
-                self._notify(freed=True)
+                self._notify(wake=True, freed=True)
                 await asyncio.sleep(self._poll)
                 continue
-            data = None if message is None else message["data"]
-            if data == b"r" or (data and data == self._ticket):
-                self._notify(freed=data == b"r")
+            data = b"" if message is None else message["data"]
+            ticket, *granted = data.split(b":")  # a grant adds: in use, bound, ceiling, decreases
+            if data and ticket == self._ticket:
+                self._granted = [1, *map(int, granted)] if granted else None
+                self._notify(wake=True)
+            elif data == b"r":
+                self._notify(freed=True)
 
-    def _notify(self, *, freed: bool) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+    def _notify(self, *, wake: bool = False, freed: bool = False) -> None:
+        """Wake (``wake``) this process's waiter on Redis, (``freed``) those awaiting released()."""
+        if wake:
+            self._wake.set()
+            self._wake = asyncio.Event()
         if freed:
             self._freed.set()
             self._freed = asyncio.Event()

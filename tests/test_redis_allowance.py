@@ -9,8 +9,9 @@ import random
 import subprocess
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -289,6 +290,203 @@ async def test_a_release_wakes_waiters_without_polling(
             await eventually(lambda: b.in_use == 10, "b never tried")
         await waiter.entered.wait()
         await waiter.done()
+
+
+def count_scripts(allowance: RedisAllowance, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the scripts ``allowance`` runs from now on, in order."""
+    calls: list[str] = []
+    run = allowance._run
+
+    async def counted(name: str, args: Sequence[str | int]) -> Any:
+        calls.append(name)
+        return await run(name, args)
+
+    monkeypatch.setattr(allowance, "_run", counted)
+    return calls
+
+
+async def test_a_release_grants_the_head_its_places_with_its_own_lease(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key, lease=60) as b,
+    ):
+        b._poll = 3600.0  # only the message on the channel can wake it
+        calls = count_scripts(b, monkeypatch)
+        async with a.hold(10):
+            waiter = Entry(b, 4)
+            await eventually(lambda: b.in_use == 10, "b never tried")
+        await waiter.entered.wait()
+        assert calls == ["acquire"]  # the release granted it: no second try
+        assert (b.in_use, b.limit, list(b._held.values())) == (4, 10, [4])
+        (holder,) = b._held
+        client = aioredis.Redis.from_url(url)
+        try:
+            lease_end = await client.zscore(f"{{{redis_key}}}:holders", holder)
+            seconds, micros = await client.time()
+        finally:
+            await client.aclose()
+        assert lease_end is not None
+        assert lease_end - (seconds * 1000 + micros // 1000) > 30_000  # b's 60 s, not a's 30 s
+        await waiter.done()
+        assert calls == ["acquire", "release"]
+
+
+async def test_a_release_does_not_send_its_own_waiter_asking_again(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 1, key=redis_key) as a,
+        RedisAllowance(url, 1, key=redis_key) as b,
+    ):
+        a._poll = b._poll = 3600.0  # only the message on the channel can wake them
+        calls = count_scripts(a, monkeypatch)
+        first = Entry(a, 1)
+        await first.entered.wait()
+        ahead = Entry(b, 1)
+        await eventually(lambda: b.in_use == 1, "b never tried")
+        behind = Entry(a, 1)
+        await eventually(lambda: calls == ["acquire", "acquire"], "a's second never tried")
+        await first.done()
+        await ahead.entered.wait()  # granted by a's release: a's own waiter has no turn yet
+        assert calls == ["acquire", "acquire", "release"]
+        await ahead.done()
+        await behind.entered.wait()
+        assert calls == ["acquire", "acquire", "release"]
+        await behind.done()
+
+
+async def test_a_release_grants_every_head_that_fits_in_order(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key) as x,
+        RedisAllowance(url, 10, key=redis_key) as y,
+        RedisAllowance(url, 10, key=redis_key) as z,
+    ):
+        first, second = Entry(a, 5), Entry(a, 5)
+        await first.entered.wait()
+        await second.entered.wait()
+
+        async def queued(allowance: RedisAllowance, places: int) -> Entry:
+            allowance._poll = 3600.0  # only the message on the channel can wake it
+            entry = Entry(allowance, places)
+            await eventually(lambda: allowance.in_use == 10, "a waiter never tried")
+            return entry
+
+        waiters = [await queued(x, 6), await queued(y, 4), await queued(z, 1)]
+        calls = [count_scripts(allowance, monkeypatch) for allowance in (x, y, z)]
+        await first.done()
+        assert await redis_state(url, redis_key) == (5, 3)  # 6 do not fit: nobody passes them
+        await second.done()
+        assert await redis_state(url, redis_key) == (10, 1)  # 6 and then 4 granted at once
+        await waiters[0].entered.wait()
+        await waiters[1].entered.wait()
+        assert calls == [[], [], []]
+        assert not waiters[2].entered.is_set()
+        await waiters[0].done()
+        await waiters[2].entered.wait()
+        for waiter in waiters[1:]:
+            await waiter.done()
+
+
+async def test_a_hold_larger_than_a_lowered_bound_is_granted_alone_with_its_round(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key, adaptive=False) as a,
+        RedisAllowance(url, 10, key=redis_key) as b,
+    ):
+        b._poll = 3600.0  # only the message on the channel can wake it
+        await a.rejected(2)  # the first decrease
+        calls = count_scripts(b, monkeypatch)
+        states = []
+
+        async def refused() -> None:
+            async with b.hold(4):
+                states.append(await redis_state(url, redis_key))
+                await b.rejected(None)
+
+        async with a.hold(1):
+            task = asyncio.create_task(refused())
+            await eventually(lambda: b.in_use == 1, "b never tried")
+        await task
+        assert (calls, states) == (["acquire", "rejected", "release"], [(4, 0)])
+        # Granted after the decrease (the message said so), its 429 halves the bound.
+        assert b.limit == 1
+
+
+async def test_an_older_clients_ticket_is_called_not_granted(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    client = aioredis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(f"{{{redis_key}}}:released")
+        async with RedisAllowance(url, 10, key=redis_key) as a:
+            async with a.hold(10):
+                # Queued as a client without grants does: "<expiry ms>:<places>".
+                await client.zadd(f"{{{redis_key}}}:queue", {"old": 1})
+                await client.hset(f"{{{redis_key}}}:waiting", "old", f"{2**52}:1")
+            messages: list[object] = []
+            while len(messages) < 2:  # the subscription, then what the release said
+                message = await pubsub.get_message(timeout=10)
+                assert message is not None, "the release published nothing"
+                messages.append(message["data"])
+            assert messages[1] == b"old"  # its process tries the acquire it knows
+            assert await redis_state(url, redis_key) == (0, 1)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+
+
+def deaf(allowance: RedisAllowance) -> RedisAllowance:
+    """``allowance`` (not yet connected) listening where nobody publishes: its messages are lost."""
+    allowance._channel += ":deaf"
+    return allowance
+
+
+async def test_a_lost_grant_message_is_made_up_for_by_the_poll(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        deaf(RedisAllowance(url, 10, key=redis_key, lease=LEASE)) as b,
+    ):
+        async with a.hold(10):
+            waiter = Entry(b, 1)
+            await eventually(lambda: b.in_use == 10, "b never tried")
+        assert await redis_state(url, redis_key) == (1, 0)  # granted, but b did not hear it
+        async with asyncio.timeout(10):
+            await waiter.entered.wait()
+        await waiter.done()
+
+
+async def test_a_waiter_cancelled_after_its_grant_gives_the_places_back(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        deaf(RedisAllowance(url, 10, key=redis_key)) as b,
+    ):
+        b._poll = 3600.0  # it never learns of its grant
+        async with a.hold(10):
+            waiter = Entry(b, 4)
+            await eventually(lambda: b.in_use == 10, "b never tried")
+        assert await redis_state(url, redis_key) == (4, 0)
+        waiter.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter.task
+        assert (await redis_state(url, redis_key), b._held) == ((0, 0), {})
 
 
 async def test_released_hears_of_a_release_with_nobody_queued(

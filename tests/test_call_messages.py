@@ -1,0 +1,142 @@
+"""What a wrong argument to a public call says, word for word, before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from ideogram_async import (
+    IdeogramClient,
+    LocalAllowance,
+    RetryPolicy,
+    UpscaledImage,
+    UpscaleJob,
+    UpscaleRequest,
+    ValidationError,
+)
+from ideogram_async.retry import set_testing
+
+from ._support import KEY, make_image
+
+PNG = make_image("png", (4, 4))
+
+
+def message_of(make: Callable[[], object]) -> str:
+    with pytest.raises(ValidationError) as caught:
+        make()
+    return str(caught.value)
+
+
+async def refused(call: Callable[[IdeogramClient], Awaitable[object]]) -> str:
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=4) as c:
+        with pytest.raises(ValidationError) as caught:
+            await call(c)
+    return str(caught.value)
+
+
+async def test_upscale_refuses_a_request_of_another_type() -> None:
+    assert await refused(lambda c: c.upscale(PNG, {"prompt": "x"})) == (  # type: ignore[arg-type]
+        "request must be an UpscaleRequest, got dict; build one with "
+        "UpscaleRequest(prompt=..., resemblance=...)"
+    )
+
+
+async def test_upscale_refuses_more_images_than_the_allowance_holds() -> None:
+    assert await refused(lambda c: c.upscale(PNG, UpscaleRequest(num_images=5))) == (
+        "num_images=5 needs 5 places in flight, more than the allowance of 4; ask for fewer "
+        "images per request or raise allowance= (if your organization's allowance is higher)"
+    )
+
+
+async def test_upscale_many_refuses_one_image_and_a_foreign_request() -> None:
+    async def first(c: IdeogramClient, inputs: object, request: object = None) -> object:
+        async for item in c.upscale_many(inputs, request):  # type: ignore[call-overload]
+            return item
+        return None
+
+    assert await refused(lambda c: first(c, "one.png")) == (
+        "upscale_many takes an iterable of images, not one image; wrap it in a list or call "
+        "upscale() for a single image"
+    )
+    assert await refused(lambda c: first(c, [PNG], "fast")) == (
+        "request must be an UpscaleRequest or a v2 model's options, got str"
+    )
+
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9") as client:
+        item = await first(client, [(PNG, UpscaleRequest(), "x")])
+    error = getattr(item, "error", None)
+    assert isinstance(error, ValidationError)  # one input's problem, reported with it
+    assert str(error) == (
+        "a tuple input must be an (image, request) pair; use UpscaleJob(image, request, "
+        "filename) for more"
+    )
+
+
+async def test_download_refuses_what_it_cannot_fetch_or_write(tmp_path: Path) -> None:
+    withheld = UpscaledImage(url=None, prompt="", resolution="1x1", is_image_safe=False, seed=1)
+    assert await refused(lambda c: c.download(withheld, tmp_path / "x.png")) == (
+        "this image was withheld by the service's safety check, so there is nothing to "
+        "download (the upscale ran and is billed)"
+    )
+    assert await refused(lambda c: c.download("ftp://h/x.png", tmp_path / "x.png")) == (
+        "cannot download 'ftp://h/x.png': pass an UpscaledImage with a url or an http(s) URL"
+    )
+    long_name = "n" * 300 + ".png"
+    assert await refused(lambda c: c.download("http://h/x.png", tmp_path / long_name)) == (
+        f"{long_name[:40]}... is too long a file name (255 bytes at most, with the image "
+        "suffix); pass a shorter dest"
+    )
+    assert await refused(lambda c: c.download("http://h/x.png", tmp_path)) == (
+        f"{tmp_path} is a directory; pass the path of the file to write"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda: LocalAllowance(0),
+            "the allowance must be a whole number of places >= 1, got 0; pass the number of "
+            "images your organization may have in flight (default 10)",
+        ),
+        (lambda: LocalAllowance(2, fallback=-1), "fallback must be >= 0 seconds, got -1"),
+        (lambda: LocalAllowance(2).hold(0), "places must be a whole number >= 1, got 0"),
+        (lambda: LocalAllowance(2).hold(True), "places must be a whole number >= 1, got True"),
+        (
+            lambda: LocalAllowance(2).hold(3),
+            "a request for 3 images needs 3 places in flight, more than the allowance of 2; "
+            "ask for fewer images per request or raise the allowance (if your organization's "
+            "is higher)",
+        ),
+        (
+            lambda: RetryPolicy(backoff_base=-1),
+            "RetryPolicy.backoff_base must be a finite number of seconds >= 0, got -1",
+        ),
+        (
+            lambda: RetryPolicy(deadline=0),
+            "RetryPolicy.deadline must be a finite number of seconds > 0, or None for no "
+            "limit, got 0",
+        ),
+        (
+            lambda: RetryPolicy(attempts=0),
+            "RetryPolicy.attempts must be an int >= 1 (1 means no retries), got 0",
+        ),
+        (
+            lambda: RetryPolicy(retry_timeout_after_upload=1),  # type: ignore[arg-type]
+            "RetryPolicy.retry_timeout_after_upload must be True or False, got 1",
+        ),
+        (
+            lambda: set_testing(True, attempts=0),
+            "set_testing(attempts=) must be an int >= 1, got 0",
+        ),
+    ],
+)
+def test_each_wrong_value_is_named_with_its_fix(make: Callable[[], object], expected: str) -> None:
+    assert message_of(make) == expected
+
+
+def test_a_job_keeps_what_it_was_given() -> None:
+    job = UpscaleJob(PNG, UpscaleRequest(prompt="p"), "name.png")
+    assert (job.image, job.request, job.filename) == (PNG, UpscaleRequest(prompt="p"), "name.png")

@@ -95,7 +95,7 @@ class Secret:
 
     def redact(self, text: str) -> str:
         """``text`` with the key masked (a service may echo it into an error body)."""
-        return text.replace(self._value, "***") if self._value in text else text
+        return text.replace(self._value, "***")
 
     def __repr__(self) -> str:
         return "'***'"
@@ -111,7 +111,7 @@ def _checked_base_url(base: str) -> str:
         # .port raises ValueError when out of range; the comparison itself always holds.
         valid = bool(parts.hostname) and (parts.port or 0) >= 0  # pragma: no mutate
     except ValueError:
-        valid = False
+        valid = False  # pragma: no mutate (None is as false)
     if not valid:
         raise ValidationError(f"base_url is not a valid URL: {shown}; check its host and port")
     if parts.username is not None or parts.password is not None:

@@ -10,8 +10,10 @@ import errno
 import io
 import os
 import stat
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +170,53 @@ async def test_an_image_payload_has_no_text_form() -> None:
     with await prepare_image(PNG) as image, pytest.raises(TypeError) as caught:
         image.payload().decode()
     assert str(caught.value) == "an image upload is binary and streamed; it has no text form"
+
+
+async def test_the_dimensions_of_a_file_gone_since_its_check_name_it(tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    with await prepare_image(path) as image:
+        path.unlink()
+        with pytest.raises(ValidationError) as caught:
+            image.dimensions()
+    assert str(caught.value) == (
+        f"photo.png could not be read: [Errno 2] No such file or directory: '{path}'"
+    )
+
+
+async def test_the_dimensions_read_the_header_not_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(PNG)
+    os.truncate(path, 20 * 1024 * 1024)  # sparse: real bytes to read, cheap to make
+    with await prepare_image(path, max_file_size=20 * 1024 * 1024) as image:
+        tracemalloc.start()
+        try:
+            assert image.dimensions() == (4, 4)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 1024 * 1024
+
+
+class _Unseekable(io.RawIOBase):
+    """A readable stream whose seekable() itself fails, as some wrappers' do."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        raise OSError("seekable() is not supported here")
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+async def test_a_file_whose_seekable_fails_is_read_once_and_spooled() -> None:
+    with await prepare_image(_Unseekable(PNG)) as image:
+        assert image.size == len(PNG)
+        assert image._source.blocking is False  # spooled into memory

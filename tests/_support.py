@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from PIL import Image
 
@@ -28,3 +30,10 @@ def open_fds() -> dict[int, str]:
         except OSError:  # the fd of the listing itself, closed by now
             continue
     return result
+
+
+async def listing_midway(data: bytes, folder: Path, seen: list[str]) -> AsyncIterator[bytes]:
+    """``data`` in two chunks; between them, the names in ``folder`` go into ``seen``."""
+    yield data[:100]
+    seen.extend(p.name for p in folder.iterdir())
+    yield data[100:]

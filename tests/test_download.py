@@ -26,7 +26,7 @@ from ideogram_async._files import write_atomically
 from ideogram_async.images import SNIFF_BYTES
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
-from ._support import KEY
+from ._support import KEY, listing_midway
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -158,14 +158,8 @@ async def test_a_download_in_progress_is_a_hidden_part_file_beside_the_target(
     tmp_path: Path, png_bytes: bytes
 ) -> None:
     seen: list[str] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        yield png_bytes[:100]
-        seen.extend(p.name for p in tmp_path.iterdir())
-        yield png_bytes[100:]
-
     dest = tmp_path / "out.png"
-    assert await write_atomically(dest, body()) == dest
+    assert await write_atomically(dest, listing_midway(png_bytes, tmp_path, seen)) == dest
     assert len(seen) == 1
     assert seen[0].startswith(".out.png.")
     assert seen[0].endswith(".part")

@@ -15,6 +15,8 @@ import pytest
 from ideogram_async import IdeogramError, _files
 from ideogram_async._files import NAME_MAX, name_too_long, write_atomically
 
+from ._support import listing_midway
+
 BIG = 1024 * 1024
 """Larger than any write buffer: a write of this many bytes reaches the file system."""
 
@@ -48,14 +50,8 @@ async def test_the_part_file_name_is_short_whatever_the_targets_length(
     tmp_path: Path, png_bytes: bytes
 ) -> None:
     seen: list[str] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        yield png_bytes[:100]
-        seen.extend(p.name for p in tmp_path.iterdir())
-        yield png_bytes[100:]
-
     target = tmp_path / ("n" * 251 + ".png")
-    assert await write_atomically(target, body()) == target
+    assert await write_atomically(target, listing_midway(png_bytes, tmp_path, seen)) == target
     # The target's first 40 characters and 64 random bits: 63 bytes for an ASCII name.
     assert len(seen) == 1
     assert re.fullmatch(r"\.n{40}\.[0-9a-f]{16}\.part", seen[0])

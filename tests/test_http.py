@@ -207,3 +207,14 @@ async def test_every_request_names_the_library_and_aiohttp() -> None:
         await client.upscale(PNG)
     agent = emulator.stats.uploads[0].headers["user-agent"]
     assert agent == f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
+
+
+async def test_the_image_part_carries_the_sniffed_content_type() -> None:
+    jpeg = make_image("jpeg", (4, 4))
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        await client.upscale(PNG, filename="a.jpg")  # the name does not decide the type
+        await client.upscale(jpeg)
+    assert [u.content_type for u in emulator.stats.uploads] == ["image/png", "image/jpeg"]

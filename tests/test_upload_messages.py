@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ideogram_async import ImageChangedError, ValidationError
-from ideogram_async._sources import SPOOL_MEMORY, open_regular, path_error
+from ideogram_async._sources import CHUNK_SIZE, SPOOL_MEMORY, open_regular, path_error
 from ideogram_async.uploads import PreparedImage, prepare_image
 
 from ._support import make_image
@@ -220,3 +220,44 @@ async def test_a_file_whose_seekable_fails_is_read_once_and_spooled() -> None:
     with await prepare_image(_Unseekable(PNG)) as image:
         assert image.size == len(PNG)
         assert image._source.blocking is False  # spooled into memory
+
+
+class _AsyncFile:
+    """Like an aiofiles file: an async ``read`` and a ``name``."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self._data = io.BytesIO(data)
+        self.name = name
+
+    async def read(self, size: int = -1) -> bytes:
+        return self._data.read(size)
+
+
+async def test_an_async_file_keeps_its_name() -> None:
+    with await prepare_image(_AsyncFile(PNG, "/photos/cat.png")) as image:
+        assert image.filename == "cat.png"
+
+
+async def test_a_file_that_shrinks_while_it_streams_says_how_much_went_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shrinks.png"
+    data = PNG + bytes(3 * CHUNK_SIZE)
+    path.write_bytes(data)
+    with await prepare_image(path, max_file_size=len(data)) as image:
+        payload = image.payload()
+        await payload.open()  # the first chunk is read; the rest is read while sending
+        os.truncate(path, CHUNK_SIZE + 10)
+        with pytest.raises(ImageChangedError) as caught:
+            await payload.write_with_length(_Sink(), None)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"shrinks.png: the file changed after it was checked (expected {len(data)} bytes, "
+        f"found {CHUNK_SIZE + 10} bytes); upload it again once it is complete"
+    )
+    assert payload.error is caught.value
+    assert not payload.complete
+
+
+class _Sink:
+    async def write(self, chunk: bytes | memoryview) -> None:
+        pass

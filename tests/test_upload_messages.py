@@ -259,5 +259,76 @@ async def test_a_file_that_shrinks_while_it_streams_says_how_much_went_out(
 
 
 class _Sink:
+    """A stream writer that counts what it is given."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
     async def write(self, chunk: bytes | memoryview) -> None:
-        pass
+        self.total += len(chunk)
+
+
+@pytest.mark.parametrize("kind", ["path", "file"])
+async def test_a_file_that_grows_while_it_streams_sends_what_was_checked(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "grows.png"
+    data = PNG + bytes(3 * CHUNK_SIZE)
+    path.write_bytes(data)
+    with open(path, "rb") as file:
+        source = path if kind == "path" else file
+        with await prepare_image(source, max_file_size=len(data)) as image:
+            payload = image.payload()
+            await payload.open()
+            with open(path, "ab") as appending:
+                appending.write(b"x" * CHUNK_SIZE)
+            sink = _Sink()
+            await payload.write_with_length(sink, None)  # type: ignore[arg-type]
+    assert (payload.complete, sink.total) == (True, len(data))
+
+
+async def test_the_dimensions_of_a_big_file_object_read_only_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(PNG)
+    os.truncate(path, 20 * 1024 * 1024)
+    with (
+        open(path, "rb") as file,
+        await prepare_image(file, max_file_size=20 * 1024 * 1024) as image,
+    ):
+        tracemalloc.start()
+        try:
+            assert image.dimensions() == (4, 4)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 1024 * 1024
+
+
+class _Pipe(io.RawIOBase):
+    """An unseekable stream of ``size`` bytes that starts like a PNG."""
+
+    def __init__(self, size: int) -> None:
+        self._left = size
+        self._head = PNG
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self._left)
+        head, self._head = self._head[:count], self._head[count:]
+        buffer[:count] = head + bytes(count - len(head))
+        self._left -= count
+        return count
+
+
+async def test_an_unseekable_stream_is_spooled_a_chunk_at_a_time() -> None:
+    size = 8 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        with await prepare_image(_Pipe(size), max_file_size=size) as image:
+            _, peak = tracemalloc.get_traced_memory()
+            assert image.size == size
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 1024 * 1024  # the memory spool (1 MiB) and a chunk, not the stream

@@ -112,6 +112,7 @@ class ImagePosts:
         upload = image.payload(part)
         body.append_payload(upload)
         await upload.open()
+        accept = {"Accept": "application/json"}  # pragma: no mutate (case-blind names)
         async with self._http.request(
             "POST",
             url,
@@ -119,7 +120,7 @@ class ImagePosts:
             hint="check base_url and the network",
             upload=upload,
             data=body,
-            headers={"Accept": "application/json", **self._http.auth_headers()},
-            allow_redirects=False,
+            headers=accept | self._http.auth_headers(),
+            allow_redirects=False,  # pragma: no mutate (None follows no redirect either)
         ) as response:
             return await self._http.text(response), response.status

@@ -24,6 +24,7 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.testing import AllowanceBody, Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.uploads import prepare_image
 from ideogram_async.v2 import TopazWonder35
 
 from ._support import KEY, make_image
@@ -171,7 +172,8 @@ async def test_the_allowance_in_the_429_body_is_learned_at_once(
     waits = [r.getMessage() for r in caplog.records if "waiting for a place" in r.getMessage()]
     assert len(waits) == 7
     assert re.fullmatch(
-        r"upscale \S+: the allowance is full \(HTTP 429: .+\); waiting for a place", waits[0]
+        r"upscale image\.png: the allowance is full \(HTTP 429: .+\); waiting for a place",
+        waits[0],
     )
 
 
@@ -325,3 +327,19 @@ async def test_a_v2_upscale_takes_one_place_and_learns_from_the_429_too() -> Non
         await asyncio.gather(first, second)
     assert emulator.stats.rejected_over_allowance == 1
     assert emulator.stats.peak_places_in_use == 1
+
+
+async def test_a_request_too_large_for_the_named_allowance_keeps_the_429s_details() -> None:
+    refusal = RateLimitError(
+        "over the allowance",
+        status=429,
+        body='{"reject_reason": "inflight_limit", "max_inflight_requests": 2}',
+        request_id="req-7",
+        reject_reason="inflight_limit",
+        allowance=2,
+    )
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9") as client:
+        with await prepare_image(PNG) as image, pytest.raises(RateLimitError) as caught:
+            await client._rejected(refusal, image, 4)
+    assert (caught.value.body, caught.value.request_id) == (refusal.body, "req-7")
+    assert caught.value.__cause__ is refusal

@@ -276,7 +276,8 @@ class IdeogramClient(V2Calls, ImagePosts):
         int_at_least("window", size, 1)
         self._policy(retry)
         if isinstance(default, V2Options):
-            self._v2_url("")  # a proxy-flavor client refuses v2 here, not per item
+            # A proxy-flavor client refuses v2 here, not per item (any model name will do).
+            self._v2_url("")  # pragma: no mutate
 
             async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
                 assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
@@ -343,20 +344,20 @@ class IdeogramClient(V2Calls, ImagePosts):
         if await asyncio.to_thread(os.path.isdir, target):
             raise ValidationError(f"{target} is a directory; pass the path of the file to write")
         path, _ = await call_with_retries(
-            lambda number: self._download_attempt(url, target, number),
+            lambda _: self._download_attempt(url, target),
             self._policy(retry),
             what=f"download {target.name}",
             on_retry=self._on_retry,
         )
         return path
 
-    async def _download_attempt(self, url: str, target: Path, number: int) -> Path:
+    async def _download_attempt(self, url: str, target: Path) -> Path:
         """One GET of an image URL into a temp file, renamed onto ``target`` on success."""
         async with (
             self._download_slots,
             # No auth header: the session has none, and none is added here.
             self._http.request(
-                "GET",
+                "GET",  # pragma: no mutate (aiohttp upper-cases the method)
                 url,
                 failed=f"download of {target.name} failed",
                 hint="the image URL may be unreachable",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from ideogram_async import (
+    APIConnectionError,
     IdeogramClient,
     LocalAllowance,
     RetryPolicy,
@@ -17,6 +19,8 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.retry import set_testing
+from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.v2 import TopazBloom2
 
 from ._support import KEY, make_image
 
@@ -140,3 +144,65 @@ def test_each_wrong_value_is_named_with_its_fix(make: Callable[[], object], expe
 def test_a_job_keeps_what_it_was_given() -> None:
     job = UpscaleJob(PNG, UpscaleRequest(prompt="p"), "name.png")
     assert (job.image, job.request, job.filename) == (PNG, UpscaleRequest(prompt="p"), "name.png")
+
+
+async def test_a_window_below_one_is_refused_and_one_works() -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        with pytest.raises(ValidationError) as caught:
+            client.upscale_many([PNG], window=0)
+        assert str(caught.value) == "window must be an int >= 1, got 0"
+        async with client.upscale_many([PNG, PNG], window=1) as run:
+            assert [r.ok async for r in run] == [True, True]
+
+
+async def test_a_batch_passes_its_retry_policy_and_names_to_each_call() -> None:
+    fails = FaultPlan.always(Fault.status(503))
+    async with (
+        Emulator(api_key=KEY, upscale=False, faults=fails) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
+    ):
+        jobs = [UpscaleJob(PNG, None, "one.png")]
+        async with client.upscale_many(jobs, retry=RetryPolicy.no_retries()) as run:
+            [v1] = [r async for r in run]
+        async with client.upscale_many(jobs, TopazBloom2(), retry=RetryPolicy.no_retries()) as run:
+            [v2] = [r async for r in run]
+    assert emulator.stats.requests == 2  # one attempt each: the batch's policy was used
+    assert (v1.error is not None, v2.error is not None) == (True, True)
+    assert [u.filename for u in emulator.stats.uploads] == ["one.png"]
+    assert [u.filename for u in emulator.stats.v2_uploads] == ["one.png"]
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+async def test_stop_on_error_ends_the_batch_at_the_first_failure(v2: bool) -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, allowance=1, flavor="official"
+        ) as client,
+    ):
+        inputs = [b"not an image", PNG, PNG]
+        options = TopazBloom2() if v2 else None
+        async with client.upscale_many(inputs, options, stop_on_error=True, ordered=True) as run:
+            results = [r async for r in run]
+    assert [r.ok for r in results] == [False]
+
+
+async def test_an_https_url_is_fetched_and_a_refused_download_names_the_fix(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with IdeogramClient(
+        api_key=KEY, base_url="http://127.0.0.1:9", retry=RetryPolicy.no_retries()
+    ) as client:
+        for scheme in ("http", "https"):
+            with pytest.raises(APIConnectionError) as caught:
+                await client.download(f"{scheme}://127.0.0.1:{port}/x.png", tmp_path / "x.png")
+            assert str(caught.value) == (
+                "download of x.png failed (connection refused: nothing listens at that "
+                "address); the image URL may be unreachable"
+            )

@@ -6,6 +6,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from ideogram_async import (
@@ -13,6 +14,7 @@ from ideogram_async import (
     IdeogramClient,
     LocalAllowance,
     RetryPolicy,
+    Timeouts,
     UpscaledImage,
     UpscaleJob,
     UpscaleRequest,
@@ -206,3 +208,61 @@ async def test_an_https_url_is_fetched_and_a_refused_download_names_the_fix(
                 "download of x.png failed (connection refused: nothing listens at that "
                 "address); the image URL may be unreachable"
             )
+
+
+async def test_a_calls_own_retry_policy_is_checked() -> None:
+    assert await refused(lambda c: c.upscale(PNG, retry=3)) == (  # type: ignore[arg-type]
+        "retry must be a RetryPolicy, got int"
+    )
+
+
+async def test_the_client_shows_its_settings() -> None:
+    timeouts = Timeouts(connect=2.0, attempt=9.0)
+    async with IdeogramClient(
+        api_key=KEY,
+        base_url="http://127.0.0.1:9",
+        requests_per_second=2.5,
+        max_response_size=77,
+        timeouts=timeouts,
+    ) as client:
+        assert (client.requests_per_second, client.max_response_size) == (2.5, 77)
+        assert client.timeouts is timeouts
+        limiter = client._limiter
+        assert limiter is not None
+        assert (limiter.max_rate, limiter.time_period) == (2.5, 1)  # per second, not minute
+
+
+class _Watched(LocalAllowance):
+    closes = 0
+
+    async def aclose(self) -> None:
+        self.closes += 1
+        await super().aclose()
+
+
+async def test_the_client_closes_the_allowance_it_built_and_not_one_given() -> None:
+    given = _Watched(4)
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=given):
+        pass
+    assert given.closes == 0
+    client = IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9")
+    built = client.allowance
+    closes: list[bool] = []
+
+    async def watched_close() -> None:
+        closes.append(True)
+
+    built.aclose = watched_close  # type: ignore[method-assign]
+    await client.aclose()
+    assert closes == [True]
+
+
+async def test_a_session_passed_in_is_used_and_left_open() -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        aiohttp.ClientSession(headers={"X-Trace": "t-1"}) as session,
+    ):
+        async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, session=session) as c:
+            await c.upscale(PNG)
+        assert not session.closed
+        assert emulator.stats.uploads[0].headers["x-trace"] == "t-1"

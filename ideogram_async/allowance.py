@@ -250,8 +250,9 @@ class LocalAllowance:
                 # Granted in the same instant as the cancellation: give the places back.
                 self._give_back(places)
             else:
+                # _wake drops a cancelled waiter it meets too, so either one suffices.
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(waiter)  # pragma: no mutate
                 # The head of the queue may have been what held the others back.
                 self._wake()
             raise
@@ -264,7 +265,7 @@ class LocalAllowance:
             waiter = self._waiters[0]
             if waiter.granted.done():  # cancelled, not yet removed by its task
                 self._waiters.popleft()
-                continue
+                continue  # pragma: no mutate (its task wakes the others too)
             if not self._fits(waiter.places):
                 return
             self._waiters.popleft()
@@ -304,7 +305,7 @@ class LocalAllowance:
         # The places in use when the service refused are more than the allowance has
         # room for: grow back quickly to just under them, then by one per round.
         self._threshold = max(new, min(self._limit, self._in_use) - 1)
-        self._decreases += 1
+        self._decreases += 1  # pragma: no mutate (-= 1 or += 2 also tell rounds apart)
         self._completions = 0
         self._change(new, reason)
 

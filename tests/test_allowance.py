@@ -216,8 +216,9 @@ async def test_a_number_from_the_service_sets_the_bound_at_once_logged_once(
     assert allowance.limit == 3
     assert changes == [AllowanceChange(old=8, new=3, reason=ChangeReason.LEARNED)]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert len(infos) == 1
-    assert "allowance of 3 places" in infos[0]
+    assert infos == [
+        "the service reports an allowance of 3 places in flight; holding at most 3 from now on"
+    ]
 
 
 async def test_each_change_of_the_bound_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -393,7 +394,9 @@ async def test_a_failing_hook_is_logged_and_the_change_still_applies(
     allowance = LocalAllowance(10, adaptive=False, on_change=hook)
     await allowance.rejected(4)
     assert allowance.limit == 4
-    assert any("on_change hook failed" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "the allowance's on_change hook failed"
+    ]
 
 
 async def test_released_returns_on_a_release_after_the_call() -> None:
@@ -491,3 +494,34 @@ async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(se
         step()
         check()
     assert allowance.in_use == 0
+
+
+def test_the_fallback_wait_defaults_to_half_a_second() -> None:
+    assert LocalAllowance(4)._fallback == 0.5
+
+
+async def test_after_a_decrease_the_bound_grows_by_one_per_full_round() -> None:
+    allowance = LocalAllowance(20)  # starts at 10, below its maximum
+    async with allowance.hold(1):
+        await allowance.rejected(None)  # in the same round: halves, to 5
+    assert allowance.limit == 5
+    # One place was in use when refused, so 5 is past the slow start: a round of 5.
+    await complete_at_full_bound(allowance, 4)
+    assert allowance.limit == 5
+    await complete_at_full_bound(allowance, 1)
+    assert allowance.limit == 6
+
+
+async def test_each_round_halves_the_bound_once() -> None:
+    allowance = LocalAllowance(40)  # starts at 10
+    first = Holder(allowance, 1)
+    await settle()
+    first.leave(lambda: allowance.rejected(None))  # round 0: 10 -> 5
+    await first.task
+    assert allowance.limit == 5
+    second, third = await holders(allowance, 1, 1)  # both granted in round 1
+    second.leave(lambda: allowance.rejected(None))  # round 1: 5 -> 2
+    await second.task
+    third.leave(lambda: allowance.rejected(None))  # still round 1: the same overload
+    await third.task
+    assert allowance.limit == 2

@@ -161,7 +161,7 @@ async def _one(
     index: int, item: BatchInput, upscale: Upscaler[_R], default: UpscaleRequest | V2Options
 ) -> BatchResult[_R]:
     started = time.monotonic()
-    source, request, attempts = _image_of(item), default, 0
+    source, request = _image_of(item), default
     response: _R | None = None
     error: Exception | None = None
     try:
@@ -197,20 +197,22 @@ async def fan_out(
     done_early: dict[int, BatchResult[_R]] = {}  # ordered mode: finished, waiting their turn
     next_index = 0  # next input index to start
     next_out = 0  # ordered mode: next index to yield
-    exhausted = False
+    exhausted = False  # pragma: no mutate (None is as false)
     try:
         while True:
             while not exhausted and len(pending) + len(done_early) < window:
                 try:
                     item = await anext(source)
                 except StopAsyncIteration:
-                    exhausted = True
+                    # An exhausted source raises the same again: not setting it only costs calls.
+                    exhausted = True  # pragma: no mutate
                     break
                 pending.add(asyncio.create_task(_one(next_index, item, upscale, default)))
                 next_index += 1
             if not pending and not done_early:
                 return
-            finished: list[BatchResult[_R]] = []
+            # Only the ordered mode gets here with nothing pending, and it sets its own list.
+            finished: list[BatchResult[_R]] = []  # pragma: no mutate
             if pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 finished = sorted((task.result() for task in done), key=lambda r: r.index)

@@ -353,3 +353,45 @@ async def test_every_image_kind_upscale_takes_is_an_input(
     assert {Path(r.source).stem for r in results if isinstance(r.source, str)} == {"photo"}
     assert emulator.stats.requests == len(inputs)
     assert {u.sha256 for u in emulator.stats.uploads} == {hashlib.sha256(png_bytes).hexdigest()}
+
+
+async def test_ordered_items_done_early_count_against_the_window() -> None:
+    first_may_finish = asyncio.Event()
+    started: list[bytes] = []
+
+    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+        assert isinstance(job.image, bytes)
+        started.append(job.image)
+        if job.image == b"0":
+            await first_may_finish.wait()
+        raise RuntimeError("no response needed here")
+
+    inputs = [str(i).encode() for i in range(6)]
+    run = fan_out(inputs, upscale, UpscaleRequest(), window=2, ordered=True, stop_on_error=False)
+    first = asyncio.create_task(anext(run))
+    for _ in range(20):
+        await asyncio.sleep(0)  # let the run start what its window allows
+    assert started == [b"0", b"1"]  # "1" is done, but waits for "0": the window is full
+    first_may_finish.set()
+    results = [await first] + [r async for r in run]
+    assert [r.index for r in results] == list(range(6))
+
+
+async def test_a_result_knows_its_source_and_how_long_it_took() -> None:
+    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+        raise RuntimeError("no response needed here")
+
+    malformed = (b"x", UpscaleRequest(), "extra")
+    results = [
+        r
+        async for r in fan_out(
+            [malformed, (b"y", UpscaleRequest())],  # type: ignore[list-item]
+            upscale,
+            UpscaleRequest(),
+            window=2,
+            ordered=True,
+            stop_on_error=False,
+        )
+    ]
+    assert [r.source for r in results] == [malformed, b"y"]
+    assert all(0 <= r.elapsed < 60 for r in results)  # a duration, not a clock reading

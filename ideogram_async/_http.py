@@ -56,10 +56,14 @@ class Http:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession | None) -> None:
         self._settings = settings
         # Built once: every request (API or download) uses the same per-request limits.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect)
+        # No overall limit (the attempt's own timer is it); None is also ClientTimeout's default.
+        self._timeout = aiohttp.ClientTimeout(  # pragma: no mutate
+            total=None,  # pragma: no mutate
+            sock_connect=settings.timeouts.connect,
+        )
         self._session = session
         self._owns_session = session is None
-        self.closed = False
+        self.closed = False  # pragma: no mutate (None is as false)
 
     def session(self) -> aiohttp.ClientSession:
         """The open session, created on first use."""
@@ -79,7 +83,9 @@ class Http:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={
-                    "User-Agent": f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
+                    "User-Agent": (  # pragma: no mutate (case-blind name)
+                        f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
+                    )
                 },
             )
         return self._session

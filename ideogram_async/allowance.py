@@ -184,8 +184,10 @@ class LocalAllowance:
         """The bound never rises above this: the maximum, or the allowance the service named."""
         self._threshold = maximum
         """Below this the bound grows by one per completion; at or above it, by one per round."""
-        self._completions = 0
-        self._decreases = 0
+        # Where these two start cannot show: the first completion counted below the
+        # threshold resets the one, and rounds only compare the other with itself.
+        self._completions = 0  # pragma: no mutate
+        self._decreases = 0  # pragma: no mutate
         self._in_use = 0
         self._waiters: deque[_Waiter] = deque()
         self._release = asyncio.Event()

@@ -525,3 +525,8 @@ async def test_each_round_halves_the_bound_once() -> None:
     third.leave(lambda: allowance.rejected(None))  # still round 1: the same overload
     await third.task
     assert allowance.limit == 2
+
+
+def test_only_an_adaptive_bound_starts_at_ten() -> None:
+    assert (LocalAllowance(20).limit, LocalAllowance(20, adaptive=False).limit) == (10, 20)
+    assert LocalAllowance(4).limit == 4

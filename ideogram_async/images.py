@@ -107,7 +107,7 @@ _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
     """Walk the marker segments up to the first start-of-frame (SOFn) one."""
     pos = 2
-    while pos + 1 < len(head):
+    while pos + 1 < len(head):  # pragma: no mutate (with two bytes left, both end in None)
         if head[pos] != 0xFF:
             return None  # not at a marker: malformed
         marker = head[pos + 1]

@@ -406,6 +406,7 @@ def test_an_api_error_built_with_only_a_message_and_status() -> None:
 
 def test_a_connection_error_is_not_unreachable_unless_told() -> None:
     assert APIConnectionError("reset by peer").unreachable is False
+    assert APIConnectionError("reset by peer").body_sent is False
     assert APIConnectionError("refused", unreachable=True).unreachable is True
 
 

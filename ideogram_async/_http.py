@@ -44,6 +44,7 @@ __all__ = ["Http", "error_for_status"]
 
 _T = TypeVar("_T")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
+_USER_AGENT = f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
 
 
 class Http:
@@ -56,11 +57,8 @@ class Http:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession | None) -> None:
         self._settings = settings
         # Built once: every request (API or download) uses the same per-request limits.
-        # No overall limit (the attempt's own timer is it); None is also ClientTimeout's default.
-        self._timeout = aiohttp.ClientTimeout(  # pragma: no mutate
-            total=None,  # pragma: no mutate
-            sock_connect=settings.timeouts.connect,
-        )
+        # No total limit (ClientTimeout's default): the attempt's own timer bounds each request.
+        self._timeout = aiohttp.ClientTimeout(sock_connect=settings.timeouts.connect)
         self._session = session
         self._owns_session = session is None
         self.closed = False  # pragma: no mutate (None is as false)
@@ -82,11 +80,7 @@ class Http:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={
-                    "User-Agent": (  # pragma: no mutate (case-blind name)
-                        f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
-                    )
-                },
+                headers={"User-Agent": _USER_AGENT},  # pragma: no mutate (case-blind name)
             )
         return self._session
 

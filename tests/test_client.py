@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from ideogram_async import (
-    APIError,
+    APIStatusError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
@@ -380,7 +380,7 @@ async def test_a_redirect_from_the_api_is_not_followed(png_bytes: bytes) -> None
         urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
         async with IdeogramClient(api_key=KEY, base_url=urls[1]) as client:
-            with pytest.raises(APIError) as caught:
+            with pytest.raises(APIStatusError) as caught:
                 await client.upscale(png_bytes)
     finally:
         for runner in runners:

@@ -391,7 +391,7 @@ async def test_deeply_nested_json_is_an_error_of_the_tree(
 async def test_aclose_while_calls_are_queued_gives_client_closed_errors(
     paused_emulator: Emulator,
 ) -> None:
-    client = client_of(paused_emulator.base_url, max_concurrency=1)
+    client = client_of(paused_emulator.base_url, allowance=1)
     async with client:
         calls = [asyncio.create_task(client.upscale(PNG)) for _ in range(5)]
         await paused_emulator.wait_in_flight(1)
@@ -439,7 +439,7 @@ async def test_a_file_deleted_while_queued_is_reported_as_such(
         return source
 
     monkeypatch.setattr(uploads, "_path_source", check_and_tell)
-    async with client_of(paused_emulator.base_url, max_concurrency=1, retry=FAST) as client:
+    async with client_of(paused_emulator.base_url, allowance=1, retry=FAST) as client:
         first = asyncio.create_task(client.upscale(PNG))
         await paused_emulator.wait_in_flight(1)
         queued = asyncio.create_task(client.upscale(path))

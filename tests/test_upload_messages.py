@@ -18,8 +18,14 @@ from typing import Any
 import pytest
 
 from ideogram_async import ImageChangedError, ValidationError
-from ideogram_async._sources import CHUNK_SIZE, SPOOL_MEMORY, open_regular, path_error
-from ideogram_async.uploads import PreparedImage, prepare_image
+from ideogram_async.uploads import (
+    CHUNK_SIZE,
+    SPOOL_MEMORY,
+    PreparedImage,
+    open_regular,
+    path_error,
+    prepare_image,
+)
 
 from ._support import make_image
 

@@ -17,13 +17,13 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from ideogram_async import ImageChangedError, ValidationError, _sources, uploads
-from ideogram_async._threads import in_thread
+from ideogram_async import ImageChangedError, ValidationError, uploads
 from ideogram_async.uploads import (
     CHUNK_SIZE,
     SPOOL_MEMORY,
     ImagePayload,
     PreparedImage,
+    in_thread,
     prepare_image,
 )
 
@@ -354,7 +354,7 @@ async def test_filename_override(png_path: Path, png_bytes: bytes) -> None:
 
 
 def test_payload_headers_name_the_part_image_file(png_bytes: bytes) -> None:
-    image = PreparedImage(_sources._MemorySource(memoryview(png_bytes)), "a.png", "image/png")
+    image = PreparedImage(uploads._MemorySource(memoryview(png_bytes)), "a.png", "image/png")
     payload = image.payload()
     assert isinstance(payload, ImagePayload)
     assert payload.content_type == "image/png"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import unicodedata
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -68,6 +69,30 @@ class Secret:
 
     def __repr__(self) -> str:
         return "'***'"
+
+
+def _checked_key(key: object) -> str:
+    """``key`` without surrounding blanks, if it can go in an HTTP header as it is.
+
+    A control character (a line break copied along, a tab) or a character outside
+    Latin-1 would fail every request, or worse, split the header; the message says
+    where, never what the key is.
+    """
+    if not isinstance(key, str):
+        raise ValidationError(f"api_key must be a str, got {type(key).__name__}")
+    key = key.strip()
+    for position, char in enumerate(key, 1):
+        if unicodedata.category(char) == "Cc":
+            raise ValidationError(
+                f"the API key has a control character (such as a line break or a tab) at "
+                f"position {position}; copy the key again without it"
+            )
+        if ord(char) > 0xFF:
+            raise ValidationError(
+                f"the API key has a character at position {position} that cannot go in an "
+                f"HTTP header (outside Latin-1); copy the key again (keys are plain text)"
+            )
+    return key
 
 
 def _checked_base_url(base: str) -> str:
@@ -160,7 +185,7 @@ class Settings:
             )
         return cls(
             flavor=kind,
-            key=Secret(key.strip()),
+            key=Secret(_checked_key(key)),
             base_url=base.rstrip("/"),
             allowance=_allowance(allowance, adaptive),
             requests_per_second=positive_number(

@@ -20,6 +20,7 @@ import errno
 import inspect
 import io
 import os
+import re
 import stat
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
@@ -413,7 +414,7 @@ class ImagePayload(payload.Payload):
             "form-data",
             quote_fields=False,  # pragma: no mutate (None is as false)
             name=name,
-            filename=image.filename.translate(_FILENAME_ESCAPES),
+            filename=_disposition_name(image.filename),
         )
         self.complete = False
         self.error: IdeogramError | None = None
@@ -492,6 +493,28 @@ class ImagePayload(payload.Payload):
         self._first = None
         file, self._file = self._file, None
         _close(file)
+
+
+def _disposition_name(name: str) -> str:
+    """``name`` as the Content-Disposition ``filename``, per RFC 7578 section 4.2.
+
+    UTF-8 as it is, with ``"``, CR and LF percent-encoded (as browsers do); the bytes
+    of a name that is not valid UTF-8 (a file system name decoded with surrogates by
+    ``os.fsdecode``) are percent-encoded too, so the name can always be sent.
+    """
+    escaped = name.translate(_FILENAME_ESCAPES)
+    return _SURROGATES.sub(_percent_encoded, escaped)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _percent_encoded(match: re.Match[str]) -> str:
+    # A byte os.fsdecode could not decode is U+DC80..U+DCFF; any other lone surrogate
+    # goes out as the bytes Python's "surrogatepass" gives it.
+    escaped = "\udc80" <= match[0] <= "\udcff"
+    raw = match[0].encode("utf-8", "surrogateescape" if escaped else "surrogatepass")
+    return "".join(f"%{byte:02X}" for byte in raw)
 
 
 def _close(file: IO[bytes] | None) -> None:

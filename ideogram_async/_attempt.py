@@ -22,7 +22,7 @@ from ._settings import Settings, Timeouts
 from ._transport import Transport
 from .allowance import Allowance
 from .errors import RateLimitError
-from .retry import RetryPolicy, deadline, retried
+from .retry import Deadline, RetryPolicy, retried
 from .uploads import ImageInput, PreparedImage, prepare_image
 
 __all__ = ["Attempts", "hold_and_send"]
@@ -91,7 +91,7 @@ class Attempts:
         self.transport.pool.session()  # a closed client fails before reading the input
         policy = self.policy(retry)
         attempts = self.timed(timeouts)
-        async with deadline(policy, what) as record:
+        async with Deadline(policy, what) as record:
             prepared = await prepare_image(image, max_file_size=max_file_size, filename=filename)
             with prepared:
                 record.what = f"{what} {prepared.filename}"
@@ -142,7 +142,7 @@ class Attempts:
             hint="check base_url and the network",
             upload=upload,
             data=body,
-            headers={"Accept": "application/json", **transport.auth_headers()},
+            headers=transport.api_headers,
             allow_redirects=False,
         ) as response:
             return await transport.text(response), response
@@ -156,7 +156,7 @@ class Attempts:
             url,
             failed=f"{failed}: connection to {self.settings.base_url} failed",
             hint="check base_url and the network",
-            headers={"Accept": "application/json", **transport.auth_headers()},
+            headers=transport.api_headers,
             allow_redirects=False,
         ) as response:
             text = await transport.text(response)

@@ -119,12 +119,16 @@ class Transport:
     def _client_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(sock_connect=self.settings.timeouts.connect)
 
-    def auth_headers(self) -> dict[str, str]:
-        """The key in the header of the flavor (sent to the API only, never to image hosts)."""
+    api_headers: Mapping[str, str] = attrs.field(init=False, repr=False)
+    """The headers of every API request: JSON accepted, and the key in the header of the
+    flavor (sent to the API only, never to image hosts). Built once."""
+
+    @api_headers.default
+    def _api_headers(self) -> Mapping[str, str]:
         key = self.settings.key.reveal()
         if self.settings.flavor is Flavor.PROXY:
-            return {"Authorization": f"Bearer {key}"}
-        return {"Api-Key": key}
+            return {"Accept": "application/json", "Authorization": f"Bearer {key}"}
+        return {"Accept": "application/json", "Api-Key": key}
 
     @contextlib.asynccontextmanager
     async def request(

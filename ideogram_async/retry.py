@@ -22,7 +22,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
@@ -331,44 +332,60 @@ def counting_attempts() -> Iterator[_Tally]:
         _tally.reset(token)
 
 
-@attrs.define
 class CallRecord:
     """What one call has done so far: its name in messages and the attempts it made."""
 
-    what: str
-    """Which call, e.g. ``"upscale photo.png"``; renamed once the image's name is known."""
-    attempts: int = 0
+    __slots__ = ("attempts", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        """Which call, e.g. ``"upscale photo.png"``; renamed once the image's name is known."""
+        self.attempts = 0
 
 
-@contextlib.asynccontextmanager
-async def deadline(policy: RetryPolicy, what: str) -> AsyncIterator[CallRecord]:
+class Deadline:
     """The time limit of one whole call (``RetryPolicy.deadline``), from its start.
 
     Everything inside counts: reading the input, waiting for places, attempts and
-    the waits between them. It yields the call's record (for :func:`retried`); when
-    the deadline passes the caller gets an :class:`APITimeoutError` of kind
-    ``"deadline"``.
+    the waits between them. It yields the call's :class:`CallRecord` (for
+    :func:`retried`); when the deadline passes the caller gets an
+    :class:`APITimeoutError` of kind ``"deadline"``. (A class, not a generator: it
+    runs once per call, on the hot path.)
     """
-    record = CallRecord(what)
-    timer = asyncio.timeout(policy.deadline)
-    try:
-        async with timer:
-            yield record
-    except TimeoutError:
-        if not timer.expired():
-            raise
-        timeout = APITimeoutError(
-            f"{record.what}: the deadline of {policy.deadline}s for the whole call passed "
-            f"after {record.attempts} attempt(s); raise RetryPolicy.deadline or lower the load",
-            kind="deadline",
-        )
-        timeout.attempts = record.attempts
-        logger.warning("%s", timeout)
-        raise timeout from None
-    finally:
+
+    __slots__ = ("_policy", "_record", "_timer")
+
+    def __init__(self, policy: RetryPolicy, what: str) -> None:
+        self._policy = policy
+        self._record = CallRecord(what)
+        self._timer = asyncio.timeout(policy.deadline)
+
+    async def __aenter__(self) -> CallRecord:
+        await self._timer.__aenter__()
+        return self._record
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        record = self._record
         tally = _tally.get()
         if tally is not None:
             tally.attempts += record.attempts
+        try:
+            await self._timer.__aexit__(exc_type, exc, tb)
+        except TimeoutError:  # raised by the timer only when the deadline fired
+            timeout = APITimeoutError(
+                f"{record.what}: the deadline of {self._policy.deadline}s for the whole call "
+                f"passed after {record.attempts} attempt(s); raise RetryPolicy.deadline or "
+                "lower the load",
+                kind="deadline",
+            )
+            timeout.attempts = record.attempts
+            logger.warning("%s", timeout)
+            raise timeout from None
 
 
 async def call_with_retries(
@@ -383,7 +400,7 @@ async def call_with_retries(
     ``what`` names the call in log lines and retry events. The deadline covers
     everything, waiting for places in flight included.
     """
-    async with deadline(policy, what) as record:
+    async with Deadline(policy, what) as record:
         return await retried(attempt, policy, record, on_retry=on_retry)
 
 
@@ -394,8 +411,23 @@ async def retried(
     *,
     on_retry: RetryHook | None = None,
 ) -> T:
-    """The retry loop of a call already inside its :func:`deadline`."""
+    """The retry loop of a call already inside its :class:`Deadline`.
+
+    The first attempt runs on its own: nearly every call succeeds at once, and
+    tenacity's machinery costs CPU on every call. Only a failed first attempt enters
+    the tenacity loop, which replays that failure as attempt 1 (so waits, stop rules,
+    hooks and log lines are tenacity's, as for any other attempt).
+    """
     what = record.what
+    record.attempts = 1
+    started = time.monotonic()
+    try:
+        result = await attempt()
+    except IdeogramError as error:
+        first: IdeogramError = error
+    else:
+        logger.debug("%s: attempt 1 succeeded in %.2fs", what, time.monotonic() - started)
+        return result
     strategies = policy._strategies
     if _testing is not None and _testing.attempts is not None:
         cap = tenacity.stop_after_attempt(_testing.attempts)
@@ -409,6 +441,8 @@ async def retried(
         ):
             record.attempts = number = state.retry_state.attempt_number
             with state:
+                if number == 1:
+                    raise first
                 started = time.monotonic()
                 result = await attempt()
                 logger.debug(

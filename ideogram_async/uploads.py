@@ -4,7 +4,9 @@
 under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 :class:`PreparedImage` that can produce the same bytes for every attempt:
 
-- a path is reopened per attempt and read in chunks in a worker thread;
+- a path is checked in a worker thread, which reads a file of at most
+  :data:`~ideogram_async.images.HEADER_BYTES` (64 KB) whole, sent from memory; a larger
+  one is reopened per attempt and read in chunks in a worker thread;
 - ``bytes``-like data is sent from memory without copies;
 - a seekable binary file is rewound to where it started for every attempt and
   left there afterwards; the caller's file is never closed;
@@ -78,6 +80,10 @@ class _Source:
     def head(self, limit: int = SNIFF_BYTES) -> bytes:
         """Up to ``limit`` first bytes: for type sniffing, or the size in the header."""
         raise NotImplementedError
+
+    def dimensions(self) -> tuple[int, int] | None:
+        """``(width, height)`` from the header in the first :data:`HEADER_BYTES`, if any."""
+        return image_size(self.head(HEADER_BYTES))
 
     def start(self) -> tuple[IO[bytes] | None, bytes | memoryview]:
         """Begin an attempt: the file it must close (``None`` if none) and the first chunk.
@@ -301,18 +307,23 @@ def _undo(done: asyncio.Future[_T], undo: Callable[[_T], None] | None) -> None:
 
 
 class _PathSource(_Source):
-    """A file on disk, opened afresh for every attempt."""
+    """A file on disk over :data:`HEADER_BYTES`, opened afresh for every attempt.
 
-    def __init__(self, path: Path, size: int, head: bytes) -> None:
+    Its check read the header already (off the event loop): the type and the size in
+    pixels are known without opening it again.
+    """
+
+    def __init__(self, path: Path, size: int, header: bytes) -> None:
         self._path = path
-        self._head = head
+        self._head = header[:SNIFF_BYTES]
+        self._dimensions = image_size(header)
         self.size = size
 
     def head(self, limit: int = SNIFF_BYTES) -> bytes:
-        if limit <= len(self._head):  # pragma: no mutate (< only reads the file again)
-            return self._head[:limit]
-        with open(self._path, "rb") as file:
-            return file.read(limit)
+        return self._head[:limit]
+
+    def dimensions(self) -> tuple[int, int] | None:
+        return self._dimensions
 
     def _gone(self) -> ImageChangedError:
         return ImageChangedError(
@@ -372,13 +383,13 @@ class PreparedImage:
     def dimensions(self) -> tuple[int, int] | None:
         """``(width, height)`` from the image's header, without decoding it.
 
-        ``None`` when the header does not give it within :data:`HEADER_BYTES`.
+        ``None`` when the header does not give it within :data:`HEADER_BYTES`. A path's
+        header was read by its check, off the event loop.
         """
         try:
-            head = self._source.head(HEADER_BYTES)
+            return self._source.dimensions()
         except OSError as exc:
             raise ValidationError(f"{self.filename} could not be read: {exc}") from None
-        return image_size(head)
 
     def close(self) -> None:
         """Delete any spool and close any file the client opened."""
@@ -586,13 +597,23 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
 
 
 async def _path_source(path: Path) -> _Source:
+    """Check a path in one worker-thread hop: a regular file, its size, its header.
+
+    A file of at most :data:`HEADER_BYTES` is read whole by that hop and sent from
+    memory, so its call needs no other hop (what was checked is what is sent, on
+    every attempt); a larger one is reopened by each attempt.
+    """
+
     def check() -> _Source:
         try:
             file, size = open_regular(path)
         except OSError as exc:
             raise path_error(path, exc) from None
         with file:
-            return _PathSource(path, size, file.read(SNIFF_BYTES))
+            header = file.read(HEADER_BYTES)
+        if len(header) == size:
+            return _MemorySource(memoryview(header))
+        return _PathSource(path, size, header)
 
     return await in_thread(check)
 

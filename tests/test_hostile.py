@@ -42,6 +42,7 @@ from ideogram_async import (
     uploads,
 )
 from ideogram_async.cli._inputs import UsageError, find_images
+from ideogram_async.images import HEADER_BYTES
 from ideogram_async.testing import Emulator
 
 from ._hostile import Hostile
@@ -429,7 +430,7 @@ async def test_a_file_deleted_while_queued_is_reported_as_such(
     paused_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "photo.png"
-    path.write_bytes(PNG)
+    path.write_bytes(PNG + bytes(HEADER_BYTES))  # over what a check reads whole
     checked = asyncio.Event()
     check = uploads._path_source
 

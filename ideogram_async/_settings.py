@@ -103,9 +103,9 @@ def _checked_base_url(base: str) -> str:
     try:
         parts = urlsplit(base)
         # .port raises ValueError when out of range; the comparison itself always holds.
-        valid = bool(parts.hostname) and (parts.port or 0) >= 0  # pragma: no mutate
+        valid = bool(parts.hostname) and (parts.port or 0) >= 0
     except ValueError:
-        valid = False  # pragma: no mutate (None is as false)
+        valid = False
     if not valid:
         raise ValidationError(f"base_url is not a valid URL: {shown}; check its host and port")
     if parts.username is not None or parts.password is not None:

@@ -288,7 +288,7 @@ def _api_error(
 ) -> APIStatusError:
     """Map a non-2xx response to the matching :class:`APIStatusError` subclass."""
     headers: Mapping[str, str] = response.headers
-    said = headers.get("x-should-retry", "")  # pragma: no mutate (case-blind; "" = unsaid)
+    said = headers.get("x-should-retry", "")
     should_retry = said.strip().lower()
     try:
         data = json.loads(text)

@@ -245,7 +245,7 @@ async def fan_out(
     done_early: dict[int, BatchResult[_R]] = {}  # ordered mode: finished, waiting their turn
     next_index = 0  # next input index to start
     next_out = 0  # ordered mode: next index to yield
-    exhausted = False  # pragma: no mutate (None is as false)
+    exhausted = False
     try:
         while True:
             while not exhausted and len(pending) + len(done_early) < window:
@@ -253,14 +253,14 @@ async def fan_out(
                     item = await anext(source)
                 except StopAsyncIteration:
                     # An exhausted source raises the same again: not setting it only costs calls.
-                    exhausted = True  # pragma: no mutate
+                    exhausted = True
                     break
                 pending.add(asyncio.create_task(_one(next_index, item, run, default, kind)))
                 next_index += 1
             if not pending and not done_early:
                 return
             # Only the ordered mode gets here with nothing pending, and it sets its own list.
-            finished: list[BatchResult[_R]] = []  # pragma: no mutate
+            finished: list[BatchResult[_R]] = []
             if pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 finished = sorted((task.result() for task in done), key=lambda r: r.index)

@@ -125,7 +125,7 @@ async def _read_file(file: IO[bytes], start: int, size: int) -> AsyncGenerator[b
     loop = asyncio.get_running_loop()
     file.seek(start)
     left = size
-    while left > 0:  # pragma: no mutate (>= 0 only adds a read of 0 bytes, which ends it)
+    while left > 0:
         chunk = await loop.run_in_executor(None, file.read, min(CHUNK_SIZE, left))
         if not chunk:
             return  # the file ended early: the caller counts what came
@@ -218,7 +218,7 @@ async def _spool(chunks: AsyncGenerator[bytes, None], max_file_size: int) -> _So
                 if spill is None:
                     # Anonymous: the OS deletes it on close, even if the process dies.
                     spill = tempfile.TemporaryFile(  # noqa: SIM115
-                        prefix="ideogram-async-"  # pragma: no mutate (nobody sees the name)
+                        prefix="ideogram-async-"
                     )
                     buffered.append(chunk)
                     data, buffered = b"".join(buffered), []
@@ -240,9 +240,8 @@ def open_regular(path: Path) -> tuple[IO[bytes], int]:
     Opened without blocking, so that a FIFO with no writer cannot hang the thread,
     then refused unless it is a regular file (a FIFO, device or socket never ends).
     """
-    # A platform has each flag or not, so the mutants of their defaults are equivalent.
-    nonblock = getattr(os, "O_NONBLOCK", 0)  # pragma: no mutate
-    binary = getattr(os, "O_BINARY", 0)  # pragma: no mutate
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    binary = getattr(os, "O_BINARY", 0)
     fd = os.open(path, os.O_RDONLY | nonblock | binary)
     try:
         info = os.fstat(fd)
@@ -362,8 +361,7 @@ class _PathSource(_Source):
 
     async def rest(self, file: IO[bytes] | None, offset: int) -> AsyncGenerator[bytes, None]:
         if file is not None:
-            # The payload stops at the size whatever this reads: its mutants are equivalent.
-            async for chunk in _read_file(file, offset, self.size - offset):  # pragma: no mutate
+            async for chunk in _read_file(file, offset, self.size - offset):
                 yield chunk
 
 
@@ -413,7 +411,7 @@ class ImagePayload(payload.Payload):
     def __init__(self, image: PreparedImage, name: str) -> None:
         # aiohttp keeps the value but never reads it here: write() is this class's own.
         super().__init__(
-            image,  # pragma: no mutate
+            image,
             content_type=image.content_type,
             filename=image.filename,
         )
@@ -423,7 +421,7 @@ class ImagePayload(payload.Payload):
         # (as browsers do); aiohttp's default would percent-encode every non-ASCII byte.
         self.set_content_disposition(
             "form-data",
-            quote_fields=False,  # pragma: no mutate (None is as false)
+            quote_fields=False,
             name=name,
             filename=_disposition_name(image.filename),
         )
@@ -432,10 +430,9 @@ class ImagePayload(payload.Payload):
         self._file: IO[bytes] | None = None
         self._first: bytes | memoryview | None = None
         self._transport: asyncio.Transport | None = None
-        self._released = False  # pragma: no mutate (None is as false)
+        self._released = False
 
-    # pragma below: the text arguments are never used, so their defaults' mutants are equivalent.
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:  # pragma: no mutate
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("an image upload is binary and streamed; it has no text form")
 
     async def open(self) -> None:
@@ -579,9 +576,9 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
         view = memoryview(image)
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
-        return _MemorySource(view.cast("B")), None  # pragma: no mutate ("b": the same bytes)
+        return _MemorySource(view.cast("B")), None
     read = getattr(image, "read", None)
-    closed = getattr(image, "closed", False)  # pragma: no mutate (only True counts below)
+    closed = getattr(image, "closed", False)
     if read is not None and closed is True:
         raise ValidationError("the image file is closed; pass it while it is still open")
     if inspect.iscoroutinefunction(read):  # aiohttp's response.content, aiofiles files
@@ -629,10 +626,10 @@ async def _file_source(file: Any, max_file_size: int) -> _Source:
     try:
         seekable = bool(file.seekable())
     except (AttributeError, ValueError, OSError):
-        seekable = False  # pragma: no mutate (None is as false)
+        seekable = False
     if not seekable:
         return await _spool(_file_chunks(file), max_file_size)
     start = file.tell()
     end = file.seek(0, io.SEEK_END)
     file.seek(start)
-    return _FileSource(file, start, end - start, owned=False)  # pragma: no mutate (None)
+    return _FileSource(file, start, end - start, owned=False)

@@ -7,8 +7,11 @@ gateway overrides the status rules. A host that refuses connections or whose nam
 not resolve gets only ``connect_attempts``. The caller always gets the last real
 error, never tenacity's ``RetryError``, with ``error.attempts`` set.
 
-Each call runs one ``tenacity.AsyncRetrying``; its stop, wait and retry strategies are
-built once per policy. :func:`set_testing` makes the waits instant for tests.
+A call's first attempt runs on its own; only after a failure does the call enter a
+``tenacity.AsyncRetrying``, whose stop, wait and retry strategies are built once per
+policy. :class:`Deadline` bounds the whole call and keeps its :class:`CallRecord`, from
+which ``BatchResult.attempts`` is read (:func:`counting_attempts`). :func:`set_testing`
+makes the waits instant for tests.
 """
 
 from __future__ import annotations

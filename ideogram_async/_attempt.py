@@ -9,6 +9,7 @@ answer. A poll of a v2 generation is an attempt without an image or places.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -48,6 +49,9 @@ class Attempts:
     """The start rate of requests (``requests_per_second``), if any."""
     polls: AsyncLimiter
     """The one rate of every generation poll (``poll_limit``)."""
+    checks: asyncio.Semaphore
+    """Inputs checked at once (twice the allowance's maximum): a gather of many calls
+    checks its files as places come free, not all before the first request goes out."""
 
     @property
     def settings(self) -> Settings:
@@ -92,7 +96,10 @@ class Attempts:
         policy = self.policy(retry)
         attempts = self.timed(timeouts)
         async with Deadline(policy, what) as record:
-            prepared = await prepare_image(image, max_file_size=max_file_size, filename=filename)
+            async with self.checks:
+                prepared = await prepare_image(
+                    image, max_file_size=max_file_size, filename=filename
+                )
             with prepared:
                 record.what = f"{what} {prepared.filename}"
                 if check is not None:

@@ -126,6 +126,7 @@ class IdeogramClient:
                 allowance=settings.allowance,
                 limiter=None if rate is None else AsyncLimiter(rate, 1),
                 polls=_poll_rate(poll_limit),
+                checks=asyncio.Semaphore(2 * maximum),
             ),
             _Shared(
                 pool=pool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from ideogram_async import (
     RetryPolicy,
     UpscaleRequest,
     ValidationError,
+    _attempt,
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
@@ -387,3 +389,33 @@ async def test_a_redirect_from_the_api_is_not_followed(png_bytes: bytes) -> None
             await runner.cleanup()
     assert caught.value.status == 307
     assert elsewhere == []  # neither the image nor the key went to the other host
+
+
+async def test_a_gather_checks_at_most_twice_the_allowance_of_inputs_at_once(
+    emulator: Emulator, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checking: list[int] = []
+    peak = 0
+    release, four = asyncio.Event(), asyncio.Event()
+    real = _attempt.prepare_image
+
+    async def slow_check(image: Any, **options: Any) -> Any:
+        nonlocal peak
+        checking.append(1)
+        peak = max(peak, len(checking))
+        if len(checking) == 4:
+            four.set()
+        await release.wait()
+        checking.pop()
+        return await real(image, **options)
+
+    monkeypatch.setattr(_attempt, "prepare_image", slow_check)
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client:
+        calls = asyncio.gather(*(client.upscale(png_bytes) for _ in range(20)))
+        await four.wait()
+        for _ in range(20):
+            await asyncio.sleep(0)  # room for any more to start checking (none may)
+        assert len(checking) == 4
+        release.set()
+        assert len(await calls) == 20
+    assert peak == 4

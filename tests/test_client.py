@@ -26,7 +26,6 @@ from ideogram_async import (
     RetryPolicy,
     UpscaleRequest,
     ValidationError,
-    _attempt,
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
@@ -397,7 +396,7 @@ async def test_a_gather_checks_at_most_twice_the_allowance_of_inputs_at_once(
     checking: list[int] = []
     peak = 0
     release, four = asyncio.Event(), asyncio.Event()
-    real = _attempt.prepare_image
+    real = uploads.prepare_image
 
     async def slow_check(image: Any, **options: Any) -> Any:
         nonlocal peak
@@ -409,7 +408,7 @@ async def test_a_gather_checks_at_most_twice_the_allowance_of_inputs_at_once(
         checking.pop()
         return await real(image, **options)
 
-    monkeypatch.setattr(_attempt, "prepare_image", slow_check)
+    monkeypatch.setattr("ideogram_async._attempt.prepare_image", slow_check)
     async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client:
         calls = asyncio.gather(*(client.upscale(png_bytes) for _ in range(20)))
         await four.wait()

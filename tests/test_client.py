@@ -28,6 +28,7 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.uploads import prepare_image
 
 from ._support import KEY, open_fds
 
@@ -396,7 +397,7 @@ async def test_a_gather_checks_at_most_twice_the_allowance_of_inputs_at_once(
     checking: list[int] = []
     peak = 0
     release, four = asyncio.Event(), asyncio.Event()
-    real = uploads.prepare_image
+    real = prepare_image
 
     async def slow_check(image: Any, **options: Any) -> Any:
         nonlocal peak

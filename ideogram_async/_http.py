@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
 
+from . import telemetry
 from ._bodies import read_capped, scrub, without_headers
 from ._settings import Flavor, Secret, Settings
 from ._version import __version__
@@ -54,8 +55,14 @@ class Http:
     never closed here); after :meth:`aclose` every request raises ``ClientClosedError``.
     """
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession | None,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
+    ) -> None:
         self._settings = settings
+        self._trace_configs = _checked_trace_configs(trace_configs, session)
         # Built once: every request (API or download) uses the same per-request limits.
         # No total limit (ClientTimeout's default): the attempt's own timer bounds each request.
         self._timeout = aiohttp.ClientTimeout(sock_connect=settings.timeouts.connect)
@@ -81,6 +88,7 @@ class Http:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"User-Agent": _USER_AGENT},  # pragma: no mutate (case-blind name)
+                trace_configs=self._trace_configs,
             )
         return self._session
 
@@ -123,6 +131,8 @@ class Http:
                 timer,
                 session.request(method, url, timeout=self._timeout, **options) as response,
             ):
+                if telemetry.ENABLED:  # telemetry: the request id on the call's span
+                    telemetry.answered(_request_id(response.headers, self._settings.key))
                 yield response
         except TimeoutError as exc:
             _abort(upload)
@@ -231,6 +241,32 @@ def _unreachable(exc: aiohttp.ClientError) -> str | None:
     return None
 
 
+def _request_id(headers: Mapping[str, str], key: Secret) -> str | None:
+    """The answer's request id, from the first header that has one, with the key masked."""
+    return next((key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None)
+
+
+def _checked_trace_configs(
+    trace_configs: Sequence[aiohttp.TraceConfig] | None, session: aiohttp.ClientSession | None
+) -> list[aiohttp.TraceConfig] | None:
+    """``trace_configs`` as the created session takes them, checked before anything is sent."""
+    if trace_configs is None:
+        return None
+    if isinstance(trace_configs, aiohttp.TraceConfig) or not all(
+        isinstance(config, aiohttp.TraceConfig) for config in trace_configs
+    ):
+        raise ValidationError(
+            "trace_configs must be a list of aiohttp.TraceConfig, "
+            f"got {type(trace_configs).__name__}"
+        )
+    if session is not None:
+        raise ValidationError(
+            "trace_configs apply to the session the client creates; with session=, "
+            "give them to your own aiohttp.ClientSession(trace_configs=...)"
+        )
+    return list(trace_configs)
+
+
 def _abort(upload: ImagePayload | None) -> None:
     """Close the connection an upload went out on at once, unsent data and all.
 
@@ -258,9 +294,7 @@ def _api_error(
         _error_detail(data, text, response.content_type),
         hint=_EXPIRED if expired else None,
         body=text,
-        request_id=next(
-            (key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None
-        ),
+        request_id=_request_id(headers, key),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
         **_rejection(data),

@@ -9,12 +9,14 @@ than a failure.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Protocol
 
 import aiohttp
 from aiolimiter import AsyncLimiter
 
+from . import telemetry
 from ._http import Http
 from .allowance import Allowance
 from .errors import RateLimitError
@@ -61,7 +63,9 @@ class ImagePosts:
         backoff and without using up a retry (the deadline still holds).
         """
         while True:
+            asked = time.monotonic()  # telemetry: seconds waited for places
             async with self.allowance.hold(places):
+                telemetry.waited(time.monotonic() - asked)  # telemetry
                 try:
                     answer = await self._send(url, fields, image, part)
                 except RateLimitError as error:
@@ -80,6 +84,7 @@ class ImagePosts:
         proxy dropped) may or may not be the allowance: the bound adapts down, and
         the error takes the usual retry path, with its backoff.
         """
+        telemetry.rejected(error.reject_reason)  # telemetry: the rejections counter
         if error.reject_reason != "inflight_limit":
             await self.allowance.rejected(None)
             raise error

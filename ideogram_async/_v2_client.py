@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from aiolimiter import AsyncLimiter
 
+from . import telemetry
 from ._http import Http
 from ._settings import Flavor, int_at_least, positive_number
 from ._v2_answers import (
@@ -131,6 +132,7 @@ class V2Calls:
                 f"got {type(options).__name__}"
             )
         url = self._v2_url(f"image/upscale/{options.model}")
+        telemetry.describe(url=url, model=options.model, num_images=1)  # telemetry
         if dry_run:
             url += "?dry_run=true"
         policy = self._policy(retry)
@@ -153,6 +155,7 @@ class V2Calls:
                 attempt, policy, what=f"{what} {prepared.filename}", on_retry=self._on_retry
             )
 
+    @telemetry.traced("upscale_v2")  # telemetry: one span per call
     async def upscale_v2(
         self: _Client,
         image: ImageInput,
@@ -175,6 +178,7 @@ class V2Calls:
         )
         return response
 
+    @telemetry.traced("submit_v2")  # telemetry: one span per call
     async def submit_v2(
         self: _Client,
         image: ImageInput,
@@ -203,6 +207,7 @@ class V2Calls:
         )
         return response.generation_id
 
+    @telemetry.traced("quote_v2")  # telemetry: one span per call
     async def quote_v2(
         self: _Client,
         image: ImageInput,
@@ -266,6 +271,7 @@ class V2Calls:
             await asyncio.gather(*running, return_exceptions=True)
         return QuoteSummary(items=sorted(items, key=lambda item: item.index))
 
+    @telemetry.traced("get_generation")  # telemetry: one span per poll
     async def get_generation(
         self: _Client, generation_id: str, *, retry: RetryPolicy | None = None
     ) -> Generation:
@@ -295,6 +301,7 @@ class V2Calls:
         )
         return generation
 
+    @telemetry.traced("wait_for_generation")  # telemetry: polls nest beneath
     async def wait_for_generation(
         self: _Client,
         generation_id: str,
@@ -332,6 +339,8 @@ class V2Calls:
                             failure_reason=generation.failure_reason,
                         )
                     if generation.done:
+                        if generation.usage_cost_usd_micros is not None:  # telemetry: cost
+                            telemetry.spent(generation.usage_cost_usd_micros)
                         return generation
                     await _sleep(interval)
                     interval = min(interval * 1.5, ceiling)

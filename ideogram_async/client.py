@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self, overload
@@ -12,6 +12,7 @@ from typing import Self, overload
 import aiohttp
 from aiolimiter import AsyncLimiter
 
+from . import telemetry
 from ._bodies import DEFAULT_MAX_RESPONSE_SIZE
 from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._http import Http
@@ -58,6 +59,9 @@ class IdeogramClient(V2Calls, ImagePosts):
     (``upscale_v2``, ``quote_v2``, ``quote_many``, ``submit_v2``,
     ``wait_for_generation``); ``poll_limit`` ``(polls, seconds)`` is the one rate
     every generation poll of the client shares (Ideogram allows 1,000 per 10 s).
+
+    ``trace_configs`` (aiohttp ``TraceConfig`` objects, e.g. OpenTelemetry's
+    aiohttp instrumentation) are given to the session the client creates.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
         poll_limit: tuple[int, float] = (1000, 10.0),
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
         settings = Settings.resolve(
             api_key=api_key,
@@ -106,7 +111,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         self.retry = settings.retry
         self._key = settings.key
         self._url = settings.url
-        self._http = Http(settings, session)
+        self._http = Http(settings, session, trace_configs)
         self._on_retry = on_retry
         self._owns_allowance = not isinstance(allowance, Allowance)
         self._download_slots = asyncio.Semaphore(self.max_concurrency)
@@ -116,6 +121,7 @@ class IdeogramClient(V2Calls, ImagePosts):
             if settings.requests_per_second is None
             else AsyncLimiter(settings.requests_per_second, 1)
         )
+        telemetry.watch(self.allowance)  # telemetry: the allowance gauges
 
     def __repr__(self) -> str:
         return (
@@ -176,6 +182,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         response, _ = await self._upscale(image, request, filename=filename, retry=retry)
         return response
 
+    @telemetry.traced("upscale")  # telemetry: one span per upscale
     async def _upscale(
         self,
         image: ImageInput,
@@ -201,6 +208,7 @@ class IdeogramClient(V2Calls, ImagePosts):
                 f"allowance of {self.allowance.maximum}; ask for fewer images per request "
                 "or raise allowance= (if your organization's allowance is higher)"
             )
+        telemetry.describe(url=self._url, num_images=places)  # telemetry
         prepared = await prepare_image(image, max_file_size=self.max_file_size, filename=filename)
         with prepared:
             form = request.to_json()
@@ -279,6 +287,7 @@ class IdeogramClient(V2Calls, ImagePosts):
             # A proxy-flavor client refuses v2 here, not per item (any model name will do).
             self._v2_url("")  # pragma: no mutate
 
+            @telemetry.traced("upscale_v2")  # telemetry: one span per image
             async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
                 assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
                 return await self._v2_post(
@@ -304,6 +313,7 @@ class IdeogramClient(V2Calls, ImagePosts):
             fan_out(inputs, run, default, window=size, ordered=ordered, stop_on_error=stop_on_error)
         )
 
+    @telemetry.traced("download")  # telemetry: one span per download
     async def download(
         self,
         image: UpscaledImage | str,

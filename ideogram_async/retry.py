@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import attrs
 import tenacity
 
+from . import telemetry
 from .errors import APIConnectionError, APIError, APITimeoutError, IdeogramError, ValidationError
 
 __all__ = ["RetryEvent", "RetryPolicy", "is_testing", "set_testing"]
@@ -298,6 +299,7 @@ def _before_sleep(
         error = _failure(state)
         assert isinstance(error, IdeogramError)  # only those are retried
         wait = state.upcoming_sleep
+        telemetry.retrying(state.attempt_number, error, wait)  # telemetry: event + counter
         logger.debug(
             "%s: attempt %d failed (%s); retrying in %.2fs", what, state.attempt_number, error, wait
         )
@@ -341,6 +343,7 @@ async def call_with_retries(
                 **strategies,
             ):
                 number = state.retry_state.attempt_number
+                telemetry.attempt(number)  # telemetry: the span's attempts
                 with state:
                     started = time.monotonic()
                     result = await attempt(number)

@@ -1,4 +1,4 @@
-"""The package's layout: small modules, imports that flow one way, no cycles.
+"""The package's layout: modules of one concept (none over about 800 lines), one-way imports.
 
 Read from the source with ``ast`` (nothing is imported), so type-only imports count too.
 """
@@ -13,7 +13,7 @@ import ideogram_async
 
 ROOT = Path(ideogram_async.__file__).parent
 PACKAGE = "ideogram_async"
-MAX_LINES = 400
+MAX_LINES = 800
 
 
 def module_name(path: Path) -> str:
@@ -39,7 +39,11 @@ def imports_of(name: str) -> Iterator[str]:
                 source = ".".join(base)
             else:
                 source = node.module or ""
-            targets = [source, *(f"{source}.{alias.name}" for alias in node.names)]
+            # Each name is a submodule (``from . import telemetry``) or a name of ``source``.
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source
+                for alias in node.names
+            ]
         else:
             continue
         yield from (target for target in targets if target in MODULES and target != name)
@@ -88,7 +92,7 @@ def test_no_import_cycles() -> None:
     assert find_cycle() is None
 
 
-def test_no_module_is_over_400_lines() -> None:
+def test_no_module_is_over_about_800_lines() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: size for name, size in sizes.items() if size > MAX_LINES} == {}
 

@@ -76,14 +76,17 @@ image, and ``quote_many`` one ``ideogram.v2.quote`` span per image.
 """
 
 METRICS: Mapping[str, str] = {
-    "ideogram.allowance.limit": "gauge: the allowance's current bound, in places",
-    "ideogram.allowance.in_use": "gauge: places held now",
-    "ideogram.allowance.wait": "histogram: seconds an attempt waited for its places",
-    "ideogram.rejections": "counter: 429 refusals, by reject_reason",
-    "ideogram.retries": "counter: retries, by error_type",
-    "ideogram.cost.usd": "counter: US dollars billed, where the service says",
+    "ideogram.allowance.limit": "The allowance's current bound, in places (images)",
+    "ideogram.allowance.in_use": "Places (images) held in flight now",
+    "ideogram.allowance.wait": "Seconds an attempt waited for its places",
+    "ideogram.rejections": "Requests the service refused with a 429, by reject_reason",
+    "ideogram.retries": "Attempts retried after a transient failure, by error_type",
+    "ideogram.cost.usd": "US dollars billed, where the service reports it",
 }
-"""Every instrument the client records, with what it measures."""
+"""Every instrument the client records (gauges, a histogram, counters), with what it measures."""
+
+_WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Histogram bounds of ``ideogram.allowance.wait`` (seconds): mostly none, sometimes a minute."""
 
 LOG_LEVELS: Mapping[str, int] = {"info": logging.INFO, "debug": logging.DEBUG}
 """The values of ``IDEOGRAM_LOG`` and the level each turns on."""
@@ -159,7 +162,10 @@ class _Instruments:
                 name, [_observe(read)], unit="{place}", description=METRICS[name]
             )
         self.wait = meter.create_histogram(
-            "ideogram.allowance.wait", unit="s", description=METRICS["ideogram.allowance.wait"]
+            "ideogram.allowance.wait",
+            unit="s",
+            description=METRICS["ideogram.allowance.wait"],
+            explicit_bucket_boundaries_advisory=_WAIT_BUCKETS,
         )
         self.rejections = meter.create_counter(
             "ideogram.rejections", unit="{request}", description=METRICS["ideogram.rejections"]
@@ -168,7 +174,7 @@ class _Instruments:
             "ideogram.retries", unit="{retry}", description=METRICS["ideogram.retries"]
         )
         self.cost = meter.create_counter(
-            "ideogram.cost.usd", unit="USD", description=METRICS["ideogram.cost.usd"]
+            "ideogram.cost.usd", unit="{USD}", description=METRICS["ideogram.cost.usd"]
         )
 
 

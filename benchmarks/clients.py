@@ -209,9 +209,9 @@ async def _run_library(
 
     tracing = None
     if client in (Client.LIBRARY_TRACED, Client.LIBRARY_INSTRUMENTED):
-        from .tracing import Tracing  # only these workers install the SDK
+        from .tracing import tracing as installed  # only these workers install the SDK
 
-        tracing = Tracing(aiohttp_spans=client is Client.LIBRARY_INSTRUMENTED)
+        tracing = installed(aiohttp_spans=client is Client.LIBRARY_INSTRUMENTED)
     async with IdeogramClient(
         api_key=API_KEY,
         base_url=base_url,

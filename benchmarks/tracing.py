@@ -8,6 +8,8 @@ and every metric to an ``InMemoryMetricReader``.
 
 from __future__ import annotations
 
+import functools
+
 import aiohttp
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
@@ -17,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-__all__ = ["Tracing"]
+__all__ = ["Tracing", "tracing"]
 
 
 class Tracing:
@@ -35,10 +37,20 @@ class Tracing:
         )
 
     def check(self, calls: int) -> None:
-        """Fail unless the run made a span per call (and one per attempt with aiohttp's)."""
+        """Fail unless the run made a span per call (and one per attempt with aiohttp's).
+
+        Clears what it checked, so the next run in this process is checked on its own.
+        """
         spans = self.spans.get_finished_spans()
+        self.spans.clear()
         expected = calls * (2 if self.trace_configs else 1)
         if len(spans) < expected:
             raise RuntimeError(f"tracing was on, but {len(spans)} spans for {calls} calls")
         if self.reader.get_metrics_data() is None:
             raise RuntimeError("tracing was on, but no metrics were recorded")
+
+
+@functools.cache
+def tracing(*, aiohttp_spans: bool) -> Tracing:
+    """The SDK, installed once per process (a global provider cannot be replaced)."""
+    return Tracing(aiohttp_spans=aiohttp_spans)

@@ -42,8 +42,10 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.cli import main
+from ideogram_async.redis_allowance import RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
+from ._redis import RedisServer
 from ._support import KEY
 
 INFLIGHT_429 = Fault.status(
@@ -224,6 +226,20 @@ async def test_the_allowance_gauges_show_the_bound_and_the_places_held(
     }
 
 
+async def test_a_shared_allowance_is_reported_as_shared(
+    sdk: Sdk, emulator: Emulator, redis_server: RedisServer, redis_key: str
+) -> None:
+    gc.collect()  # only this test's client is alive, so the sums are its own
+    async with (
+        RedisAllowance(redis_server.url, 6, key=redis_key) as shared,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=shared),
+    ):
+        points = sdk.points()
+    assert by_attribute(points["ideogram.allowance.limit"], "ideogram.allowance.kind") == {
+        "shared": 6
+    }
+
+
 async def test_v2_calls_have_their_spans_and_a_billed_generation_counts_its_cost(
     sdk: Sdk, emulator: Emulator, png_path: Path
 ) -> None:
@@ -295,6 +311,7 @@ _UPSCALE = """
 import asyncio, sys
 from ideogram_async import IdeogramClient, telemetry
 from ideogram_async.cli import main
+from ideogram_async.redis_allowance import RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 async def main():

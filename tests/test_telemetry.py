@@ -13,7 +13,6 @@ import functools
 import gc
 import json
 import os
-import re
 import socket
 import sys
 import textwrap
@@ -464,30 +463,3 @@ def test_a_metrics_port_in_use_is_a_usage_error(capsys: pytest.CaptureFixture[st
         code = main(["upscale", "x.png", "-o", "out", "--metrics-port", str(port)])
     assert code == 2
     assert f"--metrics-port: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
-
-
-# --- docs/telemetry.md ----------------------------------------------------------------------
-
-DOC = Path(__file__).parent.parent / "docs" / "telemetry.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
-
-
-@pytest.mark.parametrize("block", BLOCKS)
-async def test_each_example_of_the_telemetry_doc_runs_against_the_emulator(
-    block: str, emulator: Emulator, png_path: Path
-) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-W",
-        "error",
-        "-c",
-        block,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=png_path.parent,
-        env=_env(IDEOGRAM_BASE_URL=emulator.base_url, IDEOGRAM_API_KEY=KEY),
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    assert "ideogram.upscale {'ideogram.endpoint': '/ideogram/upscale'" in out.decode()

@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ideogram_async import IdeogramError
+from ideogram_async import IdeogramError, ValidationError
 from ideogram_async.webhooks import (
+    DEFAULT_MAX_SKEW,
     WebhookVerificationError,
     load_webhook_keys,
     verify_webhook,
@@ -66,23 +72,63 @@ def test_a_signed_delivery_verifies(private: Ed25519PrivateKey, encode: str) -> 
     assert delivery.payload == {"generation_id": "gen-1", "status": "completed"}
 
 
-def test_a_changed_body_or_another_key_fails(private: Ed25519PrivateKey) -> None:
+def test_a_changed_delivery_or_an_unpublished_signer_fails(private: Ed25519PrivateKey) -> None:
     other = Ed25519PrivateKey.generate()
     keys = load_webhook_keys(_jwks(("k1", private), ("k2", other)))
     headers = _signed(private)
-    with pytest.raises(WebhookVerificationError, match="does not match"):
+    refused = re.escape("the signature matches none of the 2 given key(s): the delivery was not")
+    with pytest.raises(WebhookVerificationError, match=refused):
         verify_webhook(headers, BODY.replace(b"completed", b"failed"), keys, now=NOW)
-    with pytest.raises(WebhookVerificationError, match="does not match"):
-        verify_webhook({**headers, "X-Ideogram-Webhook-Key-Id": "k2"}, BODY, keys, now=NOW)
-    with pytest.raises(WebhookVerificationError, match="does not match"):
+    with pytest.raises(WebhookVerificationError, match=refused):
         verify_webhook({**headers, "X-Ideogram-Webhook-User-Id": "user-8"}, BODY, keys, now=NOW)
+    stranger = Ed25519PrivateKey.generate()  # signs, but is not published
+    with pytest.raises(WebhookVerificationError, match=refused):
+        verify_webhook(_signed(stranger), BODY, keys, now=NOW)
+    with pytest.raises(
+        WebhookVerificationError,
+        match=r"none of the 2 given key\(s\) \(it names key 'k9', which is not among them\)",
+    ):
+        verify_webhook(_signed(stranger, kid="k9"), BODY, keys, now=NOW)
     assert issubclass(WebhookVerificationError, IdeogramError)
+
+
+@pytest.mark.parametrize("named", ["k1", "k3", "rotated-away", ""])
+def test_the_key_id_is_a_hint_any_published_key_verifies(
+    private: Ed25519PrivateKey, named: str
+) -> None:
+    # Signed with k2; the header names k2's neighbours, a key no longer published, or none.
+    signer = Ed25519PrivateKey.generate()
+    keys = load_webhook_keys(
+        _jwks(
+            ("k1", Ed25519PrivateKey.generate()),
+            ("k2", signer),
+            ("k3", Ed25519PrivateKey.generate()),
+        )
+    )
+    delivery = verify_webhook(_signed(signer, kid=named), BODY, keys, now=NOW)
+    assert delivery.key_id == "k2"  # the key that really signed it
+    assert delivery.payload["status"] == "completed"
+
+
+def test_the_named_key_is_tried_first(private: Ed25519PrivateKey) -> None:
+    tried: list[str] = []
+
+    class Spy:
+        def __init__(self, name: str, key: Ed25519PublicKey) -> None:
+            self.name, self.key = name, key
+
+        def verify(self, signature: bytes, message: bytes) -> None:
+            tried.append(self.name)
+            self.key.verify(signature, message)
+
+    published = load_webhook_keys(_jwks(("k1", Ed25519PrivateKey.generate()), ("k2", private)))
+    keys: Any = {name: Spy(name, key) for name, key in published.items()}
+    assert verify_webhook(_signed(private, kid="k2"), BODY, keys, now=NOW).key_id == "k2"
+    assert tried == ["k2"]  # found at once: no other key is tried
 
 
 def test_unknown_key_missing_header_and_garbled_signature(private: Ed25519PrivateKey) -> None:
     keys = load_webhook_keys(_jwks(("k1", private)))
-    with pytest.raises(WebhookVerificationError, match="key 'k9', which is not among"):
-        verify_webhook(_signed(private, kid="k9"), BODY, keys, now=NOW)
     headers = _signed(private)
     del headers["X-Ideogram-Webhook-Timestamp"]
     with pytest.raises(WebhookVerificationError, match="X-Ideogram-Webhook-timestamp"):
@@ -97,12 +143,16 @@ def test_a_stale_delivery_is_refused_unless_the_age_check_is_off(
 ) -> None:
     keys = load_webhook_keys(_jwks(("k1", private)))
     old = _signed(private, timestamp=str(int(NOW) - 301))
-    with pytest.raises(WebhookVerificationError, match="301s ago, beyond max_age=300s"):
+    with pytest.raises(WebhookVerificationError) as info:
         verify_webhook(old, BODY, keys, now=NOW)
+    assert (
+        str(info.value)
+        == "the delivery is stamped 301s ago, beyond max_age=300s; it may be a replay"
+    )
     assert verify_webhook(old, BODY, keys, now=NOW, max_age=None).user_id == "user-9"
     iso = _signed(private, timestamp="2026-09-21T14:13:20+00:00")
     assert verify_webhook(iso, BODY, keys, now=1_790_000_000.0).timestamp.startswith("2026")
-    millis = _signed(private, timestamp=str(int(NOW * 1000) + 290_000))
+    millis = _signed(private, timestamp=str(int(NOW * 1000) - 290_000))
     assert verify_webhook(millis, BODY, keys, now=NOW).key_id == "k1"
 
 
@@ -113,3 +163,73 @@ def test_a_jwks_without_ed25519_keys_is_refused() -> None:
         load_webhook_keys({"keys": [{"kty": "OKP", "crv": "X25519", "kid": "x", "x": x}]})
     with pytest.raises(WebhookVerificationError, match="no Ed25519 key"):
         load_webhook_keys("[]")
+
+
+@pytest.mark.parametrize("timestamp", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400"])
+def test_a_timestamp_that_is_not_a_finite_time_is_refused(
+    private: Ed25519PrivateKey, timestamp: str
+) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    for max_age in (300.0, None):  # whatever the age check
+        with pytest.raises(WebhookVerificationError, match="is not a finite time"):
+            verify_webhook(_signed(private, timestamp=timestamp), BODY, keys, max_age=max_age)
+
+
+def test_a_delivery_stamped_ahead_is_taken_within_the_skew_only(
+    private: Ed25519PrivateKey,
+) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    assert DEFAULT_MAX_SKEW == 60.0
+    ahead = _signed(private, timestamp=str(int(NOW) + 60))
+    assert verify_webhook(ahead, BODY, keys, now=NOW).key_id == "k1"  # the skew is inclusive
+    further = _signed(private, timestamp=str(int(NOW) + 61))
+    with pytest.raises(WebhookVerificationError) as info:
+        verify_webhook(further, BODY, keys, now=NOW)
+    assert str(info.value) == (
+        "the delivery is stamped 61s ahead, beyond max_skew=60s; "
+        "a clock is wrong (this one or the sender's)"
+    )
+    assert verify_webhook(further, BODY, keys, now=NOW, max_skew=61).key_id == "k1"
+    assert verify_webhook(further, BODY, keys, now=NOW, max_age=None).key_id == "k1"
+    # The age limit is inclusive, too.
+    assert verify_webhook(_signed(private, timestamp=str(int(NOW) - 300)), BODY, keys, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_age": float("nan")}, "max_age must be a number of seconds >= 0, got nan"),
+        ({"max_age": -1}, "max_age must be a number of seconds >= 0, got -1"),
+        ({"max_age": float("inf")}, "max_age must be finite, got inf; pass None"),
+        ({"max_skew": float("nan")}, "max_skew must be a number of seconds >= 0, got nan"),
+        ({"max_skew": "60"}, "max_skew must be a number of seconds >= 0, got '60'"),
+        ({"max_skew": True}, "max_skew must be a number of seconds >= 0, got True"),
+    ],
+)
+def test_bad_age_settings_are_validation_errors(
+    private: Ed25519PrivateKey, options: dict[str, Any], message: str
+) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        verify_webhook(_signed(private), BODY, keys, now=NOW, **options)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{", b"\xff\xfe", b""])
+def test_a_signed_body_that_is_not_json_is_refused(private: Ed25519PrivateKey, body: bytes) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    with pytest.raises(WebhookVerificationError, match="the signed body is not JSON"):
+        verify_webhook(_signed(private, body), body, keys, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "now"),
+    [
+        ("100000000000", 1e11),  # 10**11 is still seconds (the year 5138)...
+        ("100000000001", 1e8),  # ...one more is milliseconds (1973)
+    ],
+)
+def test_seconds_turn_into_milliseconds_past_10_to_the_11(
+    private: Ed25519PrivateKey, timestamp: str, now: float
+) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    assert verify_webhook(_signed(private, timestamp=timestamp), BODY, keys, now=now).key_id == "k1"

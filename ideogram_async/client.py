@@ -364,11 +364,13 @@ class IdeogramClient(V2Calls, ImagePosts):
             ) as response,
         ):
             await self._http.raise_for_status(response, download=True)
+            # The Content-Length of an encoded (gzip) body counts the encoded bytes.
+            encoded = "Content-Encoding" in response.headers
             return await write_atomically(
                 target,
                 response.content.iter_chunked(CHUNK_SIZE),
                 max_size=self.max_download_size,
-                length=response.content_length,
+                length=None if encoded else response.content_length,
             )
 
     async def _attempt(self, image: PreparedImage, form: str, places: int) -> UpscaleResponse:

@@ -148,9 +148,8 @@ def _jpeg_size(head: bytes) -> tuple[int, int] | None:
             continue
         if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame
             return None
-        if pos + 4 > len(head):
-            return None
-        (length,) = struct.unpack(">H", head[pos + 2 : pos + 4])
+        # Cut before its two bytes end, the length is too short or runs past the end.
+        length = int.from_bytes(head[pos + 2 : pos + 4])  # big-endian
         if length < 2:
             return None
         if marker in _SOF_MARKERS:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import math
@@ -112,15 +113,13 @@ def load_webhook_keys(jwks: Mapping[str, Any] | str | bytes) -> dict[str, Ed2551
 def _decode_signature(text: str) -> bytes:
     """The 64 signature bytes, from hex or (URL-safe) base64."""
     text = text.strip()
-    try:
+    with contextlib.suppress(ValueError):  # neither hex nor base64 (binascii.Error)
         raw = bytes.fromhex(text) if len(text) == 2 * _SIGNATURE_SIZE else _unbase64(text)
-    except (ValueError, binascii.Error):
-        raw = b""
-    if len(raw) != _SIGNATURE_SIZE:
-        raise WebhookVerificationError(
-            "the signature header is not a 64-byte Ed25519 signature in hex or base64"
-        )
-    return raw
+        if len(raw) == _SIGNATURE_SIZE:
+            return raw
+    raise WebhookVerificationError(
+        "the signature header is not a 64-byte Ed25519 signature in hex or base64"
+    )
 
 
 def _sent_at(timestamp: str) -> float:

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import re
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -127,15 +129,33 @@ def test_the_named_key_is_tried_first(private: Ed25519PrivateKey) -> None:
     assert tried == ["k2"]  # found at once: no other key is tried
 
 
-def test_unknown_key_missing_header_and_garbled_signature(private: Ed25519PrivateKey) -> None:
+def test_missing_headers_and_garbled_signatures_are_refused(private: Ed25519PrivateKey) -> None:
     keys = load_webhook_keys(_jwks(("k1", private)))
     headers = _signed(private)
-    del headers["X-Ideogram-Webhook-Timestamp"]
-    with pytest.raises(WebhookVerificationError, match="X-Ideogram-Webhook-timestamp"):
+    del headers["X-Ideogram-Webhook-Timestamp"], headers["X-Ideogram-Webhook-Signature"]
+    with pytest.raises(WebhookVerificationError) as info:
         verify_webhook(headers, BODY, keys, now=NOW)
-    garbled = {**_signed(private), "X-Ideogram-Webhook-Signature": "not a signature"}
-    with pytest.raises(WebhookVerificationError, match="64-byte Ed25519 signature"):
-        verify_webhook(garbled, BODY, keys, now=NOW)
+    assert str(info.value) == (
+        "the delivery lacks the X-Ideogram-Webhook-timestamp, "
+        "X-Ideogram-Webhook-signature header(s)"
+    )
+    signature = base64.b64decode(_signed(private)["X-Ideogram-Webhook-Signature"])
+    for garbled in (
+        "not a signature",
+        base64.b64encode(signature[:63]).decode(),  # base64 of a byte too few
+        signature.hex() + "00",  # hex of a byte too many: read as base64, too long
+        signature.hex()[:-1] + "g",  # as long as hex, but not hex
+    ):
+        with pytest.raises(WebhookVerificationError) as info:
+            verify_webhook(
+                {**_signed(private), "X-Ideogram-Webhook-Signature": garbled}, BODY, keys, now=NOW
+            )
+        assert str(info.value) == (
+            "the signature header is not a 64-byte Ed25519 signature in hex or base64"
+        )
+    padded = {**_signed(private, encode="hex")}
+    padded["X-Ideogram-Webhook-Signature"] = f"  {padded['X-Ideogram-Webhook-Signature']} "
+    assert verify_webhook(padded, BODY, keys, now=NOW).key_id == "k1"  # spaces around: fine
 
 
 def test_a_stale_delivery_is_refused_unless_the_age_check_is_off(
@@ -157,12 +177,68 @@ def test_a_stale_delivery_is_refused_unless_the_age_check_is_off(
 
 
 def test_a_jwks_without_ed25519_keys_is_refused() -> None:
-    # A well-formed key of another curve is not taken for an Ed25519 one.
     x = _b64url(bytes(range(32)))
-    with pytest.raises(WebhookVerificationError, match="no Ed25519 key"):
-        load_webhook_keys({"keys": [{"kty": "OKP", "crv": "X25519", "kid": "x", "x": x}]})
-    with pytest.raises(WebhookVerificationError, match="no Ed25519 key"):
-        load_webhook_keys("[]")
+    unusable = [
+        {"kty": "OKP", "crv": "X25519", "kid": "x", "x": x},  # another curve, well formed
+        {"kty": "OKP", "crv": "Ed25519", "x": x},  # no kid
+        {"kty": "OKP", "crv": "Ed25519", "kid": 7, "x": x},  # a kid that is not text
+        {"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": _b64url(bytes(31))},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "junk", "x": x[:10] + "!!!!" + x[10:]},
+        "not an entry",
+    ]
+    for entry in unusable:
+        with pytest.raises(WebhookVerificationError) as info:
+            load_webhook_keys({"keys": [entry]})
+        assert str(info.value) == (
+            "the JWKS document holds no Ed25519 key (kty OKP, crv Ed25519, kid and x)"
+        )
+    documents: list[str | bytes | dict[str, object]] = ["[]", b'{"keys": {}}', {"other": []}]
+    for document in documents:
+        with pytest.raises(WebhookVerificationError, match="no Ed25519 key"):
+            load_webhook_keys(document)
+
+
+def test_unusable_keys_are_skipped_and_the_rest_loaded(private: Ed25519PrivateKey) -> None:
+    good = _jwks(("good", private))["keys"]
+    assert isinstance(good, list)
+    bad = {"kty": "OKP", "crv": "Ed25519", "kid": "bad", "x": _b64url(bytes(31))}
+    keys = load_webhook_keys({"keys": [bad, *good]})
+    assert list(keys) == ["good"]
+    assert verify_webhook(_signed(private, kid="bad"), BODY, keys, now=NOW).key_id == "good"
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.exceptions", None)  # as if not installed
+    with pytest.raises(ImportError) as info:
+        load_webhook_keys({"keys": []})
+    assert str(info.value) == (
+        "webhook verification needs cryptography: pip install 'ideogram-async[webhooks]'"
+    )
+
+
+def test_the_current_time_is_the_default(private: Ed25519PrivateKey) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    fresh = _signed(private, timestamp=str(int(time.time())))
+    assert verify_webhook(fresh, BODY, keys).key_id == "k1"
+    with pytest.raises(WebhookVerificationError, match="ago, beyond max_age=300s"):
+        verify_webhook(_signed(private, timestamp=str(int(time.time()) - 3600)), BODY, keys)
+
+
+def test_an_unreadable_timestamp_is_refused(private: Ed25519PrivateKey) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    with pytest.raises(WebhookVerificationError) as info:
+        verify_webhook(_signed(private, timestamp="yesterday"), BODY, keys, max_age=None)
+    assert str(info.value) == ("the timestamp header 'yesterday' is neither Unix time nor ISO 8601")
+
+
+def test_zero_is_a_setting_no_time_to_spare(private: Ed25519PrivateKey) -> None:
+    keys = load_webhook_keys(_jwks(("k1", private)))
+    now = _signed(private)  # stamped NOW
+    assert verify_webhook(now, BODY, keys, now=NOW, max_age=0, max_skew=0).key_id == "k1"
+    with pytest.raises(WebhookVerificationError, match="1s ago, beyond max_age=0s"):
+        verify_webhook(now, BODY, keys, now=NOW + 1, max_age=0)
+    with pytest.raises(WebhookVerificationError, match="1s ahead, beyond max_skew=0s"):
+        verify_webhook(now, BODY, keys, now=NOW - 1, max_skew=0)
 
 
 @pytest.mark.parametrize("timestamp", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400"])
@@ -217,8 +293,9 @@ def test_bad_age_settings_are_validation_errors(
 @pytest.mark.parametrize("body", [b"not json", b"{", b"\xff\xfe", b""])
 def test_a_signed_body_that_is_not_json_is_refused(private: Ed25519PrivateKey, body: bytes) -> None:
     keys = load_webhook_keys(_jwks(("k1", private)))
-    with pytest.raises(WebhookVerificationError, match="the signed body is not JSON"):
+    with pytest.raises(WebhookVerificationError) as info:
         verify_webhook(_signed(private, body), body, keys, now=NOW)
+    assert str(info.value) == "the signed body is not JSON"
 
 
 @pytest.mark.parametrize(

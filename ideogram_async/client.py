@@ -438,11 +438,13 @@ class IdeogramClient:
             ) as response,
         ):
             await transport.raise_for_status(response, download=True)
+            # The Content-Length of an encoded (gzip) body counts the encoded bytes.
+            encoded = "Content-Encoding" in response.headers
             return await write_atomically(
                 target,
                 response.content.iter_chunked(CHUNK_SIZE),
                 max_size=transport.settings.max_download_size,
-                length=response.content_length,
+                length=None if encoded else response.content_length,
             )
 
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import IdeogramError, ResponseFormatError
-from .images import FORMATS, SNIFF_BYTES, SUFFIXES, sniff
+from .errors import APIConnectionError, IdeogramError, ResponseFormatError
+from .images import FORMATS, SNIFF_BYTES, SUFFIXES, TAIL_BYTES, ImageFormat, is_complete, sniff
 from .uploads import in_thread
 
 DEFAULT_MAX_DOWNLOAD_SIZE = 100 * 1024 * 1024
@@ -47,7 +47,12 @@ async def write_atomically(
     The body must be a JPEG, PNG or WebP image of at most ``max_size`` bytes, or
     ``ResponseFormatError`` is raised: the type is checked on the first bytes before
     anything is written, the size against ``length`` (the announced Content-Length)
-    before reading and against the running total while streaming. When ``target``
+    before reading and against the running total while streaming. It must also be
+    whole: exactly ``length`` bytes, or, when no length is known (a body that ends
+    when the connection closes), ending where the image's own structure says
+    (:func:`~ideogram_async.images.is_complete`, on the bytes seen last); else an
+    :class:`APIConnectionError` that may be retried, as for any connection that
+    closed early. When ``target``
     does not end in an image suffix, the image's own (``.png``, ``.jpg``, ``.webp``)
     is added. Returns the path written, with the permissions the umask gives any new
     file. Parent folders are created; disk work runs
@@ -74,7 +79,36 @@ async def write_atomically(
         )
     if target.suffix.lower() not in SUFFIXES:
         target = target.with_name(target.name + fmt.suffix)
-    return await _write(target, head, chunks, size, max_size)
+    return await _write(target, head, chunks, size, max_size, _Whole(fmt, head, length))
+
+
+class _Whole:
+    """Watches a streamed body for its end: keeps its first bytes and its last few."""
+
+    def __init__(self, fmt: ImageFormat, head: bytes, length: int | None) -> None:
+        self.fmt = fmt
+        self.head = head
+        self.length = length
+        self.tail = head  # the bytes seen last
+
+    def feed(self, chunk: bytes) -> None:
+        """Note ``chunk``, the next part of the body."""
+        self.tail = (self.tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
+
+    def check(self, target: Path, size: int) -> None:
+        """Raise ``APIConnectionError`` unless the ``size`` bytes seen make a whole body."""
+        if self.length is not None:
+            if size == self.length:
+                return
+            why = f"{size} bytes arrived where {self.length} were announced"
+        elif is_complete(self.head, self.tail, size):
+            return
+        else:
+            why = f"{size} bytes arrived, not ending like a whole {self.fmt.name.upper()} image"
+        raise APIConnectionError(
+            f"the download of {target.name} is incomplete ({why}): the connection "
+            f"closed early; retrying may help, nothing was written"
+        )
 
 
 async def _disk(
@@ -113,7 +147,12 @@ def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
 
 
 async def _write(
-    target: Path, head: bytes, chunks: AsyncIterator[bytes], size: int, max_size: int
+    target: Path,
+    head: bytes,
+    chunks: AsyncIterator[bytes],
+    size: int,
+    max_size: int,
+    whole: _Whole,
 ) -> Path:
     def create() -> tuple[int, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +172,9 @@ async def _write(
             size += len(chunk)
             if size > max_size:
                 raise _over_cap(target, max_size)
+            whole.feed(chunk)
             await _disk(target, file.write, chunk)
+        whole.check(target, size)
         await _disk(target, finish)
         return target
     except BaseException:

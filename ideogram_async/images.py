@@ -1,10 +1,12 @@
 """The image formats the service takes and returns: JPEG, PNG and WebP.
 
 The one place that knows their signatures, file suffixes and content types, and
-reads an image's width and height from its header without decoding it::
+reads an image's width and height from its header without decoding it, and tells
+from its first and last bytes whether it ends where its own structure says::
 
     fmt = sniff(head)            # ImageFormat or None, from the first SNIFF_BYTES
     size = image_size(head)      # (width, height) or None, from the first HEADER_BYTES
+    whole = is_complete(head, tail, length)  # from the first and last TAIL_BYTES
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ __all__ = [
     "PNG",
     "SNIFF_BYTES",
     "SUFFIXES",
+    "TAIL_BYTES",
     "WEBP",
     "ImageFormat",
     "image_size",
+    "is_complete",
     "sniff",
 ]
 
@@ -55,6 +59,12 @@ SUFFIXES = frozenset(suffix for fmt in FORMATS for suffix in fmt.suffixes)
 """File name endings of the images the service takes and returns (lower case)."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The last chunk of every PNG: length 0, type IEND, and the CRC of "IEND".
+_PNG_END = b"\0\0\0\0IEND\xaeB`\x82"
+_JPEG_END = b"\xff\xd9"  # the EOI (end of image) marker
+TAIL_BYTES = len(_PNG_END)
+"""How many trailing bytes :func:`is_complete` needs (a PNG's closing ``IEND`` chunk)."""
+_RIFF_HEADER = 8  # "RIFF" and the size of what follows it
 
 
 def sniff(head: bytes) -> ImageFormat | None:
@@ -66,6 +76,25 @@ def sniff(head: bytes) -> ImageFormat | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return WEBP
     return None
+
+
+def is_complete(head: bytes, tail: bytes, length: int) -> bool:
+    """Whether an image of ``length`` bytes ends where its own structure says it does.
+
+    ``head`` is its first :data:`SNIFF_BYTES` bytes (or more) and ``tail`` its last
+    :data:`TAIL_BYTES` (or more), so a download can be judged as it streams, without
+    keeping or reading it again: a PNG ends with its ``IEND`` chunk, a JPEG with its
+    EOI marker, a WebP after the number of bytes its RIFF header gives. An image cut
+    short fails this; so does one followed by stray bytes. ``False`` for other data.
+    """
+    fmt = sniff(head)
+    if fmt is PNG:
+        return tail.endswith(_PNG_END)
+    if fmt is JPEG:
+        return tail.endswith(_JPEG_END)
+    if fmt is WEBP:
+        return length == _RIFF_HEADER + int.from_bytes(head[4:8], "little")
+    return False
 
 
 def image_size(head: bytes) -> tuple[int, int] | None:
@@ -119,9 +148,8 @@ def _jpeg_size(head: bytes) -> tuple[int, int] | None:
             continue
         if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame
             return None
-        if pos + 4 > len(head):
-            return None
-        (length,) = struct.unpack(">H", head[pos + 2 : pos + 4])
+        # Cut before its two bytes end, the length is too short or runs past the end.
+        length = int.from_bytes(head[pos + 2 : pos + 4])  # big-endian
         if length < 2:
             return None
         if marker in _SOF_MARKERS:

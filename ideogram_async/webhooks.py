@@ -11,14 +11,18 @@ into keys with :func:`load_webhook_keys`, and check each delivery with
 
 The signed message is the generation id, the user id, the timestamp and the SHA-256
 (hex) of the raw body, one per line, as sent in the ``X-Ideogram-Webhook-*`` headers.
+The ``Key-Id`` header is a hint: the key it names is tried first, then every other
+published key, so deliveries keep verifying while Ideogram rotates its keys.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -26,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import WebhookVerificationError
+from .errors import ValidationError, WebhookVerificationError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
+    "DEFAULT_MAX_SKEW",
     "WebhookDelivery",
     "WebhookVerificationError",
     "load_webhook_keys",
@@ -41,6 +46,8 @@ __all__ = [
 _PREFIX = "x-ideogram-webhook-"
 _HEADERS = ("generation-id", "user-id", "timestamp", "key-id", "signature")
 _SIGNATURE_SIZE = 64
+DEFAULT_MAX_SKEW = 60.0
+"""How far ahead of the receiver's clock (seconds) a delivery may be stamped by default."""
 _EXTRA_HINT = "webhook verification needs cryptography: pip install 'ideogram-async[webhooks]'"
 
 
@@ -53,6 +60,7 @@ class WebhookDelivery:
     timestamp: str
     """As sent in the header."""
     key_id: str
+    """The id of the published key whose signature matched (the header's is only a hint)."""
     payload: Any
     """The body, parsed as JSON."""
 
@@ -105,15 +113,13 @@ def load_webhook_keys(jwks: Mapping[str, Any] | str | bytes) -> dict[str, Ed2551
 def _decode_signature(text: str) -> bytes:
     """The 64 signature bytes, from hex or (URL-safe) base64."""
     text = text.strip()
-    try:
+    with contextlib.suppress(ValueError):  # neither hex nor base64 (binascii.Error)
         raw = bytes.fromhex(text) if len(text) == 2 * _SIGNATURE_SIZE else _unbase64(text)
-    except (ValueError, binascii.Error):
-        raw = b""
-    if len(raw) != _SIGNATURE_SIZE:
-        raise WebhookVerificationError(
-            "the signature header is not a 64-byte Ed25519 signature in hex or base64"
-        )
-    return raw
+        if len(raw) == _SIGNATURE_SIZE:
+            return raw
+    raise WebhookVerificationError(
+        "the signature header is not a 64-byte Ed25519 signature in hex or base64"
+    )
 
 
 def _sent_at(timestamp: str) -> float:
@@ -127,7 +133,33 @@ def _sent_at(timestamp: str) -> float:
             raise WebhookVerificationError(
                 f"the timestamp header {timestamp!r} is neither Unix time nor ISO 8601"
             ) from None
+    if not math.isfinite(value):
+        raise WebhookVerificationError(f"the timestamp header {timestamp!r} is not a finite time")
     return value / 1000 if value > 1e11 else value
+
+
+def _seconds(name: str, value: float) -> float:
+    """``value`` if it is a finite number of seconds, at least 0; else ``ValidationError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValidationError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not math.isfinite(value):
+        raise ValidationError(f"{name} must be finite, got {value!r}; pass None for no check")
+    return float(value)
+
+
+def _signer(
+    keys: Mapping[str, Ed25519PublicKey], key_id: str, signature: bytes, message: bytes
+) -> str | None:
+    """The id of the key that signed ``message``: ``key_id`` is tried first, then the rest."""
+    _, invalid = _crypto()
+    hinted = [key_id] if key_id in keys else []
+    for kid in hinted + [kid for kid in keys if kid != key_id]:
+        try:
+            keys[kid].verify(signature, message)
+        except invalid:
+            continue
+        return kid
+    return None
 
 
 def verify_webhook(
@@ -136,43 +168,50 @@ def verify_webhook(
     keys: Mapping[str, Ed25519PublicKey],
     *,
     max_age: float | None = 300.0,
+    max_skew: float = DEFAULT_MAX_SKEW,
     now: float | None = None,
 ) -> WebhookDelivery:
     """Check a delivery's signature and age; return it, or raise :class:`WebhookVerificationError`.
 
     ``headers`` are the request's (any case), ``body`` its raw bytes (before any
-    parsing), ``keys`` the published keys by id (:func:`load_webhook_keys`).
-    ``max_age`` (seconds) refuses deliveries stamped that far from ``now`` (the
-    current time by default), so a captured delivery cannot be replayed later;
-    ``None`` turns the check off.
+    parsing), ``keys`` the published keys by id (:func:`load_webhook_keys`). The key
+    named by the ``Key-Id`` header is tried first, then every other one: a delivery
+    signed by any published key is genuine. ``max_age`` (seconds) refuses deliveries
+    stamped longer ago than that before ``now`` (the current time by default), so a
+    captured delivery cannot be replayed later, and ``max_skew`` those stamped more
+    than that ahead of it (clocks differ a little, never by minutes); ``max_age=None``
+    turns both checks off. A timestamp that is not a finite time, and a body that is
+    not JSON, are refused whatever the settings. Bad settings raise ``ValidationError``.
     """
+    if max_age is not None:
+        max_age = _seconds("max_age", max_age)
+    max_skew = _seconds("max_skew", max_skew)
     lowered = {name.lower(): value for name, value in headers.items()}
     missing = [f"X-Ideogram-Webhook-{h}" for h in _HEADERS if _PREFIX + h not in lowered]
     if missing:
         raise WebhookVerificationError(f"the delivery lacks the {', '.join(missing)} header(s)")
     generation_id, user_id, timestamp, key_id, signature = (lowered[_PREFIX + h] for h in _HEADERS)
-    _, invalid = _crypto()
-    key = keys.get(key_id)
-    if key is None:
-        raise WebhookVerificationError(
-            f"the delivery is signed with key {key_id!r}, which is not among the given keys; "
-            f"fetch the current ones from Ideogram's JWKS document"
-        )
     message = "\n".join(
         (generation_id, user_id, timestamp, hashlib.sha256(body).hexdigest())
     ).encode()
-    try:
-        key.verify(_decode_signature(signature), message)
-    except invalid as exc:
+    signer = _signer(keys, key_id, _decode_signature(signature), message)
+    if signer is None:
+        named = "" if key_id in keys else f" (it names key {key_id!r}, which is not among them)"
         raise WebhookVerificationError(
-            "the signature does not match the delivery: it was not sent by Ideogram "
-            "or was altered on the way"
-        ) from exc
+            f"the signature matches none of the {len(keys)} given key(s){named}: the delivery "
+            f"was not sent by Ideogram, was altered on the way, or is signed with a key "
+            f"published since; fetch the current keys from Ideogram's JWKS document"
+        )
     age = (time.time() if now is None else now) - _sent_at(timestamp)
-    if max_age is not None and abs(age) > max_age:
+    if max_age is not None and age > max_age:
         raise WebhookVerificationError(
-            f"the delivery is stamped {abs(age):.0f}s {'ago' if age > 0 else 'ahead'}, "
-            f"beyond max_age={max_age:g}s; it may be a replay"
+            f"the delivery is stamped {age:.0f}s ago, beyond max_age={max_age:g}s; "
+            f"it may be a replay"
+        )
+    if max_age is not None and -age > max_skew:
+        raise WebhookVerificationError(
+            f"the delivery is stamped {-age:.0f}s ahead, beyond max_skew={max_skew:g}s; "
+            f"a clock is wrong (this one or the sender's)"
         )
     try:
         payload = json.loads(body)
@@ -182,6 +221,6 @@ def verify_webhook(
         generation_id=generation_id,
         user_id=user_id,
         timestamp=timestamp,
-        key_id=key_id,
+        key_id=signer,
         payload=payload,
     )

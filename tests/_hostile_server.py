@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
+import random
 import re
 import socket
 import struct
@@ -102,9 +104,19 @@ def _json(status: int, body: bytes, extra: dict[str, str] | None = None) -> byte
     return _head(status, {**headers, **(extra or {})}) + body
 
 
-def _ok_body(url: str = "http://127.0.0.1/img/bookmark/ok.png", prompt: str = "") -> bytes:
+def ok_body(url: str = "http://127.0.0.1/img/bookmark/ok.png", prompt: str = "") -> bytes:
     answer = {"created": "2026-01-01T00:00:00Z", "data": [{"url": url, "prompt": prompt}]}
     return json.dumps(answer).encode()
+
+
+def image_of(fmt: str) -> bytes:
+    """A real, noisy 96x64 image in ``fmt`` (png, jpeg or webp), some KB long."""
+    from PIL import Image  # only the image scenarios need Pillow
+
+    image = Image.frombytes("RGB", (96, 64), random.Random(fmt).randbytes(96 * 64 * 3))
+    out = io.BytesIO()
+    image.save(out, fmt.upper())
+    return out.getvalue()
 
 
 async def _stream(
@@ -167,7 +179,7 @@ async def _serve(
     if match:
         stats["disposition"] = match.group(0).decode("utf-8", "replace")
     if kind == "ok":  # a valid answer; its prompt carries the image part's disposition
-        writer.write(_json(200, _ok_body(prompt=stats["disposition"] or "")))
+        writer.write(_json(200, ok_body(prompt=stats["disposition"] or "")))
         return True
     if kind == "charset":  # arg "status:charset": a JSON answer (one byte not UTF-8)
         status, _, charset = arg.partition(":")
@@ -213,6 +225,22 @@ async def _serve(
         )
         await _stream(writer, stats, BIG)
         return False
+    if kind == "sized":  # arg "STATUS:SIZE:length|chunked": a body of exactly SIZE bytes,
+        # a valid answer padded with spaces for a 200, else plain text, with its length
+        # announced or in one HTTP chunk
+        status, size, framing = arg.split(":")
+        answer = ok_body() if status == "200" else b""
+        body = answer + (b" " if answer else b"x") * (int(size) - len(answer))
+        kind_of = "application/json" if answer else "text/plain"
+        if framing == "length":
+            writer.write(
+                _head(int(status), {"Content-Type": kind_of, "Content-Length": str(len(body))})
+            )
+            writer.write(body)
+        else:
+            headers = {"Content-Type": kind_of, "Transfer-Encoding": "chunked"}
+            writer.write(_head(int(status), headers) + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        return True
     if kind == "retry-after":  # 429 with the header (and value) named by arg: "name=value"
         name, _, value = arg.partition("=")
         writer.write(_json(429, b'{"detail":"slow down"}', {name: value}))
@@ -240,7 +268,7 @@ async def _serve(
         writer.write(_json(400, b'{"detail": "nope"}', {"x-request-id": f"req-{request.key}"}))
         return True
     if kind == "big-headers":  # one response header far over any sane size
-        writer.write(_json(200, _ok_body(), {"X-Padding": "a" * 256 * 1024}))
+        writer.write(_json(200, ok_body(), {"X-Padding": "a" * 256 * 1024}))
         return False
     if kind == "nested":  # "[" x 200,000 with the status in arg
         writer.write(_json(int(arg), b"[" * 200_000))
@@ -264,6 +292,23 @@ async def _serve(
         writer.write(_head(200, {"Content-Type": "image/png", "Content-Length": "2000000000"}))
         await _stream(writer, stats, BIG, PNG_SIGNATURE)
         return False
+    if kind in ("close-delimited", "cut-once"):  # arg "FORMAT:DROP": an HTTP/1.0 image
+        # without Content-Length, ended by closing the connection, its last DROP bytes
+        # left out (every time, or for "cut-once" on the first request only)
+        fmt, _, drop = arg.partition(":")
+        image = image_of(fmt)
+        if kind == "close-delimited" or stats["requests"] == 1:
+            image = image[: len(image) - int(drop)]
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: image/" + fmt.encode() + b"\r\n\r\n")
+        writer.write(image)
+        writer.close()  # a FIN once all is sent: the end of the body
+        await writer.wait_closed()
+        return False
+    if kind == "gzip-image":  # arg "FORMAT": a gzip-encoded image, with its encoded length
+        body = gzip.compress(image_of(arg))
+        head = {"Content-Type": f"image/{arg}", "Content-Encoding": "gzip"}
+        writer.write(_head(200, {**head, "Content-Length": str(len(body))}) + body)
+        return True
     if kind == "redirect":  # arg: "file" (to file://), "loop" (to itself)
         target = "file:///etc/passwd" if arg == "file" else request.path
         writer.write(_head(302, {"Location": target, "Content-Length": "0"}))

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from ideogram_async import IdeogramError, _downloads
+from ideogram_async import APIConnectionError, IdeogramError, _downloads
 from ideogram_async._downloads import NAME_MAX, name_too_long, write_atomically
+from ideogram_async.images import PNG, TAIL_BYTES
 
 from ._support import listing_midway
 
@@ -140,4 +141,96 @@ async def test_a_cancelled_write_whose_part_file_someone_else_removed_reports_no
         await task  # returns once the worker thread is done and its result undone
     loop.set_exception_handler(None)
     assert reported == []
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- complete or nothing: the announced length, else the image's own end -------------------
+
+
+def _in_pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("piece", [1, 5, 12, 13, 4096])
+async def test_without_a_length_the_images_end_is_watched_across_chunks_of_any_size(
+    tmp_path: Path, png_bytes: bytes, piece: int
+) -> None:
+    target = tmp_path / "x.png"
+    assert await write_atomically(target, _chunks(*_in_pieces(png_bytes, piece))) == target
+    assert target.read_bytes() == png_bytes
+    cut = png_bytes[:-1]
+    with pytest.raises(APIConnectionError) as caught:
+        await write_atomically(tmp_path / "y.png", _chunks(*_in_pieces(cut, piece)))
+    assert str(caught.value) == (
+        f"the download of y.png is incomplete ({len(cut)} bytes arrived, not ending like "
+        "a whole PNG image): the connection closed early; retrying may help, nothing was written"
+    )
+    assert caught.value.transient
+    assert not caught.value.body_sent
+    assert list(tmp_path.iterdir()) == [target]
+
+
+async def test_a_body_in_its_first_chunk_is_judged_on_it(
+    tmp_path: Path, png_bytes: bytes, jpeg_bytes: bytes
+) -> None:
+    assert (await write_atomically(tmp_path / "a", _chunks(png_bytes))).name == "a.png"
+    with pytest.raises(APIConnectionError, match="not ending like a whole JPEG image"):
+        await write_atomically(tmp_path / "b", _chunks(jpeg_bytes[:-2]))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("dropped", [1, -1, -100])
+async def test_a_length_other_than_the_announced_one_is_incomplete(
+    tmp_path: Path, png_bytes: bytes, dropped: int
+) -> None:
+    body = png_bytes[:-dropped] if dropped > 0 else png_bytes + bytes(-dropped)
+    pieces = _in_pieces(body, 7)
+    with pytest.raises(
+        APIConnectionError,
+        match=rf"\({len(body)} bytes arrived where {len(png_bytes)} were announced\)",
+    ):
+        await write_atomically(tmp_path / "x.png", _chunks(*pieces), length=len(png_bytes))
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_announced_length_is_what_makes_a_body_whole(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    # Stray bytes after the image: not a whole PNG by its structure, but all that was announced.
+    body = png_bytes + b"trailer"
+    target = tmp_path / "x.png"
+    assert await write_atomically(target, _chunks(*_in_pieces(body, 7)), length=len(body))
+    assert target.read_bytes() == body
+
+
+def test_only_the_last_bytes_are_kept_while_streaming(png_bytes: bytes) -> None:
+    whole = _downloads._Whole(PNG, png_bytes[:12], None)
+    for piece in [bytes(1000)] * 50 + _in_pieces(png_bytes, 3):
+        whole.feed(piece)
+        assert len(whole.tail) <= TAIL_BYTES
+    whole.check(Path("x.png"), 50_000 + len(png_bytes))  # whole: raises nothing
+
+
+async def test_a_full_disk_stops_the_download_at_the_first_failed_write(
+    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_create = _downloads._create_temp
+
+    def on_a_full_disk(folder: Path, name: str) -> tuple[int, Path]:
+        fd, path = real_create(folder, name)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), path
+
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield png_bytes[:12]
+        while True:
+            pulled.append(1)
+            yield bytes(BIG)
+
+    monkeypatch.setattr(_downloads, "_create_temp", on_a_full_disk)
+    with pytest.raises(IdeogramError, match="No space left on device"):
+        await write_atomically(tmp_path / "x.png", endless())
+    assert len(pulled) == 1  # the first write that reached the disk failed, and ended it
     assert list(tmp_path.iterdir()) == []

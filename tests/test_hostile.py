@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from ideogram_async import (
     APIConnectionError,
@@ -46,6 +47,7 @@ from ideogram_async.images import HEADER_BYTES
 from ideogram_async.testing import Emulator
 
 from ._hostile import Hostile
+from ._hostile_server import image_of, ok_body
 from ._support import KEY, make_image, open_fds
 
 MB = 1024 * 1024
@@ -112,6 +114,38 @@ async def test_an_oversized_error_body_is_cut_and_the_status_kept(
             await client.upscale(PNG)
     assert caught.value.status == 500
     assert peak[0] < 24 * MB
+
+
+ANSWER = len(ok_body())
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_an_answer_of_exactly_max_response_size_is_taken_and_one_byte_more_refused(
+    hostile: Hostile, framing: str
+) -> None:
+    # Refused up front on its Content-Length, or while reading it in chunks.
+    limit = ANSWER + 50
+    async with client_of(
+        hostile.url("sized", f"200:{limit}:{framing}"), max_response_size=limit
+    ) as client:
+        assert (await client.upscale(PNG)).data[0].url == "http://127.0.0.1/img/bookmark/ok.png"
+    over = hostile.url("sized", f"200:{limit + 1}:{framing}")
+    async with client_of(over, max_response_size=limit) as client:
+        with pytest.raises(ResponseFormatError, match=rf"over max_response_size \({limit} bytes\)"):
+            await client.upscale(PNG)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_an_error_body_is_cut_at_exactly_max_response_size(
+    hostile: Hostile, framing: str
+) -> None:
+    for size in (100, 101, 160):
+        async with client_of(
+            hostile.url("sized", f"400:{size}:{framing}"), max_response_size=100
+        ) as client:
+            with pytest.raises(BadRequestError) as caught:
+                await client.upscale(PNG)
+        assert caught.value.body == "x" * 100
 
 
 # -- 2. Retry-After values that are not a wait ----------------------------------------------
@@ -283,6 +317,67 @@ async def test_a_download_that_cannot_be_written_is_an_error_of_the_tree(
             await client.download(hostile.url("png"), tmp_path / "file" / "x.png")
     assert caught.value.attempts == 1
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]
+
+
+FORMATS = ["png", "jpeg", "webp"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_whole_image_ended_by_the_connection_closing_is_written(
+    hostile: Hostile, tmp_path: Path, fmt: str
+) -> None:
+    dest = tmp_path / "result"
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        path = await client.download(hostile.url("close-delimited", f"{fmt}:0"), dest)
+    assert path.read_bytes() == image_of(fmt)
+    with Image.open(path) as image:
+        assert (image.format, image.size) == (fmt.upper(), (96, 64))
+    assert (await hostile.stats())["requests"] == 1
+    assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("drop", ["1", "half"])
+async def test_an_image_cut_short_by_the_connection_closing_is_an_error_leaving_nothing(
+    hostile: Hostile, tmp_path: Path, fmt: str, drop: str
+) -> None:
+    # HTTP/1.0 without Content-Length: only the image's own structure tells its end.
+    size = len(image_of(fmt))
+    dropped = size // 2 if drop == "half" else 1
+    url = hostile.url("close-delimited", f"{fmt}:{dropped}")
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.download(url, tmp_path / "result")
+    assert str(caught.value) == (
+        f"the download of result.{'jpg' if fmt == 'jpeg' else fmt} is incomplete "
+        f"({size - dropped} bytes arrived, not ending like a whole {fmt.upper()} image): "
+        f"the connection closed early; retrying may help, nothing was written"
+    )
+    assert caught.value.transient
+    assert caught.value.attempts == 3  # retried, as a connection that closed early
+    assert (await hostile.stats())["requests"] == 3
+    assert list(tmp_path.iterdir()) == []  # no part file, no result
+
+
+async def test_a_cut_download_is_retried_and_then_written_whole(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        path = await client.download(hostile.url("cut-once", "png:100"), tmp_path / "r.png")
+    assert path.read_bytes() == image_of("png")
+    assert (await hostile.stats())["requests"] == 2
+    assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_gzip_encoded_image_is_whole_at_its_encoded_length(
+    hostile: Hostile, tmp_path: Path, fmt: str
+) -> None:
+    # Content-Length counts the encoded bytes; aiohttp hands over the decoded ones.
+    async with client_of(hostile.url("ok"), retry=FAST) as client:
+        path = await client.download(hostile.url("gzip-image", fmt), tmp_path / "r")
+    assert path.read_bytes() == image_of(fmt)
+    assert (await hostile.stats())["requests"] == 1
 
 
 # -- 6. the key never escapes ---------------------------------------------------------------

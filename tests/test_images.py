@@ -1,4 +1,4 @@
-"""Image formats (images.py): sniffing, suffixes, and width and height from the header."""
+"""Image formats (images.py): sniffing, suffixes, size from the header, completeness."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from ideogram_async.images import (
     HEADER_BYTES,
     JPEG,
     PNG,
+    SNIFF_BYTES,
     SUFFIXES,
+    TAIL_BYTES,
     WEBP,
     ImageFormat,
     image_size,
+    is_complete,
     sniff,
 )
 
@@ -223,3 +226,47 @@ def test_jpeg_fill_bytes_and_standalone_markers_are_skipped() -> None:
     # Insert fill bytes and a standalone marker (TEM) right after SOI.
     padded = data[:2] + b"\xff\xff\xff\x01" + data[2:]
     assert image_size(padded) == (12, 34)
+
+
+# -- is_complete: from the first and last bytes only ----------------------------------------
+
+WHOLE = {
+    "png": encode((641, 479), "PNG"),
+    "jpeg": encode((641, 479), "JPEG"),
+    "progressive-jpeg": encode((641, 479), "JPEG", progressive=True),
+    "lossy-webp": encode((641, 479), "WEBP"),
+    "lossless-webp": encode((641, 479), "WEBP", lossless=True),
+    "extended-webp": encode((64, 48), "WEBP", exif=exif_with_a_large_comment(99)),
+}
+
+
+def _complete(data: bytes) -> bool:
+    return is_complete(data[:SNIFF_BYTES], data[-TAIL_BYTES:], len(data))
+
+
+@pytest.mark.parametrize("name", WHOLE)
+def test_a_whole_image_is_complete_and_any_cut_or_addition_is_not(name: str) -> None:
+    data = WHOLE[name]
+    assert _complete(data)
+    assert is_complete(data, data, len(data))  # more than the bytes needed does as well
+    for cut in (1, 2, 3, TAIL_BYTES, len(data) // 2, len(data) - SNIFF_BYTES):
+        assert not _complete(data[:-cut]), cut
+    assert not _complete(data + b"\0")
+    assert not is_complete(data, data + b"\0", len(data) + 1)  # the end must be at the end
+
+
+def test_what_the_structure_says_is_read_from_the_bytes_given() -> None:
+    png_end = b"\0\0\0\0IEND\xaeB`\x82"
+    assert TAIL_BYTES == len(png_end) == 12
+    png_head = b"\x89PNG\r\n\x1a\n\0\0\0\x0d"
+    assert is_complete(png_head, b"x" + png_end, 99)
+    assert not is_complete(png_head, png_end[:-1] + b"\x83", 99)  # a wrong CRC is no IEND
+    assert is_complete(b"\xff\xd8\xff\xe0", b"\xff\xd9", 4)
+    assert not is_complete(b"\xff\xd8\xff\xe0", b"\xd9\xff", 4)
+    # WebP: "RIFF", the size of the rest (little-endian), "WEBP"; the tail is not read.
+    webp_head = b"RIFF" + struct.pack("<I", 0x0102) + b"WEBP"
+    assert is_complete(webp_head, b"", 8 + 0x0102)
+    assert not is_complete(webp_head, b"", 8 + 0x0201)
+    assert not is_complete(webp_head, b"", 0x0102)
+    for other in (b"GIF89a" + bytes(6), b"", b"\0" * 12):  # not one of the three formats
+        assert not is_complete(other, png_end, 20)

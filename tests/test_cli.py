@@ -36,7 +36,10 @@ from ideogram_async.testing import Emulator, Fault, FaultPlan
 KEY = "sk-cli-7e5t-s3cr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
 FINISHED = re.compile(rb"^\[\d+/\d+\] (ok|FAILED) ")
-MANIFEST_FIELDS = {"source", "status", "urls", "outputs", "error", "attempts", "seconds"}
+MANIFEST_FIELDS = {
+    *("source", "status", "settings", "urls", "upscaled_at", "outputs", "error", "attempts"),
+    "seconds",
+}
 DIRT = ("Traceback", "Task was destroyed", "Unclosed", "Warning", "Exception ignored")
 
 
@@ -267,37 +270,38 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
                     seen.append(line)
         process.send_signal(signum)
         first = await finish(process)
+        sent = emulator.stats.requests
 
-    assert first.returncode == 130, first.stderr
-    assert_clean(first)
-    assert "Interrupted:" in first.stdout
-    assert "--resume" in first.stdout
-    done = read_manifest(manifest)  # every line is whole JSON
-    assert 5 <= len(done) < 30
-    assert all(record["status"] == "ok" for record in done)
-    leftovers = [
-        p.name for p in listing(out) if not re.fullmatch(r"img-\d\d\.upscaled\.png", p.name)
-    ]
-    assert leftovers == []  # no partial downloads or temp files
-    for record in done:
-        assert all_files(record["outputs"])
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert "Interrupted:" in first.stdout
+        assert "--resume" in first.stdout
+        done = read_manifest(manifest)  # every line is whole JSON
+        assert 5 <= len(done) < 30
+        leftovers = [
+            p.name for p in listing(out) if not re.fullmatch(r"img-\d\d\.upscaled\.png", p.name)
+        ]
+        assert leftovers == []  # no partial downloads or temp files
+        for record in done:  # saved, or paid for and recorded with the URL to fetch
+            assert record["status"] in ("ok", "upscaled"), record
+            assert len(record["urls"]) == 1
+            assert record["status"] == "upscaled" or all_files(record["outputs"])
 
-    async with Emulator(KEY) as emulator:
         second = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
-        requests = emulator.stats.requests
+        assert second.returncode == 0, second.stderr
+        assert_clean(second)
+        finished = sum(record["status"] == "ok" for record in done)
+        assert f"Skipping {finished} of 30 image(s)" in second.stdout
+        # Exactly the inputs without a recorded result were sent again.
+        assert emulator.stats.requests - sent == 30 - len(done)
+        records = read_manifest(manifest)
+        assert sorted(r["source"] for r in records) == sorted(str(p.resolve()) for p in sources)
+        assert all(record["status"] == "ok" for record in records)
+        assert len(listing(out)) == 30
 
-    assert second.returncode == 0, second.stderr
-    assert_clean(second)
-    assert f"Skipping {len(done)} of 30 image(s)" in second.stdout
-    assert requests == 30 - len(done)  # exactly the missing ones were sent
-    records = read_manifest(manifest)
-    assert sorted(r["source"] for r in records) == sorted(str(p.resolve()) for p in sources)
-    assert all(record["status"] == "ok" for record in records)
-    assert len(listing(out)) == 30
-
-    async with Emulator(KEY) as emulator:
+        sent = emulator.stats.requests
         third = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
-        assert emulator.stats.requests == 0
+        assert emulator.stats.requests == sent
     assert third.returncode == 0
     assert "Nothing left to do." in third.stdout
 

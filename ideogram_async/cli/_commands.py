@@ -13,6 +13,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ideogram_async import (
     Flavor,
     IdeogramClient,
@@ -29,22 +31,29 @@ if TYPE_CHECKING:
     from ideogram_async.redis_allowance import RedisAllowance
 
 from ._inputs import (
+    MadeFolders,
     Source,
     UsageError,
     check_collisions,
     find_images,
     read_key_file,
 )
-from ._manifest import ManifestLock, finished_sources, read_records
+from ._manifest import settings_of
+from ._manifest_io import ManifestLock, fallback_path, read_records, take_in_fallback
 from ._parser import PROG, build_parser
 from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
 from ._quotes import run_quotes
+from ._resume import plan_resume
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    for stream in (sys.stdout, sys.stderr):  # file names need not be text: never crash on one
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         args, rest = build_parser().parse_known_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad option (argparse exits 2)
@@ -139,8 +148,16 @@ def _upscale(args: argparse.Namespace) -> int:
     sources = find_images(args.images, recursive=args.recursive, exclude=out_dir.resolve())
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
-    with ManifestLock(manifest) if manifest else contextlib.nullcontext():
-        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance)
+    folders = MadeFolders()  # a run that writes nothing leaves no empty folder behind
+    try:
+        if manifest is not None:
+            _make(folders, manifest.parent, "--manifest")
+        with ManifestLock(manifest) if manifest else contextlib.nullcontext():
+            return _upscale_locked(
+                args, request, sources, out_dir, manifest, connect, allowance, folders
+            )
+    finally:
+        folders.remove_empty()
 
 
 def _upscale_locked(
@@ -151,13 +168,16 @@ def _upscale_locked(
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     allowance: RedisAllowance | None,
+    folders: MadeFolders,
 ) -> int:
     """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
+    job = Job(sources=sources, request=request, out_dir=out_dir, manifest=manifest, rerun_hint="")
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
-        sources = _unfinished(sources, manifest)
-        if not sources:
+        official = args.official or args.model is not None
+        job = _resumed(job, manifest, settings_of(request, official=official))
+        if not job.sources and not job.recorded:
             print("Nothing left to do.", flush=True)
             return EXIT_OK
         hint = "Run the same command again to finish the rest."
@@ -166,17 +186,16 @@ def _upscale_locked(
             f"the manifest {manifest} already exists; add --resume to skip the images it "
             f"records as done, or remove it to start over"
         )
+    elif fallback_path(manifest).exists():
+        raise UsageError(
+            f"{fallback_path(manifest)} holds records that an earlier run could not write "
+            f"to the manifest {manifest}; add --resume to take them in, or remove it to "
+            f"start over"
+        )
     else:
         hint = "Run the same command again with --resume to finish the rest."
-    _check_writable(out_dir)
-    job = Job(
-        sources=sources,
-        request=request,
-        out_dir=out_dir,
-        manifest=manifest,
-        append=args.resume,
-        rerun_hint=hint,
-    )
+    _check_writable(out_dir, folders)
+    job = attrs.evolve(job, rerun_hint=hint)
     return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, live=_live())))
 
 
@@ -272,33 +291,29 @@ def _env_key() -> str:
     return key
 
 
-def _unfinished(sources: list[Source], manifest: Path) -> list[Source]:
-    """The sources that ``manifest`` does not record as done, saying what it skips and redoes.
-
-    An image recorded as done whose result file is gone is done again.
-    """
-    done, gone = finished_sources(read_records(manifest))
-    todo = [source for source in sources if str(source.path) not in done]
-    if len(todo) < len(sources):
-        print(
-            f"Skipping {len(sources) - len(todo)} of {len(sources)} image(s) that "
-            f"{manifest} records as done.",
-            flush=True,
-        )
-    redone = [source.shown for source in sources if str(source.path) in gone]
-    if redone:
-        listed = ", ".join(redone[:5]) + (f" and {len(redone) - 5} more" if len(redone) > 5 else "")
-        print(
-            f"Redoing {len(redone)} image(s) recorded as done whose result is missing: {listed}.",
-            flush=True,
-        )
-    return todo
+def _resumed(job: Job, manifest: Path, settings: dict[str, Any]) -> Job:
+    """``job`` continuing ``manifest``: what it records as done is skipped, what it records
+    as paid for is downloaded, the rest is upscaled; says so."""
+    taken = take_in_fallback(manifest)
+    if taken:
+        print(f"Took in {taken} record(s) an earlier run could not write to {manifest}.")
+    plan = plan_resume(job.sources, read_records(manifest), settings)
+    for message in plan.messages(manifest, len(job.sources)):
+        print(message, flush=True)
+    return attrs.evolve(job, sources=plan.upscale, recorded=plan.download, append=True)
 
 
-def _check_writable(out_dir: Path) -> None:
+def _make(folders: MadeFolders, folder: Path, option: str) -> None:
+    try:
+        folders.make(folder)
+    except OSError as exc:
+        raise UsageError(f"cannot create {folder} for {option}: {exc.strerror or exc}") from None
+
+
+def _check_writable(out_dir: Path, folders: MadeFolders) -> None:
     """Create ``out_dir`` and make sure a file can be written in it, before anything is paid."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folders.make(out_dir)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:

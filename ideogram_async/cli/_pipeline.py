@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,19 @@ from ideogram_async import (
     IdeogramError,
     ResponseFormatError,
     RetryEvent,
+    UpscaleJob,
     UpscaleRequest,
-    UpscaleResponse,
     V2Options,
-    V2UpscaleResponse,
 )
 
-from ._inputs import Source, output_path
-from ._manifest import Manifest, Outcome
+from ._downloads import Saved, paid_urls, refused_folder, save, save_recorded
+from ._inputs import Source
+from ._manifest import Outcome, settings_of, utc_now
+from ._manifest_io import Manifest
 from ._progress import PlainReporter, Reporter, Tally
+from ._resume import Recorded
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-Answer = UpscaleResponse | V2UpscaleResponse
 
 
 # The library's hints name its Python arguments; the command line has options instead.
@@ -94,6 +94,8 @@ class FailFast:
         self._service = service
         self._check = "the network" if official else "--base-url (or IDEOGRAM_BASE_URL)"
         self._reached = False
+        self.key_refused = False
+        """Whether the service refused the API key: only another key can help."""
 
     def retried(self, event: RetryEvent) -> None:
         """A request failed and is retried; any failure but a connect one reached the service."""
@@ -104,6 +106,7 @@ class FailFast:
         """Why the run must stop after ``result``, or ``None`` to go on."""
         error = result.error
         if isinstance(error, AuthenticationError):
+            self.key_refused = True
             return f"{self._service} refused the API key: {describe(error)}"
         if error is not None and _cannot_connect(error):
             if self._reached:
@@ -119,6 +122,18 @@ class FailFast:
         return None
 
 
+class Halt:
+    """Why a run must stop sending (a disk or the manifest refused a write), once it must."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Stop the run for ``reason`` (the first reason given is kept)."""
+        if self.reason is None:
+            self.reason = reason
+
+
 async def run_batch(
     client: IdeogramClient,
     sources: Sequence[Source],
@@ -126,28 +141,49 @@ async def run_batch(
     out_dir: Path,
     *,
     fail_fast: FailFast,
+    halt: Halt,
     on_start: Callable[[], None],
     on_answer: Callable[[bool], None],
+    on_paid: Callable[[Outcome, bool], None],
     on_finish: Callable[[Outcome, bool], None],
 ) -> None:
     """Upscale every source and download its results into ``out_dir``.
 
     ``on_start`` is called as each input's upscale call starts (at most
     ``max_concurrency`` are in progress), ``on_answer(ok)`` when it has ended (its
-    downloads start when ``ok``), and ``on_finish(outcome, downloaded)`` once the input
-    is done. Raises :class:`RunStopped` when ``fail_fast`` says so: nothing more is
-    sent, the calls in flight are cancelled, and results already paid for are still
-    downloaded. Cancelling this coroutine cancels everything in progress and waits
-    until it has let go.
+    downloads start when ``ok``), ``on_paid(outcome, downloading)`` as soon as an
+    upscale's result URLs are known, before anything is downloaded, and
+    ``on_finish(outcome, downloaded)`` once the input is done. Raises
+    :class:`RunStopped` when ``fail_fast`` says so: nothing more is sent, the calls
+    in flight are cancelled, and results already paid for are still downloaded. Once
+    ``halt`` is set (a write was refused), no input is taken up and no download
+    started: the calls already sent run to their end and their results are passed to
+    ``on_paid`` with ``downloading`` false. Cancelling this coroutine cancels
+    everything in progress and waits until it has let go.
     """
 
-    def pulled() -> Iterator[Path]:
+    def pulled() -> Iterator[UpscaleJob]:
         for source in sources:
+            if halt.reason is not None:
+                return
             on_start()
-            yield source.path
+            yield UpscaleJob(source.path, filename=source.upload_name)
 
-    async def finish(source: Source, result: BatchResult[Any], response: Answer) -> None:
-        on_finish(await _download(client, source, result, response, out_dir), True)
+    async def finish(source: Source, paid: Outcome, resolutions: tuple[str | None, ...]) -> None:
+        saved = await save(
+            client,
+            source,
+            paid.urls,
+            out_dir,
+            describe=describe,
+            attempts=paid.attempts,
+            seconds=paid.seconds,
+            upscaled_at=paid.upscaled_at,
+            resolutions=resolutions,
+        )
+        on_finish(saved.outcome, True)
+        if saved.refused is not None:
+            halt.stop(refused_folder(out_dir, saved.refused))
 
     stopped: str | None = None
     downloads: set[asyncio.Task[None]] = set()
@@ -164,12 +200,29 @@ async def run_batch(
                     on_finish(_failed(source, result, describe(result.error)), False)
                     continue
                 assert result.response is not None  # there is one whenever error is None
+                urls, nothing = paid_urls(result.response)
+                if nothing is not None:
+                    on_finish(_failed(source, result, nothing), True)
+                    continue
+                paid = Outcome(
+                    source=source,
+                    ok=False,
+                    urls=urls,
+                    attempts=result.attempts,
+                    seconds=result.elapsed,
+                    upscaled_at=utc_now(),
+                )
+                downloading = halt.reason is None
+                on_paid(paid, downloading)  # recorded before anything is downloaded
+                if not downloading:
+                    continue
                 if len(downloads) >= client.max_concurrency:
                     await asyncio.wait(downloads, return_when=asyncio.FIRST_COMPLETED)
                 for task in [task for task in downloads if task.done()]:
                     downloads.discard(task)
-                    task.result()  # raise a failure of on_finish (a full disk) at once
-                downloads.add(asyncio.create_task(finish(source, result, result.response)))
+                    task.result()  # raise a failure of on_finish at once
+                resolutions = tuple(image.resolution for image in result.response.data)
+                downloads.add(asyncio.create_task(finish(source, paid, resolutions)))
         await asyncio.gather(*downloads)
     finally:
         for task in downloads:
@@ -185,64 +238,16 @@ def _failed(source: Source, result: BatchResult[Any], error: str) -> Outcome:
     )
 
 
-async def _download(
-    client: IdeogramClient,
-    source: Source,
-    result: BatchResult[Any],
-    response: Answer,
-    out_dir: Path,
-) -> Outcome:
-    """Download every image of a successful upscale; any failure fails the input."""
-    started = time.monotonic()
-    urls = tuple(image.url for image in response.data if image.url)
-    resolutions = tuple(image.resolution for image in response.data if image.url)
-    if not response.data:
-        return _failed(source, result, "the service answered with no images")
-    if len(urls) < len(response.data):
-        missing = len(response.data) - len(urls)
-        withheld = sum(image.is_image_safe is False for image in response.data)
-        why = (
-            f"{withheld} image(s) withheld by the service's safety check (the upscale is billed)"
-            if withheld
-            else f"the service answered with {missing} image(s) without a URL"
-        )
-        return _failed(source, result, why)
-    targets = [
-        output_path(out_dir, source, url, None if len(urls) == 1 else number)
-        for number, url in enumerate(urls, 1)
-    ]
-    written = await asyncio.gather(
-        *(client.download(url, target) for url, target in zip(urls, targets, strict=True)),
-        return_exceptions=True,
-    )
-    outputs = tuple(path for path in written if isinstance(path, Path))
-    seconds = result.elapsed + time.monotonic() - started
-    errors = [error for error in written if isinstance(error, BaseException)]
-    if errors:
-        return attrs.evolve(
-            _failed(source, result, f"download failed: {describe(errors[0])}"),
-            urls=urls,
-            outputs=outputs,
-            seconds=seconds,
-        )
-    return Outcome(
-        source=source,
-        ok=True,
-        urls=urls,
-        outputs=outputs,
-        resolutions=resolutions,
-        attempts=result.attempts,
-        seconds=seconds,
-    )
-
-
 @attrs.frozen(kw_only=True)
 class Job:
     """What one run does: which inputs, with which options, into which folder."""
 
     sources: Sequence[Source]
+    """The inputs to upscale."""
     request: UpscaleRequest | V2Options
     out_dir: Path
+    recorded: Sequence[Recorded] = ()
+    """Inputs already upscaled (``--resume``): their recorded results are downloaded first."""
     manifest: Path | None = None
     append: bool = False
     """Continue the manifest (``--resume``) instead of starting it afresh."""
@@ -261,11 +266,13 @@ async def run_job(
     """Run ``job`` with progress and a manifest; return the exit status.
 
     ``connect`` builds the client around a retry hook (it may raise ``UsageError``).
-    When ``stop`` is set the run is cancelled, the manifest keeps every whole line
-    written so far, and the status is 130. A run stopped early (a refused key, an
-    unreachable service) says why on stderr and returns 1.
+    The recorded results of ``job`` are downloaded first (an expired one joins the
+    inputs to upscale), then the inputs are upscaled. When ``stop`` is set the run is
+    cancelled, the manifest keeps every whole line written so far, and the status is
+    130. A run stopped early (a refused key, an unreachable service, a disk or
+    manifest that refuses writes) says why on stderr and returns 1.
     """
-    tally = Tally(total=len(job.sources))
+    tally = Tally(total=len(job.sources) + len(job.recorded))
     reporter = make_reporter(tally, live=live)
     fail_fast: FailFast | None = None
 
@@ -278,8 +285,23 @@ async def run_job(
     client = connect(retried)
     fail_fast = FailFast(client.base_url, official=client.flavor is Flavor.OFFICIAL)
     tally.allowance = client.allowance
-    manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
+    settings = settings_of(job.request, official=client.flavor is Flavor.OFFICIAL)
+    manifest = (
+        Manifest(job.manifest, append=job.append, settings=settings) if job.manifest else None
+    )
+    halt = Halt()
+    unsaved: set[Path] = set()  # inputs upscaled whose results are not saved (yet)
     reporter.start()
+
+    def record(outcome: Outcome) -> None:
+        if outcome.urls and not outcome.ok:
+            unsaved.add(outcome.source.path)
+        else:
+            unsaved.discard(outcome.source.path)
+        if manifest is not None:
+            manifest.write(outcome)
+            if manifest.refused is not None:
+                halt.stop(refused_folder(manifest.path.parent, manifest.refused))
 
     def started() -> None:
         tally.in_flight += 1
@@ -291,6 +313,12 @@ async def run_job(
             tally.downloading += 1
         reporter.changed()
 
+    def paid(outcome: Outcome, downloading: bool) -> None:
+        if not downloading:
+            tally.downloading -= 1
+        record(outcome)
+        reporter.changed()
+
     def finished(outcome: Outcome, downloaded: bool) -> None:
         if downloaded:
             tally.downloading -= 1
@@ -298,42 +326,86 @@ async def run_job(
             tally.ok += 1
         else:
             tally.failed += 1
-        if manifest is not None:
-            manifest.write(outcome)
+        record(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
         reporter.finished(outcome)
 
+    def fetching() -> None:
+        tally.downloading += 1
+        reporter.changed()
+
+    def fetched(saved: Saved) -> None:
+        if saved.expired:  # upscaled again below: not finished
+            tally.downloading -= 1
+            reporter.changed()
+            return
+        finished(saved.outcome, True)
+        if saved.refused is not None:
+            halt.stop(refused_folder(job.out_dir, saved.refused))
+
+    async def work() -> None:
+        expired = await save_recorded(
+            client,
+            job.recorded,
+            job.out_dir,
+            describe=describe,
+            stopped=lambda: halt.reason is not None,
+            on_start=fetching,
+            on_saved=fetched,
+        )
+        if expired:
+            reporter.note(f"{len(expired)} recorded result URL(s) expired: upscaling again.")
+        await run_batch(
+            client,
+            [*job.sources, *expired],
+            job.request,
+            job.out_dir,
+            fail_fast=fail_fast,
+            halt=halt,
+            on_start=started,
+            on_answer=answered,
+            on_paid=paid,
+            on_finish=finished,
+        )
+
     stopped: RunStopped | None = None
     try:
         async with client:
-            batch = run_batch(
-                client,
-                job.sources,
-                job.request,
-                job.out_dir,
-                fail_fast=fail_fast,
-                on_start=started,
-                on_answer=answered,
-                on_finish=finished,
-            )
-            completed = await until_stopped(batch, stop)
+            completed = await until_stopped(work(), stop)
     except RunStopped as exc:
         stopped, completed = exc, True
     finally:
         reporter.close()
         if manifest is not None:
             manifest.close()
+    kept = (
+        f" {len(unsaved)} image(s) already upscaled are recorded with their result URLs: "
+        f"--resume downloads them without upscaling them again."
+        if unsaved and manifest is not None and manifest.refused is None
+        else ""
+    )
+    problem = manifest.problem() if manifest is not None else None
+    if problem is not None:
+        print(problem, file=sys.stderr, flush=True)
     if not completed:
         reporter.note(
             f"Interrupted: {tally.done} of {tally.total} finished "
-            f"({tally.ok} ok, {tally.failed} failed). {job.rerun_hint}"
+            f"({tally.ok} ok, {tally.failed} failed).{kept} {job.rerun_hint}"
         )
         return EXIT_INTERRUPTED
-    if stopped is not None:
+    reason = str(stopped) if stopped is not None else halt.reason
+    if reason is not None:
+        hint = job.rerun_hint
+        if fail_fast.key_refused:
+            again = " with --resume" if manifest is not None and manifest.written else ""
+            hint = (
+                "The API key is what must change: set IDEOGRAM_API_KEY or --api-key-file "
+                f"to a valid key, then run the command again{again}."
+            )
         print(
-            f"Stopped: {stopped}. Nothing more was sent: {tally.ok} of {tally.total} "
-            f"image(s) upscaled, {tally.total - tally.done} not done. {job.rerun_hint}",
+            f"Stopped: {reason}. Nothing more was sent: {tally.ok} of {tally.total} "
+            f"image(s) upscaled, {tally.total - tally.done} not done.{kept} {hint}",
             file=sys.stderr,
             flush=True,
         )

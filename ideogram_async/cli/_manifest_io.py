@@ -36,8 +36,8 @@ __all__ = [
 
 def fallback_path(manifest: Path, folder: Path | None = None) -> Path:
     """Where the lines ``manifest`` refused go: in ``folder`` (the temporary folder), under
-    a name made from the manifest's resolved path, so that ``--resume`` finds them."""
-    digest = hashlib.sha256(os.fsencode(manifest.resolve())).hexdigest()[:16]
+    a name made from the manifest's absolute path, so that ``--resume`` finds them."""
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(manifest))).hexdigest()[:16]
     return Path(folder or tempfile.gettempdir()) / f"ideogram-async-manifest-{digest}.jsonl"
 
 
@@ -210,10 +210,10 @@ def _compact(manifest: Path) -> None:
         raise
 
 
-def take_in_fallback(manifest: Path) -> int:
-    """Append the lines a run could not write to ``manifest`` (see :class:`Manifest`) to it,
-    then remove their fallback file; return how many lines there were."""
-    fallback = fallback_path(manifest)
+def take_in_fallback(manifest: Path, folder: Path | None = None) -> int:
+    """Append the lines a run could not write to ``manifest`` (see :class:`Manifest`;
+    ``folder`` as there) to it, then remove their fallback file; return how many."""
+    fallback = fallback_path(manifest, folder)
     try:
         data = fallback.read_bytes()
     except FileNotFoundError:

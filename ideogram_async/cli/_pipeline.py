@@ -301,7 +301,8 @@ async def run_job(
         if manifest is not None:
             manifest.write(outcome)
             if manifest.refused is not None:
-                halt.stop(refused_folder(manifest.path.parent, manifest.refused))
+                why = manifest.refused.strerror or manifest.refused
+                halt.stop(f"cannot write the manifest {manifest.path} ({why})")
 
     def started() -> None:
         tally.in_flight += 1

@@ -344,7 +344,7 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
         run = await run_cli(*args)
         assert run.returncode == 0, run.stderr
         assert_clean(run)
-        assert sorted(upload.filename for upload in emulator.stats.uploads) == [
+        assert sorted(str(upload.filename) for upload in emulator.stats.uploads) == [
             "caf\ufffd.png",  # what can be sent of the name
             "naïve.png",
         ]

@@ -23,10 +23,11 @@ examples:
   ideogram-async upscale photos/ --model topaz-standard-2 --factor x4 --dry-run
 
 Each result is saved as DIR/<name>.upscaled.<ext> (<name>.upscaled-<k>.<ext> when
---num-images asks for several). With --manifest, one JSON line per image records its
-source, status, urls, outputs, error, attempts and seconds; --resume skips the images
-it records as ok whose results still exist, so finishing an interrupted run pays for no
-image twice. A refused key, or a service that cannot be reached, stops the run at once.
+--num-images asks for several). With --manifest, each image's settings and result
+URLs are recorded as soon as it is paid for, then how it ended; --resume skips the
+images done with the same settings, downloads the results already paid for from their
+recorded URLs and upscales the rest, so finishing an interrupted run pays for no image
+twice. A refused key, an unreachable service or a full disk stops the run at once.
 
 --model uses one of Ideogram's v2 upscalers (its own API and Api-Key; --base-url still
 overrides the host), with its options as --option NAME=VALUE; an image whose result
@@ -130,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     records = upscale.add_argument_group("manifest")
     records.add_argument(
-        "--manifest", metavar="PATH", help="record each finished image as a JSON line in PATH"
+        "--manifest",
+        metavar="PATH",
+        help="record each image's settings, result URLs and outcome as JSON lines in PATH",
     )
     records.add_argument(
         "--resume",
         action="store_true",
-        help="skip images the manifest records as ok whose results still exist; do the rest",
+        help="skip images the manifest records as done with these settings, download the "
+        "results it records as paid for, upscale the rest",
     )
 
     demo = commands.add_parser(

@@ -2,16 +2,20 @@
 
 Upscales fan out through ``IdeogramClient.upscale_many`` with a window of
 ``client.max_concurrency``, so every input taken up is an upscale call in flight; each
-finished upscale gets a download task, so downloads overlap further upscales. At most
+finished upscale is recorded as paid for (its result URLs) and then gets a download
+task, so downloads overlap further upscales. At most
 ``client.max_concurrency`` download tasks exist at once (the consumer waits for one to
 end before starting another), so memory stays O(concurrency) however many files there
 are.
 
 A run that cannot succeed stops early (:class:`FailFast`): when the service refuses the
-key, or when nothing has reached the service and a call could not connect at all.
+key, or when nothing has reached the service and a call could not connect at all. A
+write refused for want of room (:class:`Halt`) stops it from sending anything new; the
+calls already sent finish and are recorded.
 
 :func:`run_job` wraps one run with its manifest, progress display and summary, and
-stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM).
+stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM); a resumed run
+first downloads the results its manifest records as paid for.
 """
 
 from __future__ import annotations

@@ -120,6 +120,68 @@ async def test_a_run_stopped_while_its_results_download_is_resumed_without_buyin
     assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
 
 
+async def line_with(process: asyncio.subprocess.Process, text: str) -> str:
+    """The first line of the command's output that holds ``text``."""
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while line := await process.stdout.readline():
+            if text.encode() in line:
+                return line.decode()
+    raise AssertionError(f"the command ended without saying {text!r}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_an_interrupt_lets_the_calls_already_sent_finish_and_records_them(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i:02d}.png", (8, 6), i) for i in range(10)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        emulator.pause()
+        process = await start_cli(*args, "--concurrency", "3")
+        await emulator.wait_in_flight(3)
+        process.send_signal(signum)
+        said = await line_with(process, "Stopping:")
+        assert "waiting for the 3 upscale call(s) already sent" in said
+        emulator.resume()
+        first = await finish(process)
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert "3 image(s) already upscaled are recorded with their result URLs" in first.stdout
+        assert [r["status"] for r in read_manifest(manifest)] == ["upscaled"] * 3
+        assert emulator.stats.requests == 3  # nothing new was sent after the interrupt
+
+        second = await run_cli(*args, "--resume")
+        assert second.returncode == 0, second.stderr
+        assert upscales_per_input(emulator, inputs) == [1] * 10
+    assert results(out, inputs) == [(16, 12)] * 10
+
+
+async def test_a_second_interrupt_abandons_the_calls_in_flight(tmp_path: Path) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i:02d}.png", (8, 6), i) for i in range(5)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        emulator.pause()
+        process = await start_cli(*args, "--concurrency", "2")
+        await emulator.wait_in_flight(2)
+        process.send_signal(signal.SIGINT)
+        await line_with(process, "Stopping:")
+        process.send_signal(signal.SIGINT)
+        first = await finish(process)  # while the service still holds both calls
+        emulator.resume()
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert not manifest.exists()  # nothing was recorded: the run left nothing behind
+
+        second = await run_cli(*args, "--resume")
+        assert second.returncode == 0, second.stderr
+        # The two abandoned calls are the price of not waiting: they are sent again.
+        assert sorted(upscales_per_input(emulator, inputs)) == [1, 1, 1, 2, 2]
+    assert results(out, inputs) == [(16, 12)] * 5
+
+
 async def test_a_failed_download_keeps_its_urls_and_resume_fetches_them(tmp_path: Path) -> None:
     inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(3)]
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"

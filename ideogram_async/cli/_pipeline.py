@@ -14,13 +14,15 @@ write refused for want of room (:class:`Halt`) stops it from sending anything ne
 calls already sent finish and are recorded.
 
 :func:`run_job` wraps one run with its manifest, progress display and summary, and
-stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM); a resumed run
+stops it cleanly when the ``stop`` event is set (by SIGINT or SIGTERM: the upscale
+calls already sent are let finish and recorded, unless it is set twice); a resumed run
 first downloads the results its manifest records as paid for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -127,15 +129,32 @@ class FailFast:
 
 
 class Halt:
-    """Why a run must stop sending (a disk or the manifest refused a write), once it must."""
+    """Why a run must stop sending (a refused write, an interrupt), once it must.
+
+    Downloads registered with :meth:`abandonable` are cancelled by :meth:`interrupt`:
+    their results stay recorded with their URLs.
+    """
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self._downloads: set[asyncio.Task[None]] = set()
 
     def stop(self, reason: str) -> None:
         """Stop the run for ``reason`` (the first reason given is kept)."""
         if self.reason is None:
             self.reason = reason
+
+    def interrupt(self) -> None:
+        """Stop the run and cancel its downloads (Ctrl-C or SIGTERM)."""
+        self.stop("interrupted")
+        for task in list(self._downloads):
+            task.cancel()
+
+    def abandonable(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Register a download that :meth:`interrupt` cancels; return it."""
+        self._downloads.add(task)
+        task.add_done_callback(self._downloads.discard)
+        return task
 
 
 async def run_batch(
@@ -224,10 +243,14 @@ async def run_batch(
                     await asyncio.wait(downloads, return_when=asyncio.FIRST_COMPLETED)
                 for task in [task for task in downloads if task.done()]:
                     downloads.discard(task)
-                    task.result()  # raise a failure of on_finish at once
+                    if not task.cancelled():  # an interrupt abandons downloads
+                        task.result()  # raise a failure of on_finish at once
                 resolutions = tuple(image.resolution for image in result.response.data)
-                downloads.add(asyncio.create_task(finish(source, paid, resolutions)))
-        await asyncio.gather(*downloads)
+                download = asyncio.create_task(finish(source, paid, resolutions))
+                downloads.add(halt.abandonable(download))
+        for ended in await asyncio.gather(*downloads, return_exceptions=True):
+            if isinstance(ended, Exception):  # not a cancelled (abandoned) download
+                raise ended
     finally:
         for task in downloads:
             task.cancel()
@@ -271,9 +294,9 @@ async def run_job(
 
     ``connect`` builds the client around a retry hook (it may raise ``UsageError``).
     The recorded results of ``job`` are downloaded first (an expired one joins the
-    inputs to upscale), then the inputs are upscaled. When ``stop`` is set the run is
-    cancelled, the manifest keeps every whole line written so far, and the status is
-    130. A run stopped early (a refused key, an unreachable service, a disk or
+    inputs to upscale), then the inputs are upscaled. When ``stop`` is set the run
+    stops (see :func:`until_drained`), the manifest keeps every whole line written so
+    far, and the status is 130. A run stopped early (a refused key, an unreachable service, a disk or
     manifest that refuses writes) says why on stderr and returns 1.
     """
     tally = Tally(total=len(job.sources) + len(job.recorded))
@@ -377,7 +400,13 @@ async def run_job(
     stopped: RunStopped | None = None
     try:
         async with client:
-            completed = await until_stopped(work(), stop)
+            completed = await until_drained(
+                work(),
+                stop,
+                halt=halt,
+                in_flight=lambda: tally.in_flight,
+                note=reporter.note,
+            )
     except RunStopped as exc:
         stopped, completed = exc, True
     finally:
@@ -441,6 +470,55 @@ async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) ->
         return False
     task.result()
     return True
+
+
+async def until_drained(
+    work: Coroutine[Any, Any, None],
+    stop: asyncio.Event,
+    *,
+    halt: Halt,
+    in_flight: Callable[[], int],
+    note: Callable[[str], None],
+) -> bool:
+    """Run ``work`` (a run's upscales) to its end, or stop it once ``stop`` is set.
+
+    At the first ``stop``, the upscale calls in flight (``in_flight()``) are let
+    finish, since their results are paid for, and are recorded, while ``halt`` stops
+    everything else (nothing new is sent, downloads are abandoned); a second ``stop``,
+    or nothing in flight, cancels at once. Returns whether ``work`` ran to its end
+    undisturbed; its own errors are raised. Nothing it started is left running.
+    """
+    task = asyncio.create_task(work)
+    try:
+        if await _ends_first(task, stop):
+            task.result()
+            return True
+        calls = in_flight()
+        if calls:
+            halt.interrupt()
+            note(
+                f"Stopping: waiting for the {calls} upscale call(s) already sent, whose "
+                f"results are paid for, to record them; interrupt again to abandon them."
+            )
+            stop.clear()
+            if await _ends_first(task, stop) and not task.cancelled():
+                with contextlib.suppress(RunStopped):  # the interrupt comes first
+                    task.result()
+        return False
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _ends_first(task: asyncio.Task[None], stop: asyncio.Event) -> bool:
+    """Wait until ``task`` ends or ``stop`` is set; return whether ``task`` ended."""
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+    return task.done()
 
 
 def make_reporter(tally: Tally, *, live: bool) -> Reporter:

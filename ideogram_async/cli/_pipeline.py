@@ -296,8 +296,8 @@ async def run_job(
     The recorded results of ``job`` are downloaded first (an expired one joins the
     inputs to upscale), then the inputs are upscaled. When ``stop`` is set the run
     stops (see :func:`until_drained`), the manifest keeps every whole line written so
-    far, and the status is 130. A run stopped early (a refused key, an unreachable service, a disk or
-    manifest that refuses writes) says why on stderr and returns 1.
+    far, and the status is 130. A run stopped early (a refused key, an unreachable
+    service, a disk or manifest that refuses writes) says why on stderr and returns 1.
     """
     tally = Tally(total=len(job.sources) + len(job.recorded))
     reporter = make_reporter(tally, live=live)

@@ -65,7 +65,8 @@ def upscales_per_input(emulator: Emulator, inputs: list[Path]) -> list[int]:
 
 
 def results(out: Path, inputs: list[Path]) -> list[tuple[int, int]]:
-    """The size of each input's one result (it must exist and decode)."""
+    """The size of each input's one result (it must exist and decode; nothing else is there)."""
+    assert len(list(out.iterdir())) == len(inputs)
     return [size_of(out / f"{path.stem}.upscaled.png") for path in inputs]
 
 

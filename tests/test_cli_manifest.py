@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,9 +28,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._manifest import Outcome
-from ideogram_async.cli._manifest_io import Manifest, read_records, take_in_fallback
+from ideogram_async.cli._manifest_io import (
+    Manifest,
+    fallback_path,
+    read_records,
+    take_in_fallback,
+)
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -529,3 +536,19 @@ async def test_a_run_leaves_no_lock_file_and_a_lock_error_is_a_sentence(tmp_path
         refused.stderr
     )
     assert "[Errno" not in refused.stderr
+
+
+def test_a_fresh_run_refuses_to_start_over_records_it_could_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where such records are kept
+    manifest = tmp_path / "run.jsonl"
+    kept = fallback_path(manifest)
+    kept.write_text('{"source": "/a.png", "status": "upscaled"}\n')
+    image = save_image(tmp_path / "a.png", (8, 6))
+    args = ["upscale", str(image), "-o", str(tmp_path / "out"), "--manifest", str(manifest)]
+    assert main([*args, "--base-url", "http://127.0.0.1:9"]) == 2
+    assert f"{kept} holds records that an earlier run could not write" in capsys.readouterr().err
+    assert kept.exists()
+    assert not (tmp_path / "out").exists()

@@ -12,13 +12,17 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ideogram_async import (
+    Allowance,
     Flavor,
     IdeogramClient,
+    LocalAllowance,
     RetryEvent,
     RetryPolicy,
     SharedAllowanceError,
+    Timeouts,
     UpscaleRequest,
     ValidationError,
 )
@@ -37,8 +41,10 @@ from ._inputs import (
 )
 from ._manifest import ManifestLock, finished_sources, read_records
 from ._parser import PROG, build_parser
-from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
+from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, View, run_job
 from ._quotes import run_quotes
+from ._refusals import WatchedAllowance
+from ._summary import SharedAt
 
 __all__ = ["main"]
 
@@ -70,9 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _live() -> bool:
-    """Whether to draw a live progress bar (stdout is a terminal) rather than plain lines."""
-    return sys.stdout.isatty()
+def _view(args: argparse.Namespace, shared: SharedAt | None = None) -> View:
+    """How the run shows itself, from ``--progress``, ``--quiet``, ``-v`` and ``--json``."""
+    if args.quiet and args.progress not in ("auto", "none"):
+        raise UsageError(f"--quiet shows no progress; leave out --progress {args.progress}")
+    return View(
+        progress=args.progress,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        json=Path(args.json) if args.json else None,
+        shared=shared,
+    )
 
 
 def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
@@ -107,16 +121,19 @@ def _upscale(args: argparse.Namespace) -> int:
             "no service URL: pass --base-url URL or set IDEOGRAM_BASE_URL "
             "(or pass --official to use api.ideogram.ai)"
         )
-    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
+    retry = _retry(args)
+    timeouts = None if args.timeout is None else _timeouts(args.timeout)
     allowance = _shared_allowance(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
+        places: Allowance = LocalAllowance(args.concurrency) if allowance is None else allowance
         try:
             return IdeogramClient(
                 api_key=key,
                 base_url=base_url,
                 flavor=Flavor.OFFICIAL if official else Flavor.PROXY,
-                allowance=args.concurrency if allowance is None else allowance,
+                allowance=WatchedAllowance(places),
+                timeouts=timeouts,
                 retry=retry,
                 on_retry=on_retry,
             )
@@ -131,6 +148,7 @@ def _upscale(args: argparse.Namespace) -> int:
         return _run(lambda stop: _sharing(allowance, run_quotes(connect, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
+    view = _view(args, None if allowance is None else _shared_at(args))
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -140,7 +158,7 @@ def _upscale(args: argparse.Namespace) -> int:
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
     with ManifestLock(manifest) if manifest else contextlib.nullcontext():
-        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance)
+        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance, view)
 
 
 def _upscale_locked(
@@ -151,8 +169,10 @@ def _upscale_locked(
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     allowance: RedisAllowance | None,
+    view: View,
 ) -> int:
     """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
+    given = len(sources)
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
@@ -176,15 +196,17 @@ def _upscale_locked(
         manifest=manifest,
         append=args.resume,
         rerun_hint=hint,
+        skipped=given - len(sources),
     )
-    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, live=_live())))
+    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, view=view)))
 
 
 def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
     """The allowance on Redis that ``--shared-allowance`` names, not yet connected."""
     if args.shared_allowance is None:
-        if args.lease is not None:
-            raise UsageError("--lease applies to --shared-allowance REDIS_URL")
+        for flag, value in (("--lease", args.lease), ("--allowance-key", args.allowance_key)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --shared-allowance REDIS_URL")
         return None
     try:
         from ideogram_async.redis_allowance import RedisAllowance
@@ -193,8 +215,9 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
         ) from None
     lease = 30.0 if args.lease is None else args.lease
+    named = {} if args.allowance_key is None else {"key": args.allowance_key}
     try:
-        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease)
+        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease, **named)
     except ValidationError as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
@@ -213,6 +236,40 @@ async def _sharing(allowance: RedisAllowance | None, work: Coroutine[Any, Any, i
         return await work
     finally:
         await allowance.aclose()
+
+
+def _shared_at(args: argparse.Namespace) -> SharedAt:
+    """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password."""
+    parts = urlsplit(args.shared_allowance)
+    if parts.scheme == "unix":
+        host = parts.path
+    else:
+        try:
+            port = parts.port or 6379
+        except ValueError:  # redis-py refuses it when connecting; show it as given
+            port = None
+        database = parts.path.strip("/") or "0"
+        host = f"{parts.hostname or 'localhost'}:{port or '?'}/{database}"
+    return SharedAt(host=host, key=args.allowance_key or _DEFAULT_ALLOWANCE_KEY)
+
+
+_DEFAULT_ALLOWANCE_KEY = "ideogram_async"
+"""``RedisAllowance``'s default key name, shown in the summary when none is given."""
+
+
+def _retry(args: argparse.Namespace) -> RetryPolicy | None:
+    """The retry policy of ``--retries`` and ``--deadline`` (``None``: the library's default)."""
+    changes: dict[str, Any] = {}
+    if args.retries is not None:
+        changes["attempts"] = args.retries + 1
+    if args.deadline is not None:
+        changes["deadline"] = args.deadline
+    return RetryPolicy(**changes) if changes else None
+
+
+def _timeouts(seconds: float) -> Timeouts:
+    """``--timeout``: the limit of one attempt; connecting gets no longer than it either."""
+    return Timeouts(attempt=seconds, connect=min(Timeouts().connect, seconds))
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:
@@ -318,6 +375,6 @@ def _demo(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             fault_rate=args.fault_rate,
             stop=stop,
-            live=_live(),
+            view=_view(args),
         )
     )

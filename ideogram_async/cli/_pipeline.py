@@ -23,7 +23,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import attrs
 
 from ideogram_async import (
@@ -45,7 +44,8 @@ from ideogram_async import (
 
 from ._inputs import Source, output_path
 from ._manifest import Manifest, Outcome
-from ._progress import PlainReporter, Reporter, Tally
+from ._progress import AttemptLog, PlainReporter, Reporter, SilentReporter, Tally
+from ._summary import Failure, SharedAt, render, write_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 Answer = UpscaleResponse | V2UpscaleResponse
@@ -56,6 +56,8 @@ _OPTION_NAMES = (
     ("api_key= or IDEOGRAM_API_KEY", "IDEOGRAM_API_KEY or --api-key-file"),
     ("allowance= or requests_per_second", "--allowance"),
     ("check base_url", "check --base-url"),
+    ("raise RetryPolicy.deadline", "raise --deadline"),
+    ("(Timeouts.attempt)", "(--timeout)"),
 )
 
 
@@ -77,9 +79,7 @@ def _cannot_connect(error: BaseException) -> bool:
     """Whether ``error`` means no connection to the service could be opened at all."""
     if isinstance(error, APITimeoutError):
         return error.kind == "connect"
-    return isinstance(error, APIConnectionError) and isinstance(
-        error.__cause__, aiohttp.ClientConnectorError
-    )
+    return isinstance(error, APIConnectionError) and error.unreachable
 
 
 class FailFast:
@@ -108,10 +108,11 @@ class FailFast:
         if error is not None and _cannot_connect(error):
             if self._reached:
                 return None
-            cause = error.__cause__  # what the connection attempt ran into
-            why = f"{type(cause).__name__}: {cause}" if cause is not None else describe(error)
+            cause = error.__cause__  # what the connection attempt ran into, to show it
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else "no connection"
             return (
-                f"cannot reach the service at {self._service} ({' '.join(why.split())}). "
+                f"cannot reach the service at {self._service} ({' '.join(why.split())}; "
+                f"{result.attempts} attempt(s) in {result.elapsed:.1f}s). "
                 f"Check {self._check}, and that the service is up"
             )
         if error is None or isinstance(error, APIError | ResponseFormatError | APIConnectionError):
@@ -126,15 +127,15 @@ async def run_batch(
     out_dir: Path,
     *,
     fail_fast: FailFast,
-    on_start: Callable[[], None],
-    on_answer: Callable[[bool], None],
+    on_start: Callable[[int], None],
+    on_answer: Callable[[BatchResult[Any]], None],
     on_finish: Callable[[Outcome, bool], None],
 ) -> None:
     """Upscale every source and download its results into ``out_dir``.
 
-    ``on_start`` is called as each input's upscale call starts (at most
-    ``max_concurrency`` are in progress), ``on_answer(ok)`` when it has ended (its
-    downloads start when ``ok``), and ``on_finish(outcome, downloaded)`` once the input
+    ``on_start(index)`` is called as each input's upscale call starts (at most
+    ``max_concurrency`` are in progress), ``on_answer(result)`` when it has ended (its
+    downloads start when ``result.ok``), and ``on_finish(outcome, downloaded)`` once the input
     is done. Raises :class:`RunStopped` when ``fail_fast`` says so: nothing more is
     sent, the calls in flight are cancelled, and results already paid for are still
     downloaded. Cancelling this coroutine cancels everything in progress and waits
@@ -142,8 +143,8 @@ async def run_batch(
     """
 
     def pulled() -> Iterator[Path]:
-        for source in sources:
-            on_start()
+        for index, source in enumerate(sources):
+            on_start(index)
             yield source.path
 
     async def finish(source: Source, result: BatchResult[Any], response: Answer) -> None:
@@ -155,7 +156,7 @@ async def run_batch(
         window = client.max_concurrency
         async with client.upscale_many(pulled(), request, window=window) as run:
             async for result in run:
-                on_answer(result.ok)
+                on_answer(result)
                 stopped = fail_fast.reason_to_stop(result)
                 if stopped is not None:
                     break  # leaving the block cancels the calls in flight
@@ -247,7 +248,31 @@ class Job:
     append: bool = False
     """Continue the manifest (``--resume``) instead of starting it afresh."""
     rerun_hint: str
-    """What to tell the user after an interruption."""
+    skipped: int = 0
+    """Inputs left out before the run as already done (``--resume``), for the summary."""
+
+
+@attrs.frozen(kw_only=True)
+class View:
+    """How a run shows itself: progress, the attempt log, the summary's JSON."""
+
+    progress: str = "auto"
+    """``auto`` (a live display on a terminal, plain lines otherwise), ``rich``, ``plain``
+    or ``none``."""
+    quiet: bool = False
+    """No progress and no notes: only the summary (and errors, on stderr)."""
+    verbose: bool = False
+    """One line per attempt on stderr."""
+    json: Path | None = None
+    """Where to write the summary as JSON."""
+    shared: SharedAt | None = None
+    """Where the shared allowance lives, for the summary (``None``: a local one)."""
+
+
+def call_name(request: UpscaleRequest | V2Options, source: Source) -> str:
+    """The name the client gives a call in its retry events (``upscale photo.png``)."""
+    kind = request.model if isinstance(request, V2Options) else "upscale"
+    return f"{kind} {source.path.name}"
 
 
 async def run_job(
@@ -255,24 +280,29 @@ async def run_job(
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     stop: asyncio.Event,
     *,
-    live: bool,
+    view: View,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> int:
-    """Run ``job`` with progress and a manifest; return the exit status.
+    """Run ``job`` with progress, a manifest and a summary; return the exit status.
 
     ``connect`` builds the client around a retry hook (it may raise ``UsageError``).
     When ``stop`` is set the run is cancelled, the manifest keeps every whole line
     written so far, and the status is 130. A run stopped early (a refused key, an
-    unreachable service) says why on stderr and returns 1.
+    unreachable service) says why on stderr and returns 1. The summary is shown
+    (and written as JSON with ``view.json``) however the run ends.
     """
-    tally = Tally(total=len(job.sources))
-    reporter = make_reporter(tally, live=live)
+    tally = Tally(total=len(job.sources) + job.skipped, skipped=job.skipped)
+    reporter = make_reporter(tally, view)
+    log = AttemptLog() if view.verbose else None
     fail_fast: FailFast | None = None
 
     def retried(event: RetryEvent) -> None:
         tally.retries += 1
+        tally.refusals.saw(event.error)
         if fail_fast is not None:
             fail_fast.retried(event)
+        if log is not None:
+            log.retried(event)
         reporter.changed()
 
     client = connect(retried)
@@ -281,13 +311,20 @@ async def run_job(
     manifest = Manifest(job.manifest, append=job.append) if job.manifest else None
     reporter.start()
 
-    def started() -> None:
+    def started(index: int) -> None:
         tally.in_flight += 1
+        tally.calls[index] = time.monotonic()
+        if log is not None:
+            log.began(call_name(job.request, job.sources[index]))
         reporter.changed()
 
-    def answered(ok: bool) -> None:
+    def answered(result: BatchResult[Any]) -> None:
         tally.in_flight -= 1
-        if ok:
+        tally.calls.pop(result.index, None)
+        tally.refusals.saw(result.error)
+        if log is not None:
+            log.ended(call_name(job.request, job.sources[result.index]), result)
+        if result.ok:
             tally.downloading += 1
         reporter.changed()
 
@@ -298,6 +335,7 @@ async def run_job(
             tally.ok += 1
         else:
             tally.failed += 1
+            tally.failures.append(Failure(source=outcome.source.shown, error=outcome.error or ""))
         if manifest is not None:
             manifest.write(outcome)
         if on_outcome is not None:
@@ -324,26 +362,41 @@ async def run_job(
         reporter.close()
         if manifest is not None:
             manifest.close()
+        summary = tally.summary(shared=view.shared)
+        if view.json is not None:
+            write_json(summary, view.json)
+    todo = tally.total - tally.skipped
     if not completed:
-        reporter.note(
-            f"Interrupted: {tally.done} of {tally.total} finished "
-            f"({tally.ok} ok, {tally.failed} failed). {job.rerun_hint}"
+        _note(
+            view,
+            f"Interrupted: {tally.done} of {todo} finished "
+            f"({tally.ok} ok, {tally.failed} failed). {job.rerun_hint}",
         )
-        return EXIT_INTERRUPTED
-    if stopped is not None:
+    elif stopped is not None:
         print(
-            f"Stopped: {stopped}. Nothing more was sent: {tally.ok} of {tally.total} "
-            f"image(s) upscaled, {tally.total - tally.done} not done. {job.rerun_hint}",
+            f"Stopped: {stopped}. Nothing more was sent: {tally.ok} of {todo} "
+            f"image(s) upscaled, {todo - tally.done} not done. {job.rerun_hint}",
             file=sys.stderr,
             flush=True,
         )
+    for line in render(summary):
+        print(line, flush=True)
+    if not completed:
+        return EXIT_INTERRUPTED
+    if stopped is not None:
         return EXIT_FAILED
-    reporter.note(tally.summary())
     if tally.ok:
-        reporter.note(f"Results: {job.out_dir}")
+        _note(view, f"Results: {job.out_dir}")
     if manifest is not None:
-        reporter.note(f"Manifest: {manifest.path}")
+        _note(view, f"Manifest: {manifest.path}")
+    if view.json is not None:
+        _note(view, f"Summary: {view.json}")
     return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def _note(view: View, text: str) -> None:
+    if not view.quiet:
+        print(text, flush=True)
 
 
 async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -366,9 +419,16 @@ async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) ->
     return True
 
 
-def make_reporter(tally: Tally, *, live: bool) -> Reporter:
-    """A live bar when ``live`` (stdout is a terminal) and rich is installed, else plain lines."""
-    if live:
+def make_reporter(tally: Tally, view: View) -> Reporter:
+    """The progress display ``view`` asks for.
+
+    ``auto`` draws a live display when stdout is a terminal and rich is installed,
+    plain lines otherwise; ``rich`` draws it whatever stdout is (falling back to plain
+    lines without rich); ``none`` and ``quiet`` show no progress.
+    """
+    if view.quiet or view.progress == "none":
+        return SilentReporter()
+    if view.progress == "rich" or (view.progress == "auto" and sys.stdout.isatty()):
         try:
             from ._live import RichReporter
         except ImportError:  # rich is in the cli extra

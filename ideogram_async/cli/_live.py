@@ -41,14 +41,19 @@ class Field:
 
 
 def fit(fields: Sequence[Field], width: int) -> list[Field]:
-    """The fields that fit in ``width`` cells, most important first, shown in their order."""
+    """The fields that fit in ``width`` cells, shown in their order.
+
+    They are taken most important first, until the next one does not fit: so a
+    narrower terminal only ever drops fields, and a wider one only brings them back.
+    """
     kept: set[int] = set()
     used = 0
     for index in sorted(range(len(fields)), key=lambda i: (fields[i].priority, i)):
         cost = cell_len(fields[index].text) + (len(_SEP) if kept else 0)
-        if used + cost <= width:
-            kept.add(index)
-            used += cost
+        if used + cost > width:
+            break
+        kept.add(index)
+        used += cost
     return [fields[index] for index in sorted(kept)]
 
 

@@ -293,7 +293,7 @@ async def run_job(
     """
     tally = Tally(total=len(job.sources) + job.skipped, skipped=job.skipped)
     reporter = make_reporter(tally, view)
-    log = AttemptLog() if view.verbose else None
+    log = AttemptLog(describe) if view.verbose else None
     fail_fast: FailFast | None = None
 
     def retried(event: RetryEvent) -> None:

@@ -200,7 +200,10 @@ class AttemptLog:
     end of the wait before it) to the moment it failed or ended.
     """
 
-    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, describe: Callable[[BaseException], str], write: Callable[[str], None] | None = None
+    ) -> None:
+        self._describe = describe
         self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
         self._next: dict[str, float] = {}
         """When the next attempt of each call (by its name) starts."""
@@ -217,7 +220,7 @@ class AttemptLog:
         """An attempt failed and the call waits ``event.wait`` before the next."""
         self._write(
             f"{event.name}: attempt {event.attempt} failed{self._took(event.name)}: "
-            f"{_one_line(event.error)}; next attempt in {event.wait:.2f}s "
+            f"{self._describe(event.error)}; next attempt in {event.wait:.2f}s "
             f"({_why_wait(event.error)})"
         )
         self._next[event.name] = time.monotonic() + event.wait
@@ -231,10 +234,6 @@ class AttemptLog:
         else:
             self._write(
                 f"{name}: attempt {result.attempts} failed{took} for good: "
-                f"{_one_line(result.error)} ({result.elapsed:.1f}s in all)"
+                f"{self._describe(result.error)} ({result.elapsed:.1f}s in all)"
             )
 
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

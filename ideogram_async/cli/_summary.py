@@ -117,7 +117,7 @@ def render(summary: Summary, *, failures: bool = True) -> list[str]:
 
 def _allowance(report: AllowanceReport) -> str:
     where = (
-        "this process's own"
+        "local"
         if report.shared is None
         else f"shared through Redis at {report.shared.host}, key {report.shared.key!r}"
     )

@@ -110,7 +110,9 @@ def test_no_wait_notice_until_a_call_waited_ten_seconds() -> None:
     assert tally.waiting(now) == (0, 0.0)
     assert len(shown(tally, 80)) == 1
     tally.calls.update({2: now - 42.2, 3: now - 11.0, 4: now - 30.0})
-    assert tally.waiting(now) == (3, pytest.approx(42.2))
+    count, longest = tally.waiting(now)
+    assert count == 3
+    assert longest == pytest.approx(42.2)
 
 
 def pty_run(args: list[str], cwd: Path, columns: int = 80, rows: int = 24) -> tuple[int, str]:

@@ -236,4 +236,3 @@ class AttemptLog:
                 f"{name}: attempt {result.attempts} failed{took} for good: "
                 f"{self._describe(result.error)} ({result.elapsed:.1f}s in all)"
             )
-

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from rich.cells import cell_len
 
 from ideogram_async import LocalAllowance
+from ideogram_async.cli._commands import _shared_at
 from ideogram_async.cli._live import RichReporter, fit, status_fields
+from ideogram_async.cli._parser import build_parser
 from ideogram_async.cli._progress import Tally
 from ideogram_async.cli._summary import (
     AllowanceReport,
@@ -39,6 +42,7 @@ from ideogram_async.cli._summary import (
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
+from ._redis import RedisServer
 from .test_cli import KEY, Run, assert_clean, cli_env, run_cli, save_image, upscale_args
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][AB0-9])")
@@ -305,3 +309,37 @@ def test_the_summary_says_the_allowance_only_as_far_as_it_is_known(tmp_path: Pat
     assert written["allowance"] == {"shared": {"host": "cache:6380/2", "key": "org-b"}, "bound": 4}
     assert written["usd"] is None
     assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary left
+
+
+async def test_a_shared_allowance_is_named_in_the_summary(
+    redis_server: RedisServer, redis_key: str, tmp_path: Path
+) -> None:
+    for number in range(4):
+        save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
+    summary = tmp_path / "summary.json"
+    url = redis_server.url.replace("/0", "/6")
+    async with Emulator(KEY, allowance=2, latency=0.02) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        args += ["--shared-allowance", url, "--allowance-key", redis_key, "--allowance", "3"]
+        run = await run_cli(*args, "--json", str(summary))
+    assert run.returncode == 0, run.stderr
+    where = f"127.0.0.1:{redis_server.port}/6"
+    assert f"Allowance: shared through Redis at {where}, key {redis_key!r}" in run.stdout
+    shared = json.loads(summary.read_text())["allowance"]["shared"]
+    assert shared == {"host": where, "key": redis_key}
+    client = aioredis.Redis.from_url(url)
+    try:
+        used = {key.decode() for key in await client.keys("*")}
+    finally:
+        await client.aclose()
+    assert used
+    assert all(key.startswith(f"{{{redis_key}}}") for key in used)  # the key it was given
+
+
+def test_where_a_shared_allowance_lives_shows_no_password() -> None:
+    args = build_parser().parse_args(
+        ["upscale", "x", "--shared-allowance", "redis://user:hunter2@cache.example:6390/3"]
+    )
+    assert _shared_at(args) == SharedAt(host="cache.example:6390/3", key="ideogram_async")
+    args.shared_allowance, args.allowance_key = "rediss://:p%40ss@cache.example", "org-b"
+    assert _shared_at(args) == SharedAt(host="cache.example:6379/0", key="org-b")

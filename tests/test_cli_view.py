@@ -27,10 +27,11 @@ import redis.asyncio as aioredis
 from rich.cells import cell_len
 
 from ideogram_async import LocalAllowance
+from ideogram_async.cli import main
 from ideogram_async.cli._commands import _shared_at
 from ideogram_async.cli._live import RichReporter, fit, status_fields
 from ideogram_async.cli._parser import build_parser
-from ideogram_async.cli._progress import Tally
+from ideogram_async.cli._progress import PlainReporter, Tally
 from ideogram_async.cli._summary import (
     AllowanceReport,
     Failure,
@@ -43,7 +44,7 @@ from ideogram_async.cli._summary import (
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from ._redis import RedisServer
-from .test_cli import KEY, Run, assert_clean, cli_env, run_cli, save_image, upscale_args
+from .test_cli import FINISHED, KEY, Run, assert_clean, cli_env, run_cli, save_image, upscale_args
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][AB0-9])")
 REQUIRED = (
@@ -343,3 +344,80 @@ def test_where_a_shared_allowance_lives_shows_no_password() -> None:
     assert _shared_at(args) == SharedAt(host="cache.example:6390/3", key="ideogram_async")
     args.shared_allowance, args.allowance_key = "rediss://:p%40ss@cache.example", "org-b"
     assert _shared_at(args) == SharedAt(host="cache.example:6379/0", key="org-b")
+
+
+def test_a_bad_option_value_is_one_line_without_the_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["upscale", "x", "--factor", "x3"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "ideogram-async upscale: error: argument --factor: invalid choice: 'x3' "
+        "(choose from 'x2', 'x4', 'x8') (see ideogram-async upscale --help)"
+    ]
+
+
+def test_the_help_keeps_each_example_on_its_own_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upscale", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    continued = next(i for i, line in enumerate(lines) if "--model topaz-bloom-2" in line)
+    assert lines[continued].endswith("--factor x4 \\")
+    assert lines[continued + 1].strip().startswith("--option creativity=5")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--quiet", "--progress", "rich"], "--quiet shows no progress"),
+        (["--allowance-key", "org-b"], "--allowance-key applies to --shared-allowance"),
+        (["--timeout", "0"], "--timeout: expected seconds >= 0.1"),
+        (["--deadline", "soon"], "--deadline: expected seconds >= 0.1"),
+        (["--progress", "fancy"], "argument --progress: invalid choice: 'fancy'"),
+    ],
+)
+def test_view_and_bound_options_are_checked_before_anything_is_sent(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    image = save_image(tmp_path / "a.png", (8, 6))
+    args = ["upscale", str(image), "--out", str(tmp_path / "out"), "--base-url", "http://x"]
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [["--quiet"], ["--progress", "none"], ["--progress", "plain"]])
+async def test_every_mode_ends_with_the_summary(tmp_path: Path, mode: list[str]) -> None:
+    for number in range(3):
+        save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
+    (tmp_path / "in" / "big.png").write_text("not an image")  # fails before it is sent
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out"), *mode)
+    assert run.returncode == 1, run.stderr
+    lines = run.stdout.splitlines()
+    plain = [line for line in lines if FINISHED.match(line.encode())]
+    assert len(plain) == (4 if mode == ["--progress", "plain"] else 0)
+    head = "Done: 3 of 4 image(s) upscaled, 1 failed in "
+    done = next(i for i, line in enumerate(lines) if line.startswith(head))
+    assert lines[done + 1].startswith("Requests: 0 request(s) retried; none refused")
+    assert lines[done + 2].startswith("Allowance: local")
+    assert lines[done + 3] == "Failed:"
+    assert lines[done + 4].startswith(f"  {tmp_path / 'in' / 'big.png'}: ")
+    assert ("Results:" in run.stdout) is (mode != ["--quiet"])
+
+
+async def test_plain_lines_say_when_calls_wait_for_the_service(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tally = Tally(total=3)
+    reporter = PlainReporter(tally)
+    reporter.start()
+    tally.calls[1] = time.monotonic() - 12.0
+    reporter._tick()  # what the reporter does every 10 s
+    tally.calls.clear()
+    reporter._tick()  # nothing waits: nothing to say
+    reporter.close()
+    assert capsys.readouterr().out == "1 waiting 12 s for the service\n"

@@ -330,7 +330,7 @@ async def test_a_shared_allowance_is_named_in_the_summary(
     assert shared == {"host": where, "key": redis_key}
     client = aioredis.Redis.from_url(url)
     try:
-        used = {key.decode() for key in await client.keys("*")}
+        used = {k if isinstance(k, str) else k.decode() for k in await client.keys("*")}
     finally:
         await client.aclose()
     assert used

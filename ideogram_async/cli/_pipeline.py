@@ -109,7 +109,11 @@ class FailFast:
             if self._reached:
                 return None
             cause = error.__cause__  # what the connection attempt ran into, to show it
-            why = f"{type(cause).__name__}: {cause}" if cause is not None else "no connection"
+            why = (
+                f"{type(cause).__name__}: {cause}"
+                if cause is not None
+                else "no connection within the connect timeout"
+            )
             return (
                 f"cannot reach the service at {self._service} ({' '.join(why.split())}; "
                 f"{result.attempts} attempt(s) in {result.elapsed:.1f}s). "

@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -421,3 +422,29 @@ async def test_plain_lines_say_when_calls_wait_for_the_service(
     reporter._tick()  # nothing waits: nothing to say
     reporter.close()
     assert capsys.readouterr().out == "1 waiting 12 s for the service\n"
+
+
+async def test_an_unreachable_service_stops_the_run_saying_the_time_it_took(
+    tmp_path: Path,
+) -> None:
+    save_image(tmp_path / "in" / "a.png", (8, 6))
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+    run = await run_cli(*args, "-v", "--json", str(tmp_path / "summary.json"))
+    assert run.returncode == 1, run.stderr
+    lines = attempt_lines(run.stderr, "upscale a.png")
+    assert [line.split(" failed after ")[0] for line in lines] == [
+        f"upscale a.png: attempt {n}" for n in (1, 2, 3)
+    ]
+    stopped = re.search(
+        r"cannot reach the service at \S+ \((.*); (\d+) attempt\(s\) in ([\d.]+)s\)\. Check",
+        run.stderr,
+    )
+    assert stopped, run.stderr
+    assert int(stopped[2]) == 3  # RetryPolicy.connect_attempts: a refused port is not retried long
+    waited = sum(float(w) for w in re.findall(r"next attempt in ([\d.]+)s", run.stderr))
+    assert float(stopped[3]) >= waited - 0.06  # the time it really took, waits included
+    assert "within" not in stopped[0]  # no configured timeout passed off as the time taken
+    assert run.stderr.count("Check ") == 1  # the advice once

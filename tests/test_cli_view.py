@@ -254,7 +254,7 @@ async def test_refusals_in_the_summary_match_the_services_count(tmp_path: Path) 
     plan = FaultPlan(rate=0.2, choices=[Fault.status(429, retry_after=0)], seed=3)
     async with Emulator(KEY, allowance=2, latency=0.05, faults=plan) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
-        run = await run_cli(*args, "--allowance", "6", "--json", str(summary))
+        run = await run_cli(*args, "--allowance", "6", "--json", str(summary), "-v")
         stats = emulator.stats
     assert run.returncode == 0, run.stderr
     result = json.loads(summary.read_text())
@@ -274,6 +274,13 @@ async def test_refusals_in_the_summary_match_the_services_count(tmp_path: Path) 
     text = f"{sum(refused.values())} refused by the service (429: {refused['inflight_limit']} inflight_limit, {refused['unknown']} unknown)"  # noqa: E501
     assert text in run.stdout
     assert "the service named an allowance of 2, the bound settled at 2 image(s)" in run.stdout
+    # -v: each retried 429 says the wait came from the service's Retry-After.
+    asked = re.findall(
+        r"failed after [\d.]+s: HTTP 429: .*\(the service asked for it \(Retry-After\)\)$",
+        run.stderr,
+        re.M,
+    )
+    assert len(asked) == refused["unknown"]
 
 
 def a_summary(**changes: Any) -> Summary:
@@ -374,6 +381,7 @@ def test_the_help_keeps_each_example_on_its_own_line(capsys: pytest.CaptureFixtu
         (["--timeout", "0"], "--timeout: expected seconds >= 0.1"),
         (["--deadline", "soon"], "--deadline: expected seconds >= 0.1"),
         (["--progress", "fancy"], "argument --progress: invalid choice: 'fancy'"),
+        (["--json", "."], "--json . is a folder"),
     ],
 )
 def test_view_and_bound_options_are_checked_before_anything_is_sent(

@@ -80,6 +80,8 @@ def _view(args: argparse.Namespace, shared: SharedAt | None = None) -> View:
     """How the run shows itself, from ``--progress``, ``--quiet``, ``-v`` and ``--json``."""
     if args.quiet and args.progress not in ("auto", "none"):
         raise UsageError(f"--quiet shows no progress; leave out --progress {args.progress}")
+    if args.json and Path(args.json).is_dir():
+        raise UsageError(f"--json {args.json} is a folder; name the file to write the summary to")
     return View(
         progress=args.progress,
         quiet=args.quiet,

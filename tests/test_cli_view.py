@@ -382,6 +382,7 @@ def test_the_help_keeps_each_example_on_its_own_line(capsys: pytest.CaptureFixtu
         (["--deadline", "soon"], "--deadline: expected seconds >= 0.1"),
         (["--progress", "fancy"], "argument --progress: invalid choice: 'fancy'"),
         (["--json", "."], "--json . is a folder"),
+        (["--model", "auto", "--dry-run", "--json", "s.json"], "--dry-run prints prices only"),
     ],
 )
 def test_view_and_bound_options_are_checked_before_anything_is_sent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -41,7 +42,17 @@ from ._inputs import (
 )
 from ._manifest import ManifestLock, finished_sources, read_records
 from ._parser import PROG, build_parser
-from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, View, run_job
+from ._pipeline import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Job,
+    View,
+    describe,
+    run_job,
+)
+from ._progress import AttemptLog
 from ._quotes import run_quotes
 from ._refusals import WatchedAllowance
 from ._summary import SharedAt
@@ -145,9 +156,13 @@ def _upscale(args: argparse.Namespace) -> int:
     if args.dry_run:
         if not isinstance(request, V2Options):
             raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
+        if args.json:
+            raise UsageError("--json writes the summary of a run; --dry-run prints prices only")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
         options = request
-        return _run(lambda stop: _sharing(allowance, run_quotes(connect, sources, options, stop)))
+        log = AttemptLog(describe) if args.verbose else None
+        quoting = functools.partial(connect, None if log is None else log.retried)
+        return _run(lambda stop: _sharing(allowance, run_quotes(quoting, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
     view = _view(args, None if allowance is None else _shared_at(args))

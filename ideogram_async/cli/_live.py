@@ -144,7 +144,7 @@ class RichReporter:
         self._live.start()
 
     def changed(self) -> None:
-        self._live.refresh()
+        pass  # redrawn 4 times a second: a busy run does not redraw per event
 
     def finished(self, outcome: Outcome) -> None:
         if not outcome.ok:

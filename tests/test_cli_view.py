@@ -410,6 +410,9 @@ async def test_every_mode_ends_with_the_summary(tmp_path: Path, mode: list[str])
     lines = run.stdout.splitlines()
     plain = [line for line in lines if FINISHED.match(line.encode())]
     assert len(plain) == (4 if mode == ["--progress", "plain"] else 0)
+    if plain:  # a failure says how many attempts it took and how long, as a success does
+        (failed,) = [line for line in plain if " FAILED " in line]
+        assert re.search(r" \(0 attempts, \d+\.\d\ds\)$", failed), failed  # nothing was sent
     head = "Done: 3 of 4 image(s) upscaled, 1 failed in "
     done = next(i for i, line in enumerate(lines) if line.startswith(head))
     assert lines[done + 1].startswith("Requests: 0 request(s) retried; none refused")

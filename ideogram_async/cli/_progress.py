@@ -6,7 +6,7 @@ plain lines otherwise, or nothing (``--progress none``, ``--quiet``). The plain
 lines are a stable format that scripts (and the tests) read::
 
     [12/50] ok photo.png -> out/photo.upscaled.png (1 attempt, 0.84s)
-    [13/50] FAILED bad.png: <error>
+    [13/50] FAILED bad.png: <error> (3 attempts, 31.20s)
     3 waiting 42 s for the service
 
 :class:`AttemptLog` writes ``-v``'s line per attempt on stderr.
@@ -155,7 +155,10 @@ class PlainReporter:
                 f"({_attempts(outcome.attempts)}, {outcome.seconds:.2f}s)"
             )
         else:
-            line = f"{head} FAILED {outcome.source.shown}: {outcome.error}"
+            line = (
+                f"{head} FAILED {outcome.source.shown}: {outcome.error} "
+                f"({_attempts(outcome.attempts)}, {outcome.seconds:.2f}s)"
+            )
         self.note(line)
 
     def note(self, text: str) -> None:

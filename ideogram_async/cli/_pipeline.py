@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -252,6 +252,7 @@ class Job:
     append: bool = False
     """Continue the manifest (``--resume``) instead of starting it afresh."""
     rerun_hint: str
+    """What to tell the user after an interruption."""
     skipped: int = 0
     """Inputs left out before the run as already done (``--resume``), for the summary."""
 
@@ -260,7 +261,7 @@ class Job:
 class View:
     """How a run shows itself: progress, the attempt log, the summary's JSON."""
 
-    progress: str = "auto"
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
     """``auto`` (a live display on a terminal, plain lines otherwise), ``rich``, ``plain``
     or ``none``."""
     quiet: bool = False
@@ -371,10 +372,10 @@ async def run_job(
             write_json(summary, view.json)
     todo = tally.total - tally.skipped
     if not completed:
-        _note(
-            view,
+        print(
             f"Interrupted: {tally.done} of {todo} finished "
             f"({tally.ok} ok, {tally.failed} failed). {job.rerun_hint}",
+            flush=True,
         )
     elif stopped is not None:
         print(

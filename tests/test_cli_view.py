@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -45,7 +46,18 @@ from ideogram_async.cli._summary import (
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from ._redis import RedisServer
-from .test_cli import FINISHED, KEY, Run, assert_clean, cli_env, run_cli, save_image, upscale_args
+from .test_cli import (
+    FINISHED,
+    KEY,
+    Run,
+    assert_clean,
+    cli_env,
+    finish,
+    run_cli,
+    save_image,
+    start_cli,
+    upscale_args,
+)
 
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][AB0-9])")
 REQUIRED = (
@@ -460,3 +472,23 @@ async def test_an_unreachable_service_stops_the_run_saying_the_time_it_took(
     assert float(stopped[3]) >= waited - 0.06  # the time it really took, waits included
     assert "within" not in stopped[0]  # no configured timeout passed off as the time taken
     assert run.stderr.count("Check ") == 1  # the advice once
+
+
+async def test_an_interrupted_run_still_writes_its_summary(tmp_path: Path) -> None:
+    for number in range(6):
+        save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
+    summary = tmp_path / "summary.json"
+    async with Emulator(KEY, upscale=False) as emulator:
+        emulator.pause()  # every call waits in the service until the run is interrupted
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        process = await start_cli(*args, "--allowance", "2", "--json", str(summary))
+        await emulator.wait_in_flight(2)
+        process.send_signal(signal.SIGINT)
+        run = await finish(process)
+        emulator.resume()
+    assert run.returncode == 130, run.stderr
+    assert_clean(run)
+    assert "Interrupted: 0 of 6 finished" in run.stdout
+    assert "Done: 0 of 6 image(s) upscaled, 6 skipped in " in run.stdout
+    result = json.loads(summary.read_text())
+    assert (result["total"], result["succeeded"], result["skipped"]) == (6, 0, 6)

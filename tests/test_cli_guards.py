@@ -15,6 +15,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,12 +162,12 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
     sources = [Source(path, path.name) for path in paths]
     in_flight, peak, finished, paid = 0, 0, [], []
 
-    def started() -> None:
+    def started(index: int) -> None:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
 
-    def answered(ok: bool) -> None:
+    def answered(result: BatchResult[Any]) -> None:
         nonlocal in_flight
         in_flight -= 1
 

@@ -226,9 +226,11 @@ async def test_resume_upscales_again_when_a_recorded_url_has_expired(
         else:  # a URL the image host never had
             lines = manifest.read_text().replace("/images/", "/images/f0-").encode()
             manifest.write_bytes(lines)
-        again = await run_cli(*args, "--resume")
+        again = await run_cli(*args, "--resume", "-v")
         assert again.returncode == 0, again.stderr
         assert "2 recorded result URL(s) expired: upscaling again." in again.stdout
+        for name in ("img-0.png", "img-1.png"):  # -v follows the calls made again too
+            assert f"upscale {name}: attempt 1 ok after " in again.stderr
         assert upscales_per_input(emulator, inputs) == [2, 2]
     assert results(out, inputs) == [(16, 12)] * 2
 
@@ -292,9 +294,11 @@ async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
     env = {**cli_env(), "TMPDIR": str(temp)}
     async with Emulator(KEY, latency=0.3) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        summary = tmp_path / "summary.json"  # off the full disk
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-W", "default", "-m", "ideogram_async"),
             *args,
+            *("--json", str(summary)),
             "--concurrency",
             "2",
             stdout=asyncio.subprocess.PIPE,
@@ -313,6 +317,13 @@ async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
         assert "Nothing more was sent" in stopped[0]
         assert sent < len(inputs)  # the rest were never sent
         assert max(upscales_per_input(emulator, inputs)) == 1
+        # The summary is shown and written however the run ends.
+        written = json.loads(summary.read_text())
+        assert written["total"] == len(inputs)
+        assert written["skipped"] >= len(inputs) - sent  # never sent: not attempted
+        assert written["failed"] >= 1  # the result the disk refused
+        done = f"Done: {written['succeeded']} of {len(inputs)} image(s) upscaled"
+        assert done in first.stdout
 
         disk.grow()
         second = await run_cli(*args, "--resume", env=env)
@@ -469,6 +480,27 @@ async def test_resume_redoes_what_was_made_with_other_settings_and_says_so(
         ok = await run_cli(*base, "--prompt", "crisp", "--num-images", "1", "--resume")
         assert "Nothing left to do." in ok.stdout
     assert {record["settings"]["prompt"] for record in read_manifest(manifest)} == {"crisp"}
+
+
+async def test_a_resumed_runs_summary_counts_what_it_skipped_and_what_it_downloaded(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(4)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    summary = tmp_path / "summary.json"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_cli(*args)).returncode == 0
+        (out / "img-0.upscaled.png").unlink()  # downloaded again from its recorded URL
+        inputs.append(save_image(tmp_path / "in" / "img-4.png", (8, 6), 4))  # new: upscaled
+        again = await run_cli(*args, "--resume", "--json", str(summary))
+        assert again.returncode == 0, again.stderr
+        assert_clean(again)
+        assert upscales_per_input(emulator, inputs) == [1] * 5
+    assert "Done: 2 of 5 image(s) upscaled, 3 skipped in " in again.stdout
+    written = json.loads(summary.read_text())
+    assert (written["total"], written["succeeded"], written["skipped"]) == (5, 2, 3)
+    assert results(out, inputs) == [(16, 12)] * 5
 
 
 async def test_records_without_settings_are_done_again(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The package's layout: small modules, imports that flow one way, no cycles.
+"""The package's layout: modules of one concept, imports that flow one way, no cycles.
 
 Read from the source with ``ast`` (nothing is imported), so type-only imports count too.
 """
@@ -14,6 +14,7 @@ import ideogram_async
 ROOT = Path(ideogram_async.__file__).parent
 PACKAGE = "ideogram_async"
 MAX_LINES = 800
+"""No line-count rule, only a guard against a module that holds several concepts."""
 
 
 def module_name(path: Path) -> str:
@@ -88,7 +89,7 @@ def test_no_import_cycles() -> None:
     assert find_cycle() is None
 
 
-def test_no_module_is_over_800_lines() -> None:
+def test_no_module_is_over_about_800_lines() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: size for name, size in sizes.items() if size > MAX_LINES} == {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -12,15 +13,19 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from ideogram_async import (
+    Allowance,
     Flavor,
     IdeogramClient,
+    LocalAllowance,
     RetryEvent,
     RetryPolicy,
     SharedAllowanceError,
+    Timeouts,
     UpscaleRequest,
     ValidationError,
 )
@@ -41,9 +46,21 @@ from ._inputs import (
 from ._manifest import settings_of
 from ._manifest_io import ManifestLock, fallback_path, read_records, take_in_fallback
 from ._parser import PROG, build_parser
-from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
+from ._pipeline import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Job,
+    View,
+    describe,
+    run_job,
+)
+from ._progress import AttemptLog
 from ._quotes import run_quotes
+from ._refusals import WatchedAllowance
 from ._resume import plan_resume
+from ._summary import SharedAt
 
 __all__ = ["main"]
 
@@ -79,9 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _live() -> bool:
-    """Whether to draw a live progress bar (stdout is a terminal) rather than plain lines."""
-    return sys.stdout.isatty()
+def _view(args: argparse.Namespace, shared: SharedAt | None = None) -> View:
+    """How the run shows itself, from ``--progress``, ``--quiet``, ``-v`` and ``--json``."""
+    if args.quiet and args.progress not in ("auto", "none"):
+        raise UsageError(f"--quiet shows no progress; leave out --progress {args.progress}")
+    if args.json and Path(args.json).is_dir():
+        raise UsageError(f"--json {args.json} is a folder; name the file to write the summary to")
+    return View(
+        progress=args.progress,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        json=Path(args.json) if args.json else None,
+        shared=shared,
+    )
 
 
 def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
@@ -116,16 +143,19 @@ def _upscale(args: argparse.Namespace) -> int:
             "no service URL: pass --base-url URL or set IDEOGRAM_BASE_URL "
             "(or pass --official to use api.ideogram.ai)"
         )
-    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
+    retry = _retry(args)
+    timeouts = None if args.timeout is None else _timeouts(args.timeout)
     allowance = _shared_allowance(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
+        places: Allowance = LocalAllowance(args.concurrency) if allowance is None else allowance
         try:
             return IdeogramClient(
                 api_key=key,
                 base_url=base_url,
                 flavor=Flavor.OFFICIAL if official else Flavor.PROXY,
-                allowance=args.concurrency if allowance is None else allowance,
+                allowance=WatchedAllowance(places),
+                timeouts=timeouts,
                 retry=retry,
                 on_retry=on_retry,
             )
@@ -135,11 +165,16 @@ def _upscale(args: argparse.Namespace) -> int:
     if args.dry_run:
         if not isinstance(request, V2Options):
             raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
+        if args.json:
+            raise UsageError("--json writes the summary of a run; --dry-run prints prices only")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
         options = request
-        return _run(lambda stop: _sharing(allowance, run_quotes(connect, sources, options, stop)))
+        log = AttemptLog(describe) if args.verbose else None
+        quoting = functools.partial(connect, None if log is None else log.retried)
+        return _run(lambda stop: _sharing(allowance, run_quotes(quoting, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
+    view = _view(args, None if allowance is None else _shared_at(args))
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -154,7 +189,7 @@ def _upscale(args: argparse.Namespace) -> int:
             _make(folders, manifest.parent, "--manifest")
         with ManifestLock(manifest) if manifest else contextlib.nullcontext():
             return _upscale_locked(
-                args, request, sources, out_dir, manifest, connect, allowance, folders
+                args, request, sources, out_dir, manifest, connect, allowance, folders, view
             )
     finally:
         folders.remove_empty()
@@ -169,6 +204,7 @@ def _upscale_locked(
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     allowance: RedisAllowance | None,
     folders: MadeFolders,
+    view: View,
 ) -> int:
     """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
     job = Job(sources=sources, request=request, out_dir=out_dir, manifest=manifest, rerun_hint="")
@@ -196,14 +232,15 @@ def _upscale_locked(
         hint = "Run the same command again with --resume to finish the rest."
     _check_writable(out_dir, folders)
     job = attrs.evolve(job, rerun_hint=hint)
-    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, live=_live())))
+    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, view=view)))
 
 
 def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
     """The allowance on Redis that ``--shared-allowance`` names, not yet connected."""
     if args.shared_allowance is None:
-        if args.lease is not None:
-            raise UsageError("--lease applies to --shared-allowance REDIS_URL")
+        for flag, value in (("--lease", args.lease), ("--allowance-key", args.allowance_key)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --shared-allowance REDIS_URL")
         return None
     try:
         from ideogram_async.redis_allowance import RedisAllowance
@@ -212,8 +249,9 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
         ) from None
     lease = 30.0 if args.lease is None else args.lease
+    named = {} if args.allowance_key is None else {"key": args.allowance_key}
     try:
-        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease)
+        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease, **named)
     except ValidationError as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
@@ -232,6 +270,40 @@ async def _sharing(allowance: RedisAllowance | None, work: Coroutine[Any, Any, i
         return await work
     finally:
         await allowance.aclose()
+
+
+def _shared_at(args: argparse.Namespace) -> SharedAt:
+    """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password."""
+    parts = urlsplit(args.shared_allowance)
+    if parts.scheme == "unix":
+        host = parts.path
+    else:
+        try:
+            port = parts.port or 6379
+        except ValueError:  # redis-py refuses it when connecting; show it as given
+            port = None
+        database = parts.path.strip("/") or "0"
+        host = f"{parts.hostname or 'localhost'}:{port or '?'}/{database}"
+    return SharedAt(host=host, key=args.allowance_key or _DEFAULT_ALLOWANCE_KEY)
+
+
+_DEFAULT_ALLOWANCE_KEY = "ideogram_async"
+"""``RedisAllowance``'s default key name, shown in the summary when none is given."""
+
+
+def _retry(args: argparse.Namespace) -> RetryPolicy | None:
+    """The retry policy of ``--retries`` and ``--deadline`` (``None``: the library's default)."""
+    changes: dict[str, Any] = {}
+    if args.retries is not None:
+        changes["attempts"] = args.retries + 1
+    if args.deadline is not None:
+        changes["deadline"] = args.deadline
+    return RetryPolicy(**changes) if changes else None
+
+
+def _timeouts(seconds: float) -> Timeouts:
+    """``--timeout``: the limit of one attempt; connecting gets no longer than it either."""
+    return Timeouts(attempt=seconds, connect=min(Timeouts().connect, seconds))
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:
@@ -300,7 +372,9 @@ def _resumed(job: Job, manifest: Path, settings: dict[str, Any]) -> Job:
     plan = plan_resume(job.sources, read_records(manifest), settings)
     for message in plan.messages(manifest, len(job.sources)):
         print(message, flush=True)
-    return attrs.evolve(job, sources=plan.upscale, recorded=plan.download, append=True)
+    return attrs.evolve(
+        job, sources=plan.upscale, recorded=plan.download, skipped=plan.done, append=True
+    )
 
 
 def _make(folders: MadeFolders, folder: Path, option: str) -> None:
@@ -333,6 +407,6 @@ def _demo(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             fault_rate=args.fault_rate,
             stop=stop,
-            live=_live(),
+            view=_view(args),
         )
     )

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import aiohttp
 import attrs
 
 from ideogram_async import (
@@ -51,8 +51,9 @@ from ._downloads import Saved, paid_urls, refused_folder, save, save_recorded
 from ._inputs import Source
 from ._manifest import Outcome, settings_of, utc_now
 from ._manifest_io import Manifest
-from ._progress import PlainReporter, Reporter, Tally
+from ._progress import AttemptLog, PlainReporter, Reporter, SilentReporter, Tally
 from ._resume import Recorded
+from ._summary import Failure, SharedAt, render, write_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -62,6 +63,8 @@ _OPTION_NAMES = (
     ("api_key= or IDEOGRAM_API_KEY", "IDEOGRAM_API_KEY or --api-key-file"),
     ("allowance= or requests_per_second", "--allowance"),
     ("check base_url", "check --base-url"),
+    ("raise RetryPolicy.deadline", "raise --deadline"),
+    ("(Timeouts.attempt)", "(--timeout)"),
 )
 
 
@@ -83,9 +86,7 @@ def _cannot_connect(error: BaseException) -> bool:
     """Whether ``error`` means no connection to the service could be opened at all."""
     if isinstance(error, APITimeoutError):
         return error.kind == "connect"
-    return isinstance(error, APIConnectionError) and isinstance(
-        error.__cause__, aiohttp.ClientConnectorError
-    )
+    return isinstance(error, APIConnectionError) and error.unreachable
 
 
 class FailFast:
@@ -117,10 +118,15 @@ class FailFast:
         if error is not None and _cannot_connect(error):
             if self._reached:
                 return None
-            cause = error.__cause__  # what the connection attempt ran into
-            why = f"{type(cause).__name__}: {cause}" if cause is not None else describe(error)
+            cause = error.__cause__  # what the connection attempt ran into, to show it
+            why = (
+                f"{type(cause).__name__}: {cause}"
+                if cause is not None
+                else "no connection within the connect timeout"
+            )
             return (
-                f"cannot reach the service at {self._service} ({' '.join(why.split())}). "
+                f"cannot reach the service at {self._service} ({' '.join(why.split())}; "
+                f"{result.attempts} attempt(s) in {result.elapsed:.1f}s). "
                 f"Check {self._check}, and that the service is up"
             )
         if error is None or isinstance(error, APIError | ResponseFormatError | APIConnectionError):
@@ -165,17 +171,17 @@ async def run_batch(
     *,
     fail_fast: FailFast,
     halt: Halt,
-    on_start: Callable[[], None],
-    on_answer: Callable[[bool], None],
+    on_start: Callable[[int], None],
+    on_answer: Callable[[BatchResult[Any]], None],
     on_paid: Callable[[Outcome, bool], None],
     on_finish: Callable[[Outcome, bool], None],
 ) -> None:
     """Upscale every source and download its results into ``out_dir``.
 
-    ``on_start`` is called as each input's upscale call starts (at most
-    ``max_concurrency`` are in progress), ``on_answer(ok)`` when it has ended (its
-    downloads start when ``ok``), ``on_paid(outcome, downloading)`` as soon as an
-    upscale's result URLs are known, before anything is downloaded, and
+    ``on_start(index)`` is called as each input's upscale call starts (at most
+    ``max_concurrency`` are in progress), ``on_answer(result)`` when it has ended (its
+    downloads start when ``result.ok``), ``on_paid(outcome, downloading)`` as soon as
+    an upscale's result URLs are known, before anything is downloaded, and
     ``on_finish(outcome, downloaded)`` once the input is done. Raises
     :class:`RunStopped` when ``fail_fast`` says so: nothing more is sent, the calls
     in flight are cancelled, and results already paid for are still downloaded. Once
@@ -186,10 +192,10 @@ async def run_batch(
     """
 
     def pulled() -> Iterator[UpscaleJob]:
-        for source in sources:
+        for index, source in enumerate(sources):
             if halt.reason is not None:
                 return
-            on_start()
+            on_start(index)
             yield UpscaleJob(source.path, filename=source.upload_name)
 
     async def finish(source: Source, paid: Outcome, resolutions: tuple[str | None, ...]) -> None:
@@ -214,7 +220,7 @@ async def run_batch(
         window = client.max_concurrency
         async with client.upscale_many(pulled(), request, window=window) as run:
             async for result in run:
-                on_answer(result.ok)
+                on_answer(result)
                 stopped = fail_fast.reason_to_stop(result)
                 if stopped is not None:
                     break  # leaving the block cancels the calls in flight
@@ -280,6 +286,31 @@ class Job:
     """Continue the manifest (``--resume``) instead of starting it afresh."""
     rerun_hint: str
     """What to tell the user after an interruption."""
+    skipped: int = 0
+    """Inputs left out before the run as already done (``--resume``), for the summary."""
+
+
+@attrs.frozen(kw_only=True)
+class View:
+    """How a run shows itself: progress, the attempt log, the summary's JSON."""
+
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    """``auto`` (a live display on a terminal, plain lines otherwise), ``rich``, ``plain``
+    or ``none``."""
+    quiet: bool = False
+    """No progress and no notes: only the summary (and errors, on stderr)."""
+    verbose: bool = False
+    """One line per attempt on stderr."""
+    json: Path | None = None
+    """Where to write the summary as JSON."""
+    shared: SharedAt | None = None
+    """Where the shared allowance lives, for the summary (``None``: a local one)."""
+
+
+def call_name(request: UpscaleRequest | V2Options, source: Source) -> str:
+    """The name the client gives a call in its retry events (``upscale photo.png``)."""
+    kind = request.model if isinstance(request, V2Options) else "upscale"
+    return f"{kind} {source.upload_name or source.path.name}"
 
 
 async def run_job(
@@ -287,10 +318,10 @@ async def run_job(
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     stop: asyncio.Event,
     *,
-    live: bool,
+    view: View,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> int:
-    """Run ``job`` with progress and a manifest; return the exit status.
+    """Run ``job`` with progress, a manifest and a summary; return the exit status.
 
     ``connect`` builds the client around a retry hook (it may raise ``UsageError``).
     The recorded results of ``job`` are downloaded first (an expired one joins the
@@ -298,15 +329,22 @@ async def run_job(
     stops (see :func:`until_drained`), the manifest keeps every whole line written so
     far, and the status is 130. A run stopped early (a refused key, an unreachable
     service, a disk or manifest that refuses writes) says why on stderr and returns 1.
+    The summary is shown (and written as JSON with ``view.json``) however the run ends.
     """
-    tally = Tally(total=len(job.sources) + len(job.recorded))
-    reporter = make_reporter(tally, live=live)
+    todo = len(job.sources) + len(job.recorded)
+    tally = Tally(total=todo + job.skipped, skipped=job.skipped)
+    reporter = make_reporter(tally, view)
+    log = AttemptLog(describe) if view.verbose else None
+    batch = list(job.sources)  # what is upscaled: an expired recorded result joins it
     fail_fast: FailFast | None = None
 
     def retried(event: RetryEvent) -> None:
         tally.retries += 1
+        tally.refusals.saw(event.error)
         if fail_fast is not None:
             fail_fast.retried(event)
+        if log is not None:
+            log.retried(event)
         reporter.changed()
 
     client = connect(retried)
@@ -331,13 +369,20 @@ async def run_job(
                 why = manifest.refused.strerror or manifest.refused
                 halt.stop(f"cannot write the manifest {manifest.path} ({why})")
 
-    def started() -> None:
+    def started(index: int) -> None:
         tally.in_flight += 1
+        tally.calls[index] = time.monotonic()
+        if log is not None:
+            log.began(call_name(job.request, batch[index]))
         reporter.changed()
 
-    def answered(ok: bool) -> None:
+    def answered(result: BatchResult[Any]) -> None:
         tally.in_flight -= 1
-        if ok:
+        tally.calls.pop(result.index, None)
+        tally.refusals.saw(result.error)
+        if log is not None:
+            log.ended(call_name(job.request, batch[result.index]), result)
+        if result.ok:
             tally.downloading += 1
         reporter.changed()
 
@@ -354,6 +399,7 @@ async def run_job(
             tally.ok += 1
         else:
             tally.failed += 1
+            tally.failures.append(Failure(source=outcome.source.shown, error=outcome.error or ""))
         record(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
@@ -384,9 +430,10 @@ async def run_job(
         )
         if expired:
             reporter.note(f"{len(expired)} recorded result URL(s) expired: upscaling again.")
+            batch.extend(expired)
         await run_batch(
             client,
-            [*job.sources, *expired],
+            batch,
             job.request,
             job.out_dir,
             fail_fast=fail_fast,
@@ -413,6 +460,9 @@ async def run_job(
         reporter.close()
         if manifest is not None:
             manifest.close()
+        summary = tally.summary(shared=view.shared)
+        if view.json is not None:
+            write_json(summary, view.json)
     kept = (
         f" {len(unsaved)} image(s) already upscaled are recorded with their result URLs: "
         f"--resume downloads them without upscaling them again."
@@ -422,14 +472,14 @@ async def run_job(
     problem = manifest.problem() if manifest is not None else None
     if problem is not None:
         print(problem, file=sys.stderr, flush=True)
-    if not completed:
-        reporter.note(
-            f"Interrupted: {tally.done} of {tally.total} finished "
-            f"({tally.ok} ok, {tally.failed} failed).{kept} {job.rerun_hint}"
-        )
-        return EXIT_INTERRUPTED
     reason = str(stopped) if stopped is not None else halt.reason
-    if reason is not None:
+    if not completed:
+        print(
+            f"Interrupted: {tally.done} of {todo} finished "
+            f"({tally.ok} ok, {tally.failed} failed).{kept} {job.rerun_hint}",
+            flush=True,
+        )
+    elif reason is not None:
         hint = job.rerun_hint
         if fail_fast.key_refused:
             again = " with --resume" if manifest is not None and manifest.written else ""
@@ -438,18 +488,29 @@ async def run_job(
                 f"to a valid key, then run the command again{again}."
             )
         print(
-            f"Stopped: {reason}. Nothing more was sent: {tally.ok} of {tally.total} "
-            f"image(s) upscaled, {tally.total - tally.done} not done.{kept} {hint}",
+            f"Stopped: {reason}. Nothing more was sent: {tally.ok} of {todo} "
+            f"image(s) upscaled, {todo - tally.done} not done.{kept} {hint}",
             file=sys.stderr,
             flush=True,
         )
+    for line in render(summary):
+        print(line, flush=True)
+    if not completed:
+        return EXIT_INTERRUPTED
+    if reason is not None:
         return EXIT_FAILED
-    reporter.note(tally.summary())
     if tally.ok:
-        reporter.note(f"Results: {job.out_dir}")
+        _note(view, f"Results: {job.out_dir}")
     if manifest is not None:
-        reporter.note(f"Manifest: {manifest.path}")
+        _note(view, f"Manifest: {manifest.path}")
+    if view.json is not None:
+        _note(view, f"Summary: {view.json}")
     return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def _note(view: View, text: str) -> None:
+    if not view.quiet:
+        print(text, flush=True)
 
 
 async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -521,9 +582,16 @@ async def _ends_first(task: asyncio.Task[None], stop: asyncio.Event) -> bool:
     return task.done()
 
 
-def make_reporter(tally: Tally, *, live: bool) -> Reporter:
-    """A live bar when ``live`` (stdout is a terminal) and rich is installed, else plain lines."""
-    if live:
+def make_reporter(tally: Tally, view: View) -> Reporter:
+    """The progress display ``view`` asks for.
+
+    ``auto`` draws a live display when stdout is a terminal and rich is installed,
+    plain lines otherwise; ``rich`` draws it whatever stdout is (falling back to plain
+    lines without rich); ``none`` and ``quiet`` show no progress.
+    """
+    if view.quiet or view.progress == "none":
+        return SilentReporter()
+    if view.progress == "rich" or (view.progress == "auto" and sys.stdout.isatty()):
         try:
             from ._live import RichReporter
         except ImportError:  # rich is in the cli extra

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterable, Iterable
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Self, overload
@@ -17,10 +18,11 @@ from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._http import Http
 from ._posts import ImagePosts
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
-from ._v2_answers import parse_upscale
+from ._v2_answers import parse_quote, parse_upscale
 from ._v2_client import V2Calls, poll_limiter
 from .allowance import Allowance
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
+from .budget import Amount, Budget, BudgetRun, as_budget
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
@@ -221,6 +223,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
+        max_usd: Amount | Budget | None = None,
     ) -> BatchRun[UpscaleResponse]: ...
 
     @overload
@@ -233,6 +236,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
+        max_usd: Amount | Budget | None = None,
     ) -> BatchRun[V2UpscaleResponse]: ...
 
     def upscale_many(
@@ -244,6 +248,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
+        max_usd: Amount | Budget | None = None,
     ) -> BatchRun[UpscaleResponse] | BatchRun[V2UpscaleResponse]:
         """Upscale many images, yielding a :class:`BatchResult` for each as it finishes.
 
@@ -259,6 +264,14 @@ class IdeogramClient(V2Calls, ImagePosts):
         With a v2 model's options as ``request`` (e.g. ``TopazBloom2(...)``; official
         flavor) every image goes to that v2 upscaler, as :meth:`upscale_v2` would
         send it, and results carry a :class:`V2UpscaleResponse`.
+
+        ``max_usd`` (v2 only) bounds what the run spends: an amount in US dollars, or
+        a :class:`~ideogram_async.budget.Budget` to share with other runs or, as a
+        :class:`~ideogram_async.redis_budget.RedisBudget`, with other processes.
+        Before each upscale the image is priced (a free dry run) and its upper bound
+        reserved; the first image that would pass the budget, and every later one, is
+        not sent: its result's ``error`` is a :class:`BudgetExceededError`. A call that
+        fails gives its reservation back, unless it may have been billed.
         """
         self._http.session()
         if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
@@ -275,15 +288,28 @@ class IdeogramClient(V2Calls, ImagePosts):
         size = 2 * self.max_concurrency if window is None else window
         int_at_least("window", size, 1)
         self._policy(retry)
+        if max_usd is not None and not isinstance(default, V2Options):
+            raise ValidationError(
+                "max_usd applies to v2 upscales, whose price can be quoted; "
+                "pass a v2 model's options (e.g. TopazBloom2(...)) as request"
+            )
+        spending = None if max_usd is None else BudgetRun(as_budget(max_usd))
         if isinstance(default, V2Options):
             # A proxy-flavor client refuses v2 here, not per item (any model name will do).
             self._v2_url("")  # pragma: no mutate
 
             async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
-                assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
-                return await self._v2_post(
-                    job.image, job.request, parse_upscale, filename=job.filename, retry=retry
-                )
+                options = job.request
+                assert isinstance(options, V2Options)  # as_job keeps the batch's kind
+
+                async def send() -> tuple[V2UpscaleResponse, int]:
+                    return await self._v2_post(
+                        job.image, options, parse_upscale, filename=job.filename, retry=retry
+                    )
+
+                if spending is None:
+                    return await send()
+                return await spending.spend(lambda: self._upper_bound(job, options, retry), send)
 
             return BatchRun(
                 fan_out(
@@ -303,6 +329,20 @@ class IdeogramClient(V2Calls, ImagePosts):
         return BatchRun(
             fan_out(inputs, run, default, window=size, ordered=ordered, stop_on_error=stop_on_error)
         )
+
+    async def _upper_bound(
+        self, job: UpscaleJob, options: V2Options, retry: RetryPolicy | None
+    ) -> Decimal:
+        """The most ``job`` can cost, from a dry run (free: nothing is run or billed)."""
+        if isinstance(job.image, AsyncIterable):
+            raise ValidationError(
+                "with max_usd an image is priced before it is sent, so it is read twice: "
+                "pass a path, bytes or a file, not a stream"
+            )
+        quote, _ = await self._v2_post(
+            job.image, options, parse_quote, dry_run=True, filename=job.filename, retry=retry
+        )
+        return quote.upper_bound_usd
 
     async def download(
         self,

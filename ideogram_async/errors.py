@@ -14,6 +14,7 @@ Any other exception escaping is a bug::
     │   └── APITimeoutError                  connect, attempt or deadline timeout
     ├── ResponseFormatError                  a 2xx whose body is not the documented shape
     ├── SharedAllowanceError                 the shared allowance's Redis is unreachable
+    ├── BudgetExceededError                  the next upscale would pass the spend budget
     ├── GenerationFailedError                a v2 background generation ended ``failed``
     ├── WebhookVerificationError             a webhook delivery failed its signature check
     └── APIError                             the service answered with a non-2xx status
@@ -34,12 +35,15 @@ openai-python and httpx, ``status_code``.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ClientClosedError",
     "GenerationFailedError",
     "IdeogramError",
@@ -144,6 +148,33 @@ class SharedAllowanceError(IdeogramError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
         self.url = url
+
+
+class BudgetExceededError(IdeogramError):
+    """The next upscale's price would pass the spend budget; it was not sent.
+
+    ``max_usd`` is the budget, ``spent`` and ``reserved`` what was spent and held
+    by upscales under way when the refusal happened, and ``needed`` the refused
+    upscale's price (its quote's upper bound), all in US dollars. ``skipped`` is
+    true for an upscale not even priced because an earlier one stopped its run.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        max_usd: Decimal,
+        spent: Decimal,
+        reserved: Decimal,
+        needed: Decimal,
+        skipped: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.max_usd = max_usd
+        self.spent = spent
+        self.reserved = reserved
+        self.needed = needed
+        self.skipped = skipped
 
 
 class GenerationFailedError(IdeogramError):

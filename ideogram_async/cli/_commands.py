@@ -9,13 +9,15 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ideogram_async import (
+    Budget,
     Flavor,
     IdeogramClient,
+    LocalBudget,
     RetryEvent,
     RetryPolicy,
     SharedAllowanceError,
@@ -27,6 +29,7 @@ from ideogram_async.v2 import V2Options, options_from_strings
 
 if TYPE_CHECKING:
     from ideogram_async.redis_allowance import RedisAllowance
+    from ideogram_async.redis_budget import RedisBudget
 
 from ._inputs import (
     Source,
@@ -109,6 +112,7 @@ def _upscale(args: argparse.Namespace) -> int:
         )
     retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
     allowance = _shared_allowance(args)
+    budget, shared_budget = _budget(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
         try:
@@ -128,7 +132,7 @@ def _upscale(args: argparse.Namespace) -> int:
             raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
         options = request
-        return _run(lambda stop: _sharing(allowance, run_quotes(connect, sources, options, stop)))
+        return _run(lambda stop: _sharing([allowance], run_quotes(connect, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
     if args.resume and not args.manifest:
@@ -140,7 +144,9 @@ def _upscale(args: argparse.Namespace) -> int:
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
     with ManifestLock(manifest) if manifest else contextlib.nullcontext():
-        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance)
+        return _upscale_locked(
+            args, request, sources, out_dir, manifest, connect, allowance, budget, shared_budget
+        )
 
 
 def _upscale_locked(
@@ -151,6 +157,8 @@ def _upscale_locked(
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
     allowance: RedisAllowance | None,
+    budget: Budget | None,
+    shared_budget: RedisBudget | None,
 ) -> int:
     """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
     if manifest is None:
@@ -176,8 +184,10 @@ def _upscale_locked(
         manifest=manifest,
         append=args.resume,
         rerun_hint=hint,
+        budget=budget,
     )
-    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, live=_live())))
+    shared = [allowance, shared_budget]
+    return _run(lambda stop: _sharing(shared, run_job(job, connect, stop, live=_live())))
 
 
 def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
@@ -199,20 +209,44 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 
-async def _sharing(allowance: RedisAllowance | None, work: Coroutine[Any, Any, int]) -> int:
-    """Run ``work`` with ``allowance`` connected first: if Redis is unreachable, nothing is sent."""
-    if allowance is None:
-        return await work
+def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None]:
+    """The budget ``--max-usd`` sets, and the same when it lives on Redis (connected first).
+
+    With ``--shared-allowance`` it is shared through that Redis by every worker.
+    """
+    if args.max_usd is None:
+        return None, None
+    if args.model is None:
+        raise UsageError("--max-usd limits what v2 upscales spend: add --model MODEL")
+    if args.dry_run:
+        raise UsageError("--dry-run spends nothing: drop --max-usd, or --dry-run to spend")
+    if args.shared_allowance is None:
+        return LocalBudget(args.max_usd), None
+    from ideogram_async.redis_budget import RedisBudget  # the redis extra: checked before
+
+    shared = RedisBudget(args.shared_allowance, args.max_usd)
+    return shared, shared
+
+
+async def _sharing(
+    shared: Sequence[RedisAllowance | RedisBudget | None], work: Coroutine[Any, Any, int]
+) -> int:
+    """Run ``work`` with what it shares on Redis connected first: if Redis is unreachable,
+    nothing is sent."""
+    users = [user for user in shared if user is not None]
     try:
-        await allowance.connect()
+        for user in users:
+            await user.connect()
     except SharedAllowanceError as exc:
         work.close()
-        await allowance.aclose()
+        for user in users:
+            await user.aclose()
         raise UsageError(str(exc)) from None
     try:
         return await work
     finally:
-        await allowance.aclose()
+        for user in users:
+            await user.aclose()
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:

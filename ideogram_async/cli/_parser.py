@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 
 from ideogram_async import MagicPrompt, RetryPolicy, __version__
 from ideogram_async.v2 import MODELS
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="price every image and print the total; nothing is run, downloaded or billed",
+    )
+    v2.add_argument(
+        "--max-usd",
+        type=_dollars,
+        metavar="AMOUNT",
+        help="stop before spending more than AMOUNT US dollars: each image's price is "
+        "reserved before it is sent (shared by every worker with --shared-allowance)",
     )
     service = upscale.add_argument_group("service")
     service.add_argument(
@@ -198,6 +206,16 @@ def _at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _dollars(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value < Decimal("0.000001"):
+        raise argparse.ArgumentTypeError(f"expected US dollars > 0 such as 5 or 2.50, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:

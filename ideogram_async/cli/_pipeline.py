@@ -32,6 +32,8 @@ from ideogram_async import (
     APITimeoutError,
     AuthenticationError,
     BatchResult,
+    Budget,
+    BudgetExceededError,
     Flavor,
     IdeogramClient,
     IdeogramError,
@@ -42,6 +44,7 @@ from ideogram_async import (
     V2Options,
     V2UpscaleResponse,
 )
+from ideogram_async.budget import usd_text
 
 from ._inputs import Source, output_path
 from ._manifest import Manifest, Outcome
@@ -126,6 +129,7 @@ async def run_batch(
     out_dir: Path,
     *,
     fail_fast: FailFast,
+    budget: Budget | None = None,
     on_start: Callable[[], None],
     on_answer: Callable[[bool], None],
     on_finish: Callable[[Outcome, bool], None],
@@ -137,8 +141,9 @@ async def run_batch(
     downloads start when ``ok``), and ``on_finish(outcome, downloaded)`` once the input
     is done. Raises :class:`RunStopped` when ``fail_fast`` says so: nothing more is
     sent, the calls in flight are cancelled, and results already paid for are still
-    downloaded. Cancelling this coroutine cancels everything in progress and waits
-    until it has let go.
+    downloaded. Also when ``budget`` stopped the run, once the calls already under
+    way have ended: the inputs it held back are not finished. Cancelling this
+    coroutine cancels everything in progress and waits until it has let go.
     """
 
     def pulled() -> Iterator[Path]:
@@ -150,15 +155,20 @@ async def run_batch(
         on_finish(await _download(client, source, result, response, out_dir), True)
 
     stopped: str | None = None
+    over_budget: BudgetExceededError | None = None
     downloads: set[asyncio.Task[None]] = set()
     try:
         window = client.max_concurrency
-        async with client.upscale_many(pulled(), request, window=window) as run:
+        run = client.upscale_many(pulled(), request, window=window, max_usd=budget)
+        async with run:
             async for result in run:
                 on_answer(result.ok)
                 stopped = fail_fast.reason_to_stop(result)
                 if stopped is not None:
                     break  # leaving the block cancels the calls in flight
+                if isinstance(result.error, BudgetExceededError):
+                    over_budget = over_budget or result.error
+                    continue  # not sent: not done
                 source = sources[result.index]
                 if result.error is not None:
                     on_finish(_failed(source, result, describe(result.error)), False)
@@ -175,6 +185,12 @@ async def run_batch(
         for task in downloads:
             task.cancel()
         await asyncio.gather(*downloads, return_exceptions=True)
+    if stopped is None and over_budget is not None:
+        stopped = (
+            f"the --max-usd budget of {usd_text(over_budget.max_usd)} would be passed by an "
+            f"image priced up to {usd_text(over_budget.needed)} "
+            f"({usd_text(over_budget.spent + over_budget.reserved)} spent or under way then)"
+        )
     if stopped is not None:
         raise RunStopped(stopped)
 
@@ -248,6 +264,8 @@ class Job:
     """Continue the manifest (``--resume``) instead of starting it afresh."""
     rerun_hint: str
     """What to tell the user after an interruption."""
+    budget: Budget | None = None
+    """What v2 upscales may spend (``--max-usd``); its ``spent`` and ``max_usd`` show it."""
 
 
 async def run_job(
@@ -313,6 +331,7 @@ async def run_job(
                 job.request,
                 job.out_dir,
                 fail_fast=fail_fast,
+                budget=job.budget,
                 on_start=started,
                 on_answer=answered,
                 on_finish=finished,

@@ -105,7 +105,8 @@ def test_a_number_becomes_a_local_budget_and_a_budget_is_kept() -> None:
     budget = LocalBudget(5)
     assert as_budget(budget) is budget
     made = as_budget("2.5")
-    assert isinstance(made, LocalBudget) and isinstance(made, Budget)
+    assert isinstance(made, LocalBudget)
+    assert isinstance(made, Budget)
     assert made.max_usd == Decimal("2.5")
     with pytest.raises(ValidationError, match="or a Budget"):
         as_budget([5])
@@ -146,9 +147,11 @@ async def test_a_run_stops_at_its_first_refusal_and_skips_the_rest() -> None:
 
     with pytest.raises(BudgetExceededError) as skipped:
         await run.spend(cheap, call)  # it would fit, but the run has stopped
-    assert sent == ["call"] and priced == []
+    assert sent == ["call"]
+    assert priced == []
     assert run.stopped is refused.value
-    assert skipped.value.skipped and skipped.value.needed == Decimal("0.015")
+    assert skipped.value.skipped
+    assert skipped.value.needed == Decimal("0.015")
     assert "not sent: the budget of $0.02 (max_usd) stopped the run" in str(skipped.value)
     assert (budget.spent, budget.reserved) == (Decimal("0.015"), Decimal(0))
 
@@ -258,9 +261,11 @@ async def test_settings_are_checked_and_the_password_is_never_shown() -> None:
     with pytest.raises(ValidationError, match="lease must be"):
         RedisBudget("redis://localhost", 1, lease=0.5)
     budget = RedisBudget(f"redis://user:hunter2@127.0.0.1:{free_port()}/0", 5)
-    assert "hunter2" not in repr(budget) and "***" in budget.url
+    assert "hunter2" not in repr(budget)
+    assert "***" in budget.url
     with pytest.raises(SharedAllowanceError) as caught:
         await budget.reserve(1)
-    assert "cannot reach Redis" in str(caught.value) and "shared budget" in str(caught.value)
+    assert "cannot reach Redis" in str(caught.value)
+    assert "shared budget" in str(caught.value)
     assert "hunter2" not in str(caught.value) + caught.value.url
     await budget.aclose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 from decimal import Decimal
 
 import pytest
@@ -268,3 +270,10 @@ async def test_settings_are_checked_and_the_password_is_never_shown() -> None:
     assert "shared budget" in str(caught.value)
     assert "hunter2" not in str(caught.value) + caught.value.url
     await budget.aclose()
+
+
+def test_without_redis_the_module_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "ideogram_async.redis_budget")
+    with pytest.raises(ImportError, match=r"redis_budget needs .*ideogram-async\[redis\]"):
+        importlib.import_module("ideogram_async.redis_budget")

@@ -43,6 +43,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 _MICRO = Decimal(1_000_000)
+_MOST = Decimal(1_000_000_000)
+"""The largest amount taken, in dollars: its micro-dollars stay exact in Redis's Lua numbers."""
 
 Amount = Decimal | int | float | str
 """A number of US dollars as a caller may give it; kept as exact micro-dollars."""
@@ -62,6 +64,8 @@ def to_micros(name: str, usd: object, *, round_up: bool) -> int:
         raise ValidationError(f"{name} must be an amount in US dollars, not {usd!r}") from None
     if not value.is_finite() or value < 0:
         raise ValidationError(f"{name} must be a finite amount >= 0 US dollars, not {usd!r}")
+    if value > _MOST:
+        raise ValidationError(f"{name} must be at most $1,000,000,000, not {usd!r}")
     rounding = ROUND_CEILING if round_up else ROUND_FLOOR
     return int((value * _MICRO).to_integral_value(rounding=rounding))
 

@@ -13,7 +13,8 @@ the price against the budget and holds the price in the same step; a settlement
   full amount; if its process settles it later after all (a call longer than the
   lease), the settlement corrects the spending to what it says.
 - **A settlement that cannot reach Redis** leaves the reservation held until its
-  lease ends, then counted as spent: never less than what may have been billed.
+  lease ends, then counted as spent: never less than what may have been billed. So
+  does a reservation cancelled while its script was on the way (its answer unheard).
 - **The state** (spent, reservations) lives under ``{key}:budget*`` and is
   forgotten ``ttl`` seconds after its last change (a day by default): a budget is
   shared by the processes of one job, not for ever. Redis must keep its data for

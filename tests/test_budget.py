@@ -96,6 +96,7 @@ async def test_amounts_are_exact_micro_dollars() -> None:
         (float("nan"), "finite amount >= 0"),
         (-1, "finite amount >= 0"),
         (0, r"at least \$0\.000001"),
+        ("1e10", r"at most \$1,000,000,000"),
     ],
 )
 def test_a_bad_budget_is_refused(value: object, message: str) -> None:

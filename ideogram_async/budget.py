@@ -30,6 +30,7 @@ from .errors import (
 )
 
 __all__ = [
+    "Amount",
     "Budget",
     "BudgetRun",
     "LocalBudget",

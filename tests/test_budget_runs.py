@@ -174,6 +174,7 @@ async def test_max_usd_stops_the_command_line_run_and_says_so(tmp_path: Path) ->
         (["--model", "auto", "--max-usd", "5", "--dry-run"], "--dry-run spends nothing"),
         (["--model", "auto", "--max-usd", "0"], "--max-usd: expected US dollars > 0"),
         (["--model", "auto", "--max-usd", "lots"], "--max-usd: expected US dollars > 0"),
+        (["--model", "auto", "--max-usd", "1e12"], "--max-usd: max_usd must be at most"),
     ],
 )
 def test_max_usd_is_checked_before_anything_is_sent(

@@ -220,19 +220,21 @@ def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None
         raise UsageError("--max-usd limits what v2 upscales spend: add --model MODEL")
     if args.dry_run:
         raise UsageError("--dry-run spends nothing: drop --max-usd, or --dry-run to spend")
-    if args.shared_allowance is None:
-        return LocalBudget(args.max_usd), None
-    from ideogram_async.redis_budget import RedisBudget  # the redis extra: checked before
+    try:
+        if args.shared_allowance is None:
+            return LocalBudget(args.max_usd), None
+        from ideogram_async.redis_budget import RedisBudget  # the redis extra: checked before
 
-    shared = RedisBudget(args.shared_allowance, args.max_usd)
+        shared = RedisBudget(args.shared_allowance, args.max_usd)
+    except ValidationError as exc:
+        raise UsageError(f"--max-usd: {exc}") from None
     return shared, shared
 
 
 async def _sharing(
     shared: Sequence[RedisAllowance | RedisBudget | None], work: Coroutine[Any, Any, int]
 ) -> int:
-    """Run ``work`` with what it shares on Redis connected first: if Redis is unreachable,
-    nothing is sent."""
+    """Run ``work`` with its users of Redis connected first: if Redis is down, nothing is sent."""
     users = [user for user in shared if user is not None]
     try:
         for user in users:

@@ -159,8 +159,7 @@ async def run_batch(
     downloads: set[asyncio.Task[None]] = set()
     try:
         window = client.max_concurrency
-        run = client.upscale_many(pulled(), request, window=window, max_usd=budget)
-        async with run:
+        async with client.upscale_many(pulled(), request, window=window, max_usd=budget) as run:
             async for result in run:
                 on_answer(result.ok)
                 stopped = fail_fast.reason_to_stop(result)

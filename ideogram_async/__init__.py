@@ -9,6 +9,7 @@ import logging
 from ._version import __version__
 from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
+from .budget import Budget, LocalBudget
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
@@ -17,6 +18,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientClosedError,
     GenerationFailedError,
     IdeogramError,
@@ -67,6 +69,8 @@ __all__ = [
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "Budget",
+    "BudgetExceededError",
     "ChangeReason",
     "ClientClosedError",
     "Flavor",
@@ -77,6 +81,7 @@ __all__ = [
     "ImageChangedError",
     "ImageInput",
     "LocalAllowance",
+    "LocalBudget",
     "MagicPrompt",
     "NanoBananaPro",
     "NotFoundError",

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -19,9 +19,11 @@ import attrs
 
 from ideogram_async import (
     Allowance,
+    Budget,
     Flavor,
     IdeogramClient,
     LocalAllowance,
+    LocalBudget,
     RetryEvent,
     RetryPolicy,
     SharedAllowanceError,
@@ -34,6 +36,7 @@ from ideogram_async.v2 import V2Options, options_from_strings
 
 if TYPE_CHECKING:
     from ideogram_async.redis_allowance import RedisAllowance
+    from ideogram_async.redis_budget import RedisBudget
 
 from ._inputs import (
     MadeFolders,
@@ -146,6 +149,7 @@ def _upscale(args: argparse.Namespace) -> int:
     retry = _retry(args)
     timeouts = None if args.timeout is None else _timeouts(args.timeout)
     allowance = _shared_allowance(args)
+    budget, shared_budget = _budget(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
         places: Allowance = LocalAllowance(args.concurrency) if allowance is None else allowance
@@ -171,7 +175,7 @@ def _upscale(args: argparse.Namespace) -> int:
         options = request
         log = AttemptLog(describe) if args.verbose else None
         quoting = functools.partial(connect, None if log is None else log.retried)
-        return _run(lambda stop: _sharing(allowance, run_quotes(quoting, sources, options, stop)))
+        return _run(lambda stop: _sharing([allowance], run_quotes(quoting, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
     view = _view(args, None if allowance is None else _shared_at(args))
@@ -189,7 +193,16 @@ def _upscale(args: argparse.Namespace) -> int:
             _make(folders, manifest.parent, "--manifest")
         with ManifestLock(manifest) if manifest else contextlib.nullcontext():
             return _upscale_locked(
-                args, request, sources, out_dir, manifest, connect, allowance, folders, view
+                args,
+                request,
+                sources,
+                out_dir,
+                manifest,
+                connect,
+                [allowance, shared_budget],
+                folders,
+                view,
+                budget,
             )
     finally:
         folders.remove_empty()
@@ -202,12 +215,23 @@ def _upscale_locked(
     out_dir: Path,
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
-    allowance: RedisAllowance | None,
+    shared: Sequence[RedisAllowance | RedisBudget | None],
     folders: MadeFolders,
     view: View,
+    budget: Budget | None,
 ) -> int:
-    """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
-    job = Job(sources=sources, request=request, out_dir=out_dir, manifest=manifest, rerun_hint="")
+    """The rest of ``upscale``, holding the manifest's lock (when there is one).
+
+    ``shared`` are the users of Redis to connect before anything is sent.
+    """
+    job = Job(
+        sources=sources,
+        request=request,
+        out_dir=out_dir,
+        manifest=manifest,
+        rerun_hint="",
+        budget=budget,
+    )
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
@@ -231,7 +255,7 @@ def _upscale_locked(
         hint = "Run the same command again with --resume to finish the rest."
     _check_writable(out_dir, folders)
     job = attrs.evolve(job, rerun_hint=hint)
-    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, view=view)))
+    return _run(lambda stop: _sharing(shared, run_job(job, connect, stop, view=view)))
 
 
 def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
@@ -255,20 +279,48 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 
-async def _sharing(allowance: RedisAllowance | None, work: Coroutine[Any, Any, int]) -> int:
-    """Run ``work`` with ``allowance`` connected first: if Redis is unreachable, nothing is sent."""
-    if allowance is None:
-        return await work
+def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None]:
+    """The budget ``--max-usd`` sets, and the same when it lives on Redis (connected first).
+
+    With ``--shared-allowance`` it is shared through that Redis, under the allowance's
+    key, by every worker.
+    """
+    if args.max_usd is None:
+        return None, None
+    if args.model is None:
+        raise UsageError("--max-usd limits what v2 upscales spend: add --model MODEL")
+    if args.dry_run:
+        raise UsageError("--dry-run spends nothing: drop --max-usd, or --dry-run to spend")
     try:
-        await allowance.connect()
+        if args.shared_allowance is None:
+            return LocalBudget(args.max_usd), None
+        from ideogram_async.redis_budget import RedisBudget  # the redis extra: checked before
+
+        named = {} if args.allowance_key is None else {"key": args.allowance_key}
+        shared = RedisBudget(args.shared_allowance, args.max_usd, **named)
+    except ValidationError as exc:
+        raise UsageError(f"--max-usd: {exc}") from None
+    return shared, shared
+
+
+async def _sharing(
+    shared: Sequence[RedisAllowance | RedisBudget | None], work: Coroutine[Any, Any, int]
+) -> int:
+    """Run ``work`` with its users of Redis connected first: if Redis is down, nothing is sent."""
+    users = [user for user in shared if user is not None]
+    try:
+        for user in users:
+            await user.connect()
     except SharedAllowanceError as exc:
         work.close()
-        await allowance.aclose()
+        for user in users:
+            await user.aclose()
         raise UsageError(str(exc)) from None
     try:
         return await work
     finally:
-        await allowance.aclose()
+        for user in users:
+            await user.aclose()
 
 
 def _shared_at(args: argparse.Namespace) -> SharedAt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import NoReturn
 
 from ideogram_async import MagicPrompt, RetryPolicy, Timeouts, __version__
@@ -44,7 +45,8 @@ twice. A refused key, an unreachable service or a full disk stops the run at onc
 overrides the host), with its options as --option NAME=VALUE; an image whose result
 would pass 8192 px a side fails on its own, before upload. --dry-run prices every
 image without running, downloading or billing anything, and prints the total; it
-exits 1 when any image could not be priced.
+exits 1 when any image could not be priced. --max-usd AMOUNT prices each image before
+sending it and stops the run before it would spend more than AMOUNT.
 
 --timeout bounds one attempt, --deadline one image (all its retries and waits); -v
 prints one line per attempt on stderr. At the end a summary says what happened
@@ -113,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="price every image and print the total; nothing is run, downloaded or billed",
+    )
+    v2.add_argument(
+        "--max-usd",
+        type=_dollars,
+        metavar="AMOUNT",
+        help="stop before spending more than AMOUNT US dollars: each image's price is "
+        "reserved before it is sent (shared by every worker with --shared-allowance)",
     )
     service = upscale.add_argument_group("service")
     service.add_argument(
@@ -256,6 +265,16 @@ def _at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _dollars(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value < Decimal("0.000001"):
+        raise argparse.ArgumentTypeError(f"expected US dollars > 0 such as 5 or 2.50, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:

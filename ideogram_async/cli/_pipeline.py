@@ -38,6 +38,8 @@ from ideogram_async import (
     AuthenticationError,
     BatchResult,
     BatchRun,
+    Budget,
+    BudgetExceededError,
     Flavor,
     IdeogramClient,
     IdeogramError,
@@ -47,6 +49,7 @@ from ideogram_async import (
     UpscaleRequest,
     V2Options,
 )
+from ideogram_async.budget import usd_text
 
 from ._downloads import Saved, paid_urls, refused_folder, save, save_recorded
 from ._inputs import Source
@@ -176,6 +179,7 @@ async def run_batch(
     *,
     fail_fast: FailFast,
     halt: Halt,
+    budget: Budget | None = None,
     on_start: Callable[[int], None],
     on_answer: Callable[[BatchResult[Any]], None],
     on_paid: Callable[[Outcome, bool], None],
@@ -192,8 +196,11 @@ async def run_batch(
     in flight are cancelled, and results already paid for are still downloaded. Once
     ``halt`` is set (a write was refused), no input is taken up and no download
     started: the calls already sent run to their end and their results are passed to
-    ``on_paid`` with ``downloading`` false. Cancelling this coroutine cancels
-    everything in progress and waits until it has let go.
+    ``on_paid`` with ``downloading`` false. ``budget`` (v2) is what the upscales may
+    spend: once an image would pass it, that image and every later one are not sent
+    (nor finished), and :class:`RunStopped` is raised after the calls already under
+    way have ended. Cancelling this coroutine cancels everything in progress and
+    waits until it has let go.
     """
 
     def pulled() -> Iterator[UpscaleJob]:
@@ -220,11 +227,12 @@ async def run_batch(
             halt.stop(refused_folder(out_dir, saved.refused))
 
     stopped: str | None = None
+    over_budget: BudgetExceededError | None = None
     downloads: set[asyncio.Task[None]] = set()
     try:
         window = client.allowance.maximum
         run: BatchRun[Any] = (
-            client.v2.upscale_many(pulled(), request, window=window)
+            client.v2.upscale_many(pulled(), request, window=window, max_usd=budget)
             if isinstance(request, V2Options)
             else client.upscale_many(pulled(), request, window=window)
         )
@@ -234,6 +242,9 @@ async def run_batch(
                 stopped = fail_fast.reason_to_stop(result)
                 if stopped is not None:
                     break  # leaving the block cancels the calls in flight
+                if isinstance(result.error, BudgetExceededError):
+                    over_budget = over_budget or result.error
+                    continue  # not sent: not done, so --resume does it
                 source = sources[result.index]
                 if result.error is not None:
                     on_finish(_failed(source, result, describe(result.error)), False)
@@ -271,6 +282,12 @@ async def run_batch(
         for task in downloads:
             task.cancel()
         await asyncio.gather(*downloads, return_exceptions=True)
+    if stopped is None and over_budget is not None:
+        stopped = (
+            f"the --max-usd budget of {usd_text(over_budget.max_usd)} would be passed by an "
+            f"image priced up to {usd_text(over_budget.needed)} "
+            f"({usd_text(over_budget.spent + over_budget.reserved)} spent or under way then)"
+        )
     if stopped is not None:
         raise RunStopped(stopped)
 
@@ -298,6 +315,8 @@ class Job:
     """What to tell the user after an interruption."""
     skipped: int = 0
     """Inputs left out before the run as already done (``--resume``), for the summary."""
+    budget: Budget | None = None
+    """What v2 upscales may spend (``--max-usd``); the summary shows its ``spent``."""
 
 
 @attrs.frozen(kw_only=True)
@@ -390,7 +409,7 @@ async def run_job(
         tally.in_flight -= 1
         tally.calls.pop(result.index, None)
         tally.refusals.saw(result.error)
-        if log is not None:
+        if log is not None and not isinstance(result.error, BudgetExceededError):  # not sent
             log.ended(call_name(job.request, batch[result.index]), result)
         if result.ok:
             tally.downloading += 1
@@ -448,6 +467,7 @@ async def run_job(
             job.out_dir,
             fail_fast=fail_fast,
             halt=halt,
+            budget=job.budget,
             on_start=started,
             on_answer=answered,
             on_paid=paid,
@@ -470,7 +490,7 @@ async def run_job(
         reporter.close()
         if manifest is not None:
             manifest.close()
-        summary = tally.summary(shared=view.shared)
+        summary = tally.summary(shared=view.shared, budget=job.budget)
         if view.json is not None:
             write_json(summary, view.json)
     kept = (
@@ -521,7 +541,8 @@ async def run_job(
 def nothing_left(job: Job, view: View) -> int:
     """End a resumed run that finds every input done: say so, show and write the summary."""
     print("Nothing left to do.", flush=True)
-    summary = Tally(total=job.skipped, skipped=job.skipped).summary(shared=view.shared)
+    tally = Tally(total=job.skipped, skipped=job.skipped)
+    summary = tally.summary(shared=view.shared, budget=job.budget)
     if view.json is not None:
         write_json(summary, view.json)
     for line in render(summary):

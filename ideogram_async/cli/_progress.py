@@ -18,12 +18,11 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any, Protocol, TextIO
 
 import attrs
 
-from ideogram_async import Allowance, APIStatusError, BatchResult, RetryEvent
+from ideogram_async import Allowance, APIStatusError, BatchResult, Budget, RetryEvent
 
 from ._manifest import Outcome, text
 from ._refusals import RefusalCounter, WatchedAllowance
@@ -77,8 +76,12 @@ class Tally:
         count, longest = self.waiting()
         return f"{count} waiting {longest:.0f} s for the service" if count else None
 
-    def summary(self, *, shared: SharedAt | None = None, usd: Decimal | None = None) -> Summary:
-        """What the run did so far; inputs neither done nor skipped count as skipped."""
+    def summary(self, *, shared: SharedAt | None = None, budget: Budget | None = None) -> Summary:
+        """What the run did so far; inputs neither done nor skipped count as skipped.
+
+        With a ``budget``, its ``spent`` is the dollars spent (a shared budget's, as
+        last seen) and its ``max_usd`` the limit.
+        """
         places = self.allowance
         reported = places.reported if isinstance(places, WatchedAllowance) else None
         return Summary(
@@ -89,7 +92,8 @@ class Tally:
             refused={} if places is None else self.refusals.by_reason(places),
             retries=self.retries,
             seconds=self.elapsed,
-            usd=usd,
+            usd=None if budget is None else budget.spent,
+            max_usd=None if budget is None else budget.max_usd,
             allowance=AllowanceReport(
                 shared=shared,
                 bound=None if places is None or reported is None else places.limit,

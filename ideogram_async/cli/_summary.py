@@ -71,7 +71,9 @@ class Summary:
     """Requests sent again after a transient failure."""
     seconds: float
     usd: Decimal | None = None
-    """Dollars spent, when the price of every upscale that ran is known."""
+    """Dollars spent, when known: what a spend budget (``--max-usd``) counted."""
+    max_usd: Decimal | None = None
+    """The spend budget (``--max-usd``), if any; shown in the text, not in the JSON."""
     allowance: AllowanceReport = attrs.field(factory=AllowanceReport)
     failures: tuple[Failure, ...] = ()
 
@@ -104,7 +106,8 @@ def render(summary: Summary, *, failures: bool = True) -> list[str]:
     else:
         details.append("none refused by the service")
     if summary.usd is not None:
-        details.append(f"${summary.usd:,.4f} spent")
+        limit = "" if summary.max_usd is None else f" of the ${summary.max_usd:,.4f} budget"
+        details.append(f"${summary.usd:,.4f} spent{limit}")
     lines.append(f"Requests: {'; '.join(details)}.")
     lines.append(f"Allowance: {_allowance(summary.allowance)}.")
     if failures and summary.failures:

@@ -201,7 +201,7 @@ def test_max_usd_is_checked_before_anything_is_sent(
 async def test_three_processes_share_one_budget_through_redis(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    url = redis_server.url.replace("/0", "/6")  # a database of its own: the default key
+    url = redis_server.url.replace("/0", "/7")  # a database of its own: the default key
     state = aioredis.Redis.from_url(url)
     await state.flushdb()
     async with Emulator(KEY, latency=0.02) as emulator:

@@ -10,6 +10,7 @@ from . import telemetry
 from ._version import __version__
 from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
+from .budget import Budget, LocalBudget
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
@@ -18,6 +19,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientClosedError,
     GenerationFailedError,
     IdeogramError,
@@ -70,6 +72,8 @@ __all__ = [
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "Budget",
+    "BudgetExceededError",
     "ChangeReason",
     "ClientClosedError",
     "Flavor",
@@ -80,6 +84,7 @@ __all__ = [
     "ImageChangedError",
     "ImageInput",
     "LocalAllowance",
+    "LocalBudget",
     "MagicPrompt",
     "NanoBananaPro",
     "NotFoundError",

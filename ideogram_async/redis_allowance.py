@@ -188,7 +188,7 @@ class RedisAllowance:
                 await client.aclose()
                 raise SharedAllowanceError(
                     f"cannot reach Redis at {self._shown_url} for the shared allowance: "
-                    f"{exc}; check that the server runs and the URL is right",
+                    f"{str(exc).rstrip('.')}; check that the server runs and the URL is right",
                     url=self._shown_url,
                 ) from exc
             self._redis, self._pubsub = client, pubsub

@@ -599,6 +599,8 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
     shown = f"redis://:***@127.0.0.1:{port}/0"
     assert caught.value.url == shown
     assert f"cannot reach Redis at {shown}" in str(caught.value)
+    assert ".;" not in str(caught.value)  # the cause's full stop does not end mid-sentence
+    assert str(caught.value).endswith("; check that the server runs and the URL is right")
     assert "hunter2" not in "".join(traceback.format_exception(caught.value))
     assert "hunter2" not in repr(allowance)
     with pytest.raises(SharedAllowanceError, match="cannot reach Redis"):

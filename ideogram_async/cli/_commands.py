@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{PROG} {args.name}: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr
         )
         return EXIT_USAGE
-    command = {"upscale": _upscale, "demo": _demo}[args.name]
+    command = {"upscale": _upscale, "enqueue": _enqueue, "status": _status, "demo": _demo}[
+        args.name
+    ]
     try:
         return command(args)
     except UsageError as exc:
@@ -305,6 +307,49 @@ def _check_writable(out_dir: Path) -> None:
         raise UsageError(
             f"cannot write results into --out {out_dir}: {exc.strerror or exc}"
         ) from None
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    """``ideogram-async enqueue``: check everything here, then send one task per image."""
+    from ._enqueue import enqueue_job
+
+    request = _v2_options(args) if args.model else _request(args)
+    if not args.out:
+        raise UsageError("--out DIR is required: the folder the workers save the results in")
+    if args.json and not args.wait:
+        raise UsageError("--json writes the summary at the end: add --wait")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; pass a folder")
+    sources = find_images(args.images, recursive=args.recursive, exclude=out_dir.resolve())
+    check_collisions(sources, out_dir)
+    _check_writable(out_dir)
+    json_path = Path(args.json) if args.json else None
+    return _run(
+        lambda stop: enqueue_job(
+            sources,
+            out_dir,
+            request,
+            broker=args.broker,
+            redis=args.shared_allowance,
+            wait=args.wait,
+            json_path=json_path,
+            stop=stop,
+            live=_live(),
+        )
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``ideogram-async status ID``."""
+    from ._enqueue import job_status
+
+    json_path = Path(args.json) if args.json else None
+    return _run(
+        lambda stop: job_status(
+            args.job, broker=args.broker, redis=args.shared_allowance, json_path=json_path
+        )
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

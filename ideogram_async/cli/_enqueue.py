@@ -1,0 +1,247 @@
+"""``ideogram-async enqueue`` and ``status``: send a job to Celery workers, and follow it.
+
+``enqueue`` records a job in the workers' Redis and sends one task per image (see
+:mod:`ideogram_async.celery`); with ``--wait`` it shows the same progress and summary
+as ``upscale`` until every image is done. ``status ID`` tells where a job is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ideogram_async import IdeogramError, UpscaleRequest, V2Options
+from ideogram_async.redis_allowance import _shown
+
+from ._inputs import Source, UsageError
+from ._manifest import Outcome
+from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_reporter, until_stopped
+from ._progress import Reporter, Tally
+from ._summary import Summary
+
+if TYPE_CHECKING:
+    from ideogram_async.celery import Event, ImageRecord, JobStore
+
+__all__ = ["EXIT_RUNNING", "enqueue_job", "job_status"]
+
+EXIT_RUNNING = 3
+"""``status``: no image has failed, and some are not done yet."""
+
+_POLL = 2.0
+"""Seconds one wait for events lasts (the stop event is honoured in between)."""
+
+
+def _urls(broker: str | None, redis: str | None) -> tuple[str, str]:
+    """The broker (``--broker``, else the environment) and the workers' Redis."""
+    try:
+        from ideogram_async.celery import broker_url, shared_redis_url
+    except ImportError:
+        raise UsageError(
+            "enqueue and status need Celery: pip install 'ideogram-async[celery]'"
+        ) from None
+
+    broker = broker or broker_url()
+    try:
+        return broker, redis or shared_redis_url(broker=broker)
+    except IdeogramError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def enqueue_job(
+    sources: Sequence[Source],
+    out_dir: Path,
+    request: UpscaleRequest | V2Options,
+    *,
+    broker: str | None,
+    redis: str | None,
+    wait: bool,
+    json_path: Path | None,
+    stop: asyncio.Event,
+    live: bool,
+) -> int:
+    """Send one task per source; with ``wait``, follow them to the end. The exit status."""
+    broker, redis = _urls(broker, redis)
+    from ideogram_async.celery import app, enqueue, open_store, upscale_image
+
+    app.conf.update(broker_url=broker)
+    job = uuid.uuid4().hex[:16]
+    started = time.monotonic()
+    store = open_store(redis)
+    try:
+        try:
+            await enqueue(
+                upscale_image,
+                store,
+                job,
+                [(source.path, source.stem) for source in sources],
+                out_dir,
+                request,
+            )
+        except IdeogramError as exc:
+            raise UsageError(str(exc)) from None
+        except Exception as exc:  # kombu's errors when the broker cannot be reached
+            raise UsageError(
+                f"cannot send the tasks to the broker at {_shown(broker)} "
+                f"({type(exc).__name__}: {exc}); check --broker (or IDEOGRAM_BROKER_URL)"
+            ) from None
+        if not wait:
+            print(
+                f"Enqueued {len(sources)} image(s) as job {job}. "
+                f"Follow it with: ideogram-async status {job}",
+                flush=True,
+            )
+            return EXIT_OK
+        print(f"Enqueued {len(sources)} image(s) as job {job}; waiting for them.", flush=True)
+        return await _wait(store, job, sources, redis, started, json_path, stop, live=live)
+    finally:
+        await store.aclose()
+
+
+async def _wait(
+    store: JobStore,
+    job: str,
+    sources: Sequence[Source],
+    redis: str,
+    started: float,
+    json_path: Path | None,
+    stop: asyncio.Event,
+    *,
+    live: bool,
+) -> int:
+    """Show the job's progress until every image is done (or ``stop`` is set)."""
+    found = await store.job(job)
+    assert found is not None  # it was just created
+    keys = found[1]
+    tally = Tally(total=len(sources))
+    reporter = make_reporter(tally, live=live)
+    outcomes: dict[int, str] = {}
+    reporter.start()
+    try:
+        completed = await until_stopped(
+            _follow(store, job, sources, keys, tally, reporter, outcomes), stop
+        )
+    finally:
+        reporter.close()
+    if not completed:
+        reporter.note(
+            f"Stopped waiting: {tally.done} of {tally.total} finished. The workers go on "
+            f"with the rest; follow them with: ideogram-async status {job}"
+        )
+        return EXIT_INTERRUPTED
+    summary = await _summary(store, keys, outcomes, [s.shown for s in sources], redis)
+    summary.seconds = time.monotonic() - started
+    for line in summary.lines():
+        reporter.note(line)
+    if json_path is not None:
+        summary.write_json(json_path)
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+async def _follow(
+    store: JobStore,
+    job: str,
+    sources: Sequence[Source],
+    keys: list[str],
+    tally: Tally,
+    reporter: Reporter,
+    outcomes: dict[int, str],
+) -> None:
+    """Take the job's events as they come; each image counts once (its first outcome)."""
+    after = "0"
+    while len(outcomes) < len(keys):
+        for event in await store.events(job, after, block=_POLL):
+            after = event.id
+            if event.index in outcomes or not 0 <= event.index < len(keys):
+                continue
+            outcomes[event.index] = event.outcome
+            record = await store.record(keys[event.index])
+            _show(sources[event.index], event, record, tally, reporter)
+
+
+def _show(
+    source: Source, event: Event, record: ImageRecord, tally: Tally, reporter: Reporter
+) -> None:
+    ok = event.outcome != "failed"
+    if ok:
+        tally.ok += 1
+    else:
+        tally.failed += 1
+    tally.retries += record.retries
+    reporter.finished(
+        Outcome(
+            source=source,
+            ok=ok,
+            urls=record.urls,
+            outputs=tuple(Path(output) for output in record.outputs),
+            error=record.error or ("failed" if not ok else None),
+            attempts=record.attempts,
+            seconds=record.seconds,
+        )
+    )
+
+
+async def _summary(
+    store: JobStore,
+    keys: Sequence[str],
+    outcomes: dict[int, str],
+    shown: Sequence[str],
+    redis: str,
+) -> Summary:
+    """The summary of the images finished so far, from their records."""
+    summary = Summary(total=len(keys), shared=_shown(redis))
+    for index, outcome in sorted(outcomes.items()):
+        record = await store.record(keys[index])
+        summary.retries += record.retries
+        summary.refused += record.refused
+        if record.bound is not None:
+            summary.bound = record.bound
+        if outcome == "ok":
+            summary.succeeded += 1
+        elif outcome == "skipped":
+            summary.skipped += 1
+        else:
+            summary.failed += 1
+            summary.failures.append((shown[index], record.error or "failed"))
+    return summary
+
+
+async def job_status(
+    job: str, *, broker: str | None, redis: str | None, json_path: Path | None
+) -> int:
+    """Print where job ``job`` is; 0 all done, 1 some failed, :data:`EXIT_RUNNING` not done."""
+    _, redis = _urls(broker, redis)
+    from ideogram_async.celery import open_store
+
+    store = open_store(redis)
+    try:
+        found = await store.job(job)
+        if found is None:
+            raise UsageError(
+                f"no job {job!r} in Redis at {_shown(redis)}; check the id (enqueue printed "
+                "it) and --shared-allowance (jobs are kept 7 days)"
+            )
+        info, keys = found
+        outcomes: dict[int, str] = {}
+        events = await store.events(job, "0", block=None)
+        for event in events:
+            outcomes.setdefault(event.index, event.outcome)
+        shown = [(await store.record(key)).source or key for key in keys]
+        summary = await _summary(store, keys, outcomes, shown, redis)
+    finally:
+        await store.aclose()
+    pending = len(keys) - len(outcomes)
+    # A stream id starts with the time it was added, in ms: the last one ended the job.
+    ended = int(events[-1].id.partition("-")[0]) / 1000 if events and not pending else time.time()
+    summary.seconds = max(0.0, ended - float(info.get("created", ended)))
+    print(f"Job {job}: {len(outcomes)} of {len(keys)} image(s) finished, {pending} not yet.")
+    for line in summary.lines():
+        print(line)
+    if json_path is not None:
+        summary.write_json(json_path)
+    if summary.failed:
+        return EXIT_FAILED
+    return EXIT_RUNNING if pending else EXIT_OK

@@ -182,24 +182,28 @@ async def run_image(
     key = task.key
     record = await store.record(key)
     if record.status == "ok" and _done(record.outputs):
-        outcome: Outcome = "skipped"
-    else:
-        token = secrets.token_hex(8)
-        if not await store.claim(key, token, lease):
-            raise ImageBusy(
-                f"{task.source} is being worked on by another delivery of its task; "
-                "this one steps back and looks again later"
-            )
-        keeper = asyncio.create_task(_keep_claim(store, key, token, lease))
-        try:
-            outcome = await _work(client, store, task, record.urls)
-        finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
-            await store.release(key, token)
+        await _announce(store, task, "skipped")
+        return "skipped"
+    token = secrets.token_hex(8)
+    if not await store.claim(key, token, lease):
+        raise ImageBusy(
+            f"{task.source} is being worked on by another delivery of its task; "
+            "this one steps back and looks again later"
+        )
+    keeper = asyncio.create_task(_keep_claim(store, key, token, lease))
+    try:
+        outcome = await _work(client, store, task, record.urls)
+        await _announce(store, task, outcome)  # before the claim goes: it is heard first
+        return outcome
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await store.release(key, token)
+
+
+async def _announce(store: JobStore, task: ImageTask, outcome: Outcome) -> None:
     if task.job is not None:
         await store.announce(task.job, task.index, outcome)
-    return outcome
 
 
 async def _keep_claim(store: JobStore, key: str, token: str, lease: float) -> None:

@@ -132,6 +132,8 @@ def celery_config(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
             "visibility_timeout": visibility,
             "unacked_restore_interval": max(1, min(10, round(visibility / 4))),
             "unacked_restore_throttle": 1,
+            # A worker killed during a sweep must not hold the sweep's lock for long.
+            "unacked_mutex_expire": max(5, min(300, round(visibility))),
         },
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .celery_workers import celery_workers
 from .clients import NAIVE_ATTEMPTS, Client
 from .processes import run_worker, running_server
 from .report import Compare, Row, Unit
@@ -55,6 +56,9 @@ class Sizes:
     shared_count: int
     shared_latency: float
     shared_rounds: int
+    celery_count: int
+    celery_latency: float
+    celery_rounds: int
 
     def describe(self) -> list[str]:
         """One line per workload, then the rounds: the header of the table."""
@@ -79,6 +83,9 @@ class Sizes:
             f"one RedisAllowance(10) vs a limiter of 10 each (best of {self.shared_rounds} rounds)",
             f"workload 8 acquire cost: {self.cost_count} empty hold(1) blocks by "
             f"{self.cost_concurrency} tasks, shared allowance on a local redis-server vs local",
+            f"workload 9 celery workers: {self.celery_count} images, latency "
+            f"{self.celery_latency * 1000:.0f} ms, emulator allowance 10: 3 celery workers "
+            f"(threads pool) sharing it on Redis vs one process (best of {self.celery_rounds})",
             f"best of {self.rounds} rounds ({self.fanout_rounds} for workload 4), "
             f"variants alternating within each round",
         ]
@@ -106,6 +113,9 @@ FULL = Sizes(
     shared_count=400,
     shared_latency=0.1,
     shared_rounds=3,
+    celery_count=300,
+    celery_latency=0.2,
+    celery_rounds=2,
 )
 """The sizes of the full run."""
 
@@ -131,6 +141,9 @@ QUICK = Sizes(
     shared_count=120,
     shared_latency=0.05,
     shared_rounds=1,
+    celery_count=60,
+    celery_latency=0.2,
+    celery_rounds=1,
 )
 """Reduced sizes for the CI smoke test (about half a minute on two cores)."""
 
@@ -479,5 +492,6 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "allowance": allowance,
     "processes": many_processes,
     "acquire": acquire_cost,
+    "celery": celery_workers,
 }
 """Every workload by its short name, in the order they run."""

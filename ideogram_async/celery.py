@@ -70,6 +70,7 @@ __all__ = [
     "enqueue",
     "image_message",
     "open_store",
+    "redacted",
     "register",
     "shared_redis_url",
     "upscale_image",
@@ -358,6 +359,11 @@ def image_message(
     The result is saved as ``out_dir/<stem>.upscaled.<ext>`` (``stem``: the source's).
     """
     return ImageTask.of(source, out_dir, request, stem=stem).to_message()
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for messages: any password replaced by ``***``, the query dropped."""
+    return _shown(url)
 
 
 def open_store(redis_url: str) -> JobStore:

@@ -434,3 +434,11 @@ def test_register_returns_the_task_on_the_given_app() -> None:
     assert task.app is other
     assert task.acks_late
     assert task.reject_on_worker_lost
+
+
+def test_the_docs_show_the_app_module_the_tests_run() -> None:
+    """docs/celery.md's own-app example is tests/celery_app.py, word for word."""
+    docs = (ROOT / "docs" / "celery.md").read_text(encoding="utf-8")
+    block = docs.split("```python\n")[1].split("```")[0]
+    module = (ROOT / "tests" / "celery_app.py").read_text(encoding="utf-8")
+    assert module.split('"""\n\n', 1)[1] == block

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ideogram_async import IdeogramError, UpscaleRequest, V2Options
-from ideogram_async.redis_allowance import _shown
 
 from ._inputs import Source, UsageError
 from ._manifest import Outcome
@@ -25,6 +24,13 @@ from ._summary import Summary
 
 if TYPE_CHECKING:
     from ideogram_async.celery import Event, ImageRecord, JobStore
+
+
+def _shown(url: str) -> str:
+    from ideogram_async.celery import redacted
+
+    return redacted(url)
+
 
 __all__ = ["EXIT_RUNNING", "enqueue_job", "job_status"]
 

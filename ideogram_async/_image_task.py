@@ -173,7 +173,8 @@ async def run_image(
 ) -> Outcome:
     """Make sure ``task``'s image is upscaled and downloaded; return how it ended.
 
-    ``skipped`` when its recorded outputs all exist already. Otherwise it claims the
+    ``skipped`` when its recorded outputs all exist already (``ok`` when an earlier
+    delivery of the same job's task made them). Otherwise it claims the
     image for ``lease`` seconds (renewed while it works; :class:`ImageBusy` when
     another delivery holds it), downloads recorded URLs or else upscales once and
     records the URLs at once, then downloads and records the outputs. The job's
@@ -182,8 +183,11 @@ async def run_image(
     key = task.key
     record = await store.record(key)
     if record.status == "ok" and _done(record.outputs):
-        await _announce(store, task, "skipped")
-        return "skipped"
+        # Done by an earlier delivery of this very task (whose worker died before it
+        # could say so) is this job's success; done before the job, a skip.
+        done: Outcome = "ok" if task.job is not None and record.job == task.job else "skipped"
+        await _announce(store, task, done)
+        return done
     token = secrets.token_hex(8)
     if not await store.claim(key, token, lease):
         raise ImageBusy(
@@ -274,5 +278,5 @@ async def _download(
         await store.write(task.key, status="failed", error=error)
         return "failed"
     outputs = tuple(str(path) for path in written if isinstance(path, Path))
-    await store.write(task.key, outputs=outputs, status="ok")
+    await store.write(task.key, outputs=outputs, status="ok", job=task.job or "")
     return "ok"

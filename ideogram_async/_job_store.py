@@ -68,6 +68,8 @@ class ImageRecord:
     refused: int = 0
     bound: int | None = None
     """The allowance a 429 of the service reported, if one did."""
+    job: str = ""
+    """The job whose task finished the image (empty: none, or no job)."""
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> ImageRecord:
@@ -83,6 +85,7 @@ class ImageRecord:
             retries=int(fields.get("retries", 0)),
             refused=int(fields.get("refused", 0)),
             bound=int(fields["bound"]) if fields.get("bound") else None,
+            job=fields.get("job", ""),
         )
 
 

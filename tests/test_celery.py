@@ -201,6 +201,7 @@ async def test_a_worker_killed_mid_run_loses_no_image_and_pays_at_most_the_allow
     written = json.loads(summary.read_text())
     assert set(written) == JSON_KEYS
     assert (written["total"], written["succeeded"], written["failed"]) == (count, count, 0)
+    assert written["skipped"] == 0  # an image the killed worker finished is this job's
     assert (written["refused"], written["failures"]) == (0, [])
     assert written["allowance"] == {"shared": cluster.redis.url, "bound": None}
 
@@ -319,6 +320,18 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     assert await run_image(client, store, task, lease=5) == "ok"
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
     assert output.is_file()
+
+
+async def test_an_image_done_by_an_earlier_delivery_of_the_job_counts_as_its_success(
+    parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    client, store = parts
+    first = ImageTask.of(png_path, tmp_path / "out", job="job-1")
+    assert await run_image(client, store, first, lease=5) == "ok"
+    assert await run_image(client, store, first, lease=5) == "ok"  # delivered again
+    later = ImageTask.of(png_path, tmp_path / "out", job="job-2")
+    assert await run_image(client, store, later, lease=5) == "skipped"
+    assert emu.stats.requests == 1
 
 
 async def test_the_urls_are_recorded_before_the_download(

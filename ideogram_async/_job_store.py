@@ -125,7 +125,7 @@ class JobStore:
     def _failed(self, exc: RedisError) -> SharedAllowanceError:
         return SharedAllowanceError(
             f"the job records in Redis at {self._shown} could not be read or written "
-            f"({type(exc).__name__}: {exc}); check that Redis is up",
+            f"({type(exc).__name__}: {str(exc).rstrip('.')}); check that Redis is up",
             url=self._shown,
         )
 

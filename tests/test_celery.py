@@ -38,7 +38,7 @@ from ideogram_async.cli import main
 from ideogram_async.redis_allowance import RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
-from ._redis import RedisServer
+from ._redis import RedisServer, free_port
 
 KEY = "sk-celery-5ecr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
@@ -436,6 +436,13 @@ def test_enqueue_usage_errors_send_nothing(
     assert "add --wait" in capsys.readouterr().err
     assert main(["enqueue", str(tmp_path / "in"), "-o", "o", "--factor", "x4"]) == 2
     assert "add --model MODEL" in capsys.readouterr().err
+    nowhere = f"redis://:pw-s3cret@127.0.0.1:{free_port()}/0"
+    assert (
+        main(["enqueue", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--broker", nowhere]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "could not be read or written" in err
+    assert "pw-s3cret" not in err
 
 
 def test_register_returns_the_task_on_the_given_app() -> None:

@@ -92,7 +92,8 @@ async def enqueue_job(
         except Exception as exc:  # kombu's errors when the broker cannot be reached
             raise UsageError(
                 f"cannot send the tasks to the broker at {_shown(broker)} "
-                f"({type(exc).__name__}: {exc}); check --broker (or IDEOGRAM_BROKER_URL)"
+                f"({type(exc).__name__}: {str(exc).rstrip('.')}); "
+                "check --broker (or IDEOGRAM_BROKER_URL)"
             ) from None
         if not wait:
             print(

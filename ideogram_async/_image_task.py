@@ -24,12 +24,12 @@ import attrs
 from ._job_store import JobStore, Outcome
 from .batch import BatchResult
 from .client import IdeogramClient
-from .errors import IdeogramError, RateLimitError, ValidationError
+from .errors import IdeogramError, ValidationError
 from .models import UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent
 from .v2 import MODELS, V2Options, V2UpscaleResponse
 
-__all__ = ["ImageBusy", "ImageTask", "count_retry", "run_image"]
+__all__ = ["ImageBusy", "ImageTask", "count_refusal", "count_retry", "run_image"]
 
 
 class ImageBusy(IdeogramError):
@@ -135,13 +135,22 @@ _COUNTS: contextvars.ContextVar[_Counts | None] = contextvars.ContextVar(
 
 
 def count_retry(event: RetryEvent) -> None:
-    """The client's retry hook: count the retry (and a 429) for the image being worked on."""
+    """The client's retry hook: count the retry for the image being worked on."""
     counts = _COUNTS.get()
     if counts is not None:
         counts.retries += 1
-        if isinstance(event.error, RateLimitError):
-            counts.refused += 1
-            counts.bound = event.error.allowance or counts.bound
+
+
+def count_refusal(allowance: int | None) -> None:
+    """Count a 429 for the image being worked on (``allowance``: the number it gave).
+
+    Every 429 of an upscale reaches the allowance's ``rejected``, also those the
+    client waits out without a retry (``inflight_limit``); that is where this is called.
+    """
+    counts = _COUNTS.get()
+    if counts is not None:
+        counts.refused += 1
+        counts.bound = allowance or counts.bound
 
 
 def _message(error: BaseException) -> str:

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised by installing without
         "ideogram_async.celery needs Celery: pip install 'ideogram-async[celery]'"
     ) from exc
 
-from ._image_task import ImageBusy, ImageTask, count_retry, run_image
+from ._image_task import ImageBusy, ImageTask, count_refusal, count_retry, run_image
 from ._job_store import PREFIX, Event, ImageRecord, JobStore, Outcome
 from .client import IdeogramClient
 from .errors import SharedAllowanceError, ValidationError
@@ -201,6 +201,14 @@ def _api_key(environ: Mapping[str, str]) -> str:
     return key
 
 
+class _CountedAllowance(RedisAllowance):
+    """The shared allowance, counting each 429 for the image whose request got it."""
+
+    async def rejected(self, allowance: int | None) -> None:
+        count_refusal(allowance)
+        await super().rejected(allowance)
+
+
 class _Runtime:
     """One event loop in one thread with the process's client, allowance and records."""
 
@@ -219,7 +227,7 @@ class _Runtime:
 
     async def _open(self) -> tuple[IdeogramClient, JobStore]:
         settings = self.settings
-        allowance = RedisAllowance(
+        allowance = _CountedAllowance(
             settings.redis_url,
             settings.allowance,
             key=settings.allowance_key,

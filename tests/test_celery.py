@@ -384,6 +384,36 @@ async def test_a_failed_upscale_is_recorded_with_its_error_and_counts(
     assert [(event.index, event.outcome) for event in events] == [(0, "failed")]
 
 
+async def test_every_refusal_is_counted_against_its_image(
+    redis_server: RedisServer, redis_key: str, tmp_path: Path
+) -> None:
+    """Workers told of 8 places against a service that allows 2: the records' refusals
+    add up to the service's count, and carry the number it gave."""
+    from ideogram_async.celery import _CountedAllowance
+
+    inputs = make_inputs(tmp_path / "in", 8)
+    emulator = Emulator(api_key=KEY, allowance=2, latency=0.05)
+    allowance = _CountedAllowance(redis_server.url, 8, key=redis_key, adaptive=False)
+    store = open_store(redis_server.url)
+    tasks = [ImageTask.of(path, tmp_path / "out") for path in inputs]
+    try:
+        async with (
+            emulator,
+            IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=allowance) as client,
+        ):
+            outcomes = await asyncio.gather(
+                *(run_image(client, store, task, lease=5) for task in tasks)
+            )
+            records = [await store.record(task.key) for task in tasks]
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    assert outcomes == ["ok"] * 8
+    assert emulator.stats.rejected_over_allowance > 0
+    assert sum(record.refused for record in records) == emulator.stats.rejected_over_allowance
+    assert {record.bound for record in records if record.refused} == {2}
+
+
 def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     from ideogram_async import MagicPrompt, UpscaleRequest
     from ideogram_async.v2 import TopazBloom2

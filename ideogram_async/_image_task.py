@@ -24,7 +24,7 @@ import attrs
 from ._job_store import JobStore, Outcome
 from .batch import BatchResult
 from .client import IdeogramClient
-from .errors import IdeogramError, ValidationError
+from .errors import IdeogramError, SharedAllowanceError, ValidationError
 from .models import UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent
 from .v2 import MODELS, V2Options, V2UpscaleResponse
@@ -240,6 +240,8 @@ async def _work(
         if not urls:
             result = await upscale_once(client, Path(task.source), task.request())
             attempts = result.attempts
+            if isinstance(result.error, SharedAllowanceError):
+                raise result.error  # nothing was sent: not the image's failure; try later
             if result.error is not None:
                 await store.write(key, status="failed", error=_message(result.error))
                 return "failed"

@@ -319,9 +319,9 @@ def _on_worker_shutdown(**_: Any) -> None:
 
 def _upscale_image(task: Task[Any, Any], message: dict[str, Any]) -> Outcome:
     """Upscale one image and download it, once, whatever happens to the workers."""
-    runtime = _runtime(task.app)
     image = ImageTask.from_message(message)
     try:
+        runtime = _runtime(task.app)
         return runtime.run(
             run_image(runtime.client, runtime.store, image, lease=runtime.settings.lease)
         )

@@ -414,6 +414,30 @@ async def test_every_refusal_is_counted_against_its_image(
     assert {record.bound for record in records if record.refused} == {2}
 
 
+async def test_an_unreachable_allowance_is_no_failure_of_the_image(
+    emu: Emulator, redis_server: RedisServer, png_path: Path, tmp_path: Path
+) -> None:
+    """Without the shared bound nothing is sent, and the image is left to a later try
+    (the task retries), not recorded as failed."""
+    from ideogram_async import SharedAllowanceError
+
+    allowance = RedisAllowance(f"redis://127.0.0.1:{free_port()}/0", 4)
+    store = open_store(redis_server.url)
+    task = ImageTask.of(png_path, tmp_path / "out")
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=emu.base_url, allowance=allowance
+        ) as client:
+            with pytest.raises(SharedAllowanceError):
+                await run_image(client, store, task, lease=5)
+        record = await store.record(task.key)
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    assert record.status == ""
+    assert emu.stats.requests == 0
+
+
 def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     from ideogram_async import MagicPrompt, UpscaleRequest
     from ideogram_async.v2 import TopazBloom2

@@ -49,6 +49,8 @@ def _urls(broker: str | None, redis: str | None) -> tuple[str, str]:
         raise UsageError(
             "enqueue and status need Celery: pip install 'ideogram-async[celery]'"
         ) from None
+    except IdeogramError as exc:  # a setting in the environment, read on import
+        raise UsageError(str(exc)) from None
 
     broker = broker or broker_url()
     try:

@@ -13,7 +13,7 @@ import ideogram_async
 
 ROOT = Path(ideogram_async.__file__).parent
 PACKAGE = "ideogram_async"
-MAX_LINES = 400
+MAX_LINES = 800
 
 
 def module_name(path: Path) -> str:
@@ -88,7 +88,7 @@ def test_no_import_cycles() -> None:
     assert find_cycle() is None
 
 
-def test_no_module_is_over_400_lines() -> None:
+def test_no_module_is_over_about_800_lines() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: size for name, size in sizes.items() if size > MAX_LINES} == {}
 

@@ -33,6 +33,7 @@ An application with its own Celery app registers the same task on it with
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
@@ -75,6 +76,8 @@ __all__ = [
     "shared_redis_url",
     "upscale_image",
 ]
+
+logger = logging.getLogger("ideogram_async")
 
 TASK_NAME = "ideogram_async.upscale_image"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
@@ -293,18 +296,31 @@ def _close_runtime() -> None:
         runtime.close()
 
 
+def _start(celery_app: Celery) -> None:
+    """Start this process's runtime; a worker with a wrong setting stops at once, saying why.
+
+    A Redis that does not answer yet is no reason to stop: the tasks retry until it does.
+    """
+    try:
+        _runtime(celery_app)
+    except ValidationError as exc:
+        raise SystemExit(f"ideogram_async.celery: {exc}") from None  # Celery logs Exceptions
+    except SharedAllowanceError as exc:
+        logger.warning("%s; the tasks retry until it answers", exc)
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """A worker starts: with a pool of threads (or solo) its tasks run in this process."""
     pool = concurrency.get_implementation(sender.pool_cls)
     if pool.__module__ != "celery.concurrency.prefork":
-        _runtime(sender.app)
+        _start(sender.app)
 
 
 @signals.worker_process_init.connect
 def _on_worker_process_init(**_: Any) -> None:
     """A pool process starts (prefork children, solo): it gets a runtime of its own."""
-    _runtime(current_app)  # a prefork child makes the worker's app the current one
+    _start(current_app)  # a prefork child makes the worker's app the current one
 
 
 @signals.worker_process_shutdown.connect

@@ -480,6 +480,23 @@ def test_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
         WorkerSettings.from_env({})
 
 
+def test_a_worker_with_a_wrong_setting_stops_at_start_saying_why(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
+    env["IDEOGRAM_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    command = [sys.executable, "-m", "celery", "-A", "ideogram_async.celery", "worker"]
+    done = subprocess.run(
+        [*command, "--pool", "threads"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "ideogram_async.celery: no API key for the workers" in done.stderr
+
+
 def test_enqueue_usage_errors_send_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

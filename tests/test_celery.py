@@ -514,6 +514,10 @@ def test_enqueue_usage_errors_send_nothing(
     err = capsys.readouterr().err
     assert "could not be read or written" in err
     assert "pw-s3cret" not in err
+    assert main(["status", "0123abcd", "--shared-allowance", nowhere]) == 2
+    err = capsys.readouterr().err
+    assert "could not be read or written" in err
+    assert "pw-s3cret" not in err
 
 
 def test_register_returns_the_task_on_the_given_app() -> None:

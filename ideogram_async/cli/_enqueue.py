@@ -8,6 +8,7 @@ as ``upscale`` until every image is done. ``status ID`` tells where a job is.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -128,13 +129,24 @@ async def _wait(
     tally = Tally(total=len(sources))
     reporter = make_reporter(tally, live=live)
     outcomes: dict[int, str] = {}
+    lost: IdeogramError | None = None
     reporter.start()
     try:
         completed = await until_stopped(
             _follow(store, job, sources, keys, tally, reporter, outcomes), stop
         )
+    except IdeogramError as exc:  # Redis was lost while waiting
+        lost, completed = exc, True
     finally:
         reporter.close()
+    if lost is not None:
+        print(
+            f"Stopped waiting: {lost}. The workers go on with the job; follow it with: "
+            f"ideogram-async status {job}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_FAILED
     if not completed:
         reporter.note(
             f"Stopped waiting: {tally.done} of {tally.total} finished. The workers go on "
@@ -240,6 +252,8 @@ async def job_status(
             outcomes.setdefault(event.index, event.outcome)
         shown = [(await store.record(key)).source or key for key in keys]
         summary = await _summary(store, keys, outcomes, shown, redis)
+    except IdeogramError as exc:  # Redis does not answer
+        raise UsageError(str(exc)) from None
     finally:
         await store.aclose()
     pending = len(keys) - len(outcomes)

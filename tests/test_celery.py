@@ -181,8 +181,11 @@ async def test_a_worker_killed_mid_run_loses_no_image_and_pays_at_most_the_allow
         lines.append(line.decode())
         if line.startswith(b"[30/"):
             break
+    else:
+        pytest.fail("enqueue ended before 30 images were done:\n" + "".join(lines))
     emulator.pause()
-    await emulator.wait_places(allowance)  # all on the first worker: the only one
+    async with asyncio.timeout(60):
+        await emulator.wait_places(allowance)  # all on the first worker: the only one
     workers[0].process.send_signal(signal.SIGKILL)
     workers[0].process.wait()
     workers.extend(cluster.worker(name, threads=4) for name in ("second", "third"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import glob
 import hashlib
 import json
 import os
@@ -271,6 +272,16 @@ async def _work(
             await store.write(key, bound=counts.bound)
 
 
+def _remove_leftovers(out_dir: Path, names: list[str]) -> None:
+    """Remove the half-written downloads (``.NAME*.part``) a killed delivery left behind.
+
+    Only the delivery holding the image's claim calls this, after its own downloads.
+    """
+    for name in names:
+        for leftover in out_dir.glob(f".{glob.escape(name)}*.part"):
+            leftover.unlink(missing_ok=True)
+
+
 async def _download(
     client: IdeogramClient, store: JobStore, task: ImageTask, urls: tuple[str, ...]
 ) -> Outcome:
@@ -284,6 +295,7 @@ async def _download(
         return_exceptions=True,
     )
     errors = [error for error in written if isinstance(error, BaseException)]
+    await asyncio.to_thread(_remove_leftovers, out_dir, names)
     if errors:
         error = f"download failed: {_message(errors[0])}"
         await store.write(task.key, status="failed", error=error)

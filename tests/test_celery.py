@@ -104,7 +104,7 @@ class Cluster:
         """Start a ``celery worker`` process (threads pool); its output goes to a log."""
         log = (self.logs / f"{name}.log").open("wb")
         command = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "threads"]
-        command += ["--concurrency", str(threads), "-n", f"{name}@%h", "--loglevel", "WARNING"]
+        command += ["--concurrency", str(threads), "-n", f"{name}@%h", "--loglevel", "INFO"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         process = subprocess.Popen(
             command, env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -190,7 +190,13 @@ async def test_a_worker_killed_mid_run_loses_no_image_and_pays_at_most_the_allow
     workers[0].process.wait()
     workers.extend(cluster.worker(name, threads=4) for name in ("second", "third"))
     emulator.resume()
-    rest, errors = await cli.communicate()
+    try:
+        async with asyncio.timeout(80):
+            rest, errors = await cli.communicate()
+    except TimeoutError:
+        cli.kill()
+        logs = "".join(w.log.read_text(errors="replace")[-3000:] for w in workers)
+        pytest.fail(f"the job did not end: {emulator.stats}\n{''.join(lines)}\n{logs}")
     lines += rest.decode().splitlines(keepends=True)
     assert cli.returncode == 0, "".join(lines) + errors.decode()
     assert KEY not in "".join(lines) + errors.decode()
@@ -320,9 +326,11 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 1)
 
     output.unlink()  # a worker died after the upscale: the recorded URL is downloaded
+    leftover = output.with_name(".photo.upscaled.png.0123456789abcdef.part")
+    leftover.write_bytes(b"half an image")  # what its download left behind
     assert await run_image(client, store, task, lease=5) == "ok"
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
-    assert output.is_file()
+    assert sorted(p.name for p in output.parent.iterdir()) == [output.name]
 
 
 async def test_an_image_done_by_an_earlier_delivery_of_the_job_counts_as_its_success(

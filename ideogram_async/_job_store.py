@@ -182,6 +182,13 @@ class JobStore:
         except RedisError as exc:
             raise self._failed(exc) from exc
 
+    async def claimed(self, key: str) -> bool:
+        """Whether a delivery holds the image's claim now."""
+        try:
+            return bool(await self._redis.exists(f"{PREFIX}:image:{key}:claim"))
+        except RedisError as exc:
+            raise self._failed(exc) from exc
+
     async def renew(self, key: str, token: str, lease: float) -> bool:
         """Extend the claim by ``lease`` seconds; ``False`` when it is no longer ours."""
         name = f"{PREFIX}:image:{key}:claim"

@@ -72,7 +72,9 @@ __all__ = [
     "image_message",
     "open_store",
     "redacted",
+    "redelivery_seconds",
     "register",
+    "resend",
     "shared_redis_url",
     "upscale_image",
 ]
@@ -402,23 +404,37 @@ async def enqueue(
     sources: Sequence[tuple[str | os.PathLike[str], str]],
     out_dir: str | os.PathLike[str],
     request: UpscaleRequest | V2Options | None = None,
-) -> None:
+) -> list[dict[str, Any]]:
     """Record the job ``job`` and send one ``task`` per ``(source, stem)`` pair, in order.
 
-    Its progress is then in ``store`` (``events``, ``record``): an image finishes once
-    whichever delivery of its task gets it done.
+    Returns the messages sent, in order (for :func:`resend`). Its progress is then in
+    ``store`` (``events``, ``record``): an image finishes once whichever delivery of
+    its task gets it done.
     """
-    images = [
-        ImageTask.of(source, out_dir, request, stem=stem, job=job, index=index)
+    messages = [
+        ImageTask.of(source, out_dir, request, stem=stem, job=job, index=index).to_message()
         for index, (source, stem) in enumerate(sources)
     ]
-    if not images:
+    if not messages:
         raise ValidationError("nothing to enqueue: pass at least one image")
-    await store.create_job(job, [image.key for image in images], images[0].out_dir)
+    keys = [ImageTask.from_message(message).key for message in messages]
+    await store.create_job(job, keys, messages[0]["out_dir"])
+    await resend(task, messages)
+    return messages
+
+
+async def resend(task: Task[Any, Any], messages: Sequence[dict[str, Any]]) -> None:
+    """Send ``task`` once per message (again): safe, as every delivery is idempotent."""
 
     def send() -> None:
         with task.app.producer_or_acquire() as producer:
-            for image in images:
-                task.apply_async((image.to_message(),), producer=producer)
+            for message in messages:
+                task.apply_async((message,), producer=producer)
 
     await asyncio.to_thread(send)
+
+
+def redelivery_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """How long the broker may take to give a dead worker's tasks to another one."""
+    options = celery_config(environ)["broker_transport_options"]
+    return float(options["visibility_timeout"] + options["unacked_restore_interval"])

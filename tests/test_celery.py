@@ -196,7 +196,8 @@ async def test_a_worker_killed_mid_run_loses_no_image_and_pays_at_most_the_allow
     except TimeoutError:
         cli.kill()
         logs = "".join(w.log.read_text(errors="replace")[-3000:] for w in workers)
-        pytest.fail(f"the job did not end: {emulator.stats}\n{''.join(lines)}\n{logs}")
+        seen = f"{emulator.stats.requests} requests, {emulator.stats.responses_by_status}"
+        pytest.fail(f"the job did not end ({seen}):\n{''.join(lines)}\n{logs}")
     lines += rest.decode().splitlines(keepends=True)
     assert cli.returncode == 0, "".join(lines) + errors.decode()
     assert KEY not in "".join(lines) + errors.decode()
@@ -245,6 +246,33 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     assert set(written) == JSON_KEYS
     assert written["succeeded"] + written["skipped"] == 4
     assert cluster.emulator.stats.requests == 4  # each image paid for once over both jobs
+
+
+async def test_wait_sends_again_an_image_whose_message_was_lost(
+    cluster: Cluster, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A message the broker lost (Celery's Redis transport can, when its worker is killed
+    while fetching it): after a silence, --wait sends the image nobody holds again."""
+    import redis.asyncio as aioredis
+
+    inputs = make_inputs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    cli = await start_cli(cluster, "enqueue", str(tmp_path / "in"), "-o", str(out), "--wait")
+    assert cli.stdout is not None
+    first = await cli.stdout.readline()
+    assert first.startswith(b"Enqueued 3 image(s)"), first
+    broker = aioredis.Redis.from_url(cluster.redis.url)
+    try:
+        assert await broker.rpop("celery") is not None  # the queue of the default app
+    finally:
+        await broker.aclose()
+    workers.append(cluster.worker("only", threads=2))
+    async with asyncio.timeout(80):
+        rest, errors = await cli.communicate()
+    assert cli.returncode == 0, rest + errors
+    assert b"sent the 1 that no worker holds again" in rest
+    assert_one_decoding_output_each(inputs, out)
+    assert cluster.emulator.stats.requests == 3
 
 
 async def test_an_application_registers_the_task_on_its_own_celery_app(

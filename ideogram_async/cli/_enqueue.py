@@ -11,9 +11,11 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import attrs
 
 from ideogram_async import IdeogramError, UpscaleRequest, V2Options
 
@@ -40,6 +42,8 @@ EXIT_RUNNING = 3
 
 _POLL = 2.0
 """Seconds one wait for events lasts (the stop event is honoured in between)."""
+_MIN_SILENCE = 10.0
+"""Seconds without news, at least, before ``--wait`` sends unheld images again."""
 
 
 def _urls(broker: str | None, redis: str | None) -> tuple[str, str]:
@@ -74,7 +78,14 @@ async def enqueue_job(
 ) -> int:
     """Send one task per source; with ``wait``, follow them to the end. The exit status."""
     broker, redis = _urls(broker, redis)
-    from ideogram_async.celery import app, enqueue, open_store, upscale_image
+    from ideogram_async.celery import (
+        app,
+        enqueue,
+        open_store,
+        redelivery_seconds,
+        resend,
+        upscale_image,
+    )
 
     app.conf.update(broker_url=broker)
     job = uuid.uuid4().hex[:16]
@@ -82,7 +93,7 @@ async def enqueue_job(
     store = open_store(redis)
     try:
         try:
-            await enqueue(
+            messages = await enqueue(
                 upscale_image,
                 store,
                 job,
@@ -106,15 +117,37 @@ async def enqueue_job(
             )
             return EXIT_OK
         print(f"Enqueued {len(sources)} image(s) as job {job}; waiting for them.", flush=True)
-        return await _wait(store, job, sources, redis, started, json_path, stop, live=live)
+
+        async def again(indices: list[int]) -> None:
+            await resend(upscale_image, [messages[index] for index in indices])
+
+        watch = _Watch(
+            store=store,
+            job=job,
+            sources=sources,
+            resend=again,
+            silence=max(_MIN_SILENCE, 2 * redelivery_seconds()),
+        )
+        return await _wait(watch, redis, started, json_path, stop, live=live)
     finally:
         await store.aclose()
 
 
+@attrs.frozen(kw_only=True)
+class _Watch:
+    """What ``--wait`` follows, and how it sends again what nobody is working on."""
+
+    store: JobStore
+    job: str
+    sources: Sequence[Source]
+    resend: Callable[[list[int]], Awaitable[None]]
+    silence: float
+    """Seconds without any image finishing after which the images nobody holds are
+    sent again (a worker may have died with them)."""
+
+
 async def _wait(
-    store: JobStore,
-    job: str,
-    sources: Sequence[Source],
+    watch: _Watch,
     redis: str,
     started: float,
     json_path: Path | None,
@@ -123,18 +156,16 @@ async def _wait(
     live: bool,
 ) -> int:
     """Show the job's progress until every image is done (or ``stop`` is set)."""
-    found = await store.job(job)
+    found = await watch.store.job(watch.job)
     assert found is not None  # it was just created
     keys = found[1]
-    tally = Tally(total=len(sources))
+    tally = Tally(total=len(keys))
     reporter = make_reporter(tally, live=live)
     outcomes: dict[int, str] = {}
     lost: IdeogramError | None = None
     reporter.start()
     try:
-        completed = await until_stopped(
-            _follow(store, job, sources, keys, tally, reporter, outcomes), stop
-        )
+        completed = await until_stopped(_follow(watch, keys, tally, reporter, outcomes), stop)
     except IdeogramError as exc:  # Redis was lost while waiting
         lost, completed = exc, True
     finally:
@@ -142,7 +173,7 @@ async def _wait(
     if lost is not None:
         print(
             f"Stopped waiting: {lost}. The workers go on with the job; follow it with: "
-            f"ideogram-async status {job}",
+            f"ideogram-async status {watch.job}",
             file=sys.stderr,
             flush=True,
         )
@@ -150,10 +181,11 @@ async def _wait(
     if not completed:
         reporter.note(
             f"Stopped waiting: {tally.done} of {tally.total} finished. The workers go on "
-            f"with the rest; follow them with: ideogram-async status {job}"
+            f"with the rest; follow them with: ideogram-async status {watch.job}"
         )
         return EXIT_INTERRUPTED
-    summary = await _summary(store, keys, outcomes, [s.shown for s in sources], redis)
+    shown = [source.shown for source in watch.sources]
+    summary = await _summary(watch.store, keys, outcomes, shown, redis)
     summary.seconds = time.monotonic() - started
     for line in summary.lines():
         reporter.note(line)
@@ -163,24 +195,39 @@ async def _wait(
 
 
 async def _follow(
-    store: JobStore,
-    job: str,
-    sources: Sequence[Source],
-    keys: list[str],
-    tally: Tally,
-    reporter: Reporter,
-    outcomes: dict[int, str],
+    watch: _Watch, keys: list[str], tally: Tally, reporter: Reporter, outcomes: dict[int, str]
 ) -> None:
-    """Take the job's events as they come; each image counts once (its first outcome)."""
+    """Take the job's events as they come; each image counts once (its first outcome).
+
+    After ``watch.silence`` seconds without one, the unfinished images that no delivery
+    holds are sent again: Celery's Redis transport can lose a message its worker was
+    fetching when it was killed, and a second delivery of an image costs nothing.
+    """
     after = "0"
+    heard = time.monotonic()
     while len(outcomes) < len(keys):
-        for event in await store.events(job, after, block=_POLL):
+        events = await watch.store.events(watch.job, after, block=_POLL)
+        if events:
+            heard = time.monotonic()
+        elif time.monotonic() - heard > watch.silence:
+            idle = [
+                index
+                for index, key in enumerate(keys)
+                if index not in outcomes and not await watch.store.claimed(key)
+            ]
+            await watch.resend(idle)
+            reporter.note(
+                f"No image finished for {watch.silence:.0f}s: sent the {len(idle)} that "
+                "no worker holds again (a worker may have died with them)."
+            )
+            heard = time.monotonic()
+        for event in events:
             after = event.id
             if event.index in outcomes or not 0 <= event.index < len(keys):
                 continue
             outcomes[event.index] = event.outcome
-            record = await store.record(keys[event.index])
-            _show(sources[event.index], event, record, tally, reporter)
+            record = await watch.store.record(keys[event.index])
+            _show(watch.sources[event.index], event, record, tally, reporter)
 
 
 def _show(

@@ -107,7 +107,12 @@ class Cluster:
         command += ["--concurrency", str(threads), "-n", f"{name}@%h", "--loglevel", "INFO"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         process = subprocess.Popen(
-            command, env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            command,
+            env=self.env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         return Worker(process, self.logs / f"{name}.log")
@@ -156,6 +161,7 @@ async def start_cli(cluster: Cluster, *args: str) -> asyncio.subprocess.Process:
         "-m",
         "ideogram_async",
         *args,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=cluster.env(),

@@ -379,6 +379,29 @@ async def test_an_image_done_by_an_earlier_delivery_of_the_job_counts_as_its_suc
     assert emu.stats.requests == 1
 
 
+async def test_a_v2_model_runs_through_the_same_task(
+    emu: Emulator, redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
+) -> None:
+    from ideogram_async.v2 import TopazStandard2
+
+    allowance = RedisAllowance(redis_server.url, 4, key=redis_key)
+    store = open_store(redis_server.url)
+    task = ImageTask.of(png_path, tmp_path / "out", TopazStandard2(upscale_factor="x2"))
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=emu.base_url, flavor="official", allowance=allowance
+        ) as client:
+            assert await run_image(client, store, task, lease=5) == "ok"
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    [upload] = emu.stats.v2_uploads
+    assert upload.model == "topaz-standard-2"
+    assert upload.fields["upscale_factor"] == "x2"
+    with Image.open(tmp_path / "out" / "photo.upscaled.png") as image:
+        image.load()
+
+
 async def test_the_urls_are_recorded_before_the_download(
     redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
     APIError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -44,8 +45,9 @@ from .v2 import (
     TopazStandard2,
     TopazTextRefine,
     TopazWonder35,
-    V2Image,
     V2Options,
+    V2Resource,
+    V2UpscaledImage,
     V2UpscaleResponse,
 )
 
@@ -55,6 +57,7 @@ logging.getLogger("ideogram_async").addHandler(logging.NullHandler())
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIStatusError",
     "APITimeoutError",
     "Allowance",
     "AllowanceChange",
@@ -97,9 +100,10 @@ __all__ = [
     "UpscaleRequest",
     "UpscaleResponse",
     "UpscaledImage",
-    "V2Image",
     "V2Options",
+    "V2Resource",
     "V2UpscaleResponse",
+    "V2UpscaledImage",
     "ValidationError",
     "WebhookVerificationError",
     "__version__",

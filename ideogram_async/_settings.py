@@ -1,10 +1,8 @@
-"""A client's settings, checked in one place before anything is sent.
+"""A client's settings: one frozen object, checked in one place before anything is sent.
 
 :class:`Settings` resolves the constructor's arguments and the environment into
-frozen, validated values; the small checkers below (:func:`of_type`,
-:func:`int_at_least`, :func:`positive_number`) are the ones every other check of
-the client uses too, so each problem is reported the same way: a
-:class:`~ideogram_async.errors.ValidationError` naming the setting and the fix.
+frozen, validated values. A client reads every setting from its one ``Settings``
+(v1 and v2 calls alike); ``with_options`` resolves a new one from it.
 """
 
 from __future__ import annotations
@@ -12,22 +10,22 @@ from __future__ import annotations
 import enum
 import os
 import re
-from typing import Any, TypeVar
+import unicodedata
 from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
+from ._checks import int_at_least, of_type, positive_number, seconds_field
 from .allowance import Allowance, LocalAllowance
 from .errors import ValidationError
-from .retry import RetryPolicy
+from .retry import RetryHook, RetryPolicy
 
-__all__ = ["OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
+__all__ = ["DEFAULT_ALLOWANCE", "OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
 
 OFFICIAL_BASE_URL = "https://api.ideogram.ai"
-_DEFAULT_ALLOWANCE = 10
+DEFAULT_ALLOWANCE = 10
 """Places in flight when none is configured: the service's default allowance."""
-_T = TypeVar("_T")
 
 
 class Flavor(enum.StrEnum):
@@ -39,34 +37,6 @@ class Flavor(enum.StrEnum):
     """``POST https://api.ideogram.ai/upscale`` with ``Api-Key: <key>``; also the v2 upscalers."""
 
 
-def of_type(name: str, value: _T | None, kind: type[_T]) -> _T | None:
-    """``value`` if it is ``None`` or a ``kind``, else a ``ValidationError`` naming ``name``."""
-    if value is not None and not isinstance(value, kind):
-        raise ValidationError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def int_at_least(name: str, value: object, low: int) -> int:
-    """``value`` if it is an int (not a bool) ``>= low``, else a ``ValidationError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValidationError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def positive_number(name: str, value: object, *, or_none: bool = False) -> float | None:
-    """``value`` if it is a number (not a bool) ``> 0`` (or ``None`` when allowed)."""
-    if value is None and or_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        allowed = " or None" if or_none else ""
-        raise ValidationError(f"{name} must be a number > 0{allowed}, got {value!r}")
-    return value
-
-
-def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    positive_number(f"Timeouts.{attribute.name}", value)
-
-
 @attrs.frozen(kw_only=True)
 class Timeouts:
     """Per-attempt time limits, in seconds. The whole-call limit is ``RetryPolicy.deadline``.
@@ -76,9 +46,9 @@ class Timeouts:
     counts against it.
     """
 
-    connect: float = attrs.field(default=10.0, validator=_seconds)
+    connect: float = seconds_field(10.0)
     """Opening a TCP/TLS connection."""
-    attempt: float = attrs.field(default=180.0, validator=_seconds)
+    attempt: float = seconds_field(180.0)
     """One request: upload, the service's work and reading the answer."""
 
 
@@ -101,6 +71,30 @@ class Secret:
         return "'***'"
 
 
+def _checked_key(key: object) -> str:
+    """``key`` without surrounding blanks, if it can go in an HTTP header as it is.
+
+    A control character (a line break copied along, a tab) or a character outside
+    Latin-1 would fail every request, or worse, split the header; the message says
+    where, never what the key is.
+    """
+    if not isinstance(key, str):
+        raise ValidationError(f"api_key must be a str, got {type(key).__name__}")
+    key = key.strip()
+    for position, char in enumerate(key, 1):
+        if unicodedata.category(char) == "Cc":
+            raise ValidationError(
+                f"the API key has a control character (such as a line break or a tab) at "
+                f"position {position}; copy the key again without it"
+            )
+        if ord(char) > 0xFF:
+            raise ValidationError(
+                f"the API key has a character at position {position} that cannot go in an "
+                f"HTTP header (outside Latin-1); copy the key again (keys are plain text)"
+            )
+    return key
+
+
 def _checked_base_url(base: str) -> str:
     """``base`` if it is an http(s) URL with a host and no credentials in it."""
     shown = repr(re.sub(r"//[^/]*@", "//***@", base))  # never show a password
@@ -109,9 +103,9 @@ def _checked_base_url(base: str) -> str:
     try:
         parts = urlsplit(base)
         # .port raises ValueError when out of range; the comparison itself always holds.
-        valid = bool(parts.hostname) and (parts.port or 0) >= 0  # pragma: no mutate
+        valid = bool(parts.hostname) and (parts.port or 0) >= 0
     except ValueError:
-        valid = False  # pragma: no mutate (None is as false)
+        valid = False
     if not valid:
         raise ValidationError(f"base_url is not a valid URL: {shown}; check its host and port")
     if parts.username is not None or parts.password is not None:
@@ -137,6 +131,7 @@ class Settings:
     max_response_size: int
     timeouts: Timeouts
     retry: RetryPolicy
+    on_retry: RetryHook | None
 
     @property
     def url(self) -> str:
@@ -152,7 +147,6 @@ class Settings:
         base_url: str | None,
         flavor: Flavor | str,
         allowance: int | Allowance | None,
-        max_concurrency: int | None,
         adaptive: bool,
         requests_per_second: float | None,
         timeouts: Timeouts | None,
@@ -161,6 +155,7 @@ class Settings:
         max_download_size: int,
         max_response_size: int,
         session: aiohttp.ClientSession | None,
+        on_retry: RetryHook | None,
     ) -> Settings:
         """Check the client's arguments, filling in the key and URL from the environment."""
         try:
@@ -190,9 +185,9 @@ class Settings:
             )
         return cls(
             flavor=kind,
-            key=Secret(key.strip()),
+            key=Secret(_checked_key(key)),
             base_url=base.rstrip("/"),
-            allowance=_allowance(allowance, max_concurrency, adaptive),
+            allowance=_allowance(allowance, adaptive),
             requests_per_second=positive_number(
                 "requests_per_second", requests_per_second, or_none=True
             ),
@@ -201,20 +196,23 @@ class Settings:
             max_response_size=int_at_least("max_response_size", max_response_size, 1),
             timeouts=of_type("timeouts", timeouts, Timeouts) or Timeouts(),
             retry=of_type("retry", retry, RetryPolicy) or RetryPolicy(),
+            on_retry=_hook(on_retry),
         )
 
 
-def _allowance(
-    allowance: int | Allowance | None, max_concurrency: int | None, adaptive: bool
-) -> Allowance:
-    """The limiter of places: ``allowance`` (or its old name ``max_concurrency``), default 10."""
+def _hook(on_retry: object) -> RetryHook | None:
+    if on_retry is not None and not callable(on_retry):
+        raise ValidationError(
+            f"on_retry must be a function taking a RetryEvent, got {type(on_retry).__name__}"
+        )
+    return on_retry
+
+
+def _allowance(allowance: int | Allowance | None, adaptive: bool) -> Allowance:
+    """The limiter of places: ``allowance`` as given, or the default of 10 images."""
     of_type("adaptive", adaptive, bool)
-    if max_concurrency is not None:
-        if allowance is not None:
-            raise ValidationError("pass allowance= or max_concurrency= (its former name), not both")
-        allowance = int_at_least("max_concurrency", max_concurrency, 1)
     if allowance is None:
-        allowance = _DEFAULT_ALLOWANCE
+        allowance = DEFAULT_ALLOWANCE
     if isinstance(allowance, Allowance):
         if not adaptive:
             raise ValidationError(
@@ -225,6 +223,6 @@ def _allowance(
     if isinstance(allowance, bool) or not isinstance(allowance, int) or allowance < 1:
         raise ValidationError(
             f"allowance must be a number of images in flight >= 1 or an Allowance, "
-            f"got {allowance!r}; the service's default allowance is 10"
+            f"got {allowance!r}; the service's default allowance is {DEFAULT_ALLOWANCE}"
         )
     return LocalAllowance(allowance, adaptive=adaptive)

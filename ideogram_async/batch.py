@@ -1,28 +1,34 @@
-"""Bounded fan-out for ``upscale_many``: lazy input, O(window) tasks, per-item results.
+"""The one bounded fan-out: lazy input, O(window) tasks, per-item results.
 
-The same machinery runs v1 upscales (:class:`UpscaleRequest`) and v2 ones (a model's
-options); a :class:`BatchResult` is typed by the answer it carries.
+It runs ``upscale_many`` of v1 (:class:`UpscaleRequest`) and of v2 (a model's
+options), and v2's ``quote_many``; a :class:`BatchResult` is typed by the answer it
+carries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Generic, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Generic, Self, TypeAlias, TypeVar
 
 import attrs
 
+from ._checks import int_at_least
 from .errors import ValidationError
-from .models import UpscaleRequest, UpscaleResponse
+from .models import UpscaleRequest
+from .retry import counting_attempts
 from .uploads import ImageInput
-from .v2 import V2Options, V2UpscaleResponse
+
+if TYPE_CHECKING:  # v2's options are a kind of request this module only names
+    from .v2._options import V2Options
 
 __all__ = ["BatchInput", "BatchResult", "BatchRun", "UpscaleJob"]
 
-_R = TypeVar("_R", UpscaleResponse, V2UpscaleResponse)
-"""The answer a batch yields: v1's or v2's."""
+_R = TypeVar("_R")
+"""The answer a batch yields: v1's, v2's or a v2 price quote."""
 
 
 @attrs.frozen
@@ -48,8 +54,8 @@ class BatchResult(Generic[_R]):
     """The image as it was given: the path (``str`` or ``os.PathLike``), bytes, file or
     stream itself, also when it came in an ``(image, request)`` pair or an ``UpscaleJob``.
     A path stays as given, so use ``Path(result.source)`` to name an output after it."""
-    request: UpscaleRequest | V2Options
-    """The options it was upscaled with."""
+    request: UpscaleRequest | V2Options | None
+    """The options it was upscaled with (``None`` only for an item that had none)."""
     response: _R | None
     """The service's answer, or ``None`` when it failed."""
     error: Exception | None
@@ -66,24 +72,26 @@ class BatchResult(Generic[_R]):
 
 
 BatchInput: TypeAlias = (
-    ImageInput | tuple[ImageInput, UpscaleRequest | V2Options | None] | UpscaleJob
+    ImageInput | tuple[ImageInput, "UpscaleRequest | V2Options | None"] | UpscaleJob
 )
 """One item of ``upscale_many``'s input: an image, an ``(image, request)`` pair or a job."""
 
-# The client's upscale, returning the response and the attempts it took.
-Upscaler: TypeAlias = Callable[[UpscaleJob], Awaitable[tuple[_R, int]]]
+# The call run for each item: the client's upscale, or a v2 upscale or quote.
+Runner: TypeAlias = Callable[[UpscaleJob], Awaitable[_R]]
 
 
-def as_job(item: object, default: UpscaleRequest | V2Options) -> UpscaleJob:
+Kind: TypeAlias = tuple[type, str]
+"""The request type of a batch and its name in messages."""
+V1: Kind = (UpscaleRequest, "an UpscaleRequest")
+
+
+def as_job(item: object, default: UpscaleRequest | V2Options | None, kind: Kind) -> UpscaleJob:
     """Normalise an input item (image, ``(image, request)`` pair or job) to a job.
 
-    Its request must be of the batch's kind: v1 (:class:`UpscaleRequest`) or v2.
+    Its request must be of the batch's ``kind``: v1 (:data:`V1`) or v2 (a model's
+    options; ``default`` is ``None`` when a v2 batch has none).
     """
-    kind, name = (
-        (V2Options, "a v2 model's options")
-        if isinstance(default, V2Options)
-        else (UpscaleRequest, "an UpscaleRequest")
-    )
+    cls, name = kind
     if isinstance(item, UpscaleJob):
         job = item
     elif isinstance(item, tuple):
@@ -95,7 +103,7 @@ def as_job(item: object, default: UpscaleRequest | V2Options) -> UpscaleJob:
         job = UpscaleJob(item[0], item[1])
     else:
         job = UpscaleJob(item)  # type: ignore[arg-type]
-    if job.request is not None and not isinstance(job.request, kind):
+    if job.request is not None and not isinstance(job.request, cls):
         raise ValidationError(
             f"this batch's requests are {name}, got {type(job.request).__name__}; "
             f"run v1 and v2 upscales in separate batches"
@@ -158,35 +166,75 @@ def _image_of(item: BatchInput) -> ImageInput:
 
 
 async def _one(
-    index: int, item: BatchInput, upscale: Upscaler[_R], default: UpscaleRequest | V2Options
+    index: int,
+    item: BatchInput,
+    run: Runner[_R],
+    default: UpscaleRequest | V2Options | None,
+    kind: Kind,
 ) -> BatchResult[_R]:
     started = time.monotonic()
     source, request = _image_of(item), default
     response: _R | None = None
     error: Exception | None = None
-    try:
-        job = as_job(item, default)
-        request = job.request or default
-        response, attempts = await upscale(job)
-    except Exception as exc:
-        error = exc
-        attempts = getattr(exc, "attempts", 0)
+    with counting_attempts() as tally:
+        try:
+            job = as_job(item, default, kind)
+            request = job.request or default
+            response = await run(job)
+        except Exception as exc:
+            error = exc
     return BatchResult(
         index=index,
         source=source,
         request=request,
         response=response,
         error=error,
-        attempts=attempts,
+        attempts=tally.attempts,
         elapsed=time.monotonic() - started,
+    )
+
+
+def many(
+    what: str,
+    inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+    run: Runner[_R],
+    default: UpscaleRequest | V2Options | None,
+    *,
+    kind: Kind,
+    window: int | None,
+    maximum: int,
+    ordered: bool,
+    stop_on_error: bool,
+) -> BatchRun[_R]:
+    """Check a batch call's arguments and start its :func:`fan_out` (see ``upscale_many``).
+
+    ``window`` defaults to twice ``maximum``, the allowance's.
+    """
+    if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
+        raise ValidationError(
+            f"{what} takes an iterable of images, not one image; "
+            f"wrap it in a list or call {what.removesuffix('_many')}() for a single image"
+        )
+    size = int_at_least("window", 2 * maximum if window is None else window, 1)
+    return BatchRun(
+        fan_out(
+            inputs,
+            run,
+            default,
+            kind=kind,
+            window=size,
+            ordered=ordered,
+            stop_on_error=stop_on_error,
+        )
     )
 
 
 async def fan_out(
     inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
-    upscale: Upscaler[_R],
-    default: UpscaleRequest | V2Options,
+    run: Runner[_R],
+    default: UpscaleRequest | V2Options | None,
     *,
+    kind: Kind,
     window: int,
     ordered: bool,
     stop_on_error: bool,
@@ -197,7 +245,7 @@ async def fan_out(
     done_early: dict[int, BatchResult[_R]] = {}  # ordered mode: finished, waiting their turn
     next_index = 0  # next input index to start
     next_out = 0  # ordered mode: next index to yield
-    exhausted = False  # pragma: no mutate (None is as false)
+    exhausted = False
     try:
         while True:
             while not exhausted and len(pending) + len(done_early) < window:
@@ -205,14 +253,14 @@ async def fan_out(
                     item = await anext(source)
                 except StopAsyncIteration:
                     # An exhausted source raises the same again: not setting it only costs calls.
-                    exhausted = True  # pragma: no mutate
+                    exhausted = True
                     break
-                pending.add(asyncio.create_task(_one(next_index, item, upscale, default)))
+                pending.add(asyncio.create_task(_one(next_index, item, run, default, kind)))
                 next_index += 1
             if not pending and not done_early:
                 return
             # Only the ordered mode gets here with nothing pending, and it sets its own list.
-            finished: list[BatchResult[_R]] = []  # pragma: no mutate
+            finished: list[BatchResult[_R]] = []
             if pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 finished = sorted((task.result() for task in done), key=lambda r: r.index)

@@ -1,4 +1,10 @@
-"""``IdeogramClient``: one aiohttp session, an allowance of places in flight, retried upscales."""
+"""``IdeogramClient``: one session, one allowance, frozen settings; v1 calls and ``client.v2``.
+
+The client holds its parts (composition, no mixins): the frozen :class:`Settings`,
+the :class:`~ideogram_async._attempt.Attempts` every call goes through (transport,
+allowance, rates), and the v2 resource. Follow one upscale from :meth:`IdeogramClient.upscale`
+into ``_attempt.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,40 @@ import os
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self, overload
+from typing import Self
 
 import aiohttp
+import attrs
 from aiolimiter import AsyncLimiter
 
-from ._bodies import DEFAULT_MAX_RESPONSE_SIZE
-from ._files import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
-from ._http import Http
-from ._posts import ImagePosts
-from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
-from ._v2_answers import parse_upscale
-from ._v2_client import V2Calls, poll_limiter
+from ._attempt import Attempts
+from ._checks import int_at_least, seconds
+from ._downloads import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
+from ._settings import Flavor, Settings, Timeouts
+from ._transport import DEFAULT_MAX_RESPONSE_SIZE, Pool, Transport
 from .allowance import Allowance
-from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
+from .batch import V1, BatchInput, BatchRun, UpscaleJob, many
 from .errors import ValidationError
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
-from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
-from .v2 import V2Options, V2UpscaleResponse
+from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput
+from .v2 import V2Resource
 
 __all__ = ["Flavor", "IdeogramClient", "Timeouts"]
 
 
-class IdeogramClient(V2Calls, ImagePosts):
+@attrs.frozen
+class _Shared:
+    """What a client shares with the clients ``with_options`` derives from it."""
+
+    pool: Pool
+    owns_allowance: bool
+    """Whether closing the client closes the allowance (it was made from a number)."""
+    downloads: asyncio.Semaphore
+    """Downloads in flight, bounded like the allowance's maximum."""
+
+
+class IdeogramClient:
     """An async client for the Ideogram upscale endpoint; use it as an async context manager.
 
     One client holds one connection pool and one allowance: share it across the
@@ -43,22 +59,28 @@ class IdeogramClient(V2Calls, ImagePosts):
     without the number halves it while requests that go through raise it again,
     never above the number given. Pass an
     :class:`~ideogram_async.allowance.Allowance` instead to share one between
-    clients or processes (the client then never closes it). ``max_concurrency``
-    is the former name of a numeric ``allowance``. ``client.allowance`` shows
-    the current bound (``limit``) and the places held (``in_use``), for a
-    dashboard; ``client.max_concurrency`` is its ``maximum``.
-    ``requests_per_second`` optionally bounds the start rate of requests too.
+    clients or processes (the client then never closes it). ``client.allowance``
+    shows the current bound (``limit``), the places held (``in_use``) and the
+    ``maximum``, for a dashboard. ``requests_per_second`` optionally bounds the
+    start rate of requests too.
 
     The key comes from ``api_key`` or ``IDEOGRAM_API_KEY``; the base URL from
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
     ``https://api.ideogram.ai``). Pass ``session`` to reuse an ``aiohttp``
     session: the client then never closes it, and its pool limits apply.
 
-    A client of the official flavor also reaches Ideogram's v2 upscalers
-    (``upscale_v2``, ``quote_v2``, ``quote_many``, ``submit_v2``,
+    The settings are read-only properties; :meth:`with_options` makes a client with
+    some of them changed that shares this one's session and allowance, and every
+    call takes its own ``retry`` and ``timeouts``. A client of the official flavor
+    also reaches Ideogram's v2 upscalers as ``client.v2`` (``upscale``, ``submit``,
+    ``quote``, ``upscale_many``, ``quote_many``, ``get_generation``,
     ``wait_for_generation``); ``poll_limit`` ``(polls, seconds)`` is the one rate
     every generation poll of the client shares (Ideogram allows 1,000 per 10 s).
     """
+
+    _attempts: Attempts
+    _shared: _Shared
+    _v2: V2Resource
 
     def __init__(
         self,
@@ -68,7 +90,6 @@ class IdeogramClient(V2Calls, ImagePosts):
         flavor: Flavor | str = Flavor.PROXY,
         allowance: int | Allowance | None = None,
         adaptive: bool = True,
-        max_concurrency: int | None = None,
         requests_per_second: float | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
@@ -84,7 +105,6 @@ class IdeogramClient(V2Calls, ImagePosts):
             base_url=base_url,
             flavor=flavor,
             allowance=allowance,
-            max_concurrency=max_concurrency,
             adaptive=adaptive,
             requests_per_second=requests_per_second,
             timeouts=timeouts,
@@ -93,38 +113,143 @@ class IdeogramClient(V2Calls, ImagePosts):
             max_download_size=max_download_size,
             max_response_size=max_response_size,
             session=session,
+            on_retry=on_retry,
         )
-        self.flavor = settings.flavor
-        self.base_url = settings.base_url
-        self.allowance = settings.allowance
-        self.max_concurrency = settings.allowance.maximum
-        self.requests_per_second = settings.requests_per_second
-        self.max_file_size = settings.max_file_size
-        self.max_download_size = settings.max_download_size
-        self.max_response_size = settings.max_response_size
-        self.timeouts = settings.timeouts
-        self.retry = settings.retry
-        self._key = settings.key
-        self._url = settings.url
-        self._http = Http(settings, session)
-        self._on_retry = on_retry
-        self._owns_allowance = not isinstance(allowance, Allowance)
-        self._download_slots = asyncio.Semaphore(self.max_concurrency)
-        self._polls = poll_limiter(poll_limit)
-        self._limiter = (
-            None
-            if settings.requests_per_second is None
-            else AsyncLimiter(settings.requests_per_second, 1)
+        maximum = settings.allowance.maximum
+        # API requests and image downloads each get as many connections as the
+        # allowance's maximum, so a request holding places never waits for the pool.
+        pool = Pool(session, connections=2 * maximum)
+        rate = settings.requests_per_second
+        self._attach(
+            Attempts(
+                transport=Transport(settings, pool),
+                allowance=settings.allowance,
+                limiter=None if rate is None else AsyncLimiter(rate, 1),
+                polls=_poll_rate(poll_limit),
+                checks=asyncio.Semaphore(2 * maximum),
+            ),
+            _Shared(
+                pool=pool,
+                owns_allowance=not isinstance(allowance, Allowance),
+                downloads=asyncio.Semaphore(maximum),
+            ),
         )
 
+    def _attach(self, attempts: Attempts, shared: _Shared) -> None:
+        self._attempts = attempts
+        self._shared = shared
+        self._v2 = V2Resource(attempts)
+
+    def with_options(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        flavor: Flavor | str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        max_file_size: int | None = None,
+        max_download_size: int | None = None,
+        max_response_size: int | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> IdeogramClient:
+        """A client with the given settings changed (``None``: as here), sharing the rest.
+
+        It shares this client's session, allowance and rates (openai-python's
+        pattern): ``client.with_options(retry=RetryPolicy(attempts=2))`` costs no new
+        connections and counts against the same places in flight. Closing either
+        closes the shared session. The new settings are checked as the
+        constructor's are.
+        """
+        current = self._attempts.settings
+        settings = Settings.resolve(
+            api_key=current.key.reveal() if api_key is None else api_key,
+            base_url=current.base_url if base_url is None else base_url,
+            flavor=current.flavor if flavor is None else flavor,
+            allowance=current.allowance,
+            adaptive=True,  # the allowance object brings its own setting
+            requests_per_second=current.requests_per_second,
+            timeouts=current.timeouts if timeouts is None else timeouts,
+            retry=current.retry if retry is None else retry,
+            max_file_size=current.max_file_size if max_file_size is None else max_file_size,
+            max_download_size=(
+                current.max_download_size if max_download_size is None else max_download_size
+            ),
+            max_response_size=(
+                current.max_response_size if max_response_size is None else max_response_size
+            ),
+            session=None,
+            on_retry=current.on_retry if on_retry is None else on_retry,
+        )
+        derived = object.__new__(IdeogramClient)
+        transport = Transport(settings, self._shared.pool)
+        derived._attach(attrs.evolve(self._attempts, transport=transport), self._shared)
+        return derived
+
+    @property
+    def v2(self) -> V2Resource:
+        """Ideogram's v2 upscalers, quotes and generations (official flavor)."""
+        return self._v2
+
+    @property
+    def flavor(self) -> Flavor:
+        """Which form of the endpoint the client speaks."""
+        return self._attempts.settings.flavor
+
+    @property
+    def base_url(self) -> str:
+        """The service's base URL, without a trailing slash."""
+        return self._attempts.settings.base_url
+
+    @property
+    def allowance(self) -> Allowance:
+        """The places in flight (``limit``, ``in_use``, ``maximum``), shared when derived."""
+        return self._attempts.allowance
+
+    @property
+    def requests_per_second(self) -> float | None:
+        """The bound on the start rate of requests, if any."""
+        return self._attempts.settings.requests_per_second
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The per-attempt time limits."""
+        return self._attempts.settings.timeouts
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every call that does not pass its own."""
+        return self._attempts.settings.retry
+
+    @property
+    def on_retry(self) -> RetryHook | None:
+        """The function told about each retry, if any."""
+        return self._attempts.settings.on_retry
+
+    @property
+    def max_file_size(self) -> int:
+        """The largest v1 upload, in bytes."""
+        return self._attempts.settings.max_file_size
+
+    @property
+    def max_download_size(self) -> int:
+        """The largest image ``download`` writes, in bytes."""
+        return self._attempts.settings.max_download_size
+
+    @property
+    def max_response_size(self) -> int:
+        """The largest API answer read, in bytes."""
+        return self._attempts.settings.max_response_size
+
     def __repr__(self) -> str:
+        settings = self._attempts.settings
         return (
-            f"IdeogramClient(base_url={self.base_url!r}, flavor={self.flavor.value!r}, "
-            f"allowance={self.allowance!r}, api_key={self._key!r})"
+            f"IdeogramClient(base_url={settings.base_url!r}, flavor={settings.flavor.value!r}, "
+            f"allowance={settings.allowance!r}, api_key={settings.key!r})"
         )
 
     async def __aenter__(self) -> Self:
-        self._http.session()
+        self._shared.pool.session()
         return self
 
     async def __aexit__(
@@ -140,18 +265,14 @@ class IdeogramClient(V2Calls, ImagePosts):
 
         An :class:`~ideogram_async.allowance.Allowance` passed in is left open.
         """
-        await self._http.aclose()
-        if self._owns_allowance:
+        await self._shared.pool.aclose()
+        if self._shared.owns_allowance:
             await self.allowance.aclose()
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`aclose` has been called."""
-        return self._http.closed
-
-    def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
-        """The policy of one call: its own override, else the client's."""
-        return of_type("retry", retry, RetryPolicy) or self.retry
+        """Whether :meth:`aclose` has been called (on this client or one it shares with)."""
+        return self._shared.pool.closed
 
     async def upscale(
         self,
@@ -160,6 +281,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         *,
         filename: str | None = None,
         retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
     ) -> UpscaleResponse:
         """Upscale one image and return the service's answer.
 
@@ -167,51 +289,43 @@ class IdeogramClient(V2Calls, ImagePosts):
         for each attempt) or an async iterator of ``bytes`` (read once). It is
         checked before anything is sent: a missing, empty, oversized or non
         JPEG/PNG/WebP image raises :class:`ValidationError`. ``filename`` overrides
-        the name sent with the file. ``retry`` overrides the client's policy for
-        this call.
+        the name sent with the file. ``retry`` and ``timeouts`` override the
+        client's for this call.
 
         Raises an :class:`~ideogram_async.errors.IdeogramError` subclass on failure;
         its ``attempts`` tells how many requests were made.
         """
-        response, _ = await self._upscale(image, request, filename=filename, retry=retry)
-        return response
-
-    async def _upscale(
-        self,
-        image: ImageInput,
-        request: UpscaleRequest | None,
-        *,
-        filename: str | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> tuple[UpscaleResponse, int]:
-        """``upscale``, also returning how many attempts it took."""
-        self._http.session()
         if request is None:
             request = UpscaleRequest()
         elif not isinstance(request, UpscaleRequest):
             raise ValidationError(
                 f"request must be an UpscaleRequest, got {type(request).__name__}; "
                 f"build one with UpscaleRequest(prompt=..., resemblance=...)"
+                f"{_V2_HINT if hasattr(request, 'model') else ''}"
             )
-        policy = self._policy(retry)
         places = request.num_images or 1
-        if places > self.allowance.maximum:
+        maximum = self.allowance.maximum
+        if places > maximum:
             raise ValidationError(
                 f"num_images={places} needs {places} places in flight, more than the "
-                f"allowance of {self.allowance.maximum}; ask for fewer images per request "
+                f"allowance of {maximum}; ask for fewer images per request "
                 "or raise allowance= (if your organization's allowance is higher)"
             )
-        prepared = await prepare_image(image, max_file_size=self.max_file_size, filename=filename)
-        with prepared:
-            form = request.to_json()
-            return await call_with_retries(
-                lambda number: self._attempt(prepared, form, places),
-                policy,
-                what=f"upscale {prepared.filename}",
-                on_retry=self._on_retry,
-            )
+        settings = self._attempts.settings
+        return await self._attempts.upload(
+            image,
+            url=settings.url,
+            fields={"image_request": request.to_json()},
+            part="image_file",
+            parse=parse_response,
+            what="upscale",
+            max_file_size=settings.max_file_size,
+            filename=filename,
+            retry=retry,
+            timeouts=timeouts,
+            places=places,
+        )
 
-    @overload
     def upscale_many(
         self,
         inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
@@ -221,30 +335,8 @@ class IdeogramClient(V2Calls, ImagePosts):
         stop_on_error: bool = False,
         window: int | None = None,
         retry: RetryPolicy | None = None,
-    ) -> BatchRun[UpscaleResponse]: ...
-
-    @overload
-    def upscale_many(
-        self,
-        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
-        request: V2Options,
-        *,
-        ordered: bool = False,
-        stop_on_error: bool = False,
-        window: int | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> BatchRun[V2UpscaleResponse]: ...
-
-    def upscale_many(
-        self,
-        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
-        request: UpscaleRequest | V2Options | None = None,
-        *,
-        ordered: bool = False,
-        stop_on_error: bool = False,
-        window: int | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> BatchRun[UpscaleResponse] | BatchRun[V2UpscaleResponse]:
+        timeouts: Timeouts | None = None,
+    ) -> BatchRun[UpscaleResponse]:
         """Upscale many images, yielding a :class:`BatchResult` for each as it finishes.
 
         ``inputs`` is any iterable or async iterable of images, of ``(image,
@@ -254,54 +346,34 @@ class IdeogramClient(V2Calls, ImagePosts):
         ``error`` set; nothing is raised for it. ``ordered=True`` yields in input
         order; ``stop_on_error=True`` ends the run after the first failed result.
         Leaving the loop cancels what is still running (use ``async with`` for
-        that to happen at once).
-
-        With a v2 model's options as ``request`` (e.g. ``TopazBloom2(...)``; official
-        flavor) every image goes to that v2 upscaler, as :meth:`upscale_v2` would
-        send it, and results carry a :class:`V2UpscaleResponse`.
+        that to happen at once). For v2 models, use ``client.v2.upscale_many``.
         """
-        self._http.session()
-        if isinstance(inputs, str | bytes | bytearray | memoryview | os.PathLike):
+        self._shared.pool.session()
+        default = UpscaleRequest() if request is None else request
+        if not isinstance(default, UpscaleRequest):
             raise ValidationError(
-                "upscale_many takes an iterable of images, not one image; "
-                "wrap it in a list or call upscale() for a single image"
+                f"request must be an UpscaleRequest, got {type(default).__name__}"
+                f"{_V2_HINT if hasattr(default, 'model') else ''}"
             )
-        default = request or UpscaleRequest()
-        if not isinstance(default, UpscaleRequest | V2Options):
-            raise ValidationError(
-                f"request must be an UpscaleRequest or a v2 model's options, "
-                f"got {type(default).__name__}"
-            )
-        size = 2 * self.max_concurrency if window is None else window
-        int_at_least("window", size, 1)
-        self._policy(retry)
-        if isinstance(default, V2Options):
-            # A proxy-flavor client refuses v2 here, not per item (any model name will do).
-            self._v2_url("")  # pragma: no mutate
+        self._attempts.policy(retry)
+        self._attempts.timed(timeouts)
 
-            async def run_v2(job: UpscaleJob) -> tuple[V2UpscaleResponse, int]:
-                assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
-                return await self._v2_post(
-                    job.image, job.request, parse_upscale, filename=job.filename, retry=retry
-                )
-
-            return BatchRun(
-                fan_out(
-                    inputs,
-                    run_v2,
-                    default,
-                    window=size,
-                    ordered=ordered,
-                    stop_on_error=stop_on_error,
-                )
-            )
-
-        async def run(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+        async def run(job: UpscaleJob) -> UpscaleResponse:
             assert isinstance(job.request, UpscaleRequest)  # as_job keeps the batch's kind
-            return await self._upscale(job.image, job.request, filename=job.filename, retry=retry)
+            return await self.upscale(
+                job.image, job.request, filename=job.filename, retry=retry, timeouts=timeouts
+            )
 
-        return BatchRun(
-            fan_out(inputs, run, default, window=size, ordered=ordered, stop_on_error=stop_on_error)
+        return many(
+            "upscale_many",
+            inputs,
+            run,
+            default,
+            kind=V1,
+            window=window,
+            maximum=self.allowance.maximum,
+            ordered=ordered,
+            stop_on_error=stop_on_error,
         )
 
     async def download(
@@ -310,6 +382,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         dest: str | os.PathLike[str],
         *,
         retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Path:
         """Download a result image to ``dest`` and return the path written.
 
@@ -324,7 +397,7 @@ class IdeogramClient(V2Calls, ImagePosts):
         have none). Transient failures are retried like ``upscale``. The API key is
         never sent: the image lives on another host.
         """
-        self._http.session()
+        self._shared.pool.session()
         url = image.url if isinstance(image, UpscaledImage) else image
         if isinstance(image, UpscaledImage) and image.is_image_safe is False and not url:
             raise ValidationError(
@@ -341,39 +414,51 @@ class IdeogramClient(V2Calls, ImagePosts):
                 f"{target.name[:40]}... is too long a file name (255 bytes at most, with "
                 f"the image suffix); pass a shorter dest"
             )
+        policy = self._attempts.policy(retry)
+        transport = self._attempts.timed(timeouts).transport
         if await asyncio.to_thread(os.path.isdir, target):
             raise ValidationError(f"{target} is a directory; pass the path of the file to write")
-        path, _ = await call_with_retries(
-            lambda _: self._download_attempt(url, target),
-            self._policy(retry),
+        return await call_with_retries(
+            lambda: self._download_attempt(transport, url, target),
+            policy,
             what=f"download {target.name}",
-            on_retry=self._on_retry,
+            on_retry=self.on_retry,
         )
-        return path
 
-    async def _download_attempt(self, url: str, target: Path) -> Path:
+    async def _download_attempt(self, transport: Transport, url: str, target: Path) -> Path:
         """One GET of an image URL into a temp file, renamed onto ``target`` on success."""
         async with (
-            self._download_slots,
+            self._shared.downloads,
             # No auth header: the session has none, and none is added here.
-            self._http.request(
-                "GET",  # pragma: no mutate (aiohttp upper-cases the method)
+            transport.request(
+                "GET",
                 url,
                 failed=f"download of {target.name} failed",
                 hint="the image URL may be unreachable",
             ) as response,
         ):
-            await self._http.raise_for_status(response, download=True)
+            await transport.raise_for_status(response, download=True)
             return await write_atomically(
                 target,
                 response.content.iter_chunked(CHUNK_SIZE),
-                max_size=self.max_download_size,
+                max_size=transport.settings.max_download_size,
                 length=response.content_length,
             )
 
-    async def _attempt(self, image: PreparedImage, form: str, places: int) -> UpscaleResponse:
-        """One attempt of a v1 upscale of ``places`` images."""
-        text, status = await self._post_image(
-            self._url, {"image_request": form}, image, part="image_file", places=places
-        )
-        return self._http.parse(parse_response, text, status)
+
+_V2_HINT = "; for a v2 model's options use client.v2"
+
+
+def _poll_rate(poll_limit: object) -> AsyncLimiter:
+    """The client's one rate for polls: never more than ``polls`` in any ``seconds``.
+
+    ``poll_limit`` is ``(polls, seconds)``. A leaky bucket of half the polls lets at
+    most the whole number through in any window of that length, however the service
+    counts its window.
+    """
+    if not isinstance(poll_limit, tuple) or len(poll_limit) != 2:
+        raise ValidationError(f"poll_limit must be a (polls, seconds) pair, got {poll_limit!r}")
+    polls = int_at_least("poll_limit's polls", poll_limit[0], 2)
+    window = seconds("poll_limit's seconds", poll_limit[1])
+    assert window is not None
+    return AsyncLimiter(polls / 2, window)

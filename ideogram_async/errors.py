@@ -7,29 +7,35 @@ tree where it happens, so ``except IdeogramError`` catches every failure of a ca
 Any other exception escaping is a bug::
 
     IdeogramError
-    ├── ValidationError (also ValueError)    bad input or settings; nothing was sent
-    ├── ClientClosedError (also RuntimeError) the client was used after ``aclose()``
-    ├── ImageChangedError                    the image file changed or vanished after its check
-    ├── APIConnectionError                   no usable HTTP response
-    │   └── APITimeoutError                  connect, attempt or deadline timeout
-    ├── ResponseFormatError                  a 2xx whose body is not the documented shape
-    ├── SharedAllowanceError                 the shared allowance's Redis is unreachable
-    ├── GenerationFailedError                a v2 background generation ended ``failed``
-    ├── WebhookVerificationError             a webhook delivery failed its signature check
-    └── APIError                             the service answered with a non-2xx status
-        ├── BadRequestError                  400, 413, 422
-        ├── AuthenticationError              401, 403
-        ├── PaymentRequiredError             402
-        ├── NotFoundError                    404
-        ├── RateLimitError                   429
-        └── ServerError                      5xx
+    ├── APIError                               a request to the service went wrong
+    │   ├── APIStatusError                     the service answered with a non-2xx status
+    │   │   ├── BadRequestError                400, 413, 422
+    │   │   ├── AuthenticationError            401, 403
+    │   │   ├── PaymentRequiredError           402
+    │   │   ├── NotFoundError                  404, 410
+    │   │   ├── RateLimitError                 429
+    │   │   └── ServerError                    5xx
+    │   └── APIConnectionError                 no usable HTTP response
+    │       └── APITimeoutError                connect, attempt or deadline timeout
+    ├── ValidationError (also ValueError)      bad input or settings; nothing was sent
+    ├── ClientClosedError (also RuntimeError)  the client was used after ``aclose()``
+    ├── ImageChangedError                      the image file changed or vanished after its check
+    ├── ResponseFormatError                    a 2xx whose body is not the documented shape
+    ├── SharedAllowanceError                   the shared allowance's Redis is unreachable
+    ├── GenerationFailedError                  a v2 background generation ended ``failed``
+    └── WebhookVerificationError               a webhook delivery failed its signature check
+
+As in openai-python, ``except APIError`` catches every failed request (an error
+status, a refused connection, a timeout); ``except APIStatusError`` only the answers
+with an error status.
 
 Messages say what happened and what to do about it; they never contain the API key.
 ``attempts`` tells how many attempts were made before the error was raised (a request
 the service refused as over the allowance, then sent again once a place freed, counts
 as one attempt); a ``ValidationError`` always has 0: nothing was sent. An
-:class:`APIError` also carries the request it answers (``method``, ``url``) and, as in
-openai-python and httpx, ``status_code``.
+:class:`APIStatusError` also carries the request it answers (``method``, ``url``) and, as
+in openai-python and httpx, ``status_code``. Every error built from a response
+(:class:`APIStatusError`, :class:`ResponseFormatError`) carries its ``request_id``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
@@ -86,7 +93,18 @@ class ImageChangedError(IdeogramError):
     """
 
 
-class APIConnectionError(IdeogramError):
+class APIError(IdeogramError):
+    """A request to the service failed: an error status, or no usable answer at all.
+
+    ``message`` is the error's text without the status prefix.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class APIConnectionError(APIError):
     """The request got no usable HTTP response (refused, reset, disconnected).
 
     ``body_sent`` is true when the whole image had been sent (handed to the
@@ -126,12 +144,18 @@ class APITimeoutError(APIConnectionError):
 
 
 class ResponseFormatError(IdeogramError):
-    """A successful status whose body is not the documented JSON shape."""
+    """A successful status whose body is not the documented JSON shape.
 
-    def __init__(self, message: str, *, body: str, status: int = 200) -> None:
+    ``request_id`` is the id from the response headers, when there was one.
+    """
+
+    def __init__(
+        self, message: str, *, body: str, status: int = 200, request_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.body = body
         self.status = status
+        self.request_id = request_id
 
 
 class SharedAllowanceError(IdeogramError):
@@ -159,7 +183,7 @@ class WebhookVerificationError(IdeogramError):
     """A webhook delivery is not signed by a given key, is stale, or lacks a header."""
 
 
-class APIError(IdeogramError):
+class APIStatusError(APIError):
     """The service answered with a non-2xx status.
 
     ``message`` is the service's own error text, ``body`` the raw body (text),
@@ -188,7 +212,6 @@ class APIError(IdeogramError):
         url: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.status = status
         self.body = body
         self.request_id = request_id
@@ -209,15 +232,15 @@ class APIError(IdeogramError):
         return f"HTTP {self.status}: {self.message}{rid}"
 
 
-class BadRequestError(APIError):
+class BadRequestError(APIStatusError):
     """400, 413 or 422: the service rejected the request or the image; do not retry."""
 
 
-class AuthenticationError(APIError):
+class AuthenticationError(APIStatusError):
     """401 or 403: the API key is missing, wrong or not allowed to do this."""
 
 
-class PaymentRequiredError(APIError):
+class PaymentRequiredError(APIStatusError):
     """402: the balance, daily limit or plan does not allow the request; never retried.
 
     ``reject_reason`` says which (``insufficient_funds``, ``daily_limit``,
@@ -226,11 +249,11 @@ class PaymentRequiredError(APIError):
     """
 
 
-class NotFoundError(APIError):
+class NotFoundError(APIStatusError):
     """404 or 410: the URL is wrong (check ``base_url`` and the flavor) or has expired."""
 
 
-class RateLimitError(APIError):
+class RateLimitError(APIStatusError):
     """429: too many requests; ``retry_after`` holds the wait the service asked for.
 
     ``reject_reason == "inflight_limit"`` means the organization had its whole
@@ -240,5 +263,5 @@ class RateLimitError(APIError):
     """
 
 
-class ServerError(APIError):
+class ServerError(APIStatusError):
     """5xx: the service or a gateway failed; usually transient."""

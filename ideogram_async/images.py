@@ -107,7 +107,7 @@ _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
     """Walk the marker segments up to the first start-of-frame (SOFn) one."""
     pos = 2
-    while pos + 1 < len(head):  # pragma: no mutate (with two bytes left, both end in None)
+    while pos + 1 < len(head):
         if head[pos] != 0xFF:
             return None  # not at a marker: malformed
         marker = head[pos + 1]
@@ -136,16 +136,16 @@ def _jpeg_size(head: bytes) -> tuple[int, int] | None:
 
 def _webp_size(head: bytes) -> tuple[int, int] | None:
     """The size in the first chunk: VP8 (lossy), VP8L (lossless) or VP8X (extended)."""
-    chunk, data = head[12:16], head[20:30]  # pragma: no mutate (more holds bytes never read)
+    chunk, data = head[12:16], head[20:30]
     if chunk == b"VP8 " and len(data) >= 10 and data[3:6] == b"\x9d\x01\x2a":
         # 14 bits of each are kept: signedness, or a slice past data's 10 bytes, cannot show.
-        width, height = struct.unpack("<HH", data[6:10])  # pragma: no mutate
+        width, height = struct.unpack("<HH", data[6:10])
         return width & 0x3FFF, height & 0x3FFF
     if chunk == b"VP8L" and len(data) >= 5 and data[0] == 0x2F:
-        (bits,) = struct.unpack("<I", data[1:5])  # pragma: no mutate (bits 0-27 are kept)
+        (bits,) = struct.unpack("<I", data[1:5])
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     if chunk == b"VP8X" and len(data) >= 10:
         width = int.from_bytes(data[4:7], "little") + 1
-        height = int.from_bytes(data[7:10], "little") + 1  # pragma: no mutate (data ends at 10)
+        height = int.from_bytes(data[7:10], "little") + 1
         return width, height
     return None

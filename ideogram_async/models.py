@@ -100,7 +100,7 @@ class UpscaleRequest:
         return json.dumps(
             fields,
             separators=(",", ":"),
-            ensure_ascii=False,  # pragma: no mutate (None is as false)
+            ensure_ascii=False,
         )
 
 
@@ -157,7 +157,7 @@ def _strict(kind: type) -> Any:
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
     # The one-argument form reads the type from the hook's annotation: the same hook.
-    converter.register_structure_hook(datetime, _parse_created)  # pragma: no mutate
+    converter.register_structure_hook(datetime, _parse_created)
     for kind in (str, int, bool):
         converter.register_structure_hook(kind, _strict(kind))
     return converter

@@ -7,14 +7,18 @@ gateway overrides the status rules. A host that refuses connections or whose nam
 not resolve gets only ``connect_attempts``. The caller always gets the last real
 error, never tenacity's ``RetryError``, with ``error.attempts`` set.
 
-Each call runs one ``tenacity.AsyncRetrying``; its stop, wait and retry strategies are
-built once per policy. :func:`set_testing` makes the waits instant for tests.
+A call's first attempt runs on its own; only after a failure does the call enter a
+``tenacity.AsyncRetrying``, whose stop, wait and retry strategies are built once per
+policy. :class:`Deadline` bounds the whole call and keeps its :class:`CallRecord`, from
+which ``BatchResult.attempts`` is read (:func:`counting_attempts`). :func:`set_testing`
+makes the waits instant for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import email.utils
 import logging
@@ -22,12 +26,20 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
 import tenacity
 
-from .errors import APIConnectionError, APIError, APITimeoutError, IdeogramError, ValidationError
+from ._checks import seconds_field
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    IdeogramError,
+    ValidationError,
+)
 
 __all__ = ["RetryEvent", "RetryPolicy", "is_testing", "set_testing"]
 
@@ -36,25 +48,6 @@ logger = logging.getLogger("ideogram_async")
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-def _finite(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-
-
-def _seconds(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not _finite(value) or value < 0:
-        raise ValidationError(
-            f"RetryPolicy.{attribute.name} must be a finite number of seconds >= 0, got {value!r}"
-        )
-
-
-def _deadline(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and (not _finite(value) or value <= 0):
-        raise ValidationError(
-            f"RetryPolicy.deadline must be a finite number of seconds > 0, or None for no "
-            f"limit, got {value!r}"
-        )
 
 
 def _count(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -88,13 +81,13 @@ class RetryPolicy:
     Those do not heal in the seconds a retry waits, so a wrong ``base_url`` or a dead
     host fails within a few seconds instead of running through ``attempts``.
     """
-    backoff_base: float = attrs.field(default=0.5, validator=_seconds)
+    backoff_base: float = seconds_field(0.5, zero=True)
     """Upper bound of the first jittered wait, in seconds; it doubles per attempt."""
-    backoff_max: float = attrs.field(default=20.0, validator=_seconds)
+    backoff_max: float = seconds_field(20.0, zero=True)
     """Cap of the jittered exponential wait, in seconds."""
-    retry_after_max: float = attrs.field(default=60.0, validator=_seconds)
+    retry_after_max: float = seconds_field(60.0, zero=True)
     """Cap on a wait asked for by ``Retry-After`` or ``retry-after-ms``, in seconds."""
-    deadline: float | None = attrs.field(default=600.0, validator=_deadline)
+    deadline: float | None = seconds_field(600.0, none=True)
     """Limit on the whole call, waits and retries included (``None``: no limit)."""
     retry_timeout_after_upload: bool = attrs.field(default=True, validator=_flag)
     """Retry an attempt that failed after the whole image was sent.
@@ -244,7 +237,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
     """Whether ``error`` is worth another attempt under ``policy``."""
-    if isinstance(error, APIError):
+    if isinstance(error, APIStatusError):
         if error.should_retry is not None:
             return error.should_retry
         return error.status in RETRYABLE_STATUSES
@@ -284,7 +277,7 @@ class _WaitRetryAfter(tenacity.wait.wait_base):
 
     def __call__(self, state: tenacity.RetryCallState) -> float:
         error = _failure(state)
-        if isinstance(error, APIError) and error.retry_after is not None:
+        if isinstance(error, APIStatusError) and error.retry_after is not None:
             return min(error.retry_after, self.cap)
         return self.backoff(state)
 
@@ -313,59 +306,157 @@ def _before_sleep(
     return before_sleep
 
 
+class _Tally:
+    """The attempts one call made, for the caller that asked (``counting_attempts``)."""
+
+    __slots__ = ("attempts",)
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+
+_tally: contextvars.ContextVar[_Tally | None] = contextvars.ContextVar(
+    "ideogram_async_tally", default=None
+)
+
+
+@contextlib.contextmanager
+def counting_attempts() -> Iterator[_Tally]:
+    """Count the attempts of the calls made inside the block (in this task).
+
+    ``upscale_many`` reads it for each item's ``attempts``; a call's error carries its
+    own count as ``error.attempts``.
+    """
+    tally = _Tally()
+    token = _tally.set(tally)
+    try:
+        yield tally
+    finally:
+        _tally.reset(token)
+
+
+class CallRecord:
+    """What one call has done so far: its name in messages and the attempts it made."""
+
+    __slots__ = ("attempts", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        """Which call, e.g. ``"upscale photo.png"``; renamed once the image's name is known."""
+        self.attempts = 0
+
+
+class Deadline:
+    """The time limit of one whole call (``RetryPolicy.deadline``), from its start.
+
+    Everything inside counts: reading the input, waiting for places, attempts and
+    the waits between them. It yields the call's :class:`CallRecord` (for
+    :func:`retried`); when the deadline passes the caller gets an
+    :class:`APITimeoutError` of kind ``"deadline"``. (A class, not a generator: it
+    runs once per call, on the hot path.)
+    """
+
+    __slots__ = ("_policy", "_record", "_timer")
+
+    def __init__(self, policy: RetryPolicy, what: str) -> None:
+        self._policy = policy
+        self._record = CallRecord(what)
+        self._timer = asyncio.timeout(policy.deadline)
+
+    async def __aenter__(self) -> CallRecord:
+        await self._timer.__aenter__()
+        return self._record
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        record = self._record
+        tally = _tally.get()
+        if tally is not None:
+            tally.attempts += record.attempts
+        try:
+            await self._timer.__aexit__(exc_type, exc, tb)
+        except TimeoutError:  # raised by the timer only when the deadline fired
+            timeout = APITimeoutError(
+                f"{record.what}: the deadline of {self._policy.deadline}s for the whole call "
+                f"passed after {record.attempts} attempt(s); raise RetryPolicy.deadline or "
+                "lower the load",
+                kind="deadline",
+            )
+            timeout.attempts = record.attempts
+            logger.warning("%s", timeout)
+            raise timeout from None
+
+
 async def call_with_retries(
-    attempt: Callable[[int], Awaitable[T]],
+    attempt: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     *,
     what: str,
     on_retry: RetryHook | None = None,
-) -> tuple[T, int]:
-    """Run ``attempt(n)`` until it succeeds, fails for good, or the deadline passes.
+) -> T:
+    """Run ``attempt()`` until it succeeds, fails for good, or the deadline passes.
 
-    Returns the result and the number of attempts it took. ``what`` names the call
-    in log lines and retry events. The deadline covers everything, waiting for places
-    in flight included; when it fires during an attempt the caller gets an
-    :class:`APITimeoutError` of kind ``"deadline"``.
+    ``what`` names the call in log lines and retry events. The deadline covers
+    everything, waiting for places in flight included.
     """
+    async with Deadline(policy, what) as record:
+        return await retried(attempt, policy, record, on_retry=on_retry)
+
+
+async def retried(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    record: CallRecord,
+    *,
+    on_retry: RetryHook | None = None,
+) -> T:
+    """The retry loop of a call already inside its :class:`Deadline`.
+
+    The first attempt runs on its own: nearly every call succeeds at once, and
+    tenacity's machinery costs CPU on every call. Only a failed first attempt enters
+    the tenacity loop, which replays that failure as attempt 1 (so waits, stop rules,
+    hooks and log lines are tenacity's, as for any other attempt).
+    """
+    what = record.what
+    record.attempts = 1
+    started = time.monotonic()
+    try:
+        result = await attempt()
+    except IdeogramError as error:
+        first: IdeogramError = error
+    else:
+        logger.debug("%s: attempt 1 succeeded in %.2fs", what, time.monotonic() - started)
+        return result
     strategies = policy._strategies
     if _testing is not None and _testing.attempts is not None:
         cap = tenacity.stop_after_attempt(_testing.attempts)
         strategies = {**strategies, "stop": tenacity.stop_any(strategies["stop"], cap)}
-    number = 1  # pragma: no mutate (equivalent: the loop rebinds it before anything can fail)
     try:
-        async with asyncio.timeout(policy.deadline):
-            async for state in tenacity.AsyncRetrying(
-                sleep=_sleep,
-                before_sleep=_before_sleep(what, on_retry),
-                reraise=True,
-                **strategies,
-            ):
-                number = state.retry_state.attempt_number
-                with state:
-                    started = time.monotonic()
-                    result = await attempt(number)
-                    logger.debug(
-                        "%s: attempt %d succeeded in %.2fs",
-                        what,
-                        number,
-                        time.monotonic() - started,
-                    )
-                    return result, number
+        async for state in tenacity.AsyncRetrying(
+            sleep=_sleep,
+            before_sleep=_before_sleep(what, on_retry),
+            reraise=True,
+            **strategies,
+        ):
+            record.attempts = number = state.retry_state.attempt_number
+            with state:
+                if number == 1:
+                    raise first
+                started = time.monotonic()
+                result = await attempt()
+                logger.debug(
+                    "%s: attempt %d succeeded in %.2fs", what, number, time.monotonic() - started
+                )
+                return result
     except IdeogramError as error:
-        error.attempts = number
+        error.attempts = record.attempts
         if is_retryable(error, policy):
-            logger.warning("%s: giving up after %d attempt(s): %s", what, number, error)
+            logger.warning("%s: giving up after %d attempt(s): %s", what, record.attempts, error)
         else:
-            logger.debug("%s: attempt %d failed for good: %s", what, number, error)
+            logger.debug("%s: attempt %d failed for good: %s", what, record.attempts, error)
         raise
-    except TimeoutError:
-        timeout = APITimeoutError(
-            f"{what}: the deadline of {policy.deadline}s for the whole call passed "
-            f"after {number} attempt(s); raise RetryPolicy.deadline or lower the load",
-            kind="deadline",
-        )
-        timeout.attempts = number
-        logger.warning("%s", timeout)  # pragma: no mutate (the same line without "%s")
-        raise timeout from None
-    # Tenacity either returns or raises: never reached, so no mutant of this line can die.
-    raise AssertionError("unreachable")  # pragma: no cover, no mutate
+    raise AssertionError("tenacity either returns or raises")  # pragma: no cover

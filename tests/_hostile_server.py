@@ -35,6 +35,10 @@ BIG = 64 * 1024 * 1024
 CHUNK = 64 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GZIP_BOMB = gzip.compress(b"\0" * BIG, compresslevel=9)
+_CHARSET_OK = (
+    b'{"created": "2026-01-01T00:00:00Z", "data": [{"url": "http://127.0.0.1/ok.png", '
+    b'"prompt": "caf\xe9"}]}'
+)
 
 _stats: defaultdict[str, dict[str, Any]] = defaultdict(
     lambda: {"requests": 0, "uploads": 0, "sent": 0, "disposition": None}
@@ -164,6 +168,21 @@ async def _serve(
         stats["disposition"] = match.group(0).decode("utf-8", "replace")
     if kind == "ok":  # a valid answer; its prompt carries the image part's disposition
         writer.write(_json(200, _ok_body(prompt=stats["disposition"] or "")))
+        return True
+    if kind == "charset":  # arg "status:charset": a JSON answer (one byte not UTF-8)
+        status, _, charset = arg.partition(":")
+        # Latin-1 bytes, as a server that means what it says would send them.
+        body = _CHARSET_OK if status == "200" else b'{"detail": "caf\xe9 refused"}'
+        writer.write(
+            _head(
+                int(status),
+                {
+                    "Content-Type": f"application/json; charset={charset}",
+                    "Content-Length": str(len(body)),
+                },
+            )
+            + body
+        )
         return True
     if kind == "endless":  # "endless" chunked JSON 200 (BIG bytes of whitespace)
         writer.write(

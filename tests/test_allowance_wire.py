@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import statistics
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -23,11 +23,20 @@ from ideogram_async import (
     UpscaleRequest,
     ValidationError,
 )
+from ideogram_async._attempt import hold_and_send
+from ideogram_async.retry import counting_attempts
 from ideogram_async.testing import AllowanceBody, Emulator, Fault, FaultPlan, instant_retries
-from ideogram_async.uploads import prepare_image
 from ideogram_async.v2 import TopazWonder35
 
 from ._support import KEY, make_image
+
+
+async def attempts_of(call: Awaitable[object]) -> int:
+    """How many attempts ``call`` made (its own task's count)."""
+    with counting_attempts() as tally:
+        await call
+    return tally.attempts
+
 
 PNG = make_image("png", (4, 4))
 
@@ -162,10 +171,10 @@ async def test_the_allowance_in_the_429_body_is_learned_at_once(
         first = await asyncio.gather(*burst)
         assert emulator.stats.rejected_over_allowance == 7
         # Every call went through in one attempt: waiting for a place is not a retry.
-        more = [client._upscale(PNG, None) for _ in range(30)]
+        more = [attempts_of(client.upscale(PNG)) for _ in range(30)]
         results = await asyncio.gather(*more)
     assert len(first) == 10
-    assert [attempts for _, attempts in results] == [1] * 30
+    assert results == [1] * 30
     assert emulator.stats.rejected_over_allowance == 7  # none once the bound was learned
     assert emulator.stats.peak_places_in_use == 3
     assert emulator.stats.responses_by_status == {200: 40, 429: 7}
@@ -184,8 +193,8 @@ async def test_without_the_number_the_bound_adapts_to_the_allowance() -> None:
         served(allowance=3, body="no-number", latency=0.002) as emulator,
         client_of(emulator, allowance) as client,
     ):
-        results = await asyncio.gather(*(client._upscale(PNG, None) for _ in range(120)))
-    assert [attempts for _, attempts in results] == [1] * 120
+        results = await asyncio.gather(*(attempts_of(client.upscale(PNG)) for _ in range(120)))
+    assert results == [1] * 120
     # Down to the allowance, then around it (AIMD's probing). How many increases come
     # before the first halving depends on scheduling, so only the shape is asserted.
     assert min(bounds) <= 3, bounds
@@ -202,14 +211,14 @@ async def test_a_429_without_a_body_adapts_and_is_retried_with_backoff() -> None
         client_of(emulator, watched) as client,
     ):
         emulator.pause()
-        held = asyncio.create_task(client._upscale(PNG, None))
+        held = asyncio.create_task(attempts_of(client.upscale(PNG)))
         await emulator.wait_places(1)
-        other = asyncio.create_task(client._upscale(PNG, None))
+        other = asyncio.create_task(attempts_of(client.upscale(PNG)))
         await watched.until(lambda: watched.asked == 3)  # rejected, retried, waits for a place
         assert watched.rejections == [None]
         assert client.allowance.limit == 1
         emulator.resume()
-        (_, first), (_, second) = await asyncio.gather(held, other)
+        first, second = await asyncio.gather(held, other)
     assert (first, second) == (1, 2)  # the retry used an attempt
     assert emulator.stats.rejected_over_allowance == 1
 
@@ -318,9 +327,9 @@ async def test_a_v2_upscale_takes_one_place_and_learns_from_the_429_too() -> Non
         client_of(emulator, watched, flavor="official") as client,
     ):
         emulator.pause()
-        first = asyncio.create_task(client.upscale_v2(PNG, TopazWonder35()))
+        first = asyncio.create_task(client.v2.upscale(PNG, TopazWonder35()))
         await emulator.wait_places(1)
-        second = asyncio.create_task(client.upscale_v2(PNG, TopazWonder35()))
+        second = asyncio.create_task(client.v2.upscale(PNG, TopazWonder35()))
         await watched.until(lambda: watched.rejections == [1])
         assert client.allowance.limit == 1
         emulator.resume()
@@ -338,8 +347,13 @@ async def test_a_request_too_large_for_the_named_allowance_keeps_the_429s_detail
         reject_reason="inflight_limit",
         allowance=2,
     )
-    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9") as client:
-        with await prepare_image(PNG) as image, pytest.raises(RateLimitError) as caught:
-            await client._rejected(refusal, image, 4)
+
+    async def send() -> None:
+        raise refusal
+
+    allowance = LocalAllowance(10)
+    with pytest.raises(RateLimitError) as caught:
+        await hold_and_send(allowance, 4, "upscale image.png", send)
+    assert allowance.in_use == 0
     assert (caught.value.body, caught.value.request_id) == (refusal.body, "req-7")
     assert caught.value.__cause__ is refusal

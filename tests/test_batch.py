@@ -24,10 +24,11 @@ from ideogram_async import (
     UpscaleRequest,
     ValidationError,
 )
-from ideogram_async.batch import BatchRun, as_job, fan_out
+from ideogram_async.batch import V1, BatchRun, as_job, fan_out
 from ideogram_async.models import UpscaleResponse
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 from ideogram_async.v2 import AutoUpscaler
+from ideogram_async.v2._resource import V2
 
 from ._support import KEY, make_image
 
@@ -58,7 +59,7 @@ async def test_ordered_yields_in_input_order_despite_random_latency() -> None:
     images = [make_image("png", (8, 8), shade=i) for i in range(30)]
     async with (
         Emulator(api_key=KEY, upscale=False, latency=(0.0, 0.02), seed=3) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=5) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=5) as client,
     ):
         results = [r async for r in client.upscale_many(images, ordered=True)]
     assert [r.index for r in results] == list(range(30))
@@ -111,7 +112,7 @@ async def test_retried_items_report_their_attempts(png_bytes: bytes) -> None:
     with instant_retries():
         async with (
             Emulator(api_key=KEY, faults=FaultPlan([Fault.status(503), None])) as emulator,
-            IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=1) as c,
+            IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as c,
         ):
             results = [r async for r in c.upscale_many([png_bytes], ordered=True)]
     assert results[0].ok
@@ -135,13 +136,13 @@ async def test_input_is_pulled_lazily_within_the_window(png_bytes: bytes) -> Non
     inputs = CountingInputs([png_bytes] * 1000)
     async with (
         Emulator(api_key=KEY, upscale=False) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=4) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=4) as client,
     ):
         emulator.pause()
         async with client.upscale_many(inputs) as run:
             first = asyncio.create_task(anext(run))
             await emulator.wait_in_flight(4)
-            assert inputs.pulled == 8  # the window: 2 x max_concurrency
+            assert inputs.pulled == 8  # the window: 2 x the allowance
             emulator.resume()
             await first
         # Leaving the block cancelled the rest at once: nothing in flight, slots free.
@@ -155,7 +156,7 @@ async def test_a_result_is_yielded_as_soon_as_it_is_done(png_bytes: bytes) -> No
     plan = FaultPlan([Fault.slow(3600), None])
     async with (
         Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=2) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
     ):
         async with client.upscale_many([png_bytes, png_bytes]) as run:
             async with asyncio.timeout(30):  # a hang guard, not a speed check
@@ -169,7 +170,7 @@ async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
     plan = FaultPlan([None], choices=[Fault.slow(3600)], rate=1.0)
     async with (
         Emulator(api_key=KEY, upscale=False, faults=plan) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=3) as client,
     ):
         async with asyncio.timeout(30):  # a hang guard: letting go takes milliseconds
             async with client.upscale_many([png_bytes] * 100) as run:
@@ -185,7 +186,7 @@ async def test_breaking_out_cancels_the_rest(png_bytes: bytes) -> None:
 async def test_cancelling_the_consumer_cancels_the_work(png_bytes: bytes) -> None:
     async with (
         Emulator(api_key=KEY, upscale=False) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=3) as client,
     ):
         emulator.pause()
 
@@ -221,10 +222,10 @@ async def test_bad_window_is_a_validation_error(client: IdeogramClient) -> None:
         client.upscale_many([], window=0)
 
 
-async def _fake_upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+async def _fake_upscale(job: UpscaleJob) -> UpscaleResponse:
     """Stands in for the HTTP call: memory here is the fan-out machinery's alone."""
     await asyncio.sleep(0)
-    return UpscaleResponse(created=datetime.now(UTC), data=[]), 1
+    return UpscaleResponse(created=datetime.now(UTC), data=[])
 
 
 async def _peak_memory(count: int, *, ordered: bool) -> int:
@@ -237,6 +238,7 @@ async def _peak_memory(count: int, *, ordered: bool) -> int:
             inputs(),
             _fake_upscale,
             UpscaleRequest(),
+            kind=V1,
             window=20,
             ordered=ordered,
             stop_on_error=False,
@@ -269,39 +271,41 @@ async def test_one_image_instead_of_many_is_a_clear_error(
 ) -> None:
     # A str or bytes is iterable: without the check, each character would be an "image".
     with pytest.raises(ValidationError, match="iterable of images"):
-        client.upscale_many(one_image)  # type: ignore[call-overload]
+        client.upscale_many(one_image)  # type: ignore[arg-type]
 
 
 def test_an_input_the_batch_cannot_take_is_refused_with_the_fix() -> None:
     with pytest.raises(ValidationError) as info:
-        as_job((b"image", UpscaleRequest(), "name.png"), UpscaleRequest())
+        as_job((b"image", UpscaleRequest(), "name.png"), UpscaleRequest(), V1)
     assert str(info.value) == (
         "a tuple input must be an (image, request) pair; "
         "use UpscaleJob(image, request, filename) for more"
     )
     with pytest.raises(ValidationError) as info:
-        as_job((b"image", AutoUpscaler()), UpscaleRequest())
+        as_job((b"image", AutoUpscaler()), UpscaleRequest(), V1)
     assert str(info.value) == (
         "this batch's requests are an UpscaleRequest, got AutoUpscaler; "
         "run v1 and v2 upscales in separate batches"
     )
     with pytest.raises(ValidationError, match="requests are a v2 model's options, got Upscale"):
-        as_job((b"image", UpscaleRequest()), AutoUpscaler())
+        as_job((b"image", UpscaleRequest()), AutoUpscaler(), V2)
 
 
 async def test_a_request_of_neither_kind_is_refused_naming_its_type(client: IdeogramClient) -> None:
-    with pytest.raises(ValidationError, match="v2 model's options, got dict"):
-        client.upscale_many([b"image"], {"seed": 1})  # type: ignore[call-overload]
+    with pytest.raises(ValidationError, match=r"must be an UpscaleRequest, got dict$"):
+        client.upscale_many([b"image"], {"seed": 1})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"for a v2 model's options use client\.v2$"):
+        client.upscale_many([b"image"], AutoUpscaler())  # type: ignore[arg-type]
 
 
 async def test_an_error_that_is_not_ours_counts_no_attempts() -> None:
-    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+    async def upscale(job: UpscaleJob) -> UpscaleResponse:
         raise RuntimeError("a bug in a custom upscaler")
 
     results = [
         r
         async for r in fan_out(
-            [b"a"], upscale, UpscaleRequest(), window=1, ordered=False, stop_on_error=False
+            [b"a"], upscale, UpscaleRequest(), kind=V1, window=1, ordered=False, stop_on_error=False
         )
     ]
     assert [(type(r.error), r.attempts) for r in results] == [(RuntimeError, 0)]
@@ -359,7 +363,7 @@ async def test_ordered_items_done_early_count_against_the_window() -> None:
     first_may_finish = asyncio.Event()
     started: list[bytes] = []
 
-    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+    async def upscale(job: UpscaleJob) -> UpscaleResponse:
         assert isinstance(job.image, bytes)
         started.append(job.image)
         if job.image == b"0":
@@ -367,7 +371,9 @@ async def test_ordered_items_done_early_count_against_the_window() -> None:
         raise RuntimeError("no response needed here")
 
     inputs = [str(i).encode() for i in range(6)]
-    run = fan_out(inputs, upscale, UpscaleRequest(), window=2, ordered=True, stop_on_error=False)
+    run = fan_out(
+        inputs, upscale, UpscaleRequest(), kind=V1, window=2, ordered=True, stop_on_error=False
+    )
     first = asyncio.create_task(anext(run))
     for _ in range(20):
         await asyncio.sleep(0)  # let the run start what its window allows
@@ -378,7 +384,7 @@ async def test_ordered_items_done_early_count_against_the_window() -> None:
 
 
 async def test_a_result_knows_its_source_and_how_long_it_took() -> None:
-    async def upscale(job: UpscaleJob) -> tuple[UpscaleResponse, int]:
+    async def upscale(job: UpscaleJob) -> UpscaleResponse:
         raise RuntimeError("no response needed here")
 
     malformed = (b"x", UpscaleRequest(), "extra")
@@ -388,6 +394,7 @@ async def test_a_result_knows_its_source_and_how_long_it_took() -> None:
             [malformed, (b"y", UpscaleRequest())],  # type: ignore[list-item]
             upscale,
             UpscaleRequest(),
+            kind=V1,
             window=2,
             ordered=True,
             stop_on_error=False,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from ideogram_async import (
     APIConnectionError,
+    BatchRun,
     IdeogramClient,
     LocalAllowance,
     RetryPolicy,
@@ -58,7 +60,7 @@ async def test_upscale_refuses_more_images_than_the_allowance_holds() -> None:
 
 async def test_upscale_many_refuses_one_image_and_a_foreign_request() -> None:
     async def first(c: IdeogramClient, inputs: object, request: object = None) -> object:
-        async for item in c.upscale_many(inputs, request):  # type: ignore[call-overload]
+        async for item in c.upscale_many(inputs, request):  # type: ignore[arg-type]
             return item
         return None
 
@@ -67,7 +69,10 @@ async def test_upscale_many_refuses_one_image_and_a_foreign_request() -> None:
         "upscale() for a single image"
     )
     assert await refused(lambda c: first(c, [PNG], "fast")) == (
-        "request must be an UpscaleRequest or a v2 model's options, got str"
+        "request must be an UpscaleRequest, got str"
+    )
+    assert await refused(lambda c: first(c, [PNG], TopazBloom2())) == (
+        "request must be an UpscaleRequest, got TopazBloom2; for a v2 model's options use client.v2"
     )
 
     async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9") as client:
@@ -169,7 +174,9 @@ async def test_a_batch_passes_its_retry_policy_and_names_to_each_call() -> None:
         jobs = [UpscaleJob(PNG, None, "one.png")]
         async with client.upscale_many(jobs, retry=RetryPolicy.no_retries()) as run:
             [v1] = [r async for r in run]
-        async with client.upscale_many(jobs, TopazBloom2(), retry=RetryPolicy.no_retries()) as run:
+        async with client.v2.upscale_many(
+            jobs, TopazBloom2(), retry=RetryPolicy.no_retries()
+        ) as run:
             [v2] = [r async for r in run]
     assert emulator.stats.requests == 2  # one attempt each: the batch's policy was used
     assert (v1.error is not None, v2.error is not None) == (True, True)
@@ -186,8 +193,12 @@ async def test_stop_on_error_ends_the_batch_at_the_first_failure(v2: bool) -> No
         ) as client,
     ):
         inputs = [b"not an image", PNG, PNG]
-        options = TopazBloom2() if v2 else None
-        async with client.upscale_many(inputs, options, stop_on_error=True, ordered=True) as run:
+        run: BatchRun[Any] = (
+            client.v2.upscale_many(inputs, TopazBloom2(), stop_on_error=True, ordered=True)
+            if v2
+            else client.upscale_many(inputs, stop_on_error=True, ordered=True)
+        )
+        async with run:
             results = [r async for r in run]
     assert [r.ok for r in results] == [False]
 
@@ -227,7 +238,7 @@ async def test_the_client_shows_its_settings() -> None:
     ) as client:
         assert (client.requests_per_second, client.max_response_size) == (2.5, 77)
         assert client.timeouts is timeouts
-        limiter = client._limiter
+        limiter = client._attempts.limiter
         assert limiter is not None
         assert (limiter.max_rate, limiter.time_period) == (2.5, 1)  # per second, not minute
 

@@ -171,7 +171,7 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
 
     async with (
         Emulator(KEY, upscale=False) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=3) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=3) as client,
     ):
         emulator.pause()
         batch = asyncio.create_task(

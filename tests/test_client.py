@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from ideogram_async import (
-    APIError,
+    APIStatusError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
@@ -27,6 +28,7 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.uploads import prepare_image
 
 from ._support import KEY, open_fds
 
@@ -380,10 +382,40 @@ async def test_a_redirect_from_the_api_is_not_followed(png_bytes: bytes) -> None
         urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
         async with IdeogramClient(api_key=KEY, base_url=urls[1]) as client:
-            with pytest.raises(APIError) as caught:
+            with pytest.raises(APIStatusError) as caught:
                 await client.upscale(png_bytes)
     finally:
         for runner in runners:
             await runner.cleanup()
     assert caught.value.status == 307
     assert elsewhere == []  # neither the image nor the key went to the other host
+
+
+async def test_a_gather_checks_at_most_twice_the_allowance_of_inputs_at_once(
+    emulator: Emulator, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checking: list[int] = []
+    peak = 0
+    release, four = asyncio.Event(), asyncio.Event()
+    real = prepare_image
+
+    async def slow_check(image: Any, **options: Any) -> Any:
+        nonlocal peak
+        checking.append(1)
+        peak = max(peak, len(checking))
+        if len(checking) == 4:
+            four.set()
+        await release.wait()
+        checking.pop()
+        return await real(image, **options)
+
+    monkeypatch.setattr("ideogram_async._attempt.prepare_image", slow_check)
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client:
+        calls = asyncio.gather(*(client.upscale(png_bytes) for _ in range(20)))
+        await four.wait()
+        for _ in range(20):
+            await asyncio.sleep(0)  # room for any more to start checking (none may)
+        assert len(checking) == 4
+        release.set()
+        assert len(await calls) == 20
+    assert peak == 4

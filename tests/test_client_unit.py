@@ -125,7 +125,7 @@ def test_explicit_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("IDEOGRAM_BASE_URL", "http://env.invalid")
     client = IdeogramClient(api_key=KEY, base_url=BASE)
     assert client.base_url == BASE
-    assert client._key.reveal() == KEY
+    assert client._attempts.settings.key.reveal() == KEY
 
 
 def test_the_proxy_flavor_needs_a_base_url() -> None:
@@ -150,45 +150,28 @@ def test_an_unknown_flavor_is_an_error(flavor: object) -> None:
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "4"])
-def test_a_bad_max_concurrency_is_an_error(value: object) -> None:
-    with pytest.raises(ValidationError, match="max_concurrency"):
-        IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=value)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("value", [0, -1, True, 1.5, "4"])
 def test_a_bad_allowance_is_an_error(value: object) -> None:
     with pytest.raises(ValidationError, match="allowance must be"):
         IdeogramClient(api_key=KEY, base_url=BASE, allowance=value)  # type: ignore[arg-type]
 
 
 def test_settings_errors_name_the_argument() -> None:
-    with pytest.raises(ValidationError, match="max_concurrency must be an int >= 1, got 0"):
-        IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=0)
+    with pytest.raises(ValidationError, match="allowance must be a number of images in flight"):
+        IdeogramClient(api_key=KEY, base_url=BASE, allowance=0)
     with pytest.raises(ValidationError, match="requests_per_second must be a number > 0 or None"):
         IdeogramClient(api_key=KEY, base_url=BASE, requests_per_second=0)
     with pytest.raises(ValidationError, match="adaptive must be a bool, got str"):
         IdeogramClient(api_key=KEY, base_url=BASE, adaptive="no")  # type: ignore[arg-type]
 
 
-def test_max_concurrency_of_one_is_fine() -> None:
-    assert IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=1).max_concurrency == 1
+def test_an_allowance_of_one_is_fine() -> None:
+    assert IdeogramClient(api_key=KEY, base_url=BASE, allowance=1).allowance.maximum == 1
 
 
 def test_the_allowance_defaults_to_ten_adaptive_places() -> None:
     client = IdeogramClient(api_key=KEY, base_url=BASE)
     assert isinstance(client.allowance, LocalAllowance)
-    assert (client.allowance.maximum, client.allowance.limit, client.max_concurrency) == (
-        10,
-        10,
-        10,
-    )
-
-
-def test_max_concurrency_is_the_former_name_of_the_allowance() -> None:
-    client = IdeogramClient(api_key=KEY, base_url=BASE, max_concurrency=4, adaptive=False)
-    assert client.allowance.maximum == 4
-    with pytest.raises(ValidationError, match="not both"):
-        IdeogramClient(api_key=KEY, base_url=BASE, allowance=4, max_concurrency=4)
+    assert (client.allowance.maximum, client.allowance.limit) == (10, 10)
 
 
 def test_an_allowance_object_is_used_as_is_and_left_open() -> None:
@@ -196,7 +179,7 @@ def test_an_allowance_object_is_used_as_is_and_left_open() -> None:
     first = IdeogramClient(api_key=KEY, base_url=BASE, allowance=shared)
     second = IdeogramClient(api_key=KEY, base_url=BASE, allowance=shared)
     assert first.allowance is second.allowance is shared
-    assert first.max_concurrency == 6
+    assert first.allowance.maximum == 6
     with pytest.raises(
         ValidationError, match="adaptive= applies to an allowance given as a number"
     ):
@@ -265,7 +248,7 @@ async def test_bad_arguments_fail_before_the_network(
         with pytest.raises(ValidationError, match="RetryPolicy"):
             await client.upscale(png_bytes, retry=3)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="RetryPolicy"):
-            client.upscale_many([png_bytes], retry="often")  # type: ignore[call-overload]
+            client.upscale_many([png_bytes], retry="often")  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="RetryPolicy"):
             await client.download(emulator.base_url + "/images/x.png", "x.png", retry=1)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="not a JPEG, PNG or WebP"):

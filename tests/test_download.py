@@ -20,9 +20,9 @@ from ideogram_async import (
     ResponseFormatError,
     UpscaledImage,
     ValidationError,
-    _files,
+    _downloads,
 )
-from ideogram_async._files import write_atomically
+from ideogram_async._downloads import write_atomically
 from ideogram_async.images import SNIFF_BYTES
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
@@ -217,7 +217,7 @@ async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
 ) -> None:
     loop = asyncio.get_running_loop()
     creating, release, created = asyncio.Event(), threading.Event(), threading.Event()
-    real_create = _files._create_temp
+    real_create = _downloads._create_temp
 
     def slow_create(folder: Path, name: str) -> tuple[int, Path]:
         loop.call_soon_threadsafe(creating.set)
@@ -227,7 +227,7 @@ async def test_a_write_cancelled_while_its_temp_file_is_made_leaves_none(
         finally:
             created.set()
 
-    monkeypatch.setattr(_files, "_create_temp", slow_create)
+    monkeypatch.setattr(_downloads, "_create_temp", slow_create)
 
     async def once() -> AsyncIterator[bytes]:
         yield png_bytes
@@ -314,7 +314,7 @@ async def test_a_download_gets_the_permissions_the_umask_gives(
     assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
-async def test_downloads_in_flight_are_bounded_by_max_concurrency(
+async def test_downloads_in_flight_are_bounded_by_the_allowance(
     tmp_path: Path, png_bytes: bytes
 ) -> None:
     # Count the GETs in flight from the client's own side, through a session passed in
@@ -339,7 +339,7 @@ async def test_downloads_in_flight_are_bounded_by_max_concurrency(
         Emulator(api_key=KEY, upscale=False, image_faults=slow_images) as emulator,
         aiohttp.ClientSession(trace_configs=[trace]) as session,
         IdeogramClient(
-            api_key=KEY, base_url=emulator.base_url, max_concurrency=2, session=session
+            api_key=KEY, base_url=emulator.base_url, allowance=2, session=session
         ) as client,
     ):
         result = await client.upscale(png_bytes)

@@ -1,4 +1,4 @@
-"""The exception tree (errors.py) and the status -> exception mapping (_http.py).
+"""The exception tree (errors.py) and the status -> exception mapping (_transport.py).
 
 The mapping is checked over a real socket, against the emulator, from one table."""
 
@@ -12,10 +12,11 @@ import pytest
 from aiohttp import web
 
 from ideogram_async import IdeogramClient, RetryPolicy, errors
-from ideogram_async._http import _REDIRECT_HINT, _error_detail, _rejection, error_for_status
+from ideogram_async._transport import _REDIRECT_HINT, _error_detail, _rejection, error_for_status
 from ideogram_async.errors import (
     APIConnectionError,
     APIError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -49,8 +50,8 @@ STATUS_TABLE = [
     (402, PaymentRequiredError, '{"error": "Insufficient balance"}', JSON, "Insufficient balance"),
     (403, AuthenticationError, '{"error": {"message": "Not allowed"}}', JSON, "Not allowed"),
     (404, NotFoundError, "Not Found", TEXT, "Not Found"),
-    (408, APIError, '{"detail": "Request timeout"}', JSON, "Request timeout"),
-    (409, APIError, '{"detail": "Conflict"}', JSON, "Conflict"),
+    (408, APIStatusError, '{"detail": "Request timeout"}', JSON, "Request timeout"),
+    (409, APIStatusError, '{"detail": "Conflict"}', JSON, "Conflict"),
     (410, NotFoundError, '{"detail": "Gone"}', JSON, "Gone"),
     (413, BadRequestError, "<html><h1>413 Too Large</h1></html>", "text/html", "413 Too Large"),
     (422, BadRequestError, '{"detail": [{"msg": "must be <= 100"}]}', JSON, "must be <= 100"),
@@ -89,14 +90,14 @@ async def answer_with(
     ids=[str(case[0]) for case in STATUS_TABLE],
 )
 async def test_each_status_maps_to_its_error(
-    status: int, cls: type[APIError], body: str, content_type: str, detail: str
+    status: int, cls: type[APIStatusError], body: str, content_type: str, detail: str
 ) -> None:
     headers = {"x-request-id": f"req-{status}"}
     if status == 429:
         headers["Retry-After"] = "7"
     error = await answer_with(status, body, content_type, headers)
     assert type(error) is cls
-    assert isinstance(error, APIError)
+    assert isinstance(error, APIStatusError)
     assert error.status == error.status_code == status
     assert error.method == "POST"
     assert error.url is not None
@@ -147,9 +148,10 @@ async def test_the_key_never_appears_in_an_error_even_when_the_service_echoes_it
     ids=["html", "no data", "url int"],
 )
 async def test_a_200_with_a_malformed_body_is_a_response_format_error(body: str) -> None:
-    error = await answer_with(200, body)
+    error = await answer_with(200, body, headers={"x-request-id": "req-bad"})
     assert isinstance(error, ResponseFormatError)
     assert (error.status, error.body, error.attempts) == (200, body, 1)
+    assert error.request_id == "req-bad"
 
 
 async def test_a_malformed_2xx_other_than_200_names_its_status() -> None:
@@ -211,7 +213,7 @@ def _statuses(comment: str) -> list[int]:
     return [int(n) for n in re.findall(r"\b[1-5]\d\d\b", comment)]
 
 
-def _error(status: int, detail: str = "boom", **kwargs: object) -> APIError:
+def _error(status: int, detail: str = "boom", **kwargs: object) -> APIStatusError:
     options: dict[str, object] = {
         "body": "raw body",
         "request_id": "req-123",
@@ -302,7 +304,9 @@ def test_the_tree_was_parsed() -> None:
     # Guard against a parser that silently matches nothing.
     tree = {name: parent for name, parent, _, _ in _docstring_tree()}
     assert tree["APITimeoutError"] == "APIConnectionError"
-    assert tree["RateLimitError"] == "APIError"
+    assert tree["RateLimitError"] == "APIStatusError"
+    assert tree["APIStatusError"] == "APIError"
+    assert tree["APITimeoutError"] == "APIConnectionError"
     assert tree["APIError"] == "IdeogramError"
 
 
@@ -311,7 +315,9 @@ def test_key_relations_of_the_hierarchy() -> None:
     assert issubclass(ClientClosedError, RuntimeError)
     assert issubclass(APITimeoutError, APIConnectionError)
     assert not issubclass(ResponseFormatError, APIError)
-    assert not issubclass(APIConnectionError, APIError)
+    # openai-python's shape: a refused connection or a timeout is an APIError too.
+    assert issubclass(APITimeoutError, APIError)
+    assert not issubclass(APIConnectionError, APIStatusError)
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), IdeogramError)
 

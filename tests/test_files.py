@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from ideogram_async import IdeogramError, _files
-from ideogram_async._files import NAME_MAX, name_too_long, write_atomically
+from ideogram_async import IdeogramError, _downloads
+from ideogram_async._downloads import NAME_MAX, name_too_long, write_atomically
 
 from ._support import listing_midway
 
@@ -96,7 +96,7 @@ async def test_a_target_that_is_a_folder_is_an_error_and_leaves_nothing(
 async def test_a_full_disk_is_an_error_naming_the_target_and_leaves_nothing(
     tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch, parts: Any
 ) -> None:
-    real_create = _files._create_temp
+    real_create = _downloads._create_temp
 
     def on_a_full_disk(folder: Path, name: str) -> tuple[int, Path]:
         # The part file is made as usual, but what is written to it goes to /dev/full,
@@ -105,7 +105,7 @@ async def test_a_full_disk_is_an_error_naming_the_target_and_leaves_nothing(
         os.close(fd)
         return os.open("/dev/full", os.O_WRONLY), path
 
-    monkeypatch.setattr(_files, "_create_temp", on_a_full_disk)
+    monkeypatch.setattr(_downloads, "_create_temp", on_a_full_disk)
     target = tmp_path / "x.png"
     with pytest.raises(IdeogramError) as caught:
         await write_atomically(target, _chunks(*parts(png_bytes)))
@@ -122,7 +122,7 @@ async def test_a_cancelled_write_whose_part_file_someone_else_removed_reports_no
     reported: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: reported.append(context))
     creating, release = asyncio.Event(), threading.Event()
-    real_create = _files._create_temp
+    real_create = _downloads._create_temp
 
     def create_and_lose(folder: Path, name: str) -> tuple[int, Path]:
         loop.call_soon_threadsafe(creating.set)
@@ -131,7 +131,7 @@ async def test_a_cancelled_write_whose_part_file_someone_else_removed_reports_no
         path.unlink()  # removed by someone else before the cancelled write undoes it
         return fd, path
 
-    monkeypatch.setattr(_files, "_create_temp", create_and_lose)
+    monkeypatch.setattr(_downloads, "_create_temp", create_and_lose)
     task = asyncio.create_task(write_atomically(tmp_path / "x.png", _chunks(png_bytes)))
     await creating.wait()
     task.cancel()

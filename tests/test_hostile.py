@@ -42,6 +42,7 @@ from ideogram_async import (
     uploads,
 )
 from ideogram_async.cli._inputs import UsageError, find_images
+from ideogram_async.images import HEADER_BYTES
 from ideogram_async.testing import Emulator
 
 from ._hostile import Hostile
@@ -187,24 +188,21 @@ async def test_a_cut_off_answer_is_retried_when_the_switch_is_on(hostile: Hostil
 # -- 4. special files never block the loop ------------------------------------------------
 
 
-async def test_a_fifo_is_refused_without_being_opened(hostile: Hostile, tmp_path: Path) -> None:
+async def test_a_fifo_without_a_writer_is_refused_without_blocking(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    # No writer: a plain open of the FIFO would block its thread until one came.
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    opened = asyncio.get_running_loop().run_in_executor(None, _open_for_writing, fifo)
-    try:
-        async with client_of(hostile.url("ok")) as client:
-            with pytest.raises(ValidationError, match="not a regular file"):
-                await client.upscale(fifo)
-    finally:
-        # Release the writer thread ourselves when the client did not open the FIFO.
-        unblock = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        await opened
-        os.close(unblock)
+    async with client_of(hostile.url("ok")) as client:
+        call = asyncio.ensure_future(client.upscale(fifo))
+        done, _ = await asyncio.wait([call], timeout=10)  # a bound on failure, not a wait
+        if not done:  # the open blocked: let it return, so the thread ends, then fail
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        with pytest.raises(ValidationError, match="not a regular file"):
+            await call
+    assert done, "opening the FIFO blocked until a writer came"
     assert (await hostile.stats())["requests"] == 0
-
-
-def _open_for_writing(fifo: Path) -> None:
-    os.close(os.open(fifo, os.O_WRONLY))  # blocks until someone opens it for reading
 
 
 async def test_a_device_is_refused_as_not_a_regular_file(hostile: Hostile) -> None:
@@ -391,7 +389,7 @@ async def test_deeply_nested_json_is_an_error_of_the_tree(
 async def test_aclose_while_calls_are_queued_gives_client_closed_errors(
     paused_emulator: Emulator,
 ) -> None:
-    client = client_of(paused_emulator.base_url, max_concurrency=1)
+    client = client_of(paused_emulator.base_url, allowance=1)
     async with client:
         calls = [asyncio.create_task(client.upscale(PNG)) for _ in range(5)]
         await paused_emulator.wait_in_flight(1)
@@ -429,7 +427,7 @@ async def test_a_file_deleted_while_queued_is_reported_as_such(
     paused_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "photo.png"
-    path.write_bytes(PNG)
+    path.write_bytes(PNG + bytes(HEADER_BYTES))  # over what a check reads whole
     checked = asyncio.Event()
     check = uploads._path_source
 
@@ -439,7 +437,7 @@ async def test_a_file_deleted_while_queued_is_reported_as_such(
         return source
 
     monkeypatch.setattr(uploads, "_path_source", check_and_tell)
-    async with client_of(paused_emulator.base_url, max_concurrency=1, retry=FAST) as client:
+    async with client_of(paused_emulator.base_url, allowance=1, retry=FAST) as client:
         first = asyncio.create_task(client.upscale(PNG))
         await paused_emulator.wait_in_flight(1)
         queued = asyncio.create_task(client.upscale(path))

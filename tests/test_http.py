@@ -17,7 +17,7 @@ from aioresponses import aioresponses
 from ideogram_async import IdeogramClient, RetryPolicy, Timeouts, UpscaledImage, __version__
 from ideogram_async.errors import (
     APIConnectionError,
-    APIError,
+    APIStatusError,
     APITimeoutError,
     ClientClosedError,
     IdeogramError,
@@ -176,7 +176,7 @@ async def test_a_300_is_an_error_with_the_redirect_hint() -> None:
     redirect = FaultPlan.always(Fault.status(300))
     async with Emulator(api_key=KEY, upscale=False, faults=redirect) as emulator:
         error = await failure(emulator.base_url)
-    assert isinstance(error, APIError)
+    assert isinstance(error, APIStatusError)
     assert error.status == 300
     assert "the API answered with a redirect, which is not followed" in str(error)
 
@@ -194,7 +194,7 @@ async def test_a_closed_client_says_how_to_keep_it_open() -> None:
 
 async def test_the_pool_has_a_connection_for_every_place_and_every_download() -> None:
     async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=80) as c:
-        connector = c._http.session().connector
+        connector = c._shared.pool.session().connector
         assert connector is not None
         assert connector.limit == 160
 

@@ -1,4 +1,4 @@
-"""The package's layout: small modules, imports that flow one way, no cycles.
+"""The package's layout: modules sized by their concept, imports that flow one way, no cycles.
 
 Read from the source with ``ast`` (nothing is imported), so type-only imports count too.
 """
@@ -14,6 +14,7 @@ import ideogram_async
 ROOT = Path(ideogram_async.__file__).parent
 PACKAGE = "ideogram_async"
 MAX_LINES = 800
+"""A module over this is likely to hold more than one concept: worth a look, not a rule."""
 
 
 def module_name(path: Path) -> str:
@@ -79,7 +80,7 @@ def find_cycle() -> list[str] | None:
 
 def test_the_walk_sees_imports() -> None:
     # Guards the test itself: relative, absolute and type-only imports are all found.
-    assert "ideogram_async._http" in GRAPH["ideogram_async.client"]
+    assert "ideogram_async._transport" in GRAPH["ideogram_async.client"]
     assert "ideogram_async.cli._manifest" in GRAPH["ideogram_async.cli._progress"]
     assert "ideogram_async.images" in GRAPH["ideogram_async.testing._multipart"]
 

@@ -98,7 +98,7 @@ async def test_transient_failure_is_retried_then_succeeds(name: str, png_bytes: 
 @pytest.mark.parametrize("status", [400, 401, 402, 403, 404, 413, 422])
 async def test_permanent_failure_is_not_retried(status: int, png_bytes: bytes) -> None:
     emulator, events, outcome = await run_with([Fault.status(status)], png_bytes)
-    assert isinstance(outcome, errors_module.APIError)
+    assert isinstance(outcome, errors_module.APIStatusError)
     assert outcome.status == status
     assert outcome.attempts == 1
     assert emulator.stats.requests == 1
@@ -281,7 +281,7 @@ async def test_no_retry_when_the_wait_would_pass_the_deadline(png_bytes: bytes) 
 async def test_concurrency_limit_holds_under_500_calls(png_bytes: bytes) -> None:
     async with (
         Emulator(api_key=KEY, upscale=False) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=8) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=8) as client,
     ):
         emulator.pause()
         calls = asyncio.gather(*(client.upscale(png_bytes) for _ in range(500)))
@@ -310,7 +310,7 @@ async def test_slot_is_not_held_while_sleeping_between_attempts(
     monkeypatch.setattr(retry_module, "_sleep", held_sleep)
     async with (
         Emulator(api_key=KEY, faults=FaultPlan([Fault.status(503)])) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=1) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
     ):
         first = asyncio.create_task(client.upscale(png_bytes))
         await sleeping.wait()
@@ -353,7 +353,7 @@ async def test_cancelling_1000_calls_frees_every_slot_and_file(tmp_path: Path) -
     fds_before = open_fds()
     async with Emulator(api_key=KEY, upscale=False) as emulator:
         emulator.pause()
-        client = IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=10)
+        client = IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=10)
         async with client:
             tasks = [asyncio.create_task(client.upscale(paths[i % 20])) for i in range(1000)]
             await emulator.wait_in_flight(10)
@@ -383,7 +383,7 @@ async def test_cancel_in_each_phase_releases_slot_and_file(
     monkeypatch.setattr(retry_module, "_sleep", endless_sleep)
     async with (
         Emulator(api_key=KEY, faults=FaultPlan([Fault.status(503)])) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=1) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
     ):
         # 1. sleeping in backoff
         task = asyncio.create_task(client.upscale(path))
@@ -497,7 +497,7 @@ async def test_a_gather_of_300_path_uploads_holds_few_files_open(tmp_path: Path)
         paths.append(path)
     async with (
         Emulator(api_key=KEY, upscale=False) as emulator,
-        IdeogramClient(api_key=KEY, base_url=emulator.base_url, max_concurrency=4) as client,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=4) as client,
     ):
         emulator.pause()
         calls = asyncio.gather(*(client.upscale(p) for p in paths))
@@ -988,21 +988,21 @@ def test_a_retry_after_date_counts_from_now(
     assert wait == expected
 
 
-async def test_each_attempt_gets_its_number_and_the_log_tells_the_story(
+async def test_the_attempts_are_counted_and_the_log_tells_the_story(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ideogram_async")
-    numbers: list[int] = []
+    made: list[None] = []
 
-    async def attempt(number: int) -> str:
-        numbers.append(number)
-        if number < 3:
+    async def attempt() -> str:
+        made.append(None)
+        if len(made) < 3:
             raise ServerError("busy", status=503)
         return "done"
 
-    result = await retry_module.call_with_retries(attempt, RetryPolicy(), what="upscale a.png")
-    assert result == ("done", 3)
-    assert numbers == [1, 2, 3]
+    with retry_module.counting_attempts() as tally:
+        result = await retry_module.call_with_retries(attempt, RetryPolicy(), what="upscale a.png")
+    assert (result, tally.attempts, len(made)) == ("done", 3, 3)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("upscale a.png: attempt 1 failed (HTTP 503: busy); retrying in ")
     assert lines[1].startswith("upscale a.png: attempt 2 failed (HTTP 503: busy); retrying in ")

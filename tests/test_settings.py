@@ -12,14 +12,8 @@ import aiohttp
 import pytest
 
 from ideogram_async import LocalAllowance, RetryPolicy, Timeouts, ValidationError
-from ideogram_async._settings import (
-    OFFICIAL_BASE_URL,
-    Flavor,
-    Settings,
-    int_at_least,
-    of_type,
-    positive_number,
-)
+from ideogram_async._checks import int_at_least, of_type, positive_number, seconds
+from ideogram_async._settings import OFFICIAL_BASE_URL, Flavor, Settings
 
 BASE = "http://127.0.0.1:9"
 
@@ -36,7 +30,6 @@ def resolve(**overrides: Any) -> Settings:
         "base_url": BASE,
         "flavor": "proxy",
         "allowance": None,
-        "max_concurrency": None,
         "adaptive": True,
         "requests_per_second": None,
         "timeouts": None,
@@ -45,6 +38,7 @@ def resolve(**overrides: Any) -> Settings:
         "max_download_size": 1,
         "max_response_size": 1,
         "session": None,
+        "on_retry": None,
     }
     arguments.update(overrides)
     return Settings.resolve(**arguments)
@@ -73,11 +67,7 @@ def message(**overrides: Any) -> str:
             "(or use flavor='official' for api.ideogram.ai)",
         ),
         ({"flavor": "nope"}, "flavor must be 'proxy' or 'official', got 'nope'"),
-        (
-            {"allowance": 5, "max_concurrency": 5},
-            "pass allowance= or max_concurrency= (its former name), not both",
-        ),
-        ({"max_concurrency": 0}, "max_concurrency must be an int >= 1, got 0"),
+        ({"on_retry": "log"}, "on_retry must be a function taking a RetryEvent, got str"),
         (
             {"allowance": LocalAllowance(3), "adaptive": False},
             "adaptive= applies to an allowance given as a number; an Allowance object "
@@ -203,15 +193,12 @@ def test_the_given_values_are_kept() -> None:
 
 
 @pytest.mark.parametrize(("allowance", "adaptive"), [(None, False), (3, True), (3, False)])
-def test_a_number_or_its_old_name_builds_a_local_allowance(
-    allowance: int | None, adaptive: bool
-) -> None:
-    for given in ({"allowance": allowance}, {"max_concurrency": allowance}):
-        built = resolve(adaptive=adaptive, **given).allowance
-        assert isinstance(built, LocalAllowance)
-        assert built.maximum == (allowance or 10)
-        assert built.limit == (built.maximum if not adaptive else min(built.maximum, 10))
-        assert repr(built).endswith(f"adaptive={adaptive})")
+def test_a_number_builds_a_local_allowance(allowance: int | None, adaptive: bool) -> None:
+    built = resolve(adaptive=adaptive, allowance=allowance).allowance
+    assert isinstance(built, LocalAllowance)
+    assert built.maximum == (allowance or 10)
+    assert built.limit == (built.maximum if not adaptive else min(built.maximum, 10))
+    assert repr(built).endswith(f"adaptive={adaptive})")
 
 
 def test_the_checkers_take_what_they_allow() -> None:
@@ -223,5 +210,26 @@ def test_the_checkers_take_what_they_allow() -> None:
         positive_number("x", None)
     with pytest.raises(ValidationError, match=r"^n must be an int >= 3, got 2$"):
         int_at_least("n", 2, 3)
-    with pytest.raises(ValidationError, match=r"^Timeouts.attempt must be a number > 0, got 0$"):
+    with pytest.raises(
+        ValidationError, match=r"^Timeouts.attempt must be a finite number of seconds > 0, got 0$"
+    ):
         Timeouts(attempt=0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, True, "1"])
+def test_one_seconds_check_refuses_what_is_not_a_finite_duration(value: object) -> None:
+    with pytest.raises(ValidationError, match=r"^t must be a finite number of seconds > 0, got"):
+        seconds("t", value)
+    with pytest.raises(ValidationError, match="finite number of seconds"):
+        Timeouts(connect=value)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="finite number of seconds >= 0"):
+        RetryPolicy(backoff_base=value)  # type: ignore[arg-type]
+
+
+def test_the_seconds_check_takes_zero_and_none_only_when_asked() -> None:
+    assert seconds("t", 0, zero=True) == 0
+    assert seconds("t", None, none=True) is None
+    with pytest.raises(ValidationError, match=r"> 0, or None for no limit, got 0$"):
+        RetryPolicy(deadline=0)
+    with pytest.raises(ValidationError, match=r"got None$"):
+        seconds("t", None)

@@ -18,12 +18,21 @@ from typing import Any
 import pytest
 
 from ideogram_async import ImageChangedError, ValidationError
-from ideogram_async._sources import CHUNK_SIZE, SPOOL_MEMORY, open_regular, path_error
-from ideogram_async.uploads import PreparedImage, prepare_image
+from ideogram_async.images import HEADER_BYTES
+from ideogram_async.uploads import (
+    CHUNK_SIZE,
+    SPOOL_MEMORY,
+    PreparedImage,
+    open_regular,
+    path_error,
+    prepare_image,
+)
 
 from ._support import make_image
 
 PNG = make_image("png", (4, 4))
+LARGE = PNG + bytes(HEADER_BYTES)
+"""Over the size a check reads whole: each attempt opens the file again."""
 
 
 async def refused(image: object, **options: object) -> str:
@@ -127,18 +136,18 @@ async def changed(path: Path, image: PreparedImage) -> str:
 
 async def test_a_file_resized_since_its_check_says_what_was_found(tmp_path: Path) -> None:
     path = tmp_path / "grows.png"
-    path.write_bytes(PNG)
+    path.write_bytes(LARGE)
     image = await prepare_image(path)
-    path.write_bytes(PNG + b"more")
+    path.write_bytes(LARGE + b"more")
     assert await changed(path, image) == (
-        f"grows.png: the file changed after it was checked (expected {len(PNG)} bytes, found "
-        f"{len(PNG) + 4} bytes); upload it again once it is complete"
+        f"grows.png: the file changed after it was checked (expected {len(LARGE)} bytes, "
+        f"found {len(LARGE) + 4} bytes); upload it again once it is complete"
     )
 
 
 async def test_a_file_deleted_since_its_check_says_so(tmp_path: Path) -> None:
     path = tmp_path / "gone.png"
-    path.write_bytes(PNG)
+    path.write_bytes(LARGE)
     image = await prepare_image(path)
     path.unlink()
     assert await changed(path, image) == (
@@ -149,7 +158,7 @@ async def test_a_file_deleted_since_its_check_says_so(tmp_path: Path) -> None:
 
 async def test_a_file_replaced_by_a_folder_says_it_cannot_be_opened(tmp_path: Path) -> None:
     path = tmp_path / "swapped.png"
-    path.write_bytes(PNG)
+    path.write_bytes(LARGE)
     image = await prepare_image(path)
     path.unlink()
     path.mkdir()
@@ -172,16 +181,36 @@ async def test_an_image_payload_has_no_text_form() -> None:
     assert str(caught.value) == "an image upload is binary and streamed; it has no text form"
 
 
-async def test_the_dimensions_of_a_file_gone_since_its_check_name_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data", [PNG, LARGE], ids=["small", "large"])
+async def test_the_dimensions_of_a_path_come_from_its_check(tmp_path: Path, data: bytes) -> None:
+    # Read by the check, in its worker thread: never again, and never on the event loop.
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    with await prepare_image(path) as image:
+        path.unlink()
+        assert image.dimensions() == (4, 4)
+
+
+async def test_a_small_path_is_sent_as_it_was_checked(tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     path.write_bytes(PNG)
     with await prepare_image(path) as image:
-        path.unlink()
-        with pytest.raises(ValidationError) as caught:
-            image.dimensions()
-    assert str(caught.value) == (
-        f"photo.png could not be read: [Errno 2] No such file or directory: '{path}'"
-    )
+        path.unlink()  # read whole by the check: what was checked is what is sent
+        first, rest = await _sent(image), await _sent(image)
+    assert first == rest == PNG
+
+
+async def _sent(image: Any) -> bytes:
+    payload = image.payload()
+    sent: list[bytes] = []
+
+    class Writer:
+        async def write(self, chunk: bytes) -> None:
+            sent.append(bytes(chunk))
+
+    await payload.write_with_length(Writer(), None)
+    assert payload.complete
+    return b"".join(sent)
 
 
 @pytest.mark.parametrize("kind", ["path", "file"])

@@ -17,13 +17,14 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from ideogram_async import ImageChangedError, ValidationError, _sources, uploads
-from ideogram_async._threads import in_thread
+from ideogram_async import ImageChangedError, ValidationError, uploads
+from ideogram_async.images import HEADER_BYTES
 from ideogram_async.uploads import (
     CHUNK_SIZE,
     SPOOL_MEMORY,
     ImagePayload,
     PreparedImage,
+    in_thread,
     prepare_image,
 )
 
@@ -354,7 +355,7 @@ async def test_filename_override(png_path: Path, png_bytes: bytes) -> None:
 
 
 def test_payload_headers_name_the_part_image_file(png_bytes: bytes) -> None:
-    image = PreparedImage(_sources._MemorySource(memoryview(png_bytes)), "a.png", "image/png")
+    image = PreparedImage(uploads._MemorySource(memoryview(png_bytes)), "a.png", "image/png")
     payload = image.payload()
     assert isinstance(payload, ImagePayload)
     assert payload.content_type == "image/png"
@@ -515,16 +516,18 @@ async def test_an_unseekable_file_over_the_cap_is_rejected(png_bytes: bytes) -> 
 # --- the file changes between the check and the send ------------------------------------
 
 
-async def test_a_path_that_shrank_fails_the_payload(png_path: Path, png_bytes: bytes) -> None:
-    image = await prepare_image(png_path)
-    png_path.write_bytes(png_bytes[: len(png_bytes) // 2])
+async def test_a_path_that_shrank_fails_the_payload(tmp_path: Path, png_bytes: bytes) -> None:
+    large, path = png_bytes + bytes(HEADER_BYTES), tmp_path / "large.png"
+    path.write_bytes(large)
+    image = await prepare_image(path)
+    path.write_bytes(large[: len(large) // 2])
     payload = image.payload()
     with pytest.raises(ImageChangedError, match="changed after it was checked") as info:
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
     assert payload.error is info.value
     assert not payload.complete
-    assert str(info.value).startswith(f"{png_path.name}: the file changed after it was checked")
-    assert f"expected {len(png_bytes)} bytes, found {len(png_bytes) // 2} bytes" in str(info.value)
+    assert str(info.value).startswith("large.png: the file changed after it was checked")
+    assert f"expected {len(large)} bytes, found {len(large) // 2} bytes" in str(info.value)
     image.close()
 
 
@@ -542,11 +545,13 @@ async def test_a_seekable_file_that_shrank_fails_the_payload(
         assert not payload.complete
 
 
-async def test_a_path_that_grew_fails_the_payload(png_path: Path, png_bytes: bytes) -> None:
+async def test_a_path_that_grew_fails_the_payload(tmp_path: Path, png_bytes: bytes) -> None:
     # ImagePayload's docstring: "a file that shrank, grew or vanished since it was checked
     # fails the attempt with an ImageChangedError instead of sending something else".
-    image = await prepare_image(png_path)
-    png_path.write_bytes(png_bytes + b"appended by another process")
+    large, path = png_bytes + bytes(HEADER_BYTES), tmp_path / "large.png"
+    path.write_bytes(large)
+    image = await prepare_image(path)
+    path.write_bytes(large + b"appended by another process")
     payload = image.payload()
     with pytest.raises(ImageChangedError, match="changed"):
         await payload.write_with_length(Collector(), None)  # type: ignore[arg-type]
@@ -652,27 +657,39 @@ async def test_an_attempt_cancelled_while_its_file_opens_leaves_it_closed(
         assert str(path) not in _paths_open()
 
 
-async def test_an_attempt_of_a_small_file_holds_no_file_and_costs_one_thread_hop(
-    png_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("padding", "hops_per_attempt"), [(0, 0), (HEADER_BYTES, 1)])
+async def test_a_path_costs_one_thread_hop_to_check_and_one_an_attempt_unless_small(
+    tmp_path: Path,
+    png_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    padding: int,
+    hops_per_attempt: int,
 ) -> None:
-    with await prepare_image(png_path) as image:
-        payload = image.payload()
-        hops: list[object] = []
-        loop = asyncio.get_running_loop()
-        real = loop.run_in_executor
+    # A small file is read whole by its check; a larger one is opened by each attempt,
+    # which reads its first chunk in the same hop.
+    data, path = png_bytes + bytes(padding), tmp_path / "photo.png"
+    path.write_bytes(data)
+    hops: list[object] = []
+    loop = asyncio.get_running_loop()
+    real = loop.run_in_executor
 
-        def counting(executor: Any, work: Any, *args: Any) -> Any:
-            hops.append(work)
-            return real(executor, work, *args)
+    def counting(executor: Any, work: Any, *args: Any) -> Any:
+        hops.append(work)
+        return real(executor, work, *args)
 
-        monkeypatch.setattr(loop, "run_in_executor", counting)
-        await payload.open()
-        assert str(png_path) not in _paths_open()  # the whole image is in the first chunk
-        writer = Collector()
-        await payload.write_with_length(writer, None)  # type: ignore[arg-type]
-    assert len(hops) == 1
-    assert writer.data == png_bytes
-    assert payload.complete
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    with await prepare_image(path) as image:
+        assert len(hops) == 1
+        assert str(path) not in _paths_open()  # a queued call holds no file
+        for attempt in (1, 2):
+            payload = image.payload()
+            await payload.open()
+            writer = Collector()
+            await payload.write_with_length(writer, None)  # type: ignore[arg-type]
+            assert len(hops) == 1 + attempt * hops_per_attempt
+            assert writer.data == data
+            assert payload.complete
+            assert str(path) not in _paths_open()
 
 
 @pytest.mark.parametrize("kind", ["bytes", "path", "file"])

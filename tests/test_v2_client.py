@@ -79,7 +79,7 @@ async def test_wire_shape_per_model(
     emulator: Emulator, official: IdeogramClient, options: V2Options
 ) -> None:
     image = make_image("png", size=(16, 12))
-    answer = await official.upscale_v2(image, options, filename="leaf.png")
+    answer = await official.v2.upscale(image, options, filename="leaf.png")
     received = emulator.stats.v2_uploads[-1]
     assert received.model == options.model
     assert not received.dry_run
@@ -101,7 +101,7 @@ async def test_wire_shape_per_model(
 async def test_the_result_downloads_without_the_key(
     emulator: Emulator, official: IdeogramClient, tmp_path: Path
 ) -> None:
-    answer = await official.upscale_v2(make_image("jpeg", size=(8, 8)), TopazWonder35())
+    answer = await official.v2.upscale(make_image("jpeg", size=(8, 8)), TopazWonder35())
     path = await official.download(answer.data[0], tmp_path / "out")
     assert path.read_bytes().startswith(b"\x89PNG")
     assert all("api-key" not in headers for headers in emulator.stats.image_requests)
@@ -110,21 +110,21 @@ async def test_the_result_downloads_without_the_key(
 async def test_a_proxy_flavor_client_refuses_v2_before_sending(emulator: Emulator) -> None:
     async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as proxy:
         for call in (
-            proxy.upscale_v2(make_image(), TopazBloom2()),
-            proxy.quote_v2(make_image(), TopazBloom2()),
-            proxy.get_generation("gen-1"),
+            proxy.v2.upscale(make_image(), TopazBloom2()),
+            proxy.v2.quote(make_image(), TopazBloom2()),
+            proxy.v2.get_generation("gen-1"),
         ):
             with pytest.raises(ValidationError, match="flavor='official'"):
                 await call
         with pytest.raises(ValidationError, match="flavor='official'"):
-            await proxy.quote_many([make_image()], TopazBloom2())
+            await proxy.v2.quote_many([make_image()], TopazBloom2())
     assert emulator.stats.requests == 0
     assert emulator.stats.polls == 0
 
 
 async def test_options_must_be_a_models_options(official: IdeogramClient) -> None:
     with pytest.raises(ValidationError, match="TopazBloom2"):
-        await official.upscale_v2(make_image(), V2Options())
+        await official.v2.upscale(make_image(), V2Options())
 
 
 # --- the 8192 px rule ------------------------------------------------------------------------
@@ -136,13 +136,13 @@ async def test_over_8192_px_is_refused_before_upload(
 ) -> None:
     image = make_image(fmt, size=(2100, 30))
     with pytest.raises(ValidationError) as info:
-        await official.upscale_v2(image, TopazBloom2(upscale_factor="x4"), filename=f"big.{fmt}")
+        await official.v2.upscale(image, TopazBloom2(upscale_factor="x4"), filename=f"big.{fmt}")
     message = str(info.value)
     assert message.startswith(f"big.{fmt}: topaz-bloom-2 refuses outputs over 8192 px")
     assert "2100x30 image at x4 would be 8400x120" in message
     assert "the largest factor that fits is x2" in message
     with pytest.raises(ValidationError, match="no factor fits"):
-        await official.quote_v2(make_image(fmt, size=(4097, 8)), AutoUpscaler())
+        await official.v2.quote(make_image(fmt, size=(4097, 8)), AutoUpscaler())
     assert emulator.stats.requests == 0
     assert emulator.stats.bytes_received == 0
 
@@ -151,7 +151,7 @@ async def test_nano_banana_pro_is_not_held_to_8192_px(
     emulator: Emulator, official: IdeogramClient
 ) -> None:
     # Over 4096 px a side x2 would break the rule; nano-banana-pro has a tier instead.
-    quote = await official.quote_v2(make_image(size=(4100, 10)), NanoBananaPro())
+    quote = await official.v2.quote(make_image(size=(4100, 10)), NanoBananaPro())
     assert quote.usd > 0
     assert emulator.stats.quotes == 1
 
@@ -162,7 +162,7 @@ async def test_nano_banana_pro_is_not_held_to_8192_px(
 async def test_a_withheld_image_is_flagged_billed_and_not_downloadable(
     emulator: Emulator, official: IdeogramClient, tmp_path: Path
 ) -> None:
-    answer = await official.upscale_v2(make_image(), TopazBloom2(prompt="a cat [withhold]"))
+    answer = await official.v2.upscale(make_image(), TopazBloom2(prompt="a cat [withhold]"))
     (image,) = answer.data
     assert image.withheld
     assert image.url is None
@@ -181,7 +181,7 @@ async def test_a_transient_failure_is_retried_with_the_same_bytes(png_bytes: byt
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
     ):
         with instant_retries():
-            answer = await client.upscale_v2(png_bytes, TopazStandard2())
+            answer = await client.v2.upscale(png_bytes, TopazStandard2())
         first, second = emulator.stats.v2_uploads
     assert answer.data
     assert first.sha256 == second.sha256 == hashlib.sha256(png_bytes).hexdigest()
@@ -196,7 +196,7 @@ async def test_a_402_is_not_retried_and_says_why(png_bytes: bytes) -> None:
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
     ):
         with pytest.raises(PaymentRequiredError, match="Insufficient funds") as info:
-            await client.upscale_v2(png_bytes, TopazBloom2())
+            await client.v2.upscale(png_bytes, TopazBloom2())
     assert info.value.attempts == 1
     assert emulator.stats.requests == 1
 
@@ -207,7 +207,7 @@ async def test_a_402_is_not_retried_and_says_why(png_bytes: bytes) -> None:
 async def test_a_quote_runs_nothing_and_bills_nothing(
     emulator: Emulator, official: IdeogramClient
 ) -> None:
-    quote = await official.quote_v2(make_image(size=(1000, 500)), TopazBloom2(upscale_factor="x2"))
+    quote = await official.v2.quote(make_image(size=(1000, 500)), TopazBloom2(upscale_factor="x2"))
     (received,) = emulator.stats.v2_uploads
     assert received.dry_run
     assert (quote.billing_identifier, quote.qualifier, quote.quantity) == (
@@ -224,7 +224,7 @@ async def test_quote_many_sums_exact_and_estimated_apart(
     emulator: Emulator, official: IdeogramClient
 ) -> None:
     small, big = make_image(size=(100, 100)), make_image(size=(5000, 10))
-    summary = await official.quote_many(
+    summary = await official.v2.quote_many(
         [small, (small, AutoUpscaler(upscale_factor="x8")), big, (small, TopazRedefine())],
         TopazBloom2(),
     )
@@ -254,17 +254,17 @@ async def test_submit_then_wait_for_the_generation(png_bytes: bytes) -> None:
         Emulator(api_key=KEY, clock=clock, generation_delay=30) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
     ):
-        generation_id = await client.submit_v2(
+        generation_id = await client.v2.submit(
             png_bytes, TopazBloom2(), webhook_url="https://hooks.example/done"
         )
         (received,) = emulator.stats.v2_uploads
         assert received.fields["async"] == "true"
         assert received.fields["webhook_url"] == "https://hooks.example/done"
-        pending = await client.get_generation(generation_id)
+        pending = await client.v2.get_generation(generation_id)
         assert pending.status == "pending"
         assert not pending.data
         clock.now = 30
-        done = await client.wait_for_generation(generation_id, poll_interval=0.001)
+        done = await client.v2.wait_for_generation(generation_id, poll_interval=0.001)
     assert done.status == "completed"
     assert done.data[0].url
     assert done.usage_cost_usd_micros == emulator.stats.billed_usd_micros
@@ -276,9 +276,9 @@ async def test_a_failed_generation_raises_with_its_reason(png_bytes: bytes) -> N
         Emulator(api_key=KEY) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
     ):
-        generation_id = await client.submit_v2(png_bytes, TopazBloom2(prompt="[fail]"))
+        generation_id = await client.v2.submit(png_bytes, TopazBloom2(prompt="[fail]"))
         with pytest.raises(GenerationFailedError) as info:
-            await client.wait_for_generation(generation_id)
+            await client.v2.wait_for_generation(generation_id)
     assert info.value.failure_reason == "content_policy_violation"
     assert info.value.generation_id == generation_id
     assert "not billed" in str(info.value)
@@ -290,14 +290,14 @@ async def test_waiting_too_long_and_unknown_ids(png_bytes: bytes) -> None:
         Emulator(api_key=KEY, generation_delay=3600) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
     ):
-        generation_id = await client.submit_v2(png_bytes, TopazStandard2())
+        generation_id = await client.v2.submit(png_bytes, TopazStandard2())
         with pytest.raises(APITimeoutError, match=r"still pending after 0\.05s") as info:
-            await client.wait_for_generation(generation_id, poll_interval=0.01, timeout=0.05)
+            await client.v2.wait_for_generation(generation_id, poll_interval=0.01, timeout=0.05)
         assert info.value.kind == "deadline"
         with pytest.raises(NotFoundError):
-            await client.get_generation("gen-unknown")
+            await client.v2.get_generation("gen-unknown")
         with pytest.raises(ValidationError, match="https://"):
-            await client.submit_v2(png_bytes, TopazStandard2(), webhook_url="http://x.example")
+            await client.v2.submit(png_bytes, TopazStandard2(), webhook_url="http://x.example")
 
 
 async def test_a_poll_over_the_limit_waits_as_retry_after_says(png_bytes: bytes) -> None:
@@ -314,11 +314,11 @@ async def test_a_poll_over_the_limit_waits_as_retry_after_says(png_bytes: bytes)
             api_key=KEY, base_url=emulator.base_url, flavor="official", on_retry=waited
         ) as client,
     ):
-        generation_id = await client.submit_v2(png_bytes, TopazWonder35())
-        await client.get_generation(generation_id)
+        generation_id = await client.v2.submit(png_bytes, TopazWonder35())
+        await client.v2.get_generation(generation_id)
         clock.now = 1.0
         with instant_retries():
-            generation = await client.get_generation(generation_id)
+            generation = await client.v2.get_generation(generation_id)
     assert generation.status == "completed"
     assert [event.wait for event in events] == [29]
     assert events[0].error.status == 429  # type: ignore[attr-defined]
@@ -334,9 +334,12 @@ async def test_every_poll_of_a_client_shares_one_rate(png_bytes: bytes) -> None:
             api_key=KEY, base_url=emulator.base_url, flavor="official", poll_limit=(8, 0.5)
         ) as client,
     ):
-        ids = [await client.submit_v2(png_bytes, TopazStandard2()) for _ in range(3)]
+        ids = [await client.v2.submit(png_bytes, TopazStandard2()) for _ in range(3)]
         done = await asyncio.gather(
-            *(client.wait_for_generation(i, poll_interval=0.001, max_interval=0.001) for i in ids)
+            *(
+                client.v2.wait_for_generation(i, poll_interval=0.001, max_interval=0.001)
+                for i in ids
+            )
         )
     assert all(generation.status == "completed" for generation in done)
     assert emulator.stats.polls > 8  # the rate was reached, and held
@@ -359,20 +362,20 @@ async def test_polls_back_off_up_to_max_interval(
         slept.append(seconds)
         clock.now += seconds
 
-    monkeypatch.setattr("ideogram_async._v2_client._sleep", sleep)
+    monkeypatch.setattr("ideogram_async.v2._resource._sleep", sleep)
     async with (
         Emulator(api_key=KEY, clock=clock, generation_delay=1.0) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
     ):
-        generation_id = await client.submit_v2(png_bytes, TopazStandard2())
-        await client.wait_for_generation(generation_id, poll_interval=0.2, max_interval=0.4)
+        generation_id = await client.v2.submit(png_bytes, TopazStandard2())
+        await client.v2.wait_for_generation(generation_id, poll_interval=0.2, max_interval=0.4)
     assert slept == pytest.approx([0.2, 0.3, 0.4, 0.4])
     assert emulator.stats.polls == 5
 
 
 async def test_quote_many_refuses_a_single_image(official: IdeogramClient) -> None:
     with pytest.raises(ValidationError, match="iterable of images, not one image"):
-        await official.quote_many(make_image(), TopazBloom2())  # type: ignore[arg-type]
+        await official.v2.quote_many(make_image(), TopazBloom2())  # type: ignore[arg-type]
 
 
 async def test_quote_many_keeps_at_most_window_images_open(
@@ -386,9 +389,9 @@ async def test_quote_many_keeps_at_most_window_images_open(
             yield make_image(size=(8, 8), shade=number)
 
     emulator.pause()
-    task = asyncio.create_task(official.quote_many(images(), TopazBloom2(), window=3))
+    task = asyncio.create_task(official.v2.quote_many(images(), TopazBloom2(), window=3))
     await emulator.wait_in_flight(3)
-    assert len(pulled) == 4  # three on the wire, the fourth waiting for room
+    assert len(pulled) == 3  # three on the wire; the fourth is pulled once one ends
     emulator.resume()
     summary = await task
     assert [item.index for item in summary.items] == list(range(10))
@@ -399,7 +402,7 @@ async def test_cancelling_a_v2_upscale_frees_its_file_at_once(
     emulator: Emulator, official: IdeogramClient, png_path: Path
 ) -> None:
     emulator.pause()
-    task = asyncio.create_task(official.upscale_v2(png_path, TopazStandard2()))
+    task = asyncio.create_task(official.v2.upscale(png_path, TopazStandard2()))
     await emulator.wait_in_flight(1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -414,7 +417,7 @@ async def test_upscale_many_runs_a_v2_batch_and_keeps_its_kind(
     small, wide = make_image(size=(8, 6)), make_image(size=(5000, 8))
     wonder = TopazWonder35(upscale_factor="x8")
     inputs: list[BatchInput] = [small, (small, wonder), wide, (small, UpscaleRequest())]
-    async with official.upscale_many(inputs, TopazBloom2(), ordered=True) as run:
+    async with official.v2.upscale_many(inputs, TopazBloom2(), ordered=True) as run:
         results = [result async for result in run]
     first, second, refused, mixed = results
     assert first.response is not None
@@ -431,7 +434,7 @@ async def test_upscale_many_runs_a_v2_batch_and_keeps_its_kind(
 async def test_a_proxy_flavor_client_refuses_a_v2_batch(emulator: Emulator) -> None:
     async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as proxy:
         with pytest.raises(ValidationError, match="flavor='official'"):
-            proxy.upscale_many([make_image()], TopazBloom2())
+            proxy.v2.upscale_many([make_image()], TopazBloom2())
     assert emulator.stats.requests == 0
 
 

@@ -1,4 +1,4 @@
-"""The v2 options classes, the 8192 px rule and the v2 answers (v2.py, _v2_answers.py)."""
+"""The v2 options classes, the 8192 px rule and the v2 answers (v2/_options.py, v2/_answers.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,6 @@ import attrs
 import pytest
 
 from ideogram_async import ResponseFormatError, ValidationError
-from ideogram_async._v2_answers import (
-    QuoteItem,
-    QuoteSummary,
-    parse_generation,
-    parse_quote,
-    parse_upscale,
-)
 from ideogram_async.v2 import (
     MAX_OUTPUT_SIDE,
     MODELS,
@@ -30,11 +23,18 @@ from ideogram_async.v2 import (
     TopazStandard2,
     TopazTextRefine,
     TopazWonder35,
-    V2Image,
     V2Options,
+    V2UpscaledImage,
     check_output_size,
     check_webhook_url,
     options_from_strings,
+)
+from ideogram_async.v2._answers import (
+    QuoteItem,
+    QuoteSummary,
+    parse_generation,
+    parse_quote,
+    parse_upscale,
 )
 
 FACE = ("face_enhancement_strength", "face_enhancement_creativity")
@@ -395,7 +395,7 @@ def test_upscale_answer_is_typed_and_flags_a_withheld_image() -> None:
         12345,
     )
     shown, withheld = answer.data
-    assert isinstance(shown, V2Image)
+    assert isinstance(shown, V2UpscaledImage)
     assert shown.url == "https://cdn.example/a"
     assert not shown.withheld
     assert withheld.withheld

@@ -18,13 +18,13 @@ async def try_v2(base_url: str, key: str, images: Sequence[Path], out: Path) -> 
 
 async def _try_v2(base_url: str, key: str, images: Sequence[Path], out: Path) -> list[str]:
     async with IdeogramClient(api_key=key, base_url=base_url, flavor="official") as client:
-        summary = await client.quote_many(images, TopazStandard2(upscale_factor="x4"))
+        summary = await client.v2.quote_many(images, TopazStandard2(upscale_factor="x4"))
         priced = len(summary.items) - len(summary.failed)
         priced_line = (
             f"v2 dry run: topaz-standard-2 at x4 would cost ${summary.total_usd:.4f} for "
             f"{priced} image(s) (the emulator's made-up prices; nothing was billed)"
         )
-        result = await client.upscale_v2(
+        result = await client.v2.upscale(
             images[0], TopazBloom2(prompt="crisp shapes", creativity=4, upscale_factor="x2")
         )
         path = await client.download(result.data[0], out / images[0].stem)

@@ -1,9 +1,9 @@
 """The command line's pipeline: upscale many files, download each result, record outcomes.
 
 Upscales fan out through ``IdeogramClient.upscale_many`` with a window of
-``client.max_concurrency``, so every input taken up is an upscale call in flight; each
+``client.allowance.maximum``, so every input taken up is an upscale call in flight; each
 finished upscale gets a download task, so downloads overlap further upscales. At most
-``client.max_concurrency`` download tasks exist at once (the consumer waits for one to
+``client.allowance.maximum`` download tasks exist at once (the consumer waits for one to
 end before starting another), so memory stays O(concurrency) however many files there
 are.
 
@@ -32,6 +32,7 @@ from ideogram_async import (
     APITimeoutError,
     AuthenticationError,
     BatchResult,
+    BatchRun,
     Flavor,
     IdeogramClient,
     IdeogramError,
@@ -114,8 +115,8 @@ class FailFast:
                 f"cannot reach the service at {self._service} ({' '.join(why.split())}). "
                 f"Check {self._check}, and that the service is up"
             )
-        if error is None or isinstance(error, APIError | ResponseFormatError | APIConnectionError):
-            self._reached = True  # an answer, or a failure after connecting
+        if error is None or isinstance(error, APIError | ResponseFormatError):
+            self._reached = True  # an answer (any status), or a failure after connecting
         return None
 
 
@@ -133,7 +134,7 @@ async def run_batch(
     """Upscale every source and download its results into ``out_dir``.
 
     ``on_start`` is called as each input's upscale call starts (at most
-    ``max_concurrency`` are in progress), ``on_answer(ok)`` when it has ended (its
+    the allowance's maximum are in progress), ``on_answer(ok)`` when it has ended (its
     downloads start when ``ok``), and ``on_finish(outcome, downloaded)`` once the input
     is done. Raises :class:`RunStopped` when ``fail_fast`` says so: nothing more is
     sent, the calls in flight are cancelled, and results already paid for are still
@@ -152,8 +153,13 @@ async def run_batch(
     stopped: str | None = None
     downloads: set[asyncio.Task[None]] = set()
     try:
-        window = client.max_concurrency
-        async with client.upscale_many(pulled(), request, window=window) as run:
+        window = client.allowance.maximum
+        run: BatchRun[Any] = (
+            client.v2.upscale_many(pulled(), request, window=window)
+            if isinstance(request, V2Options)
+            else client.upscale_many(pulled(), request, window=window)
+        )
+        async with run:
             async for result in run:
                 on_answer(result.ok)
                 stopped = fail_fast.reason_to_stop(result)
@@ -164,7 +170,7 @@ async def run_batch(
                     on_finish(_failed(source, result, describe(result.error)), False)
                     continue
                 assert result.response is not None  # there is one whenever error is None
-                if len(downloads) >= client.max_concurrency:
+                if len(downloads) >= window:
                     await asyncio.wait(downloads, return_when=asyncio.FIRST_COMPLETED)
                 for task in [task for task in downloads if task.done()]:
                     downloads.discard(task)

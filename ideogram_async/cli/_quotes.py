@@ -63,7 +63,7 @@ async def run_quotes(
 
     async def price() -> None:
         async with connect() as client:
-            found.append(await client.quote_many([s.path for s in sources], options))
+            found.append(await client.v2.quote_many([s.path for s in sources], options))
 
     if not await until_stopped(price(), stop):
         print("Interrupted: nothing was run or billed.", flush=True)

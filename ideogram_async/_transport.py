@@ -1,11 +1,17 @@
-"""One HTTP request at a time, and the one mapping from what can go wrong to the error tree.
+"""The wire: the aiohttp session, time limits, capped body reads, and status to error.
 
-:class:`Http` owns a client's aiohttp session and sends each request with its
-per-attempt time limit. Whatever fails on the way becomes an
-:class:`~ideogram_async.errors.IdeogramError`: aiohttp's exceptions turn into
-:class:`APIConnectionError` or :class:`APITimeoutError` in :meth:`Http.request`, and
-a non-2xx answer into the :class:`APIError` subclass of its status in
-:func:`error_for_status`.
+:class:`Pool` owns the aiohttp session that a client and every client derived from it
+(``with_options``) share. :class:`Transport` sends each request over it with one
+client's settings: the per-attempt time limit, the key's header, the cap on answers.
+Whatever fails on the way becomes an :class:`~ideogram_async.errors.IdeogramError`:
+aiohttp's exceptions turn into :class:`APIConnectionError` or :class:`APITimeoutError`
+in :meth:`Transport.request`, and a non-2xx answer into the :class:`APIStatusError`
+subclass of its status in :func:`error_for_status`.
+
+A hostile or broken server may send an endless, huge or gzip-bombed body, or echo the
+key back in a form plain masking misses; and aiohttp's response errors carry the
+request's headers. :func:`read_capped`, :func:`scrub` and :func:`without_headers` are
+the defences.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
+import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._bodies import read_capped, scrub, without_headers
 from ._settings import Flavor, Secret, Settings
 from ._version import __version__
 from .errors import (
     APIConnectionError,
-    APIError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -40,28 +47,37 @@ from .errors import (
 from .retry import parse_retry_after
 from .uploads import ImagePayload
 
-__all__ = ["Http", "error_for_status"]
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_SIZE",
+    "Pool",
+    "Transport",
+    "error_for_status",
+    "read_capped",
+    "scrub",
+    "without_headers",
+]
 
 _T = TypeVar("_T")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 _USER_AGENT = f"ideogram-async/{__version__} aiohttp/{aiohttp.__version__}"
+DEFAULT_MAX_RESPONSE_SIZE = 4 * 1024 * 1024
+"""The largest API answer or error body read (4 MB, decoded): answers over it are
+refused, error bodies cut."""
+_READ_CHUNK = 64 * 1024
 
 
-class Http:
-    """The session of one client and the way each request goes over it.
+class Pool:
+    """The connection pool that a client and the clients derived from it share.
 
     The session is created on first use (unless one was passed in, which is then
     never closed here); after :meth:`aclose` every request raises ``ClientClosedError``.
     """
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None) -> None:
-        self._settings = settings
-        # Built once: every request (API or download) uses the same per-request limits.
-        # No total limit (ClientTimeout's default): the attempt's own timer bounds each request.
-        self._timeout = aiohttp.ClientTimeout(sock_connect=settings.timeouts.connect)
+    def __init__(self, session: aiohttp.ClientSession | None, connections: int) -> None:
         self._session = session
         self._owns_session = session is None
-        self.closed = False  # pragma: no mutate (None is as false)
+        self._connections = connections
+        self.closed = False
 
     def session(self) -> aiohttp.ClientSession:
         """The open session, created on first use."""
@@ -71,16 +87,9 @@ class Http:
                 "'async with' block open while you use it)"
             )
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                # API requests and image downloads each get as many connections as
-                # the allowance's maximum, so a request holding places never waits
-                # for the pool.
-                limit=2 * self._settings.allowance.maximum,
-                ttl_dns_cache=300,  # pragma: no mutate (no test can watch a DNS cache)
-            )
+            connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers={"User-Agent": _USER_AGENT},  # pragma: no mutate (case-blind name)
+                connector=connector, headers={"User-Agent": _USER_AGENT}
             )
         return self._session
 
@@ -91,12 +100,35 @@ class Http:
             session, self._session = self._session, None
             await session.close()
 
-    def auth_headers(self) -> dict[str, str]:
-        """The key in the header of the flavor (sent to the API only, never to image hosts)."""
-        key = self._settings.key.reveal()
-        if self._settings.flavor is Flavor.PROXY:
-            return {"Authorization": f"Bearer {key}"}  # pragma: no mutate (case-blind names)
-        return {"Api-Key": key}  # pragma: no mutate (case-blind names)
+
+@attrs.frozen
+class Transport:
+    """One client's way of sending requests over the shared :class:`Pool`.
+
+    Frozen: the settings it reads are the client's, and a change (``with_options``,
+    a call's own ``timeouts``) makes a new transport over the same pool.
+    """
+
+    settings: Settings
+    pool: Pool
+    # Built once: every request (API or download) uses the same per-request limits. No
+    # total limit (ClientTimeout's default): the attempt's own timer bounds each request.
+    _timeout: aiohttp.ClientTimeout = attrs.field(init=False)
+
+    @_timeout.default
+    def _client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(sock_connect=self.settings.timeouts.connect)
+
+    api_headers: Mapping[str, str] = attrs.field(init=False, repr=False)
+    """The headers of every API request: JSON accepted, and the key in the header of the
+    flavor (sent to the API only, never to image hosts). Built once."""
+
+    @api_headers.default
+    def _api_headers(self) -> Mapping[str, str]:
+        key = self.settings.key.reveal()
+        if self.settings.flavor is Flavor.PROXY:
+            return {"Accept": "application/json", "Authorization": f"Bearer {key}"}
+        return {"Accept": "application/json", "Api-Key": key}
 
     @contextlib.asynccontextmanager
     async def request(
@@ -116,9 +148,9 @@ class Http:
         ``upload`` that failed on its own side raises its own error, and is
         released when the request ends, however it ends.
         """
-        timer = asyncio.timeout(self._settings.timeouts.attempt)
+        timer = asyncio.timeout(self.settings.timeouts.attempt)
         try:
-            session = self.session()
+            session = self.pool.session()
             async with (
                 timer,
                 session.request(method, url, timeout=self._timeout, **options) as response,
@@ -143,7 +175,7 @@ class Http:
         self, exc: aiohttp.ClientError, failed: str, hint: str, upload: ImagePayload | None
     ) -> IdeogramError:
         """The error of a request that got no usable answer; ``exc`` carries no headers."""
-        what = self._settings.key.redact(f"{type(exc).__name__}: {exc}")
+        what = self.settings.key.redact(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError) and not isinstance(
             exc, aiohttp.RedirectClientError
         ):
@@ -167,44 +199,54 @@ class Http:
     async def raise_for_status(
         self, response: aiohttp.ClientResponse, *, download: bool = False
     ) -> None:
-        """Raise the ``APIError`` of a non-2xx answer (``download``: of an image URL).
+        """Raise the ``APIStatusError`` of a non-2xx answer (``download``: of an image URL).
 
         Its body is read up to ``max_response_size`` (the rest is dropped) and the
         key is masked in it, in the detail decoded from it and in the request id.
         """
         if response.status >= 300:
             text = scrub(
-                self._settings.key,
-                await read_capped(response, self._settings.max_response_size, cut=True),
+                self.settings.key,
+                await read_capped(response, self.settings.max_response_size, cut=True),
             )
-            raise _api_error(response, text, self._settings.key, download=download)
+            raise _api_error(response, text, self.settings.key, download=download)
 
     async def text(self, response: aiohttp.ClientResponse) -> str:
-        """The body of a 2xx answer, as it came; any other status raises its ``APIError``.
+        """The body of a 2xx answer, as it came; any other status raises its ``APIStatusError``.
 
         A body over ``max_response_size`` raises ``ResponseFormatError``.
         """
         await self.raise_for_status(response)
-        limit = self._settings.max_response_size
-        return await read_capped(response, limit, cut=False)  # pragma: no mutate (None is False)
-
-    def parse(self, parse: Callable[[str, int], _T], text: str, status: int) -> _T:
-        """``parse(text, status)``; a ``ResponseFormatError`` it raises shows no key."""
         try:
-            return parse(text, status)
-        except ResponseFormatError:
-            scrubbed = scrub(self._settings.key, text)
-            if scrubbed == text:
-                raise
-        return parse(scrubbed, status)  # fails the same way, quoting the masked body
+            return await read_capped(response, self.settings.max_response_size, cut=False)
+        except ResponseFormatError as exc:
+            exc.request_id = request_id(response.headers, self.settings.key)
+            raise
+
+    def answer(
+        self, parse: Callable[[str, int], _T], response: aiohttp.ClientResponse, text: str
+    ) -> _T:
+        """``parse(text, status)`` of a 2xx answer; a ``ResponseFormatError`` it raises
+        shows no key and carries the response's request id."""
+        try:
+            try:
+                return parse(text, response.status)
+            except ResponseFormatError:
+                scrubbed = scrub(self.settings.key, text)
+                if scrubbed == text:
+                    raise
+            return parse(scrubbed, response.status)  # fails the same way, quoting the masked body
+        except ResponseFormatError as exc:
+            exc.request_id = request_id(response.headers, self.settings.key)
+            raise
 
     def _timeout_error(
         self, exc: TimeoutError, timer: asyncio.Timeout, upload: ImagePayload | None
     ) -> APITimeoutError:
-        timeouts = self._settings.timeouts
+        timeouts = self.settings.timeouts
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return APITimeoutError(
-                f"could not connect to {self._settings.base_url} within {timeouts.connect}s "
+                f"could not connect to {self.settings.base_url} within {timeouts.connect}s "
                 f"(Timeouts.connect); check base_url and the network",
                 kind="connect",
             )
@@ -243,10 +285,10 @@ def _abort(upload: ImagePayload | None) -> None:
 
 def _api_error(
     response: aiohttp.ClientResponse, text: str, key: Secret, *, download: bool
-) -> APIError:
-    """Map a non-2xx response to the matching :class:`APIError` subclass."""
+) -> APIStatusError:
+    """Map a non-2xx response to the matching :class:`APIStatusError` subclass."""
     headers: Mapping[str, str] = response.headers
-    said = headers.get("x-should-retry", "")  # pragma: no mutate (case-blind; "" = unsaid)
+    said = headers.get("x-should-retry", "")
     should_retry = said.strip().lower()
     try:
         data = json.loads(text)
@@ -258,15 +300,18 @@ def _api_error(
         _error_detail(data, text, response.content_type),
         hint=_EXPIRED if expired else None,
         body=text,
-        request_id=next(
-            (key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None
-        ),
+        request_id=request_id(headers, key),
         retry_after=parse_retry_after(headers),
         should_retry={"true": True, "false": False}.get(should_retry),
         **_rejection(data),
         method=response.method,
         url=str(response.url.with_user(None).with_query(None).with_fragment(None)),
     )
+
+
+def request_id(headers: Mapping[str, str], key: Secret) -> str | None:
+    """The id a response names itself by (the first of the usual headers), key masked."""
+    return next((key.redact(headers[h]) for h in _REQUEST_ID_HEADERS if h in headers), None)
 
 
 _EXPIRED = "the image URL has expired or does not exist; download results soon after upscaling"
@@ -305,7 +350,7 @@ def _error_detail(data: object, text: str, content_type: str) -> str:
     return snippet(text)  # "" for a blank body
 
 
-_CLASSES: Mapping[int, type[APIError]] = {
+_CLASSES: Mapping[int, type[APIStatusError]] = {
     400: BadRequestError,
     413: BadRequestError,
     422: BadRequestError,
@@ -362,14 +407,14 @@ def error_for_status(
     allowance: int | None = None,
     method: str | None = None,
     url: str | None = None,
-) -> APIError:
-    """Build the :class:`APIError` subclass that matches ``status``.
+) -> APIStatusError:
+    """Build the :class:`APIStatusError` subclass that matches ``status``.
 
     The message is the service's ``detail`` followed by ``hint``, what to do about
     it (by default a hint chosen by status and ``reject_reason``). A 402 is never
     retried, whatever a gateway's ``x-should-retry`` says.
     """
-    cls = _CLASSES.get(status, ServerError if status >= 500 else APIError)
+    cls = _CLASSES.get(status, ServerError if status >= 500 else APIStatusError)
     if status == 402:
         should_retry = False
         if hint is None and reject_reason is not None:
@@ -397,3 +442,65 @@ def error_for_status(
         method=method,
         url=url,
     )
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, *, cut: bool) -> str:
+    """The body decoded as UTF-8 (bad bytes replaced), at most ``limit`` bytes of it.
+
+    Read in chunks with a running total (aiohttp inflates gzip chunk by chunk), so a
+    huge or endless body costs no more memory than the cap. Over the cap, the body
+    is ``cut`` short or refused with ``ResponseFormatError``, before reading when
+    its ``Content-Length`` already says so.
+    """
+    length = response.content_length
+    if not cut and length is not None and length > limit:
+        raise _too_large(response.status, limit)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            if not cut:
+                raise _too_large(response.status, limit)
+            chunks.append(chunk[: len(chunk) - (total - limit)])
+            break
+        chunks.append(chunk)
+    # Always UTF-8, whatever charset the header names: JSON is UTF-8 (RFC 8259), and a
+    # named codec may not be a text codec at all ("idna", "punycode", "undefined").
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _too_large(status: int, limit: int) -> ResponseFormatError:
+    return ResponseFormatError(
+        f"the service answered HTTP {status} with a body over max_response_size "
+        f"({limit} bytes); check base_url points at the upscale service, or raise "
+        f"max_response_size",
+        body="",
+        status=status,
+    )
+
+
+def scrub(key: Secret, text: str) -> str:
+    """``text`` with the key masked, also where JSON escapes (``\\/``, ``\\u``) hide it.
+
+    A JSON body that decodes to something holding the key comes back re-encoded,
+    masked; any other text is returned with the key's plain form masked.
+    """
+    text = key.redact(text)
+    if "\\" not in text:
+        return text
+    try:
+        decoded = json.dumps(json.loads(text), ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
+        return text
+    return key.redact(decoded) if key.reveal() in decoded else text
+
+
+def without_headers(exc: aiohttp.ClientError) -> aiohttp.ClientError:
+    """``exc`` without the request headers (the key) aiohttp keeps in its response errors."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        exc.request_info = exc.request_info._replace(headers=CIMultiDictProxy(CIMultiDict()))
+        exc.history = ()
+        exc.headers = None
+        exc.args = (exc.request_info, ())
+    return exc

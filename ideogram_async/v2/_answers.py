@@ -15,23 +15,23 @@ from typing import Any
 
 import attrs
 
-from .errors import ResponseFormatError, snippet
-from .models import UpscaledImage, structure
+from ..errors import ResponseFormatError, snippet
+from ..models import UpscaledImage, structure
 
 __all__ = [
     "Generation",
     "PriceQuote",
     "QuoteItem",
     "QuoteSummary",
-    "V2Image",
     "V2UpscaleResponse",
+    "V2UpscaledImage",
 ]
 
 _MICRO = Decimal(1_000_000)
 
 
 @attrs.frozen(kw_only=True)
-class V2Image(UpscaledImage):
+class V2UpscaledImage(UpscaledImage):
     """One v2 result image; every field is optional.
 
     When the safety check withholds the image, ``url`` is null and ``is_image_safe``
@@ -60,7 +60,7 @@ class V2UpscaleResponse:
     width: int | None = None
     height: int | None = None
     seed: int | None = None
-    data: list[V2Image] = attrs.field(factory=list)
+    data: list[V2UpscaledImage] = attrs.field(factory=list)
 
 
 @attrs.frozen(kw_only=True)
@@ -178,7 +178,7 @@ class Generation:
     created: datetime | None = None
     failure_reason: str | None = None
     response_type: str | None = None
-    data: list[V2Image] = attrs.field(factory=list)
+    data: list[V2UpscaledImage] = attrs.field(factory=list)
     usage_cost_usd_micros: int | None = None
 
     @property

@@ -1,4 +1,4 @@
-"""Ideogram's v2 upscalers: one validated options class per model, and the 8192 px rule.
+"""The options of Ideogram's v2 upscalers: one validated class per model, and the 8192 px rule.
 
 ``POST /v2/image/upscale/{model}`` takes the source image as the file part ``image``
 and every option as a plain form field. Each model has its own class here; build one
@@ -9,8 +9,7 @@ and pass it to the client::
 Values are checked when the options are built (a bad one raises
 :class:`~ideogram_async.errors.ValidationError`, nothing is sent). Fields left
 ``None`` are not sent, so the service applies its own default (named in each field's
-docstring). The typed answers (:class:`V2UpscaleResponse`, :class:`PriceQuote`,
-:class:`Generation`) are re-exported here.
+docstring). The attrs validators and the form encoding the classes share come first.
 
 Every model but ``nano-banana-pro`` refuses an output wider or taller than 8192 px;
 :func:`check_output_size` applies that rule to a source's size before anything is
@@ -21,31 +20,15 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, ClassVar, Literal, TypeAlias
+from urllib.parse import urlsplit
 
 import attrs
 
-from ._v2_answers import (
-    Generation,
-    PriceQuote,
-    QuoteItem,
-    QuoteSummary,
-    V2Image,
-    V2UpscaleResponse,
-)
-from ._v2_fields import (
-    check_webhook_url,
-    choice,
-    collection_id,
-    flag,
-    form_value,
-    number,
-    seed_field,
-    text_up_to,
-    unit_field,
-)
-from .errors import ValidationError
+from ..errors import ValidationError
+from ..models import SEED_MAX
 
 __all__ = [
     "MAX_FILE_SIZE",
@@ -53,19 +36,13 @@ __all__ = [
     "MODELS",
     "AutoUpscaler",
     "Factor",
-    "Generation",
     "NanoBananaPro",
-    "PriceQuote",
-    "QuoteItem",
-    "QuoteSummary",
     "TopazBloom2",
     "TopazRedefine",
     "TopazStandard2",
     "TopazTextRefine",
     "TopazWonder35",
-    "V2Image",
     "V2Options",
-    "V2UpscaleResponse",
     "check_output_size",
     "check_webhook_url",
     "options_from_strings",
@@ -81,8 +58,113 @@ MAX_OUTPUT_SIDE = 8192
 """The widest or tallest output, in pixels, of every model but ``nano-banana-pro``."""
 MAX_FILE_SIZE = 50 * 1024 * 1024
 """The v2 upscalers' cap on an uploaded image (50 MB)."""
+_WEBHOOK_URL_MAX = 2048
 _FACTORS: dict[str, int] = {"x2": 2, "x4": 4, "x8": 8}
 _DEFAULT_FACTOR: Factor = "x2"
+_Validator: TypeAlias = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def number(low: float, high: float, *, integer: bool = False) -> _Validator:
+    """``None`` or a number (an int when ``integer``; never a bool) in ``low..high``."""
+    kind_name = "an int" if integer else "a number"
+    span = f"from {form_value(low)} to {form_value(high)}"
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+        ):
+            raise ValidationError(
+                f"{attribute.name} must be {kind_name} {span}, got {type(value).__name__} {value!r}"
+            )
+        if not low <= value <= high:
+            raise ValidationError(
+                f"{attribute.name} must be {span}, got {value!r}; "
+                f"pass a value in range or leave it unset for the service default"
+            )
+
+    return check
+
+
+def choice(*choices: str) -> _Validator:
+    """``None`` or one of ``choices``, spelled exactly."""
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and value not in choices:
+            raise ValidationError(
+                f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}"
+            )
+
+    return check
+
+
+def flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValidationError(
+            f"{attribute.name} must be True or False, got {type(value).__name__} {value!r}"
+        )
+
+
+def text_up_to(limit: int) -> _Validator:
+    """``None`` or a str of at most ``limit`` characters."""
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise ValidationError(
+                f"{attribute.name} must be a str, got {type(value).__name__} {value!r}"
+            )
+        if len(value) > limit:
+            raise ValidationError(
+                f"{attribute.name} is {len(value)} characters long; this model takes at "
+                f"most {limit}: shorten it"
+            )
+
+    return check
+
+
+def collection_id(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValidationError(f"{attribute.name} must be a non-empty str, got {value!r}")
+
+
+def unit_field() -> Any:
+    """An optional float field from 0 to 1."""
+    return attrs.field(default=None, validator=number(0, 1))
+
+
+def seed_field() -> Any:
+    """An optional seed field, 0..2147483647."""
+    return attrs.field(default=None, validator=number(0, SEED_MAX, integer=True))
+
+
+def form_value(value: object) -> str:
+    """A field's value as its form text: bools as ``true``/``false``, numbers plainly."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        # Plain decimals, never exponents ("1e-07" might not parse on the other side).
+        return format(Decimal(repr(value)).normalize(), "f")
+    return str(value)
+
+
+def check_webhook_url(url: object) -> str:
+    """``url`` if it is an https URL of at most 2048 characters, else ``ValidationError``."""
+    if not isinstance(url, str):
+        raise ValidationError(f"webhook_url must be a str, got {type(url).__name__} {url!r}")
+    if len(url) > _WEBHOOK_URL_MAX:
+        raise ValidationError(
+            f"webhook_url is {len(url)} characters long; the service takes at most "
+            f"{_WEBHOOK_URL_MAX}"
+        )
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValidationError(f"webhook_url must be an https:// URL with a host, got {url!r}")
+    return url
 
 
 @attrs.frozen(kw_only=True)

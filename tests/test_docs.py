@@ -1,12 +1,13 @@
-"""Every ```python block of README.md runs as written, against the emulator.
+"""Every ```python block of the README, CONTRIBUTING and docs/ runs as written.
 
 Each block runs in its own ``python -W error`` subprocess, in a temporary folder that
 holds sample images (``photo.png``, ``photo.jpg`` and ``photos/`` with a PNG, a JPEG
 and a WebP), with ``IDEOGRAM_BASE_URL`` and ``IDEOGRAM_API_KEY`` pointing at a running
-emulator, as the README tells readers to do. So a block must make its own imports and
-read the URL and key from the environment (or name them itself). It may use top-level
-``await`` (then it runs in ``asyncio.run``). Host names other than ``localhost`` do not
-resolve, so a block can build a client for another host but never reach it.
+emulator, as the docs tell readers to do: saved as ``example.py`` and run with ``python
+example.py``. So a block must make its own imports and read the URL and key from the
+environment (or name them itself), and cannot use top-level ``await``. Host names other
+than ``localhost`` do not resolve, so a block can build a client for another host but
+never reach it.
 
 A block that defines ``test_*`` functions is a test file: it runs under pytest
 (which must collect something and pass) instead.
@@ -36,37 +37,36 @@ from ideogram_async.testing import Emulator
 
 from ._support import KEY
 
-README = Path(__file__).parent.parent / "README.md"
+ROOT = Path(__file__).parent.parent
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = re.compile(r"<!--\s*not-run:\s*(?P<reason>.+?)\s*-->")
 TIMEOUT = 120.0
 _LOOP_SCOPE_UNSET = 'The configuration option "asyncio_default_fixture_loop_scope" is unset'
 
-# Runs one block (argv[1], already padded so its line numbers are the README's).
+# Runs example.py as `python example.py` would, with only loopback names resolving.
 _RUNNER = """
-import ast, asyncio, inspect, socket, sys
+import runpy, socket
 
 _getaddrinfo = socket.getaddrinfo
 
 
 def _local_only(host, *args, **kwargs):
     if host not in ("127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"):
-        raise OSError(f"a README block tried to reach {host!r}: only the emulator is allowed")
+        raise OSError(f"a docs example tried to reach {host!r}: only the emulator is allowed")
     return _getaddrinfo(host, *args, **kwargs)
 
 
 socket.getaddrinfo = _local_only
-with open(sys.argv[1], encoding="utf-8") as file:
-    code = compile(file.read(), "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-result = eval(code, {"__name__": "__main__"})
-if inspect.iscoroutine(result):
-    asyncio.run(result)
+runpy.run_path("example.py", run_name="__main__")
 """
 
 
 @attrs.frozen
 class Block:
+    doc: str
+    """The file it is in, relative to the repository (``docs/v2.md``)."""
     line: int
-    """The README line of the block's first line of code."""
+    """The line of the block's first line of code in its file."""
     code: str
     skip: str | None
     """Why it is left out, or None."""
@@ -81,7 +81,7 @@ class Block:
         )
 
 
-def python_blocks(text: str) -> list[Block]:
+def python_blocks(text: str, doc: str = "README.md") -> list[Block]:
     """The ```python blocks of a Markdown text, with any skip marker right before each."""
     lines = text.splitlines()
     blocks: list[Block] = []
@@ -95,6 +95,7 @@ def python_blocks(text: str) -> list[Block]:
             marker = SKIP.search(lines[index - 1]) if index else None
             blocks.append(
                 Block(
+                    doc=doc,
                     line=start + 1,
                     code="\n".join(lines[start:end]) + "\n",
                     skip=marker["reason"] if marker else None,
@@ -105,7 +106,11 @@ def python_blocks(text: str) -> list[Block]:
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [
+    block
+    for path in DOCS
+    for block in python_blocks(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
+]
 
 
 def make_samples(folder: Path) -> None:
@@ -133,34 +138,38 @@ async def run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str
     return process.returncode or 0, output.decode(errors="replace")
 
 
-def test_the_readme_has_python_blocks_and_markers_parse() -> None:
-    assert len(BLOCKS) >= 5
-    marked = python_blocks("text\n<!-- not-run: needs Redis -->\n```python\nx = 1\n```\n")
-    assert marked == [Block(line=4, code="x = 1\n", skip="needs Redis")]
+def test_the_docs_have_python_blocks_and_markers_parse() -> None:
+    assert len(BLOCKS) >= 10
+    assert {block.doc for block in BLOCKS} >= {"README.md", "docs/library.md", "docs/v2.md"}
+    marked = python_blocks("text\n<!-- not-run: needs Redis -->\n```python\nx = 1\n```\n", "a.md")
+    assert marked == [Block(doc="a.md", line=4, code="x = 1\n", skip="needs Redis")]
     tests = python_blocks("```python\nasync def test_it() -> None:\n    pass\n```\n")
     assert tests[0].is_test_file
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"README.md:{b.line}" for b in BLOCKS])
-async def test_readme_block_runs_as_written(
-    block: Block, emulator: Emulator, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])
+def test_every_block_is_a_whole_program(block: Block) -> None:
+    """``python example.py`` cannot run top-level ``await``: a block wraps it in asyncio.run."""
+    compile(block.code, f"{block.doc}:{block.line}", "exec")
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])
+async def test_docs_block_runs_as_written(block: Block, emulator: Emulator, tmp_path: Path) -> None:
     if block.skip is not None:
         pytest.skip(block.skip)
     make_samples(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
     env |= {"IDEOGRAM_BASE_URL": emulator.base_url, "IDEOGRAM_API_KEY": KEY}
+    where = f"{block.doc}:{block.line}"
     if block.is_test_file:
-        (tmp_path / "test_readme_block.py").write_text(block.code, encoding="utf-8")
+        (tmp_path / "test_example.py").write_text(block.code, encoding="utf-8")
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
-        # pytest-asyncio's nag about its unset loop-scope option (the README explains it).
+        # pytest-asyncio's nag about its unset loop-scope option (the docs explain it).
         args += ["-W", f"ignore:{_LOOP_SCOPE_UNSET}:pytest.PytestDeprecationWarning"]
-        status, output = await run([*args, "test_readme_block.py"], tmp_path, env)
-        assert status == 0, f"README.md:{block.line} failed under pytest:\n{output}"
+        status, output = await run([*args, "test_example.py"], tmp_path, env)
+        assert status == 0, f"{where} failed under pytest:\n{output}"
         assert re.search(r"\b[1-9]\d* passed\b", output), output
         return
-    script = tmp_path / ".block.py"
-    script.write_text("\n" * (block.line - 1) + block.code, encoding="utf-8")
-    runner = [sys.executable, "-W", "error", "-c", _RUNNER, str(script)]
-    status, output = await run(runner, tmp_path, env)
-    assert status == 0, f"README.md:{block.line} failed:\n{output}"
+    (tmp_path / "example.py").write_text(block.code, encoding="utf-8")
+    status, output = await run([sys.executable, "-W", "error", "-c", _RUNNER], tmp_path, env)
+    assert status == 0, f"{where} failed:\n{output}"

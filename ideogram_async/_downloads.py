@@ -1,4 +1,4 @@
-"""Writing downloads safely: checked on their first bytes, capped, renamed in when complete."""
+"""Downloads written safely: checked on their first bytes, capped, renamed in when complete."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._threads import in_thread
 from .errors import IdeogramError, ResponseFormatError
 from .images import FORMATS, SNIFF_BYTES, SUFFIXES, sniff
+from .uploads import in_thread
 
 DEFAULT_MAX_DOWNLOAD_SIZE = 100 * 1024 * 1024
 """The largest image ``download`` writes by default (100 MB), decoded size."""
@@ -70,7 +70,7 @@ async def write_atomically(
         raise ResponseFormatError(
             f"the downloaded body for {target.name} is not a JPEG, PNG or WebP image "
             f"(it starts with {head[:8]!r}); the URL may have expired",
-            body=head[:SNIFF_BYTES].decode("latin-1"),  # pragma: no mutate (case-blind codec name)
+            body=head[:SNIFF_BYTES].decode("latin-1"),
         )
     if target.suffix.lower() not in SUFFIXES:
         target = target.with_name(target.name + fmt.suffix)

@@ -164,7 +164,7 @@ async def upscale_once(
 ) -> BatchResult[UpscaleResponse] | BatchResult[V2UpscaleResponse]:
     """The one call of the client's upscale API here: v1 or v2, with its attempts and time."""
     if isinstance(request, V2Options):
-        async with client.upscale_many([source], request) as v2_run:
+        async with client.v2.upscale_many([source], request) as v2_run:
             async for v2_result in v2_run:
                 return v2_result
     else:

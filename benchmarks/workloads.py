@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .celery_workers import celery_workers
 from .clients import NAIVE_ATTEMPTS, Client
 from .processes import run_worker, running_server
 from .report import Compare, Row, Unit
@@ -55,6 +56,9 @@ class Sizes:
     shared_count: int
     shared_latency: float
     shared_rounds: int
+    celery_count: int
+    celery_latency: float
+    celery_rounds: int
 
     def describe(self) -> list[str]:
         """One line per workload, then the rounds: the header of the table."""
@@ -81,6 +85,9 @@ class Sizes:
             f"{self.cost_concurrency} tasks, shared allowance on a local redis-server vs local",
             "workload 9 telemetry: workload 2 with the OpenTelemetry SDK and in-memory "
             "exporters (and aiohttp's own instrumentation) vs tracing off",
+            f"workload 11 celery workers: {self.celery_count} images, latency "
+            f"{self.celery_latency * 1000:.0f} ms, emulator allowance 10: 3 celery workers "
+            f"(threads pool) sharing it on Redis vs one process (best of {self.celery_rounds})",
             f"best of {self.rounds} rounds ({self.fanout_rounds} for workload 4), "
             f"variants alternating within each round",
         ]
@@ -108,6 +115,9 @@ FULL = Sizes(
     shared_count=400,
     shared_latency=0.1,
     shared_rounds=3,
+    celery_count=300,
+    celery_latency=0.2,
+    celery_rounds=2,
 )
 """The sizes of the full run."""
 
@@ -133,6 +143,9 @@ QUICK = Sizes(
     shared_count=120,
     shared_latency=0.05,
     shared_rounds=1,
+    celery_count=60,
+    celery_latency=0.2,
+    celery_rounds=1,
 )
 """Reduced sizes for the CI smoke test (about half a minute on two cores)."""
 
@@ -502,5 +515,6 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "processes": many_processes,
     "acquire": acquire_cost,
     "telemetry": telemetry_cost,
+    "celery": celery_workers,
 }
 """Every workload by its short name, in the order they run."""

@@ -184,7 +184,7 @@ class RedisAllowance:
                 await client.ping()
                 await pubsub.subscribe(self._channel)
             except (RedisError, OSError) as exc:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 await client.aclose()
                 raise SharedAllowanceError(
                     f"cannot reach Redis at {self._shown_url} for the shared allowance: "
@@ -214,7 +214,7 @@ class RedisAllowance:
                     await task
             self._tasks = []
             if self._pubsub is not None:
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             if self._redis is not None:
                 await self._redis.aclose()
             self._redis = self._pubsub = None

@@ -443,7 +443,7 @@ async def test_an_older_clients_ticket_is_called_not_granted(
             assert messages[1] == b"old"  # its process tries the acquire it knows
             assert await redis_state(url, redis_key) == (0, 1)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         await client.aclose()
 
 

@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -86,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{PROG} {args.name}: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr
         )
         return EXIT_USAGE
-    command = {"upscale": _upscale, "demo": _demo}[args.name]
+    command = {"upscale": _upscale, "enqueue": _enqueue, "status": _status, "demo": _demo}[
+        args.name
+    ]
     try:
         with serving_metrics(vars(args).get("metrics_port")):
             return command(args)
@@ -327,17 +328,7 @@ async def _sharing(
 
 def _shared_at(args: argparse.Namespace) -> SharedAt:
     """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password."""
-    parts = urlsplit(args.shared_allowance)
-    if parts.scheme == "unix":
-        host = parts.path
-    else:
-        try:
-            port = parts.port or 6379
-        except ValueError:  # redis-py refuses it when connecting; show it as given
-            port = None
-        database = parts.path.strip("/") or "0"
-        host = f"{parts.hostname or 'localhost'}:{port or '?'}/{database}"
-    return SharedAt(host=host, key=args.allowance_key or _DEFAULT_ALLOWANCE_KEY)
+    return SharedAt.from_url(args.shared_allowance, args.allowance_key or _DEFAULT_ALLOWANCE_KEY)
 
 
 _DEFAULT_ALLOWANCE_KEY = "ideogram_async"
@@ -447,6 +438,56 @@ def _check_writable(out_dir: Path, folders: MadeFolders) -> None:
         raise UsageError(
             f"cannot write results into --out {out_dir}: {exc.strerror or exc}"
         ) from None
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    """``ideogram-async enqueue``: check everything here, then send one task per image."""
+    from ._enqueue import enqueue_job
+
+    request = _v2_options(args) if args.model else _request(args)
+    if not args.out:
+        raise UsageError("--out DIR is required: the folder the workers save the results in")
+    if not args.wait:
+        shown = {"--json": args.json, "--quiet": args.quiet, "--progress": args.progress != "auto"}
+        given = [flag for flag, value in shown.items() if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} show(s) the wait for the job: add --wait")
+    view = _view(args)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; pass a folder")
+    sources = find_images(args.images, recursive=args.recursive, exclude=out_dir.resolve())
+    check_collisions(sources, out_dir)
+    folders = MadeFolders()
+    _check_writable(out_dir, folders)
+    try:
+        return _run(
+            lambda stop: enqueue_job(
+                sources,
+                out_dir,
+                request,
+                broker=args.broker,
+                redis=args.shared_allowance,
+                wait=args.wait,
+                view=view,
+                stop=stop,
+            )
+        )
+    except UsageError:  # nothing was sent: leave no folder behind
+        folders.remove_empty()
+        raise
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``ideogram-async status ID``."""
+    from ._enqueue import job_status
+
+    json_path = Path(args.json) if args.json else None
+    return _run(
+        lambda stop: job_status(
+            args.job, broker=args.broker, redis=args.shared_allowance, json_path=json_path
+        )
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -57,6 +57,23 @@ exit status: 0 all images done, 1 some failed or the run was stopped, 2 usage er
 (nothing was sent), 130 interrupted (Ctrl-C or SIGTERM).
 """
 
+_ENQUEUE_EXAMPLES = """\
+examples:
+  celery -A ideogram_async.celery worker --pool threads --concurrency 16   # on each host
+  ideogram-async enqueue /shared/photos -o /shared/big --wait --json big/summary.json
+  ideogram-async enqueue /shared/photos -o /shared/big --model topaz-bloom-2 --factor x4
+  ideogram-async status 3f2a9c0d1e4b5a69
+
+The workers read the service, key and allowance from their environment (see
+ideogram_async.celery). An image whose result was already made is not paid for again.
+With --wait, the progress (--progress, --quiet) and the summary (--json PATH) are
+those of upscale.
+
+exit status: 0 all images done, 1 some failed (or Redis stopped answering during
+--wait), 2 usage error (nothing was sent), 130 interrupted (the workers go on; follow
+them with status).
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; ``args.name`` says which one was chosen."""
@@ -87,30 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument(
         "-r", "--recursive", action="store_true", help="look into subfolders; let ** match them"
     )
-    options = upscale.add_argument_group("upscale options (unset ones use the service default)")
-    options.add_argument("--prompt", metavar="TEXT", help="text that guides the upscale")
-    options.add_argument("--resemblance", type=int, metavar="1-100", help="closeness to the input")
-    options.add_argument("--detail", type=int, metavar="1-100", help="how much detail to add")
-    options.add_argument(
-        "--magic-prompt",
-        type=str.upper,
-        choices=[option.value for option in MagicPrompt],
-        help="let the service rewrite the prompt",
-    )
-    options.add_argument("--seed", type=int, metavar="N", help="seed for repeatable results")
-    options.add_argument(
-        "--num-images", type=int, metavar="1-8", help="variants to make of each image"
-    )
-    v2 = upscale.add_argument_group("v2 upscalers (Ideogram's API; --prompt and --seed apply)")
-    v2.add_argument("--model", choices=list(MODELS), help="the v2 upscaler to use")
-    v2.add_argument("--factor", choices=["x2", "x4", "x8"], help="output size per side [x2]")
-    v2.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a model option, e.g. creativity=5 or face_enhancement=true (repeatable)",
-    )
+    v2 = _add_upscale_options(upscale)
     v2.add_argument(
         "--dry-run",
         action="store_true",
@@ -196,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         "results it records as paid for, upscale the rest",
     )
 
+    _add_enqueue(commands)
+    _add_status(commands)
+
     demo = commands.add_parser(
         "demo",
         help="run the whole job against the built-in emulator (no key, no network)",
@@ -233,6 +230,93 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_upscale_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The options of one upscale (v1 and v2), shared by ``upscale`` and ``enqueue``."""
+    options = parser.add_argument_group("upscale options (unset ones use the service default)")
+    options.add_argument("--prompt", metavar="TEXT", help="text that guides the upscale")
+    options.add_argument("--resemblance", type=int, metavar="1-100", help="closeness to the input")
+    options.add_argument("--detail", type=int, metavar="1-100", help="how much detail to add")
+    options.add_argument(
+        "--magic-prompt",
+        type=str.upper,
+        choices=[option.value for option in MagicPrompt],
+        help="let the service rewrite the prompt",
+    )
+    options.add_argument("--seed", type=int, metavar="N", help="seed for repeatable results")
+    options.add_argument(
+        "--num-images", type=int, metavar="1-8", help="variants to make of each image"
+    )
+    v2 = parser.add_argument_group("v2 upscalers (Ideogram's API; --prompt and --seed apply)")
+    v2.add_argument("--model", choices=list(MODELS), help="the v2 upscaler to use")
+    v2.add_argument("--factor", choices=["x2", "x4", "x8"], help="output size per side [x2]")
+    v2.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a model option, e.g. creativity=5 or face_enhancement=true (repeatable)",
+    )
+    return v2
+
+
+def _add_enqueue(commands: argparse._SubParsersAction[_Parser]) -> None:
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="send the job to Celery workers (ideogram_async.celery), one task per image",
+        description="Send one upscale task per image to Celery workers that share one "
+        "allowance; the images and --out must be on a file system every worker sees.",
+        epilog=_ENQUEUE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enqueue.set_defaults(name="enqueue", dry_run=False)
+    enqueue.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (their .jpg/.jpeg/.png/.webp files) or glob patterns",
+    )
+    enqueue.add_argument("-o", "--out", metavar="DIR", help="folder to save the results in")
+    enqueue.add_argument(
+        "-r", "--recursive", action="store_true", help="look into subfolders; let ** match them"
+    )
+    _add_upscale_options(enqueue)
+    _add_workers(enqueue)
+    enqueue.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until every image is done, then the summary",
+    )
+    _add_view(enqueue, attempts=False)
+
+
+def _add_status(commands: argparse._SubParsersAction[_Parser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="show how far an enqueued job is",
+        description="Show how far a job sent by `enqueue` is, and its summary so far. Exit "
+        "status: 0 every image done, 1 some failed, 3 some not done yet.",
+    )
+    status.set_defaults(name="status")
+    status.add_argument("job", metavar="ID", help="the id that enqueue printed")
+    _add_workers(status)
+    status.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
+
+
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    workers = parser.add_argument_group("workers")
+    workers.add_argument(
+        "--broker",
+        metavar="URL",
+        help="the Celery broker [env IDEOGRAM_BROKER_URL, else redis://127.0.0.1:6379/0]",
+    )
+    workers.add_argument(
+        "--shared-allowance",
+        metavar="REDIS_URL",
+        help="the Redis where the workers share the allowance and record results "
+        "[env IDEOGRAM_SHARED_ALLOWANCE, else the broker]",
+    )
+
+
 def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--allowance",
@@ -246,7 +330,9 @@ def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     )
 
 
-def _add_view(parser: argparse.ArgumentParser) -> None:
+def _add_view(parser: argparse.ArgumentParser, *, attempts: bool = True) -> None:
+    """``--progress``, ``--quiet``, ``--json`` and (with ``attempts``, where the attempts
+    are made in this process) ``-v``."""
     view = parser.add_argument_group("progress and summary")
     view.add_argument(
         "--progress",
@@ -257,7 +343,12 @@ def _add_view(parser: argparse.ArgumentParser) -> None:
     view.add_argument(
         "-q", "--quiet", action="store_true", help="no progress and no notes: only the summary"
     )
-    view.add_argument("-v", "--verbose", action="store_true", help="one line per attempt on stderr")
+    if attempts:
+        view.add_argument(
+            "-v", "--verbose", action="store_true", help="one line per attempt on stderr"
+        )
+    else:
+        parser.set_defaults(verbose=False)
     view.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
 
 

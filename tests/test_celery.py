@@ -1,0 +1,626 @@
+"""Celery workers (``ideogram_async.celery``) and ``enqueue``/``status``, with real parts.
+
+Every test that runs workers starts its own ``redis-server`` (broker, shared allowance
+and records), real ``celery worker`` processes (``--pool threads``) and the emulator in
+allowance mode, in this process. The idempotency rules of one image are tested
+in-process against the same real Redis and emulator, without Celery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from ideogram_async import IdeogramClient, ValidationError
+from ideogram_async._image_task import ImageBusy, ImageTask, run_image
+from ideogram_async.celery import (
+    TASK_NAME,
+    JobStore,
+    WorkerSettings,
+    enqueue,
+    image_message,
+    open_store,
+    register,
+)
+from ideogram_async.cli import main
+from ideogram_async.redis_allowance import RedisAllowance
+from ideogram_async.testing import Emulator, Fault, FaultPlan
+
+from ._redis import RedisServer, free_port
+
+KEY = "sk-celery-5ecr3t-key"
+"""Distinctive, so that a leak into any output is easy to spot."""
+ROOT = Path(__file__).resolve().parent.parent
+JSON_KEYS = {
+    "total",
+    "succeeded",
+    "failed",
+    "skipped",
+    "refused",
+    "retries",
+    "seconds",
+    "usd",
+    "allowance",
+    "failures",
+}
+
+
+def make_inputs(folder: Path, count: int) -> list[Path]:
+    """``count`` distinct 16x16 PNGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"img{index:03d}.png"
+        Image.new("RGB", (16, 16), (index % 256, index // 256, 99)).save(path)
+        paths.append(path)
+    return paths
+
+
+def assert_one_decoding_output_each(inputs: list[Path], out: Path) -> None:
+    """Every input has exactly one result in ``out``, a whole 32x32 image; nothing else."""
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == sorted(f"{p.stem}.upscaled.png" for p in inputs)
+    for path in files:
+        with Image.open(path) as image:
+            image.load()
+            assert image.size == (32, 32)
+
+
+@attrs.frozen
+class Cluster:
+    """What the workers of one test are pointed at."""
+
+    redis: RedisServer
+    emulator: Emulator
+    allowance: int
+    logs: Path
+    key: str = "celery-tests"
+    """The name of the workers' shared allowance (``IDEOGRAM_ALLOWANCE_KEY``)."""
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
+        env.update(
+            IDEOGRAM_BROKER_URL=self.redis.url,
+            IDEOGRAM_ALLOWANCE=str(self.allowance),
+            IDEOGRAM_ALLOWANCE_KEY=self.key,
+            IDEOGRAM_BASE_URL=self.emulator.base_url,
+            IDEOGRAM_API_KEY=KEY,
+            IDEOGRAM_LEASE="1.5",
+            IDEOGRAM_VISIBILITY_TIMEOUT="3",
+            PYTHONPATH=str(ROOT),
+        )
+        return env
+
+    def worker(self, name: str, *, threads: int, app: str = "ideogram_async.celery") -> Worker:
+        """Start a ``celery worker`` process (threads pool); its output goes to a log."""
+        log = (self.logs / f"{name}.log").open("wb")
+        command = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "threads"]
+        command += ["--concurrency", str(threads), "-n", f"{name}@%h", "--loglevel", "INFO"]
+        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        process = subprocess.Popen(
+            command,
+            env=self.env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return Worker(process, self.logs / f"{name}.log")
+
+
+@attrs.frozen
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), killed if it takes too long."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """The workers a test starts, all stopped at its end."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+    for worker in started:
+        assert KEY not in worker.log.read_text(errors="replace")
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A redis-server and an emulator that allows 6 images in flight, 50 ms per upscale."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with RedisServer(tmp_path) as redis:
+        async with Emulator(api_key=KEY, allowance=6, latency=0.05) as emulator:
+            yield Cluster(redis=redis, emulator=emulator, allowance=6, logs=logs)
+
+
+async def start_cli(cluster: Cluster, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ideogram_async",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cluster.env(),
+    )
+
+
+async def test_a_worker_killed_mid_run_loses_no_image_and_pays_at_most_the_allowance_again(
+    cluster: Cluster, workers: list[Worker], tmp_path: Path
+) -> None:
+    """120 images; the only worker is SIGKILLed while it holds the whole allowance on the
+    wire, two others finish the job: one decoding output per image, at most 120 + 6
+    upscales asked for, none refused, never more than 6 in flight."""
+    count, allowance, emulator = 120, cluster.allowance, cluster.emulator
+    inputs = make_inputs(tmp_path / "in", count)
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    workers.append(cluster.worker("first", threads=allowance + 2))
+    cli = await start_cli(
+        cluster, "enqueue", str(tmp_path / "in"), "-o", str(out), "--wait", "--json", str(summary)
+    )
+    assert cli.stdout is not None
+    lines = []
+    async for line in cli.stdout:  # the plain progress lines: "[k/120] ok ..."
+        lines.append(line.decode())
+        if line.startswith(b"[30/"):
+            break
+    else:
+        pytest.fail("enqueue ended before 30 images were done:\n" + "".join(lines))
+    emulator.pause()
+    async with asyncio.timeout(60):
+        await emulator.wait_places(allowance)  # all on the first worker: the only one
+    workers[0].process.send_signal(signal.SIGKILL)
+    workers[0].process.wait()
+    workers.extend(cluster.worker(name, threads=4) for name in ("second", "third"))
+    emulator.resume()
+    try:
+        async with asyncio.timeout(80):
+            rest, errors = await cli.communicate()
+    except TimeoutError:
+        cli.kill()
+        logs = "".join(w.log.read_text(errors="replace")[-3000:] for w in workers)
+        seen = f"{emulator.stats.requests} requests, {emulator.stats.responses_by_status}"
+        pytest.fail(f"the job did not end ({seen}):\n{''.join(lines)}\n{logs}")
+    lines += rest.decode().splitlines(keepends=True)
+    assert cli.returncode == 0, "".join(lines) + errors.decode()
+    assert KEY not in "".join(lines) + errors.decode()
+
+    assert_one_decoding_output_each(inputs, out)
+    stats = emulator.stats
+    assert count + allowance >= stats.requests > count  # the killed worker's were paid for
+    assert stats.rejected_over_allowance == 0
+    assert stats.responses_by_status[429] == 0
+    assert stats.peak_places_in_use <= allowance
+    written = json.loads(summary.read_text())
+    assert set(written) == JSON_KEYS
+    assert (written["total"], written["succeeded"], written["failed"]) == (count, count, 0)
+    assert written["skipped"] == 0  # an image the killed worker finished is this job's
+    assert (written["refused"], written["failures"]) == ({}, [])
+    host = cluster.redis.url.removeprefix("redis://")
+    assert written["allowance"] == {"shared": {"host": host, "key": cluster.key}, "bound": None}
+
+
+async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
+    cluster: Cluster, workers: list[Worker], tmp_path: Path
+) -> None:
+    """Without workers the job waits in the broker (status: 3, all pending); once a
+    worker runs it, status says done (0) and a second enqueue skips every image."""
+    inputs = make_inputs(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    cli = await start_cli(cluster, "enqueue", str(tmp_path / "in"), "-o", str(out))
+    printed, _ = await cli.communicate()
+    assert cli.returncode == 0
+    job = printed.decode().split("ideogram-async status ")[1].strip()
+    status = await start_cli(cluster, "status", job)
+    text, _ = await status.communicate()
+    assert status.returncode == 3, text
+    assert f"Job {job}: 0 of 4 image(s) finished, 4 not yet." in text.decode()
+
+    workers.append(cluster.worker("only", threads=2))
+    summary = tmp_path / "again.json"
+    again = await start_cli(
+        cluster, "enqueue", str(tmp_path / "in"), "-o", str(out), "--wait", "--quiet",
+        "--json", str(summary),
+    )  # fmt: skip
+    waited, _ = await again.communicate()
+    assert again.returncode == 0, waited
+    # --quiet: no progress and no notes, only the summary (the one upscale shows).
+    assert waited.decode().startswith("Done: "), waited
+    assert b"[1/" not in waited and b"Enqueued" not in waited
+    assert json.loads(summary.read_text())["total"] == 4
+    assert_one_decoding_output_each(inputs, out)
+    # The second job's tasks queue behind the first's, so the first is done by now.
+    status = await start_cli(cluster, "status", job, "--json", str(tmp_path / "s.json"))
+    text, _ = await status.communicate()
+    assert status.returncode == 0, text
+    assert f"Job {job}: 4 of 4 image(s) finished, 0 not yet." in text.decode()
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert set(written) == JSON_KEYS
+    assert written["succeeded"] + written["skipped"] == 4
+    assert cluster.emulator.stats.requests == 4  # each image paid for once over both jobs
+
+
+async def test_wait_sends_again_an_image_whose_message_was_lost(
+    cluster: Cluster, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A message the broker lost (Celery's Redis transport can, when its worker is killed
+    while fetching it): after a silence, --wait sends the image nobody holds again."""
+    import redis.asyncio as aioredis
+
+    inputs = make_inputs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    cli = await start_cli(cluster, "enqueue", str(tmp_path / "in"), "-o", str(out), "--wait")
+    assert cli.stdout is not None
+    first = await cli.stdout.readline()
+    assert first.startswith(b"Enqueued 3 image(s)"), first
+    broker = aioredis.Redis.from_url(cluster.redis.url)
+    try:
+        assert await broker.rpop("celery") is not None  # the queue of the default app
+    finally:
+        await broker.aclose()
+    workers.append(cluster.worker("only", threads=2))
+    async with asyncio.timeout(80):
+        rest, errors = await cli.communicate()
+    assert cli.returncode == 0, rest + errors
+    assert b"sent the 1 that no worker holds again" in rest
+    assert_one_decoding_output_each(inputs, out)
+    assert cluster.emulator.stats.requests == 3
+
+
+async def test_an_application_registers_the_task_on_its_own_celery_app(
+    cluster: Cluster, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A worker of the application's own app (tests/celery_app.py) runs the same task."""
+    from tests.celery_app import app, upscale
+
+    assert upscale.name == TASK_NAME
+    assert TASK_NAME in app.tasks
+    assert upscale.acks_late
+    assert upscale.reject_on_worker_lost
+    app.conf.update(broker_url=cluster.redis.url)
+    workers.append(cluster.worker("app", threads=2, app="tests.celery_app"))
+    inputs = make_inputs(tmp_path / "in", 3)
+    store = open_store(cluster.redis.url)
+    try:
+        await enqueue(upscale, store, "own-app", [(p, p.stem) for p in inputs], tmp_path / "out")
+        seen: set[int] = set()
+        after = "0"
+        while len(seen) < len(inputs):
+            for event in await store.events("own-app", after, block=2.0):
+                after = event.id
+                assert event.outcome == "ok"
+                seen.add(event.index)
+    finally:
+        await store.aclose()
+    assert_one_decoding_output_each(inputs, tmp_path / "out")
+
+
+# -- one image, in-process: the idempotency rules -------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    emulator: Emulator, redis: RedisServer, key: str
+) -> AsyncIterator[tuple[IdeogramClient, JobStore]]:
+    """A client of ``emulator`` with an allowance of 4 in ``redis``, and the records there."""
+    allowance = RedisAllowance(redis.url, 4, key=key)
+    store = open_store(redis.url)
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, allowance=allowance
+        ) as client:
+            yield client, store
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+
+
+@pytest_asyncio.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    async with Emulator(api_key=KEY) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def parts(
+    emu: Emulator, redis_server: RedisServer, redis_key: str
+) -> AsyncIterator[tuple[IdeogramClient, JobStore]]:
+    async with connected(emu, redis_server, redis_key) as opened:
+        yield opened
+
+
+async def test_a_recorded_result_is_never_paid_for_twice(
+    parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    client, store = parts
+    task = ImageTask.of(png_path, tmp_path / "out")
+    assert await run_image(client, store, task, lease=5) == "ok"
+    record = await store.record(task.key)
+    output = tmp_path / "out" / "photo.upscaled.png"
+    assert record.status == "ok"
+    assert record.outputs == (str(output),)
+    assert len(record.urls) == 1
+    assert (emu.stats.requests, emu.stats.image_downloads) == (1, 1)
+
+    assert await run_image(client, store, task, lease=5) == "skipped"  # its output exists
+    assert (emu.stats.requests, emu.stats.image_downloads) == (1, 1)
+
+    output.unlink()  # a worker died after the upscale: the recorded URL is downloaded
+    leftover = output.with_name(".photo.upscaled.png.0123456789abcdef.part")
+    leftover.write_bytes(b"half an image")  # what its download left behind
+    assert await run_image(client, store, task, lease=5) == "ok"
+    assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
+    assert sorted(p.name for p in output.parent.iterdir()) == [output.name]
+
+
+async def test_an_image_done_by_an_earlier_delivery_of_the_job_counts_as_its_success(
+    parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    client, store = parts
+    first = ImageTask.of(png_path, tmp_path / "out", job="job-1")
+    assert await run_image(client, store, first, lease=5) == "ok"
+    assert await run_image(client, store, first, lease=5) == "ok"  # delivered again
+    later = ImageTask.of(png_path, tmp_path / "out", job="job-2")
+    assert await run_image(client, store, later, lease=5) == "skipped"
+    assert emu.stats.requests == 1
+
+
+async def test_a_v2_model_runs_through_the_same_task(
+    emu: Emulator, redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
+) -> None:
+    from ideogram_async.v2 import TopazStandard2
+
+    allowance = RedisAllowance(redis_server.url, 4, key=redis_key)
+    store = open_store(redis_server.url)
+    task = ImageTask.of(png_path, tmp_path / "out", TopazStandard2(upscale_factor="x2"))
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=emu.base_url, flavor="official", allowance=allowance
+        ) as client:
+            assert await run_image(client, store, task, lease=5) == "ok"
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    [upload] = emu.stats.v2_uploads
+    assert upload.model == "topaz-standard-2"
+    assert upload.fields["upscale_factor"] == "x2"
+    with Image.open(tmp_path / "out" / "photo.upscaled.png") as image:
+        image.load()
+
+
+async def test_the_urls_are_recorded_before_the_download(
+    redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
+) -> None:
+    """A download that fails leaves the paid result's URL recorded; the next delivery
+    downloads it without a second upscale."""
+    task = ImageTask.of(png_path, tmp_path / "out")
+    emulator = Emulator(api_key=KEY, image_faults=FaultPlan([Fault.status(404)]))
+    async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
+        assert await run_image(client, store, task, lease=5) == "failed"
+        record = await store.record(task.key)
+        assert record.status == "failed"
+        assert len(record.urls) == 1
+        assert record.error is not None
+        assert record.error.startswith("download failed")
+        assert await run_image(client, store, task, lease=5) == "ok"
+    assert (emulator.stats.requests, emulator.stats.image_downloads) == (1, 1)
+    assert (tmp_path / "out" / "photo.upscaled.png").is_file()
+
+
+async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
+    parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    client, store = parts
+    task = ImageTask.of(png_path, tmp_path / "out")
+    assert await store.claim(task.key, "another-delivery", 5)
+    with pytest.raises(ImageBusy, match="another delivery"):
+        await run_image(client, store, task, lease=5)
+    assert emu.stats.requests == 0
+    await store.release(task.key, "another-delivery")
+    assert await run_image(client, store, task, lease=5) == "ok"
+
+
+async def test_a_failed_upscale_is_recorded_with_its_error_and_counts(
+    redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
+) -> None:
+    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(400)]))
+    async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
+        task = ImageTask.of(png_path, tmp_path / "out", job=redis_key)
+        await store.create_job(redis_key, [task.key], str(tmp_path / "out"))
+        assert await run_image(client, store, task, lease=5) == "failed"
+        record = await store.record(task.key)
+        events = await store.events(redis_key, "0", block=None)
+    assert record.status == "failed"
+    assert record.attempts == 1
+    assert record.urls == ()
+    assert record.error is not None
+    assert "400" in record.error
+    assert [(event.index, event.outcome) for event in events] == [(0, "failed")]
+
+
+async def test_every_refusal_is_counted_against_its_image(
+    redis_server: RedisServer, redis_key: str, tmp_path: Path
+) -> None:
+    """Workers told of 8 places against a service that allows 2: the records' refusals
+    add up to the service's count, by the reason it gave, and carry its number."""
+    from ideogram_async.celery import _CountedAllowance
+
+    inputs = make_inputs(tmp_path / "in", 8)
+    emulator = Emulator(api_key=KEY, allowance=2, latency=0.05)
+    allowance = _CountedAllowance(redis_server.url, 8, key=redis_key, adaptive=False)
+    store = open_store(redis_server.url)
+    tasks = [ImageTask.of(path, tmp_path / "out") for path in inputs]
+    try:
+        async with (
+            emulator,
+            IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=allowance) as client,
+        ):
+            outcomes = await asyncio.gather(
+                *(run_image(client, store, task, lease=5) for task in tasks)
+            )
+            records = [await store.record(task.key) for task in tasks]
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    assert outcomes == ["ok"] * 8
+    assert emulator.stats.rejected_over_allowance > 0
+    refused = sum(sum(record.refused.values()) for record in records)
+    assert refused == emulator.stats.rejected_over_allowance
+    assert {reason for record in records for reason in record.refused} == {"inflight_limit"}
+    assert {record.bound for record in records if record.refused} == {2}
+
+
+async def test_an_unreachable_allowance_is_no_failure_of_the_image(
+    emu: Emulator, redis_server: RedisServer, png_path: Path, tmp_path: Path
+) -> None:
+    """Without the shared bound nothing is sent, and the image is left to a later try
+    (the task retries), not recorded as failed."""
+    from ideogram_async import SharedAllowanceError
+
+    allowance = RedisAllowance(f"redis://127.0.0.1:{free_port()}/0", 4)
+    store = open_store(redis_server.url)
+    task = ImageTask.of(png_path, tmp_path / "out")
+    try:
+        async with IdeogramClient(
+            api_key=KEY, base_url=emu.base_url, allowance=allowance
+        ) as client:
+            with pytest.raises(SharedAllowanceError):
+                await run_image(client, store, task, lease=5)
+        record = await store.record(task.key)
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    assert record.status == ""
+    assert emu.stats.requests == 0
+
+
+def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
+    from ideogram_async import MagicPrompt, UpscaleRequest
+    from ideogram_async.v2 import TopazBloom2
+
+    v1 = UpscaleRequest(prompt="crisp", magic_prompt_option=MagicPrompt.OFF, num_images=2)
+    message = image_message(tmp_path / "a.png", tmp_path / "out", v1)
+    assert json.loads(json.dumps(message)) == message  # plain JSON for the broker
+    assert ImageTask.from_message(message).request() == v1
+    v2 = TopazBloom2(upscale_factor="x4", creativity=5)
+    task = ImageTask.from_message(image_message(tmp_path / "a.png", tmp_path / "out", v2))
+    assert task.request() == v2
+    assert task.model == "topaz-bloom-2"
+    assert task.key != ImageTask.of(tmp_path / "a.png", tmp_path / "out", v1).key
+    with pytest.raises(ValidationError, match="not an image task message"):
+        ImageTask.from_message(["a.png"])
+
+
+# -- settings and usage ---------------------------------------------------------------
+
+
+def test_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}\n")
+    settings = WorkerSettings.from_env(
+        {
+            "IDEOGRAM_BROKER_URL": "redis://:pw-s3cret@broker:6379/1",
+            "IDEOGRAM_ALLOWANCE": "24",
+            "IDEOGRAM_API_KEY_FILE": str(key_file),
+        }
+    )
+    assert settings.redis_url == "redis://:pw-s3cret@broker:6379/1"  # the broker's Redis
+    assert (settings.allowance, settings.api_key, settings.flavor) == (24, KEY, "official")
+    assert KEY not in repr(settings)
+    assert "pw-s3cret" not in repr(settings)
+    with pytest.raises(ValidationError, match="IDEOGRAM_SHARED_ALLOWANCE"):
+        WorkerSettings.from_env({"IDEOGRAM_BROKER_URL": "amqp://mq", "IDEOGRAM_API_KEY": KEY})
+    with pytest.raises(ValidationError, match="IDEOGRAM_ALLOWANCE must be a whole number"):
+        WorkerSettings.from_env({"IDEOGRAM_ALLOWANCE": "0", "IDEOGRAM_API_KEY": KEY})
+    with pytest.raises(ValidationError, match="no API key"):
+        WorkerSettings.from_env({})
+
+
+def test_a_worker_with_a_wrong_setting_stops_at_start_saying_why(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
+    env["IDEOGRAM_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    command = [sys.executable, "-m", "celery", "-A", "ideogram_async.celery", "worker"]
+    done = subprocess.run(
+        [*command, "--pool", "threads"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "ideogram_async.celery: no API key for the workers" in done.stderr
+
+
+def test_enqueue_usage_errors_send_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_inputs(tmp_path / "in", 1)
+    assert main(["enqueue", str(tmp_path / "in")]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert main(["enqueue", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--json", "x"]) == 2
+    assert "--json show(s) the wait for the job: add --wait" in capsys.readouterr().err
+    assert main(["enqueue", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert "--quiet show(s) the wait for the job: add --wait" in capsys.readouterr().err
+    assert main(["enqueue", str(tmp_path / "in"), "-o", "o", "--wait", "-v"]) == 2
+    assert "unrecognized arguments: -v" in capsys.readouterr().err  # attempts are the workers'
+    assert main(["enqueue", str(tmp_path / "in"), "-o", "o", "--factor", "x4"]) == 2
+    assert "add --model MODEL" in capsys.readouterr().err
+    nowhere = f"redis://:pw-s3cret@127.0.0.1:{free_port()}/0"
+    assert (
+        main(["enqueue", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--broker", nowhere]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "could not be read or written" in err
+    assert "pw-s3cret" not in err
+    assert not (tmp_path / "o").exists()  # nothing was sent: no folder left behind
+    assert main(["status", "0123abcd", "--shared-allowance", nowhere]) == 2
+    err = capsys.readouterr().err
+    assert "could not be read or written" in err
+    assert "pw-s3cret" not in err
+
+
+def test_register_returns_the_task_on_the_given_app() -> None:
+    from celery import Celery
+
+    other = Celery("other", set_as_current=False)
+    register(other)
+    task = other.tasks[TASK_NAME]
+    assert task.app is other
+    assert task.acks_late
+    assert task.reject_on_worker_lost
+
+
+def test_the_docs_show_the_app_module_the_tests_run() -> None:
+    """docs/celery.md's own-app example is tests/celery_app.py, word for word."""
+    docs = (ROOT / "docs" / "celery.md").read_text(encoding="utf-8")
+    block = docs.split("```python\n")[1].split("```")[0]
+    module = (ROOT / "tests" / "celery_app.py").read_text(encoding="utf-8")
+    assert module.split('"""\n\n', 1)[1] == block

@@ -252,7 +252,8 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     assert again.returncode == 0, waited
     # --quiet: no progress and no notes, only the summary (the one upscale shows).
     assert waited.decode().startswith("Done: "), waited
-    assert b"[1/" not in waited and b"Enqueued" not in waited
+    assert b"[1/" not in waited
+    assert b"Enqueued" not in waited
     assert json.loads(summary.read_text())["total"] == 4
     assert_one_decoding_output_each(inputs, out)
     # The second job's tasks queue behind the first's, so the first is done by now.

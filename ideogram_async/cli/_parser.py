@@ -92,18 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     upscale.set_defaults(name="upscale")
-    upscale.add_argument(
-        "images",
-        nargs="+",
-        metavar="IMAGE",
-        help="image files, folders (their .jpg/.jpeg/.png/.webp files) or glob patterns",
-    )
-    upscale.add_argument(
-        "-o", "--out", metavar="DIR", help="folder to save the results in (not with --dry-run)"
-    )
-    upscale.add_argument(
-        "-r", "--recursive", action="store_true", help="look into subfolders; let ** match them"
-    )
+    _add_inputs(upscale, "folder to save the results in (not with --dry-run)")
     v2 = _add_upscale_options(upscale)
     v2.add_argument(
         "--dry-run",
@@ -230,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_inputs(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The images to upscale and the folder of the results: ``upscale`` and ``enqueue``."""
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (their .jpg/.jpeg/.png/.webp files) or glob patterns",
+    )
+    parser.add_argument("-o", "--out", metavar="DIR", help=out_help)
+    parser.add_argument(
+        "-r", "--recursive", action="store_true", help="look into subfolders; let ** match them"
+    )
+
+
 def _add_upscale_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The options of one upscale (v1 and v2), shared by ``upscale`` and ``enqueue``."""
     options = parser.add_argument_group("upscale options (unset ones use the service default)")
@@ -269,16 +272,7 @@ def _add_enqueue(commands: argparse._SubParsersAction[_Parser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enqueue.set_defaults(name="enqueue", dry_run=False)
-    enqueue.add_argument(
-        "images",
-        nargs="+",
-        metavar="IMAGE",
-        help="image files, folders (their .jpg/.jpeg/.png/.webp files) or glob patterns",
-    )
-    enqueue.add_argument("-o", "--out", metavar="DIR", help="folder to save the results in")
-    enqueue.add_argument(
-        "-r", "--recursive", action="store_true", help="look into subfolders; let ** match them"
-    )
+    _add_inputs(enqueue, "folder the workers save the results in")
     _add_upscale_options(enqueue)
     _add_workers(enqueue)
     enqueue.add_argument(

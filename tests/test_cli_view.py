@@ -103,6 +103,15 @@ def test_at_80_columns_the_counts_that_matter_all_show() -> None:
     assert "5338/12000" in line
 
 
+def test_a_wait_for_workers_shows_no_calls_or_downloads_it_cannot_see() -> None:
+    """enqueue --wait: the upscales are the workers'; only what finished is known here."""
+    tally = busy_tally()
+    tally.remote = True
+    texts = [field.text for field in status_fields(tally)]
+    assert texts[:4] == ["Upscaling on workers", "5338/12000", "5321 ok", "17 failed"]
+    assert not [text for text in texts if "in flight" in text or "downloading" in text]
+
+
 def test_columns_drop_as_the_terminal_narrows_and_come_back_as_it_widens() -> None:
     fields = status_fields(busy_tally())
     kept = {width: [f.text for f in fit(fields, width)] for width in range(20, 200)}

@@ -126,7 +126,7 @@ async def enqueue_job(
 
     app.conf.update(broker_url=broker)
     job = uuid.uuid4().hex[:16]
-    tally = Tally(total=len(sources))
+    tally = Tally(total=len(sources), remote=True)
     store = open_store(redis)
     try:
         try:

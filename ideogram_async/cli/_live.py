@@ -70,13 +70,14 @@ def status_fields(tally: Tally, now: float | None = None) -> list[Field]:
     rate = tally.done / elapsed if tally.done and elapsed > 0 else None
     eta = "--:--" if rate is None else _clock((todo - tally.done) / rate)
     fields = [
-        Field(9, "Upscaling", "bold"),
+        Field(9, "Upscaling on workers" if tally.remote else "Upscaling", "bold"),
         Field(1, f"{tally.done}/{todo}", "progress.download"),
         Field(5, f"{tally.ok} ok", "green"),
         Field(1, f"{tally.failed} failed", "red" if tally.failed else ""),
-        Field(1, f"{tally.in_flight} in flight", "cyan"),
-        Field(4, f"{tally.downloading} downloading"),
     ]
+    if not tally.remote:  # the workers' calls and downloads are not seen from here
+        fields.append(Field(1, f"{tally.in_flight} in flight", "cyan"))
+        fields.append(Field(4, f"{tally.downloading} downloading"))
     places = tally.allowance
     if places is not None:
         fields.append(Field(3, f"{places.in_use}/{places.limit} places", "cyan"))

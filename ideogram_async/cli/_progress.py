@@ -55,6 +55,9 @@ class Tally:
     """When each upscale call in flight started, by input index."""
     failures: list[Failure] = attrs.field(factory=list)
     refusals: RefusalCounter = attrs.field(factory=RefusalCounter)
+    remote: bool = False
+    """The upscales run in workers elsewhere (``enqueue --wait``): what is in flight or
+    downloading is not known here, only what has finished."""
 
     @property
     def done(self) -> int:

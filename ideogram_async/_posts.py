@@ -16,8 +16,8 @@ import aiohttp
 from aiolimiter import AsyncLimiter
 
 from ._http import Http
-from .allowance import Allowance
 from .errors import RateLimitError
+from .limits import Allowance
 from .uploads import PreparedImage
 
 __all__ = ["ImagePosts"]
@@ -56,9 +56,11 @@ class ImagePosts:
 
         The one attempt path of every upscale (v1 and v2, quotes included): it holds
         ``places`` only while on the wire, and any non-2xx raises its error. A 429
-        ``inflight_limit`` is not a failure of the attempt: the service ran nothing,
-        so the request waits for a place to free and goes again at once, without a
-        backoff and without using up a retry (the deadline still holds).
+        ``inflight_limit`` is not a failure of the attempt: the service ran nothing, so
+        the request reports it to the allowance (which gives its places back, waking
+        nobody) and asks for places again: the allowance decides when it goes (a place
+        of its own freed, or a backoff when others hold the organization's places),
+        without using up a retry (the deadline still holds).
         """
         while True:
             async with self.allowance.hold(places):
@@ -69,7 +71,6 @@ class ImagePosts:
                 else:
                     await self.allowance.completed()
                     return answer
-            await self.allowance.released()
 
     async def _rejected(
         self: _Client, error: RateLimitError, image: PreparedImage, places: int

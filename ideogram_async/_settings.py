@@ -18,15 +18,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
-from .allowance import Allowance, LocalAllowance
 from .errors import ValidationError
+from .limits import DEFAULT_ALLOWANCE, Allowance, LocalAllowance
 from .retry import RetryPolicy
 
 __all__ = ["OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
 
 OFFICIAL_BASE_URL = "https://api.ideogram.ai"
-_DEFAULT_ALLOWANCE = 10
-"""Places in flight when none is configured: the service's default allowance."""
 _T = TypeVar("_T")
 
 
@@ -214,7 +212,7 @@ def _allowance(
             raise ValidationError("pass allowance= or max_concurrency= (its former name), not both")
         allowance = int_at_least("max_concurrency", max_concurrency, 1)
     if allowance is None:
-        allowance = _DEFAULT_ALLOWANCE
+        allowance = DEFAULT_ALLOWANCE
     if isinstance(allowance, Allowance):
         if not adaptive:
             raise ValidationError(
@@ -225,6 +223,6 @@ def _allowance(
     if isinstance(allowance, bool) or not isinstance(allowance, int) or allowance < 1:
         raise ValidationError(
             f"allowance must be a number of images in flight >= 1 or an Allowance, "
-            f"got {allowance!r}; the service's default allowance is 10"
+            f"got {allowance!r}; the service's default allowance is {DEFAULT_ALLOWANCE}"
         )
     return LocalAllowance(allowance, adaptive=adaptive)

@@ -19,9 +19,9 @@ from ._posts import ImagePosts
 from ._settings import Flavor, Settings, Timeouts, int_at_least, of_type
 from ._v2_answers import parse_upscale
 from ._v2_client import V2Calls, poll_limiter
-from .allowance import Allowance
 from .batch import BatchInput, BatchRun, UpscaleJob, fan_out
 from .errors import ValidationError
+from .limits import Allowance, OrganizationBound
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
 from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput, PreparedImage, prepare_image
@@ -42,7 +42,7 @@ class IdeogramClient(V2Calls, ImagePosts):
     allowance lowers it at once, and with ``adaptive`` (the default) a 429
     without the number halves it while requests that go through raise it again,
     never above the number given. Pass an
-    :class:`~ideogram_async.allowance.Allowance` instead to share one between
+    :class:`~ideogram_async.limits.Allowance` instead to share one between
     clients or processes (the client then never closes it). ``max_concurrency``
     is the former name of a numeric ``allowance``. ``client.allowance`` shows
     the current bound (``limit``) and the places held (``in_use``), for a
@@ -97,6 +97,10 @@ class IdeogramClient(V2Calls, ImagePosts):
         self.flavor = settings.flavor
         self.base_url = settings.base_url
         self.allowance = settings.allowance
+        if isinstance(self.allowance, OrganizationBound):
+            self.allowance.bind_organization(
+                api_key=settings.key.reveal(), base_url=settings.base_url
+            )
         self.max_concurrency = settings.allowance.maximum
         self.requests_per_second = settings.requests_per_second
         self.max_file_size = settings.max_file_size
@@ -138,7 +142,7 @@ class IdeogramClient(V2Calls, ImagePosts):
     async def aclose(self) -> None:
         """Close the connection pool (unless the session was passed in). Idempotent.
 
-        An :class:`~ideogram_async.allowance.Allowance` passed in is left open.
+        An :class:`~ideogram_async.limits.Allowance` passed in is left open.
         """
         await self._http.aclose()
         if self._owns_allowance:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from ideogram_async import ValidationError
-from ideogram_async.allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
+from ideogram_async.limits import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 
 Action = Callable[[], Awaitable[None]]
 

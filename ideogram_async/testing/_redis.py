@@ -1,4 +1,4 @@
-"""A real ``redis-server`` on a free loopback port, for tests and benchmarks of shared allowances."""
+"""A real ``redis-server`` on a free loopback port, for tests and benchmarks."""
 
 from __future__ import annotations
 

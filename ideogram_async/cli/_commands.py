@@ -195,7 +195,7 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
     lease = 30.0 if args.lease is None else args.lease
     try:
         return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease)
-    except ValidationError as exc:
+    except (ValidationError, SharedAllowanceError) as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 

@@ -128,7 +128,7 @@ class RedisAllowance:
         self._pubsub: PubSub | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Task[bool]] = set()
         self._held: dict[str, int] = {}
         self._ticket = b""  # of the waiter at the head of this process's queue, if any
         self._granted: list[int] | None = None  # the answer a grant message brought it
@@ -374,25 +374,26 @@ class RedisAllowance:
 
     async def _give_back(self, grant: _Grant) -> None:
         """Release ``grant`` even if the caller is cancelled meanwhile."""
-        task = asyncio.create_task(self._release(grant))
+        task = asyncio.create_task(self._release(grant.holder, ran=grant.ran, level=grant.level))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
         await asyncio.shield(task)
 
-    async def _release(self, grant: _Grant) -> None:
-        """Release ``grant`` by its holder id, with what it did (ran or not)."""
+    async def _release(self, holder: str, *, ran: bool = False, level: int = 0) -> bool:
+        """Release ``holder`` (``ran``: its request ran, granted at ``level``); false if not held."""
         async with self._renewing:
-            self._held.pop(grant.holder, None)
-            args: list[str | int] = [grant.holder, self._channel, int(grant.ran), grant.level]
+            self._held.pop(holder, None)
+            args: list[str | int] = [holder, self._channel, int(ran), level]
             args += [self._maximum, self._start, int(self._adaptive), self._ttl_ms]
             args += [self._epoch, self._lease_ms]
             try:
-                _, self._in_use, old, new, self._ceiling = await self._run("release", args)
+                released, self._in_use, old, new, self._ceiling = await self._run("release", args)
             except (SharedAllowanceError, ClientClosedError) as exc:
                 logger.warning("%s; Redis frees the places when their lease ends", exc)
-                return
+                return False
         self._limit = new
         self._change(old, new, ChangeReason.INCREASED)
+        return bool(released)
 
     async def _renew(self) -> None:
         """Extend the lease of every holder of this process; register those Redis lost."""

@@ -237,7 +237,6 @@ async def test_each_change_of_the_bound_is_a_debug_line(caplog: pytest.LogCaptur
     assert "allowance bound 8 -> 3 places (learned)" in debug
 
 
-
 async def test_a_number_above_the_maximum_never_raises_the_bound() -> None:
     changes: list[AllowanceChange] = []
     allowance = LocalAllowance(5, adaptive=False, on_change=changes.append)
@@ -288,12 +287,6 @@ async def test_a_bound_holding_back_a_waiter_is_full_even_with_places_left() -> 
     await asyncio.gather(*(h.task for h in [*running, waiter]))
 
 
-
-
-
-
-
-
 async def test_growing_the_bound_lets_waiters_in() -> None:
     allowance = LocalAllowance(12)
     running = await holders(allowance, 5, 5)
@@ -320,8 +313,6 @@ async def test_a_failing_hook_is_logged_and_the_change_still_applies(
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
         "the allowance's on_change hook failed"
     ]
-
-
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -396,9 +387,6 @@ async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(se
         step()
         check()
     assert allowance.in_use == 0
-
-
-
 
 
 def test_only_an_adaptive_bound_starts_at_ten() -> None:

@@ -429,7 +429,6 @@ async def test_a_hold_larger_than_a_lowered_bound_is_granted_alone_with_its_roun
         assert b.limit == 1
 
 
-
 def deaf(allowance: RedisAllowance) -> RedisAllowance:
     """``allowance`` (not yet connected) listening where nobody publishes: its messages are lost."""
     allowance._channel += ":deaf"
@@ -472,7 +471,6 @@ async def test_a_waiter_cancelled_after_its_grant_gives_the_places_back(
         assert (await redis_state(url, redis_key), b._held) == ((0, 0), {})
 
 
-
 async def test_a_learned_allowance_binds_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:
@@ -496,8 +494,6 @@ async def test_a_learned_allowance_binds_every_instance(
         await b.completed()  # a learned allowance is not exceeded by additive increase
         async with a.hold(1):
             assert (a.limit, len(changes)) == (4, 1)
-
-
 
 
 async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None:

@@ -275,14 +275,16 @@ async def test_a_bound_that_is_not_reached_does_not_grow() -> None:
 
 async def test_a_bound_holding_back_a_waiter_is_full_even_with_places_left() -> None:
     allowance = LocalAllowance(40)
-    running = await holders(allowance, 4, 4)
+    running = await holders(allowance, 4, 4)  # granted with 4, then 8 in use
     (waiter,) = await holders(allowance, 4)  # 8 + 4 > 10
     assert not waiter.entered
-    running[0].leave(allowance.completed)
+    running[1].leave(allowance.completed)  # granted with 8: the waiter did not fit beside
     await settle()
     assert allowance.limit == 11
     assert waiter.entered
-    running[1].leave()
+    running[0].leave(allowance.completed)  # granted with 4 in use: 4 + 4 fit, not full
+    await settle()
+    assert allowance.limit == 11
     waiter.leave()
     await asyncio.gather(*(h.task for h in [*running, waiter]))
 

@@ -24,7 +24,7 @@ from ideogram_async import (
     RetryPolicy,
     ValidationError,
 )
-from ideogram_async.allowance import LocalAllowance
+from ideogram_async.limits import LocalAllowance
 from ideogram_async.testing import Emulator
 
 KEY = "sk-test-Zq7XUNIQUEkey9f3"

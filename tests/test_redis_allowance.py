@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from ideogram_async import ClientClosedError, SharedAllowanceError, ValidationError
+from ideogram_async.cli import main
 from ideogram_async.limits import (
     Allowance,
     AllowanceChange,
@@ -24,10 +25,8 @@ from ideogram_async.limits import (
     RedisAllowance,
     organization_key,
 )
-from ideogram_async.cli import main
-from ideogram_async.testing import Emulator
+from ideogram_async.testing import Emulator, RedisServer, free_port
 
-from ideogram_async.testing import RedisServer, free_port
 from ._support import KEY, make_image
 
 LEASE = 1.0

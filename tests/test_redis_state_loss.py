@@ -97,17 +97,17 @@ async def test_a_waiter_after_the_loss_is_granted_once_the_holds_are_registered_
     async with (
         RedisAllowance(url, 10, key=redis_key, lease=LEASE) as a,
         RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
     ):
-        async with a.hold(8):
-            async with b.hold(1):
-                pass  # b knows the allowance's epoch now
-            own_redis_server.flush()
-            # b finds the state gone: nothing is granted until a's 8 are registered
-            # again (a hears "lost" and does at once; in any case within one lease).
-            async with b.hold(2):
-                client = aioredis.Redis.from_url(url)
-                try:
-                    places = await client.hvals(f"{{{redis_key}}}:places")
-                finally:
-                    await client.aclose()
-                assert sorted(int(p) for p in places) == [2, 8]
+        async with b.hold(1):
+            pass  # b knows the allowance's epoch now
+        own_redis_server.flush()
+        # b finds the state gone: nothing is granted until a's 8 are registered
+        # again (a hears "lost" and does at once; in any case within one lease).
+        async with b.hold(2):
+            client = aioredis.Redis.from_url(url)
+            try:
+                places = await client.hvals(f"{{{redis_key}}}:places")
+            finally:
+                await client.aclose()
+            assert sorted(int(p) for p in places) == [2, 8]

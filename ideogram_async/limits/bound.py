@@ -148,8 +148,11 @@ class Bound:
         """A request ran; ``level``: places held when it was granted, itself included.
 
         ``full``: the bound was what held requests back (all of it in use when this
-        request was granted, or requests waiting now). A bound that was not reached
-        says nothing about the allowance (as for TCP, RFC 7661).
+        request was granted, or the next waiter does not fit beside what was in use
+        then). A bound that was not reached says nothing about the allowance (as for
+        TCP, RFC 7661); counting by the level at the grant makes slow start add about
+        one place per round trip rather than double, so overshooting the allowance
+        costs one refusal, not a bound's worth.
         """
         forgotten = self.at(now)
         self.streak, self.backoff, self.closed_until = 0, 0.0, 0.0

@@ -220,7 +220,8 @@ class LocalAllowance:
         """The service ran the request held here: the bound may grow (adaptive only)."""
         grant = _grant.get()
         level = grant.level if grant is not None and grant.allowance is self else self._in_use
-        full = level >= self.limit or bool(self._waiters)
+        head = self._waiters[0].places if self._waiters else 0
+        full = level >= self.limit or (head > 0 and level + head > self.limit)
         self._report(self._bound.completed(level=level, full=full, now=time.monotonic()))
         self._wake()
 

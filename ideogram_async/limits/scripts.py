@@ -219,7 +219,12 @@ if ARGV[3] == '1' then
   st.streak, st.backoff, st.closed = 0, 0, 0
   local level = math.min(tonumber(ARGV[4]), st.ceiling)
   if level > st.good then st.good, st.failed = level, 0 end
-  local full = tonumber(ARGV[4]) >= st.limit or redis.call('ZCARD', KEYS[3]) > 0
+  local full = tonumber(ARGV[4]) >= st.limit
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if head and not full then
+    local want = tonumber(string.match(redis.call('HGET', KEYS[4], head), '^%d+:(%d+)'))
+    full = tonumber(ARGV[4]) + want > st.limit
+  end
   if ARGV[7] == '1' and full and st.limit < st.ceiling then
     local grow = true
     if st.slow == 0 then

@@ -380,7 +380,7 @@ class RedisAllowance:
         await asyncio.shield(task)
 
     async def _release(self, holder: str, *, ran: bool = False, level: int = 0) -> bool:
-        """Release ``holder`` (``ran``: its request ran, granted at ``level``); false if not held."""
+        """Release ``holder`` (``ran``: it ran, granted at ``level``); false if it was not held."""
         async with self._renewing:
             self._held.pop(holder, None)
             args: list[str | int] = [holder, self._channel, int(ran), level]

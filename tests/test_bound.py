@@ -11,7 +11,7 @@ from ideogram_async.limits.bound import FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DO
 def full(bound: Bound, times: int = 1, now: float = 0.0) -> None:
     """``times`` requests ran that were granted with the whole bound in use."""
     for _ in range(times):
-        bound.completed(level=bound.limit, full=True, now=now)
+        bound.completed(level=bound.limit, full=True, round=bound.round, now=now)
 
 
 def refuse(
@@ -39,7 +39,9 @@ def test_slow_start_grows_by_one_per_request_that_ran_at_full_use() -> None:
     bound = Bound(40)
     full(bound, 3)
     assert bound.limit == 13
-    bound.completed(level=5, full=False, now=0.0)  # the bound was not reached: says nothing
+    bound.completed(
+        level=5, full=False, round=0, now=0.0
+    )  # the bound was not reached: says nothing
     assert bound.limit == 13
 
 
@@ -64,7 +66,9 @@ def test_others_holding_the_places_lower_the_bound_to_what_is_held_and_back_off(
     for step in range(2, 8):
         refuse(bound, held=1, number=10, jitter=1.0, now=step)
     assert bound.closed_for(7.0) == MAX_BACKOFF
-    bound.completed(level=1, full=True, now=7.5)  # a request went through: open, reset
+    bound.completed(
+        level=1, full=True, round=bound.round, now=7.5
+    )  # a request went through: open, reset
     assert (bound.closed_for(7.5), bound.backoff) == (0.0, 0.0)
     refuse(bound, held=1, number=10, jitter=1.0, now=8.0)
     assert bound.closed_for(8.0) == FIRST_BACKOFF

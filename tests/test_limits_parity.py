@@ -41,10 +41,15 @@ STEPS: list[Step] = [
     ("drop", 1, 4),  # a request given up (no answer): its place freed, nothing learned
     ("admit", 1, 4),  # 4 in use (once the backoff passed), granted in the new round
     ("refuse", None, 2),  # again with no success between: halved
-    ("complete", 1, 2),  # granted with 3 in use: 3 went through; run 1 of 2
-    ("complete", 1, 3),  # run 2 at full use: a probe one place higher; 1 held
+    ("complete", 1, 2),  # granted before the halving: counts for the run (1), but not
+    ("complete", 1, 2),  # as a level that went through now (run 2 of 2 x 2: the probe
+    ("complete", 1, 2),  # of step 4 failed); granted with 1 in use: not full, no count
+    ("admit", 2, 2),  # 2 in use, granted in this round
+    ("complete", 1, 2),  # run 3; 2 went through
+    ("admit", 1, 2),
+    ("complete", 1, 3),  # run 4: a probe one place higher
     ("admit", 2, 3),  # 3 in use
-    ("complete", 1, 3),  # run 1 of 3
+    ("complete", 1, 3),  # 3 went through: the run is 3 again
     ("admit", 1, 3),
     ("complete", 1, 3),  # run 2
     ("admit", 1, 3),

@@ -56,8 +56,9 @@ DEFAULT_ALLOWANCE = 10
 service's default allowance per organization."""
 FIRST_BACKOFF = 0.25
 """Seconds of the first backoff after a refusal that others' holdings explain."""
-MAX_BACKOFF = 2.0
-"""The backoff doubles per refusal up to this many seconds."""
+MAX_BACKOFF = 1.0
+"""The backoff doubles per refusal up to this many seconds (a place freed by others is
+found within about a second)."""
 MAX_PROBE_DOUBLINGS = 4
 """Failed probes at one level lengthen the run before the next one up to 2**4 times."""
 FORGET_AFTER = 3600.0
@@ -144,8 +145,13 @@ class Bound:
         """Seconds until places may be granted again (0: now)."""
         return max(0.0, self.closed_until - now)
 
-    def completed(self, *, level: int, full: bool, now: float) -> AllowanceChange | None:
-        """A request ran; ``level``: places held when it was granted, itself included.
+    def completed(
+        self, *, level: int, full: bool, round: int, now: float
+    ) -> AllowanceChange | None:
+        """A request granted in ``round`` ran; ``level``: places held at its grant, its own too.
+
+        Only a request granted since the bound last dropped shows what goes through
+        now: an earlier one's level is not taken as the last good level.
 
         ``full``: the bound was what held requests back (all of it in use when this
         request was granted, or the next waiter does not fit beside what was in use
@@ -156,7 +162,7 @@ class Bound:
         """
         forgotten = self.at(now)
         self.streak, self.backoff, self.closed_until = 0, 0.0, 0.0
-        if min(level, self.ceiling) > self.good:
+        if round == self.round and min(level, self.ceiling) > self.good:
             self.good, self.failed = min(level, self.ceiling), 0
         if not self.adaptive or not full or self.limit >= self.ceiling:
             return forgotten

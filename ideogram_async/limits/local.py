@@ -219,10 +219,14 @@ class LocalAllowance:
     async def completed(self) -> None:
         """The service ran the request held here: the bound may grow (adaptive only)."""
         grant = _grant.get()
-        level = grant.level if grant is not None and grant.allowance is self else self._in_use
+        ours = grant is not None and grant.allowance is self
+        level = grant.level if grant is not None and ours else self._in_use
+        round_ = grant.round if grant is not None and ours else self._bound.round
         head = self._waiters[0].places if self._waiters else 0
         full = level >= self.limit or (head > 0 and level + head > self.limit)
-        self._report(self._bound.completed(level=level, full=full, now=time.monotonic()))
+        self._report(
+            self._bound.completed(level=level, full=full, round=round_, now=time.monotonic())
+        )
         self._wake()
 
     def _report(self, change: AllowanceChange | None) -> None:

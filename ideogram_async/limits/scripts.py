@@ -56,7 +56,7 @@ quiet: present while nothing is granted after a state loss."""
 PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS = 250, 2000, 4
+local FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS = 250, 1000, 4
 
 local function purge()
   local freed = false
@@ -204,7 +204,7 @@ return {missing, redis.call('GET', KEYS[7])}
 
 # A request ran (completed in bound.py), applied as its places are released.
 # ARGV: holder, channel, ran (1/0), level, maximum, start, adaptive (1/0), ttl ms,
-#       epoch known, lease ms
+#       epoch known, lease ms, round when granted
 # -> {released (0/1), in use, old bound, new bound, ceiling}
 RELEASE = """
 lost(ARGV[9], ARGV[1], ARGV[10], ARGV[2])
@@ -218,7 +218,7 @@ if ARGV[3] == '1' then
   opened = st.closed > now
   st.streak, st.backoff, st.closed = 0, 0, 0
   local level = math.min(tonumber(ARGV[4]), st.ceiling)
-  if level > st.good then st.good, st.failed = level, 0 end
+  if tonumber(ARGV[11]) == st.round and level > st.good then st.good, st.failed = level, 0 end
   local full = tonumber(ARGV[4]) >= st.limit
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if head and not full then

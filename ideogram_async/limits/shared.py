@@ -374,18 +374,22 @@ class RedisAllowance:
 
     async def _give_back(self, grant: _Grant) -> None:
         """Release ``grant`` even if the caller is cancelled meanwhile."""
-        task = asyncio.create_task(self._release(grant.holder, ran=grant.ran, level=grant.level))
+        task = asyncio.create_task(
+            self._release(grant.holder, ran=grant.ran, level=grant.level, round_=grant.round)
+        )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
         await asyncio.shield(task)
 
-    async def _release(self, holder: str, *, ran: bool = False, level: int = 0) -> bool:
+    async def _release(
+        self, holder: str, *, ran: bool = False, level: int = 0, round_: int = -1
+    ) -> bool:
         """Release ``holder`` (``ran``: it ran, granted at ``level``); false if it was not held."""
         async with self._renewing:
             self._held.pop(holder, None)
             args: list[str | int] = [holder, self._channel, int(ran), level]
             args += [self._maximum, self._start, int(self._adaptive), self._ttl_ms]
-            args += [self._epoch, self._lease_ms]
+            args += [self._epoch, self._lease_ms, round_]
             try:
                 released, self._in_use, old, new, self._ceiling = await self._run("release", args)
             except (SharedAllowanceError, ClientClosedError) as exc:

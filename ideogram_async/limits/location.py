@@ -58,23 +58,26 @@ class RedisLocation:
                 url="",
             )
         scheme = url.partition("://")[0].lower()
+        unreadable = SharedAllowanceError(
+            "the Redis URL cannot be read: it must look like redis://[[user]:password@]"
+            "host[:port][/db], rediss://... or unix:///path (the password percent-encoded)",
+            url=f"{scheme}://***",
+        )
         try:
-            fields: dict[str, Any] = dict(parse_url(url))
             parts = urlsplit(url)
-            tail = parts.path + parts.query + parts.fragment
         except ValueError:
-            raise SharedAllowanceError(
-                "the Redis URL cannot be read: it must look like redis://[[user]:password@]"
-                "host[:port][/db], rediss://... or unix:///path (the password percent-encoded)",
-                url=f"{scheme}://***",
-            ) from None
-        if "@" in tail:
+            raise unreadable from None
+        if "@" in parts.path + parts.query + parts.fragment:
             # An '@' after the host: the password (or user) holds '/', '?' or '#'.
             raise SharedAllowanceError(
                 "the Redis URL's password holds a character that ends the host part "
                 "('/', '?' or '#'); percent-encode it: urllib.parse.quote(password, safe='')",
                 url=f"{scheme}://***",
             )
+        try:
+            fields: dict[str, Any] = dict(parse_url(url))
+        except ValueError:
+            raise unreadable from None
         user = fields.get("username", "")
         secret = f"{user}:***@" if "password" in fields else (f"{user}@" if user else "")
         if scheme == "unix":

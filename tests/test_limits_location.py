@@ -36,7 +36,8 @@ SECRET = "s3Kq/cr?tZ#w@rdQ"
 def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, host: str) -> None:
     allowance = RedisAllowance(url, key="k")
     assert (allowance.url, allowance.redis_host) == (shown, host)
-    assert "pw" not in repr(allowance) and SECRET not in repr(allowance)
+    assert "pw" not in repr(allowance)
+    assert SECRET not in repr(allowance)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,8 @@ async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisS
 
 def test_the_organization_key_is_a_digest_of_the_api_key_and_host() -> None:
     key = organization_key("sk-secret-1", "https://api.ideogram.ai")
-    assert key.startswith("ideogram_async:") and len(key) == len("ideogram_async:") + 24
+    assert key.startswith("ideogram_async:")
+    assert len(key) == len("ideogram_async:") + 24
     assert "sk-secret-1" not in key
     assert key == organization_key("sk-secret-1", "https://API.ideogram.ai/some/path")
     others = {
@@ -85,7 +87,8 @@ def test_the_organization_key_is_a_digest_of_the_api_key_and_host() -> None:
         organization_key("sk-secret-1", "https://proxy.example"),
         organization_key("sk-secret-1", "https://api.ideogram.ai:8443"),
     }
-    assert key not in others and len(others) == 3
+    assert key not in others
+    assert len(others) == 3
 
 
 async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:

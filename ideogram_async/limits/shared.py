@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a test by hiding r
     ) from exc
 
 from ..errors import ClientClosedError, SharedAllowanceError, ValidationError
-from . import scripts
+from .scripts import ACQUIRE, KEYS, PRELUDE, REJECTED, RELEASE, RENEW
 from .bound import DEFAULT_ALLOWANCE, FORGET_AFTER, AllowanceChange, ChangeReason
 from .location import RedisLocation, organization_key
 
@@ -196,7 +196,7 @@ class RedisAllowance:
     def _use_key(self, key: str) -> None:
         self._key = key
         tag = "{" + key + "}"
-        self._keys = [f"{tag}:{name}" for name in scripts.KEYS]
+        self._keys = [f"{tag}:{name}" for name in KEYS]
         self._channel = f"{tag}:events"
 
     async def __aenter__(self) -> RedisAllowance:
@@ -226,11 +226,15 @@ class RedisAllowance:
                     await pubsub.aclose()
                     raise self._unreachable(exc) from exc
                 self._pubsub = pubsub
+                scripts = {
+                    "acquire": ACQUIRE,
+                    "renew": RENEW,
+                    "release": RELEASE,
+                    "rejected": REJECTED,
+                }
                 self._scripts = {
-                    name: self._redis.register_script(
-                        scripts.PRELUDE + getattr(scripts, name.upper())
-                    )
-                    for name in ("acquire", "renew", "release", "rejected")
+                    name: self._redis.register_script(PRELUDE + body)
+                    for name, body in scripts.items()
                 }
                 self._tasks = [
                     asyncio.create_task(self._listen(pubsub)),

@@ -36,9 +36,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a test by hiding r
     ) from exc
 
 from ..errors import ClientClosedError, SharedAllowanceError, ValidationError
-from .scripts import ACQUIRE, KEYS, PRELUDE, REJECTED, RELEASE, RENEW
 from .bound import DEFAULT_ALLOWANCE, FORGET_AFTER, AllowanceChange, ChangeReason
 from .location import RedisLocation, organization_key
+from .scripts import ACQUIRE, KEYS, PRELUDE, REJECTED, RELEASE, RENEW
 
 __all__ = ["RedisAllowance"]
 

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 import attrs
 
 from ..errors import ValidationError
-from .bound import FORGET_AFTER, AllowanceChange, Bound
+from .bound import DEFAULT_ALLOWANCE, FORGET_AFTER, AllowanceChange, Bound
 
 __all__ = ["LocalAllowance"]
 
@@ -78,7 +78,8 @@ class LocalAllowance:
         if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 1:
             raise ValidationError(
                 f"the allowance must be a whole number of places >= 1, got {maximum!r}; "
-                "pass the number of images your organization may have in flight (default 10)"
+                "pass the number of images your organization may have in flight "
+                f"(default {DEFAULT_ALLOWANCE})"
             )
         if not forget_after > 0:
             raise ValidationError(f"forget_after must be > 0 seconds, got {forget_after!r}")

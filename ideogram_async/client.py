@@ -39,11 +39,13 @@ class IdeogramClient(V2Calls, ImagePosts):
     organization): an upscale holds ``num_images`` places (1 by default; a v2
     upscale or quote, 1) while it is on the wire, first come first served. Given
     as a number, the bound learns from the service: a 429 that names the
-    allowance lowers it at once, and with ``adaptive`` (the default) a 429
-    without the number halves it while requests that go through raise it again,
-    never above the number given. Pass an
+    allowance caps it at once, a refusal that others' holdings explain backs off,
+    and with ``adaptive`` (the default) the bound probes and holds (see
+    ``docs/allowance.md``), never above the number given. Pass an
     :class:`~ideogram_async.limits.Allowance` instead to share one between
-    clients or processes (the client then never closes it). ``max_concurrency``
+    clients or processes (the client then never closes it); a
+    :class:`~ideogram_async.limits.RedisAllowance` without ``key=`` is keyed by
+    this client's organization (a digest of its API key and host). ``max_concurrency``
     is the former name of a numeric ``allowance``. ``client.allowance`` shows
     the current bound (``limit``) and the places held (``in_use``), for a
     dashboard; ``client.max_concurrency`` is its ``maximum``.

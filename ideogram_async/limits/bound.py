@@ -59,8 +59,8 @@ FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 1.0
 """The backoff doubles per refusal up to this many seconds (a place freed by others is
 found within about a second)."""
-MAX_PROBE_DOUBLINGS = 4
-"""Failed probes at one level lengthen the run before the next one up to 2**4 times."""
+MAX_PROBE_DOUBLINGS = 2
+"""Failed probes at one level lengthen the run before the next one up to 2**2 times."""
 FORGET_AFTER = 3600.0
 """Seconds without a change after which the learned and adapted bound is forgotten."""
 

@@ -56,7 +56,7 @@ quiet: present while nothing is granted after a state loss."""
 PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS = 250, 1000, 4
+local FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS = 250, 1000, 2
 
 local function purge()
   local freed = false

@@ -689,3 +689,26 @@ def test_the_command_line_sends_nothing_without_its_redis(
     assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err
     assert "hunter2" not in err
     assert list((tmp_path / "out").glob("*")) == []  # checked writable, nothing written
+
+
+async def test_a_ticket_without_what_serving_it_needs_is_dropped_not_stuck(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with (
+            RedisAllowance(url, 10, key=redis_key) as a,
+            RedisAllowance(url, 10, key=redis_key) as b,
+        ):
+            async with a.hold(10):
+                waiter = Entry(b, 1)
+                await eventually(lambda: b.in_use == 10, "b never queued")
+                # A ticket at the head of the queue with nothing to serve it by.
+                await client.zadd(f"{{{redis_key}}}:queue", {"bogus": 0})
+                await client.hset(f"{{{redis_key}}}:waiting", "bogus", "garbage")
+            await waiter.entered.wait()
+            await waiter.done()
+            assert await client.zscore(f"{{{redis_key}}}:queue", "bogus") is None
+    finally:
+        await client.aclose()

@@ -137,14 +137,20 @@ end
 -- process's maximum, start and lease), telling each "<ticket>:<in use>:<bound>:
 -- <ceiling>:<round>" on the channel (not the caller, which learns it from the
 -- answer). Returns the places in use after, if it had to count them.
-local function serve(channel, caller)
+local serve
+serve = function(channel, caller)
   if closed() > 0 then return nil end
   local used
   while true do
     local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
     if not head then return used end
-    local entry = redis.call('HGET', KEYS[4], head)
+    local entry = redis.call('HGET', KEYS[4], head) or ''
     local want, lease, maximum, start = string.match(entry, '^%d+:(%d+):(%d+):(%d+):(%d+)$')
+    if not start then  -- a ticket without what serving it needs: not servable, drop it
+      redis.call('ZREM', KEYS[3], head)
+      redis.call('HDEL', KEYS[4], head)
+      return serve(channel, caller)
+    end
     local st = load(tonumber(maximum), tonumber(start))
     used = used or in_use()
     -- A hold larger than a lowered bound goes alone rather than never.
@@ -222,8 +228,8 @@ if ARGV[3] == '1' then
   local full = tonumber(ARGV[4]) >= st.limit
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if head and not full then
-    local want = tonumber(string.match(redis.call('HGET', KEYS[4], head), '^%d+:(%d+)'))
-    full = tonumber(ARGV[4]) + want > st.limit
+    local want = tonumber(string.match(redis.call('HGET', KEYS[4], head) or '', '^%d+:(%d+)'))
+    full = want ~= nil and tonumber(ARGV[4]) + want > st.limit
   end
   if ARGV[7] == '1' and full and st.limit < st.ceiling then
     local grow = true

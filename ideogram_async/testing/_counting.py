@@ -33,14 +33,17 @@ class CountingAllowance:
 
     @property
     def maximum(self) -> int:
+        """The wrapped allowance's maximum."""
         return self.inner.maximum
 
     @property
     def limit(self) -> int:
+        """The wrapped allowance's current bound."""
         return self.inner.limit
 
     @property
     def in_use(self) -> int:
+        """The wrapped allowance's places in use."""
         return self.inner.in_use
 
     def hold(self, places: int) -> AbstractAsyncContextManager[None]:
@@ -55,16 +58,19 @@ class CountingAllowance:
             yield
 
     async def rejected(self, allowance: int | None) -> None:
+        """Counted, then reported to the wrapped allowance."""
         self.rejections.append(allowance)
         self._poke()
         await self.inner.rejected(allowance)
 
     async def completed(self) -> None:
+        """Counted, then reported to the wrapped allowance."""
         self.completions += 1
         self._poke()
         await self.inner.completed()
 
     async def aclose(self) -> None:
+        """Close the wrapped allowance."""
         await self.inner.aclose()
 
     def bind_organization(self, *, api_key: str, base_url: str) -> None:

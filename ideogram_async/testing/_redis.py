@@ -48,8 +48,11 @@ class RedisServer:
         if executable is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self._executable = executable
-        self._own = None if directory is not None else tempfile.TemporaryDirectory()
-        self._directory = Path(directory if directory is not None else self._own.name)  # type: ignore[union-attr]
+        self._own: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._own = tempfile.TemporaryDirectory(prefix="ideogram-redis-")
+            directory = self._own.name
+        self._directory = Path(directory)
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from .clients import NAIVE_ATTEMPTS, Client
+from .contention import contention
 from .processes import run_worker, running_server
 from .report import Compare, Row, Unit
 from .shared import acquire_cost, many_processes
@@ -55,6 +56,9 @@ class Sizes:
     shared_count: int
     shared_latency: float
     shared_rounds: int
+    contention_count: int
+    contention_latency: float
+    contention_hold: float
 
     def describe(self) -> list[str]:
         """One line per workload, then the rounds: the header of the table."""
@@ -79,6 +83,12 @@ class Sizes:
             f"one RedisAllowance(10) vs a limiter of 10 each (best of {self.shared_rounds} rounds)",
             f"workload 8 acquire cost: {self.cost_count} empty hold(1) blocks by "
             f"{self.cost_concurrency} tasks, shared allowance on a local redis-server vs local",
+            f"workload 9 contention, latency {self.contention_latency * 1000:.0f} ms, "
+            f"emulator allowance 10: (a) another client holds all 10 places for "
+            f"{self.contention_hold:.1f} s while this one starts 20 calls; (b) "
+            f"{self.contention_count} calls over 4 processes with a LocalAllowance(10) each; "
+            f"(c) the same sharing one RedisAllowance(10); (d) {self.contention_count} calls, "
+            f"one process, bound 40, 429s without the number (one round each)",
             f"best of {self.rounds} rounds ({self.fanout_rounds} for workload 4), "
             f"variants alternating within each round",
         ]
@@ -106,6 +116,9 @@ FULL = Sizes(
     shared_count=400,
     shared_latency=0.1,
     shared_rounds=3,
+    contention_count=240,
+    contention_latency=0.1,
+    contention_hold=3.0,
 )
 """The sizes of the full run."""
 
@@ -131,6 +144,9 @@ QUICK = Sizes(
     shared_count=120,
     shared_latency=0.05,
     shared_rounds=1,
+    contention_count=80,
+    contention_latency=0.05,
+    contention_hold=1.0,
 )
 """Reduced sizes for the CI smoke test (about half a minute on two cores)."""
 
@@ -479,5 +495,6 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "allowance": allowance,
     "processes": many_processes,
     "acquire": acquire_cost,
+    "contention": contention,
 }
 """Every workload by its short name, in the order they run."""

@@ -7,7 +7,6 @@
 import logging
 
 from ._version import __version__
-from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
@@ -30,6 +29,7 @@ from .errors import (
     ValidationError,
     WebhookVerificationError,
 )
+from .limits import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent, RetryPolicy
 from .uploads import ImageInput

@@ -447,8 +447,9 @@ async def test_live_progress_bar_shows_counts_places_and_failures(tmp_path: Path
     reporter = RichReporter(tally, Console(file=screen, force_terminal=True, width=170))
     reporter.start()
     tally.allowance = places = LocalAllowance(8, adaptive=False)
+    async with places.hold(6):
+        await places.rejected(5)  # 6 held: the service's 5 learned (the places come back)
     async with places.hold(2):
-        await places.rejected(5)
         tally.in_flight, tally.downloading, tally.retries = 2, 1, 1
         reporter.changed()
         tally.in_flight, tally.downloading, tally.ok = 1, 0, 1

@@ -26,7 +26,7 @@ from ideogram_async.testing import serve_main
 from ideogram_async.v2 import V2Options, options_from_strings
 
 if TYPE_CHECKING:
-    from ideogram_async.redis_allowance import RedisAllowance
+    from ideogram_async.limits import RedisAllowance
 
 from ._inputs import (
     Source,
@@ -187,7 +187,7 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
             raise UsageError("--lease applies to --shared-allowance REDIS_URL")
         return None
     try:
-        from ideogram_async.redis_allowance import RedisAllowance
+        from ideogram_async.limits import RedisAllowance
     except ImportError:
         raise UsageError(
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
@@ -195,7 +195,7 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
     lease = 30.0 if args.lease is None else args.lease
     try:
         return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease)
-    except ValidationError as exc:
+    except (ValidationError, SharedAllowanceError) as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 

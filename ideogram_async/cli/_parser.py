@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from ideogram_async import MagicPrompt, RetryPolicy, __version__
+from ideogram_async.limits import DEFAULT_ALLOWANCE
 from ideogram_async.v2 import MODELS
 
 __all__ = ["PROG", "build_parser"]
@@ -180,7 +181,7 @@ def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
         "--concurrency",
         dest="concurrency",
         type=_at_least(1),
-        default=10,
+        default=DEFAULT_ALLOWANCE,
         metavar="N",
         help="images in flight at once, at most: your organization's allowance; lowered "
         "to what the service reports [%(default)s]",

@@ -111,3 +111,30 @@ def test_a_named_key_is_kept_whoever_uses_it() -> None:
     IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
     IdeogramClient(api_key="sk-other", base_url="http://127.0.0.1:9", allowance=allowance)
     assert allowance.key == "team-a"
+
+
+async def test_with_options_keeps_a_shared_allowance_to_its_organization() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10)
+    async with IdeogramClient(
+        api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance
+    ) as client:
+        key = allowance.key
+        # The same organization (the same key, another path on the same host): shared.
+        derived = client.with_options(base_url="http://127.0.0.1:9/v1", api_key=KEY)
+        assert derived.allowance is allowance
+        # Another key or another host would share a bound that is not its organization's.
+        for change in ({"api_key": "sk-other"}, {"base_url": "http://localhost:9"}):
+            with pytest.raises(ValidationError, match=r"with_options.*another organization") as e:
+                client.with_options(**change)
+            assert "sk-other" not in str(e.value)
+            assert KEY not in str(e.value)
+            assert e.value.__suppress_context__
+        assert allowance.key == key
+
+
+def test_with_options_shares_a_named_allowance_whatever_the_key() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10, key="team-a")
+    client = IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
+    derived = client.with_options(api_key="sk-other")
+    assert derived.allowance is allowance
+    assert allowance.key == "team-a"

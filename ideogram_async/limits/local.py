@@ -8,9 +8,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 import attrs
 
@@ -22,16 +22,38 @@ __all__ = ["LocalAllowance"]
 logger = logging.getLogger("ideogram_async")
 
 
-@attrs.define
 class _Grant:
-    """A hold of the current task: what a report from inside its block refers to."""
+    """One ``hold`` block of a task: takes its places on entry, gives them back on exit.
 
-    allowance: LocalAllowance
-    places: int
+    While the block runs it is the task's current grant: what a report from inside the
+    block refers to. A plain class rather than a generator-based context manager: this
+    is every request's path, and the uncontended hold should cost little more than a
+    semaphore's.
+    """
+
+    __slots__ = ("_token", "allowance", "level", "places", "returned", "round")
+
     level: int
     """Places held here once it was granted, its own included."""
     round: int
-    returned: bool = False
+    """The bound's round when it was granted."""
+    _token: Token[_Grant | None]
+
+    def __init__(self, allowance: LocalAllowance, places: int) -> None:
+        self.allowance = allowance
+        self.places = places
+        self.returned = False
+
+    async def __aenter__(self) -> None:
+        allowance = self.allowance
+        self.level = await allowance._acquire(self.places)
+        self.round = allowance._bound.round
+        self._token = _grant.set(self)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        _grant.reset(self._token)
+        if not self.returned:
+            self.allowance._give_back(self.places)
 
 
 _grant: ContextVar[_Grant | None] = ContextVar("ideogram_async_local_grant", default=None)
@@ -124,19 +146,7 @@ class LocalAllowance:
                 f"the allowance of {self.maximum}; ask for fewer images per request or "
                 "raise the allowance (if your organization's is higher)"
             )
-        return self._holding(places)
-
-    @contextlib.asynccontextmanager
-    async def _holding(self, places: int) -> AsyncIterator[None]:
-        level = await self._acquire(places)
-        grant = _Grant(self, places, level, self._bound.round)
-        token = _grant.set(grant)
-        try:
-            yield
-        finally:
-            _grant.reset(token)
-            if not grant.returned:
-                self._give_back(places)
+        return _Grant(self, places)
 
     async def _acquire(self, places: int) -> int:
         self._report(self._bound.at(time.monotonic()))

@@ -56,6 +56,10 @@ class Client(enum.StrEnum):
     """Like ``library``, but each file is first read whole into ``bytes``."""
     LIBRARY_MANY = "library-many"
     """``IdeogramClient.upscale_many`` over a generator of paths."""
+    LIBRARY_TRACED = "library-traced"
+    """Like ``library``, with the OpenTelemetry SDK and in-memory exporters installed."""
+    LIBRARY_INSTRUMENTED = "library-instrumented"
+    """Like ``library-traced``, plus aiohttp's own instrumentation (a span per attempt)."""
     AIOHTTP = "aiohttp"
     """Hand-written: ``aiohttp.ClientSession`` + ``FormData`` + ``Semaphore`` + gather."""
     AIOHTTP_RETRY = "aiohttp-retry"
@@ -203,8 +207,17 @@ async def _run_library(
         nonlocal retries
         retries += 1
 
+    tracing = None
+    if client in (Client.LIBRARY_TRACED, Client.LIBRARY_INSTRUMENTED):
+        from .tracing import tracing as installed  # only these workers install the SDK
+
+        tracing = installed(aiohttp_spans=client is Client.LIBRARY_INSTRUMENTED)
     async with IdeogramClient(
-        api_key=API_KEY, base_url=base_url, allowance=places, on_retry=count_retry
+        api_key=API_KEY,
+        base_url=base_url,
+        allowance=places,
+        on_retry=count_retry,
+        trace_configs=tracing.trace_configs if tracing else None,
     ) as ideogram:
         if client is Client.LIBRARY_MANY:
             outcome = Outcome()
@@ -220,6 +233,8 @@ async def _run_library(
         else:
             # The client bounds concurrency itself: a plain gather is how it is used.
             outcome = await _gather(ideogram.upscale(image, request) for _ in range(count))
+    if tracing is not None:
+        tracing.check(count)
     outcome.rejected = places.rejections
     outcome.attempts = count + retries + places.rejections
     return outcome

@@ -1,4 +1,4 @@
-"""Workload 9, contention: refusals per successful call and wall time over the ideal when
+"""Workload 10, contention: refusals per successful call and wall time over the ideal when
 the organization's allowance is contended.
 
 - (a) another holder: another client fills the 10-place allowance for ``hold`` seconds
@@ -105,7 +105,7 @@ def _jobs(url: str, image: Path, calls: int, *, shared: bool, redis_url: str) ->
 
 
 def contention(context: Context) -> Result:
-    """9: refusals and wall time when others hold the organization's places."""
+    """10: refusals and wall time when others hold the organization's places."""
     sizes = context.sizes
     latency, calls, hold = sizes.contention_latency, sizes.contention_count, sizes.contention_hold
     image = context.small_png
@@ -129,7 +129,7 @@ def contention(context: Context) -> Result:
         )
         runs["(d) 1 process, no number"] = [_measurement(run_together([job]), calls)]
     ideal = calls / _ALLOWANCE * latency
-    row = partial(Row, workload="9 contention")
+    row = partial(Row, workload="10 contention")
     rows = [
         row(
             metric=f"(a) 429s per call while another holds all {_ALLOWANCE} places "

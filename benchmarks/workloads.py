@@ -83,7 +83,9 @@ class Sizes:
             f"one RedisAllowance(10) vs a limiter of 10 each (best of {self.shared_rounds} rounds)",
             f"workload 8 acquire cost: {self.cost_count} empty hold(1) blocks by "
             f"{self.cost_concurrency} tasks, shared allowance on a local redis-server vs local",
-            f"workload 9 contention, latency {self.contention_latency * 1000:.0f} ms, "
+            "workload 9 telemetry: workload 2 with the OpenTelemetry SDK and in-memory "
+            "exporters (and aiohttp's own instrumentation) vs tracing off",
+            f"workload 10 contention, latency {self.contention_latency * 1000:.0f} ms, "
             f"emulator allowance 10: (a) another client holds all 10 places for "
             f"{self.contention_hold:.1f} s while this one starts 20 calls; (b) "
             f"{self.contention_count} calls over 4 processes with a LocalAllowance(10) each; "
@@ -486,6 +488,26 @@ def allowance(context: Context) -> Result:
     return rows, runs
 
 
+def telemetry_cost(context: Context) -> Result:
+    """9: client CPU per request with tracing on (SDK, in-memory exporters) vs off."""
+    sizes = context.sizes
+    clients = (Client.LIBRARY, Client.LIBRARY_TRACED, Client.LIBRARY_INSTRUMENTED)
+    with running_server(_minimal_server()) as url:
+        jobs: dict[str, Job] = {
+            client: _job(url, context.small_png, sizes.cpu_count, sizes.cpu_concurrency, client)
+            for client in clients
+        }
+        runs = _alternate(jobs, sizes.rounds)
+    off, traced, instrumented = (_best(runs[client], _cpu_ms) for client in clients)
+    row = partial(
+        Row, workload="9 telemetry", unit=Unit.MILLISECONDS, baseline_name="off", baseline=off
+    )
+    return [
+        row(metric="CPU per request, tracing on", library=traced),
+        row(metric="CPU per request, on + aiohttp spans", library=instrumented),
+    ], runs
+
+
 WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "latency": latency_bound,
     "cpu": client_cpu,
@@ -495,6 +517,7 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "allowance": allowance,
     "processes": many_processes,
     "acquire": acquire_cost,
+    "telemetry": telemetry_cost,
     "contention": contention,
 }
 """Every workload by its short name, in the order they run."""

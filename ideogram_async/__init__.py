@@ -6,6 +6,7 @@
 
 import logging
 
+from . import telemetry
 from ._version import __version__
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .client import Flavor, IdeogramClient, Timeouts
@@ -53,6 +54,8 @@ from .v2 import (
 
 # A library stays silent until the application configures logging.
 logging.getLogger("ideogram_async").addHandler(logging.NullHandler())
+# ... unless IDEOGRAM_LOG=info|debug asks for its lines on stderr.
+telemetry.log_from_env()
 
 __all__ = [
     "APIConnectionError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
 
+from . import telemetry
 from ._checks import of_type
 from ._settings import Settings, Timeouts
 from ._transport import Transport
@@ -185,10 +187,13 @@ async def hold_and_send(
     the bound adapts down, and the error takes the usual retry path, with its backoff.
     """
     while True:
+        asked = time.monotonic()  # telemetry: seconds waited for places
         async with allowance.hold(places):
+            telemetry.waited(time.monotonic() - asked)  # telemetry
             try:
                 answer = await send()
             except RateLimitError as error:
+                telemetry.rejected(error.reject_reason)  # telemetry: the rejections counter
                 if error.reject_reason != "inflight_limit":
                     await allowance.rejected(None)
                     raise

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import telemetry
 from ._settings import Flavor, Secret, Settings
 from ._version import __version__
 from .errors import (
@@ -70,10 +71,17 @@ class Pool:
     """The connection pool that a client and the clients derived from it share.
 
     The session is created on first use (unless one was passed in, which is then
-    never closed here); after :meth:`aclose` every request raises ``ClientClosedError``.
+    never closed here), with the ``trace_configs`` given; after :meth:`aclose` every
+    request raises ``ClientClosedError``.
     """
 
-    def __init__(self, session: aiohttp.ClientSession | None, connections: int) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None,
+        connections: int,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
+    ) -> None:
+        self._trace_configs = _checked_trace_configs(trace_configs, session)
         self._session = session
         self._owns_session = session is None
         self._connections = connections
@@ -89,7 +97,9 @@ class Pool:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": _USER_AGENT}
+                connector=connector,
+                headers={"User-Agent": _USER_AGENT},
+                trace_configs=self._trace_configs,
             )
         return self._session
 
@@ -155,6 +165,8 @@ class Transport:
                 timer,
                 session.request(method, url, timeout=self._timeout, **options) as response,
             ):
+                if telemetry.ENABLED:  # telemetry: the request id on the call's span
+                    telemetry.answered(request_id(response.headers, self.settings.key))
                 yield response
         except TimeoutError as exc:
             _abort(upload)
@@ -271,6 +283,27 @@ def _unreachable(exc: aiohttp.ClientError) -> str | None:
     ):
         return "connection refused: nothing listens at that address"
     return None
+
+
+def _checked_trace_configs(
+    trace_configs: Sequence[aiohttp.TraceConfig] | None, session: aiohttp.ClientSession | None
+) -> list[aiohttp.TraceConfig] | None:
+    """``trace_configs`` as the created session takes them, checked before anything is sent."""
+    if trace_configs is None:
+        return None
+    if isinstance(trace_configs, aiohttp.TraceConfig) or not all(
+        isinstance(config, aiohttp.TraceConfig) for config in trace_configs
+    ):
+        raise ValidationError(
+            "trace_configs must be a list of aiohttp.TraceConfig, "
+            f"got {type(trace_configs).__name__}"
+        )
+    if session is not None:
+        raise ValidationError(
+            "trace_configs apply to the session the client creates; with session=, "
+            "give them to your own aiohttp.ClientSession(trace_configs=...)"
+        )
+    return list(trace_configs)
 
 
 def _abort(upload: ImagePayload | None) -> None:

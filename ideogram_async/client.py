@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -19,6 +19,7 @@ import aiohttp
 import attrs
 from aiolimiter import AsyncLimiter
 
+from . import telemetry
 from ._attempt import Attempts
 from ._checks import int_at_least, seconds
 from ._downloads import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
@@ -78,6 +79,10 @@ class IdeogramClient:
     ``quote``, ``upscale_many``, ``quote_many``, ``get_generation``,
     ``wait_for_generation``); ``poll_limit`` ``(polls, seconds)`` is the one rate
     every generation poll of the client shares (Ideogram allows 1,000 per 10 s).
+
+    ``trace_configs`` (aiohttp ``TraceConfig`` objects, e.g. OpenTelemetry's aiohttp
+    instrumentation) are given to the session the client creates, which the clients
+    from :meth:`with_options` share.
     """
 
     _attempts: Attempts
@@ -101,6 +106,7 @@ class IdeogramClient:
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
         poll_limit: tuple[int, float] = (1000, 10.0),
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
         settings = Settings.resolve(
             api_key=api_key,
@@ -124,7 +130,7 @@ class IdeogramClient:
         maximum = settings.allowance.maximum
         # API requests and image downloads each get as many connections as the
         # allowance's maximum, so a request holding places never waits for the pool.
-        pool = Pool(session, connections=2 * maximum)
+        pool = Pool(session, connections=2 * maximum, trace_configs=trace_configs)
         rate = settings.requests_per_second
         self._attach(
             Attempts(
@@ -140,6 +146,7 @@ class IdeogramClient:
                 downloads=asyncio.Semaphore(maximum),
             ),
         )
+        telemetry.watch(settings.allowance)  # telemetry: the allowance gauges
 
     def _attach(self, attempts: Attempts, shared: _Shared) -> None:
         self._attempts = attempts
@@ -295,6 +302,7 @@ class IdeogramClient:
         """Whether :meth:`aclose` has been called (on this client or one it shares with)."""
         return self._shared.pool.closed
 
+    @telemetry.traced("upscale")  # telemetry: one span per upscale
     async def upscale(
         self,
         image: ImageInput,
@@ -333,6 +341,7 @@ class IdeogramClient:
                 "or raise allowance= (if your organization's allowance is higher)"
             )
         settings = self._attempts.settings
+        telemetry.describe(url=settings.url, num_images=places)  # telemetry
         return await self._attempts.upload(
             image,
             url=settings.url,
@@ -397,6 +406,7 @@ class IdeogramClient:
             stop_on_error=stop_on_error,
         )
 
+    @telemetry.traced("download")  # telemetry: one span per download
     async def download(
         self,
         image: UpscaledImage | str,

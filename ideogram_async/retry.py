@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import attrs
 import tenacity
 
+from . import telemetry
 from ._checks import seconds_field
 from .errors import (
     APIConnectionError,
@@ -291,6 +292,7 @@ def _before_sleep(
         error = _failure(state)
         assert isinstance(error, IdeogramError)  # only those are retried
         wait = state.upcoming_sleep
+        telemetry.retrying(state.attempt_number, error, wait)  # telemetry: event + counter
         logger.debug(
             "%s: attempt %d failed (%s); retrying in %.2fs", what, state.attempt_number, error, wait
         )
@@ -423,6 +425,7 @@ async def retried(
     """
     what = record.what
     record.attempts = 1
+    telemetry.attempt(1)  # telemetry: the span's attempts
     started = time.monotonic()
     try:
         result = await attempt()
@@ -446,6 +449,7 @@ async def retried(
             with state:
                 if number == 1:
                     raise first
+                telemetry.attempt(number)  # telemetry: the span's attempts
                 started = time.monotonic()
                 result = await attempt()
                 logger.debug(

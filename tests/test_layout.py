@@ -40,7 +40,11 @@ def imports_of(name: str) -> Iterator[str]:
                 source = ".".join(base)
             else:
                 source = node.module or ""
-            targets = [source, *(f"{source}.{alias.name}" for alias in node.names)]
+            # Each name is a submodule (``from . import telemetry``) or a name of ``source``.
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source
+                for alias in node.names
+            ]
         else:
             continue
         yield from (target for target in targets if target in MODULES and target != name)

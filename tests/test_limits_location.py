@@ -123,9 +123,10 @@ async def test_with_options_keeps_a_shared_allowance_to_its_organization() -> No
         derived = client.with_options(base_url="http://127.0.0.1:9/v1", api_key=KEY)
         assert derived.allowance is allowance
         # Another key or another host would share a bound that is not its organization's.
-        for change in ({"api_key": "sk-other"}, {"base_url": "http://localhost:9"}):
+        changes = [("sk-other", None), (None, "http://localhost:9")]
+        for api_key, base_url in changes:
             with pytest.raises(ValidationError, match=r"with_options.*another organization") as e:
-                client.with_options(**change)
+                client.with_options(api_key=api_key, base_url=base_url)
             assert "sk-other" not in str(e.value)
             assert KEY not in str(e.value)
             assert e.value.__suppress_context__

@@ -36,6 +36,7 @@ from ._inputs import (
     read_key_file,
 )
 from ._manifest import ManifestLock, finished_sources, read_records
+from ._metrics import serving_metrics
 from ._parser import PROG, build_parser
 from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
 from ._quotes import run_quotes
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     command = {"upscale": _upscale, "demo": _demo}[args.name]
     try:
-        return command(args)
+        with serving_metrics(vars(args).get("metrics_port")):
+            return command(args)
     except UsageError as exc:
         print(f"{PROG} {args.name}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"retries of a transient failure per request [{RetryPolicy().attempts - 1}]",
     )
+    service.add_argument(
+        "--metrics-port",
+        type=_listen_address,
+        metavar="[HOST:]PORT",
+        help="serve the run's metrics in Prometheus text format at http://HOST:PORT/metrics "
+        "(HOST 127.0.0.1 unless given, 0.0.0.0 for every interface; needs the prometheus extra)",
+    )
     records = upscale.add_argument_group("manifest")
     records.add_argument(
         "--manifest", metavar="PATH", help="record each finished image as a JSON line in PATH"
@@ -209,6 +216,16 @@ def _seconds(text: str) -> float:
     if not value >= 0.1:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0.1, got {text!r}")
     return value
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected [HOST:]PORT with a port up to 65535, got {text!r}"
+        )
+    return host, int(port)
 
 
 def _probability(text: str) -> float:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import TypeVar
 from urllib.parse import quote
 
+from .. import telemetry
 from .._attempt import Attempts, Parse
 from .._checks import seconds
 from .._settings import Flavor, Timeouts
@@ -80,6 +81,7 @@ class V2Resource:
                 f"got {type(options).__name__}"
             )
         url = self._url(f"image/upscale/{options.model}")
+        telemetry.describe(url=url, model=options.model, num_images=1)  # telemetry
         if dry_run:
             url += "?dry_run=true"
 
@@ -105,6 +107,7 @@ class V2Resource:
             check=check,
         )
 
+    @telemetry.traced("v2.upscale")  # telemetry: one span per call
     async def upscale(
         self,
         image: ImageInput,
@@ -128,6 +131,7 @@ class V2Resource:
             image, options, parse_upscale, filename=filename, retry=retry, timeouts=timeouts
         )
 
+    @telemetry.traced("v2.submit")  # telemetry: one span per call
     async def submit(
         self,
         image: ImageInput,
@@ -158,6 +162,7 @@ class V2Resource:
         )
         return response.generation_id
 
+    @telemetry.traced("v2.quote")  # telemetry: one span per call
     async def quote(
         self,
         image: ImageInput,
@@ -204,13 +209,8 @@ class V2Resource:
 
         async def run(job: UpscaleJob) -> V2UpscaleResponse:
             assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
-            return await self._post(
-                job.image,
-                job.request,
-                parse_upscale,
-                filename=job.filename,
-                retry=retry,
-                timeouts=timeouts,
+            return await self.upscale(
+                job.image, job.request, filename=job.filename, retry=retry, timeouts=timeouts
             )
 
         self._attempts.policy(retry)
@@ -272,6 +272,7 @@ class V2Resource:
             ]
         return QuoteSummary(items=items)
 
+    @telemetry.traced("v2.get_generation")  # telemetry: one span per call
     async def get_generation(
         self,
         generation_id: str,
@@ -294,6 +295,7 @@ class V2Resource:
             on_retry=self._attempts.settings.on_retry,
         )
 
+    @telemetry.traced("v2.wait_for_generation")  # telemetry: one span per call
     async def wait_for_generation(
         self,
         generation_id: str,
@@ -334,6 +336,8 @@ class V2Resource:
                             failure_reason=generation.failure_reason,
                         )
                     if generation.done:
+                        if generation.usage_cost_usd_micros is not None:  # telemetry: cost
+                            telemetry.spent(generation.usage_cost_usd_micros)
                         return generation
                     await _sleep(interval)
                     interval = min(interval * 1.5, ceiling)

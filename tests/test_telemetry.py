@@ -1,0 +1,483 @@
+"""OpenTelemetry spans and metrics, collected with the SDK's in-memory exporters.
+
+The SDK is installed once per test process as the global provider (as an application
+would); each test drains what earlier tests left. Counters and histograms are read as
+deltas, so a test sees only what it caused. The emulator runs over a real socket;
+aiohttp's own instrumentation comes in through ``trace_configs=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import json
+import operator
+import os
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation._semconv import _StabilityMode
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from ideogram_async import (
+    AuthenticationError,
+    IdeogramClient,
+    RetryPolicy,
+    TopazStandard2,
+    UpscaleRequest,
+    ValidationError,
+    telemetry,
+)
+from ideogram_async.cli import main
+from ideogram_async.limits import RedisAllowance
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, instant_retries
+
+from ._support import KEY
+
+INFLIGHT_429 = Fault.status(
+    429,
+    body=json.dumps(
+        {"error": "busy", "reject_reason": "inflight_limit", "max_inflight_requests": 10}
+    ),
+)
+MODEL = TopazStandard2(upscale_factor="x2")
+
+
+@attrs.frozen
+class Sdk:
+    """The SDK's in-memory span exporter and metric reader, installed globally."""
+
+    spans: InMemorySpanExporter
+    reader: InMemoryMetricReader
+
+    def finished(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans.get_finished_spans() if span.name == name]
+
+    def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
+        assert parent.context is not None
+        return [
+            span
+            for span in self.spans.get_finished_spans()
+            if span.parent is not None and span.parent.span_id == parent.context.span_id
+        ]
+
+    def points(self) -> dict[str, list[Any]]:
+        """Every metric's data points since the last call (counters and histograms as deltas)."""
+        data = self.reader.get_metrics_data()
+        found: dict[str, list[Any]] = {}
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    found.setdefault(metric.name, []).extend(metric.data.data_points)
+        return found
+
+
+@functools.cache
+def _installed() -> Sdk:
+    exporter = InMemorySpanExporter()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(tracing)
+    delta = AggregationTemporality.DELTA
+    reader = InMemoryMetricReader(preferred_temporality={Counter: delta, Histogram: delta})
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return Sdk(exporter, reader)
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    installed = _installed()
+    installed.spans.clear()
+    installed.points()
+    yield installed
+    installed.spans.clear()
+
+
+def by_attribute(points: Sequence[Any], name: str) -> dict[str, Any]:
+    return {point.attributes[name]: point.value for point in points}
+
+
+def instrumented(emulator: Emulator, **options: Any) -> IdeogramClient:
+    """A client whose attempts aiohttp's instrumentation traces (stable HTTP semconv)."""
+    config = create_trace_config(sem_conv_opt_in_mode=_StabilityMode.HTTP)
+    return IdeogramClient(
+        api_key=KEY, base_url=emulator.base_url, trace_configs=[config], **options
+    )
+
+
+async def test_an_upscale_is_one_span_with_each_attempt_nested(
+    sdk: Sdk, emulator: Emulator, png_path: Path
+) -> None:
+    async with instrumented(emulator) as client:
+        await client.upscale(png_path, UpscaleRequest(num_images=2))
+    (call,) = sdk.finished("ideogram.upscale")
+    assert call.kind is SpanKind.INTERNAL
+    assert call.attributes is not None
+    assert call.attributes["ideogram.endpoint"] == "/ideogram/upscale"
+    assert call.attributes["ideogram.num_images"] == 2
+    assert call.attributes["ideogram.attempts"] == 1
+    assert call.attributes["ideogram.outcome"] == "ok"
+    assert 0 <= float(call.attributes["ideogram.allowance.wait"]) < 5  # type: ignore[arg-type]
+    (attempt,) = sdk.children(call)
+    assert attempt.kind is SpanKind.CLIENT
+    assert attempt.context is not None
+    assert call.context is not None
+    assert attempt.context.trace_id == call.context.trace_id
+    points = sdk.points()
+    assert [point.count for point in points["http.client.request.duration"]] == [1]
+    assert [point.count for point in points["ideogram.allowance.wait"]] == [1]
+
+
+async def test_a_retry_is_an_event_and_is_counted_by_error_type(sdk: Sdk, png_path: Path) -> None:
+    busy = attrs.evolve(
+        Fault.status(503, retry_after=0),
+        headers=(("Retry-After", "0"), ("x-request-id", "req-503")),
+    )
+    async with Emulator(api_key=KEY, faults=FaultPlan([busy])) as emulator:
+        client = instrumented(emulator)
+        async with client:
+            with instant_retries():
+                await client.upscale(png_path)
+    (call,) = sdk.finished("ideogram.upscale")
+    assert call.attributes is not None
+    assert call.attributes["ideogram.attempts"] == 2
+    assert call.attributes["ideogram.outcome"] == "ok"
+    assert call.attributes["ideogram.request_id"] == "req-503"
+    (event,) = call.events
+    assert event.name == "retry"
+    assert event.attributes is not None
+    assert event.attributes["ideogram.attempt"] == 1
+    assert event.attributes["error.type"] == "ServerError"
+    assert "injected fault" in str(event.attributes["ideogram.retry.reason"])
+    assert event.attributes["ideogram.retry.wait"] == 0
+    assert [span.kind for span in sdk.children(call)] == [SpanKind.CLIENT, SpanKind.CLIENT]
+    assert by_attribute(sdk.points()["ideogram.retries"], "error_type") == {"ServerError": 1}
+
+
+async def test_refusals_are_counted_by_reason_and_a_full_allowance_is_no_retry(
+    sdk: Sdk, png_path: Path
+) -> None:
+    plan = FaultPlan([INFLIGHT_429, Fault.status(429, retry_after=0)])
+    async with (
+        Emulator(api_key=KEY, faults=plan) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        with instant_retries():
+            await client.upscale(png_path)
+    (call,) = sdk.finished("ideogram.upscale")
+    assert call.attributes is not None
+    assert call.attributes["ideogram.attempts"] == 2  # waiting for a place is not an attempt
+    assert [event.name for event in call.events] == ["retry"]
+    points = sdk.points()
+    rejections = by_attribute(points["ideogram.rejections"], "reject_reason")
+    assert rejections == {"inflight_limit": 1, "unknown": 1}
+    assert by_attribute(points["ideogram.retries"], "error_type") == {"RateLimitError": 1}
+    assert [point.count for point in points["ideogram.allowance.wait"]] == [3]
+
+
+async def test_a_failed_call_marks_its_span_and_shows_no_key(
+    sdk: Sdk, emulator: Emulator, png_path: Path
+) -> None:
+    wrong = "sk-wrong-9f8e7d6c-key"
+    async with IdeogramClient(api_key=wrong, base_url=emulator.base_url) as client:
+        with pytest.raises(AuthenticationError):
+            await client.upscale(png_path)
+    (call,) = sdk.finished("ideogram.upscale")
+    assert call.attributes is not None
+    assert call.attributes["ideogram.outcome"] == "error"
+    assert call.attributes["error.type"] == "AuthenticationError"
+    assert call.attributes["ideogram.attempts"] == 1
+    assert call.status.status_code is StatusCode.ERROR
+    assert wrong not in call.to_json()
+
+
+async def test_the_allowance_gauges_show_the_bound_and_the_places_held(
+    sdk: Sdk, emulator: Emulator, png_path: Path
+) -> None:
+    gc.collect()  # only this test's client is alive, so the sums are its own
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=7) as client:
+        emulator.pause()
+        call = asyncio.create_task(client.upscale(png_path))
+        await emulator.wait_in_flight(1)
+        held = sdk.points()
+        emulator.resume()
+        await call
+        idle = sdk.points()
+    assert by_attribute(held["ideogram.allowance.limit"], "ideogram.allowance.kind") == {"local": 7}
+    assert by_attribute(held["ideogram.allowance.in_use"], "ideogram.allowance.kind") == {
+        "local": 1
+    }
+    assert by_attribute(idle["ideogram.allowance.in_use"], "ideogram.allowance.kind") == {
+        "local": 0
+    }
+
+
+async def test_a_shared_allowance_is_reported_as_shared(
+    sdk: Sdk, emulator: Emulator, redis_server: RedisServer, redis_key: str
+) -> None:
+    gc.collect()  # only this test's client is alive, so the sums are its own
+    async with (
+        RedisAllowance(redis_server.url, 6, key=redis_key) as shared,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=shared),
+    ):
+        points = sdk.points()
+    assert by_attribute(points["ideogram.allowance.limit"], "ideogram.allowance.kind") == {
+        "shared": 6
+    }
+
+
+async def test_v2_calls_have_their_spans_and_a_billed_generation_counts_its_cost(
+    sdk: Sdk, emulator: Emulator, png_path: Path
+) -> None:
+    async with IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client:
+        quote = await client.v2.quote(png_path, MODEL)
+        generation_id = await client.v2.submit(png_path, MODEL)
+        with instant_retries():
+            await client.v2.wait_for_generation(generation_id)
+        results = [item async for item in client.v2.upscale_many([png_path, png_path], MODEL)]
+    assert all(item.error is None for item in results)
+    (quoted,) = sdk.finished("ideogram.v2.quote")
+    assert quoted.attributes is not None
+    assert quoted.attributes["ideogram.model"] == MODEL.model
+    assert quoted.attributes["ideogram.endpoint"] == f"/v2/image/upscale/{MODEL.model}"
+    assert len(sdk.finished("ideogram.v2.submit")) == 1
+    (waited,) = sdk.finished("ideogram.v2.generation.wait")
+    assert {span.name for span in sdk.children(waited)} == {"ideogram.v2.generation.get"}
+    assert len(sdk.finished("ideogram.v2.upscale")) == 2
+    (cost,) = sdk.points()["ideogram.cost.usd"]
+    assert cost.value == pytest.approx(float(quote.usd))
+
+
+async def test_a_download_and_each_item_of_a_batch_have_their_span(
+    sdk: Sdk, client: IdeogramClient, png_path: Path, tmp_path: Path
+) -> None:
+    results = [item async for item in client.upscale_many([png_path, png_path])]
+    assert results[0].response is not None
+    await client.download(results[0].response.data[0], tmp_path / "out")
+    assert len(sdk.finished("ideogram.upscale")) == 2
+    (download,) = sdk.finished("ideogram.download")
+    assert download.attributes is not None
+    assert download.attributes["ideogram.outcome"] == "ok"
+    assert download.attributes["ideogram.attempts"] == 1
+
+
+async def test_a_client_from_with_options_keeps_the_trace_configs(
+    sdk: Sdk, emulator: Emulator, png_path: Path
+) -> None:
+    async with instrumented(emulator) as client:
+        derived = client.with_options(retry=RetryPolicy(attempts=2))
+        await derived.upscale(png_path)
+    (call,) = sdk.finished("ideogram.upscale")
+    assert [span.kind for span in sdk.children(call)] == [SpanKind.CLIENT]
+
+
+def test_each_span_name_is_keyed_by_a_traced_method_of_the_client() -> None:
+    client = IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", flavor="official")
+    for method in telemetry.SPAN_NAMES:
+        assert hasattr(operator.attrgetter(method)(client), "__wrapped__"), method
+
+
+async def test_trace_configs_reach_only_a_session_the_client_creates() -> None:
+    with pytest.raises(ValidationError, match=r"aiohttp\.TraceConfig"):
+        IdeogramClient(
+            api_key=KEY,
+            base_url="http://127.0.0.1:9",
+            trace_configs=[object()],  # type: ignore[list-item]
+        )
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ValidationError, match=r"your own aiohttp\.ClientSession"):
+            IdeogramClient(
+                api_key=KEY,
+                base_url="http://127.0.0.1:9",
+                session=session,
+                trace_configs=[aiohttp.TraceConfig()],
+            )
+
+
+# --- without the extra, and IDEOGRAM_LOG: in a fresh interpreter ---------------------------
+
+_BLOCKED = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Blocker(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ImportError(f"{name} is blocked")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+_UPSCALE = """
+import asyncio, sys
+from ideogram_async import IdeogramClient, telemetry
+from ideogram_async.cli import main
+from ideogram_async.limits import RedisAllowance
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+
+async def main():
+    plan = FaultPlan([Fault.status(503, retry_after=0)])
+    async with Emulator(api_key=KEY, faults=plan, upscale=False) as emulator:
+        async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client:
+            with instant_retries():
+                answer = await client.upscale(IMAGE)
+    print(telemetry.ENABLED, len(answer.data), sorted(
+        name for name in sys.modules if name.startswith("opentelemetry")))
+
+asyncio.run(main())
+"""
+
+
+async def _python(code: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error",
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDEOGRAM_", "OTEL_"))}
+    return env | extra
+
+
+def _program(png_path: Path) -> str:
+    return f"KEY = {KEY!r}\nIMAGE = {str(png_path)!r}\n" + textwrap.dedent(_UPSCALE)
+
+
+async def test_without_opentelemetry_nothing_is_imported_and_the_client_works(
+    png_path: Path,
+) -> None:
+    code, out, err = await _python(_BLOCKED + _program(png_path), _env())
+    assert code == 0, err
+    assert out.split() == ["False", "1", "[]"]
+
+
+async def test_with_opentelemetry_the_same_program_sees_it(png_path: Path) -> None:
+    code, out, err = await _python(_program(png_path), _env())
+    assert code == 0, err
+    assert out.split()[:2] == ["True", "1"]
+
+
+async def test_ideogram_log_debug_writes_the_library_log_to_stderr_without_the_key(
+    png_path: Path,
+) -> None:
+    code, _, err = await _python(_program(png_path), _env(IDEOGRAM_LOG="debug"))
+    assert code == 0, err
+    assert "DEBUG ideogram_async: upscale photo.png: attempt 1 failed" in err
+    assert "attempt 2 succeeded" in err
+    assert KEY not in err
+
+
+async def test_ideogram_log_info_leaves_out_debug_lines_and_unset_logs_nothing(
+    png_path: Path,
+) -> None:
+    code, _, info = await _python(_program(png_path), _env(IDEOGRAM_LOG="INFO"))
+    assert code == 0, info
+    assert "attempt 1 failed" not in info
+    code, _, unset = await _python(_program(png_path), _env())
+    assert code == 0, unset
+    assert unset == ""
+
+
+async def test_an_unknown_ideogram_log_value_says_so_and_logs_nothing(png_path: Path) -> None:
+    code, _, err = await _python(_program(png_path), _env(IDEOGRAM_LOG="verbose"))
+    assert code == 0, err
+    assert err.strip() == (
+        "ideogram_async: IDEOGRAM_LOG='verbose' is not one of info, debug; logging stays off"
+    )
+
+
+# --- --metrics-port -------------------------------------------------------------------------
+
+
+async def _scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        return await response.text()
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of the first sample of ``name`` (labels ignored) in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in:\n{text}")
+
+
+async def test_metrics_port_serves_prometheus_text_during_a_run(
+    emulator: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    emulator.pause()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "default",
+        "-m",
+        "ideogram_async",
+        "upscale",
+        str(png_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--base-url",
+        emulator.base_url,
+        "--allowance",
+        "3",
+        "--metrics-port",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(IDEOGRAM_API_KEY=KEY),
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(60):
+        line = (await process.stderr.readline()).decode()
+        assert line.startswith("Metrics at http://127.0.0.1:"), line
+        url = line.split()[-1]
+        await emulator.wait_in_flight(1)
+        during = await _scrape(url)
+        emulator.resume()
+        out, err = await process.communicate()
+    assert process.returncode == 0, err
+    assert _sample(during, "ideogram_allowance_limit") == 3
+    assert _sample(during, "ideogram_allowance_in_use") == 1
+    assert _sample(during, "ideogram_allowance_wait_seconds_count") == 1
+    assert "# TYPE ideogram_allowance_wait_seconds histogram" in during
+    assert KEY not in during + out.decode() + err.decode()
+    assert "Traceback" not in err.decode()
+
+
+def test_a_metrics_port_in_use_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["upscale", "x.png", "-o", "out", "--metrics-port", str(port)])
+    assert code == 2
+    assert f"--metrics-port: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

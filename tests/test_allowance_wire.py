@@ -151,8 +151,8 @@ async def test_without_the_number_the_bound_adapts_to_the_allowance() -> None:
     ):
         results = await asyncio.gather(*(attempts_of(client.upscale(PNG)) for _ in range(120)))
     assert results == [1] * 120
-    # Down to the allowance, then around it (AIMD's probing). How many increases come
-    # before the first halving depends on scheduling, so only the shape is asserted.
+    # Down to the allowance, then around it (probe and hold). How many increases come
+    # before the first refusal depends on scheduling, so only the shape is asserted.
     assert min(bounds) <= 3, bounds
     assert 2 <= statistics.median(bounds[len(bounds) // 2 :]) <= 5, bounds
     rejected = emulator.stats.rejected_over_allowance

@@ -9,6 +9,7 @@ import logging
 from . import telemetry
 from ._version import __version__
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
+from .budget import Budget, LocalBudget
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
@@ -17,6 +18,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientClosedError,
     GenerationFailedError,
     IdeogramError,
@@ -70,6 +72,8 @@ __all__ = [
     "BatchInput",
     "BatchResult",
     "BatchRun",
+    "Budget",
+    "BudgetExceededError",
     "ChangeReason",
     "ClientClosedError",
     "Flavor",
@@ -80,6 +84,7 @@ __all__ = [
     "ImageChangedError",
     "ImageInput",
     "LocalAllowance",
+    "LocalBudget",
     "MagicPrompt",
     "NanoBananaPro",
     "NotFoundError",

@@ -17,6 +17,7 @@ Any other exception escaping is a bug::
     │   │   └── ServerError                    5xx
     │   └── APIConnectionError                 no usable HTTP response
     │       └── APITimeoutError                connect, attempt or deadline timeout
+    ├── BudgetExceededError                    the next upscale would pass the spend budget
     ├── ValidationError (also ValueError)      bad input or settings; nothing was sent
     ├── ClientClosedError (also RuntimeError)  the client was used after ``aclose()``
     ├── ImageChangedError                      the image file changed or vanished after its check
@@ -40,6 +41,8 @@ in openai-python and httpx, ``status_code``. Every error built from a response
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -47,6 +50,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ClientClosedError",
     "GenerationFailedError",
     "IdeogramError",
@@ -141,6 +145,33 @@ class APITimeoutError(APIConnectionError):
     def __init__(self, message: str, *, kind: str, body_sent: bool = False) -> None:
         super().__init__(message, body_sent=body_sent)
         self.kind = kind
+
+
+class BudgetExceededError(IdeogramError):
+    """The next upscale's price would pass the spend budget; it was not sent.
+
+    ``max_usd`` is the budget, ``spent`` and ``reserved`` what was spent and held
+    by upscales under way when the refusal happened, and ``needed`` the refused
+    upscale's price (its quote's upper bound), all in US dollars. ``skipped`` is
+    true for an upscale not even priced because an earlier one stopped its run.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        max_usd: Decimal,
+        spent: Decimal,
+        reserved: Decimal,
+        needed: Decimal,
+        skipped: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.max_usd = max_usd
+        self.spent = spent
+        self.reserved = reserved
+        self.needed = needed
+        self.skipped = skipped
 
 
 class ResponseFormatError(IdeogramError):

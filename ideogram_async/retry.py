@@ -338,13 +338,15 @@ def counting_attempts() -> Iterator[_Tally]:
 
 
 class CallRecord:
-    """What one call has done so far: its name in messages and the attempts it made."""
+    """What one call has done so far: its name in messages, its start, the attempts it made."""
 
-    __slots__ = ("attempts", "what")
+    __slots__ = ("attempts", "started", "what")
 
     def __init__(self, what: str) -> None:
         self.what = what
         """Which call, e.g. ``"upscale photo.png"``; renamed once the image's name is known."""
+        self.started = time.monotonic()
+        """When the call (and its deadline) started, by ``time.monotonic``."""
         self.attempts = 0
 
 
@@ -421,7 +423,9 @@ async def retried(
     The first attempt runs on its own: nearly every call succeeds at once, and
     tenacity's machinery costs CPU on every call. Only a failed first attempt enters
     the tenacity loop, which replays that failure as attempt 1 (so waits, stop rules,
-    hooks and log lines are tenacity's, as for any other attempt).
+    hooks and log lines are tenacity's, as for any other attempt). tenacity's clock is
+    set back to the call's start, so that no wait is begun that would end at or past
+    the deadline.
     """
     what = record.what
     record.attempts = 1
@@ -445,9 +449,11 @@ async def retried(
             reraise=True,
             **strategies,
         ):
-            record.attempts = number = state.retry_state.attempt_number
+            retry_state = state.retry_state
+            record.attempts = number = retry_state.attempt_number
             with state:
                 if number == 1:
+                    retry_state.start_time -= time.monotonic() - record.started
                     raise first
                 telemetry.attempt(number)  # telemetry: the span's attempts
                 started = time.monotonic()

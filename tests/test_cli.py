@@ -29,14 +29,20 @@ from ideogram_async.cli._demo import show_table
 from ideogram_async.cli._inputs import Source, find_images, output_path
 from ideogram_async.cli._live import RichReporter
 from ideogram_async.cli._manifest import Outcome
-from ideogram_async.cli._pipeline import make_reporter
-from ideogram_async.cli._progress import PlainReporter, Tally
+from ideogram_async.cli._pipeline import View, make_reporter
+from ideogram_async.cli._progress import PlainReporter, SilentReporter, Tally
+from ideogram_async.cli._refusals import WatchedAllowance
+from ideogram_async.cli._summary import Failure, render
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 KEY = "sk-cli-7e5t-s3cr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
 FINISHED = re.compile(rb"^\[\d+/\d+\] (ok|FAILED) ")
-MANIFEST_FIELDS = {"source", "status", "urls", "outputs", "error", "attempts", "seconds"}
+MANIFEST_FIELDS = {
+    *("source", "status", "settings", "urls", "upscaled_at", "outputs", "error", "attempts"),
+    "seconds",
+}
+BYTES_FIELDS = {"source_bytes", "outputs_bytes"}
 DIRT = ("Traceback", "Task was destroyed", "Unclosed", "Warning", "Exception ignored")
 
 
@@ -107,8 +113,8 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     assert KEY not in text
     assert text.endswith("\n")
     records = [json.loads(line) for line in text.splitlines()]
-    for record in records:
-        assert set(record) == MANIFEST_FIELDS
+    for record in records:  # a path that is not UTF-8 adds its bytes (base64)
+        assert MANIFEST_FIELDS <= set(record) <= MANIFEST_FIELDS | BYTES_FIELDS
     return records
 
 
@@ -267,37 +273,38 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
                     seen.append(line)
         process.send_signal(signum)
         first = await finish(process)
+        sent = emulator.stats.requests
 
-    assert first.returncode == 130, first.stderr
-    assert_clean(first)
-    assert "Interrupted:" in first.stdout
-    assert "--resume" in first.stdout
-    done = read_manifest(manifest)  # every line is whole JSON
-    assert 5 <= len(done) < 30
-    assert all(record["status"] == "ok" for record in done)
-    leftovers = [
-        p.name for p in listing(out) if not re.fullmatch(r"img-\d\d\.upscaled\.png", p.name)
-    ]
-    assert leftovers == []  # no partial downloads or temp files
-    for record in done:
-        assert all_files(record["outputs"])
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert "Interrupted:" in first.stdout
+        assert "--resume" in first.stdout
+        done = read_manifest(manifest)  # every line is whole JSON
+        assert 5 <= len(done) < 30
+        leftovers = [
+            p.name for p in listing(out) if not re.fullmatch(r"img-\d\d\.upscaled\.png", p.name)
+        ]
+        assert leftovers == []  # no partial downloads or temp files
+        for record in done:  # saved, or paid for and recorded with the URL to fetch
+            assert record["status"] in ("ok", "upscaled"), record
+            assert len(record["urls"]) == 1
+            assert record["status"] == "upscaled" or all_files(record["outputs"])
 
-    async with Emulator(KEY) as emulator:
         second = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
-        requests = emulator.stats.requests
+        assert second.returncode == 0, second.stderr
+        assert_clean(second)
+        finished = sum(record["status"] == "ok" for record in done)
+        assert f"Skipping {finished} of 30 image(s)" in second.stdout
+        # Exactly the inputs without a recorded result were sent again.
+        assert emulator.stats.requests - sent == 30 - len(done)
+        records = read_manifest(manifest)
+        assert sorted(r["source"] for r in records) == sorted(str(p.resolve()) for p in sources)
+        assert all(record["status"] == "ok" for record in records)
+        assert len(listing(out)) == 30
 
-    assert second.returncode == 0, second.stderr
-    assert_clean(second)
-    assert f"Skipping {len(done)} of 30 image(s)" in second.stdout
-    assert requests == 30 - len(done)  # exactly the missing ones were sent
-    records = read_manifest(manifest)
-    assert sorted(r["source"] for r in records) == sorted(str(p.resolve()) for p in sources)
-    assert all(record["status"] == "ok" for record in records)
-    assert len(listing(out)) == 30
-
-    async with Emulator(KEY) as emulator:
+        sent = emulator.stats.requests
         third = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
-        assert emulator.stats.requests == 0
+        assert emulator.stats.requests == sent
     assert third.returncode == 0
     assert "Nothing left to do." in third.stdout
 
@@ -441,33 +448,39 @@ def test_find_images_expands_folders_and_patterns(tmp_path: Path) -> None:
     assert names([str(tmp_path / "notes.txt")]) == ["notes.txt"]  # named files are taken as is
 
 
-async def test_live_progress_bar_shows_counts_places_and_failures(tmp_path: Path) -> None:
+async def test_live_display_and_summary_show_counts_places_and_failures(tmp_path: Path) -> None:
     screen = io.StringIO()
     tally = Tally(total=3)
-    reporter = RichReporter(tally, Console(file=screen, force_terminal=True, width=170))
+    reporter = RichReporter(
+        tally, Console(file=screen, force_terminal=True, width=170, color_system=None)
+    )
     reporter.start()
-    tally.allowance = places = LocalAllowance(8, adaptive=False)
+    tally.allowance = places = WatchedAllowance(LocalAllowance(8, adaptive=False))
     async with places.hold(6):
-        await places.rejected(5)  # 6 held: the service's 5 learned (the places come back)
-    async with places.hold(2):
+        await places.rejected(5)  # a 429 inflight_limit naming the organization's 5, 6 held
+    async with places.hold(2):  # (a refused request's places come back)
         tally.in_flight, tally.downloading, tally.retries = 2, 1, 1
         reporter.changed()
         tally.in_flight, tally.downloading, tally.ok = 1, 0, 1
         reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True))
         tally.in_flight, tally.failed = 0, 1
         bad = Source(tmp_path / "b.png", "b.png")
+        tally.failures.append(Failure(source="b.png", error="HTTP 400: no"))
         reporter.finished(Outcome(source=bad, ok=False, error="HTTP 400: no"))
         reporter.close()  # drawn one last time: 2 of the 5 places in use
-    reporter.note(tally.summary())
+    for line in render(tally.summary()):
+        reporter.note(line)
     shown = screen.getvalue()
     assert "FAILED" in shown
     assert "b.png: HTTP 400: no" in shown
     assert "2/3" in shown
     assert "1 failed" in shown
-    assert "0 in flight 0 downloading" in shown
+    assert "0 in flight  0 downloading" in shown
     assert "2/5 places" in shown
     assert "Done: 1 of 3 image(s) upscaled, 1 failed" in shown
-    assert "The allowance settled at 5 of 8 images in flight." in shown
+    assert "1 refused by the service (429: 1 inflight_limit)" in shown
+    assert "the service named an allowance of 5, the bound settled at 5 image(s)" in shown
+    assert "Failed:\n  b.png: HTTP 400: no" in shown
 
 
 @pytest.mark.parametrize(
@@ -499,7 +512,7 @@ def test_without_rich_a_terminal_gets_plain_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tally = Tally(total=1)
-    reporter = make_reporter(tally, live=True)
+    reporter = make_reporter(tally, View(progress="rich"))
     assert isinstance(reporter, PlainReporter)
     tally.ok = 1
     reporter.finished(Outcome(source=Source(tmp_path / "a.png", "a.png"), ok=True, attempts=1))
@@ -513,6 +526,12 @@ def test_without_rich_a_terminal_gets_plain_lines(
     ]
 
 
-def test_with_rich_a_terminal_gets_the_live_bar() -> None:
-    assert isinstance(make_reporter(Tally(total=1), live=True), RichReporter)
-    assert isinstance(make_reporter(Tally(total=1), live=False), PlainReporter)
+def test_progress_modes_choose_the_display() -> None:
+    def chosen(**view: Any) -> type:
+        return type(make_reporter(Tally(total=1), View(**view)))
+
+    assert chosen(progress="rich") is RichReporter
+    assert chosen(progress="plain") is PlainReporter
+    assert chosen() is PlainReporter  # auto, and pytest's stdout is no terminal
+    assert chosen(progress="none") is SilentReporter
+    assert chosen(quiet=True) is SilentReporter

@@ -15,11 +15,13 @@ import socket
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ideogram_async import (
     APIConnectionError,
+    APITimeoutError,
     BatchResult,
     IdeogramClient,
     RetryPolicy,
@@ -30,7 +32,7 @@ from ideogram_async import (
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._manifest import Outcome
-from ideogram_async.cli._pipeline import FailFast, run_batch
+from ideogram_async.cli._pipeline import FailFast, Halt, run_batch
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -83,7 +85,11 @@ async def test_a_wrong_key_stops_the_run_after_the_calls_in_flight(tmp_path: Pat
     assert "api_key=" not in run.stdout + run.stderr
     assert "0 of 30 image(s) upscaled, 30 not done" in run.stderr
     assert "FAILED" not in run.stdout
-    assert manifest.read_text() == ""  # nothing finished: every image is left to a rerun
+    # The key must change, not the command: no advice to resume what never started.
+    assert "The API key is what must change" in run.stderr
+    assert "--resume" not in run.stderr
+    # Nothing was written, so nothing is left behind: no manifest, lock or empty folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 async def test_a_dead_port_stops_the_run_at_the_first_refused_call(tmp_path: Path) -> None:
@@ -136,6 +142,22 @@ async def test_a_refused_call_stops_the_run_only_until_the_service_was_reached(
     assert reached.reason_to_stop(result(refused)) is None
 
 
+def test_unreachable_is_told_by_the_errors_attributes_not_its_text_or_cause() -> None:
+    worded = APIConnectionError("connection refused: the host name does not resolve")
+    worded.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    assert FailFast("http://x", official=False).reason_to_stop(result(worded)) is None
+    flagged = APIConnectionError("connection failed", unreachable=True)
+    reason = FailFast("http://x", official=False).reason_to_stop(result(flagged))
+    assert reason is not None
+    assert "(the host refused the connection or its name does not resolve; 1 attempt(s)" in reason
+    timed_out = APITimeoutError("no connection", kind="connect")
+    reason = FailFast("http://x", official=False).reason_to_stop(result(timed_out))
+    assert reason is not None
+    assert "(no connection within the connect timeout; 1 attempt(s)" in reason
+    slow = APITimeoutError("no answer", kind="attempt")
+    assert FailFast("http://x", official=False).reason_to_stop(result(slow)) is None
+
+
 async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
     images(tmp_path / "in", 4)
     plan = FaultPlan(rate=1.0, choices=[Fault.status(503)])
@@ -155,14 +177,14 @@ async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
 async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: Path) -> None:
     paths = images(tmp_path / "in", 12)
     sources = [Source(path, path.name) for path in paths]
-    in_flight, peak, finished = 0, 0, []
+    in_flight, peak, finished, paid = 0, 0, [], []
 
-    def started() -> None:
+    def started(index: int) -> None:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
 
-    def answered(ok: bool) -> None:
+    def answered(result: BatchResult[Any]) -> None:
         nonlocal in_flight
         in_flight -= 1
 
@@ -181,8 +203,10 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
                 UpscaleRequest(),
                 tmp_path / "out",
                 fail_fast=FailFast(emulator.base_url, official=False),
+                halt=Halt(),
                 on_start=started,
                 on_answer=answered,
+                on_paid=lambda outcome, downloading: paid.append(downloading),
                 on_finish=done,
             )
         )
@@ -192,41 +216,34 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
         await batch
     assert peak == 3
     assert finished == [True] * 12
+    assert paid == [True] * 12  # each paid result was announced before its download
 
 
-async def test_resume_redoes_a_missing_output_and_keeps_one_record_per_input(
-    tmp_path: Path,
-) -> None:
+async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: Path) -> None:
     images(tmp_path / "in", 5)
     (tmp_path / "in" / "notes.png").write_text("not an image")  # fails every time
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     keep = ["--manifest", str(manifest)]
     async with Emulator(KEY) as emulator:
-        first = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out), *keep)
-    assert first.returncode == 1, first.stderr
-    manifest.chmod(0o640)
-    deleted = out / "img-02.upscaled.png"
-    deleted.unlink()
-
-    for _ in range(2):  # the second resume redoes only the text file, again
-        async with Emulator(KEY) as emulator:
-            again = await run_cli(
-                *upscale_args(emulator, [tmp_path / "in"], out), *keep, "--resume"
-            )
-            sent = emulator.stats.requests
-        assert again.returncode == 1, again.stderr
-        assert_clean(again)
-        records = read_manifest(manifest)
-        assert len(records) == 6  # one final record per input, however many runs
-        assert sorted(r["status"] for r in records) == ["failed"] + ["ok"] * 5
-        assert deleted.is_file()
-        assert stat.S_IMODE(manifest.stat().st_mode) == 0o640  # rewritten in place
-    assert sent == 0
-    assert "Redoing 1 image(s) recorded as done whose result is missing" not in again.stdout
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        first = await run_cli(*args, *keep)
+        assert first.returncode == 1, first.stderr
+        manifest.chmod(0o640)
+        for _ in range(2):  # each resume redoes only the text file, again
+            again = await run_cli(*args, *keep, "--resume")
+            assert again.returncode == 1, again.stderr
+            assert_clean(again)
+            records = read_manifest(manifest)
+            assert len(records) == 6  # one final record per input, however many runs
+            assert sorted(r["status"] for r in records) == ["failed"] + ["ok"] * 5
+            assert stat.S_IMODE(manifest.stat().st_mode) == 0o640  # rewritten in place
+        assert emulator.stats.requests == 5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-async def test_resume_says_which_outputs_are_missing(tmp_path: Path) -> None:
+async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
+    tmp_path: Path,
+) -> None:
     images(tmp_path / "in", 3)
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     keep = ["--manifest", str(manifest)]
@@ -235,11 +252,13 @@ async def test_resume_says_which_outputs_are_missing(tmp_path: Path) -> None:
         assert (await run_cli(*args, *keep)).returncode == 0
         (out / "img-01.upscaled.png").unlink()
         again = await run_cli(*args, *keep, "--resume")
-        assert emulator.stats.requests == 4
+        assert emulator.stats.requests == 3  # bought once: the result is fetched again
+        assert emulator.stats.image_downloads == 4
     assert again.returncode == 0, again.stderr
     assert "Skipping 2 of 3 image(s)" in again.stdout
-    assert "Redoing 1 image(s) recorded as done whose result is missing: " in again.stdout
+    assert "1 image(s) recorded as done have lost their result: " in again.stdout
     assert "img-01.png" in again.stdout
+    assert "Downloading the results of 1 image(s) already upscaled" in again.stdout
     assert (out / "img-01.upscaled.png").is_file()
 
 
@@ -285,14 +304,14 @@ async def test_an_unwritable_out_folder_exits_2_before_sending(tmp_path: Path, w
 
 
 @pytest.mark.usefixtures("env_key")
-def test_out_folder_is_created_before_anything_is_sent(
+def test_an_out_folder_that_stays_empty_is_removed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "notes.png").write_text("not an image")  # fails locally: nothing is sent
     out = tmp_path / "a" / "b"
     args = ["upscale", str(tmp_path / "notes.png"), "-o", str(out), "--base-url", dead_url()]
     assert main(args) == 1
-    assert out.is_dir()
+    assert not (tmp_path / "a").exists()  # made to check it, removed as nothing was written
     shown = capsys.readouterr().out
     assert "Done: 0 of 1 image(s) upscaled, 1 failed in " in shown
     assert "/s" not in shown  # no rate of images that were never upscaled

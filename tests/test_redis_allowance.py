@@ -503,6 +503,8 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
     shown = f"redis://:***@127.0.0.1:{port}/0"
     assert caught.value.url == shown
     assert f"cannot reach Redis at {shown}" in str(caught.value)
+    assert ".;" not in str(caught.value)  # the cause's full stop does not end mid-sentence
+    assert str(caught.value).endswith("; check that the server runs and the URL is right")
     assert "hunter2" not in "".join(traceback.format_exception(caught.value))
     assert "hunter2" not in repr(allowance)
     with pytest.raises(SharedAllowanceError, match="cannot reach Redis"):
@@ -647,7 +649,11 @@ async def test_the_command_line_shares_the_allowance(
     assert "Done: 6 of 6" in out.decode()
     assert stats.responses_by_status[200] == 6
     assert stats.peak_places_in_use == 1  # the place the other worker left
-    assert await redis_state(url, organization_key(KEY, emulator.base_url)) == (0, 0)
+    organization = organization_key(KEY, emulator.base_url)
+    assert await redis_state(url, organization) == (0, 0)
+    assert f"shared through Redis at 127.0.0.1:{redis_server.port}/5, key {organization!r}" in (
+        out.decode()
+    )
 
 
 @pytest.mark.parametrize(

@@ -776,6 +776,28 @@ async def test_a_wait_that_would_end_at_or_past_the_deadline_is_not_made(
         assert events == []
 
 
+@pytest.mark.parametrize(("before", "calls"), [(0.0, 2), (5.0, 1)])
+async def test_the_time_before_the_first_failure_counts_against_the_deadline(
+    slept: list[float], before: float, calls: int
+) -> None:
+    # The first attempt runs before tenacity's loop: its time (and reading the input)
+    # must count when tenacity decides whether a wait would pass the deadline.
+    policy = RetryPolicy(attempts=2, deadline=10, retry_after_max=60)
+    record = retry_module.CallRecord("upscale a.png")
+    record.started -= before  # the call began ``before`` seconds ago
+    made = 0
+
+    async def attempt() -> None:
+        nonlocal made
+        made += 1
+        raise errors_module.RateLimitError("slow down", status=429, retry_after=6)
+
+    with pytest.raises(errors_module.RateLimitError):
+        await retry_module.retried(attempt, policy, record)
+    assert made == calls  # 5 s + a 6 s wait would pass the 10 s deadline: not waited
+    assert slept == [6.0] * (calls - 1)
+
+
 async def test_no_deadline_means_no_limit_on_waits(png_bytes: bytes, slept: list[float]) -> None:
     policy = RetryPolicy(deadline=None, retry_after_max=10_000)
     _, _, outcome = await run_with(

@@ -5,20 +5,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
 
 from ideogram_async import (
+    Allowance,
+    Budget,
     Flavor,
     IdeogramClient,
+    LocalAllowance,
+    LocalBudget,
     RetryEvent,
     RetryPolicy,
     SharedAllowanceError,
+    Timeouts,
     UpscaleRequest,
     ValidationError,
 )
@@ -27,25 +36,45 @@ from ideogram_async.v2 import V2Options, options_from_strings
 
 if TYPE_CHECKING:
     from ideogram_async.limits import RedisAllowance
+    from ideogram_async.redis_budget import RedisBudget
 
 from ._inputs import (
+    MadeFolders,
     Source,
     UsageError,
     check_collisions,
     find_images,
     read_key_file,
 )
-from ._manifest import ManifestLock, finished_sources, read_records
+from ._manifest import settings_of
+from ._manifest_io import ManifestLock, fallback_path, read_records, take_in_fallback
 from ._metrics import serving_metrics
 from ._parser import PROG, build_parser
-from ._pipeline import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Job, run_job
+from ._pipeline import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Job,
+    View,
+    describe,
+    nothing_left,
+    run_job,
+)
+from ._progress import AttemptLog
 from ._quotes import run_quotes
+from ._refusals import WatchedAllowance
+from ._resume import plan_resume
+from ._summary import SharedAt
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    for stream in (sys.stdout, sys.stderr):  # file names need not be text: never crash on one
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         args, rest = build_parser().parse_known_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad option (argparse exits 2)
@@ -72,9 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _live() -> bool:
-    """Whether to draw a live progress bar (stdout is a terminal) rather than plain lines."""
-    return sys.stdout.isatty()
+def _view(args: argparse.Namespace, shared: SharedAt | None = None) -> View:
+    """How the run shows itself, from ``--progress``, ``--quiet``, ``-v`` and ``--json``."""
+    if args.quiet and args.progress not in ("auto", "none"):
+        raise UsageError(f"--quiet shows no progress; leave out --progress {args.progress}")
+    if args.json and Path(args.json).is_dir():
+        raise UsageError(f"--json {args.json} is a folder; name the file to write the summary to")
+    return View(
+        progress=args.progress,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        json=Path(args.json) if args.json else None,
+        shared=shared,
+    )
 
 
 def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
@@ -109,16 +148,20 @@ def _upscale(args: argparse.Namespace) -> int:
             "no service URL: pass --base-url URL or set IDEOGRAM_BASE_URL "
             "(or pass --official to use api.ideogram.ai)"
         )
-    retry = None if args.retries is None else RetryPolicy(attempts=args.retries + 1)
+    retry = _retry(args)
+    timeouts = None if args.timeout is None else _timeouts(args.timeout)
     allowance = _shared_allowance(args)
+    budget, shared_budget = _budget(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
+        places: Allowance = LocalAllowance(args.concurrency) if allowance is None else allowance
         try:
             return IdeogramClient(
                 api_key=key,
                 base_url=base_url,
                 flavor=Flavor.OFFICIAL if official else Flavor.PROXY,
-                allowance=args.concurrency if allowance is None else allowance,
+                allowance=WatchedAllowance(places),
+                timeouts=timeouts,
                 retry=retry,
                 on_retry=on_retry,
             )
@@ -128,11 +171,20 @@ def _upscale(args: argparse.Namespace) -> int:
     if args.dry_run:
         if not isinstance(request, V2Options):
             raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
+        if args.json:
+            raise UsageError("--json writes the summary of a run; --dry-run prints prices only")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
         options = request
-        return _run(lambda stop: _sharing(allowance, run_quotes(connect, sources, options, stop)))
+        log = AttemptLog(describe) if args.verbose else None
+        quoting = functools.partial(connect, None if log is None else log.retried)
+        return _run(lambda stop: _sharing([allowance], run_quotes(quoting, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
+    if allowance is not None:
+        # A client names the shared allowance's key (its organization's, unless
+        # --allowance-key named one) when it is made; it opens nothing until used.
+        connect()
+    view = _view(args, None if allowance is None else _shared_at(args, allowance.key))
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -141,8 +193,25 @@ def _upscale(args: argparse.Namespace) -> int:
     sources = find_images(args.images, recursive=args.recursive, exclude=out_dir.resolve())
     check_collisions(sources, out_dir)
     manifest = Path(args.manifest) if args.manifest else None
-    with ManifestLock(manifest) if manifest else contextlib.nullcontext():
-        return _upscale_locked(args, request, sources, out_dir, manifest, connect, allowance)
+    folders = MadeFolders()  # a run that writes nothing leaves no empty folder behind
+    try:
+        if manifest is not None:
+            _make(folders, manifest.parent, "--manifest")
+        with ManifestLock(manifest) if manifest else contextlib.nullcontext():
+            return _upscale_locked(
+                args,
+                request,
+                sources,
+                out_dir,
+                manifest,
+                connect,
+                [allowance, shared_budget],
+                folders,
+                view,
+                budget,
+            )
+    finally:
+        folders.remove_empty()
 
 
 def _upscale_locked(
@@ -152,41 +221,55 @@ def _upscale_locked(
     out_dir: Path,
     manifest: Path | None,
     connect: Callable[[Callable[[RetryEvent], None]], IdeogramClient],
-    allowance: RedisAllowance | None,
+    shared: Sequence[RedisAllowance | RedisBudget | None],
+    folders: MadeFolders,
+    view: View,
+    budget: Budget | None,
 ) -> int:
-    """The rest of ``upscale``, holding the manifest's lock (when there is one)."""
+    """The rest of ``upscale``, holding the manifest's lock (when there is one).
+
+    ``shared`` are the users of Redis to connect before anything is sent.
+    """
+    job = Job(
+        sources=sources,
+        request=request,
+        out_dir=out_dir,
+        manifest=manifest,
+        rerun_hint="",
+        budget=budget,
+    )
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
-        sources = _unfinished(sources, manifest)
-        if not sources:
-            print("Nothing left to do.", flush=True)
-            return EXIT_OK
+        official = args.official or args.model is not None
+        job = _resumed(job, manifest, settings_of(request, official=official))
+        if not job.sources and not job.recorded:
+            return nothing_left(job, view)
         hint = "Run the same command again to finish the rest."
     elif manifest.is_file() and manifest.stat().st_size > 0:
         raise UsageError(
             f"the manifest {manifest} already exists; add --resume to skip the images it "
             f"records as done, or remove it to start over"
         )
+    elif fallback_path(manifest).exists():
+        raise UsageError(
+            f"{fallback_path(manifest)} holds records that an earlier run could not write "
+            f"to the manifest {manifest}; add --resume to take them in, or remove it to "
+            f"start over"
+        )
     else:
         hint = "Run the same command again with --resume to finish the rest."
-    _check_writable(out_dir)
-    job = Job(
-        sources=sources,
-        request=request,
-        out_dir=out_dir,
-        manifest=manifest,
-        append=args.resume,
-        rerun_hint=hint,
-    )
-    return _run(lambda stop: _sharing(allowance, run_job(job, connect, stop, live=_live())))
+    _check_writable(out_dir, folders)
+    job = attrs.evolve(job, rerun_hint=hint)
+    return _run(lambda stop: _sharing(shared, run_job(job, connect, stop, view=view)))
 
 
 def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
     """The allowance on Redis that ``--shared-allowance`` names, not yet connected."""
     if args.shared_allowance is None:
-        if args.lease is not None:
-            raise UsageError("--lease applies to --shared-allowance REDIS_URL")
+        for flag, value in (("--lease", args.lease), ("--allowance-key", args.allowance_key)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --shared-allowance REDIS_URL")
         return None
     try:
         from ideogram_async.limits import RedisAllowance
@@ -195,26 +278,89 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
         ) from None
     lease = 30.0 if args.lease is None else args.lease
+    named = {} if args.allowance_key is None else {"key": args.allowance_key}
     try:
-        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease)
+        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease, **named)
     except (ValidationError, SharedAllowanceError) as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 
-async def _sharing(allowance: RedisAllowance | None, work: Coroutine[Any, Any, int]) -> int:
-    """Run ``work`` with ``allowance`` connected first: if Redis is unreachable, nothing is sent."""
-    if allowance is None:
-        return await work
+def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None]:
+    """The budget ``--max-usd`` sets, and the same when it lives on Redis (connected first).
+
+    With ``--shared-allowance`` it is shared through that Redis by every worker, under
+    the name ``--allowance-key`` gives (else ``ideogram_async``).
+    """
+    if args.max_usd is None:
+        return None, None
+    if args.model is None:
+        raise UsageError("--max-usd limits what v2 upscales spend: add --model MODEL")
+    if args.dry_run:
+        raise UsageError("--dry-run spends nothing: drop --max-usd, or --dry-run to spend")
     try:
-        await allowance.connect()
+        if args.shared_allowance is None:
+            return LocalBudget(args.max_usd), None
+        from ideogram_async.redis_budget import RedisBudget  # the redis extra: checked before
+
+        named = {} if args.allowance_key is None else {"key": args.allowance_key}
+        shared = RedisBudget(args.shared_allowance, args.max_usd, **named)
+    except ValidationError as exc:
+        raise UsageError(f"--max-usd: {exc}") from None
+    return shared, shared
+
+
+async def _sharing(
+    shared: Sequence[RedisAllowance | RedisBudget | None], work: Coroutine[Any, Any, int]
+) -> int:
+    """Run ``work`` with its users of Redis connected first: if Redis is down, nothing is sent."""
+    users = [user for user in shared if user is not None]
+    try:
+        for user in users:
+            await user.connect()
     except SharedAllowanceError as exc:
         work.close()
-        await allowance.aclose()
+        for user in users:
+            await user.aclose()
         raise UsageError(str(exc)) from None
     try:
         return await work
     finally:
-        await allowance.aclose()
+        for user in users:
+            await user.aclose()
+
+
+def _shared_at(args: argparse.Namespace, key: str | None) -> SharedAt:
+    """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password.
+
+    ``key`` is the allowance's: the one ``--allowance-key`` named, else a digest of the
+    organization (the API key and host) that the client gave it.
+    """
+    parts = urlsplit(args.shared_allowance)
+    if parts.scheme == "unix":
+        host = parts.path
+    else:
+        try:
+            port = parts.port or 6379
+        except ValueError:  # redis-py refuses it when connecting; show it as given
+            port = None
+        database = parts.path.strip("/") or "0"
+        host = f"{parts.hostname or 'localhost'}:{port or '?'}/{database}"
+    return SharedAt(host=host, key=key or "unnamed")
+
+
+def _retry(args: argparse.Namespace) -> RetryPolicy | None:
+    """The retry policy of ``--retries`` and ``--deadline`` (``None``: the library's default)."""
+    changes: dict[str, Any] = {}
+    if args.retries is not None:
+        changes["attempts"] = args.retries + 1
+    if args.deadline is not None:
+        changes["deadline"] = args.deadline
+    return RetryPolicy(**changes) if changes else None
+
+
+def _timeouts(seconds: float) -> Timeouts:
+    """``--timeout``: the limit of one attempt; connecting gets no longer than it either."""
+    return Timeouts(attempt=seconds, connect=min(Timeouts().connect, seconds))
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:
@@ -274,33 +420,31 @@ def _env_key() -> str:
     return key
 
 
-def _unfinished(sources: list[Source], manifest: Path) -> list[Source]:
-    """The sources that ``manifest`` does not record as done, saying what it skips and redoes.
-
-    An image recorded as done whose result file is gone is done again.
-    """
-    done, gone = finished_sources(read_records(manifest))
-    todo = [source for source in sources if str(source.path) not in done]
-    if len(todo) < len(sources):
-        print(
-            f"Skipping {len(sources) - len(todo)} of {len(sources)} image(s) that "
-            f"{manifest} records as done.",
-            flush=True,
-        )
-    redone = [source.shown for source in sources if str(source.path) in gone]
-    if redone:
-        listed = ", ".join(redone[:5]) + (f" and {len(redone) - 5} more" if len(redone) > 5 else "")
-        print(
-            f"Redoing {len(redone)} image(s) recorded as done whose result is missing: {listed}.",
-            flush=True,
-        )
-    return todo
+def _resumed(job: Job, manifest: Path, settings: dict[str, Any]) -> Job:
+    """``job`` continuing ``manifest``: what it records as done is skipped, what it records
+    as paid for is downloaded, the rest is upscaled; says so."""
+    taken = take_in_fallback(manifest)
+    if taken:
+        print(f"Took in {taken} record(s) an earlier run could not write to {manifest}.")
+    plan = plan_resume(job.sources, read_records(manifest), settings)
+    for message in plan.messages(manifest, len(job.sources)):
+        print(message, flush=True)
+    return attrs.evolve(
+        job, sources=plan.upscale, recorded=plan.download, skipped=plan.done, append=True
+    )
 
 
-def _check_writable(out_dir: Path) -> None:
+def _make(folders: MadeFolders, folder: Path, option: str) -> None:
+    try:
+        folders.make(folder)
+    except OSError as exc:
+        raise UsageError(f"cannot create {folder} for {option}: {exc.strerror or exc}") from None
+
+
+def _check_writable(out_dir: Path, folders: MadeFolders) -> None:
     """Create ``out_dir`` and make sure a file can be written in it, before anything is paid."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folders.make(out_dir)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
@@ -320,6 +464,6 @@ def _demo(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             fault_rate=args.fault_rate,
             stop=stop,
-            live=_live(),
+            view=_view(args),
         )
     )

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import attrs
 
-from ideogram_async import IdeogramClient, RetryEvent, UpscaleRequest
+from ideogram_async import IdeogramClient, LocalAllowance, RetryEvent, UpscaleRequest
 from ideogram_async.testing import Emulator, FaultPlan
 
 from ._demo_v2 import try_v2
 from ._inputs import Source, UsageError
 from ._manifest import Outcome
-from ._pipeline import EXIT_INTERRUPTED, Job, run_job
+from ._pipeline import EXIT_INTERRUPTED, Job, View, run_job
+from ._refusals import WatchedAllowance
 
 _FORMATS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("png", "PNG", {}),
@@ -83,7 +84,7 @@ def make_samples(folder: Path, count: int) -> list[Sample]:
 
 
 async def run_demo(
-    out: Path, *, count: int, concurrency: int, fault_rate: float, stop: asyncio.Event, live: bool
+    out: Path, *, count: int, concurrency: int, fault_rate: float, stop: asyncio.Event, view: View
 ) -> int:
     """Run the demo into ``out``; return the exit status."""
     try:
@@ -106,11 +107,11 @@ async def run_demo(
             return IdeogramClient(
                 api_key=key,
                 base_url=emulator.base_url,
-                allowance=concurrency,
+                allowance=WatchedAllowance(LocalAllowance(concurrency)),
                 on_retry=on_retry,
             )
 
-        status = await run_job(job, connect, stop, live=live, on_outcome=outcomes.append)
+        status = await run_job(job, connect, stop, view=view, on_outcome=outcomes.append)
         if status == EXIT_INTERRUPTED:
             return status
         paths = [sample.path for sample in samples]

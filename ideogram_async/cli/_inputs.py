@@ -6,6 +6,7 @@ nothing: it is reported as a :class:`UsageError` (exit status 2).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -147,3 +148,26 @@ def read_key_file(path: str) -> str:
     if not key:
         raise UsageError(f"the API key file {path} is empty; put the key in it")
     return key
+
+
+class MadeFolders:
+    """The folders a run creates, removed again at its end if they are still empty, so
+    that a run that wrote nothing leaves nothing behind."""
+
+    def __init__(self) -> None:
+        self._made: list[Path] = []
+
+    def make(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents (``OSError`` if that fails)."""
+        missing = list(
+            itertools.takewhile(lambda path: not path.exists(), [folder, *folder.parents])
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made.extend(missing)
+
+    def remove_empty(self) -> None:
+        """Remove the folders made that are empty, deepest first."""
+        for folder in sorted(self._made, key=lambda path: len(path.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty (or gone): keep it
+                folder.rmdir()
+        self._made.clear()

@@ -1,115 +1,163 @@
 """The live display of the command line, drawn with ``rich`` (the ``cli`` extra).
 
-Imported only when rich is wanted; :mod:`._progress` falls back to plain lines
-when this import fails.
+One status line that always fits the terminal: each field has a priority, and the
+fields that do not fit the width drop out, least important first (they come back
+when the terminal widens); a bar takes what room is left. The counts that matter
+most (done/total, failed, in flight, rate, ETA) go last. While calls wait over
+10 s for the service, a second line says so.
+
+Imported only when rich is wanted; the plain lines of :mod:`._progress` serve when
+this import fails.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+import attrs
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from ._manifest import Outcome
 from ._progress import Tally
 
-__all__ = ["RichReporter", "print_table"]
+__all__ = ["Field", "RichReporter", "fit", "print_table", "status_fields"]
+
+_SEP = "  "
+_BAR_MIN, _BAR_MAX = 10, 40
 
 
-class _RateColumn(ProgressColumn):
-    """Images per second."""
+@attrs.frozen
+class Field:
+    """One piece of the status line; a lower ``priority`` is kept longer as the width shrinks."""
 
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        shown = "--" if speed is None else f"{speed:.1f}"
-        return Text(f"{shown} img/s", style="progress.data.speed")
+    priority: int
+    text: str
+    style: str = ""
 
 
-class _PlacesColumn(ProgressColumn):
-    """Places (images) in flight out of the allowance's current bound."""
+def fit(fields: Sequence[Field], width: int) -> list[Field]:
+    """The fields that fit in ``width`` cells, shown in their order.
+
+    They are taken most important first, until the next one does not fit: so a
+    narrower terminal only ever drops fields, and a wider one only brings them back.
+    """
+    kept: set[int] = set()
+    used = 0
+    for index in sorted(range(len(fields)), key=lambda i: (fields[i].priority, i)):
+        cost = cell_len(fields[index].text) + (len(_SEP) if kept else 0)
+        if used + cost > width:
+            break
+        kept.add(index)
+        used += cost
+    return [fields[index] for index in sorted(kept)]
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def status_fields(tally: Tally, now: float | None = None) -> list[Field]:
+    """The status line's fields for ``tally``, in display order, with their priorities."""
+    elapsed = (time.monotonic() if now is None else now) - tally.started
+    todo = tally.total - tally.skipped
+    rate = tally.done / elapsed if tally.done and elapsed > 0 else None
+    eta = "--:--" if rate is None else _clock((todo - tally.done) / rate)
+    fields = [
+        Field(9, "Upscaling", "bold"),
+        Field(1, f"{tally.done}/{todo}", "progress.download"),
+        Field(5, f"{tally.ok} ok", "green"),
+        Field(1, f"{tally.failed} failed", "red" if tally.failed else ""),
+        Field(1, f"{tally.in_flight} in flight", "cyan"),
+        Field(4, f"{tally.downloading} downloading"),
+    ]
+    places = tally.allowance
+    if places is not None:
+        fields.append(Field(3, f"{places.in_use}/{places.limit} places", "cyan"))
+    fields += [
+        Field(2, f"{tally.retries} retries", "yellow" if tally.retries else ""),
+        Field(1, "-- img/s" if rate is None else f"{rate:.1f} img/s", "progress.data.speed"),
+        Field(6, _clock(elapsed), "progress.elapsed"),
+        Field(1, f"ETA {eta}", "progress.remaining"),
+    ]
+    return fields
+
+
+class _Status:
+    """The renderable the live display redraws: the fitted status line, a wait notice."""
 
     def __init__(self, tally: Tally) -> None:
-        super().__init__()
         self._tally = tally
 
-    def render(self, task: Task) -> Text:
-        places = self._tally.allowance
-        if places is None:
-            return Text("")
-        return Text(f"{places.in_use}/{places.limit} places", style="cyan")
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.lines(options.max_width)
+
+    def lines(self, width: int) -> Iterator[Text]:
+        """The display at ``width`` cells: each line fits, no field cut."""
+        fields = status_fields(self._tally)
+        kept = fit(fields, width)
+        room = width - sum(cell_len(f.text) for f in kept) - len(_SEP) * len(kept)
+        line = Text()
+        for number, field in enumerate(kept):
+            if number:
+                line.append(_SEP)
+            line.append(field.text, style=field.style)
+            if number == 0 and room >= _BAR_MIN:
+                line.append(_SEP)
+                line.append_text(self._bar(min(room, _BAR_MAX)))
+        yield line
+        waiting = self._tally.waiting_text()
+        if waiting is not None and cell_len(waiting) <= width:
+            yield Text(waiting, style="bold yellow")
+
+    def _bar(self, width: int) -> Text:
+        todo = self._tally.total - self._tally.skipped
+        filled = width if todo <= 0 else width * self._tally.done // todo
+        return Text.assemble(("━" * filled, "bar.complete"), ("━" * (width - filled), "bar.back"))
 
 
 class RichReporter:
-    """A live bar (done, ok, failed, in flight, downloading, places, retries, rate, ETA).
+    """A live status line that fits the terminal; failures are printed above it as they happen.
 
     "In flight" counts the upscale calls that ``--allowance`` bounds; downloads of
     finished upscales are counted apart.
-
-    Failures are printed above the bar as they happen.
     """
 
     def __init__(self, tally: Tally, console: Console | None = None) -> None:
         self._tally = tally
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] "
-                "{task.fields[in_flight]} in flight {task.fields[downloading]} downloading "
-                "{task.fields[retries]} retries"
-            ),
-            _PlacesColumn(tally),
-            _RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        self.status = _Status(tally)
+        self._live = Live(
+            self.status,
             console=console or Console(),
+            refresh_per_second=4,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
-        self._task = self._progress.add_task("Upscaling", total=tally.total)
-        self.changed()
 
     def start(self) -> None:
-        self._progress.start()
+        self._live.start()
 
     def changed(self) -> None:
-        tally = self._tally
-        self._progress.update(
-            self._task,
-            completed=tally.done,
-            ok=tally.ok,
-            failed=tally.failed,
-            in_flight=tally.in_flight,
-            downloading=tally.downloading,
-            retries=tally.retries,
-        )
+        pass  # redrawn 4 times a second: a busy run does not redraw per event
 
     def finished(self, outcome: Outcome) -> None:
         if not outcome.ok:
-            self._progress.console.print(
+            self._live.console.print(
                 Text.assemble(("FAILED ", "bold red"), f"{outcome.source.shown}: {outcome.error}")
             )
         self.changed()
 
     def note(self, text: str) -> None:
-        self._progress.console.print(text, markup=False, highlight=False)
+        self._live.console.print(text, markup=False, highlight=False)
 
     def close(self) -> None:
-        self._progress.stop()
+        self._live.stop()
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

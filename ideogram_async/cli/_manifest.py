@@ -1,33 +1,104 @@
-"""The manifest of a command-line run: one JSON line per finished input.
+"""One line of the manifest: what an input's result was made with, and where it stands.
 
-Each line records how one input ended (:class:`Outcome`); ``--resume`` reads the
-file back (:func:`read_records`, :func:`finished_sources`) to skip the inputs already
-done. Lines are appended as inputs finish; when the manifest is closed it is rewritten
-(atomically) to hold one line per input, its last. :class:`ManifestLock` keeps two runs
-from sharing a manifest.
+An input's lines follow its life: ``upscaled`` as soon as the service answers (the
+result URLs, written before anything is downloaded, so a result that was paid for is
+never bought again), then ``ok`` (saved) or ``failed``. Every line carries the run's
+settings (:func:`settings_of`), so that ``--resume`` can tell work made with other
+settings. Paths are written as text; a path whose bytes are not UTF-8 (a file named
+by another system) is written readably, with U+FFFD, and losslessly beside it, as the
+base64 of its bytes (``source_bytes``, ``outputs_bytes``).
 """
 
 from __future__ import annotations
 
-import fcntl
+import base64
+import binascii
 import json
 import os
-import stat
-import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, BinaryIO
+from typing import Any, Literal
 
 import attrs
 
-from ._inputs import Source, UsageError
+from ideogram_async import UpscaleRequest, V2Options
 
-__all__ = ["Manifest", "ManifestLock", "Outcome", "finished_sources", "read_records"]
+from ._inputs import Source
+
+__all__ = ["Outcome", "Record", "Settings", "parse_lines", "settings_of", "text", "utc_now"]
+
+Settings = dict[str, Any]
+"""What a result is made with, as recorded: JSON values, strings valid Unicode."""
+
+Status = Literal["ok", "upscaled", "failed"]
+
+_START = '{"source": '
+"""How every line starts (``json.dumps`` with ``source`` first): where a record begins."""
+
+
+def text(value: str) -> str:
+    """``value`` as valid Unicode: the bytes of a file name that are not UTF-8 become U+FFFD."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name made
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _raw(path: str) -> str | None:
+    """The base64 of ``path``'s bytes when its text loses some (they are not UTF-8), else None."""
+    data = os.fsencode(path)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii")
+    return None
+
+
+def _unraw(value: object) -> str | None:
+    """The path whose bytes ``value`` holds in base64 (as ``os.fsdecode`` gives it), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return os.fsdecode(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def utc_now() -> str:
+    """The time now, as recorded: ISO 8601 in UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def settings_of(request: UpscaleRequest | V2Options, *, official: bool) -> Settings:
+    """What results made with ``request`` are made with: the upscaler and every option set.
+
+    v1 records its flavor (``proxy`` or ``official``), v2 its model. The documented
+    service defaults (one image, factor ``x2``) are filled in, so that leaving one unset
+    and naming it record the same settings.
+    """
+    fields: Settings
+    if isinstance(request, V2Options):
+        fields = {"api": "v2", "model": request.model, **request.form_fields()}
+        if request.factor is not None:
+            fields["upscale_factor"] = request.factor
+    else:
+        fields = {"api": "v1", "flavor": "official" if official else "proxy"}
+        fields.update(json.loads(request.to_json()))
+        fields.setdefault("num_images", 1)
+    return {
+        name: text(value) if isinstance(value, str) else value for name, value in fields.items()
+    }
 
 
 @attrs.frozen(kw_only=True)
 class Outcome:
-    """How one input ended: upscaled and downloaded, or failed."""
+    """Where one input stands: upscaled (paid, results not saved yet), done, or failed.
+
+    ``ok``: done, its results saved as ``outputs``. Not ``ok`` with an ``error``: failed
+    (``urls`` are kept when the upscale was paid for and only saving its results
+    failed). Not ``ok`` without an ``error``: upscaled, its results waiting at ``urls``.
+    """
 
     source: Source
     ok: bool
@@ -38,162 +109,101 @@ class Outcome:
     error: str | None = None
     attempts: int = 0
     seconds: float = 0.0
+    upscaled_at: str | None = None
+    """When the service answered with ``urls`` (see :func:`utc_now`); they live 24 hours."""
 
-    def manifest_line(self) -> bytes:
+    @property
+    def status(self) -> Status:
+        """``ok``, ``upscaled`` (paid, not saved yet) or ``failed``, as the manifest says."""
+        if self.ok:
+            return "ok"
+        return "failed" if self.error is not None else "upscaled"
+
+    def line(self, settings: Settings) -> bytes:
         """One JSON line for the manifest (absolute paths; never the API key)."""
-        record = {
-            "source": os.fspath(self.source.path),
-            "status": "ok" if self.ok else "failed",
-            "urls": list(self.urls),
-            "outputs": [os.fspath(path.absolute()) for path in self.outputs],
-            "error": self.error,
+        source = os.fspath(self.source.path)
+        outputs = [os.fspath(path.absolute()) for path in self.outputs]
+        record: dict[str, Any] = {"source": text(source)}
+        if (raw := _raw(source)) is not None:
+            record["source_bytes"] = raw
+        record |= {
+            "status": self.status,
+            "settings": settings,
+            "urls": [text(url) for url in self.urls],
+            "upscaled_at": self.upscaled_at,
+            "outputs": [text(output) for output in outputs],
+        }
+        raws = [_raw(output) for output in outputs]
+        if any(raws):
+            record["outputs_bytes"] = [
+                raw or base64.b64encode(os.fsencode(output)).decode("ascii")
+                for raw, output in zip(raws, outputs, strict=True)
+            ]
+        record |= {
+            "error": None if self.error is None else text(self.error),
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
         }
         return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-class Manifest:
-    """The JSONL record of finished inputs, one line per input as it finishes.
+@attrs.frozen(kw_only=True)
+class Record:
+    """One manifest line as read back; paths as ``os.fsdecode`` gives them (lossless)."""
 
-    Each line goes out in a single unbuffered write, so an interrupted run leaves
-    only whole lines behind. ``append`` continues an existing manifest (``--resume``),
-    first ending a line that a killed run left unfinished.
-    """
-
-    def __init__(self, path: Path, *, append: bool) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: BinaryIO = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115
-            if append and self._file.tell() > 0 and not _ends_with_newline(path):
-                self._file.write(b"\n")
-        except OSError as exc:
-            raise UsageError(f"cannot write the manifest {path}: {exc.strerror or exc}") from None
-
-    def write(self, outcome: Outcome) -> None:
-        """Append the line of ``outcome``."""
-        self._file.write(outcome.manifest_line())
-
-    def close(self) -> None:
-        """Close the file, then leave one line per input in it (its last)."""
-        self._file.close()
-        _compact(self.path)
+    source: str
+    status: str
+    settings: Settings | None
+    """``None`` on a line of an older manifest, which recorded no settings."""
+    urls: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attempts: int
+    upscaled_at: str | None
+    line: str
+    """The line as read, ending in a newline."""
 
 
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as file:
-        file.seek(-1, os.SEEK_END)
-        return file.read(1) == b"\n"
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
 
 
-def _records(manifest: Path) -> tuple[dict[str, tuple[dict[str, Any], str]], int]:
-    """The last record (parsed, and its line) of each source, and how many lines there are.
+def _record(data: dict[str, Any], line: str) -> Record | None:
+    source = _unraw(data.get("source_bytes")) or data.get("source")
+    if not isinstance(source, str):
+        return None
+    outputs = _strings(data.get("outputs"))
+    raws = data.get("outputs_bytes")
+    if isinstance(raws, list) and len(raws) == len(outputs):
+        outputs = tuple(_unraw(raw) or output for raw, output in zip(raws, outputs, strict=True))
+    settings, attempts, when = data.get("settings"), data.get("attempts"), data.get("upscaled_at")
+    return Record(
+        source=source,
+        status=str(data.get("status")),
+        settings=settings if isinstance(settings, dict) else None,
+        urls=_strings(data.get("urls")),
+        outputs=outputs,
+        attempts=attempts if isinstance(attempts, int) else 0,
+        upscaled_at=when if isinstance(when, str) else None,
+        line=line,
+    )
 
-    Sources keep the order of their first line. Lines that are not complete JSON
-    objects with a ``source`` (a run killed mid-write) are left out: their inputs are
-    simply done again.
-    """
-    last: dict[str, tuple[dict[str, Any], str]] = {}
-    count = 0
+
+def _parse(line: str) -> Record | None:
+    """The record on ``line``; a record torn off by a killed run, and running into the
+    next one on the same line, is skipped without losing that next one."""
     try:
-        with manifest.open(encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                count += 1
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("source"), str):
-                    last[record["source"]] = (record, line if line.endswith("\n") else line + "\n")
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise UsageError(f"cannot read the manifest {manifest}: {exc.strerror or exc}") from None
-    return last, count
+        data = json.loads(line)
+    except ValueError:
+        start = line.find(_START, 1)
+        return None if start < 0 else _parse(line[start:])
+    return _record(data, line.strip() + "\n") if isinstance(data, dict) else None
 
 
-def read_records(manifest: Path) -> dict[str, dict[str, Any]]:
-    """The last record of each source in ``manifest`` (none when it does not exist)."""
-    return {source: record for source, (record, _) in _records(manifest)[0].items()}
-
-
-def finished_sources(records: dict[str, dict[str, Any]]) -> tuple[set[str], list[str]]:
-    """The sources recorded as done, and those recorded as done whose output is gone.
-
-    Done means the last record is ``ok`` and every output it lists is still a file;
-    the inputs of the second list are done again.
-    """
-    done: set[str] = set()
-    gone: list[str] = []
-    for source, record in records.items():
-        if record.get("status") != "ok":
-            continue
-        outputs = record.get("outputs")
-        if (
-            isinstance(outputs, list)
-            and outputs
-            and all(isinstance(output, str) and os.path.isfile(output) for output in outputs)
-        ):
-            done.add(source)
-        else:
-            gone.append(source)
-    return done, gone
-
-
-def _compact(manifest: Path) -> None:
-    """Rewrite ``manifest`` with one line per source, its last; atomically, same mode."""
-    last, count = _records(manifest)
-    if count == len(last):
-        return  # already one whole line per source
-    fd, name = tempfile.mkstemp(dir=manifest.parent, prefix=f".{manifest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.writelines(line for _, line in last.values())
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(name, stat.S_IMODE(manifest.stat().st_mode))
-        os.replace(name, manifest)
-    except BaseException:
-        os.unlink(name)
-        raise
-
-
-class ManifestLock:
-    """Holds ``<manifest>.lock`` exclusively for one run, so two runs never share a manifest.
-
-    The lock (``flock``) is released when the run ends, or when its process dies; the
-    lock file itself stays, empty.
-    """
-
-    def __init__(self, manifest: Path) -> None:
-        self.manifest = manifest
-        self.path = manifest.with_name(manifest.name + ".lock")
-        self._file: IO[bytes] | None = None
-
-    def __enter__(self) -> ManifestLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(self.path, "ab")
-        except OSError as exc:
-            raise UsageError(f"cannot write the manifest's lock file {self.path}: {exc}") from None
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
-            raise UsageError(
-                f"another run is using the manifest {self.manifest} (it holds "
-                f"{self.path}); let it finish, or give this run its own --manifest"
-            ) from None
-        self._file = file
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._file is not None:
-            self._file.close()  # releases the lock
-            self._file = None
+def parse_lines(lines: Iterable[str]) -> Iterator[Record]:
+    """The records of a manifest's lines, in order; lines that hold none are skipped."""
+    for line in lines:
+        record = _parse(line)
+        if record is not None:
+            yield record

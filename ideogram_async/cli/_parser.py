@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import NoReturn
 
-from ideogram_async import MagicPrompt, RetryPolicy, __version__
+from ideogram_async import MagicPrompt, RetryPolicy, Timeouts, __version__
 from ideogram_async.limits import DEFAULT_ALLOWANCE
 from ideogram_async.v2 import MODELS
 
-__all__ = ["PROG", "build_parser"]
+__all__ = ["PROG", "PROGRESS", "build_parser"]
 
 PROG = "ideogram-async"
+PROGRESS = ("auto", "rich", "plain", "none")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors take one line, and say where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 _UPSCALE_EXAMPLES = """\
 examples:
@@ -19,20 +30,29 @@ examples:
   ideogram-async upscale photos/ --out upscaled --base-url https://proxy.example
   ideogram-async upscale 'shots/**/*.jpg' -r -o big --official --prompt "crisp detail"
   ideogram-async upscale photos/ -o big --manifest big/manifest.jsonl --resume
-  ideogram-async upscale photos/ -o big --model topaz-bloom-2 --factor x4 \
+  ideogram-async upscale photos/ -o big --model topaz-bloom-2 --factor x4 \\
       --option creativity=5 --prompt "autumn leaves"
   ideogram-async upscale photos/ --model topaz-standard-2 --factor x4 --dry-run
+  ideogram-async upscale photos/ -o big --deadline 300 -v --json big/summary.json
 
 Each result is saved as DIR/<name>.upscaled.<ext> (<name>.upscaled-<k>.<ext> when
---num-images asks for several). With --manifest, one JSON line per image records its
-source, status, urls, outputs, error, attempts and seconds; --resume skips the images
-it records as ok whose results still exist, so finishing an interrupted run pays for no
-image twice. A refused key, or a service that cannot be reached, stops the run at once.
+--num-images asks for several). With --manifest, each image's settings and result
+URLs are recorded as soon as it is paid for, then how it ended; --resume skips the
+images done with the same settings, downloads the results already paid for from their
+recorded URLs and upscales the rest, so finishing an interrupted run pays for no image
+twice. A refused key, an unreachable service or a full disk stops the run at once.
 
 --model uses one of Ideogram's v2 upscalers (its own API and Api-Key; --base-url still
 overrides the host), with its options as --option NAME=VALUE; an image whose result
 would pass 8192 px a side fails on its own, before upload. --dry-run prices every
-image without running, downloading or billing anything, and prints the total.
+image without running, downloading or billing anything, and prints the total; it
+exits 1 when any image could not be priced. --max-usd AMOUNT prices each image before
+sending it and stops the run before it would spend more than AMOUNT.
+
+--timeout bounds one attempt, --deadline one image (all its retries and waits); -v
+prints one line per attempt on stderr. At the end a summary says what happened
+(succeeded, failed, skipped, refused requests, retries, the allowance); --json PATH
+also writes it as JSON.
 
 exit status: 0 all images done, 1 some failed or the run was stopped, 2 usage error
 (nothing was sent), 130 interrupted (Ctrl-C or SIGTERM).
@@ -41,7 +61,7 @@ exit status: 0 all images done, 1 some failed or the run was stopped, 2 usage er
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; ``args.name`` says which one was chosen."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Upscale images at volume through the Ideogram upscale endpoint.",
     )
@@ -97,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="price every image and print the total; nothing is run, downloaded or billed",
     )
+    v2.add_argument(
+        "--max-usd",
+        type=_dollars,
+        metavar="AMOUNT",
+        help="stop before spending more than AMOUNT US dollars: each image's price is "
+        "reserved before it is sent (shared by every worker with --shared-allowance)",
+    )
     service = upscale.add_argument_group("service")
     service.add_argument(
         "--base-url", metavar="URL", help="the proxy's URL [env IDEOGRAM_BASE_URL]"
@@ -118,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(redis://HOST:PORT/DB; needs the redis extra)",
     )
     service.add_argument(
+        "--allowance-key",
+        metavar="NAME",
+        help="with --shared-allowance: the name of the allowance on that Redis server "
+        "[a digest of the API key and host: one per organization]",
+    )
+    service.add_argument(
         "--lease",
         type=_seconds,
         metavar="SECONDS",
@@ -136,14 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the run's metrics in Prometheus text format at http://HOST:PORT/metrics "
         "(HOST 127.0.0.1 unless given, 0.0.0.0 for every interface; needs the prometheus extra)",
     )
+    service.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="time limit of one attempt (sending, the service's work, the answer) "
+        f"[{Timeouts().attempt:g}]",
+    )
+    service.add_argument(
+        "--deadline",
+        type=_seconds,
+        metavar="SECONDS",
+        help="time limit of one image, all its attempts and waits included "
+        f"[{RetryPolicy().deadline:g}]",
+    )
+    _add_view(upscale)
     records = upscale.add_argument_group("manifest")
     records.add_argument(
-        "--manifest", metavar="PATH", help="record each finished image as a JSON line in PATH"
+        "--manifest",
+        metavar="PATH",
+        help="record each image's settings, result URLs and outcome as JSON lines in PATH",
     )
     records.add_argument(
         "--resume",
         action="store_true",
-        help="skip images the manifest records as ok whose results still exist; do the rest",
+        help="skip images the manifest records as done with these settings, download the "
+        "results it records as paid for, upscale the rest",
     )
 
     demo = commands.add_parser(
@@ -171,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="share of requests that get a transient fault, 0 to 1 [%(default)s]",
     )
+    _add_view(demo)
 
     serve = commands.add_parser(
         "serve",
@@ -195,6 +247,21 @@ def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     )
 
 
+def _add_view(parser: argparse.ArgumentParser) -> None:
+    view = parser.add_argument_group("progress and summary")
+    view.add_argument(
+        "--progress",
+        choices=PROGRESS,
+        default="auto",
+        help="auto: a live display on a terminal, plain lines otherwise [%(default)s]",
+    )
+    view.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress and no notes: only the summary"
+    )
+    view.add_argument("-v", "--verbose", action="store_true", help="one line per attempt on stderr")
+    view.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
+
+
 def _at_least(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -206,6 +273,16 @@ def _at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _dollars(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value < Decimal("0.000001"):
+        raise argparse.ArgumentTypeError(f"expected US dollars > 0 such as 5 or 2.50, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:

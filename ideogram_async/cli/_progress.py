@@ -1,24 +1,35 @@
-"""Progress of a command-line run: a live bar on a terminal, plain lines otherwise.
+"""Progress of a command-line run: the counts, plain lines, and the ``-v`` attempt log.
 
-The live bar needs ``rich`` (the ``cli`` extra); without it, a terminal gets the
-plain lines too.
-
-The plain lines are a stable format that scripts (and the tests) read::
+:class:`Tally` counts a run as it goes and turns into its :class:`~._summary.Summary`.
+A :class:`Reporter` shows it: a live display on a terminal (``._live``, needs rich),
+plain lines otherwise, or nothing (``--progress none``, ``--quiet``). The plain
+lines are a stable format that scripts (and the tests) read::
 
     [12/50] ok photo.png -> out/photo.upscaled.png (1 attempt, 0.84s)
-    [13/50] FAILED bad.png: <error>
+    [13/50] FAILED bad.png: <error> (3 attempts, 31.20s)
+    3 waiting 42 s for the service
+
+:class:`AttemptLog` writes ``-v``'s line per attempt on stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
 
 import attrs
 
-from ideogram_async import Allowance
+from ideogram_async import Allowance, APIStatusError, BatchResult, Budget, RetryEvent
 
-from ._manifest import Outcome
+from ._manifest import Outcome, text
+from ._refusals import RefusalCounter, WatchedAllowance
+from ._summary import AllowanceReport, Failure, SharedAt, Summary
+
+WAITING_AFTER = 10.0
+"""Seconds a call waits for the service before the display says so."""
 
 
 @attrs.define
@@ -26,8 +37,11 @@ class Tally:
     """Running counts of one run."""
 
     total: int
+    """Inputs of the run, the ones skipped as done included."""
     ok: int = 0
     failed: int = 0
+    skipped: int = 0
+    """Inputs already done before the run started (``--resume``)."""
     in_flight: int = 0
     """Upscale calls started and not answered yet (sending, awaiting, retrying): what
     ``--allowance`` bounds."""
@@ -37,28 +51,55 @@ class Tally:
     started: float = attrs.field(factory=time.monotonic)
     allowance: Allowance | None = None
     """The client's places in flight (``in_use`` of ``limit``), once it exists."""
+    calls: dict[int, float] = attrs.field(factory=dict)
+    """When each upscale call in flight started, by input index."""
+    failures: list[Failure] = attrs.field(factory=list)
+    refusals: RefusalCounter = attrs.field(factory=RefusalCounter)
 
     @property
     def done(self) -> int:
+        """Inputs finished in this run (skipped ones not included)."""
         return self.ok + self.failed
 
-    def summary(self) -> str:
-        """One line: counts, time, and the rate of upscaled images (when there are some)."""
-        elapsed = time.monotonic() - self.started
-        failed = f", {self.failed} failed" if self.failed else ""
-        details = [f"{self.ok / elapsed:.1f}/s"] if self.ok and elapsed > 0 else []
-        if self.retries:
-            details.append(f"{self.retries} request(s) retried")
-        shown = f" ({', '.join(details)})" if details else ""
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def waiting(self, now: float | None = None) -> tuple[int, float]:
+        """How many calls have waited over :data:`WAITING_AFTER` seconds, and the longest wait."""
+        now = time.monotonic() if now is None else now
+        waits = [now - start for start in self.calls.values() if now - start > WAITING_AFTER]
+        return len(waits), max(waits, default=0.0)
+
+    def waiting_text(self) -> str | None:
+        """``3 waiting 42 s for the service``, or ``None`` while no call waits that long."""
+        count, longest = self.waiting()
+        return f"{count} waiting {longest:.0f} s for the service" if count else None
+
+    def summary(self, *, shared: SharedAt | None = None, budget: Budget | None = None) -> Summary:
+        """What the run did so far; inputs neither done nor skipped count as skipped.
+
+        With a ``budget``, its ``spent`` is the dollars spent (a shared budget's, as
+        last seen) and its ``max_usd`` the limit.
+        """
         places = self.allowance
-        learned = (
-            f" The allowance settled at {places.limit} of {places.maximum} images in flight."
-            if places is not None and places.limit < places.maximum
-            else ""
-        )
-        return (
-            f"Done: {self.ok} of {self.total} image(s) upscaled{failed} in {elapsed:.1f}s"
-            f"{shown}.{learned}"
+        reported = places.reported if isinstance(places, WatchedAllowance) else None
+        return Summary(
+            total=self.total,
+            succeeded=self.ok,
+            failed=self.failed,
+            skipped=self.total - self.done,
+            refused={} if places is None else self.refusals.by_reason(places),
+            retries=self.retries,
+            seconds=self.elapsed,
+            usd=None if budget is None else budget.spent,
+            max_usd=None if budget is None else budget.max_usd,
+            allowance=AllowanceReport(
+                shared=shared,
+                bound=None if places is None or reported is None else places.limit,
+                reported=reported,
+            ),
+            failures=tuple(self.failures),
         )
 
 
@@ -66,7 +107,7 @@ class Reporter(Protocol):
     """Shows a run's progress; the tally changes before each call."""
 
     def start(self) -> None:
-        """Start any live display."""
+        """Start any live display (called in the running event loop)."""
 
     def changed(self) -> None:
         """An input was taken up or a request retried."""
@@ -86,10 +127,55 @@ def _attempts(count: int) -> str:
 
 
 class PlainReporter:
-    """One flushed line per finished input, for logs, pipes and scripts."""
+    """One flushed line per finished input, for logs, pipes and scripts.
 
-    def __init__(self, tally: Tally) -> None:
+    While a call has waited over :data:`WAITING_AFTER` seconds for the service, a
+    line says so every :data:`WAITING_AFTER` seconds.
+    """
+
+    def __init__(self, tally: Tally, out: TextIO | None = None) -> None:
         self._tally = tally
+        self._out = out
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().call_later(WAITING_AFTER, self._tick)
+
+    def _tick(self) -> None:
+        text = self._tally.waiting_text()
+        if text is not None:
+            self.note(text)
+        self._ticker = asyncio.get_running_loop().call_later(WAITING_AFTER, self._tick)
+
+    def changed(self) -> None:
+        pass
+
+    def finished(self, outcome: Outcome) -> None:
+        head = f"[{self._tally.done}/{self._tally.total - self._tally.skipped}]"
+        if outcome.ok:
+            outputs = ", ".join(str(path) for path in outcome.outputs)
+            line = (
+                f"{head} ok {outcome.source.shown} -> {outputs} "
+                f"({_attempts(outcome.attempts)}, {outcome.seconds:.2f}s)"
+            )
+        else:
+            line = (
+                f"{head} FAILED {outcome.source.shown}: {outcome.error} "
+                f"({_attempts(outcome.attempts)}, {outcome.seconds:.2f}s)"
+            )
+        self.note(line)
+
+    def note(self, text: str) -> None:
+        print(text, file=self._out or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+
+class SilentReporter:
+    """No progress at all (``--progress none``): only the notes, the summary among them."""
 
     def start(self) -> None:
         pass
@@ -98,19 +184,63 @@ class PlainReporter:
         pass
 
     def finished(self, outcome: Outcome) -> None:
-        head = f"[{self._tally.done}/{self._tally.total}]"
-        if outcome.ok:
-            outputs = ", ".join(str(path) for path in outcome.outputs)
-            line = (
-                f"{head} ok {outcome.source.shown} -> {outputs} "
-                f"({_attempts(outcome.attempts)}, {outcome.seconds:.2f}s)"
-            )
-        else:
-            line = f"{head} FAILED {outcome.source.shown}: {outcome.error}"
-        print(line, flush=True)
+        pass
 
     def note(self, text: str) -> None:
         print(text, flush=True)
 
     def close(self) -> None:
         pass
+
+
+def _why_wait(error: BaseException) -> str:
+    if isinstance(error, APIStatusError) and error.retry_after is not None:
+        return "the service asked for it (Retry-After)"
+    return "backoff with jitter"
+
+
+class AttemptLog:
+    """``-v``: one line per attempt on stderr, with the time it really took.
+
+    Retried attempts come from the client's retry events; each call's last attempt
+    from its result. An attempt's time runs from its start (the call's start, or the
+    end of the wait before it) to the moment it failed or ended. Calls are known by
+    the client's names for them; a file name's bytes that are not UTF-8 show as U+FFFD.
+    """
+
+    def __init__(
+        self, describe: Callable[[BaseException], str], write: Callable[[str], None] | None = None
+    ) -> None:
+        self._describe = describe
+        self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._next: dict[str, float] = {}
+        """When the next attempt of each call (by its name) starts."""
+
+    def began(self, name: str) -> None:
+        """Call ``name`` (``upscale photo.png``) starts its first attempt now."""
+        self._next[name] = time.monotonic()
+
+    def _took(self, name: str) -> str:
+        start = self._next.get(name)
+        return "" if start is None else f" after {time.monotonic() - start:.1f}s"
+
+    def retried(self, event: RetryEvent) -> None:
+        """An attempt failed and the call waits ``event.wait`` before the next."""
+        self._write(
+            f"{text(event.name)}: attempt {event.attempt} failed{self._took(event.name)}: "
+            f"{self._describe(event.error)}; next attempt in {event.wait:.2f}s "
+            f"({_why_wait(event.error)})"
+        )
+        self._next[event.name] = time.monotonic() + event.wait
+
+    def ended(self, name: str, result: BatchResult[Any]) -> None:
+        """The call's last attempt ended (``result`` says how)."""
+        took = self._took(name)
+        self._next.pop(name, None)
+        if result.error is None:
+            self._write(f"{text(name)}: attempt {result.attempts} ok{took}")
+        else:
+            self._write(
+                f"{text(name)}: attempt {result.attempts} failed{took} for good: "
+                f"{self._describe(result.error)} ({result.elapsed:.1f}s in all)"
+            )

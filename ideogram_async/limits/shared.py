@@ -258,7 +258,7 @@ class RedisAllowance:
     def _unreachable(self, exc: BaseException) -> SharedAllowanceError:
         return SharedAllowanceError(
             f"cannot reach Redis at {self.url} for the shared allowance: "
-            f"{exc}; check that the server runs and the URL is right",
+            f"{str(exc).rstrip('.')}; check that the server runs and the URL is right",
             url=self.url,
         )
 

@@ -450,8 +450,28 @@ def options_from_strings(model: str, values: Mapping[str, str]) -> V2Options:
                 f"{model} has no option {name!r}; its options are {', '.join(known)}"
             )
         kinds = set(typing.get_args(hints[name])) - {type(None)}
-        fields[name] = _from_text(name, text, kinds)
+        try:
+            fields[name] = _from_text(name, text, kinds)
+        except ValidationError as exc:
+            ranged = bool(kinds & {int, float}) and bool not in kinds
+            raise (_checked(cls, name, text) if ranged else None) or exc from None
     return cls(**fields)
+
+
+def _checked(cls: type[V2Options], name: str, text: str) -> ValidationError | None:
+    """The error of field ``name``'s own check for ``text``, which names its range.
+
+    ``None`` when that check says nothing of use.
+    """
+    field = attrs.fields_dict(cls)[name]
+    try:
+        if field.validator is not None:
+            field.validator(None, field, text)
+    except ValidationError as exc:
+        return exc
+    except Exception:  # a check that cannot read text: the plain message serves
+        return None
+    return None
 
 
 def _from_text(name: str, text: str, kinds: set[object]) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, Iterable, Mapping
+from decimal import Decimal
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from .._attempt import Attempts, Parse
 from .._checks import seconds
 from .._settings import Flavor, Timeouts
 from ..batch import BatchInput, BatchRun, Kind, UpscaleJob, many
+from ..budget import Amount, Budget, BudgetRun, as_budget
 from ..errors import APITimeoutError, GenerationFailedError, ValidationError
 from ..retry import RetryPolicy, _sleep, call_with_retries
 from ..uploads import ImageInput, PreparedImage
@@ -193,11 +195,21 @@ class V2Resource:
         window: int | None = None,
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
+        max_usd: Amount | Budget | None = None,
     ) -> BatchRun[V2UpscaleResponse]:
         """Upscale many images with v2 models, yielding a ``BatchResult`` for each.
 
         As ``client.upscale_many``, with a model's options (e.g. ``TopazBloom2(...)``)
         as the default request and in ``(image, options)`` pairs or ``UpscaleJob``\\ s.
+
+        ``max_usd`` bounds what the run spends: an amount in US dollars, or a
+        :class:`~ideogram_async.budget.Budget` to share with other runs or, as a
+        :class:`~ideogram_async.redis_budget.RedisBudget`, with other processes.
+        Before each upscale the image is priced (:meth:`quote`, a free dry run) and
+        its upper bound reserved; the first image that would pass the budget, and
+        every later one, is not sent: its result's ``error`` is a
+        :class:`~ideogram_async.errors.BudgetExceededError`. A call that fails gives
+        its reservation back, unless it may have been billed.
         """
         if not isinstance(options, V2Options):
             raise ValidationError(
@@ -206,12 +218,23 @@ class V2Resource:
             )
         self._url("")  # a proxy-flavor client refuses here, not once per image
         self._attempts.timed(timeouts)
+        spending = None if max_usd is None else BudgetRun(as_budget(max_usd))
 
         async def run(job: UpscaleJob) -> V2UpscaleResponse:
-            assert isinstance(job.request, V2Options)  # as_job keeps the batch's kind
-            return await self.upscale(
-                job.image, job.request, filename=job.filename, retry=retry, timeouts=timeouts
-            )
+            request = job.request
+            assert isinstance(request, V2Options)  # as_job keeps the batch's kind
+
+            async def send() -> V2UpscaleResponse:
+                return await self.upscale(
+                    job.image, request, filename=job.filename, retry=retry, timeouts=timeouts
+                )
+
+            async def price() -> Decimal:
+                return await self._upper_bound(job, request, retry, timeouts)
+
+            if spending is None:
+                return await send()
+            return await spending.spend(price, send)
 
         self._attempts.policy(retry)
         return many(
@@ -225,6 +248,24 @@ class V2Resource:
             ordered=ordered,
             stop_on_error=stop_on_error,
         )
+
+    async def _upper_bound(
+        self,
+        job: UpscaleJob,
+        options: V2Options,
+        retry: RetryPolicy | None,
+        timeouts: Timeouts | None,
+    ) -> Decimal:
+        """The most ``job`` can cost, from its quote (a dry run: nothing is run or billed)."""
+        if isinstance(job.image, AsyncIterable):
+            raise ValidationError(
+                "with max_usd an image is priced before it is sent, so it is read twice: "
+                "pass a path, bytes or a file, not a stream"
+            )
+        quote = await self.quote(
+            job.image, options, filename=job.filename, retry=retry, timeouts=timeouts
+        )
+        return quote.upper_bound_usd
 
     async def quote_many(
         self,

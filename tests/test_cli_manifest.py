@@ -1,0 +1,592 @@
+"""The manifest never loses, and ``--resume`` never buys twice, a result that was paid for.
+
+Real ``ideogram-async`` subprocesses against an in-process emulator, whose counters say
+how often each input was upscaled (downloads of recorded URLs are counted apart): a
+run interrupted while its results download, a disk that fills (a small tmpfs, or a
+file size limit where mounting is not allowed), file names that are not UTF-8, and
+settings that change between runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ideogram_async.cli import main
+from ideogram_async.cli._inputs import Source
+from ideogram_async.cli._manifest import Outcome
+from ideogram_async.cli._manifest_io import (
+    Manifest,
+    fallback_path,
+    read_records,
+    take_in_fallback,
+)
+from ideogram_async.testing import Emulator, Fault, FaultPlan
+
+from .test_cli import (
+    KEY,
+    assert_clean,
+    cli_env,
+    finish,
+    read_manifest,
+    run_cli,
+    save_image,
+    size_of,
+    start_cli,
+    upscale_args,
+)
+
+
+def noise(path: Path, side: int, seed: int) -> Path:
+    """A PNG of random pixels: it hardly compresses, so its results fill a disk fast."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(path)
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def upscales_per_input(emulator: Emulator, inputs: list[Path]) -> list[int]:
+    """How many upscale requests the service received for each input, in order."""
+    sent = Counter(upload.sha256 for upload in emulator.stats.uploads)
+    return [sent[digest(path)] for path in inputs]
+
+
+def results(out: Path, inputs: list[Path]) -> list[tuple[int, int]]:
+    """The size of each input's one result (it must exist and decode; nothing else is there)."""
+    assert len(list(out.iterdir())) == len(inputs)
+    return [size_of(out / f"{path.stem}.upscaled.png") for path in inputs]
+
+
+class FirstDownloadsHang(FaultPlan):
+    """Holds the first download of every result (other downloads are served at once)
+    and sets :attr:`arrived` once ``count`` results are being downloaded."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__([Fault.slow(300)], per_upload=True)
+        self.arrived = asyncio.Event()
+        self._count = count
+        self._seen: set[str] = set()
+
+    def next_fault(self, upload: str | None = None) -> Fault | None:
+        assert upload is not None
+        self._seen.add(upload)
+        if len(self._seen) >= self._count:
+            self.arrived.set()
+        return super().next_fault(upload)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_run_stopped_while_its_results_download_is_resumed_without_buying_again(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i:02d}.png", (8, 6), i) for i in range(12)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    hang = FirstDownloadsHang(len(inputs))
+    async with Emulator(KEY, image_faults=hang) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        process = await start_cli(*args, "--concurrency", "12")
+        async with asyncio.timeout(30):
+            await hang.arrived.wait()  # every result paid for, none saved yet
+        process.send_signal(signum)
+        first = await finish(process)
+
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert "12 image(s) already upscaled are recorded with their result URLs" in first.stdout
+        records = read_manifest(manifest)
+        assert [record["status"] for record in records] == ["upscaled"] * 12
+        assert all(len(record["urls"]) == 1 and record["upscaled_at"] for record in records)
+        assert not out.exists()  # no partial file: the empty folder was removed
+
+        second = await run_cli(*args, "--resume")
+        assert second.returncode == 0, second.stderr
+        assert_clean(second)
+        assert "Downloading the results of 12 image(s) already upscaled" in second.stdout
+        assert upscales_per_input(emulator, inputs) == [1] * 12
+        assert emulator.stats.requests == 12
+    assert results(out, inputs) == [(16, 12)] * 12
+    assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
+
+
+async def line_with(process: asyncio.subprocess.Process, text: str) -> str:
+    """The first line of the command's output that holds ``text``."""
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while line := await process.stdout.readline():
+            if text.encode() in line:
+                return line.decode()
+    raise AssertionError(f"the command ended without saying {text!r}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_an_interrupt_lets_the_calls_already_sent_finish_and_records_them(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i:02d}.png", (8, 6), i) for i in range(10)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        emulator.pause()
+        process = await start_cli(*args, "--concurrency", "3")
+        await emulator.wait_in_flight(3)
+        process.send_signal(signum)
+        said = await line_with(process, "Stopping:")
+        assert "waiting for the 3 upscale call(s) already sent" in said
+        emulator.resume()
+        first = await finish(process)
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert "3 image(s) already upscaled are recorded with their result URLs" in first.stdout
+        assert [r["status"] for r in read_manifest(manifest)] == ["upscaled"] * 3
+        assert emulator.stats.requests == 3  # nothing new was sent after the interrupt
+
+        second = await run_cli(*args, "--resume")
+        assert second.returncode == 0, second.stderr
+        assert upscales_per_input(emulator, inputs) == [1] * 10
+    assert results(out, inputs) == [(16, 12)] * 10
+
+
+async def test_a_second_interrupt_abandons_the_calls_in_flight(tmp_path: Path) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i:02d}.png", (8, 6), i) for i in range(5)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        emulator.pause()
+        process = await start_cli(*args, "--concurrency", "2")
+        await emulator.wait_in_flight(2)
+        process.send_signal(signal.SIGINT)
+        await line_with(process, "Stopping:")
+        process.send_signal(signal.SIGINT)
+        first = await finish(process)  # while the service still holds both calls
+        emulator.resume()
+        assert first.returncode == 130, first.stderr
+        assert_clean(first)
+        assert not manifest.exists()  # nothing was recorded: the run left nothing behind
+
+        second = await run_cli(*args, "--resume")
+        assert second.returncode == 0, second.stderr
+        # The two abandoned calls are the price of not waiting: they are sent again.
+        assert sorted(upscales_per_input(emulator, inputs)) == [1, 1, 1, 2, 2]
+    assert results(out, inputs) == [(16, 12)] * 5
+
+
+async def test_a_failed_download_keeps_its_urls_and_resume_fetches_them(tmp_path: Path) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(3)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    refused_once = FaultPlan([Fault.status(503)], per_upload=True)
+    async with Emulator(KEY, image_faults=refused_once) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        first = await run_cli(*args, "--retries", "0")
+        assert first.returncode == 1
+        records = read_manifest(manifest)
+        assert {record["status"] for record in records} == {"failed"}
+        assert all(record["error"].startswith("download failed: HTTP 503") for record in records)
+        assert all(len(record["urls"]) == 1 for record in records)
+
+        second = await run_cli(*args, "--resume")
+        assert second.returncode == 0, second.stderr
+        assert upscales_per_input(emulator, inputs) == [1, 1, 1]
+        assert emulator.stats.image_downloads == 3
+    assert results(out, inputs) == [(16, 12)] * 3
+
+
+@pytest.mark.parametrize("gone", [410, 404])
+async def test_resume_upscales_again_when_a_recorded_url_has_expired(
+    tmp_path: Path, gone: int
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(2)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    now = [0.0]
+    refused_once = FaultPlan([Fault.status(503)], per_upload=True)
+    async with Emulator(KEY, image_faults=refused_once, clock=lambda: now[0]) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_cli(*args, "--retries", "0")).returncode == 1
+        if gone == 410:
+            now[0] += 24 * 3600  # a day later: the service has dropped its results
+        else:  # a URL the image host never had
+            lines = manifest.read_text().replace("/images/", "/images/f0-").encode()
+            manifest.write_bytes(lines)
+        again = await run_cli(*args, "--resume", "-v")
+        assert again.returncode == 0, again.stderr
+        assert "2 recorded result URL(s) expired: upscaling again." in again.stdout
+        for name in ("img-0.png", "img-1.png"):  # -v follows the calls made again too
+            assert f"upscale {name}: attempt 1 ok after " in again.stderr
+        assert upscales_per_input(emulator, inputs) == [2, 2]
+    assert results(out, inputs) == [(16, 12)] * 2
+
+
+# -- a disk that fills ------------------------------------------------------------------
+
+
+class Disk:
+    """A folder whose writes fail for want of room: a small tmpfs, or a file size limit
+    for the command's process (``preexec_fn``) where mounting is not allowed."""
+
+    def __init__(self, folder: Path, kind: str) -> None:
+        self.folder = folder
+        self.kind = kind
+
+    def limit(self) -> Callable[[], None] | None:
+        """What the command must run under for the disk to be small."""
+        if self.kind == "tmpfs":
+            return None
+
+        def small_files() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+        return small_files
+
+    def grow(self) -> None:
+        """Give the disk room (the next run has no limit either way)."""
+        if self.kind == "tmpfs":
+            subprocess.run(["mount", "-o", "remount,size=64m", str(self.folder)], check=True)
+
+
+@pytest.fixture(params=["tmpfs", "file-size-limit"])
+def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Disk]:
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "file-size-limit":
+        yield Disk(folder, "file-size-limit")
+        return
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no mount command: the file-size-limit case covers a full disk")
+    tried = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
+    )
+    if tried.returncode != 0:
+        reason = tried.stderr.decode(errors="replace").strip()
+        pytest.skip(f"cannot mount a tmpfs ({reason}): the file-size-limit case covers it")
+    try:
+        yield Disk(folder, "tmpfs")
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
+    disk: Disk, tmp_path: Path
+) -> None:
+    inputs = [noise(tmp_path / "in" / f"img-{i:02d}.png", 48, i) for i in range(12)]
+    out, manifest = disk.folder / "out", disk.folder / "run.jsonl"
+    temp = tmp_path / "temp"  # where a manifest that cannot be written leaves its lines
+    temp.mkdir()
+    env = {**cli_env(), "TMPDIR": str(temp)}
+    async with Emulator(KEY, latency=0.3) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        summary = tmp_path / "summary.json"  # off the full disk
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-W", "default", "-m", "ideogram_async"),
+            *args,
+            *("--json", str(summary)),
+            "--concurrency",
+            "2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=disk.limit(),
+        )
+        first = await finish(process)
+        sent = emulator.stats.requests
+
+        assert first.returncode == 1, first.stderr
+        assert_clean(first)
+        stopped = [line for line in first.stderr.splitlines() if line.startswith("Stopped:")]
+        assert len(stopped) == 1
+        assert f"Stopped: cannot write into {out} (" in stopped[0]
+        assert "Nothing more was sent" in stopped[0]
+        assert sent < len(inputs)  # the rest were never sent
+        assert max(upscales_per_input(emulator, inputs)) == 1
+        # The summary is shown and written however the run ends.
+        written = json.loads(summary.read_text())
+        assert written["total"] == len(inputs)
+        assert written["skipped"] >= len(inputs) - sent  # never sent: not attempted
+        assert written["failed"] >= 1  # the result the disk refused
+        done = f"Done: {written['succeeded']} of {len(inputs)} image(s) upscaled"
+        assert done in first.stdout
+
+        disk.grow()
+        second = await run_cli(*args, "--resume", env=env)
+        assert second.returncode == 0, second.stderr
+        assert_clean(second)
+        # Every input upscaled exactly once, over both runs: what the first run had paid
+        # for was recorded with its URLs and downloaded, not bought again.
+        assert upscales_per_input(emulator, inputs) == [1] * 12
+    assert results(out, inputs) == [(96, 96)] * 12
+    assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
+    assert list(temp.iterdir()) == []  # any records left there were taken in
+
+
+async def test_a_manifest_that_refuses_writes_stops_the_run_and_resume_takes_its_lines_in(
+    tmp_path: Path,
+) -> None:
+    full = Path("/dev/full")  # every write fails: no space left on device
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    inputs = [save_image(tmp_path / "in" / f"img-{i:02d}.png", (8, 6), i) for i in range(8)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    manifest.symlink_to(full)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**cli_env(), "TMPDIR": str(temp)}
+    async with Emulator(KEY, latency=0.3) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        first = await run_cli(*args, "--concurrency", "2", env=env)
+        assert first.returncode == 1, first.stderr
+        assert_clean(first)
+        assert f"Stopped: cannot write the manifest {manifest} (No space left on device)" in (
+            first.stderr
+        )
+        assert "could not be written (No space left on device)" in first.stderr
+        assert "which --resume takes in once" in first.stderr
+        assert emulator.stats.requests < len(inputs)
+        (saved,) = temp.iterdir()
+
+        manifest.unlink()  # room again
+        second = await run_cli(*args, "--resume", env=env)
+        assert second.returncode == 0, second.stderr
+        assert "Took in " in second.stdout
+        assert upscales_per_input(emulator, inputs) == [1] * 8
+    assert not saved.exists()
+    assert results(out, inputs) == [(16, 12)] * 8
+    assert len(read_manifest(manifest)) == 8
+
+
+def test_a_manifest_that_refuses_writes_keeps_its_lines_elsewhere_or_shows_them(
+    tmp_path: Path,
+) -> None:
+    full = Path("/dev/full")  # every write fails: no space left on device
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    source = Source(tmp_path / "a.png", "a.png")
+    paid = Outcome(source=source, ok=False, urls=("https://img.example/a.png",), attempts=1)
+    settings = {"api": "v1", "flavor": "proxy", "num_images": 1}
+    manifest = tmp_path / "run.jsonl"
+    manifest.symlink_to(full)
+
+    kept = Manifest(manifest, append=True, settings=settings, fallback_dir=tmp_path)
+    kept.write(paid)
+    kept.close()
+    assert kept.refused is not None
+    problem = kept.problem()
+    assert problem is not None
+    assert f"The manifest {manifest} could not be written (No space left on device)" in problem
+    assert f"1 record(s) are saved in {kept.fallback}, which --resume takes in" in problem
+    (saved,) = kept.fallback.read_text().splitlines()
+    assert json.loads(saved)["urls"] == ["https://img.example/a.png"]
+
+    manifest.unlink()  # the disk has room again
+    assert take_in_fallback(manifest, tmp_path) == 1
+    assert not kept.fallback.exists()
+    assert read_records(manifest)[str(source.path)].urls == ("https://img.example/a.png",)
+
+    (tmp_path / "file").write_text("")
+    lost = Manifest(full, append=True, settings=settings, fallback_dir=tmp_path / "file")
+    lost.write(paid)
+    lost.close()
+    problem = lost.problem()
+    assert problem is not None
+    assert "1 record(s) could not be saved anywhere; here they are" in problem
+    assert '"urls": ["https://img.example/a.png"]' in problem
+
+
+# -- file names that are not UTF-8 -------------------------------------------------------
+
+
+async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    odd = save_image(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")), (8, 6), 1)
+    plain = save_image(folder / "naïve.png", (10, 6), 2)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [folder], out), "--manifest", str(manifest)]
+        run = await run_cli(*args)
+        assert run.returncode == 0, run.stderr
+        assert_clean(run)
+        assert sorted(str(upload.filename) for upload in emulator.stats.uploads) == [
+            "caf%E9.png",  # the name's own bytes, the one that is not UTF-8 percent-encoded
+            "naïve.png",
+        ]
+        summary = tmp_path / "summary.json"
+        again = await run_cli(*args, "--resume", "--json", str(summary))
+        assert again.returncode == 0, again.stderr
+        assert "Nothing left to do." in again.stdout
+        # Nothing left still ends with the summary, shown and written.
+        assert "Done: 0 of 2 image(s) upscaled, 2 skipped in " in again.stdout
+        assert f"Summary: {summary}" in again.stdout
+        written = json.loads(summary.read_text())
+        assert (written["total"], written["succeeded"], written["skipped"]) == (2, 0, 2)
+        assert upscales_per_input(emulator, [odd, plain]) == [1, 1]
+    result = Path(os.fsdecode(os.fsencode(out) + b"/caf\xe9.upscaled.png"))
+    assert size_of(result) == (16, 12)
+    manifest.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    records = {record["source"]: record for record in read_manifest(manifest)}
+    record = records[str(folder.resolve() / "caf\ufffd.png")]
+    assert base64.b64decode(record["source_bytes"]) == os.fsencode(odd.resolve())
+    assert [base64.b64decode(raw) for raw in record["outputs_bytes"]] == [os.fsencode(result)]
+    assert "source_bytes" not in records[str(plain.resolve())]  # UTF-8 names as they are
+
+
+# -- settings --------------------------------------------------------------------------
+
+
+async def test_resume_redoes_what_was_made_with_other_settings_and_says_so(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (10, 6), i) for i in range(3)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        base = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        v2 = [*base, "--model", "topaz-standard-2"]
+        assert (await run_cli(*v2)).returncode == 0
+        (record, *_) = read_manifest(manifest)
+        assert record["settings"] == {
+            "api": "v2",
+            "model": "topaz-standard-2",
+            "upscale_factor": "x2",
+        }
+        same = await run_cli(*v2, "--factor", "x2", "--resume")  # x2 is the default
+        assert "Nothing left to do." in same.stdout
+        bigger = await run_cli(*v2, "--factor", "x4", "--resume")
+        assert bigger.returncode == 0, bigger.stderr
+        assert (
+            f"Redoing 3 image(s) that {manifest} records as made with other settings than "
+            f"this run's (upscale_factor x2 -> x4)."
+        ) in bigger.stdout
+        assert len(emulator.stats.v2_uploads) == 6
+        assert [size_of(out / f"img-{i}.upscaled.png") for i in range(3)] == [(40, 24)] * 3
+
+        # Back to v1: another upscaler altogether.
+        v1 = await run_cli(*base, "--prompt", "crisp", "--resume")
+        assert "Redoing 3 image(s)" in v1.stdout
+        assert "api v2 -> v1" in v1.stdout
+        assert upscales_per_input(emulator, inputs) == [1, 1, 1]  # v1 requests
+        ok = await run_cli(*base, "--prompt", "crisp", "--num-images", "1", "--resume")
+        assert "Nothing left to do." in ok.stdout
+    assert {record["settings"]["prompt"] for record in read_manifest(manifest)} == {"crisp"}
+
+
+async def test_a_resumed_runs_summary_counts_what_it_skipped_and_what_it_downloaded(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(4)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    summary = tmp_path / "summary.json"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_cli(*args)).returncode == 0
+        (out / "img-0.upscaled.png").unlink()  # downloaded again from its recorded URL
+        inputs.append(save_image(tmp_path / "in" / "img-4.png", (8, 6), 4))  # new: upscaled
+        again = await run_cli(*args, "--resume", "--json", str(summary))
+        assert again.returncode == 0, again.stderr
+        assert_clean(again)
+        assert upscales_per_input(emulator, inputs) == [1] * 5
+    assert "Done: 2 of 5 image(s) upscaled, 3 skipped in " in again.stdout
+    written = json.loads(summary.read_text())
+    assert (written["total"], written["succeeded"], written["skipped"]) == (5, 2, 3)
+    assert results(out, inputs) == [(16, 12)] * 5
+
+
+async def test_records_without_settings_are_done_again(tmp_path: Path) -> None:
+    save_image(tmp_path / "in" / "a.png", (8, 6))
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_cli(*args)).returncode == 0
+        (record,) = read_manifest(manifest)
+        del record["settings"]  # as an older version wrote it
+        manifest.write_text(json.dumps(record) + "\n")
+        again = await run_cli(*args, "--resume")
+        assert emulator.stats.requests == 2
+    assert "Redoing 1 image(s)" in again.stdout
+    assert "(none recorded)" in again.stdout
+
+
+# -- a torn manifest ---------------------------------------------------------------------
+
+
+async def test_a_torn_line_costs_only_its_own_input(tmp_path: Path) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(4)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_cli(*args)).returncode == 0
+        by_name = {Path(r["source"]).name: json.dumps(r) for r in read_manifest(manifest)}
+        torn = by_name["img-1.png"]
+        # A killed run tore img-1's line; another run appended img-2's right after it,
+        # and img-3's line was torn last, without its newline.
+        manifest.write_text(
+            by_name["img-0.png"]
+            + "\n"
+            + torn[: len(torn) // 2]
+            + by_name["img-2.png"]
+            + "\n"
+            + by_name["img-3.png"][:40]
+        )
+        again = await run_cli(*args, "--resume")
+        assert again.returncode == 0, again.stderr
+        assert "Skipping 2 of 4 image(s)" in again.stdout
+        assert upscales_per_input(emulator, inputs) == [1, 2, 1, 2]
+    records = read_manifest(manifest)  # whole lines again, one per input
+    assert sorted(Path(r["source"]).name for r in records) == [p.name for p in inputs]
+
+
+# -- what a run leaves behind ------------------------------------------------------------
+
+
+async def test_a_run_leaves_no_lock_file_and_a_lock_error_is_a_sentence(tmp_path: Path) -> None:
+    save_image(tmp_path / "in" / "a.png", (8, 6))
+    manifest = tmp_path / "records" / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_cli(*args, "--manifest", str(manifest))
+        assert run.returncode == 0, run.stderr
+        assert [p.name for p in manifest.parent.iterdir()] == ["run.jsonl"]
+
+        if not Path("/sys/kernel").is_dir():
+            return
+        refused = await run_cli(*args, "--manifest", "/sys/kernel/run.jsonl")
+        assert emulator.stats.requests == 1
+    assert refused.returncode == 2
+    assert "cannot create the lock file /sys/kernel/run.jsonl.lock beside the manifest" in (
+        refused.stderr
+    )
+    assert "[Errno" not in refused.stderr
+
+
+def test_a_fresh_run_refuses_to_start_over_records_it_could_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where such records are kept
+    manifest = tmp_path / "run.jsonl"
+    kept = fallback_path(manifest)
+    kept.write_text('{"source": "/a.png", "status": "upscaled"}\n')
+    image = save_image(tmp_path / "a.png", (8, 6))
+    args = ["upscale", str(image), "-o", str(tmp_path / "out"), "--manifest", str(manifest)]
+    assert main([*args, "--base-url", "http://127.0.0.1:9"]) == 2
+    assert f"{kept} holds records that an earlier run could not write" in capsys.readouterr().err
+    assert kept.exists()
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,513 @@
+"""What the operator sees of a command-line run: a status line that fits, -v, the summary.
+
+The display is checked on a real pseudo-terminal (80x24) running the real command;
+the bounds of a run against a service that never answers and the refusals against
+the emulator's own count run the command in a subprocess too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import pty
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from rich.cells import cell_len
+
+from ideogram_async import LocalAllowance
+from ideogram_async.cli import main
+from ideogram_async.cli._commands import _shared_at
+from ideogram_async.cli._live import RichReporter, fit, status_fields
+from ideogram_async.cli._parser import build_parser
+from ideogram_async.cli._progress import PlainReporter, Tally
+from ideogram_async.cli._summary import (
+    AllowanceReport,
+    Failure,
+    SharedAt,
+    Summary,
+    render,
+    to_json,
+    write_json,
+)
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer
+
+from .test_cli import (
+    FINISHED,
+    KEY,
+    Run,
+    assert_clean,
+    cli_env,
+    finish,
+    run_cli,
+    save_image,
+    start_cli,
+    upscale_args,
+)
+from .test_cli_manifest import line_with
+
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][AB0-9])")
+REQUIRED = (
+    re.compile(r"\b\d+/\d+\b(?! places)"),
+    re.compile(r"\b\d+ failed\b"),
+    re.compile(r"\b\d+ in flight\b"),
+    re.compile(r"(\d+\.\d|--) img/s\b"),
+    re.compile(r"\bETA (\d+:\d\d:\d\d|--:--)"),
+)
+"""What the status line shows at 80 columns, each field whole."""
+
+
+def busy_tally() -> Tally:
+    """A tally in the middle of a long run, with wide numbers."""
+    tally = Tally(total=12000, ok=5321, failed=17, in_flight=10, downloading=7, retries=123)
+    tally.started -= 3600.0
+    tally.allowance = LocalAllowance(10)
+    return tally
+
+
+def shown(tally: Tally, width: int) -> list[str]:
+    return [line.plain for line in RichReporter(tally).status.lines(width)]
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100, 120, 160])
+def test_every_line_fits_and_no_field_is_cut(width: int) -> None:
+    tally = busy_tally()
+    tally.calls[0] = time.monotonic() - 42.0  # one call waiting for the service
+    lines = shown(tally, width)
+    assert all(cell_len(line) <= width for line in lines)
+    texts = [field.text for field in status_fields(tally)]
+    for part in re.split(r" {2,}", lines[0]):
+        if not set(part) <= {"━"}:
+            assert part in texts  # whole fields only
+    assert lines[1] == "1 waiting 42 s for the service"
+
+
+def test_at_80_columns_the_counts_that_matter_all_show() -> None:
+    (line,) = shown(busy_tally(), 80)
+    for field in REQUIRED:
+        assert field.search(line), line
+    assert "5338/12000" in line
+
+
+def test_columns_drop_as_the_terminal_narrows_and_come_back_as_it_widens() -> None:
+    fields = status_fields(busy_tally())
+    kept = {width: [f.text for f in fit(fields, width)] for width in range(20, 200)}
+    for width in range(21, 200):
+        assert set(kept[width - 1]) <= set(kept[width])  # widening only adds
+    assert "downloading" not in " ".join(kept[60])
+    assert "7 downloading" in kept[120]
+    assert "123 retries" in kept[80]  # retries outrank places, downloads, ok, elapsed
+    assert "5321 ok" not in kept[80]
+    assert len(kept[199]) == len(fields)  # wide enough: everything
+    assert all(len(" ".join(texts)) <= width for width, texts in kept.items())
+    priorities = {f.text: f.priority for f in fields}
+    for width in range(21, 200):
+        dropped = [text for text in priorities if text not in kept[width]]
+        if dropped and kept[width]:
+            # Nothing less important is shown while something more important is left out.
+            assert min(priorities[t] for t in dropped) >= max(priorities[t] for t in kept[width])
+
+
+def test_no_wait_notice_until_a_call_waited_ten_seconds() -> None:
+    tally = busy_tally()
+    now = time.monotonic()
+    tally.calls.update({0: now - 9.0, 1: now - 1.0})
+    assert tally.waiting(now) == (0, 0.0)
+    assert len(shown(tally, 80)) == 1
+    tally.calls.update({2: now - 42.2, 3: now - 11.0, 4: now - 30.0})
+    count, longest = tally.waiting(now)
+    assert count == 3
+    assert longest == pytest.approx(42.2)
+
+
+def pty_run(args: list[str], cwd: Path, columns: int = 80, rows: int = 24) -> tuple[int, str]:
+    """Run the command on a pseudo-terminal of ``columns`` x ``rows``; its status and output."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = cli_env() | {"TERM": "xterm-256color", "COLUMNS": "", "LINES": ""}
+    env = {name: value for name, value in env.items() if value}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ideogram_async", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def screen_lines(output: str) -> list[str]:
+    """What the terminal showed, line by line: escapes dropped, each redraw a line of its own."""
+    return [part for part in re.split(r"[\r\n]", ANSI.sub("", output)) if part.strip()]
+
+
+def test_demo_on_an_80x24_terminal_shows_every_field_whole(tmp_path: Path) -> None:
+    status, output = pty_run(["demo", "--count", "12", "--out", str(tmp_path / "demo")], tmp_path)
+    assert status == 0, output
+    drawn = [line for line in screen_lines(output) if " in flight" in line]
+    assert drawn, output
+    assert all(cell_len(line) <= 80 for line in drawn), [ln for ln in drawn if cell_len(ln) > 80]
+    for line in drawn:
+        for field in REQUIRED:
+            assert field.search(line), line
+    assert any("12/12" in line and "0 in flight" in line for line in drawn)
+    assert "…" not in "".join(drawn)
+    assert "Done: 12 of 12 image(s) upscaled" in output
+
+
+async def never_answering_server() -> tuple[asyncio.Server, list[int]]:
+    """A server that accepts every connection, reads what comes, and never answers."""
+    connections: list[int] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    return server, connections
+
+
+async def hung_run(tmp_path: Path, count: int, *bounds: str) -> tuple[Run, dict[str, Any], int]:
+    """Upscale ``count`` images with ``-v`` against a service that never answers."""
+    folder = tmp_path / f"in-{count}"
+    for number in range(count):
+        save_image(folder / f"img-{number}.png", (8, 6), shade=number)
+    summary = tmp_path / f"summary-{count}.json"
+    server, connections = await never_answering_server()
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        args = ["upscale", str(folder), "--out", str(tmp_path / "out"), "--base-url", url]
+        run = await run_cli(*args, *bounds, "-v", "--json", str(summary))
+    assert run.returncode == 1, run.stderr
+    assert_clean(run)
+    return run, json.loads(summary.read_text()), len(connections)
+
+
+def attempt_lines(stderr: str, name: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(f"{name}: attempt ")]
+
+
+async def test_v_names_a_file_whose_name_is_not_utf8_as_the_client_does(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    save_image(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")), (8, 6))
+    async with Emulator(KEY, faults=FaultPlan([Fault.status(503)])) as emulator:
+        run = await run_cli(*upscale_args(emulator, [folder], tmp_path / "out"), "-v")
+    assert run.returncode == 0, run.stderr
+    assert_clean(run)
+    # -v knows the call by the client's name for it, and shows the byte that is not UTF-8
+    # as U+FFFD (the name itself goes out percent-encoded).
+    assert [upload.filename for upload in emulator.stats.uploads] == ["caf%E9.png"] * 2
+    lines = attempt_lines(run.stderr, "upscale caf\ufffd.png")
+    assert [line.split(" after ")[0] for line in lines] == [
+        "upscale caf\ufffd.png: attempt 1 failed",
+        "upscale caf\ufffd.png: attempt 2 ok",
+    ]
+
+
+async def test_a_service_that_never_answers_ends_the_run_within_the_deadline(
+    tmp_path: Path,
+) -> None:
+    run, result, connections = await hung_run(tmp_path, 2, "--timeout", "0.5", "--deadline", "2")
+    assert result["failed"] == 2
+    assert result["seconds"] < 2 + 3  # the deadline, plus a few seconds to start and stop
+    assert connections >= 4
+    for number in range(2):
+        lines = attempt_lines(run.stderr, f"upscale img-{number}.png")
+        assert len(lines) >= 2, run.stderr  # one line per attempt
+        shape = re.compile(
+            r"upscale img-\d\.png: attempt (\d+) failed after ([\d.]+)s: "
+            r"the request timed out .*after 0\.5s \(--timeout\)"
+            r".*; next attempt in [\d.]+s \(backoff with jitter\)$"
+        )
+        retried = [shape.match(line) for line in lines[:-1]]
+        assert all(retried), lines
+        assert [int(m[1]) for m in retried if m] == list(range(1, len(lines)))
+        assert all(0.4 <= float(m[2]) <= 1.5 for m in retried if m)  # the time really taken
+        # The last attempt timed out too, or the deadline cut it short.
+        assert re.match(rf"upscale img-\d\.png: attempt {len(lines)} failed after ", lines[-1])
+        assert "(--timeout)" in lines[-1] or "raise --deadline" in lines[-1]
+        end = re.search(r" for good: .* \(([\d.]+)s in all\)$", lines[-1])
+        assert end, lines[-1]
+        assert float(end[1]) <= 2.5
+    assert "RetryPolicy" not in run.stdout + run.stderr
+
+
+async def test_a_deadline_that_fires_mid_attempt_names_the_option(tmp_path: Path) -> None:
+    run, result, _ = await hung_run(tmp_path, 1, "--deadline", "1")
+    assert result["seconds"] < 1 + 3
+    (line,) = attempt_lines(run.stderr, "upscale img-0.png")
+    assert re.fullmatch(
+        r"upscale img-0\.png: attempt 1 failed after [\d.]+s for good: .*the deadline of 1\.0s "
+        r"for the whole call passed after 1 attempt\(s\); raise --deadline or lower the load "
+        r"\([\d.]+s in all\)",
+        line,
+    )
+    (failure,) = result["failures"]
+    assert failure["source"].endswith("img-0.png")
+    assert "raise --deadline" in failure["error"]
+    assert "RetryPolicy" not in run.stdout + run.stderr
+
+
+async def test_refusals_in_the_summary_match_the_services_count(tmp_path: Path) -> None:
+    for number in range(12):
+        save_image(tmp_path / "in" / f"img-{number:02d}.png", (8, 6), shade=number)
+    summary = tmp_path / "summary.json"
+    plan = FaultPlan(rate=0.2, choices=[Fault.status(429, retry_after=0)], seed=3)
+    async with Emulator(KEY, allowance=2, latency=0.05, faults=plan) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_cli(*args, "--allowance", "6", "--json", str(summary), "-v")
+        stats = emulator.stats
+    assert run.returncode == 0, run.stderr
+    result = json.loads(summary.read_text())
+    assert set(result) == {
+        "total", "succeeded", "failed", "skipped", "refused", "retries", "seconds", "usd",
+        "allowance", "failures",
+    }  # fmt: skip
+    assert result["succeeded"] == 12
+    assert stats.rejected_over_allowance > 0
+    assert stats.faults_injected
+    refused = result["refused"]
+    assert refused["inflight_limit"] == stats.rejected_over_allowance
+    assert sum(refused.values()) == stats.responses_by_status[429]
+    assert refused["unknown"] == stats.responses_by_status[429] - stats.rejected_over_allowance
+    assert result["retries"] >= refused["unknown"]  # a refusal without a reason is retried
+    assert result["allowance"] == {"shared": None, "bound": 2}
+    text = f"{sum(refused.values())} refused by the service (429: {refused['inflight_limit']} inflight_limit, {refused['unknown']} unknown)"  # noqa: E501
+    assert text in run.stdout
+    assert "the service named an allowance of 2, the bound settled at 2 image(s)" in run.stdout
+    # -v: each retried 429 says the wait came from the service's Retry-After.
+    asked = re.findall(
+        r"failed after [\d.]+s: HTTP 429: .*\(the service asked for it \(Retry-After\)\)$",
+        run.stderr,
+        re.M,
+    )
+    assert len(asked) == refused["unknown"]
+
+
+def a_summary(**changes: Any) -> Summary:
+    values: dict[str, Any] = {"total": 30, "succeeded": 4, "failed": 25, "seconds": 2.0} | changes
+    return Summary(**values)
+
+
+def test_the_summary_lists_twenty_failures_then_counts_the_rest() -> None:
+    failures = tuple(Failure(source=f"f{n}.png", error="HTTP 400: no") for n in range(25))
+    lines = render(a_summary(failures=failures, skipped=1))
+    assert (
+        lines[0] == "Done: 4 of 30 image(s) upscaled, 25 failed, 1 skipped in 2.0s (2.0 images/s)."
+    )
+    listed = [line for line in lines if line.startswith("  f")]
+    assert listed == [f"  f{n}.png: HTTP 400: no" for n in range(20)]
+    assert lines[-1] == "  ... and 5 more"
+
+
+def test_the_summary_says_the_allowance_only_as_far_as_it_is_known(tmp_path: Path) -> None:
+    local = render(a_summary())
+    assert "Allowance: local; the service never named the organization's allowance." in local
+    assert "settled" not in " ".join(local)
+    shared = SharedAt(host="cache:6380/2", key="org-b")
+    report = AllowanceReport(shared=shared, bound=4, reported=4)
+    lines = render(a_summary(allowance=report, usd=Decimal("0.12")))
+    assert (
+        "Allowance: shared through Redis at cache:6380/2, key 'org-b'; the service named an "
+        "allowance of 4, the bound settled at 4 image(s) in flight."
+    ) in lines
+    assert "$0.1200 spent" in lines[1]
+    path = tmp_path / "deep" / "summary.json"
+    write_json(a_summary(allowance=report), path)
+    written = json.loads(path.read_text())
+    assert written == to_json(a_summary(allowance=report))
+    assert written["allowance"] == {"shared": {"host": "cache:6380/2", "key": "org-b"}, "bound": 4}
+    assert written["usd"] is None
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary left
+
+
+async def test_a_shared_allowance_is_named_in_the_summary(
+    redis_server: RedisServer, redis_key: str, tmp_path: Path
+) -> None:
+    for number in range(4):
+        save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
+    summary = tmp_path / "summary.json"
+    url = redis_server.url.replace("/0", "/6")
+    async with Emulator(KEY, allowance=2, latency=0.02) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        args += ["--shared-allowance", url, "--allowance-key", redis_key, "--allowance", "3"]
+        run = await run_cli(*args, "--json", str(summary))
+    assert run.returncode == 0, run.stderr
+    where = f"127.0.0.1:{redis_server.port}/6"
+    assert f"Allowance: shared through Redis at {where}, key {redis_key!r}" in run.stdout
+    shared = json.loads(summary.read_text())["allowance"]["shared"]
+    assert shared == {"host": where, "key": redis_key}
+    client = aioredis.Redis.from_url(url)
+    try:
+        used = {k if isinstance(k, str) else k.decode() for k in await client.keys("*")}
+    finally:
+        await client.aclose()
+    assert used
+    assert all(key.startswith(f"{{{redis_key}}}") for key in used)  # the key it was given
+
+
+def test_where_a_shared_allowance_lives_shows_no_password() -> None:
+    args = build_parser().parse_args(
+        ["upscale", "x", "--shared-allowance", "redis://user:hunter2@cache.example:6390/3"]
+    )
+    assert _shared_at(args, "org-a") == SharedAt(host="cache.example:6390/3", key="org-a")
+    args.shared_allowance = "rediss://:p%40ss@cache.example"
+    assert _shared_at(args, "org-b") == SharedAt(host="cache.example:6379/0", key="org-b")
+
+
+def test_a_bad_option_value_is_one_line_without_the_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["upscale", "x", "--factor", "x3"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "ideogram-async upscale: error: argument --factor: invalid choice: 'x3' "
+        "(choose from 'x2', 'x4', 'x8') (see ideogram-async upscale --help)"
+    ]
+
+
+def test_the_help_keeps_each_example_on_its_own_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upscale", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    continued = next(i for i, line in enumerate(lines) if "--model topaz-bloom-2" in line)
+    assert lines[continued].endswith("--factor x4 \\")
+    assert lines[continued + 1].strip().startswith("--option creativity=5")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--quiet", "--progress", "rich"], "--quiet shows no progress"),
+        (["--allowance-key", "org-b"], "--allowance-key applies to --shared-allowance"),
+        (["--timeout", "0"], "--timeout: expected seconds >= 0.1"),
+        (["--deadline", "soon"], "--deadline: expected seconds >= 0.1"),
+        (["--progress", "fancy"], "argument --progress: invalid choice: 'fancy'"),
+        (["--json", "."], "--json . is a folder"),
+        (["--model", "auto", "--dry-run", "--json", "s.json"], "--dry-run prints prices only"),
+    ],
+)
+def test_view_and_bound_options_are_checked_before_anything_is_sent(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    image = save_image(tmp_path / "a.png", (8, 6))
+    args = ["upscale", str(image), "--out", str(tmp_path / "out"), "--base-url", "http://x"]
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [["--quiet"], ["--progress", "none"], ["--progress", "plain"]])
+async def test_every_mode_ends_with_the_summary(tmp_path: Path, mode: list[str]) -> None:
+    for number in range(3):
+        save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
+    (tmp_path / "in" / "big.png").write_text("not an image")  # fails before it is sent
+    async with Emulator(KEY) as emulator:
+        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out"), *mode)
+    assert run.returncode == 1, run.stderr
+    lines = run.stdout.splitlines()
+    plain = [line for line in lines if FINISHED.match(line.encode())]
+    assert len(plain) == (4 if mode == ["--progress", "plain"] else 0)
+    if plain:  # a failure says how many attempts it took and how long, as a success does
+        (failed,) = [line for line in plain if " FAILED " in line]
+        assert re.search(r" \(0 attempts, \d+\.\d\ds\)$", failed), failed  # nothing was sent
+    head = "Done: 3 of 4 image(s) upscaled, 1 failed in "
+    done = next(i for i, line in enumerate(lines) if line.startswith(head))
+    assert lines[done + 1].startswith("Requests: 0 request(s) retried; none refused")
+    assert lines[done + 2].startswith("Allowance: local")
+    assert lines[done + 3] == "Failed:"
+    assert lines[done + 4].startswith(f"  {tmp_path / 'in' / 'big.png'}: ")
+    assert ("Results:" in run.stdout) is (mode != ["--quiet"])
+
+
+async def test_plain_lines_say_when_calls_wait_for_the_service(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tally = Tally(total=3)
+    reporter = PlainReporter(tally)
+    reporter.start()
+    tally.calls[1] = time.monotonic() - 12.0
+    reporter._tick()  # what the reporter does every 10 s
+    tally.calls.clear()
+    reporter._tick()  # nothing waits: nothing to say
+    reporter.close()
+    assert capsys.readouterr().out == "1 waiting 12 s for the service\n"
+
+
+async def test_an_unreachable_service_stops_the_run_saying_the_time_it_took(
+    tmp_path: Path,
+) -> None:
+    save_image(tmp_path / "in" / "a.png", (8, 6))
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+    run = await run_cli(*args, "-v", "--json", str(tmp_path / "summary.json"))
+    assert run.returncode == 1, run.stderr
+    lines = attempt_lines(run.stderr, "upscale a.png")
+    assert [line.split(" failed after ")[0] for line in lines] == [
+        f"upscale a.png: attempt {n}" for n in (1, 2, 3)
+    ]
+    stopped = re.search(
+        r"cannot reach the service at \S+ \((.*); (\d+) attempt\(s\) in ([\d.]+)s\)\. Check",
+        run.stderr,
+    )
+    assert stopped, run.stderr
+    assert int(stopped[2]) == 3  # RetryPolicy.connect_attempts: a refused port is not retried long
+    waited = sum(float(w) for w in re.findall(r"next attempt in ([\d.]+)s", run.stderr))
+    assert float(stopped[3]) >= waited - 0.06  # the time it really took, waits included
+    assert "within" not in stopped[0]  # no configured timeout passed off as the time taken
+    assert run.stderr.count("Check ") == 1  # the advice once
+
+
+async def test_an_interrupted_run_still_writes_its_summary(tmp_path: Path) -> None:
+    for number in range(6):
+        save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
+    summary = tmp_path / "summary.json"
+    async with Emulator(KEY, upscale=False) as emulator:
+        emulator.pause()  # every call waits in the service until the run is interrupted
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        process = await start_cli(*args, "--allowance", "2", "--json", str(summary))
+        await emulator.wait_in_flight(2)
+        process.send_signal(signal.SIGINT)
+        await line_with(process, "Stopping:")  # the calls already sent are let finish
+        process.send_signal(signal.SIGINT)  # a second interrupt abandons them
+        run = await finish(process)
+        emulator.resume()
+    assert run.returncode == 130, run.stderr
+    assert_clean(run)
+    assert "Interrupted: 0 of 6 finished" in run.stdout
+    assert "Done: 0 of 6 image(s) upscaled, 6 skipped in " in run.stdout
+    result = json.loads(summary.read_text())
+    assert (result["total"], result["succeeded"], result["skipped"]) == (6, 0, 6)

@@ -23,13 +23,13 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 
 import attrs
 import cattrs
 
 from ideogram_async import Allowance, IdeogramClient, LocalAllowance, UpscaleRequest
-from ideogram_async.redis_allowance import RedisAllowance
+from ideogram_async.limits import RedisAllowance
+from ideogram_async.testing import CountingAllowance
 
 from .server import API_KEY
 from .worker import Measurement, _peak_rss, _reset_peak, _status_bytes
@@ -92,42 +92,6 @@ def parse_run(stdout: str) -> RunResult:
     return _converter.structure(json.loads(stdout.strip().splitlines()[-1]), RunResult)
 
 
-class _Counting:
-    """An allowance that counts the rejections reported to the one it wraps."""
-
-    def __init__(self, inner: Allowance) -> None:
-        self.inner = inner
-        self.rejections = 0
-
-    @property
-    def maximum(self) -> int:
-        return self.inner.maximum
-
-    @property
-    def limit(self) -> int:
-        return self.inner.limit
-
-    @property
-    def in_use(self) -> int:
-        return self.inner.in_use
-
-    def hold(self, places: int) -> AbstractAsyncContextManager[None]:
-        return self.inner.hold(places)
-
-    async def rejected(self, allowance: int | None) -> None:
-        self.rejections += 1
-        await self.inner.rejected(allowance)
-
-    async def completed(self) -> None:
-        await self.inner.completed()
-
-    async def released(self) -> None:
-        await self.inner.released()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 async def _cycles(allowance: Allowance, count: int, concurrency: int) -> None:
     async def task(share: int) -> None:
         for _ in range(share):
@@ -185,7 +149,7 @@ async def _cost(job: CostJob) -> Measurement:
 async def _run(job: RunJob) -> RunResult:
     request = UpscaleRequest(num_images=job.num_images)
     async with _limiter(job.shared, job.redis_url, job.allowance, job.key) as limiter:
-        counting = _Counting(limiter)
+        counting = CountingAllowance(limiter)
         async with IdeogramClient(
             api_key=API_KEY, base_url=job.base_url, allowance=counting
         ) as client:
@@ -204,7 +168,7 @@ async def _run(job: RunJob) -> RunResult:
         started=started,
         ended=ended,
         cpu=cpu,
-        rejected=counting.rejections,
+        rejected=len(counting.rejections),
         failures=len(errors),
         first_error=f"{type(errors[0]).__name__}: {errors[0]}" if errors else None,
     )

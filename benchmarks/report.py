@@ -26,6 +26,7 @@ class Unit(enum.StrEnum):
     MEGABYTES = "MB"
     TIMES = "x"
     REQUESTS = "requests"
+    PER_CALL = "per call"
 
 
 class Compare(enum.StrEnum):
@@ -66,6 +67,8 @@ class Row:
             shown = f"{self.comparison:.2f}x"
         elif self.unit is Unit.REQUESTS:
             shown = f"{self.comparison:+.0f}"
+        elif self.unit is Unit.PER_CALL:
+            shown = f"{self.comparison:+.3f}"
         else:
             shown = f"{self.comparison:+.1f} {self.unit}"
         met = {None: "-", True: "yes", False: "NO"}[self.met]
@@ -91,6 +94,8 @@ def _figure(value: float, unit: Unit) -> str:
         return f"{value:.0f}"
     if unit is Unit.TIMES:
         return f"{value:.3f}x"
+    if unit is Unit.PER_CALL:
+        return f"{value:.3f} per call"
     if unit is Unit.MILLISECONDS:
         return f"{value:.3f} ms"
     if unit is Unit.MEGABYTES:

@@ -1,24 +1,20 @@
 """The shared allowance's workloads: several processes on one allowance, and its cost.
 
 A ``redis-server`` of the system runs on a free loopback port in a temporary folder,
-without persistence, for the length of a workload (:func:`running_redis`).
+without persistence, for the length of a workload (:func:`running_redis`, around
+:class:`ideogram_async.testing.RedisServer`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
-import attrs
+from ideogram_async.testing import RedisServer
 
 from .allowance_worker import CostJob, RunJob, RunResult, job_command, parse_run
 from .processes import ROOT, BenchmarkError, running_server
@@ -29,7 +25,7 @@ from .worker import Measurement, parse_measurement
 if TYPE_CHECKING:
     from .workloads import Context, Result
 
-__all__ = ["RedisServer", "acquire_cost", "many_processes", "running_redis"]
+__all__ = ["acquire_cost", "many_processes", "run_together", "running_redis"]
 
 _READY_TIMEOUT = 10.0
 _WORKER_TIMEOUT = 600.0
@@ -38,62 +34,13 @@ _ALLOWANCE = 10
 _PROCESSES = (1, 2, 4)
 
 
-@attrs.frozen
-class RedisServer:
-    """A running ``redis-server``: its URL, and its process id to read its CPU time."""
-
-    url: str
-    pid: int
-
-    def cpu(self) -> float:
-        """CPU seconds the server has used so far (user + system)."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def running_redis() -> Iterator[RedisServer]:
     """Run ``redis-server`` on a free loopback port until the block ends."""
-    executable = shutil.which("redis-server")
-    if executable is None:
+    if not RedisServer.installed():
         raise BenchmarkError("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="ideogram-bench-redis-") as folder:
-        command = [executable, "--port", str(port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", folder]
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + _READY_TIMEOUT
-            while not _answers_ping(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise BenchmarkError(f"redis-server did not start on port {port}")
-                time.sleep(0.02)
-            yield RedisServer(url=f"redis://127.0.0.1:{port}/0", pid=process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with RedisServer() as server:
+        yield server
 
 
 def _run_cost(job: CostJob) -> Measurement:
@@ -128,7 +75,7 @@ def _start_worker(job: RunJob) -> subprocess.Popen[bytes]:
     )
 
 
-def _run_together(jobs: list[RunJob]) -> list[RunResult]:
+def run_together(jobs: list[RunJob]) -> list[RunResult]:
     """Start one process per job, let them all go at once, and collect what they measured."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -209,7 +156,7 @@ def many_processes(context: Context) -> Result:
                     )
                     for _ in range(processes)
                 ]
-                runs.setdefault(name, []).append(_together(_run_together(jobs), total))
+                runs.setdefault(name, []).append(_together(run_together(jobs), total))
     ideal = total / _ALLOWANCE * latency
     rows = []
     for processes in _PROCESSES:

@@ -18,6 +18,7 @@ import attrs
 
 from .celery_workers import celery_workers
 from .clients import NAIVE_ATTEMPTS, Client
+from .contention import contention
 from .processes import run_worker, running_server
 from .report import Compare, Row, Unit
 from .shared import acquire_cost, many_processes
@@ -56,6 +57,9 @@ class Sizes:
     shared_count: int
     shared_latency: float
     shared_rounds: int
+    contention_count: int
+    contention_latency: float
+    contention_hold: float
     celery_count: int
     celery_latency: float
     celery_rounds: int
@@ -85,6 +89,12 @@ class Sizes:
             f"{self.cost_concurrency} tasks, shared allowance on a local redis-server vs local",
             "workload 9 telemetry: workload 2 with the OpenTelemetry SDK and in-memory "
             "exporters (and aiohttp's own instrumentation) vs tracing off",
+            f"workload 10 contention, latency {self.contention_latency * 1000:.0f} ms, "
+            f"emulator allowance 10: (a) another client holds all 10 places for "
+            f"{self.contention_hold:.1f} s while this one starts 20 calls; (b) "
+            f"{self.contention_count} calls over 4 processes with a LocalAllowance(10) each; "
+            f"(c) the same sharing one RedisAllowance(10); (d) {self.contention_count} calls, "
+            f"one process, bound 40, 429s without the number (one round each)",
             f"workload 11 celery workers: {self.celery_count} images, latency "
             f"{self.celery_latency * 1000:.0f} ms, emulator allowance 10: 3 celery workers "
             f"(threads pool) sharing it on Redis vs one process (best of {self.celery_rounds})",
@@ -115,6 +125,9 @@ FULL = Sizes(
     shared_count=400,
     shared_latency=0.1,
     shared_rounds=3,
+    contention_count=240,
+    contention_latency=0.1,
+    contention_hold=3.0,
     celery_count=300,
     celery_latency=0.2,
     celery_rounds=2,
@@ -143,6 +156,9 @@ QUICK = Sizes(
     shared_count=120,
     shared_latency=0.05,
     shared_rounds=1,
+    contention_count=80,
+    contention_latency=0.05,
+    contention_hold=1.0,
     celery_count=60,
     celery_latency=0.2,
     celery_rounds=1,
@@ -515,6 +531,7 @@ WORKLOADS: dict[str, Callable[[Context], Result]] = {
     "processes": many_processes,
     "acquire": acquire_cost,
     "telemetry": telemetry_cost,
+    "contention": contention,
     "celery": celery_workers,
 }
 """Every workload by its short name, in the order they run."""

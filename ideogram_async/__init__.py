@@ -8,7 +8,6 @@ import logging
 
 from . import telemetry
 from ._version import __version__
-from .allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
 from .budget import Budget, LocalBudget
 from .client import Flavor, IdeogramClient, Timeouts
@@ -33,6 +32,7 @@ from .errors import (
     ValidationError,
     WebhookVerificationError,
 )
+from .limits import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent, RetryPolicy
 from .uploads import ImageInput

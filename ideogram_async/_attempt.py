@@ -23,8 +23,8 @@ from . import telemetry
 from ._checks import of_type
 from ._settings import Settings, Timeouts
 from ._transport import Transport
-from .allowance import Allowance
 from .errors import RateLimitError
+from .limits import Allowance
 from .retry import Deadline, RetryPolicy, retried
 from .uploads import ImageInput, PreparedImage, prepare_image
 
@@ -179,8 +179,10 @@ async def hold_and_send(
 
     The places are held only while the request is on the wire. A 429
     ``inflight_limit`` is not a failure of the attempt: the service ran nothing, so
-    the request waits for a place to free and goes again at once, without a backoff
-    and without using up a retry (the deadline still holds). A 429 without that
+    the request reports it to the allowance (which gives its places back, waking
+    nobody) and asks for places again: the allowance decides when it goes (a place of
+    its own freed, or a backoff when others hold the organization's places), without
+    using up a retry (the deadline still holds). A 429 without that
     reason (a gateway's, or a body a proxy dropped) may or may not be the allowance:
     the bound adapts down, and the error takes the usual retry path, with its backoff.
     """
@@ -212,4 +214,3 @@ async def hold_and_send(
             else:
                 await allowance.completed()
                 return answer
-        await allowance.released()

@@ -17,15 +17,13 @@ import aiohttp
 import attrs
 
 from ._checks import int_at_least, of_type, positive_number, seconds_field
-from .allowance import Allowance, LocalAllowance
 from .errors import ValidationError
+from .limits import DEFAULT_ALLOWANCE, Allowance, LocalAllowance
 from .retry import RetryHook, RetryPolicy
 
-__all__ = ["DEFAULT_ALLOWANCE", "OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
+__all__ = ["OFFICIAL_BASE_URL", "Flavor", "Secret", "Settings", "Timeouts"]
 
 OFFICIAL_BASE_URL = "https://api.ideogram.ai"
-DEFAULT_ALLOWANCE = 10
-"""Places in flight when none is configured: the service's default allowance."""
 
 
 class Flavor(enum.StrEnum):

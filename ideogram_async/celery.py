@@ -7,7 +7,7 @@ Run workers on any number of hosts (``pip install 'ideogram-async[celery]'``)::
 and send them work with ``ideogram-async enqueue``, or with :func:`image_message` and
 ``upscale_image.delay(...)`` from Python. Each worker process runs one event loop in
 one thread, with one :class:`~ideogram_async.IdeogramClient` and one
-:class:`~ideogram_async.redis_allowance.RedisAllowance`, started when the process
+:class:`~ideogram_async.limits.RedisAllowance`, started when the process
 starts and closed when it stops; every task hands its coroutine to that loop. The
 allowance bounds the images in flight of all workers together.
 
@@ -18,8 +18,8 @@ when a worker process starts for the rest):
 - ``IDEOGRAM_SHARED_ALLOWANCE``: the Redis holding the allowance and the results'
   records [the broker's, when it is Redis]
 - ``IDEOGRAM_ALLOWANCE``: images in flight for all workers together [10]
-- ``IDEOGRAM_ALLOWANCE_KEY``: the allowance's name in Redis, one per organization
-  [``ideogram_async``]
+- ``IDEOGRAM_ALLOWANCE_KEY``: the allowance's name in Redis [the organization's own:
+  a digest of the API key and the API host, the same for every worker of it]
 - ``IDEOGRAM_BASE_URL``, ``IDEOGRAM_API_KEY`` or ``IDEOGRAM_API_KEY_FILE``: the service
 - ``IDEOGRAM_FLAVOR``: ``proxy`` or ``official`` [official without a base URL, else proxy]
 - ``IDEOGRAM_LEASE``: seconds a dead worker's places and claims stay taken [30]
@@ -39,7 +39,7 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -54,8 +54,8 @@ from ._image_task import ImageBusy, ImageTask, count_refusal, count_retry, run_i
 from ._job_store import PREFIX, Event, ImageRecord, JobStore, Outcome
 from .client import IdeogramClient
 from .errors import SharedAllowanceError, ValidationError
+from .limits import RedisAllowance
 from .models import UpscaleRequest
-from .redis_allowance import RedisAllowance, _shown
 from .v2 import V2Options
 
 __all__ = [
@@ -103,6 +103,16 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def redacted(url: str) -> str:
+    """``url`` (a broker's or Redis') fit for messages: any password replaced by ``***``,
+    the query dropped."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def broker_url(environ: Mapping[str, str] = os.environ) -> str:
     """The broker's URL from ``IDEOGRAM_BROKER_URL`` (default: Redis on this host)."""
     return _env(environ, "IDEOGRAM_BROKER_URL") or DEFAULT_BROKER
@@ -117,7 +127,7 @@ def shared_redis_url(environ: Mapping[str, str] = os.environ, *, broker: str | N
     broker = broker or broker_url(environ)
     if urlsplit(broker).scheme not in ("redis", "rediss", "unix"):
         raise ValidationError(
-            f"the broker {_shown(broker)} is not Redis; set IDEOGRAM_SHARED_ALLOWANCE to the "
+            f"the broker {redacted(broker)} is not Redis; set IDEOGRAM_SHARED_ALLOWANCE to the "
             "Redis URL (redis://HOST:PORT/DB) that holds the shared allowance and the results"
         )
     return broker
@@ -152,9 +162,10 @@ def celery_config(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 class WorkerSettings:
     """What a worker process needs from the environment, checked when it starts."""
 
-    redis_url: str = attrs.field(repr=_shown)
+    redis_url: str = attrs.field(repr=redacted)
     allowance: int
-    allowance_key: str
+    allowance_key: str | None
+    """``IDEOGRAM_ALLOWANCE_KEY``; ``None``: the organization's key, which the client names."""
     base_url: str | None
     api_key: str = attrs.field(repr=False)
     flavor: str
@@ -178,7 +189,7 @@ class WorkerSettings:
         return cls(
             redis_url=shared_redis_url(environ, broker=broker),
             allowance=int(text),
-            allowance_key=_env(environ, "IDEOGRAM_ALLOWANCE_KEY") or "ideogram_async",
+            allowance_key=_env(environ, "IDEOGRAM_ALLOWANCE_KEY"),
             base_url=base_url,
             api_key=_api_key(environ),
             flavor=flavor,
@@ -238,8 +249,10 @@ class _Runtime:
             key=settings.allowance_key,
             lease=settings.lease,
         )
+        client: IdeogramClient | None = None
         try:
-            await allowance.connect()
+            # The client names the allowance's key (its organization's, unless
+            # IDEOGRAM_ALLOWANCE_KEY named one) before anything is asked of Redis.
             client = IdeogramClient(
                 api_key=settings.api_key,
                 base_url=settings.base_url,
@@ -247,11 +260,19 @@ class _Runtime:
                 allowance=allowance,
                 on_retry=count_retry,
             )
+            await allowance.connect()
         except BaseException:
+            if client is not None:
+                await client.aclose()
             await allowance.aclose()
             raise
         self._allowance = allowance
-        return client, JobStore.from_url(settings.redis_url, _shown(settings.redis_url))
+        return client, JobStore.from_url(settings.redis_url, redacted(settings.redis_url))
+
+    @property
+    def allowance_key(self) -> str:
+        """The key the workers' shared allowance is kept under."""
+        return self._allowance.key or ""
 
     def run(self, work: Coroutine[Any, Any, _T]) -> _T:
         """Run ``work`` on the loop and return its result (from any thread)."""
@@ -346,7 +367,7 @@ def _upscale_image(task: Task[Any, Any], message: dict[str, Any]) -> Outcome:
                 runtime.store,
                 image,
                 lease=runtime.settings.lease,
-                allowance_key=runtime.settings.allowance_key,
+                allowance_key=runtime.allowance_key,
             )
         )
     except ImageBusy as exc:
@@ -393,14 +414,9 @@ def image_message(
     return ImageTask.of(source, out_dir, request, stem=stem).to_message()
 
 
-def redacted(url: str) -> str:
-    """``url`` fit for messages: any password replaced by ``***``, the query dropped."""
-    return _shown(url)
-
-
 def open_store(redis_url: str) -> JobStore:
     """The workers' records and jobs in the Redis at ``redis_url`` (close it when done)."""
-    return JobStore.from_url(redis_url, _shown(redis_url))
+    return JobStore.from_url(redis_url, redacted(redis_url))
 
 
 async def enqueue(

@@ -25,9 +25,9 @@ from ._checks import int_at_least, seconds
 from ._downloads import DEFAULT_MAX_DOWNLOAD_SIZE, name_too_long, write_atomically
 from ._settings import Flavor, Settings, Timeouts
 from ._transport import DEFAULT_MAX_RESPONSE_SIZE, Pool, Transport
-from .allowance import Allowance
 from .batch import V1, BatchInput, BatchRun, UpscaleJob, many
 from .errors import ValidationError
+from .limits import Allowance, OrganizationBound
 from .models import UpscaledImage, UpscaleRequest, UpscaleResponse, parse_response
 from .retry import RetryHook, RetryPolicy, call_with_retries
 from .uploads import CHUNK_SIZE, DEFAULT_MAX_FILE_SIZE, ImageInput
@@ -56,14 +56,16 @@ class IdeogramClient:
     organization): an upscale holds ``num_images`` places (1 by default; a v2
     upscale or quote, 1) while it is on the wire, first come first served. Given
     as a number, the bound learns from the service: a 429 that names the
-    allowance lowers it at once, and with ``adaptive`` (the default) a 429
-    without the number halves it while requests that go through raise it again,
-    never above the number given. Pass an
-    :class:`~ideogram_async.allowance.Allowance` instead to share one between
-    clients or processes (the client then never closes it). ``client.allowance``
-    shows the current bound (``limit``), the places held (``in_use``) and the
-    ``maximum``, for a dashboard. ``requests_per_second`` optionally bounds the
-    start rate of requests too.
+    allowance caps it at once, a refusal that others' holdings explain backs off,
+    and with ``adaptive`` (the default) the bound probes and holds (see
+    ``docs/allowance.md``), never above the number given. Pass an
+    :class:`~ideogram_async.limits.Allowance` instead to share one between
+    clients or processes (the client then never closes it); a
+    :class:`~ideogram_async.limits.RedisAllowance` without ``key=`` is keyed by
+    this client's organization (a digest of its API key and host).
+    ``client.allowance`` shows the current bound (``limit``), the places held
+    (``in_use``) and the ``maximum``, for a dashboard. ``requests_per_second``
+    optionally bounds the start rate of requests too.
 
     The key comes from ``api_key`` or ``IDEOGRAM_API_KEY``; the base URL from
     ``base_url`` or ``IDEOGRAM_BASE_URL`` (the official flavor defaults to
@@ -121,6 +123,10 @@ class IdeogramClient:
             session=session,
             on_retry=on_retry,
         )
+        if isinstance(settings.allowance, OrganizationBound):
+            settings.allowance.bind_organization(
+                api_key=settings.key.reveal(), base_url=settings.base_url
+            )
         maximum = settings.allowance.maximum
         # API requests and image downloads each get as many connections as the
         # allowance's maximum, so a request holding places never waits for the pool.
@@ -166,7 +172,10 @@ class IdeogramClient:
         pattern): ``client.with_options(retry=RetryPolicy(attempts=2))`` costs no new
         connections and counts against the same places in flight. Closing either
         closes the shared session. The new settings are checked as the
-        constructor's are.
+        constructor's are. A :class:`~ideogram_async.limits.RedisAllowance` keyed by
+        this client's organization cannot serve another: changing ``api_key`` or the
+        API host then raises :class:`ValidationError` (one named with ``key=`` is
+        shared as named).
         """
         current = self._attempts.settings
         settings = Settings.resolve(
@@ -188,6 +197,18 @@ class IdeogramClient:
             session=None,
             on_retry=current.on_retry if on_retry is None else on_retry,
         )
+        if isinstance(settings.allowance, OrganizationBound):
+            try:
+                settings.allowance.bind_organization(
+                    api_key=settings.key.reveal(), base_url=settings.base_url
+                )
+            except ValidationError:
+                raise ValidationError(
+                    "with_options(api_key=/base_url=) names another organization (another "
+                    "API key or API host), but the derived client would share this client's "
+                    "RedisAllowance, which serves this one's: create a new IdeogramClient "
+                    "with its own RedisAllowance for the other organization"
+                ) from None
         derived = object.__new__(IdeogramClient)
         transport = Transport(settings, self._shared.pool)
         derived._attach(attrs.evolve(self._attempts, transport=transport), self._shared)
@@ -270,7 +291,7 @@ class IdeogramClient:
     async def aclose(self) -> None:
         """Close the connection pool (unless the session was passed in). Idempotent.
 
-        An :class:`~ideogram_async.allowance.Allowance` passed in is left open.
+        An :class:`~ideogram_async.limits.Allowance` passed in is left open.
         """
         await self._shared.pool.aclose()
         if self._shared.owns_allowance:

@@ -30,7 +30,6 @@ import secrets
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 try:
     import redis.asyncio as aioredis
@@ -45,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a test by hiding r
 
 from .budget import Amount, Reservation, exceeded, from_micros, to_micros, usd_text
 from .errors import ClientClosedError, SharedAllowanceError, ValidationError
-from .redis_allowance import _shown
+from .limits.location import RedisLocation
 
 __all__ = ["RESERVE", "SETTLE", "RedisBudget"]
 
@@ -154,11 +153,13 @@ class RedisBudget:
         lease: float = 3600.0,
         ttl: float = 86400.0,
     ) -> None:
-        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+        try:
+            location = RedisLocation.parse(url)
+        except SharedAllowanceError as exc:
             raise ValidationError(
                 f"url must be a Redis URL such as redis://localhost:6379/0 "
-                f"(schemes: {', '.join(_SCHEMES)}), not {_shown(str(url))!r}"
-            )
+                f"(schemes: {', '.join(_SCHEMES)}), not {exc.url!r}"
+            ) from None
         self._max = to_micros("max_usd", max_usd, round_up=False)
         if self._max < 1:
             raise ValidationError(f"max_usd must be at least $0.000001, not {max_usd!r}")
@@ -168,7 +169,7 @@ class RedisBudget:
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 1:
                 raise ValidationError(f"{name} must be a number of seconds >= 1, not {seconds!r}")
         self._url = url
-        self._shown_url = _shown(url)
+        self._shown_url = location.shown
         self._key = key
         self._lease_ms = round(lease * 1000)
         self._ttl_ms = round(ttl * 1000)

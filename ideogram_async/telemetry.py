@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from ._version import __version__
-from .allowance import Allowance, LocalAllowance
+from .limits import Allowance, LocalAllowance
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation

@@ -1,4 +1,4 @@
-"""The local allowance: weighted FIFO places, learning the bound, AIMD, released().
+"""The local allowance: weighted FIFO places, the bound's rules applied, refusals that wake nobody.
 
 Deterministic: tasks are stepped with ``asyncio.sleep(0)`` and events, never timed.
 """
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from ideogram_async import ValidationError
-from ideogram_async.allowance import Allowance, AllowanceChange, ChangeReason, LocalAllowance
+from ideogram_async.limits import Allowance, AllowanceChange, ChangeReason, LocalAllowance
 
 Action = Callable[[], Awaitable[None]]
 
@@ -31,6 +31,7 @@ class Holder:
         self.allowance = allowance
         self.places = places
         self.entered = False
+        self.inside = asyncio.Event()
         self.action: Action | None = None
         self._leave = asyncio.Event()
         self.task = asyncio.create_task(self._run())
@@ -38,6 +39,7 @@ class Holder:
     async def _run(self) -> None:
         async with self.allowance.hold(self.places):
             self.entered = True
+            self.inside.set()
             await self._leave.wait()
             if self.action is not None:
                 await self.action()
@@ -60,6 +62,12 @@ async def complete_at_full_bound(allowance: LocalAllowance, times: int = 1) -> N
     for _ in range(times):
         async with allowance.hold(allowance.limit):
             await allowance.completed()
+
+
+async def learn(allowance: LocalAllowance, number: int) -> None:
+    """A 429 naming ``number`` for a request sent with more places held: explained, no backoff."""
+    async with allowance.hold(number + 1):
+        await allowance.rejected(number)
 
 
 async def cancel(holder: Holder) -> None:
@@ -169,7 +177,7 @@ def test_the_maximum_must_be_a_positive_whole_number(maximum: object) -> None:
 
 async def test_a_request_over_a_shrunk_bound_runs_alone() -> None:
     allowance = LocalAllowance(10, adaptive=False)
-    await allowance.rejected(3)
+    await learn(allowance, 3)
     assert allowance.limit == 3
     small, big, later = await holders(allowance, 1, 5, 1)
     assert (small.entered, big.entered, later.entered) == (True, False, False)
@@ -211,8 +219,8 @@ async def test_a_number_from_the_service_sets_the_bound_at_once_logged_once(
     changes: list[AllowanceChange] = []
     allowance = LocalAllowance(8, adaptive=False, on_change=changes.append)
     assert allowance.limit == 8
-    await allowance.rejected(3)
-    await allowance.rejected(3)
+    await learn(allowance, 3)
+    await learn(allowance, 3)
     assert allowance.limit == 3
     assert changes == [AllowanceChange(old=8, new=3, reason=ChangeReason.LEARNED)]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -224,14 +232,9 @@ async def test_a_number_from_the_service_sets_the_bound_at_once_logged_once(
 async def test_each_change_of_the_bound_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="ideogram_async")
     allowance = LocalAllowance(8, adaptive=False)
-    await allowance.rejected(3)
+    await learn(allowance, 3)
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert "allowance bound 8 -> 3 places (learned)" in debug
-
-
-def test_a_negative_fallback_is_refused_with_its_value() -> None:
-    with pytest.raises(ValidationError, match=r"fallback must be >= 0 seconds, got -0\.5"):
-        LocalAllowance(4, fallback=-0.5)
 
 
 async def test_a_number_above_the_maximum_never_raises_the_bound() -> None:
@@ -272,103 +275,18 @@ async def test_a_bound_that_is_not_reached_does_not_grow() -> None:
 
 async def test_a_bound_holding_back_a_waiter_is_full_even_with_places_left() -> None:
     allowance = LocalAllowance(40)
-    running = await holders(allowance, 4, 4)
+    running = await holders(allowance, 4, 4)  # granted with 4, then 8 in use
     (waiter,) = await holders(allowance, 4)  # 8 + 4 > 10
     assert not waiter.entered
-    running[0].leave(allowance.completed)
+    running[1].leave(allowance.completed)  # granted with 8: the waiter did not fit beside
     await settle()
     assert allowance.limit == 11
     assert waiter.entered
-    running[1].leave()
+    running[0].leave(allowance.completed)  # granted with 4 in use: 4 + 4 fit, not full
+    await settle()
+    assert allowance.limit == 11
     waiter.leave()
     await asyncio.gather(*(h.task for h in [*running, waiter]))
-
-
-async def test_simultaneous_rejections_halve_the_bound_once() -> None:
-    changes: list[AllowanceChange] = []
-    allowance = LocalAllowance(10, on_change=changes.append)
-    burst = await holders(allowance, *[1] * 10)
-    for h in burst:
-        h.leave(lambda: allowance.rejected(None))
-    await asyncio.gather(*(h.task for h in burst))
-    assert allowance.limit == 5
-    assert changes == [AllowanceChange(old=10, new=5, reason=ChangeReason.DECREASED)]
-    # A request sent under the new bound counts again.
-    (again,) = await holders(allowance, 1)
-    again.leave(lambda: allowance.rejected(None))
-    await again.task
-    assert allowance.limit == 2
-    # ...and a rejection reported outside any hold too.
-    await allowance.rejected(None)
-    await allowance.rejected(None)
-    assert allowance.limit == 1  # floor
-
-
-async def test_stale_rejections_after_learning_do_not_halve_the_learned_bound() -> None:
-    allowance = LocalAllowance(40)
-    await complete_at_full_bound(allowance, 30)
-    assert allowance.limit == 40
-    burst = await holders(allowance, *[1] * 40)
-    for h in burst[10:]:
-        h.leave(lambda: allowance.rejected(10))
-    await asyncio.gather(*(h.task for h in burst[10:]))
-    assert allowance.limit == 10
-    for h in burst[:10]:
-        h.leave()
-    await asyncio.gather(*(h.task for h in burst[:10]))
-    # A fresh rejection although the bound fits the allowance: someone else holds places.
-    (fresh,) = await holders(allowance, 1)
-    fresh.leave(lambda: allowance.rejected(10))
-    await fresh.task
-    assert allowance.limit == 5
-
-
-async def test_a_smaller_number_applies_even_from_a_request_sent_before_a_decrease() -> None:
-    allowance = LocalAllowance(10)
-    early, late = await holders(allowance, 1, 1)
-    late.leave(lambda: allowance.rejected(None))
-    await late.task
-    assert allowance.limit == 5
-    early.leave(lambda: allowance.rejected(2))
-    await early.task
-    assert allowance.limit == 2
-
-
-async def test_after_a_decrease_the_bound_regrows_fast_then_by_one_per_round() -> None:
-    allowance = LocalAllowance(10)
-    async with allowance.hold(10):  # refused with all 10 places in use
-        await allowance.rejected(None)
-    assert allowance.limit == 5
-    for expected in (6, 7, 8, 9):  # back to just under the places refused, one per completion
-        await complete_at_full_bound(allowance)
-        assert allowance.limit == expected
-    await complete_at_full_bound(allowance, 8)
-    assert allowance.limit == 9
-    await complete_at_full_bound(allowance)  # the 9th completion at 9
-    assert allowance.limit == 10
-    await complete_at_full_bound(allowance, 30)
-    assert allowance.limit == 10  # never above the maximum
-
-
-async def test_after_a_decrease_fast_regrowth_stops_under_the_places_that_were_refused() -> None:
-    allowance = LocalAllowance(10)
-    async with allowance.hold(7):  # refused with 7 places in use (the bound was 10)
-        await allowance.rejected(None)
-    assert allowance.limit == 5
-    await complete_at_full_bound(allowance)
-    assert allowance.limit == 6  # just under 7
-    await complete_at_full_bound(allowance, 5)
-    assert allowance.limit == 6
-    await complete_at_full_bound(allowance)
-    assert allowance.limit == 7
-
-
-async def test_the_learned_allowance_caps_additive_increase() -> None:
-    allowance = LocalAllowance(40)
-    await allowance.rejected(12)  # 10 < 12: someone else holds places
-    assert allowance.limit == 5
-    await complete_at_full_bound(allowance, 200)
-    assert allowance.limit == 12
 
 
 async def test_growing_the_bound_lets_waiters_in() -> None:
@@ -399,34 +317,11 @@ async def test_a_failing_hook_is_logged_and_the_change_still_applies(
     ]
 
 
-async def test_released_returns_on_a_release_after_the_call() -> None:
-    allowance = LocalAllowance(10, fallback=3600)
-    first, second = await holders(allowance, 1, 1)
-    first.leave()
-    await first.task  # released before the call: does not count
-    waiting = asyncio.create_task(allowance.released())
-    await settle()
-    assert not waiting.done()
-    second.leave()
-    await second.task
-    await settle()
-    assert waiting.done()
-    await waiting
-
-
-async def test_released_returns_after_the_fallback_when_nothing_is_released() -> None:
-    allowance = LocalAllowance(10, fallback=0)
-    (holder,) = await holders(allowance, 1)
-    await allowance.released()  # places held elsewhere may have gone: not forever
-    assert allowance.in_use == 1
-    holder.leave()
-    await holder.task
-
-
 @pytest.mark.parametrize("seed", range(20))
 async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(seed: int) -> None:
     rng = random.Random(seed)
-    allowance = LocalAllowance(8, adaptive=rng.random() < 0.7, fallback=3600)
+    allowance = LocalAllowance(8, adaptive=rng.random() < 0.7)
+    refused = False  # since a refusal gave places back, a waiter may wait for a release
     pending: list[Holder] = []  # asked, neither entered nor cancelled
     inside: list[Holder] = []
     entries: list[int] = []  # request numbers, in the order they entered
@@ -436,7 +331,7 @@ async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(se
     def check() -> None:
         held = sum(h.places for h in inside)
         assert allowance.in_use == held
-        if pending:
+        if pending and not refused:
             head = pending[0].places
             fits = held == 0 or held + head <= allowance.limit
             assert not fits, f"a waiter that fits was left waiting ({held}+{head})"
@@ -459,11 +354,10 @@ async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(se
             pending.append(h)
         elif choice < 0.75 and inside:
             h = inside.pop(rng.randrange(len(inside)))
-            verdict = rng.random()
-            if verdict < 0.1:
-                h.leave(lambda: allowance.rejected(rng.randint(1, 10)))
-            elif verdict < 0.3:
-                h.leave(lambda: allowance.rejected(None))
+            # A refusal with a number under the places held: explained, so no backoff.
+            refused = rng.random() < 0.3 and allowance.in_use > 1
+            if refused:
+                h.leave(lambda: allowance.rejected(rng.randint(1, allowance.in_use - 1)))
             else:
                 h.leave(allowance.completed)
             await settle()
@@ -479,6 +373,7 @@ async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(se
         elif inside:
             h = inside.pop(rng.randrange(len(inside)))
             await cancel(h)
+            refused = False
         await settle()
         step()
         check()
@@ -496,37 +391,72 @@ async def test_random_schedules_keep_the_bound_fifo_order_and_no_lost_wakeups(se
     assert allowance.in_use == 0
 
 
-def test_the_fallback_wait_defaults_to_half_a_second() -> None:
-    assert LocalAllowance(4)._fallback == 0.5
-
-
-async def test_after_a_decrease_the_bound_grows_by_one_per_full_round() -> None:
-    allowance = LocalAllowance(20)  # starts at 10, below its maximum
-    async with allowance.hold(1):
-        await allowance.rejected(None)  # in the same round: halves, to 5
-    assert allowance.limit == 5
-    # One place was in use when refused, so 5 is past the slow start: a round of 5.
-    await complete_at_full_bound(allowance, 4)
-    assert allowance.limit == 5
-    await complete_at_full_bound(allowance, 1)
-    assert allowance.limit == 6
-
-
-async def test_each_round_halves_the_bound_once() -> None:
-    allowance = LocalAllowance(40)  # starts at 10
-    first = Holder(allowance, 1)
-    await settle()
-    first.leave(lambda: allowance.rejected(None))  # round 0: 10 -> 5
-    await first.task
-    assert allowance.limit == 5
-    second, third = await holders(allowance, 1, 1)  # both granted in round 1
-    second.leave(lambda: allowance.rejected(None))  # round 1: 5 -> 2
-    await second.task
-    third.leave(lambda: allowance.rejected(None))  # still round 1: the same overload
-    await third.task
-    assert allowance.limit == 2
-
-
 def test_only_an_adaptive_bound_starts_at_ten() -> None:
     assert (LocalAllowance(20).limit, LocalAllowance(20, adaptive=False).limit) == (10, 20)
     assert LocalAllowance(4).limit == 4
+
+
+async def test_places_given_back_by_a_refusal_wake_nobody() -> None:
+    allowance = LocalAllowance(10, adaptive=False)
+    first, second = await holders(allowance, 5, 5)
+    (waiter,) = await holders(allowance, 5)
+    first.leave(lambda: allowance.rejected(8))  # 10 held > 8: its own holdings explain it
+    await first.task
+    await settle()
+    assert (allowance.in_use, allowance.limit) == (5, 8)
+    assert not waiter.entered  # 5 + 5 > 8 anyway; and a refusal is not a completion
+    second.leave(allowance.completed)  # a real release
+    await settle()
+    assert waiter.entered
+    waiter.leave()
+    await waiter.task
+
+
+async def test_a_refusal_that_returns_places_under_the_bound_still_wakes_nobody() -> None:
+    allowance = LocalAllowance(10, adaptive=False)
+    first, second = await holders(allowance, 6, 3)
+    (waiter,) = await holders(allowance, 2)  # 9 + 2 > 10
+    second.leave(lambda: allowance.rejected(7))  # 9 > 7: explained; 6 held, bound 7
+    await second.task
+    await settle()
+    assert allowance.in_use == 6
+    assert not waiter.entered  # 6 + 2 > 7: and it would not have been woken either way
+    first.leave(allowance.completed)
+    await settle()
+    assert waiter.entered
+    waiter.leave()
+    await waiter.task
+
+
+async def test_a_refusal_others_explain_closes_the_allowance_until_the_backoff_ends() -> None:
+    allowance = LocalAllowance(10)
+    (running,) = await holders(allowance, 1)
+    async with allowance.hold(1):
+        await allowance.rejected(10)  # 2 held of 10: others hold 8
+    assert allowance.limit == 1
+    (waiter,) = await holders(allowance, 1)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    running.leave()  # a release while closed lets nobody in
+    await running.task
+    await settle()
+    assert not waiter.entered
+    async with asyncio.timeout(5):
+        await waiter.inside.wait()
+    assert loop.time() - asked >= 0.125  # half the first backoff at least
+    waiter.leave()
+    await waiter.task
+
+
+async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None:
+    allowance = LocalAllowance(10)
+    first, second = await holders(allowance, 1, 1)
+    first.leave(lambda: allowance.rejected(10))  # others hold places: closed for a backoff
+    await first.task
+    (waiter,) = await holders(allowance, 1)
+    assert not waiter.entered
+    second.leave(allowance.completed)  # but this one went through
+    await settle()
+    assert waiter.entered
+    waiter.leave()
+    await waiter.task

@@ -8,7 +8,7 @@ import logging
 import re
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,7 +25,14 @@ from ideogram_async import (
 )
 from ideogram_async._attempt import hold_and_send
 from ideogram_async.retry import counting_attempts
-from ideogram_async.testing import AllowanceBody, Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.testing import (
+    AllowanceBody,
+    CountingAllowance,
+    Emulator,
+    Fault,
+    FaultPlan,
+    instant_retries,
+)
 from ideogram_async.v2 import TopazWonder35
 
 from ._support import KEY, make_image
@@ -47,60 +54,9 @@ def _instant() -> Any:
         yield
 
 
-class Watched:
-    """An :class:`Allowance` that delegates to a :class:`LocalAllowance` and lets a test
-    wait until a number of holds were asked for, or rejections reported."""
-
-    def __init__(self, inner: LocalAllowance) -> None:
-        self.inner = inner
-        self.asked = 0
-        self.rejections: list[int | None] = []
-        self._changed = asyncio.Event()
-
-    @property
-    def maximum(self) -> int:
-        return self.inner.maximum
-
-    @property
-    def limit(self) -> int:
-        return self.inner.limit
-
-    @property
-    def in_use(self) -> int:
-        return self.inner.in_use
-
-    def hold(self, places: int) -> AbstractAsyncContextManager[None]:
-        return self._hold(places)
-
-    @asynccontextmanager
-    async def _hold(self, places: int) -> AsyncIterator[None]:
-        self.asked += 1
-        self._poke()
-        async with self.inner.hold(places):
-            yield
-
-    async def rejected(self, allowance: int | None) -> None:
-        self.rejections.append(allowance)
-        self._poke()
-        await self.inner.rejected(allowance)
-
-    async def completed(self) -> None:
-        await self.inner.completed()
-
-    async def released(self) -> None:
-        await self.inner.released()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def _poke(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not condition():
-                await self._changed.wait()
+async def until(counting: CountingAllowance, condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        await counting.until(condition)
 
 
 def request(images: int = 1) -> UpscaleRequest:
@@ -123,11 +79,11 @@ def client_of(emulator: Emulator, allowance: Any, **options: Any) -> IdeogramCli
 
 async def test_an_upscale_holds_num_images_places_and_waits_whole(  # weighted places
 ) -> None:
-    watched = Watched(LocalAllowance(10, adaptive=False))
+    watched = CountingAllowance(LocalAllowance(10, adaptive=False))
     async with served() as emulator, client_of(emulator, watched) as client:
         emulator.pause()
         calls = [asyncio.create_task(client.upscale(PNG, request(4))) for _ in range(3)]
-        await watched.until(lambda: watched.asked == 3)
+        await until(watched, lambda: watched.asked == 3)
         await emulator.wait_places(8)
         assert client.allowance.in_use == 8  # the third holds nothing while it waits
         assert emulator.stats.requests == 2
@@ -139,15 +95,15 @@ async def test_an_upscale_holds_num_images_places_and_waits_whole(  # weighted p
 
 
 async def test_a_large_request_is_not_overtaken_by_later_small_ones() -> None:  # FIFO
-    watched = Watched(LocalAllowance(4, adaptive=False))
+    watched = CountingAllowance(LocalAllowance(4, adaptive=False))
     async with served() as emulator, client_of(emulator, watched) as client:
         emulator.pause()
         first = asyncio.create_task(client.upscale(PNG, request(3)))
         await emulator.wait_places(3)
         large = asyncio.create_task(client.upscale(PNG, request(4)))
-        await watched.until(lambda: watched.asked == 2)
+        await until(watched, lambda: watched.asked == 2)
         small = [asyncio.create_task(client.upscale(PNG, request(1))) for _ in range(2)]
-        await watched.until(lambda: watched.asked == 4)
+        await until(watched, lambda: watched.asked == 4)
         assert emulator.stats.requests == 1  # 3 + 1 fits, yet the small ones wait their turn
         emulator.resume()
         await asyncio.gather(first, large, *small)
@@ -160,11 +116,11 @@ async def test_the_allowance_in_the_429_body_is_learned_at_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ideogram_async")
-    watched = Watched(LocalAllowance(10, fallback=0.01))
+    watched = CountingAllowance(LocalAllowance(10))
     async with served(allowance=3) as emulator, client_of(emulator, watched) as client:
         emulator.pause()
         burst = [asyncio.create_task(client.upscale(PNG)) for _ in range(10)]
-        await watched.until(lambda: len(watched.rejections) == 7)
+        await until(watched, lambda: len(watched.rejections) == 7)
         assert watched.rejections == [3] * 7
         assert client.allowance.limit == 3
         emulator.resume()
@@ -195,8 +151,8 @@ async def test_without_the_number_the_bound_adapts_to_the_allowance() -> None:
     ):
         results = await asyncio.gather(*(attempts_of(client.upscale(PNG)) for _ in range(120)))
     assert results == [1] * 120
-    # Down to the allowance, then around it (AIMD's probing). How many increases come
-    # before the first halving depends on scheduling, so only the shape is asserted.
+    # Down to the allowance, then around it (probe and hold). How many increases come
+    # before the first refusal depends on scheduling, so only the shape is asserted.
     assert min(bounds) <= 3, bounds
     assert 2 <= statistics.median(bounds[len(bounds) // 2 :]) <= 5, bounds
     rejected = emulator.stats.rejected_over_allowance
@@ -205,7 +161,7 @@ async def test_without_the_number_the_bound_adapts_to_the_allowance() -> None:
 
 
 async def test_a_429_without_a_body_adapts_and_is_retried_with_backoff() -> None:
-    watched = Watched(LocalAllowance(2, fallback=3600))
+    watched = CountingAllowance(LocalAllowance(2))
     async with (
         served(allowance=1, body="empty") as emulator,
         client_of(emulator, watched) as client,
@@ -214,7 +170,7 @@ async def test_a_429_without_a_body_adapts_and_is_retried_with_backoff() -> None
         held = asyncio.create_task(attempts_of(client.upscale(PNG)))
         await emulator.wait_places(1)
         other = asyncio.create_task(attempts_of(client.upscale(PNG)))
-        await watched.until(lambda: watched.asked == 3)  # rejected, retried, waits for a place
+        await until(watched, lambda: watched.asked == 3)  # rejected, retried, waits for a place
         assert watched.rejections == [None]
         assert client.allowance.limit == 1
         emulator.resume()
@@ -284,31 +240,36 @@ async def test_the_deadline_holds_while_waiting_for_a_place() -> None:
     assert emulator.stats.rejected_over_allowance == 1  # it waited, it did not hammer
 
 
-async def test_places_held_by_another_process_are_waited_for_not_hammered() -> None:
-    watched = Watched(LocalAllowance(5, fallback=3600))
+async def test_places_held_by_another_client_are_backed_off_not_hammered() -> None:
+    watched = CountingAllowance(LocalAllowance(10))
     async with (
-        served(allowance=1) as emulator,
-        client_of(emulator, 1) as other_process,
+        served(allowance=10) as emulator,
+        client_of(emulator, 10) as other_client,
         client_of(emulator, watched) as client,
     ):
         emulator.pause()
-        held = asyncio.create_task(other_process.upscale(PNG))
-        await emulator.wait_places(1)
-        with pytest.raises(APITimeoutError, match="deadline"):
-            await client.upscale(PNG, retry=RetryPolicy(deadline=0.3))
-        assert watched.rejections == [1]  # then it waited for a release, none came here
+        others = [asyncio.create_task(other_client.upscale(PNG)) for _ in range(10)]
+        await emulator.wait_places(10)  # the other client fills the organization's allowance
+        ours = [asyncio.create_task(client.upscale(PNG)) for _ in range(20)]
+        # The first 10 go out and are refused; then one probe at a time, each after a
+        # backoff (a refused request's place wakes nobody, so nothing else goes out).
+        await until(watched, lambda: len(watched.rejections) == 12)
+        assert emulator.stats.requests == 10 + 12
+        assert (client.allowance.limit, client.allowance.in_use) == (1, 0)
         emulator.resume()
-        await held
+        await asyncio.gather(*others, *ours)
+    assert emulator.stats.rejected_over_allowance == 12
+    assert emulator.stats.responses_by_status == {200: 30, 429: 12}
 
 
 async def test_cancelling_a_request_on_the_wire_frees_its_places_for_the_next() -> None:
-    watched = Watched(LocalAllowance(2, adaptive=False))
+    watched = CountingAllowance(LocalAllowance(2, adaptive=False))
     async with served() as emulator, client_of(emulator, watched) as client:
         emulator.pause()
         first = asyncio.create_task(client.upscale(PNG, request(2)))
         await emulator.wait_places(2)
         second = asyncio.create_task(client.upscale(PNG, request(2)))
-        await watched.until(lambda: watched.asked == 2)
+        await until(watched, lambda: watched.asked == 2)
         assert emulator.stats.requests == 1
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -321,7 +282,7 @@ async def test_cancelling_a_request_on_the_wire_frees_its_places_for_the_next() 
 
 
 async def test_a_v2_upscale_takes_one_place_and_learns_from_the_429_too() -> None:
-    watched = Watched(LocalAllowance(5, fallback=3600))
+    watched = CountingAllowance(LocalAllowance(5))
     async with (
         served(allowance=1) as emulator,
         client_of(emulator, watched, flavor="official") as client,
@@ -330,7 +291,7 @@ async def test_a_v2_upscale_takes_one_place_and_learns_from_the_429_too() -> Non
         first = asyncio.create_task(client.v2.upscale(PNG, TopazWonder35()))
         await emulator.wait_places(1)
         second = asyncio.create_task(client.v2.upscale(PNG, TopazWonder35()))
-        await watched.until(lambda: watched.rejections == [1])
+        await until(watched, lambda: watched.rejections == [1])
         assert client.allowance.limit == 1
         emulator.resume()
         await asyncio.gather(first, second)

@@ -22,8 +22,7 @@ from ideogram_async import (
 )
 from ideogram_async.budget import BudgetRun, as_budget, usd_text
 from ideogram_async.redis_budget import RedisBudget
-
-from ._redis import RedisServer, free_port
+from ideogram_async.testing import RedisServer, free_port
 
 
 async def totals(url: str, key: str) -> tuple[int, int]:

@@ -27,9 +27,8 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.cli import main
-from ideogram_async.testing import Emulator, EmulatorStats, Fault, FaultPlan
+from ideogram_async.testing import Emulator, EmulatorStats, Fault, FaultPlan, RedisServer
 
-from ._redis import RedisServer
 from ._support import make_image
 from .test_cli import (
     KEY,

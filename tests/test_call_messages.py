@@ -112,7 +112,7 @@ async def test_download_refuses_what_it_cannot_fetch_or_write(tmp_path: Path) ->
             "the allowance must be a whole number of places >= 1, got 0; pass the number of "
             "images your organization may have in flight (default 10)",
         ),
-        (lambda: LocalAllowance(2, fallback=-1), "fallback must be >= 0 seconds, got -1"),
+        (lambda: LocalAllowance(2, forget_after=0), "forget_after must be > 0 seconds, got 0"),
         (lambda: LocalAllowance(2).hold(0), "places must be a whole number >= 1, got 0"),
         (lambda: LocalAllowance(2).hold(True), "places must be a whole number >= 1, got True"),
         (

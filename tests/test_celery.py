@@ -35,10 +35,8 @@ from ideogram_async.celery import (
     register,
 )
 from ideogram_async.cli import main
-from ideogram_async.redis_allowance import RedisAllowance
-from ideogram_async.testing import Emulator, Fault, FaultPlan
-
-from ._redis import RedisServer, free_port
+from ideogram_async.limits import RedisAllowance, organization_key
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, free_port
 
 KEY = "sk-celery-5ecr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
@@ -86,21 +84,22 @@ class Cluster:
     emulator: Emulator
     allowance: int
     logs: Path
-    key: str = "celery-tests"
-    """The name of the workers' shared allowance (``IDEOGRAM_ALLOWANCE_KEY``)."""
+    key: str | None = "celery-tests"
+    """``IDEOGRAM_ALLOWANCE_KEY`` of the workers; ``None``: the organization's default."""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
         env.update(
             IDEOGRAM_BROKER_URL=self.redis.url,
             IDEOGRAM_ALLOWANCE=str(self.allowance),
-            IDEOGRAM_ALLOWANCE_KEY=self.key,
             IDEOGRAM_BASE_URL=self.emulator.base_url,
             IDEOGRAM_API_KEY=KEY,
             IDEOGRAM_LEASE="1.5",
             IDEOGRAM_VISIBILITY_TIMEOUT="3",
             PYTHONPATH=str(ROOT),
         )
+        if self.key is not None:
+            env["IDEOGRAM_ALLOWANCE_KEY"] = self.key
         return env
 
     def worker(self, name: str, *, threads: int, app: str = "ideogram_async.celery") -> Worker:
@@ -149,13 +148,12 @@ def workers() -> Iterator[list[Worker]]:
 
 
 @pytest_asyncio.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(own_redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
     """A redis-server and an emulator that allows 6 images in flight, 50 ms per upscale."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    with RedisServer(tmp_path) as redis:
-        async with Emulator(api_key=KEY, allowance=6, latency=0.05) as emulator:
-            yield Cluster(redis=redis, emulator=emulator, allowance=6, logs=logs)
+    async with Emulator(api_key=KEY, allowance=6, latency=0.05) as emulator:
+        yield Cluster(redis=own_redis_server, emulator=emulator, allowance=6, logs=logs)
 
 
 async def start_cli(cluster: Cluster, *args: str) -> asyncio.subprocess.Process:
@@ -230,7 +228,9 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     cluster: Cluster, workers: list[Worker], tmp_path: Path
 ) -> None:
     """Without workers the job waits in the broker (status: 3, all pending); once a
-    worker runs it, status says done (0) and a second enqueue skips every image."""
+    worker runs it, status says done (0) and a second enqueue skips every image. The
+    workers share the organization's allowance (no IDEOGRAM_ALLOWANCE_KEY)."""
+    cluster = attrs.evolve(cluster, key=None)
     inputs = make_inputs(tmp_path / "in", 4)
     out = tmp_path / "out"
     cli = await start_cli(cluster, "enqueue", str(tmp_path / "in"), "-o", str(out))
@@ -264,6 +264,8 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     written = json.loads((tmp_path / "s.json").read_text())
     assert set(written) == JSON_KEYS
     assert written["succeeded"] + written["skipped"] == 4
+    organization = organization_key(KEY, cluster.emulator.base_url)
+    assert written["allowance"]["shared"]["key"] == organization
     assert cluster.emulator.stats.requests == 4  # each image paid for once over both jobs
 
 

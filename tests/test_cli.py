@@ -456,8 +456,9 @@ async def test_live_display_and_summary_show_counts_places_and_failures(tmp_path
     )
     reporter.start()
     tally.allowance = places = WatchedAllowance(LocalAllowance(8, adaptive=False))
-    async with places.hold(2):
-        await places.rejected(5)  # a 429 inflight_limit naming the organization's 5
+    async with places.hold(6):
+        await places.rejected(5)  # a 429 inflight_limit naming the organization's 5, 6 held
+    async with places.hold(2):  # (a refused request's places come back)
         tally.in_flight, tally.downloading, tally.retries = 2, 1, 1
         reporter.changed()
         tally.in_flight, tally.downloading, tally.ok = 1, 0, 1

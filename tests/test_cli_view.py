@@ -43,9 +43,8 @@ from ideogram_async.cli._summary import (
     to_json,
     write_json,
 )
-from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer
 
-from ._redis import RedisServer
 from .test_cli import (
     FINISHED,
     KEY,
@@ -388,9 +387,9 @@ def test_where_a_shared_allowance_lives_shows_no_password() -> None:
     args = build_parser().parse_args(
         ["upscale", "x", "--shared-allowance", "redis://user:hunter2@cache.example:6390/3"]
     )
-    assert _shared_at(args) == SharedAt(host="cache.example:6390/3", key="ideogram_async")
-    args.shared_allowance, args.allowance_key = "rediss://:p%40ss@cache.example", "org-b"
-    assert _shared_at(args) == SharedAt(host="cache.example:6379/0", key="org-b")
+    assert _shared_at(args, "org-a") == SharedAt(host="cache.example:6390/3", key="org-a")
+    args.shared_allowance = "rediss://:p%40ss@cache.example"
+    assert _shared_at(args, "org-b") == SharedAt(host="cache.example:6379/0", key="org-b")
 
 
 def test_a_bad_option_value_is_one_line_without_the_usage(

@@ -12,11 +12,18 @@ never reach it.
 A block that defines ``test_*`` functions is a test file: it runs under pytest
 (which must collect something and pass) instead.
 
-To leave a block out, put an HTML comment naming why on the line right before its
-fence; use it sparingly, for blocks that cannot run here (a real service, a server
-this suite does not start)::
+A block that needs a Redis server says so on the line right before its fence; it then
+runs with ``REDIS_URL`` naming a real ``redis-server`` on a loopback port (the suite's
+``redis_server``; skipped, with the reason, where ``redis-server`` is not installed)::
 
-    <!-- not-run: needs a Redis server -->
+    <!-- needs: redis -->
+    ```python
+
+To leave a block out, put an HTML comment naming why on the line right before its
+fence; use it sparingly, for blocks that cannot run here (a real service, worker
+processes)::
+
+    <!-- not-run: needs the real service -->
     ```python
 """
 
@@ -33,13 +40,16 @@ import attrs
 import pytest
 from PIL import Image
 
-from ideogram_async.testing import Emulator
+from ideogram_async.testing import Emulator, RedisServer
 
 from ._support import KEY
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = re.compile(r"<!--\s*not-run:\s*(?P<reason>.+?)\s*-->")
+NEEDS = re.compile(r"<!--\s*needs:\s*(?P<what>.+?)\s*-->")
+SERVICES = {"redis"}
+"""What a block may need: each is started for it by the test."""
 TIMEOUT = 120.0
 _LOOP_SCOPE_UNSET = 'The configuration option "asyncio_default_fixture_loop_scope" is unset'
 
@@ -70,6 +80,8 @@ class Block:
     code: str
     skip: str | None
     """Why it is left out, or None."""
+    needs: frozenset[str] = frozenset()
+    """The services it runs against besides the emulator (``redis``)."""
 
     @property
     def is_test_file(self) -> bool:
@@ -92,13 +104,19 @@ def python_blocks(text: str, doc: str = "README.md") -> list[Block]:
             end = start
             while lines[end].strip() != "```":
                 end += 1
-            marker = SKIP.search(lines[index - 1]) if index else None
+            before = lines[index - 1] if index else ""
+            marker = SKIP.search(before)
+            needs = NEEDS.search(before)
             blocks.append(
                 Block(
                     doc=doc,
                     line=start + 1,
                     code="\n".join(lines[start:end]) + "\n",
                     skip=marker["reason"] if marker else None,
+                    needs=frozenset(
+                        part.strip() for part in (needs["what"] if needs else "").split(",")
+                    )
+                    - {""},
                 )
             )
             index = end
@@ -145,6 +163,16 @@ def test_the_docs_have_python_blocks_and_markers_parse() -> None:
     assert marked == [Block(doc="a.md", line=4, code="x = 1\n", skip="needs Redis")]
     tests = python_blocks("```python\nasync def test_it() -> None:\n    pass\n```\n")
     assert tests[0].is_test_file
+    needing = python_blocks("<!-- needs: redis -->\n```python\nx = 1\n```\n", "a.md")
+    assert needing == [
+        Block(doc="a.md", line=3, code="x = 1\n", skip=None, needs=frozenset({"redis"}))
+    ]
+    assert any("redis" in block.needs for block in BLOCKS)  # docs/allowance.md's
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])
+def test_every_block_needs_only_what_the_suite_starts(block: Block) -> None:
+    assert block.needs <= SERVICES, f"{block.doc}:{block.line} needs {set(block.needs)}"
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])
@@ -154,12 +182,17 @@ def test_every_block_is_a_whole_program(block: Block) -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])
-async def test_docs_block_runs_as_written(block: Block, emulator: Emulator, tmp_path: Path) -> None:
+async def test_docs_block_runs_as_written(
+    block: Block, emulator: Emulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if block.skip is not None:
         pytest.skip(block.skip)
     make_samples(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDEOGRAM_", "REDIS_"))}
     env |= {"IDEOGRAM_BASE_URL": emulator.base_url, "IDEOGRAM_API_KEY": KEY}
+    if "redis" in block.needs:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        env["REDIS_URL"] = redis.url
     where = f"{block.doc}:{block.line}"
     if block.is_test_file:
         (tmp_path / "test_example.py").write_text(block.code, encoding="utf-8")

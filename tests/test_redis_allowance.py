@@ -17,12 +17,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from ideogram_async import ClientClosedError, SharedAllowanceError, ValidationError
-from ideogram_async.allowance import Allowance, AllowanceChange, ChangeReason
 from ideogram_async.cli import main
-from ideogram_async.redis_allowance import RedisAllowance
-from ideogram_async.testing import Emulator
+from ideogram_async.limits import (
+    Allowance,
+    AllowanceChange,
+    ChangeReason,
+    RedisAllowance,
+    organization_key,
+)
+from ideogram_async.testing import Emulator, RedisServer, free_port
 
-from ._redis import RedisServer, free_port
 from ._support import KEY, make_image
 
 LEASE = 1.0
@@ -82,7 +86,6 @@ def test_it_is_an_allowance() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"url": "http://localhost:6379"}, "Redis URL"),
         ({"maximum": 0}, "maximum"),
         ({"maximum": True}, "maximum"),
         ({"lease": 0}, "lease"),
@@ -111,9 +114,9 @@ def test_importing_the_package_does_not_import_redis() -> None:
 
 def test_without_redis_the_module_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
-    monkeypatch.delitem(sys.modules, "ideogram_async.redis_allowance")
+    monkeypatch.delitem(sys.modules, "ideogram_async.limits.shared")
     with pytest.raises(ImportError, match=r"pip install 'ideogram-async\[redis\]'"):
-        importlib.import_module("ideogram_async.redis_allowance")
+        importlib.import_module("ideogram_async.limits.shared")
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(
@@ -185,7 +188,7 @@ async def test_a_killed_process_gives_its_places_back_when_its_lease_ends(
 ) -> None:
     child = (
         "import asyncio, sys\n"
-        "from ideogram_async.redis_allowance import RedisAllowance\n"
+        "from ideogram_async.limits import RedisAllowance\n"
         "async def main():\n"
         "    url, key, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
         "    async with RedisAllowance(url, 10, key=key, lease=lease) as a, a.hold(10):\n"
@@ -404,7 +407,8 @@ async def test_a_hold_larger_than_a_lowered_bound_is_granted_alone_with_its_roun
         RedisAllowance(url, 10, key=redis_key) as b,
     ):
         b._poll = 3600.0  # only the message on the channel can wake it
-        await a.rejected(2)  # the first decrease
+        async with a.hold(3):
+            await a.rejected(2)  # the first decrease: 3 held, so learned without a backoff
         calls = count_scripts(b, monkeypatch)
         states = []
 
@@ -417,34 +421,11 @@ async def test_a_hold_larger_than_a_lowered_bound_is_granted_alone_with_its_roun
             task = asyncio.create_task(refused())
             await eventually(lambda: b.in_use == 1, "b never tried")
         await task
-        assert (calls, states) == (["acquire", "rejected", "release"], [(4, 0)])
-        # Granted after the decrease (the message said so), its 429 halves the bound.
+        # The refusal gives the places back itself: no release after it.
+        assert (calls, states) == (["acquire", "rejected"], [(4, 0)])
+        # Granted after the decrease (the message said so), its 429 counts: others
+        # hold places, so the bound drops to what is held (nothing: 1).
         assert b.limit == 1
-
-
-async def test_an_older_clients_ticket_is_called_not_granted(
-    redis_server: RedisServer, redis_key: str
-) -> None:
-    url = redis_server.url
-    client = aioredis.Redis.from_url(url)
-    pubsub = client.pubsub()
-    try:
-        await pubsub.subscribe(f"{{{redis_key}}}:released")
-        async with RedisAllowance(url, 10, key=redis_key) as a:
-            async with a.hold(10):
-                # Queued as a client without grants does: "<expiry ms>:<places>".
-                await client.zadd(f"{{{redis_key}}}:queue", {"old": 1})
-                await client.hset(f"{{{redis_key}}}:waiting", "old", f"{2**52}:1")
-            messages: list[object] = []
-            while len(messages) < 2:  # the subscription, then what the release said
-                message = await pubsub.get_message(timeout=10)
-                assert message is not None, "the release published nothing"
-                messages.append(message["data"])
-            assert messages[1] == b"old"  # its process tries the acquire it knows
-            assert await redis_state(url, redis_key) == (0, 1)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
-        await client.aclose()
 
 
 def deaf(allowance: RedisAllowance) -> RedisAllowance:
@@ -489,29 +470,6 @@ async def test_a_waiter_cancelled_after_its_grant_gives_the_places_back(
         assert (await redis_state(url, redis_key), b._held) == ((0, 0), {})
 
 
-async def test_released_hears_of_a_release_with_nobody_queued(
-    redis_server: RedisServer, redis_key: str
-) -> None:
-    url = redis_server.url
-    async with (
-        RedisAllowance(url, 10, key=redis_key) as a,
-        RedisAllowance(url, 10, key=redis_key) as b,
-    ):
-        b._poll = 3600.0  # only the message on the channel can wake it
-        async with a.hold(1):
-            released = asyncio.create_task(b.released())
-
-            async def listening() -> bool:
-                client = aioredis.Redis.from_url(url)
-                try:
-                    return bool(await client.exists(f"{{{redis_key}}}:listening"))
-                finally:
-                    await client.aclose()
-
-            await eventually(listening, "released() never said it listens")
-        await released
-
-
 async def test_a_learned_allowance_binds_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:
@@ -521,7 +479,8 @@ async def test_a_learned_allowance_binds_every_instance(
         RedisAllowance(url, 10, key=redis_key, on_change=changes.append) as a,
         RedisAllowance(url, 10, key=redis_key) as b,
     ):
-        await a.rejected(4)
+        async with a.hold(5):
+            await a.rejected(4)  # 5 held: its own holdings explain it
         assert changes == [AllowanceChange(old=10, new=4, reason=ChangeReason.LEARNED)]
         assert a.limit == 4
         async with a.hold(4):
@@ -536,64 +495,9 @@ async def test_a_learned_allowance_binds_every_instance(
             assert (a.limit, len(changes)) == (4, 1)
 
 
-async def test_the_bound_adapts_once_per_round_for_every_instance(
-    redis_server: RedisServer, redis_key: str
-) -> None:
-    url = redis_server.url
-    changes: list[AllowanceChange] = []
-    async with (
-        RedisAllowance(url, 10, key=redis_key) as a,
-        RedisAllowance(url, 10, key=redis_key, on_change=changes.append) as b,
-        RedisAllowance(url, 10, key=redis_key, adaptive=False) as fixed,
-    ):
-        gate = asyncio.Event()
-
-        async def refused(allowance: RedisAllowance) -> None:
-            async with allowance.hold(1):
-                await gate.wait()
-                await allowance.rejected(None)
-
-        # Two requests sent under the old bound are both refused: one halving only.
-        both = [asyncio.create_task(refused(a)) for _ in range(2)]
-        await eventually(lambda: a.in_use == 2, "the holds never ran")
-        gate.set()
-        await asyncio.gather(*both)
-        assert a.limit == 5
-        # A request sent after the decrease and refused halves it again, for b too.
-        await refused(b)
-        assert changes == [AllowanceChange(old=5, new=2, reason=ChangeReason.DECREASED)]
-        await fixed.rejected(None)  # not adaptive: no change
-        async with fixed.hold(1):
-            assert fixed.limit == 2
-        # Back up to just under the bound that was refused one per completion (4),
-        # then one per round (as many completions as the bound).
-        for _ in range(2 + 4):
-            await b.completed()
-        assert [change.new for change in changes[1:]] == [3, 4, 5]
-        assert changes[-1].reason is ChangeReason.INCREASED
-        async with a.hold(1):
-            assert a.limit == 5
-
-
-async def test_an_adaptive_bound_starts_at_ten_and_grows_per_completion(
-    redis_server: RedisServer, redis_key: str
-) -> None:
-    url = redis_server.url
-    async with (
-        RedisAllowance(url, 40, key=redis_key) as a,
-        RedisAllowance(url, 40, key=redis_key) as b,
-        RedisAllowance(url, 40, key=redis_key, adaptive=False) as fixed,
-    ):
-        assert (a.limit, fixed.limit) == (10, 40)
-        await a.completed()
-        await b.completed()
-        async with a.hold(1):
-            assert a.limit == 12
-
-
 async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None:
     port = free_port()
-    allowance = RedisAllowance(f"redis://:hunter2@127.0.0.1:{port}/0", 10)
+    allowance = RedisAllowance(f"redis://:hunter2@127.0.0.1:{port}/0", 10, key="k")
     with pytest.raises(SharedAllowanceError) as caught:
         await allowance.connect()
     shown = f"redis://:***@127.0.0.1:{port}/0"
@@ -614,8 +518,8 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
 async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisServer) -> None:
     url = own_redis_server.url
     async with (
-        RedisAllowance(url, 10, lease=LEASE) as a,
-        RedisAllowance(url, 40, lease=LEASE) as b,  # adaptive from 10 up to 40
+        RedisAllowance(url, 10, key="k", lease=LEASE) as a,
+        RedisAllowance(url, 40, key="k", lease=LEASE) as b,  # adaptive from 10 up to 40
         a.hold(10),
     ):
         waiter = Entry(b, 1)
@@ -627,23 +531,22 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisS
         # What a request reports after it ran does not turn it into a failure.
         await b.completed()
         await b.rejected(None)
-        await b.released()
         assert b.limit == 10
 
 
 async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) -> None:
     url = own_redis_server.url
     async with (
-        RedisAllowance(url, 10, lease=LEASE) as a,
-        RedisAllowance(url, 10, lease=LEASE) as b,
-        RedisAllowance(url, 10, lease=LEASE) as c,
+        RedisAllowance(url, 10, key="k", lease=LEASE) as a,
+        RedisAllowance(url, 10, key="k", lease=LEASE) as b,
+        RedisAllowance(url, 10, key="k", lease=LEASE) as c,
     ):
         async with a.hold(3):
             own_redis_server.stop()
             own_redis_server.start()  # empty: every holder and ticket is gone
 
             async def registered_again() -> bool:
-                return await redis_state(url, "ideogram_async") == (3, 0)
+                return await redis_state(url, "k") == (3, 0)
 
             await eventually(registered_again, "the holder was not registered again")
             async with b.hold(7):
@@ -658,7 +561,7 @@ async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) ->
 WORKER = """
 import asyncio, sys
 from ideogram_async import IdeogramClient, UpscaleRequest
-from ideogram_async.redis_allowance import RedisAllowance
+from ideogram_async.limits import RedisAllowance
 
 async def main(base_url, redis_url, key, image, count, num_images):
     async with (
@@ -728,7 +631,8 @@ async def test_the_command_line_shares_the_allowance(
     environment["IDEOGRAM_API_KEY"] = KEY
     async with (
         Emulator(api_key=KEY, allowance=2, latency=0.05, upscale=False) as emulator,
-        RedisAllowance(url, 2) as other_worker,
+        # The organization's key, as the command line's client names it.
+        RedisAllowance(url, 2, key=organization_key(KEY, emulator.base_url)) as other_worker,
         other_worker.hold(1),  # another process holds 1 of the 2 places meanwhile
     ):
         process = await asyncio.create_subprocess_exec(
@@ -745,14 +649,18 @@ async def test_the_command_line_shares_the_allowance(
     assert "Done: 6 of 6" in out.decode()
     assert stats.responses_by_status[200] == 6
     assert stats.peak_places_in_use == 1  # the place the other worker left
-    assert await redis_state(url, "ideogram_async") == (0, 0)
+    organization = organization_key(KEY, emulator.base_url)
+    assert await redis_state(url, organization) == (0, 0)
+    assert f"shared through Redis at 127.0.0.1:{redis_server.port}/5, key {organization!r}" in (
+        out.decode()
+    )
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--lease", "5"], "--lease applies to --shared-allowance"),
-        (["--shared-allowance", "http://127.0.0.1:6379"], "must be a Redis URL"),
+        (["--shared-allowance", "http://127.0.0.1:6379"], "the Redis URL cannot be read"),
         (["--shared-allowance", "redis://localhost", "--lease", "0"], "--lease: expected"),
     ],
 )
@@ -787,3 +695,26 @@ def test_the_command_line_sends_nothing_without_its_redis(
     assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err
     assert "hunter2" not in err
     assert list((tmp_path / "out").glob("*")) == []  # checked writable, nothing written
+
+
+async def test_a_ticket_without_what_serving_it_needs_is_dropped_not_stuck(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with (
+            RedisAllowance(url, 10, key=redis_key) as a,
+            RedisAllowance(url, 10, key=redis_key) as b,
+        ):
+            async with a.hold(10):
+                waiter = Entry(b, 1)
+                await eventually(lambda: b.in_use == 10, "b never queued")
+                # A ticket at the head of the queue with nothing to serve it by.
+                await client.zadd(f"{{{redis_key}}}:queue", {"bogus": 0})
+                await client.hset(f"{{{redis_key}}}:waiting", "bogus", "garbage")
+            await waiter.entered.wait()
+            await waiter.done()
+            assert await client.zscore(f"{{{redis_key}}}:queue", "bogus") is None
+    finally:
+        await client.aclose()

@@ -44,10 +44,9 @@ from ideogram_async import (
     telemetry,
 )
 from ideogram_async.cli import main
-from ideogram_async.redis_allowance import RedisAllowance
-from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
+from ideogram_async.limits import RedisAllowance
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, instant_retries
 
-from ._redis import RedisServer
 from ._support import KEY
 
 INFLIGHT_429 = Fault.status(
@@ -329,7 +328,7 @@ _UPSCALE = """
 import asyncio, sys
 from ideogram_async import IdeogramClient, telemetry
 from ideogram_async.cli import main
-from ideogram_async.redis_allowance import RedisAllowance
+from ideogram_async.limits import RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 async def main():

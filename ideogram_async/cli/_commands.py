@@ -34,7 +34,7 @@ from ideogram_async.testing import serve_main
 from ideogram_async.v2 import V2Options, options_from_strings
 
 if TYPE_CHECKING:
-    from ideogram_async.redis_allowance import RedisAllowance
+    from ideogram_async.limits import RedisAllowance
     from ideogram_async.redis_budget import RedisBudget
 
 from ._inputs import (
@@ -181,7 +181,11 @@ def _upscale(args: argparse.Namespace) -> int:
         return _run(lambda stop: _sharing([allowance], run_quotes(quoting, sources, options, stop)))
     if not args.out:
         raise UsageError("--out DIR is required: the folder to save the results in")
-    view = _view(args, None if allowance is None else _shared_at(args))
+    if allowance is not None:
+        # A client names the shared allowance's key (its organization's, unless
+        # --allowance-key named one) when it is made; it opens nothing until used.
+        connect()
+    view = _view(args, None if allowance is None else _shared_at(args, allowance.key))
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -269,7 +273,7 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
                 raise UsageError(f"{flag} applies to --shared-allowance REDIS_URL")
         return None
     try:
-        from ideogram_async.redis_allowance import RedisAllowance
+        from ideogram_async.limits import RedisAllowance
     except ImportError:
         raise UsageError(
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
@@ -278,15 +282,15 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
     named = {} if args.allowance_key is None else {"key": args.allowance_key}
     try:
         return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease, **named)
-    except ValidationError as exc:
+    except (ValidationError, SharedAllowanceError) as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 
 def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None]:
     """The budget ``--max-usd`` sets, and the same when it lives on Redis (connected first).
 
-    With ``--shared-allowance`` it is shared through that Redis, under the allowance's
-    key, by every worker.
+    With ``--shared-allowance`` it is shared through that Redis by every worker, under
+    the name ``--allowance-key`` gives (else ``ideogram_async``).
     """
     if args.max_usd is None:
         return None, None
@@ -326,13 +330,13 @@ async def _sharing(
             await user.aclose()
 
 
-def _shared_at(args: argparse.Namespace) -> SharedAt:
-    """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password."""
-    return SharedAt.from_url(args.shared_allowance, args.allowance_key or _DEFAULT_ALLOWANCE_KEY)
+def _shared_at(args: argparse.Namespace, key: str | None) -> SharedAt:
+    """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password.
 
-
-_DEFAULT_ALLOWANCE_KEY = "ideogram_async"
-"""``RedisAllowance``'s default key name, shown in the summary when none is given."""
+    ``key`` is the allowance's: the one ``--allowance-key`` named, else a digest of the
+    organization (the API key and host) that the client gave it.
+    """
+    return SharedAt.from_url(args.shared_allowance, key or "unnamed")
 
 
 def _retry(args: argparse.Namespace) -> RetryPolicy | None:

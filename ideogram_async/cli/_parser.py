@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from typing import NoReturn
 
 from ideogram_async import MagicPrompt, RetryPolicy, Timeouts, __version__
+from ideogram_async.limits import DEFAULT_ALLOWANCE
 from ideogram_async.v2 import MODELS
 
 __all__ = ["PROG", "PROGRESS", "build_parser"]
@@ -129,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--allowance-key",
         metavar="NAME",
-        help="with --shared-allowance: the name of the allowance on that Redis server; "
-        "give each organization its own [ideogram_async]",
+        help="with --shared-allowance: the name of the allowance on that Redis server "
+        "[a digest of the API key and host: one per organization]",
     )
     service.add_argument(
         "--lease",
@@ -317,7 +318,7 @@ def _add_concurrency(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
         "--concurrency",
         dest="concurrency",
         type=_at_least(1),
-        default=10,
+        default=DEFAULT_ALLOWANCE,
         metavar="N",
         help="images in flight at once, at most: your organization's allowance; lowered "
         "to what the service reports [%(default)s]",

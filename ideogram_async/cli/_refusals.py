@@ -14,6 +14,7 @@ from collections import Counter
 from contextlib import AbstractAsyncContextManager
 
 from ideogram_async import Allowance, RateLimitError
+from ideogram_async.limits import OrganizationBound
 
 __all__ = ["RefusalCounter", "WatchedAllowance"]
 
@@ -60,8 +61,10 @@ class WatchedAllowance:
     async def completed(self) -> None:
         await self.inner.completed()
 
-    async def released(self) -> None:
-        await self.inner.released()
+    def bind_organization(self, *, api_key: str, base_url: str) -> None:
+        """Pass the client's organization on, if the wrapped allowance is kept per one."""
+        if isinstance(self.inner, OrganizationBound):
+            self.inner.bind_organization(api_key=api_key, base_url=base_url)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

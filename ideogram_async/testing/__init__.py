@@ -14,23 +14,29 @@ what it saw::
 
 ``pytest_plugins = ["ideogram_async.testing.pytest_plugin"]`` provides an
 ``ideogram_emulator`` fixture; ``python -m ideogram_async.testing --port 8000`` serves
-one from a shell.
+one from a shell. :class:`RedisServer` runs a real ``redis-server`` for a shared allowance,
+and :class:`CountingAllowance` counts what a client reports to its allowance.
 """
 
+from ._counting import CountingAllowance
 from ._emulator import Emulator
 from ._faults import Fault, FaultPlan
 from ._places import AllowanceBody
+from ._redis import RedisServer, free_port
 from ._retries import instant_retries
 from ._serve import run_server, serve_main
 from ._stats import EmulatorStats, ReceivedUpload
 
 __all__ = [
     "AllowanceBody",
+    "CountingAllowance",
     "Emulator",
     "EmulatorStats",
     "Fault",
     "FaultPlan",
     "ReceivedUpload",
+    "RedisServer",
+    "free_port",
     "instant_retries",
     "run_server",
     "serve_main",

@@ -1,0 +1,74 @@
+"""The interface every limiter of places in flight implements.
+
+Ideogram limits the work an organization has in progress at once, counted in images:
+a request for ``num_images=4`` holds 4 places until its answer arrives. Over the
+allowance the service answers 429 (``reject_reason: inflight_limit``) and runs
+nothing. An :class:`Allowance` keeps the client's requests inside it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Allowance", "OrganizationBound"]
+
+
+@runtime_checkable
+class Allowance(Protocol):
+    """A limiter of places in flight that the client holds while a request is on the wire.
+
+    ``hold(places)`` waits, first come first served, until ``places`` fit under the
+    current bound, and gives them back when its block exits (normally, by an error
+    or by cancellation). It never holds part of a request's places while it waits.
+    The client reports what the service said from inside the block, while it still
+    holds the places: :meth:`completed` when the request ran, :meth:`rejected` on a
+    429 ``inflight_limit``. Places given back by a refused request wake nobody: the
+    client then asks ``hold`` again, and the allowance decides when it is worth
+    sending (a place of its own freed, or a backoff passed).
+    """
+
+    @property
+    def maximum(self) -> int:
+        """The configured bound, in places: the bound never rises above it."""
+        ...
+
+    @property
+    def limit(self) -> int:
+        """The current bound, in places (learned or adapted, 1..maximum)."""
+        ...
+
+    @property
+    def in_use(self) -> int:
+        """Places held now (for a shared allowance: by every process, as last seen)."""
+        ...
+
+    def hold(self, places: int) -> AbstractAsyncContextManager[None]:
+        """Wait for ``places`` to fit, hold them for the block, release them after."""
+        ...
+
+    async def rejected(self, allowance: int | None) -> None:
+        """The service refused the request held here (``allowance``: the number it named)."""
+        ...
+
+    async def completed(self) -> None:
+        """The service ran the request held here (it was not refused as over the allowance)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release whatever the limiter itself holds (connections, background tasks)."""
+        ...
+
+
+@runtime_checkable
+class OrganizationBound(Protocol):
+    """An allowance kept per organization: the client tells it whose it is when created.
+
+    :class:`~ideogram_async.IdeogramClient` calls :meth:`bind_organization` with its API
+    key and base URL; a shared allowance derives its key from them (never storing the
+    API key) unless it was named explicitly.
+    """
+
+    def bind_organization(self, *, api_key: str, base_url: str) -> None:
+        """Key the allowance by the organization of ``api_key`` at ``base_url``'s host."""
+        ...

@@ -1,0 +1,154 @@
+"""The adaptive bound's rules, on the pure machine: events in, bound out, no clock of its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from ideogram_async.limits import DEFAULT_ALLOWANCE, AllowanceChange, Bound, ChangeReason
+from ideogram_async.limits.bound import FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS
+
+
+def full(bound: Bound, times: int = 1, now: float = 0.0) -> None:
+    """``times`` requests ran that were granted with the whole bound in use."""
+    for _ in range(times):
+        bound.completed(level=bound.limit, full=True, round=bound.round, now=now)
+
+
+def refuse(
+    bound: Bound,
+    *,
+    held: int,
+    number: int | None = None,
+    places: int = 1,
+    now: float = 0.0,
+    jitter: float = 0.0,
+    stale: bool = False,
+) -> AllowanceChange | None:
+    round_ = bound.round - 1 if stale else bound.round
+    return bound.rejected(
+        number=number, held=held, places=places, round=round_, now=now, jitter=jitter
+    )
+
+
+def test_an_adaptive_bound_starts_at_the_default_allowance_a_fixed_one_at_the_maximum() -> None:
+    assert DEFAULT_ALLOWANCE == 10
+    assert (Bound(40).limit, Bound(4).limit, Bound(40, adaptive=False).limit) == (10, 4, 40)
+
+
+def test_slow_start_grows_by_one_per_request_that_ran_at_full_use() -> None:
+    bound = Bound(40)
+    full(bound, 3)
+    assert bound.limit == 13
+    bound.completed(
+        level=5, full=False, round=0, now=0.0
+    )  # the bound was not reached: says nothing
+    assert bound.limit == 13
+
+
+def test_a_number_over_what_is_held_is_learned_at_once_without_backoff() -> None:
+    bound = Bound(40)
+    full(bound, 5)
+    change = refuse(bound, held=15, number=12)
+    assert change == AllowanceChange(old=15, new=12, reason=ChangeReason.LEARNED)
+    assert (bound.limit, bound.ceiling, bound.closed_for(0.0)) == (12, 12, 0.0)
+    full(bound, 200)
+    assert bound.limit == 12  # never above the number
+
+
+def test_others_holding_the_places_lower_the_bound_to_what_is_held_and_back_off() -> None:
+    bound = Bound(10)
+    change = refuse(bound, held=4, number=10, jitter=1.0)
+    assert change == AllowanceChange(old=10, new=3, reason=ChangeReason.HELD)
+    assert bound.closed_for(0.0) == FIRST_BACKOFF  # jitter 1: the whole backoff
+    refuse(bound, held=1, number=10, jitter=0.0, now=1.0)
+    assert bound.closed_for(1.0) == FIRST_BACKOFF  # doubled to 0.5, half of it (jitter 0)
+    assert bound.limit == 1
+    for step in range(2, 8):
+        refuse(bound, held=1, number=10, jitter=1.0, now=step)
+    assert bound.closed_for(7.0) == MAX_BACKOFF
+    bound.completed(
+        level=1, full=True, round=bound.round, now=7.5
+    )  # a request went through: open, reset
+    assert (bound.closed_for(7.5), bound.backoff) == (0.0, 0.0)
+    refuse(bound, held=1, number=10, jitter=1.0, now=8.0)
+    assert bound.closed_for(8.0) == FIRST_BACKOFF
+
+
+def test_a_refusal_from_an_earlier_round_only_lowers_to_what_is_held() -> None:
+    bound = Bound(10)
+    refuse(bound, held=10, number=10, jitter=1.0)  # fresh: to 9, backoff 0.25
+    assert bound.limit == 9
+    for held in (9, 8, 7):  # the rest of the same burst: no doubling, no halving
+        refuse(bound, held=held, number=10, jitter=1.0, stale=True)
+    assert (bound.limit, bound.backoff, bound.streak) == (6, FIRST_BACKOFF, 1)
+
+
+def test_probe_and_hold_after_the_first_refusal() -> None:
+    bound = Bound(40)
+    full(bound, 2)  # slow start: 12, and 11 went through
+    refuse(bound, held=12)  # above what went through: a failed probe, back to 11
+    assert (bound.limit, bound.closed_for(0.0)) == (11, 0.0)  # explained: no backoff
+    full(bound, 21)
+    assert bound.limit == 11  # after a failed probe, a run of 2 x 11 at full use
+    full(bound)
+    assert bound.limit == 12  # the probe
+    full(bound, 11)
+    assert bound.limit == 12  # 12 went through: the run is 12 again, not doubled
+    full(bound)
+    assert bound.limit == 13
+
+
+def test_failed_probes_space_the_next_ones_up_to_a_limit() -> None:
+    bound = Bound(40)
+    refuse(bound, held=5, number=None)  # no success yet: unexplained, down to 4
+    full(bound, 4)
+    assert bound.limit == 5
+    for doublings in range(1, MAX_PROBE_DOUBLINGS + 3):
+        refuse(bound, held=5)
+        assert bound.limit == 4
+        needed = 4 << min(doublings, MAX_PROBE_DOUBLINGS)
+        full(bound, needed - 1)
+        assert bound.limit == 4
+        full(bound)
+        assert bound.limit == 5
+
+
+def test_only_repeated_refusals_halve_the_bound() -> None:
+    bound = Bound(20)
+    full(bound, 10)  # slow start to 20, 20 went through
+    assert bound.limit == 20
+    refuse(bound, held=20)  # first: down to what is held
+    assert bound.limit == 19
+    change = refuse(bound, held=19)  # again, with no request through between: halve
+    assert change == AllowanceChange(old=19, new=9, reason=ChangeReason.DECREASED)
+    full(bound)
+    refuse(bound, held=9)  # a request went through since: not a repeat
+    assert bound.limit == 8
+
+
+def test_a_fixed_bound_changes_only_by_the_number_but_still_backs_off() -> None:
+    bound = Bound(6, adaptive=False)
+    refuse(bound, held=3, number=None, jitter=1.0)
+    assert (bound.limit, bound.closed_for(0.0)) == (6, FIRST_BACKOFF)
+    full(bound, 50)
+    assert bound.limit == 6
+    refuse(bound, held=6, number=4)
+    assert bound.limit == 4
+
+
+def test_everything_learned_is_forgotten_after_a_while_without_a_change() -> None:
+    bound = Bound(40, forget_after=60.0)
+    refuse(bound, held=10, number=3, now=0.0)
+    assert bound.limit == 3
+    full(bound, 5, now=59.0)  # nothing changes: the bound is at the number
+    assert bound.at(59.9) is None
+    change = bound.at(60.0)
+    assert change == AllowanceChange(old=3, new=10, reason=ChangeReason.FORGOTTEN)
+    assert (bound.ceiling, bound.round, bound.slow) == (40, 0, True)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 0.999])
+def test_the_jitter_spreads_the_backoff_over_its_second_half(jitter: float) -> None:
+    bound = Bound(10)
+    refuse(bound, held=1, number=10, jitter=jitter)
+    assert bound.closed_for(0.0) == pytest.approx(FIRST_BACKOFF * (0.5 + jitter / 2))

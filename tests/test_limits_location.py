@@ -1,0 +1,141 @@
+"""Where a shared allowance lives: Redis URLs read as redis-py reads them and shown
+without their password, and one key per organization that does not reveal the API key."""
+
+from __future__ import annotations
+
+import traceback
+from urllib.parse import quote
+
+import pytest
+import redis.asyncio as aioredis
+
+from ideogram_async import IdeogramClient, SharedAllowanceError, ValidationError
+from ideogram_async.limits import RedisAllowance, organization_key
+from ideogram_async.testing import RedisServer
+
+from ._support import KEY
+
+SECRET = "s3Kq/cr?tZ#w@rdQ"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "host"),
+    [
+        ("redis://localhost", "redis://localhost:6379/0", "localhost:6379"),
+        ("redis://:pw@10.0.0.5:6380/2", "redis://:***@10.0.0.5:6380/2", "10.0.0.5:6380"),
+        (
+            "rediss://worker:pw@cache.example:6390",
+            "rediss://worker:***@cache.example:6390/0",
+            "cache.example:6390",
+        ),
+        (f"redis://:{quote(SECRET, safe='')}@h:1/3", "redis://:***@h:1/3", "h:1"),
+        ("redis://h/0?db=4", "redis://h:6379/4", "h:6379"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock", "/run/redis.sock"),
+    ],
+)
+def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, host: str) -> None:
+    allowance = RedisAllowance(url, key="k")
+    assert (allowance.url, allowance.redis_host) == (shown, host)
+    assert "pw" not in repr(allowance)
+    assert SECRET not in repr(allowance)
+
+
+@pytest.mark.parametrize(
+    "password", ["kq9z/vx7w", "kq9z?vx7w", "kq9z#vx7w", "kq9z@vx7w/q1", SECRET]
+)
+def test_a_password_with_reserved_characters_fails_clearly_without_showing_it(
+    password: str,
+) -> None:
+    with pytest.raises(SharedAllowanceError, match="percent-encode") as caught:
+        RedisAllowance(f"redis://user:{password}@cache.example:6379/0", key="k")
+    shown = "".join(traceback.format_exception(caught.value))
+    for part in {password, *password.replace("?", "/").replace("#", "/").split("/")}:
+        assert part not in shown
+    assert caught.value.__cause__ is None
+    assert caught.value.url == "redis://***"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:6379", "redis://:hunter2@host:notaport/0", "redis:hunter2"],
+)
+def test_a_url_redis_py_cannot_read_is_a_shared_allowance_error(url: str) -> None:
+    with pytest.raises(SharedAllowanceError, match="cannot be read") as caught:
+        RedisAllowance(url, key="k")
+    assert "hunter2" not in "".join(traceback.format_exception(caught.value))
+    assert caught.value.__suppress_context__
+
+
+async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisServer) -> None:
+    url = own_redis_server.url.replace("redis://", f"redis://:{quote(SECRET, safe='')}@")
+    admin = aioredis.Redis.from_url(own_redis_server.url)
+    await admin.config_set("requirepass", SECRET)
+    await admin.aclose()
+    async with RedisAllowance(url, 4, key="k") as allowance, allowance.hold(1):
+        assert allowance.in_use == 1
+    assert SECRET not in repr(allowance)
+
+
+def test_the_organization_key_is_a_digest_of_the_api_key_and_host() -> None:
+    key = organization_key("sk-secret-1", "https://api.ideogram.ai")
+    assert key.startswith("ideogram_async:")
+    assert len(key) == len("ideogram_async:") + 24
+    assert "sk-secret-1" not in key
+    assert key == organization_key("sk-secret-1", "https://API.ideogram.ai/some/path")
+    others = {
+        organization_key("sk-secret-2", "https://api.ideogram.ai"),
+        organization_key("sk-secret-1", "https://proxy.example"),
+        organization_key("sk-secret-1", "https://api.ideogram.ai:8443"),
+    }
+    assert key not in others
+    assert len(others) == 3
+
+
+async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10)
+    assert allowance.key is None
+    with pytest.raises(ValidationError, match="no key yet"):
+        async with allowance.hold(1):
+            pytest.fail("entered")
+    async with IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance):
+        assert allowance.key == organization_key(KEY, "http://127.0.0.1:9")
+        # The same organization again: fine; another one: refused, one allowance each.
+        IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
+        with pytest.raises(ValidationError, match="another organization"):
+            IdeogramClient(api_key="sk-other", base_url="http://127.0.0.1:9", allowance=allowance)
+    assert KEY not in repr(allowance)
+
+
+def test_a_named_key_is_kept_whoever_uses_it() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10, key="team-a")
+    IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
+    IdeogramClient(api_key="sk-other", base_url="http://127.0.0.1:9", allowance=allowance)
+    assert allowance.key == "team-a"
+
+
+async def test_with_options_keeps_a_shared_allowance_to_its_organization() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10)
+    async with IdeogramClient(
+        api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance
+    ) as client:
+        key = allowance.key
+        # The same organization (the same key, another path on the same host): shared.
+        derived = client.with_options(base_url="http://127.0.0.1:9/v1", api_key=KEY)
+        assert derived.allowance is allowance
+        # Another key or another host would share a bound that is not its organization's.
+        changes = [("sk-other", None), (None, "http://localhost:9")]
+        for api_key, base_url in changes:
+            with pytest.raises(ValidationError, match=r"with_options.*another organization") as e:
+                client.with_options(api_key=api_key, base_url=base_url)
+            assert "sk-other" not in str(e.value)
+            assert KEY not in str(e.value)
+            assert e.value.__suppress_context__
+        assert allowance.key == key
+
+
+def test_with_options_shares_a_named_allowance_whatever_the_key() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10, key="team-a")
+    client = IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
+    derived = client.with_options(api_key="sk-other")
+    assert derived.allowance is allowance
+    assert allowance.key == "team-a"

@@ -1,0 +1,113 @@
+"""Redis losing the shared allowance's data mid-run (FLUSHALL, a restart without
+persistence) never lets the organization's bound be passed.
+
+Real parts: worker processes, each with its own RedisAllowance on one key, a real
+redis-server flushed and then restarted while requests are in flight, and the
+emulator over real sockets enforcing the bound (a request over it is refused, 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from ideogram_async.limits import RedisAllowance
+from ideogram_async.testing import Emulator, RedisServer
+
+from ._support import KEY
+
+LEASE = 1.0
+
+WORKER = """
+import asyncio, sys
+from ideogram_async import IdeogramClient, SharedAllowanceError
+from ideogram_async.limits import RedisAllowance
+
+async def main(base_url, redis_url, key, image, count, lease):
+    async with (
+        RedisAllowance(redis_url, 10, key=key, lease=float(lease)) as allowance,
+        IdeogramClient(base_url=base_url, allowance=allowance) as client,
+    ):
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+
+        async def one():
+            while True:  # while Redis is down, a call fails: this worker tries again
+                try:
+                    await client.upscale(image)
+                    print("done", flush=True)
+                    return
+                except SharedAllowanceError:
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(one() for _ in range(int(count))))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_flushed_and_restarted_redis_never_lets_the_bound_be_passed(
+    own_redis_server: RedisServer, redis_key: str, tmp_path: Path, png_bytes: bytes
+) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes)
+    environment = os.environ | {"IDEOGRAM_API_KEY": KEY}
+    async with Emulator(api_key=KEY, allowance=10, latency=1.0, upscale=False) as emulator:
+        workers = []
+        for _ in range(3):
+            arguments = [emulator.base_url, own_redis_server.url, redis_key, str(image)]
+            worker = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-c", WORKER, *arguments, "10", str(LEASE)],
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=environment,
+            )
+            workers.append(worker)
+        for worker in workers:
+            assert worker.stdout is not None
+            assert await worker.stdout.readline() == b"ready\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+        await emulator.wait_places(10)  # 10 in flight, 20 waiting in the shared queue
+        own_redis_server.flush()  # every holder, ticket and the bound are gone
+        first = workers[0].stdout
+        assert first is not None
+        assert await first.readline() == b"done\n"  # the first round ended
+        await emulator.wait_places(10)  # the next one is in flight
+        own_redis_server.stop()
+        own_redis_server.start()  # empty again
+        for worker in workers:
+            assert await worker.wait() == 0
+    stats = emulator.stats
+    assert stats.responses_by_status == {200: 30}
+    assert stats.rejected_over_allowance == 0  # never more than 10 in flight
+    assert stats.peak_places_in_use == 10
+
+
+async def test_a_waiter_after_the_loss_is_granted_once_the_holds_are_registered_again(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as a,
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
+    ):
+        async with b.hold(1):
+            pass  # b knows the allowance's epoch now
+        own_redis_server.flush()
+        # b finds the state gone: nothing is granted until a's 8 are registered
+        # again (a hears "lost" and does at once; in any case within one lease).
+        async with b.hold(2):
+            client = aioredis.Redis.from_url(url)
+            try:
+                places = await client.hvals(f"{{{redis_key}}}:places")
+            finally:
+                await client.aclose()
+            assert sorted(int(p) for p in places) == [2, 8]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .allowance import Allowance, OrganizationBound
+from .allowance import Allowance, AllowanceWrapper, OrganizationBound
 from .bound import DEFAULT_ALLOWANCE, AllowanceChange, Bound, ChangeReason
 from .budget import Budget, LocalBudget
 from .local import LocalAllowance
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_ALLOWANCE",
     "Allowance",
     "AllowanceChange",
+    "AllowanceWrapper",
     "Bound",
     "Budget",
     "ChangeReason",

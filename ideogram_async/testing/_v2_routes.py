@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ideogram_async.images import HEADER_BYTES, image_size, sniff
 
-from ._answers import FIXED_PNG, TRUNCATED_JSON, drop
+from ._answers import FIXED_PNG, drop
 from ._faults import Fault, FaultPlan
 from ._multipart import Reject, media_type, part_names, read_file_part
 from ._places import Places
@@ -66,8 +66,6 @@ class _Emulator(Protocol):
     _clock: Callable[[], float]
     _faults: FaultPlan | None
     _stats: EmulatorStats
-    _open: asyncio.Event
-    _latency: tuple[float, float]
     _rng: random.Random
     _upscale: bool
     _v2_max_file_size: int
@@ -80,8 +78,8 @@ class _Emulator(Protocol):
 
     def _received(self, size: int) -> None: ...
 
-    async def _inject(
-        self, request: web.Request, fault: Fault, sample: bytes, sample_type: str
+    async def _pace(
+        self, request: web.Request, fault: Fault | None
     ) -> web.StreamResponse | None: ...
 
 
@@ -155,14 +153,9 @@ class V2Routes:
         if refused is not None:
             return refused
         with emu._places.holding(1):
-            await emu._open.wait()
-            if fault is not None:
-                faulty = await emu._inject(request, fault, TRUNCATED_JSON, "application/json")
-                if faulty is not None:
-                    return faulty
-            low, high = emu._latency
-            if high:
-                await asyncio.sleep(emu._rng.uniform(low, high))
+            faulty = await emu._pace(request, fault)
+            if faulty is not None:
+                return faulty
             try:
                 return await self._answer(request, model, form, dry_run)
             except V2Refusal as refusal:

@@ -25,7 +25,7 @@ from ideogram_async.images import HEADER_BYTES, image_size, sniff
 
 from ._answers import FIXED_PNG, drop
 from ._faults import Fault, FaultPlan
-from ._multipart import Reject, media_type, part_names, read_file_part
+from ._multipart import Parts, Reject, media_type, part_names, read_file_part
 from ._places import Places
 from ._stats import EmulatorStats, ReceivedV2Upload, Route
 from ._store import ImageStore
@@ -47,17 +47,10 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.define
-class _Form:
+class _Form(Parts):
     """The parts of one v2 multipart body, as streamed in."""
 
     fields: dict[str, str] = attrs.field(factory=dict)
-    part_names: list[str] = attrs.field(factory=list)
-    filename: str | None = None
-    content_type: str | None = None
-    size: int = 0
-    sha256: str = ""
-    head: bytes = b""
-    data: bytes | None = None
 
 
 class _Emulator(Protocol):
@@ -192,8 +185,6 @@ class V2Routes:
 
     async def _read_file(self, part: BodyPartReader, filename: str, form: _Form) -> None:
         emu = self._emu
-        form.filename = filename
-        form.content_type = part.headers.get("Content-Type")
         file = await read_file_part(
             part,
             max_size=emu._v2_max_file_size,
@@ -202,7 +193,7 @@ class V2Routes:
             keep=emu._upscale,
             received=emu._received,
         )
-        form.size, form.head, form.sha256, form.data = file.size, file.head, file.sha256, file.data
+        form.keep_file(filename, part, file)
 
     async def _answer(
         self, request: web.Request, model: str, form: _Form, dry_run: bool

@@ -9,7 +9,6 @@ import logging
 from . import telemetry
 from ._version import __version__
 from .batch import BatchInput, BatchResult, BatchRun, UpscaleJob
-from .budget import Budget, LocalBudget
 from .client import Flavor, IdeogramClient, Timeouts
 from .errors import (
     APIConnectionError,
@@ -32,7 +31,7 @@ from .errors import (
     ValidationError,
     WebhookVerificationError,
 )
-from .limits import Allowance, AllowanceChange, ChangeReason, LocalAllowance
+from .limits import Allowance, AllowanceChange, Budget, ChangeReason, LocalAllowance, LocalBudget
 from .models import MagicPrompt, UpscaledImage, UpscaleRequest, UpscaleResponse
 from .retry import RetryEvent, RetryPolicy
 from .uploads import ImageInput

@@ -189,11 +189,11 @@ async def hold_and_send(
     while True:
         asked = time.monotonic()  # telemetry: seconds waited for places
         async with allowance.hold(places):
-            telemetry.waited(time.monotonic() - asked)  # telemetry
+            telemetry.waited(time.monotonic() - asked)
             try:
                 answer = await send()
             except RateLimitError as error:
-                telemetry.rejected(error.reject_reason)  # telemetry: the rejections counter
+                telemetry.rejected(error.reject_reason)
                 if error.reject_reason != "inflight_limit":
                     await allowance.rejected(None)
                     raise

@@ -54,7 +54,7 @@ from ._image_task import ImageBusy, ImageTask, count_refusal, count_retry, run_i
 from ._job_store import PREFIX, Event, ImageRecord, JobStore, Outcome
 from .client import IdeogramClient
 from .errors import SharedAllowanceError, ValidationError
-from .limits import RedisAllowance
+from .limits import AllowanceWrapper, RedisAllowance
 from .models import UpscaleRequest
 from .v2 import V2Options
 
@@ -217,12 +217,12 @@ def _api_key(environ: Mapping[str, str]) -> str:
     return key
 
 
-class _CountedAllowance(RedisAllowance):
+class _CountedAllowance(AllowanceWrapper):
     """The shared allowance, counting each 429 for the image whose request got it."""
 
     async def rejected(self, allowance: int | None) -> None:
         count_refusal(allowance)
-        await super().rejected(allowance)
+        await self.inner.rejected(allowance)
 
 
 class _Runtime:
@@ -243,7 +243,7 @@ class _Runtime:
 
     async def _open(self) -> tuple[IdeogramClient, JobStore]:
         settings = self.settings
-        allowance = _CountedAllowance(
+        allowance = RedisAllowance(
             settings.redis_url,
             settings.allowance,
             key=settings.allowance_key,
@@ -257,7 +257,7 @@ class _Runtime:
                 api_key=settings.api_key,
                 base_url=settings.base_url,
                 flavor=settings.flavor,
-                allowance=allowance,
+                allowance=_CountedAllowance(allowance),
                 on_retry=count_retry,
             )
             await allowance.connect()

@@ -146,7 +146,7 @@ class IdeogramClient:
                 downloads=asyncio.Semaphore(maximum),
             ),
         )
-        telemetry.watch(settings.allowance)  # telemetry: the allowance gauges
+        telemetry.watch(settings.allowance)
 
     def _attach(self, attempts: Attempts, shared: _Shared) -> None:
         self._attempts = attempts
@@ -302,7 +302,7 @@ class IdeogramClient:
         """Whether :meth:`aclose` has been called (on this client or one it shares with)."""
         return self._shared.pool.closed
 
-    @telemetry.traced("upscale")  # telemetry: one span per upscale
+    @telemetry.traced("upscale")
     async def upscale(
         self,
         image: ImageInput,
@@ -341,7 +341,7 @@ class IdeogramClient:
                 "or raise allowance= (if your organization's allowance is higher)"
             )
         settings = self._attempts.settings
-        telemetry.describe(url=settings.url, num_images=places)  # telemetry
+        telemetry.describe(url=settings.url, num_images=places)
         return await self._attempts.upload(
             image,
             url=settings.url,
@@ -406,7 +406,7 @@ class IdeogramClient:
             stop_on_error=stop_on_error,
         )
 
-    @telemetry.traced("download")  # telemetry: one span per download
+    @telemetry.traced("download")
     async def download(
         self,
         image: UpscaledImage | str,

@@ -292,7 +292,7 @@ def _before_sleep(
         error = _failure(state)
         assert isinstance(error, IdeogramError)  # only those are retried
         wait = state.upcoming_sleep
-        telemetry.retrying(state.attempt_number, error, wait)  # telemetry: event + counter
+        telemetry.retrying(state.attempt_number, error, wait)
         logger.debug(
             "%s: attempt %d failed (%s); retrying in %.2fs", what, state.attempt_number, error, wait
         )
@@ -429,7 +429,7 @@ async def retried(
     """
     what = record.what
     record.attempts = 1
-    telemetry.attempt(1)  # telemetry: the span's attempts
+    telemetry.attempt(1)
     started = time.monotonic()
     try:
         result = await attempt()
@@ -455,7 +455,7 @@ async def retried(
                 if number == 1:
                     retry_state.start_time -= time.monotonic() - record.started
                     raise first
-                telemetry.attempt(number)  # telemetry: the span's attempts
+                telemetry.attempt(number)
                 started = time.monotonic()
                 result = await attempt()
                 logger.debug(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -37,3 +39,33 @@ async def listing_midway(data: bytes, folder: Path, seen: list[str]) -> AsyncIte
     yield data[:100]
     seen.extend(p.name for p in folder.iterdir())
     yield data[100:]
+
+
+async def start_workers(
+    script: str, arguments: Sequence[Sequence[str]], env: dict[str, str]
+) -> list[asyncio.subprocess.Process]:
+    """One ``python -c script ARGS...`` process per argument list, each past its "ready" line.
+
+    The workers wait for :func:`release`; their stdin and stdout are pipes.
+    """
+    workers = [
+        await asyncio.create_subprocess_exec(
+            *[sys.executable, "-c", script, *args],
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for args in arguments
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert await worker.stdout.readline() == b"ready\n"
+    return workers
+
+
+async def release(workers: Sequence[asyncio.subprocess.Process]) -> None:
+    """Let workers started by :func:`start_workers` go: one line on each one's stdin."""
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        await worker.stdin.drain()

@@ -20,8 +20,8 @@ from ideogram_async import (
     SharedAllowanceError,
     ValidationError,
 )
-from ideogram_async.budget import BudgetRun, as_budget, usd_text
-from ideogram_async.redis_budget import RedisBudget
+from ideogram_async.limits import RedisBudget
+from ideogram_async.limits.budget import BudgetRun, as_budget, usd_text
 from ideogram_async.testing import RedisServer, free_port
 
 
@@ -275,6 +275,6 @@ async def test_settings_are_checked_and_the_password_is_never_shown() -> None:
 
 def test_without_redis_the_module_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
-    monkeypatch.delitem(sys.modules, "ideogram_async.redis_budget")
-    with pytest.raises(ImportError, match=r"redis_budget needs .*ideogram-async\[redis\]"):
-        importlib.import_module("ideogram_async.redis_budget")
+    monkeypatch.delitem(sys.modules, "ideogram_async.limits.shared_budget")
+    with pytest.raises(ImportError, match=r"RedisBudget needs .*ideogram-async\[redis\]"):
+        importlib.import_module("ideogram_async.limits.shared_budget")

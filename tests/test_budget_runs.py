@@ -27,12 +27,21 @@ from ideogram_async import (
     ValidationError,
 )
 from ideogram_async.cli import main
-from ideogram_async.testing import Emulator, EmulatorStats, Fault, FaultPlan, RedisServer
+from ideogram_async.limits import organization_key
+from ideogram_async.testing import (
+    Emulator,
+    EmulatorStats,
+    Fault,
+    FaultPlan,
+    RedisServer,
+    free_port,
+)
 
 from ._support import make_image
 from .test_cli import (
     KEY,
     assert_clean,
+    cli_env,
     finish,
     listing,
     read_manifest,
@@ -200,9 +209,8 @@ def test_max_usd_is_checked_before_anything_is_sent(
 async def test_three_processes_share_one_budget_through_redis(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    url = redis_server.url.replace("/0", "/7")  # a database of its own: the default key
+    url = redis_server.url
     state = aioredis.Redis.from_url(url)
-    await state.flushdb()
     async with Emulator(KEY, latency=0.02) as emulator:
         workers = [
             await start_cli(
@@ -213,8 +221,9 @@ async def test_three_processes_share_one_budget_through_redis(
             for name in ("a", "b", "c")
         ]
         runs = await asyncio.gather(*(finish(worker) for worker in workers))
+    budget = "{" + organization_key(KEY, emulator.base_url) + "}:budget"
     try:
-        totals = await state.hmget("{ideogram_async}:budget", ["spent", "reserved"])
+        totals = await state.hmget(budget, ["spent", "reserved"])
     finally:
         await state.aclose()
     for run in runs:
@@ -229,3 +238,31 @@ async def test_three_processes_share_one_budget_through_redis(
     assert stopped  # 7 images were held back, so at least one worker was stopped
     assert all(run.returncode == 1 for run in stopped)
     assert all(run.returncode in (0, 1) for run in runs)
+
+
+async def test_a_shared_budget_is_kept_per_organization_unless_named(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()  # one API host for both keys: only the key tells them apart
+    other = "second-organization-key"
+    spent: dict[str, list[bytes | str | None]] = {}
+    state = aioredis.Redis.from_url(redis_server.url)
+    try:
+        for name, key, named in (("a", KEY, []), ("b", other, []), ("c", KEY, [f"job-{port}"])):
+            async with Emulator(key, port=port) as emulator:
+                run = await run_cli(
+                    *["upscale", str(folder_of(tmp_path, name, 2)), "--model", "topaz-standard-2"],
+                    *["--base-url", emulator.base_url, "--out", str(tmp_path / f"out-{name}")],
+                    *["--max-usd", "0.01", "--shared-allowance", redis_server.url],
+                    *[arg for value in named for arg in ("--allowance-key", value)],
+                    env=cli_env(key=key),
+                )
+            assert (run.returncode, billed(emulator.stats, STANDARD)) == (0, Decimal(2)), run.stderr
+            assert other not in run.stdout + run.stderr
+            home = named[0] if named else organization_key(key, emulator.base_url)
+            spent[name] = await state.hmget("{" + home + "}:budget", ["spent", "reserved"])
+    finally:
+        await state.aclose()
+    # Each organization spent its own $0.01 (a shared one would have stopped run b at
+    # once), and --allowance-key names a budget of its own too.
+    assert spent == {name: [b"10000", b"0"] for name in "abc"}

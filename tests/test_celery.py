@@ -476,7 +476,9 @@ async def test_every_refusal_is_counted_against_its_image(
 
     inputs = make_inputs(tmp_path / "in", 8)
     emulator = Emulator(api_key=KEY, allowance=2, latency=0.05)
-    allowance = _CountedAllowance(redis_server.url, 8, key=redis_key, adaptive=False)
+    allowance = _CountedAllowance(
+        RedisAllowance(redis_server.url, 8, key=redis_key, adaptive=False)
+    )
     store = open_store(redis_server.url)
     tasks = [ImageTask.of(path, tmp_path / "out") for path in inputs]
     try:

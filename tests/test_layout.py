@@ -105,11 +105,10 @@ def test_the_library_does_not_import_its_command_line_or_test_tools() -> None:
 
 
 def test_the_command_line_uses_only_the_public_library() -> None:
-    # ideogram_async.limits (RedisAllowance) and redis_budget: imported only when
+    # ideogram_async.limits (RedisAllowance, RedisBudget): imported only when
     # --shared-allowance is given; ideogram_async.celery: only by enqueue and status.
     public = {"ideogram_async", "ideogram_async.images", "ideogram_async.v2", TESTING}
-    public |= {"ideogram_async.limits", "ideogram_async.budget", "ideogram_async.redis_budget"}
-    public |= {"ideogram_async.celery"}
+    public |= {"ideogram_async.limits", "ideogram_async.limits.budget", "ideogram_async.celery"}
     for name, targets in GRAPH.items():
         if within(name, CLI):
             assert {t for t in targets if not within(t, CLI)} <= public, name

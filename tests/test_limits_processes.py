@@ -7,14 +7,12 @@ over real sockets enforcing an allowance of 10 for all of them together.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from pathlib import Path
 
 from ideogram_async.testing import Emulator
 
-from ._support import KEY
+from ._support import KEY, release, start_workers
 
 WORKER = """
 import asyncio, sys
@@ -41,22 +39,9 @@ async def test_workers_with_their_own_allowances_back_off_instead_of_storming(
     image.write_bytes(png_bytes)
     environment = os.environ | {"IDEOGRAM_API_KEY": KEY}
     async with Emulator(api_key=KEY, allowance=10, latency=0.1, upscale=False) as emulator:
-        workers = [
-            await asyncio.create_subprocess_exec(
-                *[sys.executable, "-c", WORKER, emulator.base_url, str(image), "30"],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=environment,
-            )
-            for _ in range(3)
-        ]
-        for worker in workers:
-            assert worker.stdout is not None
-            assert await worker.stdout.readline() == b"ready\n"
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(b"go\n")
-            await worker.stdin.drain()
+        arguments = [emulator.base_url, str(image), "30"]
+        workers = await start_workers(WORKER, [arguments] * 3, environment)
+        await release(workers)
         reported = []
         for worker in workers:
             assert worker.stdout is not None

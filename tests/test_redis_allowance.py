@@ -27,7 +27,7 @@ from ideogram_async.limits import (
 )
 from ideogram_async.testing import Emulator, RedisServer, free_port
 
-from ._support import KEY, make_image
+from ._support import KEY, make_image, release, start_workers
 
 LEASE = 1.0
 """A short lease, so that waiting for one to end (the behaviour under test) stays short."""
@@ -585,25 +585,14 @@ async def test_four_worker_processes_keep_one_allowance_full_without_a_429(
     image.write_bytes(png_bytes)
     environment = os.environ | {"IDEOGRAM_API_KEY": KEY}
     async with Emulator(api_key=KEY, allowance=10, latency=0.1, upscale=False) as emulator:
-        workers = []
-        for number in range(4):  # two ask for 1 image a request, two for 2
-            arguments = [emulator.base_url, redis_server.url, redis_key, str(image), "20"]
-            worker = await asyncio.create_subprocess_exec(
-                *[sys.executable, "-c", WORKER, *arguments, str(1 + number % 2)],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=environment,
-            )
-            workers.append(worker)
-        for worker in workers:
-            assert worker.stdout is not None
-            assert await worker.stdout.readline() == b"ready\n"
+        arguments = [emulator.base_url, redis_server.url, redis_key, str(image), "20"]
+        per_request = (1, 2, 1, 2)  # two ask for 1 image a request, two for 2
+        workers = await start_workers(
+            WORKER, [[*arguments, str(n)] for n in per_request], environment
+        )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(b"go\n")
-            await worker.stdin.drain()
+        await release(workers)
         for worker in workers:
             assert worker.stdout is not None
             assert await worker.stdout.readline() == b"done\n"

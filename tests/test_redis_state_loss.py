@@ -8,9 +8,7 @@ emulator over real sockets enforcing the bound (a request over it is refused, 42
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -18,7 +16,7 @@ import redis.asyncio as aioredis
 from ideogram_async.limits import RedisAllowance
 from ideogram_async.testing import Emulator, RedisServer
 
-from ._support import KEY
+from ._support import KEY, release, start_workers
 
 LEASE = 1.0
 
@@ -57,23 +55,9 @@ async def test_flushed_and_restarted_redis_never_lets_the_bound_be_passed(
     image.write_bytes(png_bytes)
     environment = os.environ | {"IDEOGRAM_API_KEY": KEY}
     async with Emulator(api_key=KEY, allowance=10, latency=1.0, upscale=False) as emulator:
-        workers = []
-        for _ in range(3):
-            arguments = [emulator.base_url, own_redis_server.url, redis_key, str(image)]
-            worker = await asyncio.create_subprocess_exec(
-                *[sys.executable, "-c", WORKER, *arguments, "10", str(LEASE)],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=environment,
-            )
-            workers.append(worker)
-        for worker in workers:
-            assert worker.stdout is not None
-            assert await worker.stdout.readline() == b"ready\n"
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(b"go\n")
-            await worker.stdin.drain()
+        arguments = [emulator.base_url, own_redis_server.url, redis_key, str(image)]
+        workers = await start_workers(WORKER, [[*arguments, "10", str(LEASE)]] * 3, environment)
+        await release(workers)
         await emulator.wait_places(10)  # 10 in flight, 20 waiting in the shared queue
         own_redis_server.flush()  # every holder, ticket and the bound are gone
         first = workers[0].stdout

@@ -34,8 +34,7 @@ from ideogram_async.testing import serve_main
 from ideogram_async.v2 import V2Options, options_from_strings
 
 if TYPE_CHECKING:
-    from ideogram_async.limits import RedisAllowance
-    from ideogram_async.redis_budget import RedisBudget
+    from ideogram_async.limits import RedisAllowance, RedisBudget
 
 from ._inputs import (
     MadeFolders,
@@ -152,7 +151,6 @@ def _upscale(args: argparse.Namespace) -> int:
     retry = _retry(args)
     timeouts = None if args.timeout is None else _timeouts(args.timeout)
     allowance = _shared_allowance(args)
-    budget, shared_budget = _budget(args)
 
     def connect(on_retry: Callable[[RetryEvent], None] | None = None) -> IdeogramClient:
         places: Allowance = LocalAllowance(args.concurrency) if allowance is None else allowance
@@ -169,6 +167,7 @@ def _upscale(args: argparse.Namespace) -> int:
         except ValidationError as exc:  # e.g. a base URL that is not http(s)
             raise UsageError(str(exc)) from None
 
+    budget, shared_budget = _budget(args, allowance, connect)
     if args.dry_run:
         if not isinstance(request, V2Options):
             raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
@@ -286,11 +285,17 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
 
-def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None]:
+def _budget(
+    args: argparse.Namespace,
+    allowance: RedisAllowance | None,
+    connect: Callable[[], IdeogramClient],
+) -> tuple[Budget | None, RedisBudget | None]:
     """The budget ``--max-usd`` sets, and the same when it lives on Redis (connected first).
 
     With ``--shared-allowance`` it is shared through that Redis by every worker, under
-    the name ``--allowance-key`` gives (else ``ideogram_async``).
+    the shared allowance's key: the one ``--allowance-key`` names, else its
+    organization's (a digest of the API key and host), so that two organizations on one
+    Redis never share a budget.
     """
     if args.max_usd is None:
         return None, None
@@ -299,12 +304,13 @@ def _budget(args: argparse.Namespace) -> tuple[Budget | None, RedisBudget | None
     if args.dry_run:
         raise UsageError("--dry-run spends nothing: drop --max-usd, or --dry-run to spend")
     try:
-        if args.shared_allowance is None:
+        if allowance is None:
             return LocalBudget(args.max_usd), None
-        from ideogram_async.redis_budget import RedisBudget  # the redis extra: checked before
+        from ideogram_async.limits import RedisBudget  # the redis extra: checked before
 
-        named = {} if args.allowance_key is None else {"key": args.allowance_key}
-        shared = RedisBudget(args.shared_allowance, args.max_usd, **named)
+        connect()  # the client keys the allowance by its organization (or --allowance-key)
+        assert allowance.key is not None  # connect() keyed it
+        shared = RedisBudget(args.shared_allowance, args.max_usd, key=allowance.key)
     except ValidationError as exc:
         raise UsageError(f"--max-usd: {exc}") from None
     return shared, shared

@@ -49,7 +49,7 @@ from ideogram_async import (
     UpscaleRequest,
     V2Options,
 )
-from ideogram_async.budget import usd_text
+from ideogram_async.limits.budget import usd_text
 
 from ._downloads import Saved, paid_urls, refused_folder, save, save_recorded
 from ._inputs import Source

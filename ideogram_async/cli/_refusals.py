@@ -11,10 +11,9 @@ was not raised is an ``inflight_limit`` one.
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import AbstractAsyncContextManager
 
 from ideogram_async import Allowance, RateLimitError
-from ideogram_async.limits import OrganizationBound
+from ideogram_async.limits import AllowanceWrapper
 
 __all__ = ["RefusalCounter", "WatchedAllowance"]
 
@@ -22,7 +21,7 @@ UNKNOWN = "unknown"
 """The reason shown for a 429 whose body named none (a gateway's, say)."""
 
 
-class WatchedAllowance:
+class WatchedAllowance(AllowanceWrapper):
     """An :class:`~ideogram_async.Allowance` that counts the refusals reported to it.
 
     It delegates everything to ``inner``; ``refusals`` counts the 429s and
@@ -30,44 +29,16 @@ class WatchedAllowance:
     """
 
     def __init__(self, inner: Allowance) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.refusals = 0
         self.reported: int | None = None
 
-    def __repr__(self) -> str:
-        return f"WatchedAllowance({self.inner!r})"
-
-    @property
-    def maximum(self) -> int:
-        return self.inner.maximum
-
-    @property
-    def limit(self) -> int:
-        return self.inner.limit
-
-    @property
-    def in_use(self) -> int:
-        return self.inner.in_use
-
-    def hold(self, places: int) -> AbstractAsyncContextManager[None]:
-        return self.inner.hold(places)
-
     async def rejected(self, allowance: int | None) -> None:
+        """Counted (with the number it named), then reported to the wrapped allowance."""
         self.refusals += 1
         if allowance is not None:
             self.reported = allowance
         await self.inner.rejected(allowance)
-
-    async def completed(self) -> None:
-        await self.inner.completed()
-
-    def bind_organization(self, *, api_key: str, base_url: str) -> None:
-        """Pass the client's organization on, if the wrapped allowance is kept per one."""
-        if isinstance(self.inner, OrganizationBound):
-            self.inner.bind_organization(api_key=api_key, base_url=base_url)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class RefusalCounter:

@@ -6,30 +6,39 @@
 - :class:`LocalAllowance`: the allowance of one process, driving that machine;
 - :class:`RedisAllowance`: one allowance shared through Redis by every process of an
   organization, the same rules in Lua (imported on first use: it needs the ``redis``
-  extra).
+  extra);
+- :mod:`~ideogram_async.limits.budget`: the spend budget (:class:`Budget`,
+  :class:`LocalBudget`), reserved before each v2 upscale; :class:`RedisBudget` shares
+  one through Redis (imported on first use, like :class:`RedisAllowance`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .allowance import Allowance, OrganizationBound
+from .allowance import Allowance, AllowanceWrapper, OrganizationBound
 from .bound import DEFAULT_ALLOWANCE, AllowanceChange, Bound, ChangeReason
+from .budget import Budget, LocalBudget
 from .local import LocalAllowance
 
 if TYPE_CHECKING:
     from .location import organization_key
     from .shared import RedisAllowance
+    from .shared_budget import RedisBudget
 
 __all__ = [
     "DEFAULT_ALLOWANCE",
     "Allowance",
     "AllowanceChange",
+    "AllowanceWrapper",
     "Bound",
+    "Budget",
     "ChangeReason",
     "LocalAllowance",
+    "LocalBudget",
     "OrganizationBound",
     "RedisAllowance",
+    "RedisBudget",
     "organization_key",
 ]
 
@@ -40,6 +49,10 @@ def __getattr__(name: str) -> object:
         from .shared import RedisAllowance
 
         return RedisAllowance
+    if name == "RedisBudget":
+        from .shared_budget import RedisBudget
+
+        return RedisBudget
     if name == "organization_key":
         from .location import organization_key
 

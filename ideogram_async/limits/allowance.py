@@ -3,7 +3,8 @@
 Ideogram limits the work an organization has in progress at once, counted in images:
 a request for ``num_images=4`` holds 4 places until its answer arrives. Over the
 allowance the service answers 429 (``reject_reason: inflight_limit``) and runs
-nothing. An :class:`Allowance` keeps the client's requests inside it.
+nothing. An :class:`Allowance` keeps the client's requests inside it;
+:class:`AllowanceWrapper` is the base of one that watches another.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Allowance", "OrganizationBound"]
+__all__ = ["Allowance", "AllowanceWrapper", "OrganizationBound"]
 
 
 @runtime_checkable
@@ -72,3 +73,53 @@ class OrganizationBound(Protocol):
     def bind_organization(self, *, api_key: str, base_url: str) -> None:
         """Key the allowance by the organization of ``api_key`` at ``base_url``'s host."""
         ...
+
+
+class AllowanceWrapper:
+    """An :class:`Allowance` that passes everything on to ``inner``: the base of a watcher.
+
+    A subclass overrides what it observes (say :meth:`rejected`, to count the 429s) and
+    calls on to ``inner``; being keyed by the client's organization is passed on too.
+    """
+
+    def __init__(self, inner: Allowance) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    @property
+    def maximum(self) -> int:
+        """The wrapped allowance's maximum."""
+        return self.inner.maximum
+
+    @property
+    def limit(self) -> int:
+        """The wrapped allowance's current bound."""
+        return self.inner.limit
+
+    @property
+    def in_use(self) -> int:
+        """The wrapped allowance's places in use."""
+        return self.inner.in_use
+
+    def hold(self, places: int) -> AbstractAsyncContextManager[None]:
+        """The wrapped allowance's hold."""
+        return self.inner.hold(places)
+
+    async def rejected(self, allowance: int | None) -> None:
+        """Reported to the wrapped allowance."""
+        await self.inner.rejected(allowance)
+
+    async def completed(self) -> None:
+        """Reported to the wrapped allowance."""
+        await self.inner.completed()
+
+    async def aclose(self) -> None:
+        """Close the wrapped allowance."""
+        await self.inner.aclose()
+
+    def bind_organization(self, *, api_key: str, base_url: str) -> None:
+        """Pass the client's organization on, if the wrapped allowance is kept per one."""
+        if isinstance(self.inner, OrganizationBound):
+            self.inner.bind_organization(api_key=api_key, base_url=base_url)

@@ -1,10 +1,11 @@
-"""Where a shared allowance lives: the Redis server (its URL, masked) and the key.
+"""Where shared limits live: the Redis server (its URL, masked), the key, the connection.
 
 A Redis URL is read as redis-py reads it, and shown only rebuilt from what was read
 (scheme, user, host, port, database): a password never appears, whatever it holds.
-The key of an organization's allowance is a digest of its API key and the API host,
-so organizations on one Redis never share a bound, and the key cannot be recovered
-from it.
+The key of an organization's allowance (and its command line budget) is a digest of
+its API key and the API host, so organizations on one Redis never share one, and the
+key cannot be recovered from it. :meth:`RedisLocation.open` is how the shared
+allowance and the shared budget connect, and how their faults read.
 """
 
 from __future__ import annotations
@@ -14,13 +15,29 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
-from ..errors import SharedAllowanceError
+from ..errors import SharedAllowanceError, ValidationError
 
-__all__ = ["RedisLocation", "organization_key"]
+__all__ = ["REDIS_FAULTS", "RedisLocation", "check_key", "organization_key"]
 
 _KEY_PREFIX = "ideogram_async:"
+_IO_TIMEOUT = 5.0
+"""Seconds a connect or a command to Redis may take before it counts as lost."""
+
+REDIS_FAULTS = (RedisError, OSError)
+"""What a lost or refused Redis connection raises."""
+
+
+def check_key(key: object) -> str:
+    """``key`` as a name for Redis keys under one hash tag, or a :class:`ValidationError`."""
+    if not isinstance(key, str) or not key or "{" in key or "}" in key:
+        raise ValidationError(f"key must be a non-empty string without braces, not {key!r}")
+    return key
 
 
 def organization_key(api_key: str, base_url: str) -> str:
@@ -87,3 +104,36 @@ class RedisLocation:
             host = f"{fields.get('host', 'localhost')}:{fields.get('port', 6379)}"
             shown = f"{scheme}://{secret}{host}/{fields.get('db', 0)}"
         return cls(url=url, shown=shown, host=host)
+
+    async def open(self, purpose: str) -> aioredis.Redis:
+        """A client connected (pinged) to this server for ``purpose`` ("the shared budget").
+
+        Commands time out after a few seconds and are retried briefly; an unreachable
+        server raises :meth:`unreachable`'s error.
+        """
+        client = aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=_IO_TIMEOUT,
+            socket_timeout=_IO_TIMEOUT,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        )
+        try:
+            await client.ping()
+        except REDIS_FAULTS as exc:
+            await client.aclose()
+            raise self.unreachable(purpose, exc) from exc
+        return client
+
+    def unreachable(self, purpose: str, exc: BaseException) -> SharedAllowanceError:
+        """The error for a server that cannot be reached: what failed, and what to check."""
+        return SharedAllowanceError(
+            f"cannot reach Redis at {self.shown} for {purpose}: "
+            f"{str(exc).rstrip('.')}; check that the server runs and the URL is right",
+            url=self.shown,
+        )
+
+    def lost(self, purpose: str, exc: BaseException) -> SharedAllowanceError:
+        """The error for a command that failed on a connection that was made."""
+        return SharedAllowanceError(
+            f"lost Redis at {self.shown} for {purpose}: {exc}", url=self.shown
+        )

@@ -25,10 +25,7 @@ import attrs
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
     from redis.commands.core import AsyncScript
-    from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - exercised in a test by hiding redis
     raise ImportError(
         "ideogram_async.limits.RedisAllowance needs the redis package: "
@@ -37,15 +34,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a test by hiding r
 
 from ..errors import ClientClosedError, SharedAllowanceError, ValidationError
 from .bound import DEFAULT_ALLOWANCE, FORGET_AFTER, AllowanceChange, ChangeReason
-from .location import RedisLocation, organization_key
+from .location import REDIS_FAULTS, RedisLocation, check_key, organization_key
 from .scripts import ACQUIRE, KEYS, PRELUDE, REJECTED, RELEASE, RENEW
 
 __all__ = ["RedisAllowance"]
 
 logger = logging.getLogger("ideogram_async")
 
-_IO_TIMEOUT = 5.0
-"""Seconds a connect or a command to Redis may take before it counts as lost."""
+_PURPOSE = "the shared allowance"
 
 
 @attrs.define
@@ -99,8 +95,6 @@ class RedisAllowance:
         self._location = RedisLocation.parse(url)
         if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 1:
             raise ValidationError(f"maximum must be an int >= 1 (places), not {maximum!r}")
-        if key is not None and (not isinstance(key, str) or not key or "{" in key or "}" in key):
-            raise ValidationError(f"key must be a non-empty string without braces, not {key!r}")
         if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease >= 0.1:
             raise ValidationError(f"lease must be a number of seconds >= 0.1, not {lease!r}")
         if not forget_after > 0:
@@ -111,7 +105,7 @@ class RedisAllowance:
         self._keys: list[str] = []
         self._channel = ""
         if key is not None:
-            self._use_key(key)
+            self._use_key(check_key(key))
         self._lease = float(lease)
         self._lease_ms = round(self._lease * 1000)
         self._poll = min(self._lease / 4, 1.0)
@@ -217,14 +211,14 @@ class RedisAllowance:
             if self._closed:
                 raise ClientClosedError("this RedisAllowance was closed; create a new one")
             if self._redis is None:
-                self._redis = await self._open()
+                self._redis = await self._location.open(_PURPOSE)
             if self._key is not None and self._pubsub is None:
                 pubsub = self._redis.pubsub()
                 try:
                     await pubsub.subscribe(self._channel)
-                except (RedisError, OSError) as exc:
+                except REDIS_FAULTS as exc:
                     await pubsub.aclose()
-                    raise self._unreachable(exc) from exc
+                    raise self._location.unreachable(_PURPOSE, exc) from exc
                 self._pubsub = pubsub
                 scripts = {
                     "acquire": ACQUIRE,
@@ -240,27 +234,6 @@ class RedisAllowance:
                     asyncio.create_task(self._listen(pubsub)),
                     asyncio.create_task(self._renew_loop()),
                 ]
-
-    async def _open(self) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(
-            self._location.url,
-            socket_connect_timeout=_IO_TIMEOUT,
-            socket_timeout=_IO_TIMEOUT,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-        )
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            raise self._unreachable(exc) from exc
-        return client
-
-    def _unreachable(self, exc: BaseException) -> SharedAllowanceError:
-        return SharedAllowanceError(
-            f"cannot reach Redis at {self.url} for the shared allowance: "
-            f"{str(exc).rstrip('.')}; check that the server runs and the URL is right",
-            url=self.url,
-        )
 
     async def _ready(self) -> None:
         """Connected and subscribed under a key, or a :class:`ValidationError` saying why not."""
@@ -434,7 +407,7 @@ class RedisAllowance:
                 message = await pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=self._poll
                 )
-            except (RedisError, OSError) as exc:
+            except REDIS_FAULTS as exc:
                 logger.debug("shared allowance: lost the message channel (%s)", exc)
                 # The waiters poll meanwhile and meet the fault themselves.
                 self._lost.set()
@@ -458,11 +431,8 @@ class RedisAllowance:
         await self._ready()
         try:
             return await self._scripts[name](keys=self._keys, args=list(args))
-        except (RedisError, OSError) as exc:
-            raise SharedAllowanceError(
-                f"lost Redis at {self.url} for the shared allowance: {exc}",
-                url=self.url,
-            ) from exc
+        except REDIS_FAULTS as exc:
+            raise self._location.lost(_PURPOSE, exc) from exc
 
     async def _advise(self, name: str, args: Sequence[str | int | float]) -> Any:
         """Run a script whose failure must not fail the request it reports on (None then)."""

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from ideogram_async.limits import Allowance, OrganizationBound
+from ideogram_async.limits import Allowance, AllowanceWrapper
 
 __all__ = ["CountingAllowance"]
 
 
-class CountingAllowance:
+class CountingAllowance(AllowanceWrapper):
     """Wraps an :class:`~ideogram_async.limits.Allowance` and counts what goes through it.
 
     ``asked`` counts holds asked for, ``rejections`` lists the number each 429 named
@@ -22,40 +21,17 @@ class CountingAllowance:
     """
 
     def __init__(self, inner: Allowance) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.asked = 0
         self.rejections: list[int | None] = []
         self.completions = 0
         self._changed = asyncio.Event()
 
-    def __repr__(self) -> str:
-        return f"CountingAllowance({self.inner!r})"
-
-    @property
-    def maximum(self) -> int:
-        """The wrapped allowance's maximum."""
-        return self.inner.maximum
-
-    @property
-    def limit(self) -> int:
-        """The wrapped allowance's current bound."""
-        return self.inner.limit
-
-    @property
-    def in_use(self) -> int:
-        """The wrapped allowance's places in use."""
-        return self.inner.in_use
-
     def hold(self, places: int) -> AbstractAsyncContextManager[None]:
         """The wrapped allowance's hold, counted when asked for."""
         self.asked += 1
         self._poke()
-        return self._hold(places)
-
-    @contextlib.asynccontextmanager
-    async def _hold(self, places: int) -> AsyncIterator[None]:
-        async with self.inner.hold(places):
-            yield
+        return self.inner.hold(places)
 
     async def rejected(self, allowance: int | None) -> None:
         """Counted, then reported to the wrapped allowance."""
@@ -68,15 +44,6 @@ class CountingAllowance:
         self.completions += 1
         self._poke()
         await self.inner.completed()
-
-    async def aclose(self) -> None:
-        """Close the wrapped allowance."""
-        await self.inner.aclose()
-
-    def bind_organization(self, *, api_key: str, base_url: str) -> None:
-        """Pass the client's organization on, if the wrapped allowance is kept per one."""
-        if isinstance(self.inner, OrganizationBound):
-            self.inner.bind_organization(api_key=api_key, base_url=base_url)
 
     async def until(self, condition: Callable[[], bool]) -> None:
         """Return once ``condition()`` holds (checked after each count).

@@ -306,6 +306,13 @@ class Emulator:
         self, request: web.Request, route: Route, body: Body, fault: Fault | None
     ) -> web.StreamResponse:
         """Pause, fault, latency and upscale of a request that holds its places."""
+        faulty = await self._pace(request, fault)
+        if faulty is not None:
+            return faulty
+        return await self._success(request, route, body)
+
+    async def _pace(self, request: web.Request, fault: Fault | None) -> web.StreamResponse | None:
+        """Wait while paused, then the fault's answer (if it makes one) or the latency."""
         await self._open.wait()
         if fault is not None:
             faulty = await self._inject(request, fault, TRUNCATED_JSON, "application/json")
@@ -314,7 +321,7 @@ class Emulator:
         low, high = self._latency
         if high:
             await asyncio.sleep(self._rng.uniform(low, high))
-        return await self._success(request, route, body)
+        return None
 
     def _received(self, size: int) -> None:
         self._stats.bytes_received += size

@@ -49,19 +49,30 @@ class Reject(Exception):
 
 
 @attrs.define
-class Body:
-    """The parts of one multipart body, as streamed in."""
+class Parts:
+    """What every multipart body the emulator reads keeps: the part names and the file."""
 
     part_names: list[str] = attrs.field(factory=list)
-    image_request: str | None = None
-    field_content_type: str | None = None
-    has_file: bool = False
     filename: str | None = None
     content_type: str | None = None
     size: int = 0
     sha256: str = ""
     head: bytes = b""
     data: bytes | None = None
+
+    def keep_file(self, filename: str, part: BodyPartReader, file: FilePart) -> None:
+        """Record the file ``part`` named ``filename``, as :func:`read_file_part` read it."""
+        self.filename, self.content_type = filename, part.headers.get("Content-Type")
+        self.size, self.head, self.sha256, self.data = file.size, file.head, file.sha256, file.data
+
+
+@attrs.define
+class Body(Parts):
+    """The parts of one v1 multipart body, as streamed in."""
+
+    image_request: str | None = None
+    field_content_type: str | None = None
+    has_file: bool = False
 
 
 @attrs.frozen
@@ -224,8 +235,6 @@ async def _read_file(
     if filename is None:
         raise Reject(400, "image_file must be a file part with a filename.")
     body.has_file = True
-    body.filename = filename
-    body.content_type = part.headers.get("Content-Type")
     file = await read_file_part(
         part,
         max_size=max_file_size,
@@ -234,7 +243,7 @@ async def _read_file(
         keep=keep,
         received=received,
     )
-    body.size, body.head, body.sha256, body.data = file.size, file.head, file.sha256, file.data
+    body.keep_file(filename, part, file)
 
 
 @attrs.frozen

@@ -23,9 +23,9 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ideogram_async.images import HEADER_BYTES, image_size, sniff
 
-from ._answers import FIXED_PNG, TRUNCATED_JSON, drop
+from ._answers import FIXED_PNG, drop
 from ._faults import Fault, FaultPlan
-from ._multipart import Reject, media_type, part_names, read_file_part
+from ._multipart import Parts, Reject, media_type, part_names, read_file_part
 from ._places import Places
 from ._stats import EmulatorStats, ReceivedV2Upload, Route
 from ._store import ImageStore
@@ -47,17 +47,10 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.define
-class _Form:
+class _Form(Parts):
     """The parts of one v2 multipart body, as streamed in."""
 
     fields: dict[str, str] = attrs.field(factory=dict)
-    part_names: list[str] = attrs.field(factory=list)
-    filename: str | None = None
-    content_type: str | None = None
-    size: int = 0
-    sha256: str = ""
-    head: bytes = b""
-    data: bytes | None = None
 
 
 class _Emulator(Protocol):
@@ -66,8 +59,6 @@ class _Emulator(Protocol):
     _clock: Callable[[], float]
     _faults: FaultPlan | None
     _stats: EmulatorStats
-    _open: asyncio.Event
-    _latency: tuple[float, float]
     _rng: random.Random
     _upscale: bool
     _v2_max_file_size: int
@@ -80,8 +71,8 @@ class _Emulator(Protocol):
 
     def _received(self, size: int) -> None: ...
 
-    async def _inject(
-        self, request: web.Request, fault: Fault, sample: bytes, sample_type: str
+    async def _pace(
+        self, request: web.Request, fault: Fault | None
     ) -> web.StreamResponse | None: ...
 
 
@@ -155,14 +146,9 @@ class V2Routes:
         if refused is not None:
             return refused
         with emu._places.holding(1):
-            await emu._open.wait()
-            if fault is not None:
-                faulty = await emu._inject(request, fault, TRUNCATED_JSON, "application/json")
-                if faulty is not None:
-                    return faulty
-            low, high = emu._latency
-            if high:
-                await asyncio.sleep(emu._rng.uniform(low, high))
+            faulty = await emu._pace(request, fault)
+            if faulty is not None:
+                return faulty
             try:
                 return await self._answer(request, model, form, dry_run)
             except V2Refusal as refusal:
@@ -199,8 +185,6 @@ class V2Routes:
 
     async def _read_file(self, part: BodyPartReader, filename: str, form: _Form) -> None:
         emu = self._emu
-        form.filename = filename
-        form.content_type = part.headers.get("Content-Type")
         file = await read_file_part(
             part,
             max_size=emu._v2_max_file_size,
@@ -209,7 +193,7 @@ class V2Routes:
             keep=emu._upscale,
             received=emu._received,
         )
-        form.size, form.head, form.sha256, form.data = file.size, file.head, file.sha256, file.data
+        form.keep_file(filename, part, file)
 
     async def _answer(
         self, request: web.Request, model: str, form: _Form, dry_run: bool

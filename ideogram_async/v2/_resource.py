@@ -20,8 +20,8 @@ from .._attempt import Attempts, Parse
 from .._checks import seconds
 from .._settings import Flavor, Timeouts
 from ..batch import BatchInput, BatchRun, Kind, UpscaleJob, many
-from ..budget import Amount, Budget, BudgetRun, as_budget
 from ..errors import APITimeoutError, GenerationFailedError, ValidationError
+from ..limits.budget import Amount, Budget, BudgetRun, as_budget
 from ..retry import RetryPolicy, _sleep, call_with_retries
 from ..uploads import ImageInput, PreparedImage
 from ._answers import (
@@ -83,7 +83,7 @@ class V2Resource:
                 f"got {type(options).__name__}"
             )
         url = self._url(f"image/upscale/{options.model}")
-        telemetry.describe(url=url, model=options.model, num_images=1)  # telemetry
+        telemetry.describe(url=url, model=options.model, num_images=1)
         if dry_run:
             url += "?dry_run=true"
 
@@ -109,7 +109,7 @@ class V2Resource:
             check=check,
         )
 
-    @telemetry.traced("v2.upscale")  # telemetry: one span per call
+    @telemetry.traced("v2.upscale")
     async def upscale(
         self,
         image: ImageInput,
@@ -133,7 +133,7 @@ class V2Resource:
             image, options, parse_upscale, filename=filename, retry=retry, timeouts=timeouts
         )
 
-    @telemetry.traced("v2.submit")  # telemetry: one span per call
+    @telemetry.traced("v2.submit")
     async def submit(
         self,
         image: ImageInput,
@@ -164,7 +164,7 @@ class V2Resource:
         )
         return response.generation_id
 
-    @telemetry.traced("v2.quote")  # telemetry: one span per call
+    @telemetry.traced("v2.quote")
     async def quote(
         self,
         image: ImageInput,
@@ -203,8 +203,8 @@ class V2Resource:
         as the default request and in ``(image, options)`` pairs or ``UpscaleJob``\\ s.
 
         ``max_usd`` bounds what the run spends: an amount in US dollars, or a
-        :class:`~ideogram_async.budget.Budget` to share with other runs or, as a
-        :class:`~ideogram_async.redis_budget.RedisBudget`, with other processes.
+        :class:`~ideogram_async.limits.Budget` to share with other runs or, as a
+        :class:`~ideogram_async.limits.RedisBudget`, with other processes.
         Before each upscale the image is priced (:meth:`quote`, a free dry run) and
         its upper bound reserved; the first image that would pass the budget, and
         every later one, is not sent: its result's ``error`` is a
@@ -313,7 +313,7 @@ class V2Resource:
             ]
         return QuoteSummary(items=items)
 
-    @telemetry.traced("v2.get_generation")  # telemetry: one span per call
+    @telemetry.traced("v2.get_generation")
     async def get_generation(
         self,
         generation_id: str,
@@ -336,7 +336,7 @@ class V2Resource:
             on_retry=self._attempts.settings.on_retry,
         )
 
-    @telemetry.traced("v2.wait_for_generation")  # telemetry: one span per call
+    @telemetry.traced("v2.wait_for_generation")
     async def wait_for_generation(
         self,
         generation_id: str,

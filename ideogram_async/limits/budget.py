@@ -10,7 +10,7 @@ was refused before anything could be billed.
 
 Amounts are kept as integer micro-dollars (``usd_micros``, as the service quotes
 them), so sums are exact. :class:`LocalBudget` holds one process's budget;
-:class:`~ideogram_async.redis_budget.RedisBudget` (the ``redis`` extra) shares one
+:class:`~ideogram_async.limits.RedisBudget` (the ``redis`` extra) shares one
 through Redis by every process that names the same key.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Protocol, TypeVar, runtime_checkable
 
-from .errors import (
+from ..errors import (
     APIConnectionError,
     BudgetExceededError,
     ResponseFormatError,
@@ -35,6 +35,7 @@ __all__ = [
     "BudgetRun",
     "LocalBudget",
     "Reservation",
+    "Totals",
     "as_budget",
     "exceeded",
     "from_micros",
@@ -176,11 +177,12 @@ def exceeded(budget: Budget, needed: Decimal) -> BudgetExceededError:
     )
 
 
-class LocalBudget:
-    """A :class:`Budget` of one process: ``max_usd`` US dollars for the upscales it guards.
+class Totals:
+    """A budget's bookkeeping: ``max_usd``, and what was spent and reserved, in micro-dollars.
 
-    Pass one to several runs (``upscale_many(..., max_usd=budget)``) to bound them
-    together; ``spent`` and ``reserved`` show where it stands.
+    The base of :class:`LocalBudget` and :class:`~ideogram_async.limits.RedisBudget`;
+    a shared budget's ``spent`` and ``reserved`` are the totals as this process last
+    saw them.
     """
 
     def __init__(self, max_usd: Amount) -> None:
@@ -189,13 +191,6 @@ class LocalBudget:
             raise ValidationError(f"max_usd must be at least $0.000001, not {max_usd!r}")
         self._spent = 0
         self._reserved = 0
-        self._lock = threading.Lock()  # the sums stay exact if threads share it
-
-    def __repr__(self) -> str:
-        return (
-            f"LocalBudget(max_usd={usd_text(self.max_usd)}, spent={usd_text(self.spent)}, "
-            f"reserved={usd_text(self.reserved)})"
-        )
 
     @property
     def max_usd(self) -> Decimal:
@@ -211,6 +206,24 @@ class LocalBudget:
     def reserved(self) -> Decimal:
         """What reservations not yet settled hold, in US dollars."""
         return from_micros(self._reserved)
+
+
+class LocalBudget(Totals):
+    """A :class:`Budget` of one process: ``max_usd`` US dollars for the upscales it guards.
+
+    Pass one to several runs (``upscale_many(..., max_usd=budget)``) to bound them
+    together; ``spent`` and ``reserved`` show where it stands.
+    """
+
+    def __init__(self, max_usd: Amount) -> None:
+        super().__init__(max_usd)
+        self._lock = threading.Lock()  # the sums stay exact if threads share it
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalBudget(max_usd={usd_text(self.max_usd)}, spent={usd_text(self.spent)}, "
+            f"reserved={usd_text(self.reserved)})"
+        )
 
     async def reserve(self, usd: Amount) -> Reservation:
         """Hold ``usd`` for one upscale, or raise :class:`BudgetExceededError` if it would pass."""

@@ -28,30 +28,26 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 try:
     import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
     from redis.commands.core import AsyncScript
-    from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - exercised in a test by hiding redis
     raise ImportError(
-        "ideogram_async.redis_budget needs the redis package: pip install 'ideogram-async[redis]'"
+        "ideogram_async.limits.RedisBudget needs the redis package: "
+        "pip install 'ideogram-async[redis]'"
     ) from exc
 
-from .budget import Amount, Reservation, exceeded, from_micros, to_micros, usd_text
-from .errors import ClientClosedError, SharedAllowanceError, ValidationError
-from .limits.location import RedisLocation
+from ..errors import ClientClosedError, SharedAllowanceError, ValidationError
+from .budget import Amount, Reservation, Totals, exceeded, from_micros, to_micros, usd_text
+from .location import REDIS_FAULTS, RedisLocation, check_key
 
 __all__ = ["RESERVE", "SETTLE", "RedisBudget"]
 
 logger = logging.getLogger("ideogram_async")
 
-_IO_TIMEOUT = 5.0
-"""Seconds a connect or a command to Redis may take before it counts as lost."""
+_PURPOSE = "the shared budget"
 _SCHEMES = ("redis", "rediss", "unix")
 
 # Keys, under one hash tag (a Redis Cluster keeps them on one node):
@@ -128,8 +124,8 @@ return {spent, reserved}
 """Commit (``final``) or give back (0) a reservation by id: ``{spent, reserved}``."""
 
 
-class RedisBudget:
-    """A :class:`~ideogram_async.budget.Budget` shared through Redis by every process.
+class RedisBudget(Totals):
+    """A :class:`~ideogram_async.limits.Budget` shared through Redis by every process.
 
     Every process that names the same Redis server and ``key`` reserves from one
     budget of ``max_usd`` US dollars; each reservation is one atomic script, so
@@ -160,24 +156,18 @@ class RedisBudget:
                 f"url must be a Redis URL such as redis://localhost:6379/0 "
                 f"(schemes: {', '.join(_SCHEMES)}), not {exc.url!r}"
             ) from None
-        self._max = to_micros("max_usd", max_usd, round_up=False)
-        if self._max < 1:
-            raise ValidationError(f"max_usd must be at least $0.000001, not {max_usd!r}")
-        if not isinstance(key, str) or not key or "{" in key or "}" in key:
-            raise ValidationError(f"key must be a non-empty string without braces, not {key!r}")
+        super().__init__(max_usd)
+        check_key(key)
         for name, seconds in (("lease", lease), ("ttl", ttl)):
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 1:
                 raise ValidationError(f"{name} must be a number of seconds >= 1, not {seconds!r}")
-        self._url = url
-        self._shown_url = location.shown
+        self._location = location
         self._key = key
         self._lease_ms = round(lease * 1000)
         self._ttl_ms = round(ttl * 1000)
         tag = "{" + key + "}"
         self._keys = [f"{tag}:{name}" for name in ("budget", "budget:leases", "budget:held")]
         self._keys.append(f"{tag}:budget:lapsed")
-        self._spent = 0
-        self._reserved = 0
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._settling: set[asyncio.Task[None]] = set()
@@ -186,34 +176,19 @@ class RedisBudget:
 
     def __repr__(self) -> str:
         return (
-            f"RedisBudget(url={self._shown_url!r}, key={self._key!r}, "
+            f"RedisBudget(url={self._location.shown!r}, key={self._key!r}, "
             f"max_usd={usd_text(self.max_usd)})"
         )
 
     @property
     def url(self) -> str:
         """The Redis server, with any password replaced by ``***``."""
-        return self._shown_url
+        return self._location.shown
 
     @property
     def key(self) -> str:
         """The name the processes sharing this budget use."""
         return self._key
-
-    @property
-    def max_usd(self) -> Decimal:
-        """The budget of every process together, in US dollars."""
-        return from_micros(self._max)
-
-    @property
-    def spent(self) -> Decimal:
-        """What every process spent, in US dollars, as this process last saw it."""
-        return from_micros(self._spent)
-
-    @property
-    def reserved(self) -> Decimal:
-        """What every process holds for upscales under way, as this process last saw it."""
-        return from_micros(self._reserved)
 
     async def __aenter__(self) -> RedisBudget:
         await self.connect()
@@ -229,22 +204,7 @@ class RedisBudget:
                 raise ClientClosedError("this RedisBudget was closed; create a new one")
             if self._redis is not None:
                 return
-            client = aioredis.Redis.from_url(
-                self._url,
-                socket_connect_timeout=_IO_TIMEOUT,
-                socket_timeout=_IO_TIMEOUT,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            )
-            try:
-                await client.ping()
-            except (RedisError, OSError) as exc:
-                await client.aclose()
-                raise SharedAllowanceError(
-                    f"cannot reach Redis at {self._shown_url} for the shared budget: "
-                    f"{str(exc).rstrip('.')}; "
-                    f"check that the server runs and the URL is right",
-                    url=self._shown_url,
-                ) from exc
+            client = await self._location.open(_PURPOSE)
             self._redis = client
             self._scripts = {
                 "reserve": client.register_script(RESERVE),
@@ -295,8 +255,5 @@ class RedisBudget:
             await self.connect()
         try:
             return await self._scripts[name](keys=self._keys, args=list(args))
-        except (RedisError, OSError) as exc:
-            raise SharedAllowanceError(
-                f"lost Redis at {self._shown_url} for the shared budget: {exc}",
-                url=self._shown_url,
-            ) from exc
+        except REDIS_FAULTS as exc:
+            raise self._location.lost(_PURPOSE, exc) from exc

@@ -263,6 +263,23 @@ async def test_adaptive_starts_at_the_default_allowance_and_grows_until_rejected
     assert [c.reason for c in changes] == [ChangeReason.INCREASED] * 3
 
 
+async def test_slow_start_doubles_the_bound_per_round_trip() -> None:
+    allowance = LocalAllowance(64)
+    waiting = await holders(allowance, *[1] * 200)
+    bounds = []
+    for _ in range(4):  # a round trip: the requests running now finish, in grant order
+        running = [holder for holder in waiting if holder.entered]
+        waiting = [holder for holder in waiting if not holder.entered]
+        for holder in running:
+            holder.leave(allowance.completed)
+            await holder.task
+        bounds.append(allowance.limit)
+    assert bounds == [11, 22, 44, 64]  # judged by the bound now: 11, 12, 13, 14
+    for holder in waiting:
+        holder.task.cancel()
+    await asyncio.gather(*(holder.task for holder in waiting), return_exceptions=True)
+
+
 async def test_a_bound_that_is_not_reached_does_not_grow() -> None:
     allowance = LocalAllowance(40)
     for _ in range(20):

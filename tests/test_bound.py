@@ -11,7 +11,8 @@ from ideogram_async.limits.bound import FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DO
 def full(bound: Bound, times: int = 1, now: float = 0.0) -> None:
     """``times`` requests ran that were granted with the whole bound in use."""
     for _ in range(times):
-        bound.completed(level=bound.limit, full=True, round=bound.round, now=now)
+        limit = bound.limit
+        bound.completed(level=limit, granted=limit, waiting=0, round=bound.round, now=now)
 
 
 def refuse(
@@ -39,10 +40,33 @@ def test_slow_start_grows_by_one_per_request_that_ran_at_full_use() -> None:
     bound = Bound(40)
     full(bound, 3)
     assert bound.limit == 13
-    bound.completed(
-        level=5, full=False, round=0, now=0.0
-    )  # the bound was not reached: says nothing
+    bound.completed(level=5, granted=10, waiting=0, round=0, now=0.0)  # below the bound: nothing
     assert bound.limit == 13
+
+
+def test_slow_start_judges_full_use_by_the_bound_at_the_grant() -> None:
+    bound = Bound(40)
+    for _ in range(2):  # two requests that each filled the bound of 10 at their grant
+        bound.completed(level=10, granted=10, waiting=0, round=0, now=0.0)
+    assert bound.limit == 12  # both count, though the bound was 11 when the second ran
+    bound.completed(level=9, granted=10, waiting=0, round=0, now=0.0)
+    assert bound.limit == 12  # 9 of 10 at its grant, nothing waiting: not full
+    bound.completed(level=9, granted=10, waiting=2, round=0, now=0.0)
+    assert bound.limit == 13  # a waiter of 2 would not have fitted beside the 9
+
+
+def test_probing_judges_full_use_by_the_bound_now() -> None:
+    bound = Bound(40)
+    refuse(bound, held=5)  # no success yet: unexplained, down to 4, the probing begins
+    full(bound, 4)
+    assert bound.limit == 5  # the probe
+    for _ in range(10):  # requests that filled the bound of 4 say nothing about 5
+        bound.completed(level=4, granted=4, waiting=0, round=bound.round, now=0.0)
+    assert bound.limit == 5
+    full(bound, 4)
+    assert bound.limit == 5
+    full(bound)
+    assert bound.limit == 6
 
 
 def test_a_number_over_what_is_held_is_learned_at_once_without_backoff() -> None:
@@ -66,9 +90,8 @@ def test_others_holding_the_places_lower_the_bound_to_what_is_held_and_back_off(
     for step in range(2, 8):
         refuse(bound, held=1, number=10, jitter=1.0, now=step)
     assert bound.closed_for(7.0) == MAX_BACKOFF
-    bound.completed(
-        level=1, full=True, round=bound.round, now=7.5
-    )  # a request went through: open, reset
+    # a request went through: open, reset
+    bound.completed(level=1, granted=1, waiting=0, round=bound.round, now=7.5)
     assert (bound.closed_for(7.5), bound.backoff) == (0.0, 0.0)
     refuse(bound, held=1, number=10, jitter=1.0, now=8.0)
     assert bound.closed_for(8.0) == FIRST_BACKOFF

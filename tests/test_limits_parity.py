@@ -1,11 +1,12 @@
 """One table of events, two allowances: LocalAllowance and RedisAllowance (on a real
 redis-server) must show the same bound after each step.
 
-The steps are what the client reports: a hold admitted, a request that ran (the most
-recently admitted one, so it was granted with the most places in use), a 429 with the
-organization's number or without one, time passing (the bound is forgotten after
-``FORGET`` seconds without a change: that step sleeps, time passing is the event), and
-a refusal while places of the organization are held elsewhere, a request given up.
+The steps are what the client reports: a hold admitted, a request that ran (by default
+the most recently admitted one, so it was granted with the most places in use; its
+argument counts back from there), a 429 with the organization's number or without one,
+time passing (the bound is forgotten after ``FORGET`` seconds without a change: that step
+sleeps, time passing is the event), and a refusal while places of the organization are
+held elsewhere, a request given up.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from ideogram_async.testing import RedisServer
 FORGET = 1.0
 
 Step = tuple[str, int | None, int]
-"""(event, argument, the bound expected after it)."""
+"""(event, argument, the bound expected after it).
+
+The argument of ``admit`` is how many holds; of ``complete``, which open hold ran (1: the
+most recently admitted, 2: the one before it, ...); of ``refuse``, the number in the 429.
+"""
 
 STEPS: list[Step] = [
     ("admit", 10, 10),  # the adaptive start: 10 places
+    ("complete", 2, 10),  # the 9th admitted: granted with 9 in use under 10, not full
+    ("admit", 1, 10),  # 10 in use again: this one too fills the bound of 10
     ("complete", 1, 11),  # slow start: granted with all 10 in use, so +1
-    ("complete", 1, 11),  # granted with 9 in use under 11: not full, no growth
-    ("admit", 3, 11),  # 8 + 3 = 11 in use
+    ("complete", 1, 12),  # the same at its grant, though the bound is 11 now: +1 again
+    ("admit", 3, 12),  # 8 + 3 = 11 in use
     ("refuse", 10, 10),  # 11 held > 10: learned, no backoff
     ("complete", 1, 10),  # at the number: it never grows above it
     ("refuse", 10, 8),  # 9 held < 10: others hold places (same round: fresh), down to 8
@@ -97,9 +104,9 @@ class Driver:
         elif self.action != "drop":
             await self.allowance.rejected(None if self.action == "None" else int(self.action))
 
-    async def finish(self, action: str) -> None:
-        """The most recently admitted hold reports ``action`` and leaves."""
-        leave, task = self.open.pop()
+    async def finish(self, action: str, back: int = 1) -> None:
+        """The ``back``-th most recently admitted hold reports ``action`` and leaves."""
+        leave, task = self.open.pop(-back)
         self.action = action
         leave.set()
         await task
@@ -122,7 +129,8 @@ async def test_local_and_shared_allowances_follow_the_same_rules(
                     assert argument is not None
                     await driver.admit(argument)
                 elif event == "complete":
-                    await driver.finish("complete")
+                    assert argument is not None
+                    await driver.finish("complete", argument)
                 elif event == "drop":
                     await driver.finish("drop")
                 elif event == "refuse":

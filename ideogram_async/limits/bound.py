@@ -11,9 +11,11 @@ The rules:
 
 * **Start.** An adaptive bound starts at :data:`DEFAULT_ALLOWANCE` (or the maximum if
   lower); a fixed one at the maximum, and only the service's number lowers it.
-* **Slow start.** Until the first refusal, each request that ran while the bound was
-  full raises it by one (as TCP does), so a maximum far above the real allowance costs
-  a refusal or two, not a burst of them.
+* **Slow start.** Until the first refusal, each request that ran and was granted when
+  it filled the bound in force then raises the bound by one (as each acknowledgement
+  does for TCP), so under load the bound doubles per round trip: a maximum above 10
+  is reached in a few round trips, and one far above the real allowance is cut down
+  by the first 429.
 * **Learn.** A 429 with the organization's number (``max_inflight_requests``) caps the
   bound at that number from then on.
 * **Explained or not.** A refusal is explained by this allowance's own holdings when
@@ -24,9 +26,11 @@ The rules:
   jitter (from :data:`FIRST_BACKOFF`, doubling to :data:`MAX_BACKOFF`), reset by a
   request that goes through.
 * **Probe and hold.** After the first refusal the bound rises by one only after a run
-  of requests that ran at full use (as many as the bound, doubled for each probe that
-  failed at that level, up to 2**:data:`MAX_PROBE_DOUBLINGS`); a failed probe steps
-  back to the last level that went through; only repeated refusals halve it.
+  of requests that ran at full use of the bound in force now (as many as the bound,
+  doubled for each probe that failed at that level, up to
+  2**:data:`MAX_PROBE_DOUBLINGS`): a request that filled a lower bound says nothing
+  about the level being probed. A failed probe steps back to the last level that went
+  through; only repeated refusals halve it.
 * **Rounds.** A refusal of a request granted before the bound last dropped is the same
   overload, already answered: it only lowers the bound to what is still held.
 * **Forget.** After :data:`FORGET_AFTER` seconds without a change, everything learned is
@@ -146,24 +150,31 @@ class Bound:
         return max(0.0, self.closed_until - now)
 
     def completed(
-        self, *, level: int, full: bool, round: int, now: float
+        self, *, level: int, granted: int, waiting: int, round: int, now: float
     ) -> AllowanceChange | None:
-        """A request granted in ``round`` ran; ``level``: places held at its grant, its own too.
+        """A request granted in ``round`` ran.
+
+        ``level``: the places held at its grant, its own included; ``granted``: the bound
+        at its grant; ``waiting``: the places the next waiter asks for (0: none waits).
+
+        It ran at full use when the bound was what held requests back: all of it in use
+        at the grant, or the next waiter does not fit beside what was in use then. A bound
+        that was not reached says nothing about the allowance (as for TCP, RFC 7661).
+        Slow start judges by the bound at the grant: every request that filled it adds
+        one, so the bound doubles per round trip (judged by the bound now, which has
+        grown meanwhile, only the last grant of a round would count: about one place per
+        round trip). Probe and hold judges by the bound now: the run before the next
+        probe counts only requests that ran at the level being probed.
 
         Only a request granted since the bound last dropped shows what goes through
         now: an earlier one's level is not taken as the last good level.
-
-        ``full``: the bound was what held requests back (all of it in use when this
-        request was granted, or the next waiter does not fit beside what was in use
-        then). A bound that was not reached says nothing about the allowance (as for
-        TCP, RFC 7661); counting by the level at the grant makes slow start add about
-        one place per round trip rather than double, so overshooting the allowance
-        costs one refusal, not a bound's worth.
         """
         forgotten = self.at(now)
         self.streak, self.backoff, self.closed_until = 0, 0.0, 0.0
         if round == self.round and min(level, self.ceiling) > self.good:
             self.good, self.failed = min(level, self.ceiling), 0
+        against = granted if self.slow else self.limit
+        full = level >= against or (waiting > 0 and level + waiting > against)
         if not self.adaptive or not full or self.limit >= self.ceiling:
             return forgotten
         if not self.slow:

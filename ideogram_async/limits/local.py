@@ -31,10 +31,12 @@ class _Grant:
     semaphore's.
     """
 
-    __slots__ = ("_token", "allowance", "level", "places", "returned", "round")
+    __slots__ = ("_token", "allowance", "level", "limit", "places", "returned", "round")
 
     level: int
     """Places held here once it was granted, its own included."""
+    limit: int
+    """The bound when it was granted."""
     round: int
     """The bound's round when it was granted."""
     _token: Token[_Grant | None]
@@ -45,9 +47,7 @@ class _Grant:
         self.returned = False
 
     async def __aenter__(self) -> None:
-        allowance = self.allowance
-        self.level = await allowance._acquire(self.places)
-        self.round = allowance._bound.round
+        await self.allowance._acquire(self)
         self._token = _grant.set(self)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -61,8 +61,8 @@ _grant: ContextVar[_Grant | None] = ContextVar("ideogram_async_local_grant", def
 
 @attrs.define
 class _Waiter:
-    places: int
-    granted: asyncio.Future[int]
+    grant: _Grant
+    granted: asyncio.Future[None]
 
 
 class LocalAllowance:
@@ -148,25 +148,31 @@ class LocalAllowance:
             )
         return _Grant(self, places)
 
-    async def _acquire(self, places: int) -> int:
+    async def _acquire(self, grant: _Grant) -> None:
         self._report(self._bound.at(time.monotonic()))
-        if not self._waiters and self._fits(places):
-            self._in_use += places
-            return self._in_use
-        waiter = _Waiter(places, asyncio.get_running_loop().create_future())
+        if not self._waiters and self._fits(grant.places):
+            self._take(grant)
+            return
+        waiter = _Waiter(grant, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         try:
-            return await waiter.granted
+            await waiter.granted
         except BaseException:
             if waiter.granted.done() and not waiter.granted.cancelled():
                 # Granted in the same instant as the cancellation: give the places back.
-                self._give_back(places)
+                self._give_back(grant.places)
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
                 # The head of the queue may have been what held the others back.
                 self._wake()
             raise
+
+    def _take(self, grant: _Grant) -> None:
+        """Give ``grant`` its places, noting the level, bound and round it was granted at."""
+        bound = self._bound
+        self._in_use += grant.places
+        grant.level, grant.limit, grant.round = self._in_use, bound.limit, bound.round
 
     def _fits(self, places: int) -> bool:
         closed = self._bound.closed_for(time.monotonic())
@@ -186,11 +192,11 @@ class LocalAllowance:
             if waiter.granted.done():  # cancelled, not yet removed by its task
                 self._waiters.popleft()
                 continue
-            if not self._fits(waiter.places):
+            if not self._fits(waiter.grant.places):
                 return
             self._waiters.popleft()
-            self._in_use += waiter.places
-            waiter.granted.set_result(self._in_use)
+            self._take(waiter.grant)
+            waiter.granted.set_result(None)
 
     def _give_back(self, places: int) -> None:
         self._in_use -= places
@@ -230,14 +236,17 @@ class LocalAllowance:
     async def completed(self) -> None:
         """The service ran the request held here: the bound may grow (adaptive only)."""
         grant = _grant.get()
-        ours = grant is not None and grant.allowance is self
-        level = grant.level if grant is not None and ours else self._in_use
-        round_ = grant.round if grant is not None and ours else self._bound.round
-        head = self._waiters[0].places if self._waiters else 0
-        full = level >= self.limit or (head > 0 and level + head > self.limit)
-        self._report(
-            self._bound.completed(level=level, full=full, round=round_, now=time.monotonic())
+        bound = self._bound
+        if grant is not None and grant.allowance is self:
+            level, granted, round_ = grant.level, grant.limit, grant.round
+        else:
+            level, granted, round_ = self._in_use, bound.limit, bound.round
+        waiting = self._waiters[0].grant.places if self._waiters else 0
+        now = time.monotonic()
+        change = bound.completed(
+            level=level, granted=granted, waiting=waiting, round=round_, now=now
         )
+        self._report(change)
         self._wake()
 
     def _report(self, change: AllowanceChange | None) -> None:

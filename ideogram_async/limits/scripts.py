@@ -210,7 +210,7 @@ return {missing, redis.call('GET', KEYS[7])}
 
 # A request ran (completed in bound.py), applied as its places are released.
 # ARGV: holder, channel, ran (1/0), level, maximum, start, adaptive (1/0), ttl ms,
-#       epoch known, lease ms, round when granted
+#       epoch known, lease ms, round when granted, bound when granted
 # -> {released (0/1), in use, old bound, new bound, ceiling}
 RELEASE = """
 lost(ARGV[9], ARGV[1], ARGV[10], ARGV[2])
@@ -225,11 +225,14 @@ if ARGV[3] == '1' then
   st.streak, st.backoff, st.closed = 0, 0, 0
   local level = math.min(tonumber(ARGV[4]), st.ceiling)
   if tonumber(ARGV[11]) == st.round and level > st.good then st.good, st.failed = level, 0 end
-  local full = tonumber(ARGV[4]) >= st.limit
+  -- Slow start judges full use by the bound at the grant, probing by the bound now.
+  local against = st.limit
+  if st.slow == 1 then against = tonumber(ARGV[12]) end
+  local full = tonumber(ARGV[4]) >= against
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if head and not full then
     local want = tonumber(string.match(redis.call('HGET', KEYS[4], head) or '', '^%d+:(%d+)'))
-    full = want ~= nil and tonumber(ARGV[4]) + want > st.limit
+    full = want ~= nil and tonumber(ARGV[4]) + want > against
   end
   if ARGV[7] == '1' and full and st.limit < st.ceiling then
     local grow = true

@@ -52,6 +52,8 @@ class _Grant:
     holder: str
     level: int
     """Places held by every process once it was granted, its own included."""
+    limit: int
+    """The shared bound when it was granted."""
     round: int
     ran: bool = False
     returned: bool = False
@@ -276,9 +278,9 @@ class RedisAllowance:
         await self._ready()
         holder = secrets.token_hex(16)
         async with self._turn:
-            level, round_ = await self._acquire(holder, places)
+            level, limit, round_ = await self._acquire(holder, places)
         self._held[holder] = places
-        grant = _Grant(self, holder, level, round_)
+        grant = _Grant(self, holder, level, limit, round_)
         token = _grant.set(grant)
         try:
             yield
@@ -320,8 +322,8 @@ class RedisAllowance:
         if grant is not None and grant.allowance is self:
             grant.ran = True
 
-    async def _acquire(self, holder: str, places: int) -> tuple[int, int]:
-        """Take a ticket and wait until it is served; (places in use, round) once granted."""
+    async def _acquire(self, holder: str, places: int) -> tuple[int, int, int]:
+        """Take a ticket and wait until it is served; (places in use, bound, round) once granted."""
         self._ticket, self._granted = holder.encode(), None
         try:
             while True:
@@ -337,14 +339,14 @@ class RedisAllowance:
                 status, used, self._limit, self._ceiling, extra = answer[:5]
                 self._in_use = used
                 if status == 1:
-                    return used, extra
+                    return used, self._limit, extra
                 timeout = min(self._poll, extra / 1000) if extra > 0 else self._poll
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
         except BaseException:
             # Cancelled or Redis lost: leave the queue (and give the places back if
             # they were granted but the answer or message was lost or not heard yet).
-            await self._give_back(_Grant(self, holder, 0, 0))
+            await self._give_back(_Grant(self, holder, 0, 0, 0))
             raise
         finally:
             self._ticket = b""
@@ -352,21 +354,30 @@ class RedisAllowance:
     async def _give_back(self, grant: _Grant) -> None:
         """Release ``grant`` even if the caller is cancelled meanwhile."""
         task = asyncio.create_task(
-            self._release(grant.holder, ran=grant.ran, level=grant.level, round_=grant.round)
+            self._release(
+                grant.holder,
+                ran=grant.ran,
+                level=grant.level,
+                limit=grant.limit,
+                round_=grant.round,
+            )
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
         await asyncio.shield(task)
 
     async def _release(
-        self, holder: str, *, ran: bool = False, level: int = 0, round_: int = -1
+        self, holder: str, *, ran: bool = False, level: int = 0, limit: int = 0, round_: int = -1
     ) -> bool:
-        """Release ``holder`` (``ran``: it ran, granted at ``level``); false if it was not held."""
+        """Release ``holder``; false if it was not held.
+
+        ``ran``: it ran, granted with ``level`` places in use under a bound of ``limit``.
+        """
         async with self._renewing:
             self._held.pop(holder, None)
             args: list[str | int] = [holder, self._channel, int(ran), level]
             args += [self._maximum, self._start, int(self._adaptive), self._ttl_ms]
-            args += [self._epoch, self._lease_ms, round_]
+            args += [self._epoch, self._lease_ms, round_, limit]
             try:
                 released, self._in_use, old, new, self._ceiling = await self._run("release", args)
             except (SharedAllowanceError, ClientClosedError) as exc:

@@ -24,7 +24,6 @@ import pytest_asyncio
 from PIL import Image
 
 from ideogram_async import IdeogramClient, ValidationError
-from ideogram_async._image_task import ImageBusy, ImageTask, run_image
 from ideogram_async.celery import (
     TASK_NAME,
     JobStore,
@@ -34,6 +33,7 @@ from ideogram_async.celery import (
     open_store,
     register,
 )
+from ideogram_async.celery._task import ImageBusy, ImageTask, run_image
 from ideogram_async.cli import main
 from ideogram_async.limits import RedisAllowance, organization_key
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, free_port

@@ -50,13 +50,13 @@ except ImportError as exc:  # pragma: no cover - exercised by installing without
         "ideogram_async.celery needs Celery: pip install 'ideogram-async[celery]'"
     ) from exc
 
-from ._image_task import ImageBusy, ImageTask, count_refusal, count_retry, run_image
-from ._job_store import PREFIX, Event, ImageRecord, JobStore, Outcome
-from .client import IdeogramClient
-from .errors import SharedAllowanceError, ValidationError
-from .limits import AllowanceWrapper, RedisAllowance
-from .models import UpscaleRequest
-from .v2 import V2Options
+from ..client import IdeogramClient
+from ..errors import SharedAllowanceError, ValidationError
+from ..limits import AllowanceWrapper, RedisAllowance
+from ..models import UpscaleRequest
+from ..v2 import V2Options
+from ._store import PREFIX, Event, ImageRecord, JobStore, Outcome
+from ._task import ImageBusy, ImageTask, count_refusal, count_retry, run_image
 
 __all__ = [
     "PREFIX",

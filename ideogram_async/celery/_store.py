@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from .errors import SharedAllowanceError
+from ..errors import SharedAllowanceError
 
 __all__ = ["PREFIX", "TTL", "ImageRecord", "JobStore", "Outcome"]
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import attrs
 
-from ._job_store import JobStore, Outcome
-from .batch import BatchResult
-from .client import IdeogramClient
-from .errors import IdeogramError, RateLimitError, SharedAllowanceError, ValidationError
-from .models import UpscaleRequest, UpscaleResponse
-from .retry import RetryEvent
-from .v2 import MODELS, V2Options, V2UpscaleResponse
+from ..batch import BatchResult
+from ..client import IdeogramClient
+from ..errors import IdeogramError, RateLimitError, SharedAllowanceError, ValidationError
+from ..models import UpscaleRequest, UpscaleResponse
+from ..retry import RetryEvent
+from ..v2 import MODELS, V2Options, V2UpscaleResponse
+from ._store import JobStore, Outcome
 
 __all__ = ["ImageBusy", "ImageTask", "count_refusal", "count_retry", "run_image"]
 

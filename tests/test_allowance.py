@@ -12,8 +12,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ideogram_async import ValidationError
-from ideogram_async.limits import Allowance, AllowanceChange, ChangeReason, LocalAllowance
+from ideogram_async import RateLimitError, ServerError, ValidationError
+from ideogram_async.limits import (
+    Allowance,
+    AllowanceChange,
+    ChangeReason,
+    LocalAllowance,
+    Refusals,
+)
 
 Action = Callable[[], Awaitable[None]]
 
@@ -477,3 +483,15 @@ async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None
     assert waiter.entered
     waiter.leave()
     await waiter.task
+
+
+def test_refusals_by_reason_add_the_unraised_ones_as_inflight_limit() -> None:
+    refusals = Refusals()
+    refusals.saw(RateLimitError("gateway", status=429))
+    refusals.saw(RateLimitError("full", status=429, reject_reason="inflight_limit"))
+    refusals.saw(ServerError("not a refusal", status=503))
+    refusals.saw(None)
+    assert refusals.by_reason(5) == {"unknown": 1, "inflight_limit": 4}
+    assert refusals.by_reason(2) == {"unknown": 1, "inflight_limit": 1}
+    # An allowance that heard of fewer (or none: not watched) adds nothing.
+    assert refusals.by_reason(0) == {"unknown": 1, "inflight_limit": 1}

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import attrs
 
 from ..batch import BatchResult
 from ..client import IdeogramClient
-from ..errors import IdeogramError, RateLimitError, SharedAllowanceError, ValidationError
+from ..errors import IdeogramError, SharedAllowanceError, ValidationError
+from ..limits import Refusals
 from ..models import UpscaleRequest, UpscaleResponse
 from ..retry import RetryEvent
 from ..v2 import MODELS, V2Options, V2UpscaleResponse
@@ -129,22 +129,9 @@ class _Counts:
     retries: int = 0
     refused: int = 0
     """Every 429 the allowance heard of, raised or waited out."""
-    raised: Counter[str] = attrs.field(factory=Counter)
-    """The 429s raised to the retry loop, by ``reject_reason``."""
+    refusals: Refusals = attrs.field(factory=Refusals)
+    """The reasons of the 429s raised to the retry loop."""
     bound: int | None = None
-
-    def saw(self, error: BaseException | None) -> None:
-        """Learn the reason of a raised 429 (from a retry event or the final failure)."""
-        if isinstance(error, RateLimitError):
-            self.raised[error.reject_reason or "unknown"] += 1
-
-    def refused_by_reason(self) -> dict[str, int]:
-        """Every 429 by reason: the ones not raised were waited out (``inflight_limit``)."""
-        counts = Counter(self.raised)
-        waited = self.refused - sum(self.raised.values())
-        if waited > 0:
-            counts["inflight_limit"] += waited
-        return dict(counts)
 
 
 _COUNTS: contextvars.ContextVar[_Counts | None] = contextvars.ContextVar(
@@ -157,7 +144,7 @@ def count_retry(event: RetryEvent) -> None:
     counts = _COUNTS.get()
     if counts is not None:
         counts.retries += 1
-        counts.saw(event.error)
+        counts.refusals.saw(event.error)
 
 
 def count_refusal(allowance: int | None) -> None:
@@ -269,7 +256,7 @@ async def _work(
         if not urls:
             result = await upscale_once(client, Path(task.source), task.request())
             attempts = result.attempts
-            counts.saw(result.error)
+            counts.refusals.saw(result.error)
             if isinstance(result.error, SharedAllowanceError):
                 raise result.error  # nothing was sent: not the image's failure; try later
             if result.error is not None:
@@ -295,7 +282,7 @@ async def _work(
             attempts=attempts,
             seconds=time.monotonic() - started,
             retries=counts.retries,
-            refused=counts.refused_by_reason(),
+            refused=counts.refusals.by_reason(counts.refused),
         )
         if counts.bound is not None:
             await store.write(key, bound=counts.bound)

@@ -23,9 +23,10 @@ from typing import Any, Protocol, TextIO
 import attrs
 
 from ideogram_async import Allowance, APIStatusError, BatchResult, Budget, RetryEvent
+from ideogram_async.limits import Refusals
 
 from ._manifest import Outcome, text
-from ._refusals import RefusalCounter, WatchedAllowance
+from ._refusals import WatchedAllowance
 from ._summary import AllowanceReport, Failure, SharedAt, Summary
 
 WAITING_AFTER = 10.0
@@ -54,7 +55,7 @@ class Tally:
     calls: dict[int, float] = attrs.field(factory=dict)
     """When each upscale call in flight started, by input index."""
     failures: list[Failure] = attrs.field(factory=list)
-    refusals: RefusalCounter = attrs.field(factory=RefusalCounter)
+    refusals: Refusals = attrs.field(factory=Refusals)
     remote: bool = False
     """The upscales run in workers elsewhere (``enqueue --wait``): what is in flight or
     downloading is not known here, only what has finished."""
@@ -86,13 +87,16 @@ class Tally:
         last seen) and its ``max_usd`` the limit.
         """
         places = self.allowance
-        reported = places.reported if isinstance(places, WatchedAllowance) else None
+        watched = places if isinstance(places, WatchedAllowance) else None
+        reported = None if watched is None else watched.reported
         return Summary(
             total=self.total,
             succeeded=self.ok,
             failed=self.failed,
             skipped=self.total - self.done,
-            refused={} if places is None else self.refusals.by_reason(places),
+            refused={}
+            if places is None
+            else self.refusals.by_reason(watched.refusals if watched else 0),
             retries=self.retries,
             seconds=self.elapsed,
             usd=None if budget is None else budget.spent,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .allowance import Allowance, AllowanceWrapper, OrganizationBound
+from .allowance import Allowance, AllowanceWrapper, OrganizationBound, Refusals
 from .bound import DEFAULT_ALLOWANCE, AllowanceChange, Bound, ChangeReason
 from .budget import Budget, LocalBudget
 from .local import LocalAllowance
@@ -39,6 +39,7 @@ __all__ = [
     "OrganizationBound",
     "RedisAllowance",
     "RedisBudget",
+    "Refusals",
     "organization_key",
 ]
 

@@ -4,15 +4,19 @@ Ideogram limits the work an organization has in progress at once, counted in ima
 a request for ``num_images=4`` holds 4 places until its answer arrives. Over the
 allowance the service answers 429 (``reject_reason: inflight_limit``) and runs
 nothing. An :class:`Allowance` keeps the client's requests inside it;
-:class:`AllowanceWrapper` is the base of one that watches another.
+:class:`AllowanceWrapper` is the base of one that watches another, and
+:class:`Refusals` tells the 429s it heard of apart by reason.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Allowance", "AllowanceWrapper", "OrganizationBound"]
+from ..errors import RateLimitError
+
+__all__ = ["Allowance", "AllowanceWrapper", "OrganizationBound", "Refusals"]
 
 
 @runtime_checkable
@@ -123,3 +127,34 @@ class AllowanceWrapper:
         """Pass the client's organization on, if the wrapped allowance is kept per one."""
         if isinstance(self.inner, OrganizationBound):
             self.inner.bind_organization(api_key=api_key, base_url=base_url)
+
+
+class Refusals:
+    """The 429s of a run by ``reject_reason``, for a summary.
+
+    Every 429 of an upscale reaches :meth:`Allowance.rejected`, but only those raised to
+    the retry loop carry a reason the caller sees (in a retry event or the final
+    failure): the client waits the ``inflight_limit`` ones out by itself. So the raised
+    ones are counted as :meth:`saw` meets them, and the rest of the 429s the allowance
+    heard of are ``inflight_limit``.
+    """
+
+    UNKNOWN = "unknown"
+    """The reason given for a 429 whose body named none (a gateway's, say)."""
+
+    def __init__(self) -> None:
+        self.raised: Counter[str] = Counter()
+        """The 429s raised to the retry loop, by reason."""
+
+    def saw(self, error: BaseException | None) -> None:
+        """Count ``error`` if it is a 429 (from a retry event or a final failure)."""
+        if isinstance(error, RateLimitError):
+            self.raised[error.reject_reason or self.UNKNOWN] += 1
+
+    def by_reason(self, heard: int) -> dict[str, int]:
+        """Every 429 by reason, of the ``heard`` the allowance was told of."""
+        counts = Counter(self.raised)
+        waited = heard - sum(self.raised.values())
+        if waited > 0:
+            counts["inflight_limit"] += waited
+        return dict(counts)

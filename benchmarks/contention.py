@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.testing import CountingAllowance, Emulator
 
-from .allowance_worker import RunJob, RunResult
+from .allowance_worker import RunJob
 from .processes import running_server
 from .report import Compare, Row, Unit
 from .server import API_KEY
-from .shared import run_together, running_redis
+from .shared import run_together, running_redis, together
 from .worker import Measurement
 
 if TYPE_CHECKING:
@@ -46,21 +46,6 @@ def _emulator(latency: float, body: str = "full") -> list[str]:
         *["-m", "ideogram_async.testing", "--port", "0", "--latency", str(latency)],
         *["--no-upscale", "--allowance", str(_ALLOWANCE), "--allowance-body", body],
     ]
-
-
-def _measurement(results: list[RunResult], calls: int) -> Measurement:
-    rejected = sum(result.rejected for result in results)
-    return Measurement(
-        wall=max(r.ended for r in results) - min(r.started for r in results),
-        cpu=sum(result.cpu for result in results),
-        rss_before=0,
-        rss_peak=0,
-        requests=calls,
-        failures=sum(result.failures for result in results),
-        first_error=next((r.first_error for r in results if r.first_error), None),
-        attempts=calls + rejected,
-        rejected=rejected,
-    )
 
 
 async def _held_by_another(png: bytes, latency: float, hold: float) -> tuple[int, float, int]:
@@ -115,7 +100,7 @@ def contention(context: Context) -> Result:
         for shared in (False, True):
             jobs = _jobs(url, image, calls, shared=shared, redis_url=redis.url)
             name = "(c) 4 processes, shared" if shared else "(b) 4 processes, own"
-            runs[name] = [_measurement(run_together(jobs), calls)]
+            runs[name] = [together(run_together(jobs), calls)]
     with running_server(_emulator(latency, "no-number")) as url:
         job = RunJob(
             shared=False,
@@ -127,7 +112,7 @@ def contention(context: Context) -> Result:
             num_images=1,
             allowance=_OVER,
         )
-        runs["(d) 1 process, no number"] = [_measurement(run_together([job]), calls)]
+        runs["(d) 1 process, no number"] = [together(run_together([job]), calls)]
     ideal = calls / _ALLOWANCE * latency
     row = partial(Row, workload="10 contention")
     rows = [

@@ -25,7 +25,7 @@ from .worker import Measurement, parse_measurement
 if TYPE_CHECKING:
     from .workloads import Context, Result
 
-__all__ = ["acquire_cost", "many_processes", "run_together", "running_redis"]
+__all__ = ["acquire_cost", "many_processes", "run_together", "running_redis", "together"]
 
 _READY_TIMEOUT = 10.0
 _WORKER_TIMEOUT = 600.0
@@ -109,8 +109,11 @@ def run_together(jobs: list[RunJob]) -> list[RunResult]:
             process.wait()
 
 
-def _together(results: list[RunResult], total: int) -> Measurement:
-    """The workers' results as one measurement: 429s count as extra attempts."""
+def together(results: list[RunResult], total: int) -> Measurement:
+    """The workers' results as one measurement of ``total`` calls: 429s count as extra attempts.
+
+    :func:`run_together` has already refused a run in which any request failed.
+    """
     rejected = sum(result.rejected for result in results)
     return Measurement(
         wall=max(r.ended for r in results) - min(r.started for r in results),
@@ -156,7 +159,7 @@ def many_processes(context: Context) -> Result:
                     )
                     for _ in range(processes)
                 ]
-                runs.setdefault(name, []).append(_together(run_together(jobs), total))
+                runs.setdefault(name, []).append(together(run_together(jobs), total))
     ideal = total / _ALLOWANCE * latency
     rows = []
     for processes in _PROCESSES:

@@ -86,6 +86,20 @@ async def test_a_target_that_is_a_folder_is_an_error_and_leaves_nothing(
     assert list(target.iterdir()) == []
 
 
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads make their part file as usual, but what is written to it goes to
+    /dev/full, where every write fails with ENOSPC, as on a disk with no space left."""
+    real_create = _downloads._create_temp
+
+    def on_a_full_disk(folder: Path, name: str) -> tuple[int, Path]:
+        fd, path = real_create(folder, name)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), path
+
+    monkeypatch.setattr(_downloads, "_create_temp", on_a_full_disk)
+
+
 @pytest.mark.parametrize(
     "parts",
     [
@@ -95,18 +109,8 @@ async def test_a_target_that_is_a_folder_is_an_error_and_leaves_nothing(
     ],
 )
 async def test_a_full_disk_is_an_error_naming_the_target_and_leaves_nothing(
-    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch, parts: Any
+    tmp_path: Path, png_bytes: bytes, full_disk: None, parts: Any
 ) -> None:
-    real_create = _downloads._create_temp
-
-    def on_a_full_disk(folder: Path, name: str) -> tuple[int, Path]:
-        # The part file is made as usual, but what is written to it goes to /dev/full,
-        # where every write fails with ENOSPC, as on a disk with no space left.
-        fd, path = real_create(folder, name)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), path
-
-    monkeypatch.setattr(_downloads, "_create_temp", on_a_full_disk)
     target = tmp_path / "x.png"
     with pytest.raises(IdeogramError) as caught:
         await write_atomically(target, _chunks(*parts(png_bytes)))
@@ -212,15 +216,8 @@ def test_only_the_last_bytes_are_kept_while_streaming(png_bytes: bytes) -> None:
 
 
 async def test_a_full_disk_stops_the_download_at_the_first_failed_write(
-    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, png_bytes: bytes, full_disk: None
 ) -> None:
-    real_create = _downloads._create_temp
-
-    def on_a_full_disk(folder: Path, name: str) -> tuple[int, Path]:
-        fd, path = real_create(folder, name)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), path
-
     pulled: list[int] = []
 
     async def endless() -> AsyncIterator[bytes]:
@@ -229,7 +226,6 @@ async def test_a_full_disk_stops_the_download_at_the_first_failed_write(
             pulled.append(1)
             yield bytes(BIG)
 
-    monkeypatch.setattr(_downloads, "_create_temp", on_a_full_disk)
     with pytest.raises(IdeogramError, match="No space left on device"):
         await write_atomically(tmp_path / "x.png", endless())
     assert len(pulled) == 1  # the first write that reached the disk failed, and ended it

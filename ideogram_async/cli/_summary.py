@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -37,16 +36,14 @@ class SharedAt:
 
     @classmethod
     def from_url(cls, url: str, key: str) -> SharedAt:
-        """Where the Redis at ``url`` is (``host:port/db``, or a socket's path), with ``key``."""
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return cls(host=parts.path, key=key)
-        try:
-            port = parts.port or 6379
-        except ValueError:  # redis-py refuses it when connecting; show it as given
-            port = None
-        database = parts.path.strip("/") or "0"
-        return cls(host=f"{parts.hostname or 'localhost'}:{port or '?'}/{database}", key=key)
+        """Where the Redis at ``url`` is (``host:port/db``, or a socket's path), with ``key``.
+
+        ``url`` is read as the shared allowance reads it (it needs the ``redis`` extra,
+        which a shared allowance needs anyway).
+        """
+        from ideogram_async.limits import RedisLocation
+
+        return cls(host=RedisLocation.parse(url).place, key=key)
 
 
 @attrs.frozen(kw_only=True)

@@ -22,7 +22,7 @@ from .budget import Budget, LocalBudget
 from .local import LocalAllowance
 
 if TYPE_CHECKING:
-    from .location import organization_key
+    from .location import RedisLocation, organization_key
     from .shared import RedisAllowance
     from .shared_budget import RedisBudget
 
@@ -39,6 +39,7 @@ __all__ = [
     "OrganizationBound",
     "RedisAllowance",
     "RedisBudget",
+    "RedisLocation",
     "Refusals",
     "organization_key",
 ]
@@ -58,4 +59,8 @@ def __getattr__(name: str) -> object:
         from .location import organization_key
 
         return organization_key
+    if name == "RedisLocation":
+        from .location import RedisLocation
+
+        return RedisLocation
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

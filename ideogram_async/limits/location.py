@@ -62,6 +62,8 @@ class RedisLocation:
     """The URL rebuilt from what was read, the password replaced by ``***``."""
     host: str
     """``host:port``, or the socket's path for ``unix://``."""
+    place: str
+    """``host:port/db``, or the socket's path for ``unix://``: where the keys live."""
 
     def __repr__(self) -> str:
         return f"RedisLocation({self.shown!r})"
@@ -98,12 +100,11 @@ class RedisLocation:
         user = fields.get("username", "")
         secret = f"{user}:***@" if "password" in fields else (f"{user}@" if user else "")
         if scheme == "unix":
-            host = str(fields.get("path", ""))
-            shown = f"unix://{secret}{host}"
+            host = place = str(fields.get("path", ""))
         else:
             host = f"{fields.get('host', 'localhost')}:{fields.get('port', 6379)}"
-            shown = f"{scheme}://{secret}{host}/{fields.get('db', 0)}"
-        return cls(url=url, shown=shown, host=host)
+            place = f"{host}/{fields.get('db', 0)}"
+        return cls(url=url, shown=f"{scheme}://{secret}{place}", host=host, place=place)
 
     async def open(self, purpose: str) -> aioredis.Redis:
         """A client connected (pinged) to this server for ``purpose`` ("the shared budget").

@@ -31,6 +31,7 @@ from ideogram_async.celery import (
     enqueue,
     image_message,
     open_store,
+    redacted,
     register,
 )
 from ideogram_async.celery._task import ImageBusy, ImageTask, run_image
@@ -565,6 +566,22 @@ def test_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
         WorkerSettings.from_env({"IDEOGRAM_ALLOWANCE": "0", "IDEOGRAM_API_KEY": KEY})
     with pytest.raises(ValidationError, match="no API key"):
         WorkerSettings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw-s3cret@broker:6379/1", "redis://:***@broker:6379/1"),
+        ("redis://user:pw-s3cret@broker/0?password=pw-s3cret", "redis://user:***@broker/0"),
+        ("redis://broker:6379/0", "redis://broker:6379/0"),
+        # A password holding '/', '?' or '#' ends the host part early: nothing is shown.
+        ("redis://user:pw/s3cret@broker:6379/0", "redis://***"),
+        ("amqp://user:pw?s3#cret@broker//", "amqp://***"),
+        ("redis://[pw-s3cret/0", "redis://***"),
+    ],
+)
+def test_urls_in_messages_never_show_a_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
 
 
 def test_a_worker_with_a_wrong_setting_stops_at_start_saying_why(tmp_path: Path) -> None:

@@ -105,8 +105,16 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
 
 def redacted(url: str) -> str:
     """``url`` (a broker's or Redis') fit for messages: any password replaced by ``***``,
-    the query dropped."""
-    parts = urlsplit(url)
+    the query dropped. A URL that cannot be read, or whose credentials hold a '/', '?'
+    or '#' (an '@' after the host part), shows its scheme alone: no part of it is sure
+    not to be the password."""
+    hidden = f"{url.partition('://')[0]}://***"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return hidden
+    if "@" in parts.path + parts.query + parts.fragment:
+        return hidden
     netloc = parts.netloc
     if parts.password is not None:
         netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ideogram_async.limits import DEFAULT_ALLOWANCE, AllowanceChange, Bound, ChangeReason
-from ideogram_async.limits.bound import FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS
+from ideogram_async.limits.bound import (
+    BACKOFF_GROWTH,
+    FIRST_BACKOFF,
+    MAX_BACKOFF,
+    MAX_PROBE_DOUBLINGS,
+)
 
 
 def full(bound: Bound, times: int = 1, now: float = 0.0) -> None:
@@ -85,7 +90,8 @@ def test_others_holding_the_places_lower_the_bound_to_what_is_held_and_back_off(
     assert change == AllowanceChange(old=10, new=3, reason=ChangeReason.HELD)
     assert bound.closed_for(0.0) == FIRST_BACKOFF  # jitter 1: the whole backoff
     refuse(bound, held=1, number=10, jitter=0.0, now=1.0)
-    assert bound.closed_for(1.0) == FIRST_BACKOFF  # doubled to 0.5, half of it (jitter 0)
+    assert bound.backoff == 0.354  # grown by the square root of 2, in whole milliseconds
+    assert bound.closed_for(1.0) == pytest.approx(0.177)  # half of it (jitter 0)
     assert bound.limit == 1
     for step in range(2, 8):
         refuse(bound, held=1, number=10, jitter=1.0, now=step)
@@ -175,3 +181,33 @@ def test_the_jitter_spreads_the_backoff_over_its_second_half(jitter: float) -> N
     bound = Bound(10)
     refuse(bound, held=1, number=10, jitter=jitter)
     assert bound.closed_for(0.0) == pytest.approx(FIRST_BACKOFF * (0.5 + jitter / 2))
+
+
+def test_the_backoff_doubles_every_second_refusal_up_to_its_cap() -> None:
+    bound = Bound(10)
+    backoffs = []
+    for step in range(7):
+        refuse(bound, held=1, number=10, jitter=1.0, now=float(step))
+        backoffs.append(bound.backoff)
+    assert pytest.approx(2**0.5) == BACKOFF_GROWTH
+    assert backoffs == [FIRST_BACKOFF, 0.354, 0.501, 0.709, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF]
+
+
+def test_a_refusal_that_leaves_nothing_held_restarts_the_slow_start() -> None:
+    bound = Bound(10)
+    refuse(bound, held=5, number=10)  # others hold the rest: down to 4, probing from now on
+    assert (bound.limit, bound.slow) == (4, False)
+    refuse(bound, held=1, number=10, stale=True)  # the last one held here: nothing is left
+    assert (bound.limit, bound.slow) == (1, True)
+    full(bound, 3, now=1.0)  # each request at full use adds one, as at the start
+    assert bound.limit == 4
+
+
+def test_a_refusal_that_leaves_places_held_keeps_probing() -> None:
+    bound = Bound(10)
+    refuse(bound, held=5, places=2, number=10)  # 3 of this allowance's places still held
+    assert (bound.limit, bound.slow) == (3, False)
+    full(bound, 2, now=1.0)  # a probe needs a run of 3 requests at full use
+    assert bound.limit == 3
+    full(bound, 1, now=1.0)
+    assert bound.limit == 4

@@ -63,7 +63,18 @@ STEPS: list[Step] = [
     ("complete", 1, 4),  # run 3: a probe
     ("admit", 2, 4),  # 4 in use
     ("refuse", None, 3),  # 4 > the 3 that went through: a failed probe, back to 3
-    ("wait", None, 3),  # the hour (here FORGET) passes without a change...
+    ("complete", 1, 3),  # the three left, granted in earlier rounds: the run is 3 of 6
+    ("complete", 1, 3),
+    ("complete", 1, 3),
+    ("admit", 1, 3),
+    ("refuse", 10, 1),  # 1 held, its own: others hold the 10, nothing is left here
+    ("admit", 1, 1),  # (once the backoff passed)
+    ("complete", 1, 2),  # nothing was left: slow start again, +1 per request at full use
+    ("admit", 2, 2),
+    ("complete", 1, 3),  # granted at full use of 2: +1 (probing would need a run of 2)
+    ("admit", 2, 3),  # 3 in use
+    ("complete", 1, 4),  # granted at full use of 3: +1 again
+    ("wait", None, 4),  # the hour (here FORGET) passes without a change...
     ("admit", 1, 10),  # ...and the next event finds everything forgotten: start again
 ]
 

@@ -23,8 +23,13 @@ The rules:
   through: a probe that failed). The refused request then waits for a place of its
   own to free. Otherwise others hold the rest of the organization's places: the bound
   drops to what this allowance still holds, and nothing is granted for a backoff with
-  jitter (from :data:`FIRST_BACKOFF`, doubling to :data:`MAX_BACKOFF`), reset by a
-  request that goes through.
+  jitter (from :data:`FIRST_BACKOFF`, growing by :data:`BACKOFF_GROWTH` per refusal,
+  so doubling every second one, to :data:`MAX_BACKOFF`), reset by a request that goes
+  through.
+* **Restart.** A refusal that leaves nothing held here is like TCP's retransmission
+  timeout: once a request goes through again, the bound slow-starts from where it is
+  (one place, usually), doubling per round trip until the next refusal, instead of
+  probing up one place per run.
 * **Probe and hold.** After the first refusal the bound rises by one only after a run
   of requests that ran at full use of the bound in force now (as many as the bound,
   doubled for each probe that failed at that level, up to
@@ -45,6 +50,7 @@ import enum
 import attrs
 
 __all__ = [
+    "BACKOFF_GROWTH",
     "DEFAULT_ALLOWANCE",
     "FIRST_BACKOFF",
     "FORGET_AFTER",
@@ -60,9 +66,14 @@ DEFAULT_ALLOWANCE = 10
 service's default allowance per organization."""
 FIRST_BACKOFF = 0.25
 """Seconds of the first backoff after a refusal that others' holdings explain."""
+BACKOFF_GROWTH = 2**0.5
+"""The backoff grows by this factor per refusal, in whole milliseconds: each wait is
+then about 0.4 times as long as the refusals have lasted (doubling per refusal makes it
+as long), so places that others free after a short hold are found soon after, and the
+refusals of a long hold still thin out."""
 MAX_BACKOFF = 1.0
-"""The backoff doubles per refusal up to this many seconds (a place freed by others is
-found within about a second)."""
+"""The backoff grows up to this many seconds (a place freed by others is found within
+about a second)."""
 MAX_PROBE_DOUBLINGS = 2
 """Failed probes at one level lengthen the run before the next one up to 2**2 times."""
 FORGET_AFTER = 3600.0
@@ -202,7 +213,8 @@ class Bound:
         explained = held > number if number is not None else probing
         fresh = round == self.round
         if not explained and (fresh or self.backoff == 0):
-            self.backoff = min(MAX_BACKOFF, self.backoff * 2) or FIRST_BACKOFF
+            grown = int(self.backoff * 1000 * BACKOFF_GROWTH + 0.5) / 1000
+            self.backoff = min(MAX_BACKOFF, grown) or FIRST_BACKOFF
             self.closed_until = now + self.backoff * (0.5 + jitter / 2)
         options = [(self.ceiling, ChangeReason.LEARNED)]
         if self.adaptive and fresh:
@@ -215,6 +227,8 @@ class Bound:
                 options.append((max(1, self.limit // 2), ChangeReason.DECREASED))
         if self.adaptive and not explained:
             options.append((max(1, held - places), ChangeReason.HELD))
+            if held <= places:
+                self.slow = True
         new, reason = min(options, key=lambda option: option[0])
         if new >= self.limit:
             return forgotten

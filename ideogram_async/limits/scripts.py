@@ -56,7 +56,8 @@ quiet: present while nothing is granted after a state loss."""
 PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local FIRST_BACKOFF, MAX_BACKOFF, MAX_PROBE_DOUBLINGS = 250, 1000, 2
+local FIRST_BACKOFF, BACKOFF_GROWTH, MAX_BACKOFF = 250, math.sqrt(2), 1000
+local MAX_PROBE_DOUBLINGS = 2
 
 local function purge()
   local freed = false
@@ -272,7 +273,7 @@ local explained = probing
 if number then explained = held > number end
 local fresh = tonumber(ARGV[5]) == st.round or tonumber(ARGV[5]) < 0
 if not explained and (fresh or st.backoff == 0) then
-  st.backoff = math.min(MAX_BACKOFF, st.backoff * 2)
+  st.backoff = math.min(MAX_BACKOFF, math.floor(st.backoff * BACKOFF_GROWTH + 0.5))
   if st.backoff == 0 then st.backoff = FIRST_BACKOFF end
   st.closed = now + math.floor(st.backoff * (0.5 + tonumber(ARGV[7]) / 2))
 end
@@ -289,7 +290,11 @@ if adaptive and fresh then
     option(math.max(1, math.floor(old / 2)), 'decreased')
   end
 end
-if adaptive and not explained then option(math.max(1, held - places), 'held') end
+if adaptive and not explained then
+  option(math.max(1, held - places), 'held')
+  -- Nothing left held: slow start again once a request goes through (bound.py).
+  if held <= places then st.slow = 1 end
+end
 if new < old then
   st.good, st.round, st.run, st.limit = math.min(st.good, new), st.round + 1, 0, new
 else

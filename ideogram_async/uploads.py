@@ -571,7 +571,8 @@ def _finish(
 
 async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
     if isinstance(image, str | os.PathLike):
-        return await _path_source(Path(os.fspath(image))), Path(image).name
+        path = Path(os.fspath(image))
+        return await _path_source(path), path.name
     if isinstance(image, bytes | bytearray | memoryview):
         view = memoryview(image)
         if not view.c_contiguous:

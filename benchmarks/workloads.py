@@ -250,7 +250,7 @@ def latency_bound(context: Context) -> Result:
     count, concurrency = sizes.latency_count, sizes.latency_concurrency
     clients = (Client.LIBRARY_FIXED, Client.LIBRARY, Client.AIOHTTP, Client.HTTPX)
     with running_server(_emulator(sizes.latency)) as url:
-        jobs = {
+        jobs: dict[str, Job] = {
             client: _job(url, context.small_png, count, concurrency, client) for client in clients
         }
         runs = _alternate(jobs, sizes.rounds)

@@ -51,7 +51,13 @@ class Client(enum.StrEnum):
     """Which client a worker runs, and how it is fed."""
 
     LIBRARY = "library"
-    """``IdeogramClient.upscale(path)`` for each request, under ``asyncio.gather``."""
+    """``IdeogramClient.upscale(path)`` for each request, under ``asyncio.gather``; the
+    bound of ``allowance=C``: a maximum of C, slow-starting from 10."""
+    LIBRARY_FIXED = "library-fixed"
+    """Like ``library``, with the bound fixed at C from the first request
+    (``adaptive=False``): what ``docs/allowance.md`` tells a user who knows that the
+    organization's allowance is C and that no other program uses it, as the
+    hand-written loop's ``Semaphore(C)`` assumes."""
     LIBRARY_BYTES = "library-bytes"
     """Like ``library``, but each file is first read whole into ``bytes``."""
     LIBRARY_MANY = "library-many"
@@ -187,7 +193,8 @@ async def _run_httpx(base_url: str, image: Path, count: int, concurrency: int) -
 
 
 class _Counted(LocalAllowance):
-    """The allowance ``IdeogramClient(allowance=n)`` builds, counting the 429s reported to it."""
+    """The allowance ``IdeogramClient(allowance=n, adaptive=...)`` builds, counting the 429s
+    reported to it."""
 
     rejections = 0
 
@@ -201,7 +208,7 @@ async def _run_library(
 ) -> Outcome:
     retries = 0
     request = _request(num_images)
-    places = _Counted(concurrency)
+    places = _Counted(concurrency, adaptive=client is not Client.LIBRARY_FIXED)
 
     def count_retry(_: RetryEvent) -> None:
         nonlocal retries

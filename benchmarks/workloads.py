@@ -236,25 +236,46 @@ def _gather_jobs(url: str, image: Path, count: int, concurrency: int) -> dict[st
 
 
 def latency_bound(context: Context) -> Result:
-    """1: wall time of N uploads, C in flight, against a server that takes a while."""
+    """1: wall time of N uploads, C in flight, against a server that takes a while.
+
+    The hand-written loop holds C requests in flight from its first one: its author
+    knows the organization's allowance is C (at least) and that no other program uses
+    it. The library's counterpart, and the figure the target is set on, is the bound
+    ``docs/allowance.md`` tells such a user to set, fixed at C from the first request
+    (``allowance=C, adaptive=False``). ``allowance=C`` alone is a maximum the bound grows
+    into from 10 (slow start, so that a number above the real allowance is not sent
+    at once); its wall time is reported beside it, so the cost of the slow start shows.
+    """
     sizes = context.sizes
     count, concurrency = sizes.latency_count, sizes.latency_concurrency
+    clients = (Client.LIBRARY_FIXED, Client.LIBRARY, Client.AIOHTTP, Client.HTTPX)
     with running_server(_emulator(sizes.latency)) as url:
-        runs = _alternate(_gather_jobs(url, context.small_png, count, concurrency), sizes.rounds)
-    library, handwritten, other = (_best(runs[c], _wall) for c in _GATHER_CLIENTS)
+        jobs: dict[str, Job] = {
+            client: _job(url, context.small_png, count, concurrency, client) for client in clients
+        }
+        runs = _alternate(jobs, sizes.rounds)
+    library, slow_start, handwritten, other = (_best(runs[c], _wall) for c in clients)
     ideal = count / concurrency * sizes.latency
     row = partial(Row, workload="1 latency-bound")
-    wall = partial(row, metric="wall time", unit=Unit.SECONDS, library=library)
+    wall = partial(row, unit=Unit.SECONDS, library=library)
+    fixed = f"wall time, bound fixed at {concurrency}"
     return [
         wall(
+            metric=fixed,
             baseline_name="aiohttp",
             baseline=handwritten,
             target="<= 1.05x",
             met=library <= 1.05 * handwritten,
         ),
-        wall(baseline_name="httpx", baseline=other),
+        wall(metric=fixed, baseline_name="httpx", baseline=other),
+        wall(
+            metric=f"wall time, allowance={concurrency} (slow start from 10)",
+            library=slow_start,
+            baseline_name="aiohttp",
+            baseline=handwritten,
+        ),
         row(
-            metric=f"wall / ideal N/C*latency ({ideal:.3f} s)",
+            metric=f"wall / ideal N/C*latency ({ideal:.3f} s), bound fixed",
             unit=Unit.TIMES,
             library=library / ideal,
             baseline_name="aiohttp",

@@ -57,8 +57,10 @@ class IdeogramClient:
     upscale or quote, 1) while it is on the wire, first come first served. Given
     as a number, the bound learns from the service: a 429 that names the
     allowance caps it at once, a refusal that others' holdings explain backs off,
-    and with ``adaptive`` (the default) the bound probes and holds (see
-    ``docs/allowance.md``), never above the number given. Pass an
+    and with ``adaptive`` (the default) the bound slow-starts from 10, probes
+    and holds (see ``docs/allowance.md``), never above the number given; with
+    ``adaptive=False`` it is the number given from the first request (an
+    allowance you know, used by nothing else). Pass an
     :class:`~ideogram_async.limits.Allowance` instead to share one between
     clients or processes (the client then never closes it); a
     :class:`~ideogram_async.limits.RedisAllowance` without ``key=`` is keyed by

@@ -4,7 +4,8 @@
 under the size cap, JPEG/PNG/WebP by its first bytes) and returns a
 :class:`PreparedImage` that can produce the same bytes for every attempt:
 
-- a path is checked in a worker thread, which reads a file of at most
+- a path is checked in a worker thread (the paths of calls that start together in
+  one hop), which reads a file of at most
   :data:`~ideogram_async.images.HEADER_BYTES` (64 KB) whole, sent from memory; a larger
   one is reopened per attempt and read in chunks in a worker thread;
 - ``bytes``-like data is sent from memory without copies;
@@ -33,6 +34,7 @@ from typing import IO, Any, BinaryIO, TypeAlias, TypeVar
 from aiohttp import payload
 from aiohttp.abc import AbstractStreamWriter
 
+from ._batched import Batched
 from .errors import IdeogramError, ImageChangedError, ValidationError
 from .images import HEADER_BYTES, SNIFF_BYTES, image_size, sniff
 
@@ -571,7 +573,8 @@ def _finish(
 
 async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str | None]:
     if isinstance(image, str | os.PathLike):
-        return await _path_source(Path(os.fspath(image))), Path(image).name
+        path = Path(os.fspath(image))
+        return await _path_source(path), path.name
     if isinstance(image, bytes | bytearray | memoryview):
         view = memoryview(image)
         if not view.c_contiguous:
@@ -593,28 +596,33 @@ async def _make_source(image: object, max_file_size: int) -> tuple[_Source, str 
     )
 
 
+def _check_path(path: Path) -> _Source:
+    """In a worker thread: a regular file, its size, its header (a small file whole)."""
+    try:
+        file, size = open_regular(path)
+    except OSError as exc:
+        raise path_error(path, exc) from None
+    with file:
+        header = file.read(HEADER_BYTES)
+    if len(header) == size:
+        return _MemorySource(memoryview(header))
+    return _PathSource(path, size, header)
+
+
+_path_checks = Batched(_check_path, most=16)
+"""The paths of one loop turn are checked together, in one worker-thread hop."""
+
+
 async def _path_source(path: Path) -> _Source:
-    """Check a path in one worker-thread hop: a regular file, its size, its header.
+    """Check a path off the event loop: a regular file, its size, its header.
 
-    A file of at most :data:`HEADER_BYTES` is read whole by that hop and sent from
-    memory, so its call needs no other hop (what was checked is what is sent, on
-    every attempt); a larger one is reopened by each attempt.
+    A file of at most :data:`HEADER_BYTES` is read whole by its check and sent from
+    memory, so its call needs no other hop (what was checked is what is sent, on every
+    attempt); a larger one is reopened by each attempt. The checks of calls that start
+    together (a gather, a batch) share one hop: the check leaves nothing open, so a
+    cancelled call has nothing to undo.
     """
-
-    def check() -> _Source:
-        try:
-            file, size = open_regular(path)
-        except OSError as exc:
-            raise path_error(path, exc) from None
-        with file:
-            header = file.read(HEADER_BYTES)
-        if len(header) == size:
-            return _MemorySource(memoryview(header))
-        return _PathSource(path, size, header)
-
-    # A plain executor hop: the check leaves nothing open, so a cancelled call has
-    # nothing to undo (in_thread's shield would only cost CPU on every call).
-    return await asyncio.get_running_loop().run_in_executor(None, check)
+    return await _path_checks(path)
 
 
 def _file_name(file: object) -> str | None:

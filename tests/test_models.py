@@ -177,6 +177,14 @@ def test_to_json_of_the_spec_example_is_compact_and_has_exactly_its_fields() -> 
     assert '", "' not in text
 
 
+def test_to_json_is_encoded_once_for_equal_requests_and_apart_for_others() -> None:
+    first = UpscaleRequest(prompt="a beach", seed=7).to_json()
+    # An equal request built anew gets the string already encoded, not a new one.
+    assert UpscaleRequest(prompt="a beach", seed=7).to_json() is first
+    assert json.loads(UpscaleRequest(prompt="a beach", seed=8).to_json())["seed"] == 8
+    assert json.loads(UpscaleRequest(prompt="a beach").to_json()) == {"prompt": "a beach"}
+
+
 def test_to_json_of_an_empty_request_is_an_empty_object() -> None:
     assert UpscaleRequest().to_json() == "{}"
 

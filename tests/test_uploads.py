@@ -692,6 +692,36 @@ async def test_a_path_costs_one_thread_hop_to_check_and_one_an_attempt_unless_sm
             assert str(path) not in _paths_open()
 
 
+async def test_paths_checked_together_share_one_thread_hop_each_with_its_own_verdict(
+    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [tmp_path / f"photo{number}.png" for number in range(5)]
+    for number, path in enumerate(paths):
+        path.write_bytes(png_bytes + bytes(number))
+    missing = tmp_path / "gone.png"
+    hops: list[object] = []
+    loop = asyncio.get_running_loop()
+    real = loop.run_in_executor
+
+    def counting(executor: Any, work: Any, *args: Any) -> Any:
+        hops.append(work)
+        return real(executor, work, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    results = await asyncio.gather(
+        *(prepare_image(path) for path in [*paths, missing]), return_exceptions=True
+    )
+    assert len(hops) == 1
+    *images, error = results
+    assert isinstance(error, ValidationError)
+    assert str(missing) in str(error)
+    for number, image in enumerate(images):
+        assert isinstance(image, uploads.PreparedImage)
+        with image:
+            assert image.filename == f"photo{number}.png"
+            assert image.size == len(png_bytes) + number
+
+
 @pytest.mark.parametrize("kind", ["bytes", "path", "file"])
 async def test_every_write_is_at_most_one_chunk(
     tmp_path: Path, png_bytes: bytes, kind: str

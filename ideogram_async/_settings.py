@@ -160,8 +160,9 @@ class Settings:
             kind = Flavor(flavor)
         except ValueError:
             raise ValidationError(f"flavor must be 'proxy' or 'official', got {flavor!r}") from None
-        key = api_key if api_key is not None else os.environ.get("IDEOGRAM_API_KEY")
-        if not key or not key.strip():
+        given = api_key if api_key is not None else os.environ.get("IDEOGRAM_API_KEY")
+        key = "" if given is None else _checked_key(given)
+        if not key:
             raise ValidationError(
                 "no API key: pass api_key= or set the IDEOGRAM_API_KEY environment variable"
             )
@@ -183,7 +184,7 @@ class Settings:
             )
         return cls(
             flavor=kind,
-            key=Secret(_checked_key(key)),
+            key=Secret(key),
             base_url=base.rstrip("/"),
             allowance=_allowance(allowance, adaptive),
             requests_per_second=positive_number(

@@ -98,14 +98,14 @@ def _checked_base_url(base: str) -> str:
     shown = repr(re.sub(r"//[^/]*@", "//***@", base))  # never show a password
     if not base.startswith(("http://", "https://")):
         raise ValidationError(f"base_url must start with http:// or https://, got {shown}")
+    invalid = f"base_url is not a valid URL: {shown}; check its host and port"
     try:
         parts = urlsplit(base)
-        # .port raises ValueError when out of range; the comparison itself always holds.
-        valid = bool(parts.hostname) and (parts.port or 0) >= 0
+        _ = parts.port  # raises ValueError when out of range
     except ValueError:
-        valid = False
-    if not valid:
-        raise ValidationError(f"base_url is not a valid URL: {shown}; check its host and port")
+        raise ValidationError(invalid) from None
+    if not parts.hostname:
+        raise ValidationError(invalid)
     if parts.username is not None or parts.password is not None:
         raise ValidationError(
             f"base_url must not contain a user name or password ({shown}): credentials "

@@ -98,14 +98,14 @@ def _checked_base_url(base: str) -> str:
     shown = repr(re.sub(r"//[^/]*@", "//***@", base))  # never show a password
     if not base.startswith(("http://", "https://")):
         raise ValidationError(f"base_url must start with http:// or https://, got {shown}")
+    invalid = f"base_url is not a valid URL: {shown}; check its host and port"
     try:
         parts = urlsplit(base)
-        # .port raises ValueError when out of range; the comparison itself always holds.
-        valid = bool(parts.hostname) and (parts.port or 0) >= 0
+        _ = parts.port  # raises ValueError when out of range
     except ValueError:
-        valid = False
-    if not valid:
-        raise ValidationError(f"base_url is not a valid URL: {shown}; check its host and port")
+        raise ValidationError(invalid) from None
+    if not parts.hostname:
+        raise ValidationError(invalid)
     if parts.username is not None or parts.password is not None:
         raise ValidationError(
             f"base_url must not contain a user name or password ({shown}): credentials "
@@ -160,8 +160,9 @@ class Settings:
             kind = Flavor(flavor)
         except ValueError:
             raise ValidationError(f"flavor must be 'proxy' or 'official', got {flavor!r}") from None
-        key = api_key if api_key is not None else os.environ.get("IDEOGRAM_API_KEY")
-        if not key or not key.strip():
+        given = api_key if api_key is not None else os.environ.get("IDEOGRAM_API_KEY")
+        key = "" if given is None else _checked_key(given)
+        if not key:
             raise ValidationError(
                 "no API key: pass api_key= or set the IDEOGRAM_API_KEY environment variable"
             )
@@ -183,7 +184,7 @@ class Settings:
             )
         return cls(
             flavor=kind,
-            key=Secret(_checked_key(key)),
+            key=Secret(key),
             base_url=base.rstrip("/"),
             allowance=_allowance(allowance, adaptive),
             requests_per_second=positive_number(

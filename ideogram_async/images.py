@@ -164,9 +164,9 @@ def _jpeg_size(head: bytes) -> tuple[int, int] | None:
 
 def _webp_size(head: bytes) -> tuple[int, int] | None:
     """The size in the first chunk: VP8 (lossy), VP8L (lossless) or VP8X (extended)."""
-    chunk, data = head[12:16], head[20:30]
+    chunk, data = head[12:16], head[20:]
     if chunk == b"VP8 " and len(data) >= 10 and data[3:6] == b"\x9d\x01\x2a":
-        # 14 bits of each are kept: signedness, or a slice past data's 10 bytes, cannot show.
+        # 14 bits of each are kept (the top two are a scale): signedness cannot show.
         width, height = struct.unpack("<HH", data[6:10])
         return width & 0x3FFF, height & 0x3FFF
     if chunk == b"VP8L" and len(data) >= 5 and data[0] == 0x2F:

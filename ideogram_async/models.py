@@ -162,8 +162,8 @@ def _strict(kind: type) -> Any:
 
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
-    # The one-argument form reads the type from the hook's annotation: the same hook.
-    converter.register_structure_hook(datetime, _parse_created)
+    # The type it structures is read from the hook's return annotation.
+    converter.register_structure_hook(_parse_created)
     for kind in (str, int, bool):
         converter.register_structure_hook(kind, _strict(kind))
     return converter

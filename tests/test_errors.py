@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+from decimal import Decimal
 
 import pytest
 from aiohttp import web
@@ -20,13 +21,16 @@ from ideogram_async.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientClosedError,
+    GenerationFailedError,
     IdeogramError,
     NotFoundError,
     PaymentRequiredError,
     RateLimitError,
     ResponseFormatError,
     ServerError,
+    SharedAllowanceError,
     ValidationError,
     snippet,
 )
@@ -134,7 +138,7 @@ async def test_x_should_retry_is_read_and_an_empty_body_still_gives_a_message() 
 async def test_the_key_never_appears_in_an_error_even_when_the_service_echoes_it() -> None:
     error = await answer_with(401, json.dumps({"detail": f"Invalid API key: {KEY}"}))
     assert isinstance(error, AuthenticationError)
-    assert "Invalid API key" in str(error)
+    assert "Invalid API key: ***" in str(error)
     assert KEY not in str(error) + repr(error) + error.message + error.body
 
 
@@ -326,8 +330,44 @@ def test_timeout_and_format_errors_keep_their_details() -> None:
     timeout = APITimeoutError("slow", kind="attempt", body_sent=True)
     assert (timeout.kind, timeout.body_sent, str(timeout)) == ("attempt", True, "slow")
     assert APITimeoutError("x", kind="connect").body_sent is False
-    fmt = ResponseFormatError("bad", body="<html>", status=202)
-    assert (fmt.body, fmt.status, str(fmt)) == ("<html>", 202, "bad")
+    fmt = ResponseFormatError("bad", body="<html>", status=202, request_id="req-9")
+    assert (fmt.body, fmt.status, fmt.request_id, str(fmt)) == ("<html>", 202, "req-9", "bad")
+    assert ResponseFormatError("bad", body="").request_id is None
+
+
+def test_budget_allowance_and_generation_errors_keep_their_details() -> None:
+    budget = BudgetExceededError(
+        "over budget",
+        max_usd=Decimal("1.00"),
+        spent=Decimal("0.70"),
+        reserved=Decimal("0.20"),
+        needed=Decimal("0.15"),
+    )
+    assert str(budget) == "over budget"
+    assert (budget.max_usd, budget.spent, budget.reserved, budget.needed) == (
+        Decimal("1.00"),
+        Decimal("0.70"),
+        Decimal("0.20"),
+        Decimal("0.15"),
+    )
+    assert budget.skipped is False
+    skipped = BudgetExceededError(
+        "stopped",
+        max_usd=Decimal(1),
+        spent=Decimal(1),
+        reserved=Decimal(0),
+        needed=Decimal(0),
+        skipped=True,
+    )
+    assert skipped.skipped is True
+    shared = SharedAllowanceError("redis is down", url="redis://***@host:6379/0")
+    assert (str(shared), shared.url) == ("redis is down", "redis://***@host:6379/0")
+    failed = GenerationFailedError("failed", generation_id="gen-1", failure_reason="unsafe")
+    assert (str(failed), failed.generation_id, failed.failure_reason) == (
+        "failed",
+        "gen-1",
+        "unsafe",
+    )
 
 
 # --- snippet ----------------------------------------------------------------------------

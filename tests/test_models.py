@@ -108,6 +108,16 @@ def test_prompt_must_be_a_string(value: object) -> None:
     assert f"got {type(value).__name__} {value!r}" in str(info.value)
 
 
+def test_a_prompt_up_to_the_cap_is_taken_and_a_longer_one_is_refused_saying_why() -> None:
+    assert UpscaleRequest(prompt="p" * 10_000).prompt == "p" * 10_000
+    with pytest.raises(ValidationError) as info:
+        UpscaleRequest(prompt="p" * 10_001)
+    assert str(info.value) == (
+        "prompt is 10001 characters, over the cap of 10000; "
+        "shorten it (a prompt guides the upscale, a few sentences are plenty)"
+    )
+
+
 def test_validators_also_run_on_evolve() -> None:
     request = UpscaleRequest(resemblance=10)
     with pytest.raises(ValidationError, match="resemblance"):

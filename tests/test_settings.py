@@ -91,6 +91,14 @@ def message(**overrides: Any) -> str:
         ({"adaptive": "yes"}, "adaptive must be a bool, got str"),
         ({"requests_per_second": 0}, "requests_per_second must be a number > 0 or None, got 0"),
         ({"max_file_size": 0}, "max_file_size must be an int >= 1, got 0"),
+        ({"max_file_size": True}, "max_file_size must be an int >= 1, got True"),
+        ({"max_file_size": "big"}, "max_file_size must be an int >= 1, got 'big'"),
+        ({"api_key": 5}, "api_key must be a str, got int"),
+        (
+            {"api_key": "sk-\u0100"},
+            "the API key has a character at position 4 that cannot go in an HTTP header "
+            "(outside Latin-1); copy the key again (keys are plain text)",
+        ),
         ({"max_download_size": 0}, "max_download_size must be an int >= 1, got 0"),
         ({"max_response_size": 0}, "max_response_size must be an int >= 1, got 0"),
         ({"timeouts": 5}, "timeouts must be a Timeouts, got int"),
@@ -156,6 +164,10 @@ def test_the_defaults() -> None:
     assert settings.requests_per_second is None
     assert settings.timeouts == Timeouts()
     assert settings.retry == RetryPolicy()
+
+
+def test_a_key_with_the_last_latin_1_character_is_taken() -> None:
+    assert resolve(api_key="sk-\xff").key.reveal() == "sk-\xff"
 
 
 def test_the_official_flavor_defaults_to_ideogram_and_its_own_path() -> None:

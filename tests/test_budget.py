@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import sys
 from decimal import Decimal
 
@@ -87,6 +88,31 @@ async def test_amounts_are_exact_micro_dollars() -> None:
     assert LocalBudget("0.0000019").max_usd == Decimal("0.000001")  # a budget rounds down
 
 
+async def test_a_refusal_counts_what_was_spent_and_what_is_held() -> None:
+    budget = LocalBudget("0.10")
+    spent = await budget.reserve(Decimal("0.03"))
+    await spent.commit()
+    held = await budget.reserve(Decimal("0.05"))
+    assert repr(held) == "Reservation(usd=$0.05, held)"
+    assert held.settled is False
+    assert repr(budget) == "LocalBudget(max_usd=$0.10, spent=$0.03, reserved=$0.05)"
+    with pytest.raises(BudgetExceededError) as caught:
+        await budget.reserve(Decimal("0.03"))
+    assert "needs up to $0.03 and $0.02 is left ($0.03 spent, $0.05 held" in str(caught.value)
+
+
+async def test_a_bill_is_checked_and_rounded_up_like_a_price() -> None:
+    budget = LocalBudget(1)
+    with pytest.raises(ValidationError, match=r"^usd must be an amount in US dollars"):
+        await budget.reserve("lots")
+    reservation = await budget.reserve(Decimal("0.01"))
+    with pytest.raises(ValidationError, match=r"^usd must be a finite amount"):
+        await reservation.commit(Decimal(-1))
+    assert not reservation.settled  # a bad bill settles nothing
+    await reservation.commit(Decimal("0.0000001"))  # a fraction of a micro-dollar is billed
+    assert (budget.spent, budget.reserved) == (Decimal("0.000001"), Decimal(0))
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -110,7 +136,7 @@ def test_a_number_becomes_a_local_budget_and_a_budget_is_kept() -> None:
     assert isinstance(made, LocalBudget)
     assert isinstance(made, Budget)
     assert made.max_usd == Decimal("2.5")
-    with pytest.raises(ValidationError, match="or a Budget"):
+    with pytest.raises(ValidationError, match=r"or a Budget .*, not list$"):
         as_budget([5])
 
 
@@ -153,7 +179,10 @@ async def test_a_run_stops_at_its_first_refusal_and_skips_the_rest() -> None:
     assert priced == []
     assert run.stopped is refused.value
     assert skipped.value.skipped
-    assert skipped.value.needed == Decimal("0.015")
+    first = refused.value
+    assert (skipped.value.max_usd, skipped.value.needed) == (Decimal("0.02"), Decimal("0.015"))
+    assert (skipped.value.spent, skipped.value.reserved) == (first.spent, first.reserved)
+    assert (first.spent, first.reserved) == (Decimal("0.015"), Decimal(0))
     assert "not sent: the budget of $0.02 (max_usd) stopped the run" in str(skipped.value)
     assert (budget.spent, budget.reserved) == (Decimal("0.015"), Decimal(0))
 
@@ -252,6 +281,22 @@ async def test_a_lapsed_reservation_counts_as_spent_until_settled(
         await late.give_back()  # the late settlement corrects what its lease end counted
         assert await totals(redis_server.url, redis_key) == (400_000, 0)
         await other.reserve(Decimal("0.60"))
+
+
+async def test_a_settlement_without_redis_leaves_the_reservation_to_its_lease(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_redis_server.url
+    async with RedisBudget(url, 1, key="job") as budget:
+        reservation = await budget.reserve(Decimal("0.25"))
+        own_redis_server.stop()
+        with caplog.at_level(logging.WARNING, logger="ideogram_async"):
+            await reservation.commit()  # the upscale's result is not failed by its bookkeeping
+    assert reservation.settled
+    assert (budget.spent, budget.reserved) == (Decimal(0), Decimal("0.25"))  # as last seen
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.getMessage().startswith(f"lost Redis at {url} for the shared budget: ")
+    assert record.getMessage().endswith("; the reservation counts as spent when its lease ends")
 
 
 async def test_settings_are_checked_and_the_password_is_never_shown() -> None:

@@ -16,6 +16,7 @@ from ideogram_async import RateLimitError, ServerError, ValidationError
 from ideogram_async.limits import (
     Allowance,
     AllowanceChange,
+    AllowanceWrapper,
     ChangeReason,
     LocalAllowance,
     Refusals,
@@ -495,3 +496,39 @@ def test_refusals_by_reason_add_the_unraised_ones_as_inflight_limit() -> None:
     assert refusals.by_reason(2) == {"unknown": 1, "inflight_limit": 1}
     # An allowance that heard of fewer (or none: not watched) adds nothing.
     assert refusals.by_reason(0) == {"unknown": 1, "inflight_limit": 1}
+
+
+def test_refusals_count_each_raised_429_and_add_only_the_unraised() -> None:
+    refusals = Refusals()
+    for _ in range(3):
+        refusals.saw(RateLimitError("gateway", status=429))
+    assert refusals.by_reason(3) == {"unknown": 3}  # every one heard of was raised
+    assert refusals.by_reason(4) == {"unknown": 3, "inflight_limit": 1}
+
+
+class Watching(AllowanceWrapper):
+    """A watcher of another allowance, as a subclass writes one: it notes the numbers heard."""
+
+    def __init__(self, inner: Allowance) -> None:
+        super().__init__(inner)
+        self.heard: list[int | None] = []
+
+    async def rejected(self, allowance: int | None) -> None:
+        self.heard.append(allowance)
+        await super().rejected(allowance)
+
+
+async def test_a_wrapper_passes_holds_and_reports_on_to_the_allowance_it_watches() -> None:
+    inner = LocalAllowance(8, adaptive=False)
+    watching = Watching(inner)
+    assert isinstance(watching, Allowance)
+    assert repr(watching) == f"Watching({inner!r})"
+    async with watching.hold(3):
+        assert (watching.in_use, inner.in_use) == (3, 3)
+        await watching.rejected(5)  # the number reaches the inner allowance
+    assert watching.heard == [5]
+    assert (watching.limit, watching.maximum, inner.limit, inner.in_use) == (5, 8, 5, 0)
+    async with watching.hold(5):
+        assert inner.in_use == 5  # the whole hold, on the inner allowance
+        await watching.completed()
+    await watching.aclose()

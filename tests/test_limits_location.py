@@ -3,14 +3,16 @@ without their password, and one key per organization that does not reveal the AP
 
 from __future__ import annotations
 
+import hashlib
 import traceback
 from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
 
+import ideogram_async.limits
 from ideogram_async import IdeogramClient, SharedAllowanceError, ValidationError
-from ideogram_async.limits import RedisAllowance, organization_key
+from ideogram_async.limits import RedisAllowance, location, organization_key, shared, shared_budget
 from ideogram_async.testing import RedisServer
 
 from ._support import KEY
@@ -91,6 +93,32 @@ def test_the_organization_key_is_a_digest_of_the_api_key_and_host() -> None:
     assert len(others) == 3
 
 
+@pytest.mark.parametrize(
+    ("base_url", "host"),
+    [
+        ("https://API.Ideogram.ai/v1", "api.ideogram.ai"),
+        ("https://api.ideogram.ai:8443", "api.ideogram.ai:8443"),
+        ("", ""),
+    ],
+)
+def test_the_organization_key_stays_the_same_across_versions(base_url: str, host: str) -> None:
+    # Processes running different releases must find each other's allowance: the key is
+    # the digest of the lower-cased host (its port only when one is given) and the API key.
+    digest = hashlib.sha256(f"ideogram_async allowance\0{host}\0sk-secret-1".encode())
+    expected = "ideogram_async:" + digest.hexdigest()[:24]
+    assert organization_key("sk-secret-1", base_url) == expected
+
+
+def test_the_redis_parts_are_reached_through_the_package() -> None:
+    limits = ideogram_async.limits
+    assert limits.RedisAllowance is shared.RedisAllowance
+    assert limits.RedisBudget is shared_budget.RedisBudget
+    assert limits.organization_key is location.organization_key
+    assert limits.RedisLocation is location.RedisLocation
+    with pytest.raises(AttributeError, match=r"^module 'ideogram_async\.limits' has no attribute"):
+        getattr(limits, "RedisThing")  # noqa: B009
+
+
 async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
     allowance = RedisAllowance("redis://127.0.0.1:9/0", 10)
     assert allowance.key is None
@@ -101,8 +129,12 @@ async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
         assert allowance.key == organization_key(KEY, "http://127.0.0.1:9")
         # The same organization again: fine; another one: refused, one allowance each.
         IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
-        with pytest.raises(ValidationError, match="another organization"):
+        with pytest.raises(ValidationError) as caught:
             IdeogramClient(api_key="sk-other", base_url="http://127.0.0.1:9", allowance=allowance)
+        assert str(caught.value) == (
+            "this RedisAllowance already serves another organization (another API key or API "
+            "host): give each organization its own RedisAllowance, or name the allowance with key="
+        )
     assert KEY not in repr(allowance)
 
 

@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from decimal import Decimal
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +17,7 @@ from ideogram_async import (
     BadRequestError,
     Budget,
     BudgetExceededError,
+    ClientClosedError,
     IdeogramError,
     LocalBudget,
     SharedAllowanceError,
@@ -292,11 +294,63 @@ async def test_a_settlement_without_redis_leaves_the_reservation_to_its_lease(
         own_redis_server.stop()
         with caplog.at_level(logging.WARNING, logger="ideogram_async"):
             await reservation.commit()  # the upscale's result is not failed by its bookkeeping
+        host = url.removeprefix("redis://").partition("/")[0]
+        with pytest.raises(SharedAllowanceError, match=f"lost Redis at {url} .*to {host}"):
+            await budget.reserve(Decimal("0.01"))  # nothing can be reserved without Redis
     assert reservation.settled
     assert (budget.spent, budget.reserved) == (Decimal(0), Decimal("0.25"))  # as last seen
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert record.getMessage().startswith(f"lost Redis at {url} for the shared budget: ")
-    assert record.getMessage().endswith("; the reservation counts as spent when its lease ends")
+    message = record.getMessage()
+    assert message.startswith(f"lost Redis at {url} for the shared budget: ")
+    assert message.endswith("; the reservation counts as spent when its lease ends")
+    assert f"connecting to {host}" in message  # what failed, from redis-py
+
+
+async def test_a_closed_budget_says_so_and_reserves_nothing(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = RedisBudget(redis_server.url, 1, key=redis_key)
+    with caplog.at_level(logging.DEBUG):
+        await (await budget.reserve(Decimal("0.50"))).commit()
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    await budget.reserve(Decimal("0.25"))
+    await budget.aclose()
+    with pytest.raises(ClientClosedError, match=r"^this RedisBudget was closed; create a new one$"):
+        await budget.reserve(Decimal("0.25"))
+    assert await totals(redis_server.url, redis_key) == (500_000, 250_000)
+
+
+async def test_the_shared_state_lives_under_the_key_for_its_lease_and_ttl(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+
+    async def now_ms() -> int:
+        seconds, micros = await client.time()
+        return seconds * 1000 + micros // 1000
+
+    try:
+        for budget, lease_ms, ttl_ms in (
+            (RedisBudget(redis_server.url, 1, key=redis_key), 3_600_000, 86_400_000),
+            (RedisBudget(redis_server.url, 1, key=redis_key, lease=2, ttl=5), 2000, 5000),
+        ):
+            async with budget:
+                before = await now_ms()
+                held = await budget.reserve(Decimal("0.0000001"))  # rounded up, as a price
+                after = await now_ms()
+                assert budget.reserved == Decimal("0.000001")
+                tag = f"{{{redis_key}}}:"
+                found = cast("list[bytes]", await client.keys(tag + "*"))
+                names = sorted(key.decode() for key in found)
+                assert names == [tag + "budget", tag + "budget:held", tag + "budget:leases"]
+                leases = await client.zrange(tag + "budget:leases", 0, -1, withscores=True)
+                [(_, ends)] = cast("list[tuple[bytes, float]]", leases)
+                assert before + lease_ms <= ends <= after + lease_ms
+                for name in names:
+                    assert ttl_ms - (after - before) - 1000 < await client.pttl(name) <= ttl_ms
+                await held.give_back()
+    finally:
+        await client.aclose()
 
 
 async def test_settings_are_checked_and_the_password_is_never_shown() -> None:
@@ -304,8 +358,17 @@ async def test_settings_are_checked_and_the_password_is_never_shown() -> None:
         RedisBudget("http://user:hunter2@localhost", 1)
     with pytest.raises(ValidationError, match="without braces"):
         RedisBudget("redis://localhost", 1, key="{x}")
-    with pytest.raises(ValidationError, match="lease must be"):
-        RedisBudget("redis://localhost", 1, lease=0.5)
+    with pytest.raises(
+        ValidationError, match=r"\(schemes: redis, rediss, unix\), not 'http://\*\*\*'"
+    ):
+        RedisBudget("http://localhost", 1)
+    for name in ("lease", "ttl"):
+        for seconds in (0.5, True, "5"):
+            with pytest.raises(ValidationError, match=f"^{name} must be a number of seconds >= 1"):
+                RedisBudget("redis://localhost", 1, **{name: seconds})  # type: ignore[arg-type]
+    RedisBudget("redis://localhost", 1, lease=1, ttl=1)  # a second each is enough
+    with pytest.raises(ValidationError, match=r"^usd must be an amount"):
+        await RedisBudget("redis://localhost", 1).reserve("lots")
     budget = RedisBudget(f"redis://user:hunter2@127.0.0.1:{free_port()}/0", 5)
     assert "hunter2" not in repr(budget)
     assert budget.url == "redis://user:***@127.0.0.1:" + budget.url.rpartition(":")[2]

@@ -472,6 +472,22 @@ async def test_a_refusal_others_explain_closes_the_allowance_until_the_backoff_e
     await waiter.task
 
 
+async def test_an_allowance_closed_during_a_backoff_still_reopens_when_used_again() -> None:
+    allowance = LocalAllowance(10)
+    (running,) = await holders(allowance, 1)
+    async with allowance.hold(1):
+        await allowance.rejected(10)  # others hold places: closed for a backoff
+    (waiter,) = await holders(allowance, 1)
+    await allowance.aclose()  # its backoff timer stops; the allowance stays usable
+    assert not waiter.entered
+    running.leave()  # a release looks at the waiters again, and times the backoff anew
+    await running.task
+    async with asyncio.timeout(5):
+        await waiter.inside.wait()
+    waiter.leave()
+    await waiter.task
+
+
 async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None:
     allowance = LocalAllowance(10)
     first, second = await holders(allowance, 1, 1)

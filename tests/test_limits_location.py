@@ -12,7 +12,14 @@ import redis.asyncio as aioredis
 
 import ideogram_async.limits
 from ideogram_async import IdeogramClient, SharedAllowanceError, ValidationError
-from ideogram_async.limits import RedisAllowance, location, organization_key, shared, shared_budget
+from ideogram_async.limits import (
+    RedisAllowance,
+    RedisLocation,
+    location,
+    organization_key,
+    shared,
+    shared_budget,
+)
 from ideogram_async.testing import RedisServer
 
 from ._support import KEY
@@ -66,6 +73,26 @@ def test_a_url_redis_py_cannot_read_is_a_shared_allowance_error(url: str) -> Non
         RedisAllowance(url, key="k")
     assert "hunter2" not in "".join(traceback.format_exception(caught.value))
     assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("error", "told"),
+    [
+        ("Connect call failed ('10.0.0.5', 6380).", "Connect call failed ('10.0.0.5', 6380)"),
+        ("Name or service not known: CACHE-BOX", "Name or service not known: CACHE-BOX"),
+    ],
+)
+def test_a_redis_fault_is_told_with_the_url_shown_and_its_cause(error: str, told: str) -> None:
+    where = RedisLocation.parse("redis://worker:pw@10.0.0.5:6380/1")
+    shown = "redis://worker:***@10.0.0.5:6380/1"
+    unreachable = where.unreachable("the shared budget", OSError(error))
+    assert str(unreachable) == (
+        f"cannot reach Redis at {shown} for the shared budget: {told}; "
+        "check that the server runs and the URL is right"
+    )
+    lost = where.lost("the shared allowance", OSError(error))
+    assert str(lost) == f"lost Redis at {shown} for the shared allowance: {error}"
+    assert (unreachable.url, lost.url) == (shown, shown)
 
 
 async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisServer) -> None:

@@ -119,6 +119,37 @@ def test_without_redis_the_module_says_how_to_install_it(monkeypatch: pytest.Mon
         importlib.import_module("ideogram_async.limits.shared")
 
 
+async def test_a_reported_number_must_be_a_whole_number_of_places(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    async with RedisAllowance(redis_server.url, 10, key=redis_key) as allowance:
+        for wrong in (0, -3, True, "3", 2.0):
+            with pytest.raises(ValidationError) as caught:
+                await allowance.rejected(wrong)  # type: ignore[arg-type]
+            assert str(caught.value) == f"allowance must be an int >= 1 or None, not {wrong!r}"
+        assert allowance.limit == 10
+        await allowance.rejected(1)  # the smallest allowance there is
+        assert allowance.limit == 1
+
+
+async def test_a_report_from_another_allowances_hold_gives_back_nothing_of_it(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key + "-1") as alone:
+        await alone.rejected(None)  # no hold at all: others hold everything, nothing to give back
+        assert (alone.limit, await redis_state(url, redis_key + "-1")) == (1, (0, 0))
+    async with (
+        RedisAllowance(url, 10, key=redis_key + "-2") as a,
+        RedisAllowance(url, 10, key=redis_key + "-2") as b,  # another process of the organization
+    ):
+        async with a.hold(4):
+            await b.rejected(None)  # reported inside a's hold, but b holds nothing here
+            assert b.limit == 4  # down to what is held: a's 4 places are still held
+            assert await redis_state(url, redis_key + "-2") == (4, 0)
+        assert await redis_state(url, redis_key + "-2") == (0, 0)  # given back by a's exit
+
+
 async def test_places_are_weighted_and_shared_by_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:

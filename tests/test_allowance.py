@@ -226,14 +226,15 @@ async def test_a_number_from_the_service_sets_the_bound_at_once_logged_once(
     changes: list[AllowanceChange] = []
     allowance = LocalAllowance(8, adaptive=False, on_change=changes.append)
     assert allowance.limit == 8
-    await learn(allowance, 3)
-    await learn(allowance, 3)
-    assert allowance.limit == 3
-    assert changes == [AllowanceChange(old=8, new=3, reason=ChangeReason.LEARNED)]
-    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert infos == [
+    expected = [
         "the service reports an allowance of 3 places in flight; holding at most 3 from now on"
     ]
+    for _ in range(3):
+        await learn(allowance, 3)
+        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert infos == expected  # logged when learned, not again
+    assert allowance.limit == 3
+    assert changes == [AllowanceChange(old=8, new=3, reason=ChangeReason.LEARNED)]
 
 
 async def test_each_change_of_the_bound_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -486,6 +487,28 @@ async def test_an_allowance_closed_during_a_backoff_still_reopens_when_used_agai
         await waiter.inside.wait()
     waiter.leave()
     await waiter.task
+
+
+async def test_a_refused_request_gives_its_places_back_at_once() -> None:
+    allowance = LocalAllowance(10, adaptive=False)
+    async with allowance.hold(3):
+        await allowance.rejected(None)
+        assert allowance.in_use == 0  # not held until the block ends
+    assert allowance.in_use == 0
+
+
+async def test_a_report_from_another_allowances_hold_is_not_that_holds() -> None:
+    a, b = LocalAllowance(10), LocalAllowance(10)
+    (other,) = await holders(b, 3)  # b: 3 places held by another task
+    async with a.hold(4):
+        await b.rejected(None)  # reported inside a's hold: b refused none of its own
+        assert (a.in_use, b.in_use, b.limit) == (4, 3, 3)  # b: down to what it holds
+        await b.rejected(None)  # again, in b's own round: a repeat, halved
+        assert b.limit == 1
+    assert a.in_use == 0
+    other.leave()
+    await other.task
+    assert b.in_use == 0
 
 
 async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None:

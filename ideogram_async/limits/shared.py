@@ -296,16 +296,19 @@ class RedisAllowance:
         ):
             raise ValidationError(f"allowance must be an int >= 1 or None, not {allowance!r}")
         grant = _grant.get()
-        ours = grant is not None and grant.allowance is self and not grant.returned
-        holder, round_ = (grant.holder, grant.round) if grant is not None and ours else ("", -1)
+        if grant is not None and (grant.allowance is not self or grant.returned):
+            grant = None  # not a hold of this allowance: it refused none of its places
+        # Without one, a fresh id that holds nothing (the script takes it as the epoch
+        # too, should this be the key's first use).
+        holder, round_ = (grant.holder, grant.round) if grant else (secrets.token_hex(16), -1)
         args: list[str | int | float] = [holder, "" if allowance is None else allowance]
         args += [self._maximum, self._start, round_, int(self._adaptive), random.random()]
         args += [self._ttl_ms, self._channel, self._epoch, self._lease_ms]
-        if grant is not None and ours:
+        if grant:
             grant.returned = True
             self._held.pop(holder, None)
         if (answer := await self._advise("rejected", args)) is None:
-            if grant is not None and ours:
+            if grant:
                 await self._give_back(grant)
             return
         old, new, self._ceiling, reason, learned = answer

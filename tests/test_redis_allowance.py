@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import random
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -148,6 +149,84 @@ async def test_a_report_from_another_allowances_hold_gives_back_nothing_of_it(
             assert b.limit == 4  # down to what is held: a's 4 places are still held
             assert await redis_state(url, redis_key + "-2") == (4, 0)
         assert await redis_state(url, redis_key + "-2") == (0, 0)  # given back by a's exit
+
+
+async def test_a_refused_request_gives_its_places_back_at_once_and_stops_renewing_them(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    client = aioredis.Redis.from_url(url)
+    holders = f"{{{redis_key}}}:holders"
+    async with (
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE, adaptive=False) as a,
+        a.hold(1),  # keeps the lease renewals going
+    ):
+        async with a.hold(3):
+            await a.rejected(None)
+            assert await redis_state(url, redis_key) == (1, 0)  # at once, not at the end
+
+        async def lease_ends() -> list[float]:
+            leases = await client.zrange(holders, 0, -1, withscores=True)
+            return [end for _, end in cast("list[tuple[bytes, float]]", leases)]
+
+        [lease_end] = await lease_ends()
+
+        async def renewed() -> bool:
+            return any(end > lease_end for end in await lease_ends())
+
+        await eventually(renewed, "the hold's lease was never renewed")
+        assert await redis_state(url, redis_key) == (1, 0)  # the refused one stays gone
+    await client.aclose()
+
+
+async def test_a_report_after_its_hold_ended_changes_nothing(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key, adaptive=False) as allowance:
+        go = asyncio.Event()
+
+        async def report_late() -> None:
+            await go.wait()
+            await allowance.rejected(None)
+
+        async with allowance.hold(2):
+            late = asyncio.create_task(report_late())  # it runs in the hold's context
+        go.set()
+        await late
+        assert (allowance.limit, await redis_state(url, redis_key)) == (10, (0, 0))
+
+
+async def test_reports_from_outside_any_hold_are_each_a_fresh_refusal(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key) as b,  # another process of the organization
+        a.hold(8),
+    ):
+        await b.rejected(None)  # others hold 8 of the 10
+        assert b.limit == 8
+        await b.rejected(None)  # a repeat, with nothing through between: halved
+        assert b.limit == 4
+
+
+async def test_a_learned_number_is_logged_when_it_is_new(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ideogram_async")
+    url = redis_server.url
+    expected = f"the service reports an allowance of 4 places in flight (key {redis_key})"
+    async with RedisAllowance(url, 10, key=redis_key, adaptive=False) as allowance:
+        for _ in range(2):
+            async with allowance.hold(5):
+                await allowance.rejected(4)
+            infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+            assert infos == [expected]  # once: the second 429 named the same number
+        await allowance.rejected(None)  # no number: nothing to report
+        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert infos == [expected]
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(
@@ -563,6 +642,27 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisS
         await b.completed()
         await b.rejected(None)
         assert b.limit == 10
+
+
+async def test_a_refusal_reported_without_redis_does_not_fail_the_request(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ideogram_async")
+    url = own_redis_server.url
+    async with RedisAllowance(url, 10, key="k", lease=LEASE) as allowance:
+        async with allowance.hold(3):
+            own_redis_server.stop()
+            await allowance.rejected(None)
+        assert allowance.limit == 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    told = f"lost Redis at {url} for the shared allowance: "
+    assert any(
+        w.startswith(told) and w.endswith("; the shared bound stays as it was") for w in warnings
+    ), warnings
+    assert any(
+        w.startswith(told) and w.endswith("; Redis frees the places when their lease ends")
+        for w in warnings
+    ), warnings
 
 
 async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) -> None:

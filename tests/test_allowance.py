@@ -156,6 +156,7 @@ async def test_a_waiter_cancelled_as_places_free_up_leaves_and_the_next_gets_in(
     holder.leave()  # its release looks at the queue first...
     waiter.task.cancel()  # ...and finds the head cancelled: it drops it and lets the next in
     await holder.task
+    assert last.entered  # at that release, not once the cancelled one's task ran
     with pytest.raises(asyncio.CancelledError):
         await waiter.task
     await settle()
@@ -199,8 +200,19 @@ def test_hold_refuses_more_places_than_the_maximum() -> None:
 
 @pytest.mark.parametrize("maximum", [0, -3, True, 2.5])
 def test_the_maximum_must_be_a_positive_whole_number(maximum: object) -> None:
-    with pytest.raises(ValidationError, match="whole number of places"):
+    with pytest.raises(ValidationError) as caught:
         LocalAllowance(maximum)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"the allowance must be a whole number of places >= 1, got {maximum!r}; pass the "
+        "number of images your organization may have in flight (default 10)"
+    )
+
+
+@pytest.mark.parametrize("forget_after", [0, -1.0, float("nan")])
+def test_forgetting_needs_a_positive_number_of_seconds(forget_after: float) -> None:
+    with pytest.raises(ValidationError) as caught:
+        LocalAllowance(10, forget_after=forget_after)
+    assert str(caught.value) == f"forget_after must be > 0 seconds, got {forget_after!r}"
 
 
 async def test_a_request_over_a_shrunk_bound_runs_alone() -> None:

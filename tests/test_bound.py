@@ -277,3 +277,17 @@ def test_each_drop_of_the_bound_starts_a_new_round() -> None:
     # A refusal of a request granted two drops ago is of an answered overload: no halving.
     bound.rejected(number=None, held=3, places=1, round=1, now=0.0, jitter=0.0)
     assert (bound.limit, bound.round) == (2, 4)
+
+
+def test_a_quiet_spell_counts_from_the_first_event_or_the_last_forgetting() -> None:
+    bound = Bound(40, forget_after=60.0)
+    refuse(bound, held=12, now=0.0)  # others hold 1: the bound stays at 10, slow start ends
+    assert (bound.limit, bound.slow) == (10, False)
+    full(bound, now=60.0)  # an hour of nothing since the first event: slow start again
+    assert bound.limit == 11
+    bound = Bound(40, forget_after=60.0)
+    refuse(bound, held=12, now=0.0)
+    assert bound.at(60.0) is None  # forgotten (the bound was where it starts: no change)
+    refuse(bound, held=12, now=100.0)  # slow start ends again, the bound stays
+    full(bound, now=120.0)  # 60 s since it was forgotten: forgotten again, slow start
+    assert bound.limit == 11

@@ -665,7 +665,10 @@ async def test_a_refusal_reported_without_redis_does_not_fail_the_request(
     ), warnings
 
 
-async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) -> None:
+async def test_holders_survive_a_redis_restart(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ideogram_async")
     url = own_redis_server.url
     async with (
         RedisAllowance(url, 10, key="k", lease=LEASE) as a,
@@ -680,6 +683,10 @@ async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) ->
                 return await redis_state(url, "k") == (3, 0)
 
             await eventually(registered_again, "the holder was not registered again")
+            told = f"shared allowance at {url}: 1 hold(s) lost by Redis registered again"
+            await eventually(
+                lambda: told in [r.getMessage() for r in caplog.records], "not told: " + told
+            )
             async with b.hold(7):
                 assert b.in_use == 10
             eight = Entry(c, 8)

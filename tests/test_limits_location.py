@@ -40,6 +40,9 @@ SECRET = "s3Kq/cr?tZ#w@rdQ"
         (f"redis://:{quote(SECRET, safe='')}@h:1/3", "redis://:***@h:1/3", "h:1"),
         ("redis://h/0?db=4", "redis://h:6379/4", "h:6379"),
         ("unix:///run/redis.sock", "unix:///run/redis.sock", "/run/redis.sock"),
+        ("REDIS://Cache:1/2", "redis://cache:1/2", "cache:1"),
+        ("redis:///3", "redis://localhost:6379/3", "localhost:6379"),
+        ("redis://worker@h", "redis://worker@h:6379/0", "h:6379"),
     ],
 )
 def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, host: str) -> None:
@@ -93,6 +96,42 @@ def test_a_redis_fault_is_told_with_the_url_shown_and_its_cause(error: str, told
     lost = where.lost("the shared allowance", OSError(error))
     assert str(lost) == f"lost Redis at {shown} for the shared allowance: {error}"
     assert (unreachable.url, lost.url) == (shown, shown)
+
+
+@pytest.mark.parametrize(
+    ("url", "place"),
+    [
+        ("redis://h:7/2", "h:7/2"),
+        ("rediss://h", "h:6379/0"),
+        ("unix:///run/redis.sock?db=2", "/run/redis.sock"),
+    ],
+)
+def test_where_the_keys_live_is_the_server_and_database(url: str, place: str) -> None:
+    assert RedisLocation.parse(url).place == place
+
+
+@pytest.mark.parametrize(
+    ("url", "message", "shown"),
+    [
+        (6379, "the shared allowance needs a Redis URL as a string, not int", ""),
+        (
+            "HTTP://h:pw@host",
+            "the Redis URL cannot be read: it must look like redis://[[user]:password@]"
+            "host[:port][/db], rediss://... or unix:///path (the password percent-encoded)",
+            "http://***",
+        ),
+        (
+            "redis://u:a/b@h",
+            "the Redis URL's password holds a character that ends the host part ('/', '?' or "
+            "'#'); percent-encode it: urllib.parse.quote(password, safe='')",
+            "redis://***",
+        ),
+    ],
+)
+def test_a_url_that_is_not_one_says_what_is_expected(url: object, message: str, shown: str) -> None:
+    with pytest.raises(SharedAllowanceError) as caught:
+        RedisLocation.parse(url)
+    assert (str(caught.value), caught.value.url) == (message, shown)
 
 
 async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisServer) -> None:

@@ -229,6 +229,27 @@ async def test_a_learned_number_is_logged_when_it_is_new(
         assert infos == [expected]
 
 
+async def test_each_change_of_the_shared_bound_is_a_debug_line_and_a_failing_hook_is_logged(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+
+    def hook(change: AllowanceChange) -> None:
+        raise RuntimeError("the hook broke")
+
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key, on_change=hook) as allowance:
+        async with allowance.hold(5):
+            await allowance.rejected(4)  # the change applies, whatever the hook does
+        assert allowance.limit == 4
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "shared allowance bound 10 -> 4 places (learned)" in debug
+    [failed] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failed.getMessage() == "the allowance's on_change hook failed"
+    assert failed.exc_info is not None
+    assert str(failed.exc_info[1]) == "the hook broke"
+
+
 async def test_places_are_weighted_and_shared_by_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:

@@ -250,6 +250,55 @@ async def test_each_change_of_the_shared_bound_is_a_debug_line_and_a_failing_hoo
     assert str(failed.exc_info[1]) == "the hook broke"
 
 
+async def test_leases_tickets_and_the_bound_last_as_long_as_set(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url, tag = redis_server.url, f"{{{redis_key}}}:"
+    client = aioredis.Redis.from_url(url)
+
+    async def now_ms() -> int:
+        seconds, micros = await client.time()
+        return seconds * 1000 + micros // 1000
+
+    async def lease_ends() -> list[float]:
+        leases = await client.zrange(tag + "holders", 0, -1, withscores=True)
+        return [end for _, end in cast("list[tuple[bytes, float]]", leases)]
+
+    async def tickets() -> list[list[int]]:
+        found = cast("dict[bytes, bytes]", await client.hgetall(tag + "waiting"))
+        return sorted([int(part) for part in entry.split(b":")] for entry in found.values())
+
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,  # the default lease: 30 s
+        RedisAllowance(url, 12, key=redis_key, lease=2.0, forget_after=120.0) as b,
+        RedisAllowance(url, 10, key=redis_key, adaptive=False) as c,
+    ):
+        before = await now_ms()
+        async with a.hold(4):
+            after = await now_ms()
+            [end] = await lease_ends()
+            assert before + 30_000 <= end <= after + 30_000
+            waiters = [Entry(b, 7)]  # 4 + 7 > 10: it waits, with a ticket
+            await eventually(lambda: b.in_use == 4, "b never tried")
+            waiters.append(Entry(c, 8))  # and behind it, c
+            await eventually(lambda: c.in_use == 4, "c never tried")
+            now = await now_ms()
+            [(b_expiry, *b_rest), (c_expiry, *c_rest)] = await tickets()
+            # A ticket lasts three polls (a quarter lease, at most 1 s), with what serving
+            # it needs: places, lease (ms), maximum, start.
+            assert (b_rest, c_rest) == ([7, 2000, 12, 10], [8, 30_000, 10, 10])
+            assert now < b_expiry <= now + 1500 < c_expiry <= now + 3000
+        async with asyncio.timeout(10):
+            await waiters[0].entered.wait()  # b, the head, once a's 4 places are free
+        now = await now_ms()
+        assert now < max(await lease_ends()) <= now + 2000
+        await b.rejected(6)  # a change of the bound, by b: kept for b's forget_after
+        assert 119_000 < await client.pttl(tag + "bound") <= 120_000
+        for waiter in waiters:
+            await waiter.done()
+    await client.aclose()
+
+
 async def test_places_are_weighted_and_shared_by_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:

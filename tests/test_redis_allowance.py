@@ -299,6 +299,22 @@ async def test_leases_tickets_and_the_bound_last_as_long_as_set(
     await client.aclose()
 
 
+async def test_a_waiter_held_back_by_a_backoff_asks_again_when_it_ends(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key) as b,
+    ):
+        b._poll = 3600.0  # no poll to fall back on: only the backoff's end can wake it
+        async with a.hold(2):
+            await b.rejected(None)  # others hold 2: down to 2, and closed for a backoff
+        assert (b.limit, await redis_state(url, redis_key)) == (2, (0, 0))
+        async with asyncio.timeout(10), b.hold(1):  # nothing held, but closed: it waits
+            assert b.in_use == 1
+
+
 async def test_places_are_weighted_and_shared_by_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:

@@ -100,6 +100,36 @@ def test_settings_are_checked(kwargs: dict[str, object], message: str) -> None:
         RedisAllowance(**settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"maximum": 0}, "maximum must be an int >= 1 (places), not 0"),
+        ({"maximum": "3"}, "maximum must be an int >= 1 (places), not '3'"),
+        ({"lease": 0.05}, "lease must be a number of seconds >= 0.1, not 0.05"),
+        ({"lease": True}, "lease must be a number of seconds >= 0.1, not True"),
+        ({"lease": "5"}, "lease must be a number of seconds >= 0.1, not '5'"),
+        ({"forget_after": 0}, "forget_after must be > 0 seconds, not 0"),
+        ({"forget_after": float("nan")}, "forget_after must be > 0 seconds, not nan"),
+    ],
+)
+def test_a_bad_setting_is_named_with_what_it_must_be(
+    kwargs: dict[str, object], message: str
+) -> None:
+    settings: dict[str, object] = {"url": "redis://localhost:6379/0"} | kwargs
+    with pytest.raises(ValidationError) as caught:
+        RedisAllowance(**settings)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+def test_the_smallest_settings_are_accepted_and_nothing_is_held_before_use() -> None:
+    smallest = RedisAllowance("redis://localhost", 1, lease=0.1, forget_after=0.5)
+    assert (smallest.maximum, smallest.limit, smallest.in_use) == (1, 1, 0)
+    # The bound starts where the rules say, before any use: adaptive from 10, fixed at the
+    # maximum.
+    assert RedisAllowance("redis://localhost", 40).limit == 10
+    assert RedisAllowance("redis://localhost", 40, adaptive=False).limit == 40
+
+
 async def test_a_hold_larger_than_the_maximum_is_refused_before_connecting() -> None:
     allowance = RedisAllowance(f"redis://127.0.0.1:{free_port()}/0", 4)
     with pytest.raises(ValidationError, match="5 places can never run under an allowance of 4"):

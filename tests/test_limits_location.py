@@ -43,6 +43,7 @@ SECRET = "s3Kq/cr?tZ#w@rdQ"
         ("REDIS://Cache:1/2", "redis://cache:1/2", "cache:1"),
         ("redis:///3", "redis://localhost:6379/3", "localhost:6379"),
         ("redis://worker@h", "redis://worker@h:6379/0", "h:6379"),
+        ("unix://", "unix://", ""),
     ],
 )
 def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, host: str) -> None:
@@ -53,7 +54,7 @@ def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, h
 
 
 @pytest.mark.parametrize(
-    "password", ["kq9z/vx7w", "kq9z?vx7w", "kq9z#vx7w", "kq9z@vx7w/q1", SECRET]
+    "password", ["kq9z/vx7w", "kq9z?vx7w", "kq9z#vx7w", "kq9z@vx7w/q1", "kq9z://vx7w", SECRET]
 )
 def test_a_password_with_reserved_characters_fails_clearly_without_showing_it(
     password: str,
@@ -61,7 +62,8 @@ def test_a_password_with_reserved_characters_fails_clearly_without_showing_it(
     with pytest.raises(SharedAllowanceError, match="percent-encode") as caught:
         RedisAllowance(f"redis://user:{password}@cache.example:6379/0", key="k")
     shown = "".join(traceback.format_exception(caught.value))
-    for part in {password, *password.replace("?", "/").replace("#", "/").split("/")}:
+    parts = {password, *password.replace("?", "/").replace("#", "/").split("/")} - {""}
+    for part in parts:
         assert part not in shown
     assert caught.value.__cause__ is None
     assert caught.value.url == "redis://***"
@@ -132,6 +134,13 @@ def test_a_url_that_is_not_one_says_what_is_expected(url: object, message: str, 
     with pytest.raises(SharedAllowanceError) as caught:
         RedisLocation.parse(url)
     assert (str(caught.value), caught.value.url) == (message, shown)
+
+
+@pytest.mark.parametrize("key", ["", "a{", "b}", "{a}", 5])
+def test_a_key_must_be_a_name_without_braces(key: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RedisAllowance("redis://localhost", key=key)  # type: ignore[arg-type]
+    assert str(caught.value) == f"key must be a non-empty string without braces, not {key!r}"
 
 
 async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisServer) -> None:

@@ -230,6 +230,27 @@ async def test_the_dimensions_read_the_header_not_the_whole_file(tmp_path: Path,
     assert peak < 1024 * 1024
 
 
+class _FailingLater(io.BytesIO):
+    """A seekable file whose reads start failing once ``failing`` is set (a lost mount)."""
+
+    name = "/mnt/share/photo.png"
+    failing = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().read(size)
+
+
+async def test_a_file_that_cannot_be_read_for_its_dimensions_says_which_and_why() -> None:
+    file = _FailingLater(PNG)
+    with await prepare_image(file) as image:
+        file.failing = True
+        with pytest.raises(ValidationError) as caught:
+            image.dimensions()
+    assert str(caught.value) == "photo.png could not be read: [Errno 5] Input/output error"
+
+
 class _Unseekable(io.RawIOBase):
     """A readable stream whose seekable() itself fails, as some wrappers' do."""
 

@@ -624,6 +624,30 @@ async def test_a_thread_cancelled_twice_still_undoes_what_it_opened() -> None:
     assert closed == ["file"]
 
 
+async def test_a_cancelled_thread_whose_work_failed_has_nothing_to_undo_and_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started, release = asyncio.Event(), threading.Event()
+    undone: list[object] = []
+
+    def work() -> str:
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
+        raise OSError("the disk went away")
+
+    task = asyncio.create_task(in_thread(work, undo=undone.append))
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation now waits for the thread
+    release.set()
+    with caplog.at_level("DEBUG", logger="asyncio"), pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)  # any callback the thread's end scheduled has run
+    assert undone == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
 def _paths_open() -> set[str]:
     return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
 

@@ -136,6 +136,20 @@ async def test_an_answer_of_exactly_max_response_size_is_taken_and_one_byte_more
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_an_oversized_answer_keeps_its_status_and_quotes_nothing(
+    hostile: Hostile, framing: str
+) -> None:
+    async with client_of(hostile.url("sized", f"201:101:{framing}"), max_response_size=100) as c:
+        with pytest.raises(ResponseFormatError) as caught:
+            await c.upscale(PNG)
+    assert str(caught.value) == (
+        "the service answered HTTP 201 with a body over max_response_size (100 bytes); "
+        "check base_url points at the upscale service, or raise max_response_size"
+    )
+    assert (caught.value.status, caught.value.body) == (201, "")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_an_error_body_is_cut_at_exactly_max_response_size(
     hostile: Hostile, framing: str
 ) -> None:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -440,6 +441,11 @@ async def test_oversized_headers_fail_once_without_the_key(hostile: Hostile) -> 
     assert KEY not in chain_text(caught.value)
     assert caught.value.attempts == 1
     assert (await hostile.stats())["requests"] == 1
+    # The cause stays a well-formed aiohttp error, its request's headers emptied.
+    cause = caught.value.__cause__
+    assert isinstance(cause, aiohttp.ClientResponseError)
+    assert dict(cause.request_info.headers) == {}
+    assert (cause.history, cause.headers) == ((), None)
 
 
 @pytest.mark.parametrize("flavor", ["proxy", "official"])

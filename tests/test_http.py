@@ -172,6 +172,31 @@ async def test_a_malformed_2xx_that_echoes_the_key_keeps_its_status(hostile: Hos
     assert KEY not in str(error)
 
 
+async def test_a_poll_that_cannot_connect_names_the_generation_and_what_to_check() -> None:
+    base_url = f"http://127.0.0.1:{free_port()}"
+    async with IdeogramClient(
+        api_key=KEY, base_url=base_url, flavor="official", retry=NO_RETRIES
+    ) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.v2.get_generation("gen-1")
+    assert str(caught.value) == (
+        f"poll of generation gen-1: connection to {base_url} failed (connection refused: "
+        "nothing listens at that address); check base_url and the network"
+    )
+
+
+async def test_a_poll_answered_with_a_redirect_does_not_follow_it(hostile: Hostile) -> None:
+    # The redirect points back at itself: followed, it would loop and send the key again.
+    async with IdeogramClient(
+        api_key=KEY, base_url=hostile.url("redirect", "loop"), flavor="official", retry=NO_RETRIES
+    ) as client:
+        with pytest.raises(APIStatusError) as caught:
+            await client.v2.get_generation("gen-1")
+    assert caught.value.status == 302
+    assert "the API answered with a redirect, which is not followed" in str(caught.value)
+    assert (await hostile.stats())["requests"] == 1
+
+
 async def test_a_300_is_an_error_with_the_redirect_hint() -> None:
     redirect = FaultPlan.always(Fault.status(300))
     async with Emulator(api_key=KEY, upscale=False, faults=redirect) as emulator:

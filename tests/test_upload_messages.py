@@ -128,6 +128,29 @@ async def test_a_fifo_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
         open_regular(tmp_path)
 
 
+def test_a_file_opens_for_reading_where_the_platform_lacks_o_nonblock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    monkeypatch.delattr(os, "O_NONBLOCK")  # as on Windows
+    file, size = open_regular(path)
+    with file:
+        assert (file.read(), size) == (PNG, len(PNG))
+
+
+def test_a_file_is_opened_binary_where_the_platform_has_o_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows has O_BINARY (no newline translation); here O_DIRECTORY stands in for it,
+    # a flag whose effect shows: the regular file then cannot be opened.
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    monkeypatch.setattr(os, "O_BINARY", os.O_DIRECTORY, raising=False)
+    with pytest.raises(NotADirectoryError):
+        open_regular(path)
+
+
 async def changed(path: Path, image: PreparedImage) -> str:
     with image, pytest.raises(ImageChangedError) as caught:
         await image.payload().open()

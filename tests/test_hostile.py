@@ -43,6 +43,8 @@ from ideogram_async import (
     ValidationError,
     uploads,
 )
+from ideogram_async._settings import Secret
+from ideogram_async._transport import scrub
 from ideogram_async.cli._inputs import UsageError, find_images
 from ideogram_async.images import HEADER_BYTES
 from ideogram_async.testing import Emulator
@@ -424,6 +426,17 @@ async def test_a_key_echoed_json_escaped_is_masked(
     sent = "".join(f"\\u{ord(c):04x}" for c in key) if escape[0] == "u" else key.replace("/", "\\/")
     for text in (str(caught.value), getattr(caught.value, "body", ""), caplog.text):
         assert sent not in text
+
+
+def test_masking_an_escaped_key_keeps_the_rest_of_the_body_readable() -> None:
+    key = Secret("sk/test/5e3cr3t/key")
+    body = '{"detail": "caf\\u00e9: invalid key sk\\/test\\/5e3cr3t\\/key"}'
+    assert scrub(key, body) == '{"detail": "caf\u00e9: invalid key ***"}'
+
+
+def test_a_json_body_without_the_key_is_left_as_it_came() -> None:
+    body = '{"detail": "no such path: a\\/b",  "code":1}'
+    assert scrub(Secret(KEY), body) == body
 
 
 async def test_a_key_echoed_in_the_request_id_is_masked(hostile: Hostile) -> None:

@@ -152,6 +152,20 @@ async def test_an_oversized_answer_keeps_its_status_and_quotes_nothing(
     assert (caught.value.status, caught.value.body) == (201, "")
 
 
+async def test_an_answer_announced_over_the_cap_is_refused_before_its_body(
+    hostile: Hostile,
+) -> None:
+    # The body never comes: only its announced length can refuse it (else: a timeout).
+    async with client_of(
+        hostile.url("length-hold", "101"), max_response_size=100, timeouts=Timeouts(attempt=10)
+    ) as client:
+        with pytest.raises(
+            ResponseFormatError, match=r"over max_response_size \(100 bytes\)"
+        ) as caught:
+            await client.upscale(PNG)
+    assert caught.value.request_id == "req-held"
+
+
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_an_error_body_is_cut_at_exactly_max_response_size(
     hostile: Hostile, framing: str

@@ -152,6 +152,17 @@ async def test_an_oversized_answer_keeps_its_status_and_quotes_nothing(
     assert (caught.value.status, caught.value.body) == (201, "")
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_bodies_read_in_many_pieces_come_out_whole(hostile: Hostile, framing: str) -> None:
+    size = 200_000  # a few of the pieces the cap counts in
+    async with client_of(hostile.url("sized", f"200:{size}:{framing}")) as client:
+        assert (await client.upscale(PNG)).data[0].url == "http://127.0.0.1/img/bookmark/ok.png"
+    async with client_of(hostile.url("sized", f"400:{size}:{framing}")) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.upscale(PNG)
+    assert caught.value.body == "x" * size
+
+
 async def test_an_answer_announced_over_the_cap_is_refused_before_its_body(
     hostile: Hostile,
 ) -> None:

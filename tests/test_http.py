@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -222,6 +223,29 @@ async def test_the_pool_has_a_connection_for_every_place_and_every_download() ->
         connector = c._shared.pool.session().connector
         assert connector is not None
         assert connector.limit == 160
+
+
+async def test_a_host_name_is_resolved_again_only_after_five_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]  # aiohttp's clock for its DNS cache (and its idle connections)
+    monkeypatch.setattr(aiohttp.connector, "monotonic", lambda: now[0])
+    resolved: list[float] = []
+
+    class Counting(aiohttp.resolver.DefaultResolver):  # type: ignore[misc, valid-type]
+        async def resolve(self, host: str, *args: Any, **kwargs: Any) -> Any:
+            resolved.append(now[0] - 1000.0)
+            return await super().resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", Counting)
+    async with Emulator(api_key=KEY) as emulator:
+        base_url = emulator.base_url.replace("127.0.0.1", "localhost")
+        async with IdeogramClient(api_key=KEY, base_url=base_url, retry=NO_RETRIES) as client:
+            # Each step is past aiohttp's 15 s keep-alive: every call connects anew.
+            for at in (0.0, 285.0, 300.5):
+                now[0] = 1000.0 + at
+                await client.upscale(PNG)
+    assert resolved == [0.0, 300.5]
 
 
 async def test_every_request_names_the_library_and_aiohttp() -> None:

@@ -8,12 +8,14 @@ in-process; everything else runs ``python -m ideogram_async`` in a subprocess wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,34 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> Run:
     return await finish(await start_cli(*args, env=env))
 
 
+async def run_main(*args: str, env: dict[str, str] | None = None) -> Run:
+    """``main(args)`` run to its end in this process, like :func:`run_cli` runs the command.
+
+    It runs in a thread, in an event loop of its own (the emulator keeps the test's), with
+    ``env`` as its environment (the temporary folder included) and its output captured.
+    Being in-process, mutation testing sees which tests run which code; what needs a
+    process of its own (a signal, a resource limit) uses :func:`start_cli`.
+    """
+    env = cli_env() if env is None else env
+    out, err = io.StringIO(), io.StringIO()
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return main(list(args))
+
+    saved, saved_temp = dict(os.environ), tempfile.tempdir
+    os.environ.clear()
+    os.environ.update(env)
+    tempfile.tempdir = None  # found again from TMPDIR
+    try:
+        code = await asyncio.to_thread(call)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        tempfile.tempdir = saved_temp
+    return Run(code, out.getvalue(), err.getvalue())
+
+
 def assert_clean(run: Run) -> None:
     """Nothing leaked: no warnings or tracebacks, and the key appears nowhere."""
     for dirt in DIRT:
@@ -140,7 +170,7 @@ async def test_upscale_writes_2x_results_and_a_manifest(inputs: Path, tmp_path: 
     async with Emulator(KEY) as emulator:
         # The pattern is expanded by the command (no shell here) and overlaps the folder.
         args = upscale_args(emulator, [inputs / "*.png", inputs], out)
-        run = await run_cli(*args, "--manifest", str(manifest))
+        run = await run_main(*args, "--manifest", str(manifest))
         stats = emulator.stats
 
     assert run.returncode == 0, run.stderr
@@ -185,7 +215,7 @@ async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_pa
     options += ["--magic-prompt", "off", "--seed", "7", "--num-images", "2"]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [inputs / "d.jpg"], out)
-        run = await run_cli(
+        run = await run_main(
             *args, "--official", "--api-key-file", str(key_file), *options, env=cli_env(key=None)
         )
         stats = emulator.stats
@@ -217,7 +247,7 @@ async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Pat
     # The first request the service sees is rejected for good; the rest succeed.
     async with Emulator(KEY, faults=FaultPlan([Fault.status(400)])) as emulator:
         args = upscale_args(emulator, [inputs, inputs / "notes.txt"], out)
-        run = await run_cli(*args, "--manifest", str(manifest))
+        run = await run_main(*args, "--manifest", str(manifest))
 
     assert run.returncode == 1, run.stderr
     assert_clean(run)
@@ -240,7 +270,7 @@ async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Pat
     # file fails again without being sent.
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [inputs, inputs / "notes.txt"], out)
-        again = await run_cli(*args, "--manifest", str(manifest), "--resume")
+        again = await run_main(*args, "--manifest", str(manifest), "--resume")
         assert emulator.stats.requests == 1
     assert again.returncode == 1, again.stderr
     assert "Skipping 4 of 6 image(s)" in again.stdout
@@ -290,7 +320,7 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
             assert len(record["urls"]) == 1
             assert record["status"] == "upscaled" or all_files(record["outputs"])
 
-        second = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
+        second = await run_main(*upscale_args(emulator, [folder], out), *keep, "--resume")
         assert second.returncode == 0, second.stderr
         assert_clean(second)
         finished = sum(record["status"] == "ok" for record in done)
@@ -303,7 +333,7 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
         assert len(listing(out)) == 30
 
         sent = emulator.stats.requests
-        third = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
+        third = await run_main(*upscale_args(emulator, [folder], out), *keep, "--resume")
         assert emulator.stats.requests == sent
     assert third.returncode == 0
     assert "Nothing left to do." in third.stdout
@@ -311,7 +341,7 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
 
 async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    run = await run_cli("demo", "--out", str(out), "--count", "6", env=cli_env(key=None))
+    run = await run_main("demo", "--out", str(out), "--count", "6", env=cli_env(key=None))
 
     assert run.returncode == 0, run.stderr
     assert_clean(run)
@@ -353,7 +383,7 @@ async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
 
 
 async def test_missing_key_exits_2_before_sending(inputs: Path, tmp_path: Path) -> None:
-    run = await run_cli(
+    run = await run_main(
         "upscale",
         str(inputs),
         "--out",

@@ -41,7 +41,7 @@ from .test_cli import (
     cli_env,
     finish,
     read_manifest,
-    run_cli,
+    run_main,
     save_image,
     start_cli,
     upscale_args,
@@ -71,7 +71,7 @@ async def test_a_wrong_key_stops_the_run_after_the_calls_in_flight(tmp_path: Pat
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
-        run = await run_cli(
+        run = await run_main(
             *args, "--concurrency", "3", "--manifest", str(manifest), env=cli_env(key="wrong")
         )
         requests = emulator.stats.requests
@@ -96,7 +96,7 @@ async def test_a_dead_port_stops_the_run_at_the_first_refused_call(tmp_path: Pat
     images(tmp_path / "in", 30)
     url = dead_url()
     args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
-    run = await run_cli(*args, "--concurrency", "2", "--retries", "0")
+    run = await run_main(*args, "--concurrency", "2", "--retries", "0")
     assert run.returncode == 1, run.stderr
     assert_clean(run)
     assert run.stderr.count("Stopped:") == 1
@@ -163,7 +163,7 @@ async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
     plan = FaultPlan(rate=1.0, choices=[Fault.status(503)])
     async with Emulator(KEY, faults=plan) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
-        run = await run_cli(*args, "--retries", "1")
+        run = await run_main(*args, "--retries", "1")
         assert emulator.stats.requests == 8
     assert run.returncode == 1, run.stderr
     assert_clean(run)
@@ -219,6 +219,38 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
     assert paid == [True] * 12  # each paid result was announced before its download
 
 
+async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 12)
+    sources = [Source(path, path.name) for path in paths]
+    started: list[int] = []
+
+    def record(outcome: Outcome, downloaded: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    async with (
+        Emulator(KEY) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
+    ):
+        with pytest.raises(OSError, match="No space left on device"):
+            await run_batch(
+                client,
+                sources,
+                UpscaleRequest(),
+                tmp_path / "out",
+                fail_fast=FailFast(emulator.base_url, official=False),
+                halt=Halt(),
+                on_start=started.append,
+                on_answer=lambda result: None,
+                on_paid=lambda outcome, downloading: None,
+                on_finish=record,
+            )
+        # Raised as the next download waited for its place, not after the last input.
+        assert len(started) <= 3
+        assert emulator.stats.requests <= 3
+
+
 async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: Path) -> None:
     images(tmp_path / "in", 5)
     (tmp_path / "in" / "notes.png").write_text("not an image")  # fails every time
@@ -226,11 +258,11 @@ async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: P
     keep = ["--manifest", str(manifest)]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
-        first = await run_cli(*args, *keep)
+        first = await run_main(*args, *keep)
         assert first.returncode == 1, first.stderr
         manifest.chmod(0o640)
         for _ in range(2):  # each resume redoes only the text file, again
-            again = await run_cli(*args, *keep, "--resume")
+            again = await run_main(*args, *keep, "--resume")
             assert again.returncode == 1, again.stderr
             assert_clean(again)
             records = read_manifest(manifest)
@@ -249,9 +281,9 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     keep = ["--manifest", str(manifest)]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
-        assert (await run_cli(*args, *keep)).returncode == 0
+        assert (await run_main(*args, *keep)).returncode == 0
         (out / "img-01.upscaled.png").unlink()
-        again = await run_cli(*args, *keep, "--resume")
+        again = await run_main(*args, *keep, "--resume")
         assert emulator.stats.requests == 3  # bought once: the result is fetched again
         assert emulator.stats.image_downloads == 4
     assert again.returncode == 0, again.stderr
@@ -272,7 +304,7 @@ async def test_a_second_run_on_the_same_manifest_refuses(tmp_path: Path, resume:
         emulator.pause()
         first = await start_cli(*args, *again, "--concurrency", "2")
         await emulator.wait_in_flight(2)  # the first run holds the manifest now
-        second = await run_cli(*args, *again)
+        second = await run_main(*args, *again)
         assert second.returncode == 2, second.stderr
         assert f"another run is using the manifest {manifest}" in second.stderr
         assert emulator.stats.requests == 2  # the second run sent nothing
@@ -297,7 +329,7 @@ async def test_an_unwritable_out_folder_exits_2_before_sending(tmp_path: Path, w
         out = tmp_path / "read-only"
         out.mkdir(mode=0o555)
     async with Emulator(KEY) as emulator:
-        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out))
+        run = await run_main(*upscale_args(emulator, [tmp_path / "in"], out))
         assert emulator.stats.requests == 0
     assert run.returncode == 2, run.stderr
     assert f"cannot write results into --out {out}" in run.stderr

@@ -45,7 +45,7 @@ from .test_cli import (
     cli_env,
     finish,
     read_manifest,
-    run_cli,
+    run_main,
     save_image,
     size_of,
     start_cli,
@@ -118,7 +118,7 @@ async def test_a_run_stopped_while_its_results_download_is_resumed_without_buyin
         assert all(len(record["urls"]) == 1 and record["upscaled_at"] for record in records)
         assert not out.exists()  # no partial file: the empty folder was removed
 
-        second = await run_cli(*args, "--resume")
+        second = await run_main(*args, "--resume")
         assert second.returncode == 0, second.stderr
         assert_clean(second)
         assert "Downloading the results of 12 image(s) already upscaled" in second.stdout
@@ -160,7 +160,7 @@ async def test_an_interrupt_lets_the_calls_already_sent_finish_and_records_them(
         assert [r["status"] for r in read_manifest(manifest)] == ["upscaled"] * 3
         assert emulator.stats.requests == 3  # nothing new was sent after the interrupt
 
-        second = await run_cli(*args, "--resume")
+        second = await run_main(*args, "--resume")
         assert second.returncode == 0, second.stderr
         assert upscales_per_input(emulator, inputs) == [1] * 10
     assert results(out, inputs) == [(16, 12)] * 10
@@ -183,7 +183,7 @@ async def test_a_second_interrupt_abandons_the_calls_in_flight(tmp_path: Path) -
         assert_clean(first)
         assert not manifest.exists()  # nothing was recorded: the run left nothing behind
 
-        second = await run_cli(*args, "--resume")
+        second = await run_main(*args, "--resume")
         assert second.returncode == 0, second.stderr
         # The two abandoned calls are the price of not waiting: they are sent again.
         assert sorted(upscales_per_input(emulator, inputs)) == [1, 1, 1, 2, 2]
@@ -196,14 +196,14 @@ async def test_a_failed_download_keeps_its_urls_and_resume_fetches_them(tmp_path
     refused_once = FaultPlan([Fault.status(503)], per_upload=True)
     async with Emulator(KEY, image_faults=refused_once) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
-        first = await run_cli(*args, "--retries", "0")
+        first = await run_main(*args, "--retries", "0")
         assert first.returncode == 1
         records = read_manifest(manifest)
         assert {record["status"] for record in records} == {"failed"}
         assert all(record["error"].startswith("download failed: HTTP 503") for record in records)
         assert all(len(record["urls"]) == 1 for record in records)
 
-        second = await run_cli(*args, "--resume")
+        second = await run_main(*args, "--resume")
         assert second.returncode == 0, second.stderr
         assert upscales_per_input(emulator, inputs) == [1, 1, 1]
         assert emulator.stats.image_downloads == 3
@@ -220,13 +220,13 @@ async def test_resume_upscales_again_when_a_recorded_url_has_expired(
     refused_once = FaultPlan([Fault.status(503)], per_upload=True)
     async with Emulator(KEY, image_faults=refused_once, clock=lambda: now[0]) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
-        assert (await run_cli(*args, "--retries", "0")).returncode == 1
+        assert (await run_main(*args, "--retries", "0")).returncode == 1
         if gone == 410:
             now[0] += 24 * 3600  # a day later: the service has dropped its results
         else:  # a URL the image host never had
             lines = manifest.read_text().replace("/images/", "/images/f0-").encode()
             manifest.write_bytes(lines)
-        again = await run_cli(*args, "--resume", "-v")
+        again = await run_main(*args, "--resume", "-v")
         assert again.returncode == 0, again.stderr
         assert "2 recorded result URL(s) expired: upscaling again." in again.stdout
         for name in ("img-0.png", "img-1.png"):  # -v follows the calls made again too
@@ -326,7 +326,7 @@ async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
         assert done in first.stdout
 
         disk.grow()
-        second = await run_cli(*args, "--resume", env=env)
+        second = await run_main(*args, "--resume", env=env)
         assert second.returncode == 0, second.stderr
         assert_clean(second)
         # Every input upscaled exactly once, over both runs: what the first run had paid
@@ -351,7 +351,7 @@ async def test_a_manifest_that_refuses_writes_stops_the_run_and_resume_takes_its
     env = {**cli_env(), "TMPDIR": str(temp)}
     async with Emulator(KEY, latency=0.3) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
-        first = await run_cli(*args, "--concurrency", "2", env=env)
+        first = await run_main(*args, "--concurrency", "2", env=env)
         assert first.returncode == 1, first.stderr
         assert_clean(first)
         assert f"Stopped: cannot write the manifest {manifest} (No space left on device)" in (
@@ -363,7 +363,7 @@ async def test_a_manifest_that_refuses_writes_stops_the_run_and_resume_takes_its
         (saved,) = temp.iterdir()
 
         manifest.unlink()  # room again
-        second = await run_cli(*args, "--resume", env=env)
+        second = await run_main(*args, "--resume", env=env)
         assert second.returncode == 0, second.stderr
         assert "Took in " in second.stdout
         assert upscales_per_input(emulator, inputs) == [1] * 8
@@ -422,7 +422,7 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = [*upscale_args(emulator, [folder], out), "--manifest", str(manifest)]
-        run = await run_cli(*args)
+        run = await run_main(*args)
         assert run.returncode == 0, run.stderr
         assert_clean(run)
         assert sorted(str(upload.filename) for upload in emulator.stats.uploads) == [
@@ -430,7 +430,7 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
             "naïve.png",
         ]
         summary = tmp_path / "summary.json"
-        again = await run_cli(*args, "--resume", "--json", str(summary))
+        again = await run_main(*args, "--resume", "--json", str(summary))
         assert again.returncode == 0, again.stderr
         assert "Nothing left to do." in again.stdout
         # Nothing left still ends with the summary, shown and written.
@@ -460,16 +460,16 @@ async def test_resume_redoes_what_was_made_with_other_settings_and_says_so(
     async with Emulator(KEY) as emulator:
         base = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
         v2 = [*base, "--model", "topaz-standard-2"]
-        assert (await run_cli(*v2)).returncode == 0
+        assert (await run_main(*v2)).returncode == 0
         (record, *_) = read_manifest(manifest)
         assert record["settings"] == {
             "api": "v2",
             "model": "topaz-standard-2",
             "upscale_factor": "x2",
         }
-        same = await run_cli(*v2, "--factor", "x2", "--resume")  # x2 is the default
+        same = await run_main(*v2, "--factor", "x2", "--resume")  # x2 is the default
         assert "Nothing left to do." in same.stdout
-        bigger = await run_cli(*v2, "--factor", "x4", "--resume")
+        bigger = await run_main(*v2, "--factor", "x4", "--resume")
         assert bigger.returncode == 0, bigger.stderr
         assert (
             f"Redoing 3 image(s) that {manifest} records as made with other settings than "
@@ -479,11 +479,11 @@ async def test_resume_redoes_what_was_made_with_other_settings_and_says_so(
         assert [size_of(out / f"img-{i}.upscaled.png") for i in range(3)] == [(40, 24)] * 3
 
         # Back to v1: another upscaler altogether.
-        v1 = await run_cli(*base, "--prompt", "crisp", "--resume")
+        v1 = await run_main(*base, "--prompt", "crisp", "--resume")
         assert "Redoing 3 image(s)" in v1.stdout
         assert "api v2 -> v1" in v1.stdout
         assert upscales_per_input(emulator, inputs) == [1, 1, 1]  # v1 requests
-        ok = await run_cli(*base, "--prompt", "crisp", "--num-images", "1", "--resume")
+        ok = await run_main(*base, "--prompt", "crisp", "--num-images", "1", "--resume")
         assert "Nothing left to do." in ok.stdout
     assert {record["settings"]["prompt"] for record in read_manifest(manifest)} == {"crisp"}
 
@@ -496,10 +496,10 @@ async def test_a_resumed_runs_summary_counts_what_it_skipped_and_what_it_downloa
     summary = tmp_path / "summary.json"
     async with Emulator(KEY) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
-        assert (await run_cli(*args)).returncode == 0
+        assert (await run_main(*args)).returncode == 0
         (out / "img-0.upscaled.png").unlink()  # downloaded again from its recorded URL
         inputs.append(save_image(tmp_path / "in" / "img-4.png", (8, 6), 4))  # new: upscaled
-        again = await run_cli(*args, "--resume", "--json", str(summary))
+        again = await run_main(*args, "--resume", "--json", str(summary))
         assert again.returncode == 0, again.stderr
         assert_clean(again)
         assert upscales_per_input(emulator, inputs) == [1] * 5
@@ -514,11 +514,11 @@ async def test_records_without_settings_are_done_again(tmp_path: Path) -> None:
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
-        assert (await run_cli(*args)).returncode == 0
+        assert (await run_main(*args)).returncode == 0
         (record,) = read_manifest(manifest)
         del record["settings"]  # as an older version wrote it
         manifest.write_text(json.dumps(record) + "\n")
-        again = await run_cli(*args, "--resume")
+        again = await run_main(*args, "--resume")
         assert emulator.stats.requests == 2
     assert "Redoing 1 image(s)" in again.stdout
     assert "(none recorded)" in again.stdout
@@ -532,7 +532,7 @@ async def test_a_torn_line_costs_only_its_own_input(tmp_path: Path) -> None:
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
-        assert (await run_cli(*args)).returncode == 0
+        assert (await run_main(*args)).returncode == 0
         by_name = {Path(r["source"]).name: json.dumps(r) for r in read_manifest(manifest)}
         torn = by_name["img-1.png"]
         # A killed run tore img-1's line; another run appended img-2's right after it,
@@ -545,7 +545,7 @@ async def test_a_torn_line_costs_only_its_own_input(tmp_path: Path) -> None:
             + "\n"
             + by_name["img-3.png"][:40]
         )
-        again = await run_cli(*args, "--resume")
+        again = await run_main(*args, "--resume")
         assert again.returncode == 0, again.stderr
         assert "Skipping 2 of 4 image(s)" in again.stdout
         assert upscales_per_input(emulator, inputs) == [1, 2, 1, 2]
@@ -561,13 +561,13 @@ async def test_a_run_leaves_no_lock_file_and_a_lock_error_is_a_sentence(tmp_path
     manifest = tmp_path / "records" / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
-        run = await run_cli(*args, "--manifest", str(manifest))
+        run = await run_main(*args, "--manifest", str(manifest))
         assert run.returncode == 0, run.stderr
         assert [p.name for p in manifest.parent.iterdir()] == ["run.jsonl"]
 
         if not Path("/sys/kernel").is_dir():
             return
-        refused = await run_cli(*args, "--manifest", "/sys/kernel/run.jsonl")
+        refused = await run_main(*args, "--manifest", "/sys/kernel/run.jsonl")
         assert emulator.stats.requests == 1
     assert refused.returncode == 2
     assert "cannot create the lock file /sys/kernel/run.jsonl.lock beside the manifest" in (

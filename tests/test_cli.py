@@ -1,8 +1,11 @@
-"""The ``ideogram-async`` command end to end: real subprocesses against an in-process emulator.
+"""The ``ideogram-async`` command end to end, against an in-process emulator.
 
 Usage errors (exit 2) fail before anything is sent, so most of them run ``main()``
-in-process; everything else runs ``python -m ideogram_async`` in a subprocess with
-``-W default`` so that leaked tasks, sessions and files show up on its stderr.
+directly. A run to its end runs ``main()`` in-process too, in a thread with an event
+loop of its own (:func:`run_main`), where leaked tasks, sessions and files fail the test
+(warnings are errors). What needs a process of its own (a signal, a killed run, a
+resource limit) runs ``python -m ideogram_async`` in a subprocess with ``-W default``,
+so that leaks show up on its stderr.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 reports each failure once, checks its output folder and manifest before sending, and
 keeps the manifest exact across resumes and concurrent runs.
 
-CLI runs are real subprocesses (see ``test_cli.py``) against an in-process emulator;
-the pipeline's accounting is checked in-process.
+CLI runs (in-process, or subprocesses where one must hold the manifest while another
+starts; see ``test_cli.py``) go against an in-process emulator; the pipeline's
+accounting is checked on its own.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The manifest never loses, and ``--resume`` never buys twice, a result that was paid for.
 
-Real ``ideogram-async`` subprocesses against an in-process emulator, whose counters say
+Real ``ideogram-async`` runs (in-process, or subprocesses where a signal or a resource
+limit needs one; see ``test_cli.py``) against an in-process emulator, whose counters say
 how often each input was upscaled (downloads of recorded URLs are counted apart): a
 run interrupted while its results download, a disk that fills (a small tmpfs, or a
 file size limit where mounting is not allowed), file names that are not UTF-8, and

@@ -26,12 +26,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 from PIL import Image
 
+from ideogram_async import NanoBananaPro, TopazBloom2, UpscaleRequest
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
-from ideogram_async.cli._manifest import Outcome
+from ideogram_async.cli._manifest import Outcome, parse_lines, settings_of, text
 from ideogram_async.cli._manifest_io import (
     Manifest,
     fallback_path,
@@ -591,3 +593,160 @@ def test_a_fresh_run_refuses_to_start_over_records_it_could_not_write(
     assert f"{kept} holds records that an earlier run could not write" in capsys.readouterr().err
     assert kept.exists()
     assert not (tmp_path / "out").exists()
+
+
+# -- lines, as written and read back ------------------------------------------------------
+
+
+def test_text_shows_bytes_that_are_not_utf8_as_replacement_characters() -> None:
+    assert text("café.png") == "café.png"
+    assert text(os.fsdecode(b"caf\xe9.png")) == "caf\ufffd.png"
+    assert text("a\ud800b") == "a?b"  # a lone surrogate no file name made
+
+
+def test_settings_record_the_upscaler_and_fill_in_the_services_defaults() -> None:
+    assert settings_of(UpscaleRequest(), official=False) == {
+        "api": "v1",
+        "flavor": "proxy",
+        "num_images": 1,
+    }
+    assert settings_of(UpscaleRequest(prompt="x", num_images=2), official=True) == {
+        "api": "v1",
+        "flavor": "official",
+        "prompt": "x",
+        "num_images": 2,
+    }
+    assert settings_of(TopazBloom2(), official=True) == {
+        "api": "v2",
+        "model": "topaz-bloom-2",
+        "upscale_factor": "x2",
+    }
+    assert settings_of(NanoBananaPro(private=True), official=True) == {
+        "api": "v2",
+        "model": "nano-banana-pro",
+        "private": "true",
+    }
+    named = settings_of(UpscaleRequest(prompt=os.fsdecode(b"caf\xe9")), official=False)
+    assert named["prompt"] == "caf\ufffd"
+
+
+def test_a_line_holds_the_outcome_and_its_paths_losslessly(tmp_path: Path) -> None:
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    outputs = (tmp_path / "a.png", odd)
+    outcome = Outcome(
+        source=Source(odd, "café.png"),
+        ok=False,
+        urls=("https://img.example/1.png",),
+        outputs=outputs,
+        error="download failed: caf\udce9",
+        attempts=3,
+        seconds=1.23456,
+        upscaled_at="2026-01-01T00:00:00+00:00",
+    )
+    assert outcome.status == "failed"
+    assert attrs.evolve(outcome, error=None).status == "upscaled"
+    assert attrs.evolve(outcome, ok=True).status == "ok"
+    line = outcome.line({"api": "v1"})
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    data = json.loads(line)
+    assert list(data) == [
+        "source",
+        "source_bytes",
+        "status",
+        "settings",
+        "urls",
+        "upscaled_at",
+        "outputs",
+        "outputs_bytes",
+        "error",
+        "attempts",
+        "seconds",
+    ]
+    assert data["source"] == text(os.fspath(odd))
+    assert base64.b64decode(data["source_bytes"]) == os.fsencode(odd)
+    assert data["outputs"] == [str(tmp_path / "a.png"), text(os.fspath(odd))]
+    assert [base64.b64decode(raw) for raw in data["outputs_bytes"]] == list(
+        map(os.fsencode, outputs)
+    )
+    assert data["error"] == "download failed: caf\ufffd"
+    assert (data["status"], data["settings"], data["attempts"]) == ("failed", {"api": "v1"}, 3)
+    assert data["seconds"] == 1.235
+    assert data["urls"] == ["https://img.example/1.png"]
+    assert data["upscaled_at"] == "2026-01-01T00:00:00+00:00"
+    assert "é".encode() in Outcome(source=Source(Path("/é.png"), "é"), ok=True).line({})
+
+    (record,) = parse_lines([line.decode("utf-8")])
+    assert record.source == os.fspath(odd)
+    assert record.outputs == tuple(map(os.fspath, outputs))
+    assert (record.status, record.settings, record.attempts) == ("failed", {"api": "v1"}, 3)
+    assert record.urls == ("https://img.example/1.png",)
+    assert record.upscaled_at == "2026-01-01T00:00:00+00:00"
+    assert record.line == line.decode("utf-8")
+
+    plain = json.loads(
+        attrs.evolve(outcome, source=Source(tmp_path / "b.png", "b"), outputs=(), error=None).line(
+            {}
+        )
+    )
+    assert "source_bytes" not in plain
+    assert "outputs_bytes" not in plain
+    assert plain["error"] is None
+
+
+def test_reading_keeps_what_a_line_holds_and_ignores_what_it_holds_wrong() -> None:
+    good = {"source": "/in/a.png", "status": "ok", "settings": {"api": "v1"}, "attempts": 2}
+    wrong = {
+        "source": "/in/b.png",
+        "source_bytes": "not base64!",
+        "status": None,
+        "settings": ["api"],
+        "urls": ["https://x/1.png", 7],
+        "outputs": "/out/b.png",
+        "attempts": "2",
+        "upscaled_at": 5,
+    }
+    mismatched = {
+        "source": "/in/c.png",
+        "source_bytes": 12,
+        "outputs": ["/out/c.png"],
+        "outputs_bytes": ["L291dC9kLnBuZw==", "L291dC9lLnBuZw=="],
+    }
+    lines = [
+        json.dumps(good) + "  \n",
+        json.dumps(wrong),
+        json.dumps(mismatched) + "\n",
+        json.dumps({"source": 3}) + "\n",
+        "[1, 2]\n",
+        "\n",
+    ]
+    first, second, third = parse_lines(lines)
+    assert first.line == json.dumps(good) + "\n"
+    assert (first.source, first.status, first.settings, first.attempts) == (
+        "/in/a.png",
+        "ok",
+        {"api": "v1"},
+        2,
+    )
+    assert (first.urls, first.outputs, first.upscaled_at) == ((), (), None)
+    assert second.source == "/in/b.png"
+    assert (second.status, second.settings, second.attempts) == ("None", None, 0)
+    assert (second.urls, second.outputs, second.upscaled_at) == (("https://x/1.png",), (), None)
+    assert second.line == json.dumps(wrong) + "\n"
+    assert (third.source, third.outputs) == ("/in/c.png", ("/out/c.png",))
+    (kept,) = parse_lines([json.dumps({**mismatched, "outputs_bytes": ["L291dC9kLnBuZw==", 1]})])
+    assert kept.outputs == ("/out/c.png",)
+    (raw,) = parse_lines([json.dumps({**mismatched, "outputs_bytes": ["L291dC9kLnBuZw=="]})])
+    assert raw.outputs == ("/out/d.png",)
+
+
+def test_a_torn_record_is_skipped_and_the_record_after_it_on_its_line_is_kept() -> None:
+    whole = [json.dumps({"source": f"/in/{name}.png", "status": "ok"}) for name in "abc"]
+    lines = [
+        whole[0][:20] + whole[1] + "\n",  # torn, then the next record on the same line
+        "x" + whole[2] + "\n",  # one stray character before a record
+        whole[0][:1] + whole[0][:25] + "\n",  # torn twice over: nothing whole
+        '{"source": ' + "\n",
+    ]
+    assert [record.source for record in parse_lines(lines)] == ["/in/b.png", "/in/c.png"]
+    assert next(parse_lines(lines)).line == whole[1] + "\n"

@@ -33,13 +33,14 @@ from PIL import Image
 from ideogram_async import NanoBananaPro, TopazBloom2, UpscaleRequest
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
-from ideogram_async.cli._manifest import Outcome, parse_lines, settings_of, text
+from ideogram_async.cli._manifest import Outcome, Record, parse_lines, settings_of, text
 from ideogram_async.cli._manifest_io import (
     Manifest,
     fallback_path,
     read_records,
     take_in_fallback,
 )
+from ideogram_async.cli._resume import Recorded, ResumePlan, differences, plan_resume
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -750,3 +751,101 @@ def test_a_torn_record_is_skipped_and_the_record_after_it_on_its_line_is_kept() 
     ]
     assert [record.source for record in parse_lines(lines)] == ["/in/b.png", "/in/c.png"]
     assert next(parse_lines(lines)).line == whole[1] + "\n"
+
+
+# -- what --resume does with each record ---------------------------------------------------
+
+
+def test_resume_sorts_each_input_by_its_last_record(tmp_path: Path) -> None:
+    settings = {"api": "v1", "flavor": "proxy", "num_images": 1}
+    saved = tmp_path / "saved.png"
+    saved.write_bytes(b"x")
+    names = ["new", "other", "done", "gone", "gone-paid", "paid", "failed", "failed-paid", "empty"]
+    sources = [Source(tmp_path / f"{name}.png", f"{name}.png") for name in names]
+
+    def record(status: str, urls: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> Record:
+        return Record(
+            source="",
+            status=status,
+            settings=settings,
+            urls=urls,
+            outputs=outputs,
+            attempts=2,
+            upscaled_at="2026-01-01T00:00:00+00:00",
+            line="",
+        )
+
+    url = ("https://img.example/1.png",)
+    records = {
+        "other": attrs.evolve(record("ok", outputs=(str(saved),)), settings={"api": "v2"}),
+        "done": record("ok", url, (str(saved),)),
+        "gone": record("ok", outputs=(str(saved), str(tmp_path / "lost.png"))),
+        "gone-paid": record("ok", url, (str(tmp_path / "lost.png"),)),
+        "paid": record("upscaled", url),
+        "failed": record("failed"),
+        "failed-paid": record("failed", url),
+        "empty": record("ok"),
+    }
+    plan = plan_resume(
+        sources, {str(tmp_path / f"{k}.png"): v for k, v in records.items()}, settings
+    )
+    by_name = {source.path: name for source, name in zip(sources, names, strict=True)}
+    assert [by_name[source.path] for source in plan.upscale] == [
+        "new",
+        "other",
+        "gone",
+        "failed",
+        "empty",
+    ]
+    assert [by_name[item.source.path] for item in plan.download] == [
+        "gone-paid",
+        "paid",
+        "failed-paid",
+    ]
+    assert plan.download[0] == Recorded(
+        source=sources[4], urls=url, attempts=2, upscaled_at="2026-01-01T00:00:00+00:00"
+    )
+    assert plan.done == 1
+    assert [by_name[source.path] for source in plan.missing] == ["gone", "gone-paid", "empty"]
+    assert plan.changed == {"api v2 -> v1, flavor unset -> proxy, num_images unset -> 1": 1}
+
+
+def test_resume_says_what_it_skips_redoes_and_downloads(tmp_path: Path) -> None:
+    sources = [Source(tmp_path / f"{i}.png", f"in/{i}.png") for i in range(7)]
+    recorded = [Recorded(source=s, urls=("u",), attempts=1, upscaled_at=None) for s in sources]
+    changed = {"a 1 -> 2": 2, "b x -> y": 1, "none recorded": 1, "c unset -> 3": 1}
+    plan = ResumePlan(upscale=[], download=recorded[:2], done=3, changed=changed, missing=sources)
+    manifest = Path("run.jsonl")
+    assert plan.messages(manifest, 12) == [
+        "Skipping 3 of 12 image(s) that run.jsonl records as done.",
+        "Redoing 5 image(s) that run.jsonl records as made with other settings than this "
+        "run's (a 1 -> 2; b x -> y; none recorded; ...).",
+        "7 image(s) recorded as done have lost their result: in/0.png, in/1.png, in/2.png, "
+        "in/3.png, in/4.png and 2 more.",
+        "Downloading the results of 2 image(s) already upscaled, from the URLs run.jsonl "
+        "records (an expired URL is upscaled again).",
+    ]
+    few = ResumePlan(
+        upscale=[],
+        download=[],
+        done=0,
+        changed=dict(list(changed.items())[:3]),
+        missing=sources[:5],
+    )
+    assert few.messages(manifest, 5) == [
+        "Redoing 4 image(s) that run.jsonl records as made with other settings than this "
+        "run's (a 1 -> 2; b x -> y; none recorded).",
+        "5 image(s) recorded as done have lost their result: in/0.png, in/1.png, in/2.png, "
+        "in/3.png, in/4.png.",
+    ]
+    assert (
+        ResumePlan(upscale=[], download=[], done=0, changed={}, missing=[]).messages(manifest, 1)
+        == []
+    )
+
+
+def test_differences_name_each_setting_that_changed() -> None:
+    assert differences(None, {"api": "v1"}) == "none recorded"
+    assert differences({"b": 1, "a": "x", "same": 0}, {"a": "y", "c": 2, "same": 0}) == (
+        "a x -> y, b 1 -> unset, c unset -> 2"
+    )

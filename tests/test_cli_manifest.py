@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -24,16 +25,42 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
 import pytest
 from PIL import Image
 
-from ideogram_async import NanoBananaPro, TopazBloom2, UpscaleRequest
+from ideogram_async import (
+    APIStatusError,
+    IdeogramClient,
+    NanoBananaPro,
+    TopazBloom2,
+    UpscaledImage,
+    UpscaleRequest,
+    UpscaleResponse,
+    V2UpscaledImage,
+    V2UpscaleResponse,
+)
 from ideogram_async.cli import main
+from ideogram_async.cli._downloads import (
+    Saved,
+    _expired,
+    paid_urls,
+    refusal,
+    refused_folder,
+    save,
+)
 from ideogram_async.cli._inputs import Source
-from ideogram_async.cli._manifest import Outcome, Record, parse_lines, settings_of, text
+from ideogram_async.cli._manifest import (
+    Outcome,
+    Record,
+    parse_lines,
+    settings_of,
+    text,
+    utc_now,
+)
 from ideogram_async.cli._manifest_io import (
     Manifest,
     fallback_path,
@@ -849,3 +876,113 @@ def test_differences_name_each_setting_that_changed() -> None:
     assert differences({"b": 1, "a": "x", "same": 0}, {"a": "y", "c": 2, "same": 0}) == (
         "a x -> y, b 1 -> unset, c unset -> 2"
     )
+
+
+# -- saving what was paid for --------------------------------------------------------------
+
+
+def test_a_write_refused_for_want_of_room_is_told_apart_through_its_causes() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert refusal(full) is full
+    for number in (errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        assert refusal(OSError(number, "refused")) is not None
+    assert refusal(OSError(errno.EACCES, "Permission denied")) is None
+    assert refusal(None) is None
+    wrapped = RuntimeError("download failed")
+    wrapped.__cause__ = ValueError("in between")
+    wrapped.__cause__.__context__ = full
+    assert refusal(wrapped) is full
+    looped = ValueError("a")
+    looped.__context__ = ValueError("b")
+    looped.__context__.__context__ = looped  # a cycle ends the search
+    assert refusal(looped) is None
+    assert refused_folder(Path("out"), full) == "cannot write into out (No space left on device)"
+    assert refused_folder(Path("out"), OSError("bare")) == "cannot write into out (bare)"
+
+
+def test_the_urls_paid_for_or_why_there_is_nothing_to_download() -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def answer(*images: UpscaledImage) -> UpscaleResponse:
+        return UpscaleResponse(created=created, data=list(images))
+
+    two = answer(UpscaledImage(url="https://x/1.png"), UpscaledImage(url="https://x/2.png"))
+    assert paid_urls(two) == (("https://x/1.png", "https://x/2.png"), None)
+    assert paid_urls(answer()) == ((), "the service answered with no images")
+    assert paid_urls(answer(UpscaledImage(url="https://x/1.png"), UpscaledImage())) == (
+        (),
+        "the service answered with 1 image(s) without a URL",
+    )
+    withheld = V2UpscaleResponse(
+        generation_id="g",
+        data=[V2UpscaledImage(url="https://x/1.png"), V2UpscaledImage(is_image_safe=False)],
+    )
+    assert paid_urls(withheld) == (
+        (),
+        "1 image(s) withheld by the service's safety check (the upscale is billed)",
+    )
+
+
+async def test_saving_names_several_results_by_number_and_tells_an_expired_url(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    source = Source(tmp_path / "a.png", "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    fresh = utc_now()
+    async with (
+        Emulator(KEY) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        answer = await client.upscale(png_bytes, UpscaleRequest(num_images=2))
+        good, other = (image.url for image in answer.data)
+        assert good is not None
+        assert other is not None
+
+        async def saving(*urls: str) -> Saved:
+            return await save(
+                client,
+                source,
+                urls,
+                out,
+                describe=str,
+                attempts=2,
+                seconds=1.5,
+                upscaled_at=fresh,
+                resolutions=("16x12",),
+            )
+
+        saved = await saving(good, other)
+        assert saved == Saved(saved.outcome)
+        assert saved.outcome.outputs == (out / "a.upscaled-1.png", out / "a.upscaled-2.png")
+        assert (saved.outcome.ok, saved.outcome.attempts) == (True, 2)
+        assert saved.outcome.seconds >= 1.5
+        assert saved.outcome.upscaled_at == fresh
+        assert saved.outcome.resolutions == ("16x12",)
+        assert saved.outcome.urls == (good, other)
+        assert (await saving(good)).outcome.outputs == (out / "a.upscaled.png",)
+
+        gone = emulator.base_url + "/images/gone.png"
+        lost = await saving(good, gone)
+        assert lost.expired
+        assert lost.refused is None
+        assert not lost.outcome.ok
+        assert lost.outcome.urls == (good, gone)
+        assert lost.outcome.error is not None
+        assert lost.outcome.error.startswith("download failed: ")
+        assert "404" in lost.outcome.error
+        assert lost.outcome.outputs == (out / "a.upscaled-1.png",)
+
+
+def test_a_403_means_expired_only_once_a_day_has_passed() -> None:
+    now = datetime.now(UTC)
+    day_old = (now - timedelta(hours=24, minutes=1)).isoformat()
+    young = (now - timedelta(hours=23, minutes=59)).isoformat()
+    assert _expired(APIStatusError("gone", status=410), None)
+    assert _expired(APIStatusError("missing", status=404), young)
+    assert _expired(APIStatusError("forbidden", status=403), day_old)
+    assert not _expired(APIStatusError("forbidden", status=403), young)
+    assert not _expired(APIStatusError("forbidden", status=403), None)
+    assert not _expired(APIStatusError("forbidden", status=403), "yesterday")
+    assert not _expired(APIStatusError("broken", status=500), day_old)
+    assert not _expired(ValueError("no status"), day_old)

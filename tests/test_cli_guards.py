@@ -15,6 +15,7 @@ import shlex
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ideogram_async import (
     APITimeoutError,
     BatchResult,
     IdeogramClient,
+    RetryEvent,
     RetryPolicy,
     UpscaleRequest,
     UpscaleResponse,
@@ -33,7 +35,16 @@ from ideogram_async import (
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._manifest import Outcome
-from ideogram_async.cli._pipeline import FailFast, Halt, run_batch
+from ideogram_async.cli._pipeline import (
+    FailFast,
+    Halt,
+    Job,
+    View,
+    run_batch,
+    run_job,
+    until_drained,
+    until_stopped,
+)
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -434,3 +445,128 @@ async def test_results_get_the_permissions_the_umask_gives(tmp_path: Path) -> No
     modes = {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
     assert modes == {0o640}  # not 0600: a web server in the group can read them
     assert stat.S_IMODE(manifest.stat().st_mode) == 0o640
+
+
+# -- stopping a run in-process -------------------------------------------------------------
+
+
+class Stop(asyncio.Event):
+    """The event a signal sets; says when the run cleared it (it took the first one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cleared = asyncio.Event()
+
+    def clear(self) -> None:
+        super().clear()
+        self.cleared.set()
+
+
+def job_of(folder: Path, out: Path, manifest: Path | None) -> Job:
+    sources = [Source(path.resolve(), path.name) for path in sorted(folder.iterdir())]
+    return Job(
+        sources=sources,
+        request=UpscaleRequest(),
+        out_dir=out,
+        manifest=manifest,
+        rerun_hint="Run it again.",
+    )
+
+
+def connector(emulator: Emulator, places: int) -> Callable[[Callable[[RetryEvent], None]], Any]:
+    def connect(on_retry: Callable[[RetryEvent], None]) -> IdeogramClient:
+        return IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, allowance=places, on_retry=on_retry
+        )
+
+    return connect
+
+
+async def test_until_stopped_ends_with_the_work_or_the_stop() -> None:
+    stop = asyncio.Event()
+    assert await until_stopped(asyncio.sleep(0), stop)
+    with pytest.raises(ValueError, match="own error"):
+        await until_stopped(raising(), stop)
+    never = asyncio.Event()
+    waited = asyncio.create_task(until_stopped(waiting(never), stop))
+    stop.set()
+    assert not await waited
+    assert {task for task in asyncio.all_tasks() if not task.done()} == {asyncio.current_task()}
+
+
+async def raising() -> None:
+    raise ValueError("its own error")
+
+
+async def waiting(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def test_an_interrupt_lets_the_calls_sent_finish_records_them_and_exits_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images(tmp_path / "in", 10)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    stop = Stop()
+    async with Emulator(KEY) as emulator:
+        emulator.pause()
+        job = job_of(tmp_path / "in", out, manifest)
+        view = View(progress="plain")
+        run = asyncio.create_task(run_job(job, connector(emulator, 3), stop, view=view))
+        await emulator.wait_in_flight(3)
+        stop.set()
+        await stop.cleared.wait()  # the run took the interrupt: it waits for the 3 calls
+        assert not run.done()
+        emulator.resume()
+        assert await run == 130
+        assert emulator.stats.requests == 3  # nothing new was sent after the interrupt
+    shown = capsys.readouterr().out
+    assert (
+        "Stopping: waiting for the 3 upscale call(s) already sent, whose results are paid "
+        "for, to record them; interrupt again to abandon them." in shown
+    )
+    assert (
+        "Interrupted: 0 of 10 finished (0 ok, 0 failed). 3 image(s) already upscaled are "
+        "recorded with their result URLs: --resume downloads them without upscaling them "
+        "again. Run it again." in shown
+    )
+    records = read_manifest(manifest)
+    assert [record["status"] for record in records] == ["upscaled"] * 3
+    assert not out.exists()  # nothing was downloaded
+
+
+async def test_a_second_interrupt_abandons_the_calls_in_flight_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images(tmp_path / "in", 4)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    stop = Stop()
+    async with Emulator(KEY) as emulator:
+        emulator.pause()
+        job = job_of(tmp_path / "in", out, manifest)
+        run = asyncio.create_task(
+            run_job(job, connector(emulator, 2), stop, view=View(progress="none"))
+        )
+        await emulator.wait_in_flight(2)
+        stop.set()
+        await stop.cleared.wait()
+        stop.set()
+        assert await run == 130
+        emulator.resume()
+    shown = capsys.readouterr().out
+    assert "Interrupted: 0 of 4 finished (0 ok, 0 failed). Run it again." in shown
+    assert not manifest.exists()  # nothing was recorded: the run made no manifest
+
+
+async def test_an_interrupt_with_nothing_in_flight_stops_at_once(tmp_path: Path) -> None:
+    halt = Halt()
+    notes: list[str] = []
+    stop = asyncio.Event()
+    never = asyncio.Event()
+    drained = asyncio.create_task(
+        until_drained(waiting(never), stop, halt=halt, in_flight=lambda: 0, note=notes.append)
+    )
+    stop.set()
+    assert not await drained
+    assert notes == []
+    assert halt.reason is None  # not halted: cancelled

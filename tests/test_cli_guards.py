@@ -23,11 +23,13 @@ import pytest
 
 from ideogram_async import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     BatchResult,
     IdeogramClient,
     RetryEvent,
     RetryPolicy,
+    TopazBloom2,
     UpscaleRequest,
     UpscaleResponse,
     ValidationError,
@@ -40,6 +42,8 @@ from ideogram_async.cli._pipeline import (
     Halt,
     Job,
     View,
+    call_name,
+    describe,
     run_batch,
     run_job,
     until_drained,
@@ -570,3 +574,47 @@ async def test_an_interrupt_with_nothing_in_flight_stops_at_once(tmp_path: Path)
     assert not await drained
     assert notes == []
     assert halt.reason is None  # not halted: cancelled
+
+
+# -- what the run says about an error -------------------------------------------------------
+
+
+def test_an_error_is_one_line_naming_the_commands_options() -> None:
+    assert describe(APIConnectionError("no  answer\n  at all")) == "no answer at all"
+    assert describe(APIConnectionError("")) == "APIConnectionError"
+    assert describe(ValueError("bad value")) == "ValueError: bad value"
+    assert describe(ValueError()) == "ValueError"
+    assert describe(OSError(os.fsdecode(b"caf\xe9"))) == "OSError: caf\ufffd"
+    hint = ValidationError("pass api_key= or IDEOGRAM_API_KEY; check base_url")
+    assert describe(hint) == "pass IDEOGRAM_API_KEY or --api-key-file; check --base-url"
+    late = APITimeoutError("slow (Timeouts.attempt): raise RetryPolicy.deadline", kind="attempt")
+    assert describe(late) == "slow (--timeout): raise --deadline"
+
+
+def test_a_calls_name_is_its_model_or_upscale_and_the_file() -> None:
+    source = Source(Path("/in/photo.png"), "photo.png")
+    assert call_name(UpscaleRequest(), source) == "upscale photo.png"
+    assert call_name(TopazBloom2(), source) == "topaz-bloom-2 photo.png"
+
+
+def test_a_retried_failure_that_reached_the_service_makes_refused_calls_the_images_own() -> None:
+    fail_fast = FailFast("http://x", official=False)
+    unreachable = APIConnectionError("refused", unreachable=True)
+    fail_fast.retried(RetryEvent(attempt=1, error=unreachable, wait=0, waited=0, name="a"))
+    assert fail_fast.reason_to_stop(result(unreachable)) is not None  # nothing reached it yet
+    answered = APIStatusError("busy", status=503)
+    fail_fast.retried(RetryEvent(attempt=1, error=answered, wait=0, waited=0, name="a"))
+    assert fail_fast.reason_to_stop(result(unreachable)) is None
+
+
+async def test_a_failed_input_records_its_attempts_and_time(tmp_path: Path) -> None:
+    images(tmp_path / "in", 1)
+    manifest = tmp_path / "run.jsonl"
+    plan = FaultPlan(rate=1.0, choices=[Fault.status(503)])
+    async with Emulator(KEY, faults=plan, latency=0.05) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--retries", "1", "--manifest", str(manifest))
+    assert run.returncode == 1, run.stderr
+    (record,) = read_manifest(manifest)
+    assert (record["status"], record["attempts"]) == ("failed", 2)
+    assert record["seconds"] >= 0.1  # two attempts of 0.05 s at least

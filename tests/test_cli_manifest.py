@@ -441,6 +441,46 @@ def test_a_manifest_that_refuses_writes_keeps_its_lines_elsewhere_or_shows_them(
     assert '"urls": ["https://img.example/a.png"]' in problem
 
 
+def test_once_the_fallback_fails_every_later_line_stays_unsaved_in_order(
+    tmp_path: Path,
+) -> None:
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    settings = {"api": "v1"}
+    manifest = tmp_path / "run.jsonl"
+    manifest.symlink_to(full)
+
+    def paid(name: str, url: str) -> Outcome:
+        return Outcome(source=Source(tmp_path / name, name), ok=False, urls=(url,))
+
+    first, big, last = (
+        paid("a.png", "https://x/a"),
+        paid("b.png", "https://x/" + "b" * 9000),
+        paid("c.png", "https://x/c"),
+    )
+    kept = Manifest(manifest, append=True, settings=settings, fallback_dir=tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the fallback's disk fills
+    try:
+        kept.write(first)
+        kept.write(big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    kept.write(last)  # room again, but the fallback already failed: kept to be shown
+    kept.close()
+    assert (kept.written, kept.diverted) == (0, 1)
+    assert kept.unsaved == [big.line(settings), last.line(settings)]
+    lines = (big.line(settings) + last.line(settings)).decode().rstrip("\n")
+    assert kept.problem() == (
+        f"The manifest {manifest} could not be written (No space left on device): "
+        f"1 record(s) are saved in {kept.fallback}, which --resume takes in once {manifest} "
+        f"can be written; 2 record(s) could not be saved anywhere; here they are, to keep "
+        f"(their urls hold the results paid for):\n{lines}."
+    )
+    assert kept.fallback.read_bytes().startswith(first.line(settings))
+
+
 # -- file names that are not UTF-8 -------------------------------------------------------
 
 

@@ -31,7 +31,13 @@ from rich.console import Console
 from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.cli import main
 from ideogram_async.cli._demo import show_table
-from ideogram_async.cli._inputs import Source, find_images, output_path
+from ideogram_async.cli._inputs import (
+    Source,
+    UsageError,
+    find_images,
+    output_path,
+    read_key_file,
+)
 from ideogram_async.cli._live import RichReporter
 from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._pipeline import View, make_reporter
@@ -568,3 +574,22 @@ def test_progress_modes_choose_the_display() -> None:
     assert chosen() is PlainReporter  # auto, and pytest's stdout is no terminal
     assert chosen(progress="none") is SilentReporter
     assert chosen(quiet=True) is SilentReporter
+
+
+def test_the_key_file_is_read_stripped_and_refused_with_a_reason(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text(f"  {KEY}\n")
+    assert read_key_file(str(key)) == KEY
+    key.write_bytes(b"caf\xe9")
+    with pytest.raises(UsageError) as refused:
+        read_key_file(str(key))
+    assert str(refused.value) == f"the API key file {key} is not UTF-8 text"
+    key.write_text(" \n")
+    with pytest.raises(UsageError) as refused:
+        read_key_file(str(key))
+    assert str(refused.value) == f"the API key file {key} is empty; put the key in it"
+    with pytest.raises(UsageError) as refused:
+        read_key_file(str(tmp_path / "none"))
+    assert str(refused.value) == (
+        f"cannot read the API key file {tmp_path / 'none'}: No such file or directory"
+    )

@@ -52,7 +52,7 @@ from ideogram_async.cli._downloads import (
     refused_folder,
     save,
 )
-from ideogram_async.cli._inputs import Source
+from ideogram_async.cli._inputs import Source, UsageError
 from ideogram_async.cli._manifest import (
     Outcome,
     Record,
@@ -63,6 +63,7 @@ from ideogram_async.cli._manifest import (
 )
 from ideogram_async.cli._manifest_io import (
     Manifest,
+    ManifestLock,
     fallback_path,
     read_records,
     take_in_fallback,
@@ -1026,3 +1027,132 @@ def test_a_403_means_expired_only_once_a_day_has_passed() -> None:
     assert not _expired(APIStatusError("forbidden", status=403), "yesterday")
     assert not _expired(APIStatusError("broken", status=500), day_old)
     assert not _expired(ValueError("no status"), day_old)
+
+
+# -- the manifest file ---------------------------------------------------------------------
+
+
+def outcome_of(name: str, *, ok: bool = True) -> Outcome:
+    return Outcome(source=Source(Path("/in") / name, name), ok=ok, urls=("https://x/" + name,))
+
+
+def test_a_manifest_appends_whole_lines_and_keeps_each_inputs_last(tmp_path: Path) -> None:
+    settings = {"api": "v1"}
+    manifest = tmp_path / "deeper" / "run.jsonl"
+    first = Manifest(manifest, append=False, settings=settings)
+    first.write(outcome_of("a.png", ok=False))
+    first.write(outcome_of("b.png"))
+    assert first.written == 2
+    first.close()
+    assert first.problem() is None
+    with manifest.open("ab") as file:
+        file.write(b'{"source": "/in/torn')  # a killed run's last line
+    inode = manifest.stat().st_ino
+
+    second = Manifest(manifest, append=True, settings=settings)
+    second.write(outcome_of("a.png"))
+    second.close()
+    lines = manifest.read_text().splitlines()
+    assert [json.loads(line)["source"] for line in lines] == ["/in/a.png", "/in/b.png"]
+    assert [json.loads(line)["status"] for line in lines] == ["ok", "ok"]
+    assert manifest.stat().st_ino != inode  # rewritten, one line per input
+    assert [p.name for p in manifest.parent.iterdir()] == ["run.jsonl"]
+
+    inode = manifest.stat().st_ino
+    third = Manifest(manifest, append=True, settings=settings)
+    third.write(outcome_of("c.png"))
+    third.close()
+    assert manifest.stat().st_ino == inode  # one line per input already: left as it is
+    assert len(manifest.read_text().splitlines()) == 3
+
+    Manifest(manifest, append=False, settings=settings).close()  # a fresh run starts over
+    assert manifest.read_bytes() == b""  # kept: this run did not make it
+
+
+def test_a_manifest_this_run_made_and_left_empty_is_removed(tmp_path: Path) -> None:
+    manifest = tmp_path / "run.jsonl"
+    Manifest(manifest, append=True, settings={}).close()
+    assert not manifest.exists()
+    manifest.write_bytes(b"")
+    Manifest(manifest, append=True, settings={}).close()
+    assert manifest.exists()
+
+
+def test_appending_to_a_manifest_ends_a_torn_line_first(tmp_path: Path) -> None:
+    manifest = tmp_path / "run.jsonl"
+    manifest.write_bytes(b"torn")
+    kept = Manifest(manifest, append=True, settings={})
+    kept.write(outcome_of("a.png"))
+    kept._file.close()  # as a killed run leaves it: not compacted
+    assert manifest.read_bytes().startswith(b"torn\n{")
+    manifest.write_bytes(b"")
+    kept = Manifest(manifest, append=True, settings={})
+    kept.write(outcome_of("a.png"))
+    kept._file.close()
+    assert manifest.read_bytes().startswith(b"{")
+
+
+def test_a_manifest_that_cannot_be_opened_or_read_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError) as refused:
+        Manifest(tmp_path / "file" / "run.jsonl", append=False, settings={})
+    assert str(refused.value) == (
+        f"cannot write the manifest {tmp_path / 'file' / 'run.jsonl'}: File exists"
+    )
+    with pytest.raises(UsageError) as refused:
+        read_records(tmp_path)
+    assert str(refused.value) == f"cannot read the manifest {tmp_path}: Is a directory"
+    assert read_records(tmp_path / "none.jsonl") == {}
+    (tmp_path / "odd.jsonl").write_bytes(b'{"source": "/in/caf\xe9.png"}\n')
+    assert list(read_records(tmp_path / "odd.jsonl")) == ["/in/caf\ufffd.png"]
+
+
+def test_taking_in_the_fallback_appends_its_lines_and_removes_it(tmp_path: Path) -> None:
+    manifest = tmp_path / "records" / "run.jsonl"
+    assert take_in_fallback(manifest, tmp_path) == 0
+    assert not manifest.exists()
+    kept = fallback_path(manifest, tmp_path)
+    assert kept.parent == tmp_path
+    assert kept.name.startswith("ideogram-async-manifest-")
+    assert kept.suffix == ".jsonl"
+    assert fallback_path(tmp_path / "other.jsonl", tmp_path) != kept
+    kept.write_bytes(b'{"source": "/in/a.png"}\n\n{"source": "/in/b.png"}')
+    assert take_in_fallback(manifest, tmp_path) == 2
+    assert not kept.exists()
+    assert manifest.read_bytes() == b'{"source": "/in/a.png"}\n\n{"source": "/in/b.png"}\n'
+
+    kept.mkdir()
+    with pytest.raises(UsageError) as refused:
+        take_in_fallback(manifest, tmp_path)
+    assert str(refused.value) == f"cannot read {kept}: Is a directory"
+    kept.rmdir()
+    kept.write_bytes(b'{"source": "/in/c.png"}\n')
+    full = Path("/dev/full")
+    if full.exists():
+        manifest.unlink()
+        manifest.symlink_to(full)
+        with pytest.raises(UsageError) as refused:
+            take_in_fallback(manifest, tmp_path)
+        assert str(refused.value) == (
+            f"cannot add the records saved in {kept} to the manifest {manifest} (No space "
+            f"left on device); make room for it, then run again"
+        )
+        assert kept.exists()  # kept until the manifest holds its lines
+
+
+def test_a_manifest_lock_is_held_by_one_run_and_removed_after(tmp_path: Path) -> None:
+    manifest = tmp_path / "records" / "run.jsonl"
+    lock = ManifestLock(manifest)
+    assert lock.path == tmp_path / "records" / "run.jsonl.lock"
+    with lock:
+        assert lock.path.exists()
+        with pytest.raises(UsageError) as refused, ManifestLock(manifest):
+            pass
+        assert str(refused.value) == (
+            f"another run is using the manifest {manifest} (it holds {lock.path}); let it "
+            f"finish, or give this run its own --manifest"
+        )
+        assert lock.path.exists()  # the refused run left the lock alone
+    assert not lock.path.exists()
+    with ManifestLock(manifest):  # free again
+        pass

@@ -32,8 +32,10 @@ from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.cli import main
 from ideogram_async.cli._demo import show_table
 from ideogram_async.cli._inputs import (
+    MadeFolders,
     Source,
     UsageError,
+    check_collisions,
     find_images,
     output_path,
     read_key_file,
@@ -593,3 +595,78 @@ def test_the_key_file_is_read_stripped_and_refused_with_a_reason(tmp_path: Path)
     assert str(refused.value) == (
         f"cannot read the API key file {tmp_path / 'none'}: No such file or directory"
     )
+
+
+def test_find_images_keeps_the_first_naming_and_skips_what_is_no_image_file(
+    tmp_path: Path,
+) -> None:
+    save_image(tmp_path / "in" / "a.png", (2, 2))
+    (tmp_path / "in" / "dir.png").mkdir()  # a folder with an image's name
+    save_image(tmp_path / "in" / "pick" / "b.png", (2, 2))
+    save_image(tmp_path / "out" / "a.upscaled.png", (2, 2))
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    exclude = (tmp_path / "out").resolve()
+
+    def found(*args: str, recursive: bool = False) -> list[tuple[str, str]]:
+        sources = find_images(list(args), recursive=recursive, exclude=exclude)
+        return [(source.path.name, source.shown) for source in sources]
+
+    folder = str(tmp_path / "in")
+    named = str(tmp_path / "in" / "a.png")
+    assert found(named, folder) == [("a.png", named)]
+    assert found(str(tmp_path / "in" / "*"), recursive=True) == [
+        ("a.png", named),
+        ("b.png", str(tmp_path / "in" / "pick" / "b.png")),
+    ]
+    result = str(tmp_path / "out" / "a.upscaled.png")
+    assert found(result) == [("a.upscaled.png", result)]  # named: taken even from --out
+    with pytest.raises(UsageError) as nothing:  # through a folder: skipped as a result
+        found(str(tmp_path / "out"))
+    assert str(nothing.value) == f"no JPEG, PNG or WebP images found in: {tmp_path / 'out'}"
+    assert found(str(tmp_path / "out"), named) == [("a.png", named)]
+    with pytest.raises(UsageError) as piped:
+        found(str(tmp_path / "in" / "pipe.png"))
+    assert str(piped.value) == (
+        f"{tmp_path / 'in' / 'pipe.png'}: not a regular file (a FIFO, device, socket or link loop)"
+    )
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UsageError, match=r"dangling\.png: not a regular file"):
+        found(str(tmp_path / "dangling.png"))
+    with pytest.raises(UsageError) as missing:
+        found(str(tmp_path / "gone.png"))
+    assert str(missing.value) == f"{tmp_path / 'gone.png'}: no such file or folder"
+
+
+def test_colliding_names_are_listed_five_at_most(tmp_path: Path) -> None:
+    sources = [Source(tmp_path / str(i) / "x.png", f"{i}/x.png") for i in range(8)]
+    with pytest.raises(UsageError) as clash:
+        check_collisions(sources, tmp_path / "out")
+    listed = "\n".join(
+        f"  0/x.png and {i}/x.png -> {tmp_path / 'out' / 'x'}.upscaled.*" for i in range(1, 6)
+    )
+    assert str(clash.value) == (
+        f"inputs with the same name would overwrite each other's results:\n{listed}\n"
+        f"  ... and 2 more\n"
+        f"rename them, or upscale them in separate runs with different --out folders"
+    )
+    with pytest.raises(UsageError) as clash:
+        check_collisions(sources[:6], tmp_path / "out")
+    assert "more" not in str(clash.value)
+    check_collisions([sources[0], Source(tmp_path / "y.png", "y.png")], tmp_path / "out")
+
+
+def test_folders_a_run_made_are_removed_when_empty_deepest_first(tmp_path: Path) -> None:
+    made = MadeFolders()
+    made.make(tmp_path / "a" / "b" / "c")
+    made.make(tmp_path / "a" / "d")
+    made.make(tmp_path)  # already there: never removed
+    (tmp_path / "a" / "d" / "kept.txt").write_text("x")
+    made.remove_empty()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a",
+        "a/d",
+        "a/d/kept.txt",
+    ]
+    (tmp_path / "a" / "d" / "kept.txt").unlink()
+    made.remove_empty()  # forgotten once removed
+    assert (tmp_path / "a" / "d").exists()

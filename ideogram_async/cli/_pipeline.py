@@ -501,7 +501,7 @@ async def run_job(
     )
     problem = manifest.problem() if manifest is not None else None
     if problem is not None:
-        print(problem, file=sys.stderr, flush=True)
+        print(problem, file=sys.stderr)  # stderr is line-buffered: no flush needed
     reason = str(stopped) if stopped is not None else halt.reason
     if not completed:
         print(
@@ -521,7 +521,6 @@ async def run_job(
             f"Stopped: {reason}. Nothing more was sent: {tally.ok} of {todo} "
             f"image(s) upscaled, {todo - tally.done} not done.{kept} {hint}",
             file=sys.stderr,
-            flush=True,
         )
     for line in render(summary):
         print(line, flush=True)

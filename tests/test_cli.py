@@ -118,12 +118,13 @@ async def run_main(*args: str, env: dict[str, str] | None = None) -> Run:
     """``main(args)`` run to its end in this process, like :func:`run_cli` runs the command.
 
     It runs in a thread, in an event loop of its own (the emulator keeps the test's), with
-    ``env`` as its environment (the temporary folder included) and its output captured.
+    ``env`` as its environment (the temporary folder included) and its output captured as
+    a pipe shows it (:class:`Piped`).
     Being in-process, mutation testing sees which tests run which code; what needs a
     process of its own (a signal, a resource limit) uses :func:`start_cli`.
     """
     env = cli_env() if env is None else env
-    out, err = io.StringIO(), io.StringIO()
+    out, err = Piped(), Piped(lines=True)
 
     def call() -> int:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -139,7 +140,31 @@ async def run_main(*args: str, env: dict[str, str] | None = None) -> Run:
         os.environ.clear()
         os.environ.update(saved)
         tempfile.tempdir = saved_temp
-    return Run(code, out.getvalue(), err.getvalue())
+    return Run(code, out.seen, err.seen)
+
+
+class Piped(io.StringIO):
+    """An output stream as the reader of a pipe sees it when the command ends.
+
+    What is written reaches :attr:`seen` when flushed, as from stdout into a pipe (block
+    buffered), or with ``lines`` at the end of each line, as from stderr (line buffered):
+    a command that leaves a line unflushed shows it late, to a log or a script.
+    """
+
+    def __init__(self, *, lines: bool = False) -> None:
+        super().__init__()
+        self._lines = lines
+        self.seen = ""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self._lines and "\n" in text:
+            self.flush()
+        return written
+
+    def flush(self) -> None:
+        super().flush()
+        self.seen = self.getvalue()
 
 
 def assert_clean(run: Run) -> None:

@@ -498,6 +498,39 @@ async def test_until_stopped_ends_with_the_work_or_the_stop() -> None:
     assert {task for task in asyncio.all_tasks() if not task.done()} == {asyncio.current_task()}
 
 
+async def test_until_stopped_lets_stopped_work_clean_up_before_it_returns() -> None:
+    stop, never = asyncio.Event(), asyncio.Event()
+    cleaned: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await never.wait()
+        finally:
+            for _ in range(3):  # cleaning up takes a few turns of the loop
+                await asyncio.sleep(0)
+            cleaned.append("done")
+
+    stop.set()
+    assert not await until_stopped(slow_to_stop(), stop)
+    assert cleaned == ["done"]
+
+
+async def test_halt_keeps_the_first_reason_and_an_interrupt_cancels_the_downloads() -> None:
+    halt = Halt()
+    never = asyncio.Event()
+    download = halt.abandonable(asyncio.create_task(waiting(never)))
+    finished = halt.abandonable(asyncio.create_task(asyncio.sleep(0)))
+    await finished
+    halt.stop("cannot write into out")
+    halt.interrupt()
+    assert halt.reason == "cannot write into out"
+    with pytest.raises(asyncio.CancelledError):
+        await download
+    fresh = Halt()
+    fresh.interrupt()
+    assert fresh.reason == "interrupted"
+
+
 async def raising() -> None:
     raise ValueError("its own error")
 

@@ -35,6 +35,7 @@ from PIL import Image
 from ideogram_async import (
     APIStatusError,
     IdeogramClient,
+    LocalBudget,
     NanoBananaPro,
     TopazBloom2,
     UpscaledImage,
@@ -68,7 +69,9 @@ from ideogram_async.cli._manifest_io import (
     read_records,
     take_in_fallback,
 )
+from ideogram_async.cli._pipeline import Job, View, nothing_left
 from ideogram_async.cli._resume import Recorded, ResumePlan, differences, plan_resume
+from ideogram_async.cli._summary import SharedAt
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -455,31 +458,29 @@ def test_once_the_fallback_fails_every_later_line_stays_unsaved_in_order(
     def paid(name: str, url: str) -> Outcome:
         return Outcome(source=Source(tmp_path / name, name), ok=False, urls=(url,))
 
-    first, big, last = (
-        paid("a.png", "https://x/a"),
-        paid("b.png", "https://x/" + "b" * 9000),
-        paid("c.png", "https://x/c"),
-    )
+    first, second = paid("a.png", "https://x/a"), paid("a2.png", "https://x/a2")
+    big, last = paid("b.png", "https://x/" + "b" * 9000), paid("c.png", "https://x/c")
     kept = Manifest(manifest, append=True, settings=settings, fallback_dir=tmp_path)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the fallback's disk fills
     try:
         kept.write(first)
+        kept.write(second)
         kept.write(big)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     kept.write(last)  # room again, but the fallback already failed: kept to be shown
     kept.close()
-    assert (kept.written, kept.diverted) == (0, 1)
+    assert (kept.written, kept.diverted) == (0, 2)
     assert kept.unsaved == [big.line(settings), last.line(settings)]
     lines = (big.line(settings) + last.line(settings)).decode().rstrip("\n")
     assert kept.problem() == (
         f"The manifest {manifest} could not be written (No space left on device): "
-        f"1 record(s) are saved in {kept.fallback}, which --resume takes in once {manifest} "
+        f"2 record(s) are saved in {kept.fallback}, which --resume takes in once {manifest} "
         f"can be written; 2 record(s) could not be saved anywhere; here they are, to keep "
         f"(their urls hold the results paid for):\n{lines}."
     )
-    assert kept.fallback.read_bytes().startswith(first.line(settings))
+    assert kept.fallback.read_bytes().startswith(first.line(settings) + second.line(settings))
 
 
 # -- file names that are not UTF-8 -------------------------------------------------------
@@ -504,7 +505,7 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
         summary = tmp_path / "summary.json"
         again = await run_main(*args, "--resume", "--json", str(summary))
         assert again.returncode == 0, again.stderr
-        assert "Nothing left to do." in again.stdout
+        assert "Nothing left to do." in again.stdout.splitlines()
         # Nothing left still ends with the summary, shown and written.
         assert "Done: 0 of 2 image(s) upscaled, 2 skipped in " in again.stdout
         assert f"Summary: {summary}" in again.stdout
@@ -540,7 +541,11 @@ async def test_resume_redoes_what_was_made_with_other_settings_and_says_so(
             "upscale_factor": "x2",
         }
         same = await run_main(*v2, "--factor", "x2", "--resume")  # x2 is the default
-        assert "Nothing left to do." in same.stdout
+        assert same.returncode == 0, same.stderr
+        assert same.stdout.splitlines()[1:3] == [
+            "Nothing left to do.",
+            "Done: 0 of 3 image(s) upscaled, 3 skipped in 0.0s.",
+        ]
         bigger = await run_main(*v2, "--factor", "x4", "--resume")
         assert bigger.returncode == 0, bigger.stderr
         assert (
@@ -1156,3 +1161,32 @@ def test_a_manifest_lock_is_held_by_one_run_and_removed_after(tmp_path: Path) ->
     assert not lock.path.exists()
     with ManifestLock(manifest):  # free again
         pass
+
+
+def test_nothing_left_still_names_the_shared_allowance_and_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = Job(
+        sources=[],
+        request=UpscaleRequest(),
+        out_dir=tmp_path,
+        rerun_hint="",
+        skipped=2,
+        budget=LocalBudget("1.5"),
+    )
+    shared = SharedAt(host="127.0.0.1:6379/0", key="team")
+    assert nothing_left(job, View(shared=shared, quiet=True)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "Nothing left to do.",
+        "Done: 0 of 2 image(s) upscaled, 2 skipped in 0.0s.",
+        "Requests: 0 request(s) retried; none refused by the service; $0.0000 spent of the "
+        "$1.5000 budget.",
+        "Allowance: shared through Redis at 127.0.0.1:6379/0, key 'team'; the service never "
+        "named the organization's allowance.",
+    ]
+    summary = tmp_path / "summary.json"
+    assert nothing_left(attrs.evolve(job, budget=None), View(json=summary)) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"Summary: {summary}"
+    assert json.loads(summary.read_text())["skipped"] == 2
+    nothing_left(job, View(json=summary, quiet=True))
+    assert "Summary:" not in capsys.readouterr().out

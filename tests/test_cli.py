@@ -555,6 +555,7 @@ async def test_live_display_and_summary_show_counts_places_and_failures(tmp_path
         ("https://img.example/a/b.webp?exp=1", None, "photo.upscaled.webp"),
         ("https://img.example/api/images/direct/8YEpFzHuS", None, "photo.upscaled"),
         ("https://img.example/x.PNG", 2, "photo.upscaled-2.png"),
+        ("https://img.example/render.php?id=7", None, "photo.upscaled"),
     ],
 )
 def test_output_names_take_the_urls_image_suffix_or_leave_it_to_download(

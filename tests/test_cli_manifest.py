@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from ideogram_async import (
     IdeogramClient,
     LocalBudget,
     NanoBananaPro,
+    RetryPolicy,
     TopazBloom2,
     UpscaledImage,
     UpscaleRequest,
@@ -1002,7 +1004,7 @@ async def test_saving_names_several_results_by_number_and_tells_an_expired_url(
         assert saved == Saved(saved.outcome)
         assert saved.outcome.outputs == (out / "a.upscaled-1.png", out / "a.upscaled-2.png")
         assert (saved.outcome.ok, saved.outcome.attempts) == (True, 2)
-        assert saved.outcome.seconds >= 1.5
+        assert 1.5 <= saved.outcome.seconds < 60  # the time before, and the download's
         assert saved.outcome.upscaled_at == fresh
         assert saved.outcome.resolutions == ("16x12",)
         assert saved.outcome.urls == (good, other)
@@ -1018,6 +1020,72 @@ async def test_saving_names_several_results_by_number_and_tells_an_expired_url(
         assert lost.outcome.error.startswith("download failed: ")
         assert "404" in lost.outcome.error
         assert lost.outcome.outputs == (out / "a.upscaled-1.png",)
+
+
+async def test_saving_tells_a_full_disk_and_a_failure_that_is_no_expiry(
+    tmp_path: Path,
+) -> None:
+    source = Source(tmp_path / "a.png", "a.png")
+    picture = noise(tmp_path / "big.png", 64, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with (
+        Emulator(KEY) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy.no_retries()
+        ) as client,
+    ):
+        answer = await client.upscale(picture)
+        (url,) = (image.url for image in answer.data if image.url)
+
+        async def saving(*urls: str) -> Saved:
+            return await save(
+                client, source, urls, out, describe=str, attempts=1, seconds=0, upscaled_at=None
+            )
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the disk fills
+        try:
+            full = await saving(url, emulator.base_url + "/images/gone.png")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        assert full.refused is not None
+        assert full.refused.errno == errno.EFBIG
+        assert not full.expired  # the disk must get room first
+        assert not full.outcome.ok
+
+        refused = await saving("http://127.0.0.1:9/a.png")  # nothing listens there
+        assert (refused.refused, refused.expired) == (None, False)
+        assert refused.outcome.error is not None
+        assert refused.outcome.error.startswith("download failed: ")
+
+
+async def test_saving_a_result_upscaled_over_a_day_ago_that_the_host_refuses_says_expired(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    source = Source(tmp_path / "a.png", "a.png")
+    day_old = (datetime.now(UTC) - timedelta(hours=25)).isoformat(timespec="seconds")
+    refusing = FaultPlan(rate=1.0, choices=[Fault.status(403)])
+    async with (
+        Emulator(KEY, image_faults=refusing) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, retry=RetryPolicy.no_retries()
+        ) as client,
+    ):
+        (url,) = (image.url for image in (await client.upscale(png_bytes)).data if image.url)
+        for upscaled_at, expired in ((day_old, True), (utc_now(), False)):
+            saved = await save(
+                client,
+                source,
+                [url],
+                tmp_path,
+                describe=str,
+                attempts=1,
+                seconds=0,
+                upscaled_at=upscaled_at,
+            )
+            assert saved.expired is expired
+            assert saved.outcome.upscaled_at == upscaled_at
 
 
 def test_a_403_means_expired_only_once_a_day_has_passed() -> None:
@@ -1113,7 +1181,7 @@ def test_a_manifest_that_cannot_be_opened_or_read_is_a_usage_error(tmp_path: Pat
 
 
 def test_taking_in_the_fallback_appends_its_lines_and_removes_it(tmp_path: Path) -> None:
-    manifest = tmp_path / "records" / "run.jsonl"
+    manifest = tmp_path / "records" / "today" / "run.jsonl"
     assert take_in_fallback(manifest, tmp_path) == 0
     assert not manifest.exists()
     kept = fallback_path(manifest, tmp_path)
@@ -1125,6 +1193,9 @@ def test_taking_in_the_fallback_appends_its_lines_and_removes_it(tmp_path: Path)
     assert take_in_fallback(manifest, tmp_path) == 2
     assert not kept.exists()
     assert manifest.read_bytes() == b'{"source": "/in/a.png"}\n\n{"source": "/in/b.png"}\n'
+    kept.write_bytes(b'{"source": "/in/c.png"}\n')
+    assert take_in_fallback(manifest, tmp_path) == 1
+    assert manifest.read_bytes().endswith(b'"/in/b.png"}\n{"source": "/in/c.png"}\n')
 
     kept.mkdir()
     with pytest.raises(UsageError) as refused:
@@ -1146,9 +1217,9 @@ def test_taking_in_the_fallback_appends_its_lines_and_removes_it(tmp_path: Path)
 
 
 def test_a_manifest_lock_is_held_by_one_run_and_removed_after(tmp_path: Path) -> None:
-    manifest = tmp_path / "records" / "run.jsonl"
+    manifest = tmp_path / "records" / "today" / "run.jsonl"
     lock = ManifestLock(manifest)
-    assert lock.path == tmp_path / "records" / "run.jsonl.lock"
+    assert lock.path == tmp_path / "records" / "today" / "run.jsonl.lock"
     with lock:
         assert lock.path.exists()
         with pytest.raises(UsageError) as refused, ManifestLock(manifest):
@@ -1159,8 +1230,32 @@ def test_a_manifest_lock_is_held_by_one_run_and_removed_after(tmp_path: Path) ->
         )
         assert lock.path.exists()  # the refused run left the lock alone
     assert not lock.path.exists()
-    with ManifestLock(manifest):  # free again
-        pass
+    with lock:  # free again, and taken again
+        assert lock.path.exists()
+        lock.path.unlink()  # someone removed it: leaving still works
+    assert not lock.path.exists()
+
+
+def test_a_lock_file_removed_as_it_was_opened_is_taken_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = tmp_path / "run.jsonl"
+    lock = ManifestLock(manifest)
+    flock = fcntl.flock
+    calls: list[int] = []
+
+    def after_the_holder_left(fd: int, operation: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the run that held it removes it, then lets it go
+            lock.path.unlink()
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", after_the_holder_left)
+    with lock:
+        assert len(calls) == 2
+        held = os.stat(lock.path)
+        assert lock._file is not None
+        assert os.fstat(lock._file.fileno()).st_ino == held.st_ino
 
 
 def test_nothing_left_still_names_the_shared_allowance_and_the_budget(

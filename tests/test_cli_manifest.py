@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import locale
 import os
 import random
 import resource
@@ -55,7 +56,7 @@ from ideogram_async.cli._downloads import (
     refused_folder,
     save,
 )
-from ideogram_async.cli._inputs import Source, UsageError
+from ideogram_async.cli._inputs import Source, UsageError, read_key_file
 from ideogram_async.cli._manifest import (
     Outcome,
     Record,
@@ -1285,3 +1286,55 @@ def test_nothing_left_still_names_the_shared_allowance_and_the_budget(
     assert json.loads(summary.read_text())["skipped"] == 2
     nothing_left(job, View(json=summary, quiet=True))
     assert "Summary:" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def ascii_locale() -> Iterator[None]:
+    """The C locale of a system without UTF-8: text files default to ASCII."""
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+
+
+@pytest.mark.usefixtures("ascii_locale")
+def test_the_manifest_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    manifest = tmp_path / "run.jsonl"
+    café = Outcome(source=Source(Path("/in/café.png"), "café.png"), ok=True)
+    kept = Manifest(manifest, append=False, settings={"prompt": "crème"})
+    kept.write(attrs.evolve(café, ok=False, urls=("https://x/1",)))
+    kept.write(café)
+    kept.close()  # compacted: read back and written again
+    assert manifest.read_bytes() == café.line({"prompt": "crème"})
+    assert list(read_records(manifest)) == ["/in/café.png"]
+
+
+@pytest.mark.usefixtures("ascii_locale")
+def test_the_key_file_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes("sk-clé\n".encode())
+    assert read_key_file(str(key)) == "sk-clé"
+
+
+def test_a_manifest_is_rewritten_through_a_hidden_copy_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = tmp_path / "run.jsonl"
+    kept = Manifest(manifest, append=False, settings={})
+    kept.write(outcome_of("a.png", ok=False))
+    kept.write(outcome_of("a.png"))
+    seen: list[list[str]] = []
+    fsync = os.fsync
+
+    def listing_then_fsync(fd: int) -> None:
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", listing_then_fsync)
+    kept.close()
+    ((copy, _),) = seen
+    assert copy.startswith(".run.jsonl.")
+    assert copy.endswith(".tmp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]

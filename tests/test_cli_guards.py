@@ -651,3 +651,20 @@ async def test_a_failed_input_records_its_attempts_and_time(tmp_path: Path) -> N
     (record,) = read_manifest(manifest)
     assert (record["status"], record["attempts"]) == ("failed", 2)
     assert record["seconds"] >= 0.1  # two attempts of 0.05 s at least
+
+
+async def test_a_budget_that_one_more_image_would_pass_stops_the_run(tmp_path: Path) -> None:
+    images(tmp_path / "in", 5)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        run = await run_main(
+            *args, "--model", "topaz-bloom-2", "--max-usd", "0.03", "--manifest", str(manifest)
+        )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines() == [
+        "Stopped: the --max-usd budget of $0.03 would be passed by an image priced up to "
+        "$0.012 ($0.024 spent or under way then). Nothing more was sent: 2 of 5 image(s) "
+        "upscaled, 3 not done. Run the same command again with --resume to finish the rest."
+    ]
+    assert [record["status"] for record in read_manifest(manifest)] == ["ok", "ok"]

@@ -519,8 +519,15 @@ async def test_halt_keeps_the_first_reason_and_an_interrupt_cancels_the_download
     halt = Halt()
     never = asyncio.Event()
     download = halt.abandonable(asyncio.create_task(waiting(never)))
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
     finished = halt.abandonable(asyncio.create_task(asyncio.sleep(0)))
     await finished
+    await asyncio.sleep(0)  # one turn: the task's done callbacks run
+    loop.set_exception_handler(None)
+    assert errors == []
+    assert halt._downloads == {download}  # a finished download is let go
     halt.stop("cannot write into out")
     halt.interrupt()
     assert halt.reason == "cannot write into out"

@@ -1237,6 +1237,22 @@ def test_a_manifest_lock_is_held_by_one_run_and_removed_after(tmp_path: Path) ->
     assert not lock.path.exists()
 
 
+def test_a_file_system_that_refuses_locks_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    lock = ManifestLock(tmp_path / "run.jsonl")
+    with pytest.raises(UsageError) as refused, lock:
+        pass
+    assert str(refused.value) == (
+        f"cannot lock the manifest {tmp_path / 'run.jsonl'} (No locks available: the file "
+        f"system of {lock.path} refuses locks); give --manifest a path on a local disk"
+    )
+
+
 def test_a_lock_file_removed_as_it_was_opened_is_taken_anew(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

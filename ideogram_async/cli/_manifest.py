@@ -197,7 +197,7 @@ def _parse(line: str) -> Record | None:
         data = json.loads(line)
     except ValueError:
         start = line.find(_START, 1)
-        return None if start < 0 else _parse(line[start:])
+        return _parse(line[start:]) if start > 0 else None
     return _record(data, line.strip() + "\n") if isinstance(data, dict) else None
 
 

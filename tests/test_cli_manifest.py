@@ -815,6 +815,10 @@ def test_reading_keeps_what_a_line_holds_and_ignores_what_it_holds_wrong() -> No
     assert kept.outputs == ("/out/c.png",)
     (raw,) = parse_lines([json.dumps({**mismatched, "outputs_bytes": ["L291dC9kLnBuZw=="]})])
     assert raw.outputs == ("/out/d.png",)
+    (loose,) = parse_lines(
+        [json.dumps({"source": "/in/x.png", "source_bytes": "L291dC9k*LnBuZw=="})]
+    )
+    assert loose.source == "/in/x.png"  # not base64 as written: the text is kept
 
 
 def test_a_torn_record_is_skipped_and_the_record_after_it_on_its_line_is_kept() -> None:

@@ -655,6 +655,26 @@ def test_find_images_keeps_the_first_naming_and_skips_what_is_no_image_file(
     assert str(piped.value) == (
         f"{tmp_path / 'in' / 'pipe.png'}: not a regular file (a FIFO, device, socket or link loop)"
     )
+    with pytest.raises(UsageError) as both:
+        found(str(tmp_path / "out"), str(tmp_path / "out" / "*.jpg"))
+    assert str(both.value) == (
+        f"no JPEG, PNG or WebP images found in: {tmp_path / 'out'}, {tmp_path / 'out' / '*.jpg'}"
+    )
+    save_image(tmp_path / "nest" / "sub" / "x.png", (2, 2))
+    with pytest.raises(UsageError) as nested:
+        found(str(tmp_path / "nest"))
+    assert str(nested.value) == (
+        f"no JPEG, PNG or WebP images found in: {tmp_path / 'nest'} "
+        f"(add --recursive to look in subfolders)"
+    )
+    save_image(tmp_path / "in" / "pick" / "deeper" / "c.png", (2, 2))
+    deep = str(tmp_path / "in" / "pick" / "deeper" / "c.png")
+    assert found(str(tmp_path / "in" / "*"), recursive=True)[-1] == ("c.png", deep)
+    assert found(str(tmp_path / "**" / "c.png"), recursive=True) == [("c.png", deep)]
+    absent = tmp_path / "in" / "none" / "deeper"
+    with pytest.raises(UsageError) as no_folder:
+        found(str(absent / "*.png"))
+    assert str(no_folder.value) == f"{absent / '*.png'}: no such folder {absent}"
     (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(UsageError, match=r"dangling\.png: not a regular file"):
         found(str(tmp_path / "dangling.png"))

@@ -19,6 +19,7 @@ import json
 import locale
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -424,8 +425,8 @@ def test_a_manifest_that_refuses_writes_keeps_its_lines_elsewhere_or_shows_them(
 
     kept = Manifest(manifest, append=True, settings=settings, fallback_dir=tmp_path)
     kept.write(paid)
+    assert kept.refused is not None  # before closing, which reads back what was written
     kept.close()
-    assert kept.refused is not None
     problem = kept.problem()
     assert problem is not None
     assert f"The manifest {manifest} could not be written (No space left on device)" in problem
@@ -473,9 +474,9 @@ def test_once_the_fallback_fails_every_later_line_stays_unsaved_in_order(
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     kept.write(last)  # room again, but the fallback already failed: kept to be shown
-    kept.close()
     assert (kept.written, kept.diverted) == (0, 2)
     assert kept.unsaved == [big.line(settings), last.line(settings)]
+    kept.close()
     lines = (big.line(settings) + last.line(settings)).decode().rstrip("\n")
     assert kept.problem() == (
         f"The manifest {manifest} could not be written (No space left on device): "
@@ -1116,7 +1117,7 @@ def outcome_of(name: str, *, ok: bool = True) -> Outcome:
 
 def test_a_manifest_appends_whole_lines_and_keeps_each_inputs_last(tmp_path: Path) -> None:
     settings = {"api": "v1"}
-    manifest = tmp_path / "deeper" / "run.jsonl"
+    manifest = tmp_path / "deeper" / "still" / "run.jsonl"
     first = Manifest(manifest, append=False, settings=settings)
     first.write(outcome_of("a.png", ok=False))
     first.write(outcome_of("b.png"))
@@ -1191,8 +1192,8 @@ def test_taking_in_the_fallback_appends_its_lines_and_removes_it(tmp_path: Path)
     assert not manifest.exists()
     kept = fallback_path(manifest, tmp_path)
     assert kept.parent == tmp_path
-    assert kept.name.startswith("ideogram-async-manifest-")
-    assert kept.suffix == ".jsonl"
+    # The name is fixed, so that a later version's --resume finds it too.
+    assert re.fullmatch(r"ideogram-async-manifest-[0-9a-f]{16}\.jsonl", kept.name)
     assert fallback_path(tmp_path / "other.jsonl", tmp_path) != kept
     kept.write_bytes(b'{"source": "/in/a.png"}\n\n{"source": "/in/b.png"}')
     assert take_in_fallback(manifest, tmp_path) == 2
@@ -1358,3 +1359,13 @@ def test_a_manifest_is_rewritten_through_a_hidden_copy_beside_it(
     assert copy.startswith(".run.jsonl.")
     assert copy.endswith(".tmp")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]
+
+
+def test_a_manifest_removed_during_the_run_ends_it_quietly(tmp_path: Path) -> None:
+    manifest = tmp_path / "run.jsonl"
+    kept = Manifest(manifest, append=False, settings={})
+    kept.write(outcome_of("a.png", ok=False))
+    kept.write(outcome_of("a.png"))
+    manifest.unlink()
+    kept.close()  # nothing to compact; no error
+    assert not manifest.exists()

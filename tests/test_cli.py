@@ -251,8 +251,12 @@ async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_pa
     options += ["--magic-prompt", "off", "--seed", "7", "--num-images", "2"]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [inputs / "d.jpg"], out)
+        manifest = tmp_path / "run.jsonl"
         run = await run_main(
-            *args, "--official", "--api-key-file", str(key_file), *options, env=cli_env(key=None)
+            *args,
+            *("--official", "--api-key-file", str(key_file), "--manifest", str(manifest)),
+            *options,
+            env=cli_env(key=None),
         )
         stats = emulator.stats
 
@@ -275,6 +279,8 @@ async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_pa
     assert [p.name for p in results] == ["d.upscaled-1.png", "d.upscaled-2.png"]
     assert all(size_of(p) == (2 * width, 2 * height) for p in results)
     assert f"-> {out / 'd.upscaled-1.png'}, {out / 'd.upscaled-2.png'} (1 attempt," in run.stdout
+    (record,) = read_manifest(manifest)
+    assert record["settings"]["flavor"] == "official"
 
 
 async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Path) -> None:

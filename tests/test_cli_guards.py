@@ -122,6 +122,28 @@ async def test_a_dead_port_stops_the_run_at_the_first_refused_call(tmp_path: Pat
     assert "FAILED" not in run.stdout  # not one line per image of the folder
 
 
+async def test_an_official_run_that_cannot_connect_says_to_check_the_network(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 2)
+    url = dead_url()
+    args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+    run = await run_main(*args, "--official", "--retries", "0")
+    assert run.returncode == 1, run.stderr
+    assert f"cannot reach the service at {url}" in run.stderr
+    assert "Check the network, and that the service is up." in run.stderr
+
+
+async def test_verbose_names_a_v2_call_by_its_model(tmp_path: Path) -> None:
+    images(tmp_path / "in", 1)
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--model", "topaz-bloom-2", "-v")
+    assert run.returncode == 0, run.stderr
+    assert "topaz-bloom-2 img-00.png" in run.stderr
+    assert "upscale img-00.png" not in run.stderr
+
+
 async def refused_error(png: bytes) -> APIConnectionError:
     async with IdeogramClient(api_key=KEY, base_url=dead_url()) as client:
         try:
@@ -187,6 +209,7 @@ async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
     assert everything.count("FAILED") == 4
     assert "giving up" not in everything
     assert "Done: 0 of 4 image(s) upscaled, 4 failed" in run.stdout
+    assert "Requests: 4 request(s) retried; none refused by the service." in run.stdout
     assert "Results:" not in run.stdout  # nothing to look at
 
 
@@ -307,6 +330,7 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     assert "1 image(s) recorded as done have lost their result: " in again.stdout
     assert "img-01.png" in again.stdout
     assert "Downloading the results of 1 image(s) already upscaled" in again.stdout
+    assert "[1/1] ok " in again.stdout  # counted among this run's inputs, not the skipped
     assert (out / "img-01.upscaled.png").is_file()
 
 

@@ -34,6 +34,7 @@ from ideogram_async import (
     UpscaleResponse,
     ValidationError,
 )
+from ideogram_async.cli import _pipeline as pipeline
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._manifest import Outcome
@@ -49,6 +50,7 @@ from ideogram_async.cli._pipeline import (
     until_drained,
     until_stopped,
 )
+from ideogram_async.cli._progress import SilentReporter, Tally
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -699,3 +701,60 @@ async def test_a_budget_that_one_more_image_would_pass_stops_the_run(tmp_path: P
         "upscaled, 3 not done. Run the same command again with --resume to finish the rest."
     ]
     assert [record["status"] for record in read_manifest(manifest)] == ["ok", "ok"]
+
+
+class Watching(SilentReporter):
+    """Notes what the display would show each time the run says something changed."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self.seen: list[tuple[int, int, int]] = []
+
+    def changed(self) -> None:
+        self.tally.waiting()  # what the display asks of the calls under way
+        self.seen.append((self.tally.in_flight, self.tally.downloading, len(self.tally.calls)))
+
+    def finished(self, outcome: Outcome) -> None:
+        self.changed()
+
+
+async def test_the_displays_counts_follow_the_calls_and_downloads_and_end_at_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched: list[Watching] = []
+
+    def watching(tally: Tally, view: View) -> Watching:
+        watched.append(Watching(tally))
+        return watched[-1]
+
+    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    images(tmp_path / "in", 6)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args, "--concurrency", "2")).returncode == 0
+        for name in ("img-01", "img-04"):
+            (out / f"{name}.upscaled.png").unlink()
+        again = await run_main(*args, "--concurrency", "2", "--resume")
+        assert again.returncode == 0, again.stderr
+    first, second = (watching.seen for watching in watched)
+    assert max(calls for calls, _, _ in first) == 2  # two calls at a time, as allowed
+    assert min(calls for calls, _, _ in first) == 0
+    assert all(calls == held for calls, _, held in first)  # each call under way is timed
+    # Two downloads at a time, and one more answered call waiting for their place.
+    assert all(0 <= downloading <= 3 for _, downloading, _ in first + second)
+    assert max(downloading for _, downloading, _ in first) >= 1
+    assert first[-1] == (0, 0, 0)
+    assert max(downloading for _, downloading, _ in second) >= 1  # the recorded results
+    assert all(calls == 0 for calls, _, _ in second)  # downloaded, not upscaled again
+    assert second[-1] == (0, 0, 0)
+
+
+async def test_calls_the_service_refuses_are_counted_in_the_summary(tmp_path: Path) -> None:
+    images(tmp_path / "in", 3)
+    plan = FaultPlan(rate=1.0, choices=[Fault.status(429, retry_after=0)])
+    async with Emulator(KEY, faults=plan) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--retries", "0")
+    assert run.returncode == 1, run.stderr
+    assert "3 refused by the service (429: " in run.stdout

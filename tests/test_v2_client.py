@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -21,11 +22,14 @@ from ideogram_async import (
     NotFoundError,
     PaymentRequiredError,
     RetryEvent,
+    RetryPolicy,
+    Timeouts,
     TopazBloom2,
     TopazRedefine,
     TopazStandard2,
     TopazTextRefine,
     TopazWonder35,
+    UpscaleJob,
     UpscaleRequest,
     V2Options,
     ValidationError,
@@ -450,3 +454,121 @@ def test_the_emulators_v2_settings_are_checked() -> None:
 def test_serve_takes_a_generation_delay(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--generation-delay", "-1"]) == 2
     assert "expected seconds >= 0" in capsys.readouterr().err
+
+
+# --- v2 batches: their arguments, checked up front and applied to every image ------------
+
+
+async def test_v2_batches_check_their_arguments_before_anything_is_sent(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    image, bloom = make_image(), TopazBloom2()
+    with pytest.raises(
+        ValidationError,
+        match=r"^options must be a model's options such as TopazBloom2\(\.\.\.\), "
+        r"got UpscaleRequest$",
+    ):
+        official.v2.upscale_many([image], UpscaleRequest())  # type: ignore[arg-type]
+    for call, name in (
+        (official.v2.upscale_many, "upscale"),
+        (official.v2.quote_many, "quote"),
+    ):
+        with pytest.raises(
+            ValidationError,
+            match=rf"^{name}_many takes an iterable of images, not one image; "
+            rf"wrap it in a list or call {name}\(\) for a single image$",
+        ):
+            await _started(call(image, bloom))  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"^window must be an int >= 1, got 0$"):
+            await _started(call([image], bloom, window=0))
+        with pytest.raises(ValidationError, match=r"^timeouts must be a Timeouts, got int$"):
+            await _started(call([image], bloom, timeouts=5))  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"^retry must be a RetryPolicy, got int$"):
+            await _started(call([image], bloom, retry=3))  # type: ignore[arg-type]
+    assert emulator.stats.requests == 0
+
+
+async def _started(call: object) -> None:
+    """Await ``call`` if it is a coroutine (``quote_many``); a batch run is left unstarted."""
+    if asyncio.iscoroutine(call):
+        await call
+
+
+class HeldBack:
+    """An image stream that sends nothing until the client has had an answer to another
+    request, so it finishes after an image that comes later in the input."""
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.answered = asyncio.Event()
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_end.append(self._answered)
+
+    async def _answered(self, *_: object) -> None:
+        self.answered.set()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        await self.answered.wait()
+        yield self.image
+
+
+async def test_a_v2_batch_yields_as_images_finish_and_quote_many_in_input_order(
+    emulator: Emulator,
+) -> None:
+    image = make_image()
+    held = HeldBack(image)
+    async with IdeogramClient(
+        api_key=KEY, base_url=emulator.base_url, flavor="official", trace_configs=[held.trace]
+    ) as client:
+        results = [r async for r in client.v2.upscale_many([held.stream(), image], TopazBloom2())]
+        assert [r.index for r in results] == [1, 0]
+        assert all(r.ok for r in results)
+        held.answered.clear()
+        summary = await client.v2.quote_many([held.stream(), image], TopazBloom2())
+        assert [item.index for item in summary.items] == [0, 1]
+        assert all(item.ok for item in summary.items)
+        assert summary.items[1].source is image
+
+
+async def test_quote_many_without_options_prices_only_the_pairs(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    image = make_image()
+    summary = await official.v2.quote_many([image, (image, TopazBloom2())])
+    unpriced, priced = summary.items
+    assert str(unpriced.error) == "no options: pass options= or (image, options) pairs"
+    assert isinstance(unpriced.error, ValidationError)
+    assert (unpriced.source, unpriced.quote) == (image, None)
+    assert priced.ok
+    assert emulator.stats.quotes == 1
+
+
+@pytest.mark.parametrize(
+    ("max_usd", "answered", "sent"),
+    [(None, 0, [False]), (5, 0, [True]), (5, 1, [True, False])],
+    ids=["no-budget", "budget-price", "budget-upscale"],
+)
+async def test_a_v2_batchs_retry_timeouts_and_file_names_reach_every_image(
+    png_bytes: bytes, max_usd: int | None, answered: int, sent: list[bool]
+) -> None:
+    # After the first `answered` requests, each is answered only after 5 s: a call's 50 ms
+    # attempt limit ends it first, and its single attempt is not retried. With a budget the
+    # image is priced first (a dry run), then upscaled.
+    slow = FaultPlan([None] * answered, rate=1.0, choices=[Fault.slow(5)])
+    once, quick = RetryPolicy.no_retries(), Timeouts(attempt=0.05)
+    job = UpscaleJob(png_bytes, None, "named.png")
+    async with (
+        Emulator(api_key=KEY, faults=slow) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
+    ):
+        run = client.v2.upscale_many(
+            [job], TopazBloom2(), retry=once, timeouts=quick, max_usd=max_usd
+        )
+        (result,) = [r async for r in run]
+        summary = await client.v2.quote_many([job], TopazBloom2(), retry=once, timeouts=quick)
+    assert isinstance(result.error, APITimeoutError)
+    assert result.attempts == 1 + answered
+    (item,) = summary.items
+    assert isinstance(item.error, APITimeoutError)
+    assert [u.filename for u in emulator.stats.v2_uploads] == ["named.png"] * (len(sent) + 1)
+    assert [u.dry_run for u in emulator.stats.v2_uploads] == [*sent, True]

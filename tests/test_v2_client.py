@@ -572,3 +572,19 @@ async def test_a_v2_batchs_retry_timeouts_and_file_names_reach_every_image(
     assert isinstance(item.error, APITimeoutError)
     assert [u.filename for u in emulator.stats.v2_uploads] == ["named.png"] * (len(sent) + 1)
     assert [u.dry_run for u in emulator.stats.v2_uploads] == [*sent, True]
+
+
+async def test_a_budgeted_v2_batch_refuses_a_stream_it_would_read_twice(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    async def stream() -> AsyncIterator[bytes]:
+        yield make_image()
+
+    run = official.v2.upscale_many([stream()], TopazBloom2(), max_usd=1)
+    (result,) = [r async for r in run]
+    assert isinstance(result.error, ValidationError)
+    assert str(result.error) == (
+        "with max_usd an image is priced before it is sent, so it is read twice: "
+        "pass a path, bytes or a file, not a stream"
+    )
+    assert emulator.stats.requests == 0

@@ -245,15 +245,12 @@ async def fan_out(
     done_early: dict[int, BatchResult[_R]] = {}  # ordered mode: finished, waiting their turn
     next_index = 0  # next input index to start
     next_out = 0  # ordered mode: next index to yield
-    exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) + len(done_early) < window:
+            while len(pending) + len(done_early) < window:
                 try:
                     item = await anext(source)
-                except StopAsyncIteration:
-                    # An exhausted source raises the same again: not setting it only costs calls.
-                    exhausted = True
+                except StopAsyncIteration:  # and again, at once, each time it is asked
                     break
                 pending.add(asyncio.create_task(_one(next_index, item, run, default, kind)))
                 next_index += 1

@@ -283,8 +283,10 @@ def test_target_collection_id_must_be_a_non_empty_str() -> None:
 def test_face_enhancement_requires_both_strengths(cls: type[V2Options]) -> None:
     with pytest.raises(ValidationError) as info:
         _build(cls, face_enhancement=True)
-    assert "face_enhancement=True requires" in str(info.value)
-    assert all(name in str(info.value) for name in FACE)
+    assert str(info.value) == (
+        "face_enhancement=True requires face_enhancement_strength and "
+        f"face_enhancement_creativity (each from 0 to 1) on {cls.model}"
+    )
     for given, missing in ((FACE[0], FACE[1]), (FACE[1], FACE[0])):
         with pytest.raises(ValidationError, match=rf"requires {missing} \(each from 0 to 1\)"):
             _build(cls, face_enhancement=True, **{given: 0.5})
@@ -299,6 +301,12 @@ def test_face_strengths_without_face_enhancement_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=r"applies only with face_enhancement=True"):
         _build(cls, face_enhancement=flag, face_enhancement_strength=0.5)
+    with pytest.raises(ValidationError) as info:
+        _build(cls, face_enhancement=flag, **dict.fromkeys(FACE, 0.5))
+    assert str(info.value) == (
+        "face_enhancement_strength and face_enhancement_creativity apply only with "
+        f"face_enhancement=True on {cls.model}; set face_enhancement=True or leave them unset"
+    )
 
 
 def test_redefine_refuses_a_prompt_it_would_ignore() -> None:
@@ -626,7 +634,11 @@ def test_quote_summary_sums_exact_and_estimated_apart() -> None:
 @pytest.mark.parametrize(
     ("parse", "body", "why"),
     [
+        (parse_upscale, "<html>", "with a body that is not JSON: '<html>'; check base_url"),
+        (parse_upscale, "[]", "with JSON that is not an upscale result"),
         (parse_quote, "[]", "with JSON that is not a price quote"),
+        (parse_generation, "[]", "with JSON that is not a generation"),
+        (parse_generation, "{}", "without a generation's 'generation_id', 'status'"),
         (parse_quote, json.dumps({"usd_micros": 1}), "without a price quote's"),
         (parse_quote, json.dumps({**QUOTE, "upper_bound_usd_micros": "x"}), "with a body of"),
         (parse_upscale, json.dumps({**SYNC_BODY, "seed": "x"}), "with a body of"),

@@ -118,17 +118,30 @@ async def test_a_proxy_flavor_client_refuses_v2_before_sending(emulator: Emulato
             proxy.v2.quote(make_image(), TopazBloom2()),
             proxy.v2.get_generation("gen-1"),
         ):
-            with pytest.raises(ValidationError, match="flavor='official'"):
+            with pytest.raises(ValidationError) as caught:
                 await call
+            assert str(caught.value) == (
+                "the v2 upscalers are Ideogram's own API: create the client with "
+                "flavor='official' (base_url then defaults to https://api.ideogram.ai); "
+                "a proxy-flavor client speaks only the proxy's v1 endpoint"
+            )
         with pytest.raises(ValidationError, match="flavor='official'"):
             await proxy.v2.quote_many([make_image()], TopazBloom2())
     assert emulator.stats.requests == 0
     assert emulator.stats.polls == 0
 
 
-async def test_options_must_be_a_models_options(official: IdeogramClient) -> None:
+async def test_options_must_be_a_models_options(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
     with pytest.raises(ValidationError, match="TopazBloom2"):
         await official.v2.upscale(make_image(), V2Options())
+    with pytest.raises(ValidationError) as caught:
+        await official.v2.quote(make_image(), UpscaleRequest())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "options must be a model's options such as TopazBloom2(...), got UpscaleRequest"
+    )
+    assert emulator.stats.requests == 0
 
 
 # --- the 8192 px rule ------------------------------------------------------------------------

@@ -335,7 +335,14 @@ def test_outputs_up_to_8192_pass(size: tuple[int, int], factor: str) -> None:
         ((1025, 800), "x8", "8200x6400", "the largest factor that fits is x4"),
         ((2049, 100), "x4", "8196x400", "the largest factor that fits is x2"),
         ((100, 2049), "x8", "800x16392", "the largest factor that fits is x2"),
-        ((4097, 10), None, "8194x20", "no factor fits"),
+        ((2048, 10), "x8", "16384x80", "the largest factor that fits is x4"),
+        (
+            (4097, 10),
+            None,
+            "8194x20",
+            "no factor fits (even x2 needs a source of at most 4096 px a side): "
+            "shrink the image or use nano-banana-pro",
+        ),
         ((3000, 5000), "x2", "6000x10000", "no factor fits"),
     ],
 )
@@ -350,6 +357,12 @@ def test_outputs_over_8192_are_refused_naming_limit_size_and_fix(
     assert f"would be {output}" in message
     assert fix in message
     assert "topaz-redefine" in message
+
+
+def test_an_unknown_factor_is_refused_by_the_size_rule() -> None:
+    with pytest.raises(ValidationError) as info:
+        check_output_size(10, 10, model="topaz-bloom-2", factor="x3")
+    assert str(info.value) == "upscale_factor must be one of x2, x4, x8, got 'x3'"
 
 
 def test_nano_banana_pro_has_no_size_rule() -> None:
@@ -487,6 +500,11 @@ def test_estimated_quote_with_upper_bound() -> None:
     assert quote.upper_bound_usd == Decimal("2.500001")
 
 
+def test_a_quote_that_also_names_a_generation_is_still_a_quote() -> None:
+    quote = parse_quote(json.dumps({**QUOTE, "generation_id": "gen-1"}), 200)
+    assert quote.usd_micros == 1
+
+
 def test_a_dry_run_answered_with_a_result_says_it_may_have_been_billed() -> None:
     with pytest.raises(ResponseFormatError, match="may have run and billed"):
         parse_quote(json.dumps(SYNC_BODY), 200)
@@ -571,7 +589,12 @@ def test_options_from_strings_convert_by_field_type() -> None:
     ("model", "values", "message"),
     [
         ("topaz-standard", {}, "unknown model 'topaz-standard'; choose one of auto, "),
-        ("topaz-bloom-2", {"texture": "2"}, "topaz-bloom-2 has no option 'texture'; its options"),
+        (
+            "topaz-bloom-2",
+            {"texture": "2"},
+            "topaz-bloom-2 has no option 'texture'; its options are private, "
+            "target_collection_id, upscale_factor, seed, prompt, creativity, color_preservation",
+        ),
         ("topaz-standard-2", {"seed": "2"}, "has no option 'seed'"),
         (
             "topaz-bloom-2",

@@ -364,9 +364,16 @@ async def test_every_poll_of_a_client_shares_one_rate(png_bytes: bytes) -> None:
 
 
 def test_poll_limit_is_checked() -> None:
-    for bad in ((1, 10.0), (1000, 0), 1000, (1000, 10.0, 1)):
-        with pytest.raises(ValidationError, match="poll_limit"):
+    for bad, message in (
+        ((1, 10.0), "poll_limit's polls must be an int >= 2, got 1"),
+        ((1000, 0), "poll_limit's seconds must be a finite number of seconds > 0, got 0"),
+        (1000, "poll_limit must be a (polls, seconds) pair, got 1000"),
+        ((1000, 10.0, 1), "poll_limit must be a (polls, seconds) pair, got (1000, 10.0, 1)"),
+    ):
+        with pytest.raises(ValidationError) as caught:
             IdeogramClient(api_key=KEY, flavor="official", poll_limit=bad)  # type: ignore[arg-type]
+        assert str(caught.value) == message
+    IdeogramClient(api_key=KEY, flavor="official", poll_limit=(2, 0.5))  # the least it takes
 
 
 async def test_polls_back_off_up_to_max_interval(

@@ -255,6 +255,8 @@ def test_flags_take_only_bools(cls: type[V2Options], name: str) -> None:
     for bad in (1, "true", "yes"):
         with pytest.raises(ValidationError, match=rf"^{name} must be True or False"):
             _build(cls, **{name: bad})
+    with pytest.raises(ValidationError, match=rf"^{name} must be True or False, got int 1$"):
+        _build(cls, **{name: 1})
 
 
 @pytest.mark.parametrize(

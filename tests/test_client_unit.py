@@ -202,6 +202,14 @@ async def test_connections_checks_and_downloads_follow_the_allowances_maximum() 
                 gate.release()
 
 
+def test_requests_per_second_is_a_rate_per_second_and_unset_is_no_limiter() -> None:
+    limited = IdeogramClient(api_key=KEY, base_url=BASE, requests_per_second=5)
+    limiter = limited._attempts.limiter
+    assert limiter is not None
+    assert (limiter.max_rate, limiter.time_period) == (5, 1)
+    assert IdeogramClient(api_key=KEY, base_url=BASE)._attempts.limiter is None
+
+
 @pytest.mark.parametrize("adaptive", [False, True])
 async def test_adaptive_is_passed_to_the_allowance_built_from_a_number(adaptive: bool) -> None:
     client = IdeogramClient(api_key=KEY, base_url=BASE, allowance=8, adaptive=adaptive)

@@ -608,3 +608,22 @@ async def test_a_budgeted_v2_batch_refuses_a_stream_it_would_read_twice(
         "pass a path, bytes or a file, not a stream"
     )
     assert emulator.stats.requests == 0
+
+
+async def test_a_v2_call_past_its_deadline_names_what_it_was_doing(png_bytes: bytes) -> None:
+    # Every answer takes 5 s; the whole call may take 50 ms.
+    slow = FaultPlan.always(Fault.slow(5))
+    brief = RetryPolicy(deadline=0.05)
+    async with (
+        Emulator(api_key=KEY, faults=slow) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, flavor="official", retry=brief
+        ) as client,
+    ):
+        for call, what in (
+            (client.v2.quote(png_bytes, TopazBloom2(), filename="a.png"), "quote"),
+            (client.v2.upscale(png_bytes, TopazBloom2(), filename="a.png"), "topaz-bloom-2"),
+        ):
+            with pytest.raises(APITimeoutError) as caught:
+                await call
+            assert str(caught.value).startswith(f"{what} a.png: the deadline of 0.05s")

@@ -508,8 +508,11 @@ def test_a_quote_that_also_names_a_generation_is_still_a_quote() -> None:
 
 
 def test_a_dry_run_answered_with_a_result_says_it_may_have_been_billed() -> None:
-    with pytest.raises(ResponseFormatError, match="may have run and billed"):
-        parse_quote(json.dumps(SYNC_BODY), 200)
+    body = json.dumps(SYNC_BODY)
+    with pytest.raises(ResponseFormatError, match="may have run and billed") as info:
+        parse_quote(body, 201)
+    assert str(info.value).startswith("the service answered a dry run (HTTP 201) with an")
+    assert (info.value.status, info.value.body) == (201, body)
     with pytest.raises(ResponseFormatError, match="'usd_micros', 'credit_millis'"):
         parse_quote(
             json.dumps(

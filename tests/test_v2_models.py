@@ -268,7 +268,7 @@ def test_prompt_length_is_capped_per_model(cls: type[V2Options], limit: int) -> 
         ValidationError, match=rf"prompt is {limit + 1} characters.*at most {limit}"
     ):
         _build(cls, prompt="p" * (limit + 1))
-    with pytest.raises(ValidationError, match="prompt must be a str"):
+    with pytest.raises(ValidationError, match=r"^prompt must be a str, got bytes b'bytes'$"):
         _build(cls, prompt=b"bytes")
 
 

@@ -255,6 +255,7 @@ async def test_v2_calls_have_their_spans_and_a_billed_generation_counts_its_cost
     assert quoted.attributes is not None
     assert quoted.attributes["ideogram.model"] == MODEL.model
     assert quoted.attributes["ideogram.endpoint"] == f"/v2/image/upscale/{MODEL.model}"
+    assert quoted.attributes["ideogram.num_images"] == 1
     assert len(sdk.finished("ideogram.v2.submit")) == 1
     (waited,) = sdk.finished("ideogram.v2.generation.wait")
     assert {span.name for span in sdk.children(waited)} == {"ideogram.v2.generation.get"}

@@ -327,3 +327,11 @@ def test_a_quiet_spell_counts_from_the_first_event_or_the_last_forgetting() -> N
     refuse(bound, held=12, now=100.0)  # slow start ends again, the bound stays
     full(bound, now=120.0)  # 60 s since it was forgotten: forgotten again, slow start
     assert bound.limit == 11
+
+
+def test_an_allowance_of_one_place_is_learned_as_one() -> None:
+    bound = Bound(10)
+    refuse(bound, held=2, number=1)  # the organization's allowance is a single place
+    assert (bound.ceiling, bound.limit) == (1, 1)
+    full(bound, 5, now=1.0)
+    assert bound.limit == 1  # never above the number

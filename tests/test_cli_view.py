@@ -24,16 +24,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import redis.asyncio as aioredis
 from rich.cells import cell_len
 
-from ideogram_async import LocalAllowance
+from ideogram_async import LocalAllowance, LocalBudget
 from ideogram_async.cli import main
 from ideogram_async.cli._commands import _shared_at
 from ideogram_async.cli._live import RichReporter, fit, status_fields
 from ideogram_async.cli._parser import build_parser
 from ideogram_async.cli._progress import PlainReporter, Tally
+from ideogram_async.cli._refusals import WatchedAllowance
 from ideogram_async.cli._summary import (
     AllowanceReport,
     Failure,
@@ -520,3 +522,178 @@ async def test_an_interrupted_run_still_writes_its_summary(tmp_path: Path) -> No
     assert "Done: 0 of 6 image(s) upscaled, 6 skipped in " in run.stdout
     result = json.loads(summary.read_text())
     assert (result["total"], result["succeeded"], result["skipped"]) == (6, 0, 6)
+
+
+# The parts of the display, one at a time: exact text for given counts.
+
+
+def test_a_summary_of_nothing_done_says_so_in_three_lines() -> None:
+    summary = Summary(total=3, succeeded=0, failed=0, seconds=0.04)
+    assert summary.rate is None
+    assert summary.refused_total == 0
+    assert render(summary) == [
+        "Done: 0 of 3 image(s) upscaled in 0.0s.",
+        "Requests: 0 request(s) retried; none refused by the service.",
+        "Allowance: local; the service never named the organization's allowance.",
+    ]
+
+
+def test_a_summary_shows_the_refusals_by_reason_and_the_dollars_against_the_budget() -> None:
+    summary = a_summary(
+        refused={"org_limit": 2, "inflight_limit": 5},
+        retries=7,
+        usd=Decimal("1234.5"),
+        max_usd=Decimal("2000"),
+    )
+    assert summary.refused_total == 7
+    assert render(summary)[1] == (
+        "Requests: 7 request(s) retried; 7 refused by the service "
+        "(429: 5 inflight_limit, 2 org_limit); $1,234.5000 spent of the $2,000.0000 budget."
+    )
+    no_budget = render(a_summary(usd=Decimal("0.5")))[1]
+    assert no_budget.endswith("; none refused by the service; $0.5000 spent.")
+
+
+def test_a_summary_rate_needs_images_and_time() -> None:
+    assert a_summary(succeeded=3, seconds=1.5).rate == 2.0
+    assert a_summary(succeeded=3, seconds=0.0).rate is None
+    assert a_summary(succeeded=0, seconds=1.0).rate is None
+    assert render(a_summary(succeeded=3, seconds=0.0))[0] == (
+        "Done: 3 of 30 image(s) upscaled, 25 failed in 0.0s."
+    )
+
+
+def test_twenty_failures_are_all_listed_and_the_list_can_be_left_out() -> None:
+    failures = tuple(Failure(source=f"f{n}.png", error="no") for n in range(20))
+    lines = render(a_summary(failures=failures))
+    assert lines[3:] == ["Failed:", *(f"  f{n}.png: no" for n in range(20))]
+    assert render(a_summary(failures=failures), failures=False) == lines[:3]
+
+
+@pytest.mark.parametrize(
+    ("bound", "reported"), [(None, None), (4, None), (None, 6)], ids=["none", "bound", "named"]
+)
+def test_the_bound_is_told_only_with_the_allowance_the_service_named(
+    bound: int | None, reported: int | None
+) -> None:
+    summary = a_summary(allowance=AllowanceReport(bound=bound, reported=reported))
+    assert render(summary)[2] == (
+        "Allowance: local; the service never named the organization's allowance."
+    )
+    assert to_json(summary)["allowance"] == {"shared": None, "bound": None}
+
+
+def test_the_json_summary_has_exactly_its_keys_in_order() -> None:
+    summary = a_summary(
+        skipped=1,
+        refused={"z": 1, "a": 2},
+        retries=3,
+        seconds=1.23456,
+        usd=Decimal("0.25"),
+        max_usd=Decimal("9"),
+        allowance=AllowanceReport(bound=5, reported=8),
+        failures=(Failure(source="x.png", error="bad"),),
+    )
+    written = to_json(summary)
+    assert written == {
+        "total": 30,
+        "succeeded": 4,
+        "failed": 25,
+        "skipped": 1,
+        "refused": {"a": 2, "z": 1},
+        "retries": 3,
+        "seconds": 1.235,
+        "usd": 0.25,
+        "allowance": {"shared": None, "bound": 5},
+        "failures": [{"source": "x.png", "error": "bad"}],
+    }
+    assert list(written["refused"]) == ["a", "z"]
+    assert render(summary)[2] == (
+        "Allowance: local; the service named an allowance of 8, "
+        "the bound settled at 5 image(s) in flight."
+    )
+
+
+def test_the_json_file_is_indented_utf8_and_ends_with_a_newline(tmp_path: Path) -> None:
+    summary = a_summary(failures=(Failure(source="café.png", error="bad"),))
+    path = tmp_path / "s.json"
+    write_json(summary, path)
+    expected = json.dumps(to_json(summary), indent=2, ensure_ascii=False) + "\n"
+    assert path.read_bytes() == expected.encode("utf-8")
+    assert '"source": "café.png"' in path.read_text(encoding="utf-8")
+
+
+def test_a_json_file_that_cannot_be_replaced_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "taken"
+    (path / "inside").mkdir(parents=True)  # a folder where the file should go
+    with pytest.raises(IsADirectoryError):
+        write_json(a_summary(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_where_a_redis_url_points_is_its_host_port_and_db() -> None:
+    shared = SharedAt.from_url("redis://:secret@cache.example:6390/3", "org-c")
+    assert shared == SharedAt(host="cache.example:6390/3", key="org-c")
+
+
+def test_the_tally_counts_done_skipped_and_the_calls_that_wait() -> None:
+    tally = Tally(total=10, ok=3, failed=2, skipped=1)
+    assert tally.done == 5
+    now = time.monotonic()
+    tally.calls.update({0: now - 10.0, 1: now - 10.5, 2: now - 25.4})
+    assert tally.waiting(now) == (2, pytest.approx(25.4))
+    tally.calls[0] = now - 5.0
+    count, longest = tally.waiting()  # now, by default
+    assert count == 2
+    assert 25.4 <= longest < 35.0
+    assert tally.waiting_text() == "2 waiting 25 s for the service"
+    tally.calls.clear()
+    assert tally.waiting_text() is None
+    tally.started -= 5.0
+    assert 5.0 <= tally.elapsed < 15.0
+
+
+def test_the_tallys_summary_without_an_allowance() -> None:
+    tally = Tally(total=6, ok=2, failed=1, retries=4)
+    tally.failures.append(Failure(source="a.png", error="bad"))
+    tally.started -= 2.0
+    summary = tally.summary()
+    assert 2.0 <= summary.seconds < 12.0
+    assert attrs.evolve(summary, seconds=0.0) == Summary(
+        total=6,
+        succeeded=2,
+        failed=1,
+        skipped=3,  # neither done nor skipped before: left when the run stopped
+        refused={},
+        retries=4,
+        seconds=0.0,
+        failures=(Failure(source="a.png", error="bad"),),
+    )
+
+
+async def test_the_tallys_summary_counts_the_refusals_its_allowance_heard() -> None:
+    watched = WatchedAllowance(LocalAllowance(8))
+    tally = Tally(total=2, ok=2, allowance=watched)
+    summary = tally.summary(shared=SharedAt(host="h:1/0", key="k"))
+    assert summary.refused == {}
+    assert summary.allowance == AllowanceReport(shared=SharedAt(host="h:1/0", key="k"))
+    await watched.rejected(None)
+    assert tally.summary().allowance == AllowanceReport()
+    await watched.rejected(6)
+    await watched.rejected(None)
+    assert watched.refusals == 3
+    assert watched.reported == 6
+    summary = tally.summary()
+    assert summary.refused == {"inflight_limit": 3}
+    assert summary.allowance == AllowanceReport(bound=watched.limit, reported=6)
+    assert watched.inner.limit == watched.limit <= 6  # the number reached the allowance
+
+
+def test_the_tallys_summary_with_an_unwatched_allowance_and_a_budget() -> None:
+    budget = LocalBudget(Decimal("2"))
+    tally = Tally(total=1, allowance=LocalAllowance(4))
+    summary = tally.summary(budget=budget)
+    assert summary.refused == {}
+    assert summary.allowance == AllowanceReport()
+    assert (summary.usd, summary.max_usd) == (Decimal(0), Decimal("2"))
+    assert "$0.0000 spent of the $2.0000 budget" in render(summary)[1]

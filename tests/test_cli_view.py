@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import json
 import os
 import pty
@@ -29,12 +30,21 @@ import pytest
 import redis.asyncio as aioredis
 from rich.cells import cell_len
 
-from ideogram_async import LocalAllowance, LocalBudget
-from ideogram_async.cli import main
+from ideogram_async import (
+    APIStatusError,
+    BatchResult,
+    LocalAllowance,
+    LocalBudget,
+    RetryEvent,
+    ValidationError,
+)
+from ideogram_async.cli import _progress, main
 from ideogram_async.cli._commands import _shared_at
+from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._live import RichReporter, fit, status_fields
+from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._parser import build_parser
-from ideogram_async.cli._progress import PlainReporter, Tally
+from ideogram_async.cli._progress import AttemptLog, PlainReporter, SilentReporter, Tally
 from ideogram_async.cli._refusals import WatchedAllowance
 from ideogram_async.cli._summary import (
     AllowanceReport,
@@ -697,3 +707,105 @@ def test_the_tallys_summary_with_an_unwatched_allowance_and_a_budget() -> None:
     assert summary.allowance == AllowanceReport()
     assert (summary.usd, summary.max_usd) == (Decimal(0), Decimal("2"))
     assert "$0.0000 spent of the $2.0000 budget" in render(summary)[1]
+
+
+def an_outcome(ok: bool, attempts: int) -> Outcome:
+    source = Source(path=Path("/in/a.png").absolute(), shown="in/a.png")
+    if ok:
+        outputs = (Path("out/a.1.png"), Path("out/a.2.png"))
+        return Outcome(source=source, ok=True, outputs=outputs, attempts=attempts, seconds=0.835)
+    return Outcome(source=source, ok=False, error="HTTP 400: bad", attempts=attempts, seconds=31.2)
+
+
+def test_plain_lines_count_what_is_left_to_do_and_name_each_attempt_count(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tally = Tally(total=12, ok=3, failed=1, skipped=2)
+    out = io.StringIO()
+    reporter = PlainReporter(tally, out)
+    reporter.changed()
+    reporter.finished(an_outcome(ok=True, attempts=1))
+    reporter.finished(an_outcome(ok=False, attempts=3))
+    reporter.finished(an_outcome(ok=True, attempts=2))
+    assert out.getvalue().splitlines() == [
+        "[4/10] ok in/a.png -> out/a.1.png, out/a.2.png (1 attempt, 0.83s)",
+        "[4/10] FAILED in/a.png: HTTP 400: bad (3 attempts, 31.20s)",
+        "[4/10] ok in/a.png -> out/a.1.png, out/a.2.png (2 attempts, 0.83s)",
+    ]
+    PlainReporter(tally).note("to the terminal")
+    silent = SilentReporter()
+    silent.start()
+    silent.changed()
+    silent.finished(an_outcome(ok=False, attempts=1))
+    silent.note("only notes")
+    silent.close()
+    assert capsys.readouterr().out == "to the terminal\nonly notes\n"
+
+
+class FakeTime:
+    """A clock the test moves: what ``-v`` says an attempt took."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_v_says_what_each_attempt_took_and_why_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(_progress, "time", clock)
+    lines: list[str] = []
+    log = AttemptLog(lambda error: f"<{type(error).__name__}>", lines.append)
+    name = "upscale caf\udce9.png"
+    log.began(name)
+    clock.now = 101.5
+    asked = APIStatusError("slow down", status=503, retry_after=2.0)
+    log.retried(RetryEvent(attempt=1, error=asked, wait=2.0, waited=0.0, name=name))
+    clock.now = 104.0  # the second attempt started at 103.5
+    log.retried(
+        RetryEvent(attempt=2, error=ValidationError("reset"), wait=0.25, waited=2.0, name=name)
+    )
+    clock.now = 105.0  # the third started at 104.25
+    log.retried(
+        RetryEvent(
+            attempt=3, error=APIStatusError("busy", status=503), wait=0.5, waited=2.25, name=name
+        )
+    )
+    clock.now = 106.25  # the fourth started at 105.5
+    log.ended(name, a_result(error=APIStatusError("no", status=500), attempts=4, elapsed=6.25))
+    log.ended("upscale b.png", a_result(error=None, attempts=1, elapsed=0.5))  # never began
+    log.began("upscale c.png")
+    clock.now = 108.5
+    log.ended("upscale c.png", a_result(error=None, attempts=1, elapsed=2.25))
+    log.ended("upscale c.png", a_result(error=None, attempts=1, elapsed=2.25))  # forgotten
+    assert lines == [
+        "upscale caf\ufffd.png: attempt 1 failed after 1.5s: <APIStatusError>; next attempt in "
+        "2.00s (the service asked for it (Retry-After))",
+        "upscale caf\ufffd.png: attempt 2 failed after 0.5s: <ValidationError>; next attempt in "
+        "0.25s (backoff with jitter)",
+        "upscale caf\ufffd.png: attempt 3 failed after 0.8s: <APIStatusError>; next attempt in "
+        "0.50s (backoff with jitter)",
+        "upscale caf\ufffd.png: attempt 4 failed after 0.8s for good: <APIStatusError> "
+        "(6.2s in all)",
+        "upscale b.png: attempt 1 ok",
+        "upscale c.png: attempt 1 ok after 2.2s",
+        "upscale c.png: attempt 1 ok",
+    ]
+
+
+def test_v_writes_its_lines_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    AttemptLog(str).ended("upscale a.png", a_result(error=None, attempts=1, elapsed=0.1))
+    assert capsys.readouterr() == ("", "upscale a.png: attempt 1 ok\n")
+
+
+def a_result(*, error: Exception | None, attempts: int, elapsed: float) -> BatchResult[Any]:
+    return BatchResult(
+        index=0,
+        source=Path("a.png"),
+        request=None,
+        response=None,
+        error=error,
+        attempts=attempts,
+        elapsed=elapsed,
+    )

@@ -29,6 +29,8 @@ import attrs
 import pytest
 import redis.asyncio as aioredis
 from rich.cells import cell_len
+from rich.console import Console
+from rich.text import Text
 
 from ideogram_async import (
     APIStatusError,
@@ -41,7 +43,7 @@ from ideogram_async import (
 from ideogram_async.cli import _progress, main
 from ideogram_async.cli._commands import _shared_at
 from ideogram_async.cli._inputs import Source
-from ideogram_async.cli._live import RichReporter, fit, status_fields
+from ideogram_async.cli._live import Field, RichReporter, fit, print_table, status_fields
 from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._parser import build_parser
 from ideogram_async.cli._progress import AttemptLog, PlainReporter, SilentReporter, Tally
@@ -809,3 +811,148 @@ def a_result(*, error: Exception | None, attempts: int, elapsed: float) -> Batch
         attempts=attempts,
         elapsed=elapsed,
     )
+
+
+def mid_run_tally() -> Tally:
+    tally = Tally(total=5, ok=1, failed=1, skipped=1, in_flight=2, downloading=1, retries=3)
+    tally.allowance = LocalAllowance(4)
+    return tally
+
+
+def test_the_status_fields_for_given_counts() -> None:
+    tally = mid_run_tally()
+    assert status_fields(tally, tally.started + 8.0) == [
+        Field(9, "Upscaling", "bold"),
+        Field(1, "2/4", "progress.download"),
+        Field(5, "1 ok", "green"),
+        Field(1, "1 failed", "red"),
+        Field(1, "2 in flight", "cyan"),
+        Field(4, "1 downloading"),
+        Field(3, "0/4 places", "cyan"),
+        Field(2, "3 retries", "yellow"),
+        Field(1, "0.2 img/s", "progress.data.speed"),  # 2 done in 8 s
+        Field(6, "0:00:08", "progress.elapsed"),
+        Field(1, "ETA 0:00:08", "progress.remaining"),  # 2 left at that rate
+    ]
+
+
+def test_the_status_fields_before_anything_is_done_or_seen() -> None:
+    tally = Tally(total=3)
+    texts = [(f.text, f.style) for f in status_fields(tally, tally.started + 3725.9)]
+    assert texts == [
+        ("Upscaling", "bold"),
+        ("0/3", "progress.download"),
+        ("0 ok", "green"),
+        ("0 failed", ""),
+        ("0 in flight", "cyan"),
+        ("0 downloading", ""),
+        ("0 retries", ""),
+        ("-- img/s", "progress.data.speed"),
+        ("1:02:05", "progress.elapsed"),
+        ("ETA --:--", "progress.remaining"),
+    ]
+    tally.ok = 1  # done, but no time has passed
+    shown = [f.text for f in status_fields(tally, tally.started)]
+    assert shown[-3:] == ["-- img/s", "0:00:00", "ETA --:--"]
+
+
+def test_fields_are_kept_by_priority_until_the_next_does_not_fit() -> None:
+    fields = [Field(1, "aaaa"), Field(3, "bb"), Field(1, "cc"), Field(2, "漢字")]
+    assert [f.text for f in fit(fields, 3)] == []
+    assert [f.text for f in fit(fields, 4)] == ["aaaa"]
+    assert [f.text for f in fit(fields, 7)] == ["aaaa"]
+    assert [f.text for f in fit(fields, 8)] == ["aaaa", "cc"]
+    assert [f.text for f in fit(fields, 13)] == ["aaaa", "cc"]  # 漢字 is 4 cells wide
+    assert [f.text for f in fit(fields, 14)] == ["aaaa", "cc", "漢字"]
+    assert [f.text for f in fit(fields, 18)] == ["aaaa", "bb", "cc", "漢字"]
+    # The first that does not fit ends it: nothing less important slips in after it.
+    assert [f.text for f in fit([Field(1, "x" * 9), Field(2, "y")], 5)] == []
+
+
+def status_line(tally: Tally, width: int) -> Text:
+    return next(RichReporter(tally).status.lines(width))
+
+
+def test_the_bar_takes_the_room_left_between_ten_and_forty_cells() -> None:
+    tally = mid_run_tally()
+    tally.started = time.monotonic() - 3600.2  # an hour in: the fields keep their width
+    texts = [f.text for f in status_fields(tally)]
+    bare = len("  ".join(texts))
+    assert status_line(tally, bare + 11).plain == "  ".join(texts)  # room for 9 cells only
+    line = status_line(tally, bare + 12)
+    assert line.plain == "  ".join([texts[0], "━" * 10, *texts[1:]])
+    assert status_line(tally, bare + 60).plain == "  ".join([texts[0], "━" * 40, *texts[1:]])
+    start = len(texts[0]) + 2
+    spans = [(s.start, s.end, s.style) for s in line.spans]
+    assert spans[:3] == [
+        (0, len(texts[0]), "bold"),
+        (start, start + 5, "bar.complete"),  # 2 of 4 done
+        (start + 5, start + 10, "bar.back"),
+    ]
+    assert [str(s.style) for s in line.spans[3:]] == [
+        f.style for f in status_fields(tally) if f.text in texts[1:] and f.style
+    ]
+
+
+def test_the_bar_is_full_when_nothing_is_left_to_do() -> None:
+    tally = Tally(total=2, skipped=2)
+    line = status_line(tally, 200)
+    assert "━" * 40 in line.plain
+    assert [s.style for s in line.spans if str(s.style).startswith("bar.")] == ["bar.complete"]
+
+
+def test_the_wait_notice_shows_only_when_it_fits() -> None:
+    tally = Tally(total=2)
+    tally.calls[0] = time.monotonic() - 42.2
+    notice = "1 waiting 42 s for the service"
+    lines = list(RichReporter(tally).status.lines(len(notice)))
+    assert [line.plain for line in lines[1:]] == [notice]
+    assert lines[1].style == "bold yellow"
+    assert len(list(RichReporter(tally).status.lines(len(notice) - 1))) == 1
+
+
+def test_the_live_display_prints_failures_and_notes_above_it_as_they_are() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=60, force_terminal=True, color_system="standard")
+    reporter = RichReporter(Tally(total=2), console)
+    reporter.changed()
+    reporter.finished(an_outcome(ok=False, attempts=1))
+    reporter.finished(an_outcome(ok=True, attempts=1))
+    reporter.note("3 [b]x[/b] 'q' http://x.y")  # no markup, no highlighting
+    assert out.getvalue() == (
+        "\x1b[1;31mFAILED \x1b[0min/a.png: HTTP 400: bad\n3 [b]x[/b] 'q' http://x.y\n"
+    )
+
+
+def test_the_live_display_leaves_stdout_and_stderr_alone_and_ends_with_the_status() -> None:
+    out = io.StringIO()
+    tally = Tally(total=2, ok=1)
+    console = Console(file=out, width=60, force_terminal=True, color_system="standard")
+    reporter = RichReporter(tally, console)
+    streams = (sys.stdout, sys.stderr)
+    reporter.start()
+    try:
+        assert (sys.stdout, sys.stderr) == streams
+    finally:
+        reporter.close()
+    assert "1/2" in ANSI.sub("", out.getvalue())
+
+
+def test_a_table_aligns_its_columns_and_marks_failures_red(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    print_table("Runs", ["name", "count"], [["a", "failed"], ["bbbbbbbb", "12"]])
+    assert capsys.readouterr().out.splitlines() == [
+        "        Runs         ",
+        "┏━━━━━━━━━━┳━━━━━━━━┓",
+        "┃ name     ┃  count ┃",
+        "┡━━━━━━━━━━╇━━━━━━━━┩",
+        "│ a        │ failed │",
+        "│ bbbbbbbb │     12 │",
+        "└──────────┴────────┘",
+    ]
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    print_table("Runs", ["name"], [["failed"], ["ok"]])
+    out = capsys.readouterr().out
+    assert "\x1b[31mfailed\x1b[0m" in out
+    assert "\x1b[31mok" not in out

@@ -40,7 +40,7 @@ from ideogram_async import (
     RetryEvent,
     ValidationError,
 )
-from ideogram_async.cli import _progress, main
+from ideogram_async.cli import _progress, _summary, main
 from ideogram_async.cli._commands import _shared_at
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._live import Field, RichReporter, fit, print_table, status_fields
@@ -626,10 +626,24 @@ def test_the_json_summary_has_exactly_its_keys_in_order() -> None:
     )
 
 
-def test_the_json_file_is_indented_utf8_and_ends_with_a_newline(tmp_path: Path) -> None:
+def test_the_json_file_is_indented_utf8_and_ends_with_a_newline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     summary = a_summary(failures=(Failure(source="café.png", error="bad"),))
-    path = tmp_path / "s.json"
+    path = tmp_path / "runs" / "today" / "s.json"
+    replace = os.replace
+    beside: list[str] = []
+
+    def watched(source: str, target: Path) -> None:
+        beside.extend(p.name for p in path.parent.iterdir())
+        replace(source, target)
+
+    monkeypatch.setattr(_summary.os, "replace", watched)
     write_json(summary, path)
+    # Written beside it under a hidden name that no "*.json" matches, then renamed.
+    (temporary,) = beside
+    assert re.fullmatch(r"\.s\.json\..+\.tmp", temporary), temporary
+    assert [p.name for p in path.parent.iterdir()] == ["s.json"]
     expected = json.dumps(to_json(summary), indent=2, ensure_ascii=False) + "\n"
     assert path.read_bytes() == expected.encode("utf-8")
     assert '"source": "café.png"' in path.read_text(encoding="utf-8")

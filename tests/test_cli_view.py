@@ -970,3 +970,49 @@ def test_a_table_aligns_its_columns_and_marks_failures_red(
     out = capsys.readouterr().out
     assert "\x1b[31mfailed\x1b[0m" in out
     assert "\x1b[31mok" not in out
+
+
+class SteppedLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test moves forward: timers fire without waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ahead = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.ahead
+
+
+def test_plain_lines_say_every_ten_seconds_while_calls_wait() -> None:
+    tally = Tally(total=3)
+    out = io.StringIO()
+    reporter = PlainReporter(tally, out)
+    loop = SteppedLoop()
+
+    async def after(seconds: float) -> list[str]:
+        loop.ahead += seconds
+        for _ in range(3):  # let the loop run what came due
+            await asyncio.sleep(0)
+        lines = out.getvalue().splitlines()
+        out.seek(0)
+        out.truncate()
+        return lines
+
+    async def scenario() -> None:
+        reporter.close()  # before start: nothing to stop
+        reporter.start()
+        tally.calls[0] = time.monotonic() - 42.2
+        assert await after(9.9) == []
+        assert await after(0.2) == ["1 waiting 42 s for the service"]
+        del tally.calls[0]
+        assert await after(10.0) == []  # nothing waits: no line, but it keeps watching
+        tally.calls[1] = time.monotonic() - 12.0
+        assert await after(10.0) == ["1 waiting 12 s for the service"]
+        reporter.close()
+        reporter.close()
+        assert await after(30.0) == []
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

@@ -40,7 +40,7 @@ from ideogram_async import (
     RetryEvent,
     ValidationError,
 )
-from ideogram_async.cli import _progress, _summary, main
+from ideogram_async.cli import _progress, main
 from ideogram_async.cli._commands import _shared_at
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._live import Field, RichReporter, fit, print_table, status_fields
@@ -638,7 +638,7 @@ def test_the_json_file_is_indented_utf8_and_ends_with_a_newline(
         beside.extend(p.name for p in path.parent.iterdir())
         replace(source, target)
 
-    monkeypatch.setattr(_summary.os, "replace", watched)
+    monkeypatch.setattr(os, "replace", watched)
     write_json(summary, path)
     # Written beside it under a hidden name that no "*.json" matches, then renamed.
     (temporary,) = beside
@@ -667,7 +667,9 @@ def test_the_tally_counts_done_skipped_and_the_calls_that_wait() -> None:
     assert tally.done == 5
     now = time.monotonic()
     tally.calls.update({0: now - 10.0, 1: now - 10.5, 2: now - 25.4})
-    assert tally.waiting(now) == (2, pytest.approx(25.4))
+    count, longest = tally.waiting(now)
+    assert count == 2
+    assert longest == pytest.approx(25.4)
     tally.calls[0] = now - 5.0
     count, longest = tally.waiting()  # now, by default
     assert count == 2

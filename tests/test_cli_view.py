@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import io
 import json
+import locale
 import os
 import pty
 import re
@@ -37,6 +38,7 @@ from ideogram_async import (
     BatchResult,
     LocalAllowance,
     LocalBudget,
+    RateLimitError,
     RetryEvent,
     ValidationError,
 )
@@ -1018,3 +1020,78 @@ def test_plain_lines_say_every_ten_seconds_while_calls_wait() -> None:
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+class Flushed(io.StringIO):
+    """A stream that keeps what was pushed out (flushed) apart from what is buffered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed = ""
+
+    def flush(self) -> None:
+        self.pushed = self.getvalue()
+
+
+def test_each_line_is_pushed_out_as_it_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script reading the lines through a pipe gets each one at once, not at exit."""
+    stdout, stderr, out = Flushed(), Flushed(), Flushed()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    PlainReporter(Tally(total=1), out).note("to a file")
+    assert out.pushed == "to a file\n"
+    PlainReporter(Tally(total=1)).note("plain")
+    assert stdout.pushed == "plain\n"
+    SilentReporter().note("silent")
+    assert stdout.pushed == "plain\nsilent\n"
+    AttemptLog(str).ended("upscale a.png", a_result(error=None, attempts=1, elapsed=0.1))
+    assert stderr.pushed == "upscale a.png: attempt 1 ok\n"
+
+
+def test_the_status_clock_and_rate_in_the_first_minutes() -> None:
+    tally = Tally(total=4, ok=1)
+    texts = [f.text for f in status_fields(tally, tally.started + 0.5)]
+    assert texts[-3:] == ["2.0 img/s", "0:00:00", "ETA 0:00:01"]  # 3 left at 2 a second
+    texts = [f.text for f in status_fields(tally, tally.started + 60.0)]
+    assert texts[-3:] == ["0.0 img/s", "0:01:00", "ETA 0:03:00"]
+
+
+def test_the_bar_of_a_single_image_fills_when_it_is_done() -> None:
+    tally = Tally(total=1)
+    assert [s.style for s in status_line(tally, 200).spans[1:2]] == ["bar.back"]
+    tally.ok = 1
+    assert [s.style for s in status_line(tally, 200).spans[1:2]] == ["bar.complete"]
+
+
+def test_an_interrupt_right_after_the_rename_keeps_the_summary_and_stays_an_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replace = os.replace
+
+    def interrupted(source: str, target: Path) -> None:
+        replace(source, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    path = tmp_path / "s.json"
+    with pytest.raises(KeyboardInterrupt):
+        write_json(a_summary(), path)
+    assert json.loads(path.read_text()) == to_json(a_summary())
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_the_json_summary_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    summary = a_summary(failures=(Failure(source="café.png", error="bad"),))
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # text files default to ASCII here
+    try:
+        write_json(summary, tmp_path / "s.json")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert json.loads((tmp_path / "s.json").read_bytes().decode("utf-8")) == to_json(summary)
+
+
+def test_a_summary_with_no_allowance_keeps_the_refusals_it_saw() -> None:
+    tally = Tally(total=1)
+    tally.refusals.saw(RateLimitError("busy", status=429, reject_reason="org_limit"))
+    assert tally.summary().refused == {"org_limit": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ideogram_async.cli._quotes import render as render_quotes
 from ideogram_async.testing import Emulator
 
 from .test_cli import KEY, assert_clean, listing, read_manifest, run_cli, save_image, size_of
+from .test_cli_view import Flushed
 
 PRICE = re.compile(r"\$(\d[\d,]*\.\d{4})")
 
@@ -211,10 +213,21 @@ def test_an_empty_price_table_keeps_its_header_aligned() -> None:
 
 
 async def test_pricing_in_process_prints_the_table_and_exits_by_what_was_priced(
-    inputs: Path, capsys: pytest.CaptureFixture[str]
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sources = find_images([str(inputs)], recursive=False, exclude=None)
     wide = [s for s in sources if s.shown.endswith("wide.png")]
+
+    def pushed() -> list[str]:
+        """The lines flushed to stdout so far (each at once, for a script reading a pipe)."""
+        lines = stdout.pushed.splitlines()
+        stdout.seek(0)
+        stdout.truncate()
+        stdout.pushed = ""
+        return lines
+
+    stdout = Flushed()
+    monkeypatch.setattr(sys, "stdout", stdout)
     async with Emulator(KEY) as emulator:
 
         def connect() -> IdeogramClient:
@@ -222,13 +235,13 @@ async def test_pricing_in_process_prints_the_table_and_exits_by_what_was_priced(
 
         options = TopazBloom2(upscale_factor="x4")
         assert await run_quotes(connect, sources[:1], options, asyncio.Event()) == 0
-        priced = capsys.readouterr().out.splitlines()
+        priced = pushed()
         assert await run_quotes(connect, wide, options, asyncio.Event()) == 1
-        failed = capsys.readouterr().out.splitlines()
+        failed = pushed()
         stop = asyncio.Event()
         stop.set()
         assert await run_quotes(connect, sources, options, stop) == 130
-        assert capsys.readouterr().out == "Interrupted: nothing was run or billed.\n"
+        assert pushed() == ["Interrupted: nothing was run or billed."]
         assert emulator.stats.billed_usd_micros == 0
     assert re.fullmatch(r".*a\.png  \$\d\.\d{4} exact  upscale\.[\w.-]+, quantity \d+", priced[1])
     assert priced[2].startswith("Total: $")

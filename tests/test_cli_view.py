@@ -2,7 +2,9 @@
 
 The display is checked on a real pseudo-terminal (80x24) running the real command;
 the bounds of a run against a service that never answers and the refusals against
-the emulator's own count run the command in a subprocess too.
+the emulator's own count run the command in a subprocess too. Each part (the status
+line, the summary's text and JSON, the plain lines, -v's lines) is also checked in
+process for its exact text at given counts, widths and times.
 """
 
 from __future__ import annotations

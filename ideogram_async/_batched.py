@@ -26,10 +26,7 @@ class _Waiting(threading.local, Generic[_A, _R]):
     """The calls waiting for the next hop, per thread (an event loop runs in one)."""
 
     loop: asyncio.AbstractEventLoop | None = None
-    calls: list[tuple[_A, asyncio.Future[_R]]]
-
-    def __init__(self) -> None:
-        self.calls = []
+    calls: list[tuple[_A, asyncio.Future[_R]]]  # set with ``loop``, by the first call on it
 
 
 class Batched(Generic[_A, _R]):

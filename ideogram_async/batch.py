@@ -245,25 +245,21 @@ async def fan_out(
     done_early: dict[int, BatchResult[_R]] = {}  # ordered mode: finished, waiting their turn
     next_index = 0  # next input index to start
     next_out = 0  # ordered mode: next index to yield
-    exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) + len(done_early) < window:
+            while len(pending) + len(done_early) < window:
                 try:
                     item = await anext(source)
-                except StopAsyncIteration:
-                    # An exhausted source raises the same again: not setting it only costs calls.
-                    exhausted = True
+                except StopAsyncIteration:  # and again, at once, each time it is asked
                     break
                 pending.add(asyncio.create_task(_one(next_index, item, run, default, kind)))
                 next_index += 1
-            if not pending and not done_early:
+            # Nothing pending is the end: in ordered mode the next index to yield is always
+            # pending until it finishes, so nothing can be left waiting for it then.
+            if not pending:
                 return
-            # Only the ordered mode gets here with nothing pending, and it sets its own list.
-            finished: list[BatchResult[_R]] = []
-            if pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                finished = sorted((task.result() for task in done), key=lambda r: r.index)
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            finished = sorted((task.result() for task in done), key=lambda r: r.index)
             if ordered:
                 done_early.update((r.index, r) for r in finished)
                 finished = []

@@ -118,7 +118,7 @@ def log_from_env(environ: Mapping[str, str] = os.environ) -> logging.Handler | N
             file=sys.stderr,
         )
         return None
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler()  # to sys.stderr
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _logger.addHandler(handler)
     _logger.setLevel(level)
@@ -316,11 +316,9 @@ def _answered(request_id: str | None) -> None:
         record.span.set_attribute("ideogram.request_id", request_id)
 
 
-def _spent(usd_micros: int, model: str | None = None) -> None:
-    """The service billed ``usd_micros`` (millionths of a dollar), for ``model`` if known."""
-    _instruments.cost.add(
-        usd_micros / 1_000_000, None if model is None else {"ideogram.model": model}
-    )
+def _spent(usd_micros: int) -> None:
+    """The service billed ``usd_micros`` (millionths of a dollar)."""
+    _instruments.cost.add(usd_micros / 1_000_000)
 
 
 def _watch(allowance: Allowance) -> None:

@@ -241,6 +241,15 @@ async def _serve(
             headers = {"Content-Type": kind_of, "Transfer-Encoding": "chunked"}
             writer.write(_head(int(status), headers) + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         return True
+    if kind == "length-hold":  # a 200 announcing arg bytes, with a request id, then nothing
+        head = {
+            "Content-Type": "application/json",
+            "Content-Length": arg,
+            "x-request-id": "req-held",
+        }
+        writer.write(_head(200, head))
+        await _hold(reader)
+        return False
     if kind == "retry-after":  # 429 with the header (and value) named by arg: "name=value"
         name, _, value = arg.partition("=")
         writer.write(_json(429, b'{"detail":"slow down"}', {name: value}))

@@ -16,6 +16,7 @@ from ideogram_async import RateLimitError, ServerError, ValidationError
 from ideogram_async.limits import (
     Allowance,
     AllowanceChange,
+    AllowanceWrapper,
     ChangeReason,
     LocalAllowance,
     Refusals,
@@ -148,6 +149,23 @@ async def test_cancelling_a_holder_frees_its_places_and_wakes_the_next() -> None
     assert allowance.in_use == 0
 
 
+async def test_a_waiter_cancelled_as_places_free_up_leaves_and_the_next_gets_in() -> None:
+    allowance = LocalAllowance(2, adaptive=False)
+    (holder,) = await holders(allowance, 2)
+    waiter, last = await holders(allowance, 1, 1)
+    holder.leave()  # its release looks at the queue first...
+    waiter.task.cancel()  # ...and finds the head cancelled: it drops it and lets the next in
+    await holder.task
+    assert last.entered  # at that release, not once the cancelled one's task ran
+    with pytest.raises(asyncio.CancelledError):
+        await waiter.task
+    await settle()
+    assert last.entered
+    assert allowance.in_use == 1
+    last.leave()
+    await last.task
+
+
 async def test_a_waiter_cancelled_as_it_is_granted_gives_the_places_back() -> None:
     allowance = LocalAllowance(4, adaptive=False)
     hold = allowance.hold(4)
@@ -168,8 +186,13 @@ async def test_a_waiter_cancelled_as_it_is_granted_gives_the_places_back() -> No
 
 def test_hold_refuses_more_places_than_the_maximum() -> None:
     allowance = LocalAllowance(3)
-    with pytest.raises(ValidationError, match=r"4 places.*allowance of 3.*fewer images"):
+    with pytest.raises(ValidationError) as caught:
         allowance.hold(4)
+    assert str(caught.value) == (
+        "a request for 4 images needs 4 places in flight, more than the allowance of 3; "
+        "ask for fewer images per request or raise the allowance (if your organization's "
+        "is higher)"
+    )
     for bad in (0, -1, True):
         with pytest.raises(ValidationError, match="places"):
             allowance.hold(bad)
@@ -177,8 +200,19 @@ def test_hold_refuses_more_places_than_the_maximum() -> None:
 
 @pytest.mark.parametrize("maximum", [0, -3, True, 2.5])
 def test_the_maximum_must_be_a_positive_whole_number(maximum: object) -> None:
-    with pytest.raises(ValidationError, match="whole number of places"):
+    with pytest.raises(ValidationError) as caught:
         LocalAllowance(maximum)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"the allowance must be a whole number of places >= 1, got {maximum!r}; pass the "
+        "number of images your organization may have in flight (default 10)"
+    )
+
+
+@pytest.mark.parametrize("forget_after", [0, -1.0, float("nan")])
+def test_forgetting_needs_a_positive_number_of_seconds(forget_after: float) -> None:
+    with pytest.raises(ValidationError) as caught:
+        LocalAllowance(10, forget_after=forget_after)
+    assert str(caught.value) == f"forget_after must be > 0 seconds, got {forget_after!r}"
 
 
 async def test_a_request_over_a_shrunk_bound_runs_alone() -> None:
@@ -225,14 +259,15 @@ async def test_a_number_from_the_service_sets_the_bound_at_once_logged_once(
     changes: list[AllowanceChange] = []
     allowance = LocalAllowance(8, adaptive=False, on_change=changes.append)
     assert allowance.limit == 8
-    await learn(allowance, 3)
-    await learn(allowance, 3)
-    assert allowance.limit == 3
-    assert changes == [AllowanceChange(old=8, new=3, reason=ChangeReason.LEARNED)]
-    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert infos == [
+    expected = [
         "the service reports an allowance of 3 places in flight; holding at most 3 from now on"
     ]
+    for _ in range(3):
+        await learn(allowance, 3)
+        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert infos == expected  # logged when learned, not again
+    assert allowance.limit == 3
+    assert changes == [AllowanceChange(old=8, new=3, reason=ChangeReason.LEARNED)]
 
 
 async def test_each_change_of_the_bound_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -471,6 +506,44 @@ async def test_a_refusal_others_explain_closes_the_allowance_until_the_backoff_e
     await waiter.task
 
 
+async def test_an_allowance_closed_during_a_backoff_still_reopens_when_used_again() -> None:
+    allowance = LocalAllowance(10)
+    (running,) = await holders(allowance, 1)
+    async with allowance.hold(1):
+        await allowance.rejected(10)  # others hold places: closed for a backoff
+    (waiter,) = await holders(allowance, 1)
+    await allowance.aclose()  # its backoff timer stops; the allowance stays usable
+    assert not waiter.entered
+    running.leave()  # a release looks at the waiters again, and times the backoff anew
+    await running.task
+    async with asyncio.timeout(5):
+        await waiter.inside.wait()
+    waiter.leave()
+    await waiter.task
+
+
+async def test_a_refused_request_gives_its_places_back_at_once() -> None:
+    allowance = LocalAllowance(10, adaptive=False)
+    async with allowance.hold(3):
+        await allowance.rejected(None)
+        assert allowance.in_use == 0  # not held until the block ends
+    assert allowance.in_use == 0
+
+
+async def test_a_report_from_another_allowances_hold_is_not_that_holds() -> None:
+    a, b = LocalAllowance(10), LocalAllowance(10)
+    (other,) = await holders(b, 3)  # b: 3 places held by another task
+    async with a.hold(4):
+        await b.rejected(None)  # reported inside a's hold: b refused none of its own
+        assert (a.in_use, b.in_use, b.limit) == (4, 3, 3)  # b: down to what it holds
+        await b.rejected(None)  # again, in b's own round: a repeat, halved
+        assert b.limit == 1
+    assert a.in_use == 0
+    other.leave()
+    await other.task
+    assert b.in_use == 0
+
+
 async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None:
     allowance = LocalAllowance(10)
     first, second = await holders(allowance, 1, 1)
@@ -495,3 +568,39 @@ def test_refusals_by_reason_add_the_unraised_ones_as_inflight_limit() -> None:
     assert refusals.by_reason(2) == {"unknown": 1, "inflight_limit": 1}
     # An allowance that heard of fewer (or none: not watched) adds nothing.
     assert refusals.by_reason(0) == {"unknown": 1, "inflight_limit": 1}
+
+
+def test_refusals_count_each_raised_429_and_add_only_the_unraised() -> None:
+    refusals = Refusals()
+    for _ in range(3):
+        refusals.saw(RateLimitError("gateway", status=429))
+    assert refusals.by_reason(3) == {"unknown": 3}  # every one heard of was raised
+    assert refusals.by_reason(4) == {"unknown": 3, "inflight_limit": 1}
+
+
+class Watching(AllowanceWrapper):
+    """A watcher of another allowance, as a subclass writes one: it notes the numbers heard."""
+
+    def __init__(self, inner: Allowance) -> None:
+        super().__init__(inner)
+        self.heard: list[int | None] = []
+
+    async def rejected(self, allowance: int | None) -> None:
+        self.heard.append(allowance)
+        await super().rejected(allowance)
+
+
+async def test_a_wrapper_passes_holds_and_reports_on_to_the_allowance_it_watches() -> None:
+    inner = LocalAllowance(8, adaptive=False)
+    watching = Watching(inner)
+    assert isinstance(watching, Allowance)
+    assert repr(watching) == f"Watching({inner!r})"
+    async with watching.hold(3):
+        assert (watching.in_use, inner.in_use) == (3, 3)
+        await watching.rejected(5)  # the number reaches the inner allowance
+    assert watching.heard == [5]
+    assert (watching.limit, watching.maximum, inner.limit, inner.in_use) == (5, 8, 5, 0)
+    async with watching.hold(5):
+        assert inner.in_use == 5  # the whole hold, on the inner allowance
+        await watching.completed()
+    await watching.aclose()

@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from ideogram_async import (
+    APITimeoutError,
     BatchInput,
     BatchResult,
     IdeogramClient,
     ImageInput,
     RetryPolicy,
+    Timeouts,
     UpscaleJob,
     UpscaleRequest,
     ValidationError,
@@ -402,3 +404,23 @@ async def test_a_result_knows_its_source_and_how_long_it_took() -> None:
     ]
     assert [r.source for r in results] == [malformed, b"y"]
     assert all(0 <= r.elapsed < 60 for r in results)  # a duration, not a clock reading
+
+
+async def test_a_batchs_own_timeouts_are_checked_up_front_and_bound_each_item(
+    png_bytes: bytes,
+) -> None:
+    # Every answer takes 5 s: the batch's 50 ms attempt limit ends the one attempt first.
+    slow = FaultPlan.always(Fault.slow(5))
+    async with (
+        Emulator(api_key=KEY, upscale=False, faults=slow) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client,
+    ):
+        with pytest.raises(ValidationError, match=r"^timeouts must be a Timeouts, got int$"):
+            client.upscale_many([png_bytes], timeouts=5)  # type: ignore[arg-type]
+        run = client.upscale_many(
+            [png_bytes], retry=RetryPolicy.no_retries(), timeouts=Timeouts(attempt=0.05)
+        )
+        (result,) = [r async for r in run]
+    assert isinstance(result.error, APITimeoutError)
+    assert result.error.kind == "attempt"
+    assert result.attempts == 1 == emulator.stats.requests

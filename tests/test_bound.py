@@ -211,3 +211,119 @@ def test_a_refusal_that_leaves_places_held_keeps_probing() -> None:
     assert bound.limit == 3
     full(bound, 1, now=1.0)
     assert bound.limit == 4
+
+
+def test_a_report_after_a_long_quiet_first_forgets_what_was_learned() -> None:
+    bound = Bound(40, forget_after=60.0)
+    refuse(bound, held=4, number=3, now=0.0)
+    assert bound.limit == 3
+    # A request that ran an hour later: everything learned is forgotten first.
+    change = bound.completed(level=1, granted=3, waiting=0, round=bound.round, now=61.0)
+    assert change == AllowanceChange(old=3, new=10, reason=ChangeReason.FORGOTTEN)
+    refuse(bound, held=4, number=3, now=200.0)
+    assert bound.limit == 3
+    # So is a refusal: forgotten, then judged afresh (11 still held: not below the bound).
+    change = refuse(bound, held=12, now=300.0)
+    assert change == AllowanceChange(old=3, new=10, reason=ChangeReason.FORGOTTEN)
+    assert (bound.limit, bound.ceiling) == (10, 40)
+
+
+def test_the_wait_before_forgetting_restarts_at_every_change() -> None:
+    bound = Bound(40, forget_after=60.0)
+    full(bound, now=10.0)  # slow start: a change at 10
+    assert bound.limit == 11
+    assert bound.at(69.9) is None
+    assert bound.at(70.0) == AllowanceChange(old=11, new=10, reason=ChangeReason.FORGOTTEN)
+
+
+def test_a_number_that_does_not_lower_the_bound_is_still_a_change_to_remember() -> None:
+    bound = Bound(10, adaptive=False, forget_after=60.0)
+    refuse(bound, held=5, number=4, now=0.0)
+    assert bound.limit == 4
+    # Half an hour later the service names a higher number (the allowance was raised):
+    # the bound stays (a fixed one only falls), but the wait before forgetting restarts.
+    assert refuse(bound, held=5, number=6, now=30.0) is None
+    assert (bound.limit, bound.ceiling) == (4, 6)
+    assert bound.at(60.0) is None
+    assert bound.at(90.0) == AllowanceChange(old=4, new=10, reason=ChangeReason.FORGOTTEN)
+
+
+def test_forgetting_a_number_that_never_lowered_the_bound_is_no_change() -> None:
+    bound = Bound(40, forget_after=60.0)
+    assert refuse(bound, held=25, number=20, now=0.0) is None  # 25 held: explained, 20 > 10
+    assert (bound.limit, bound.ceiling) == (10, 20)
+    assert bound.at(60.0) is None  # nothing to tell: the bound is where it starts
+    assert bound.ceiling == 40
+
+
+def test_a_probe_from_one_place_fails_back_to_one_without_backoff() -> None:
+    bound = Bound(40)
+    bound.completed(level=1, granted=10, waiting=0, round=0, now=0.0)  # one went through
+    change = refuse(bound, held=2, jitter=1.0)  # 2 held, above the 1 that went through
+    assert change == AllowanceChange(old=10, new=1, reason=ChangeReason.DECREASED)
+    assert bound.closed_for(0.0) == 0.0  # its own holdings explain it
+
+
+def test_a_late_refusal_others_explain_starts_a_backoff_when_none_runs() -> None:
+    bound = Bound(40)
+    full(bound, 2)  # slow start to 12; 11 went through
+    refuse(bound, held=12)  # a failed probe: explained, no backoff
+    assert (bound.limit, bound.closed_for(0.0)) == (11, 0.0)
+    # A request of the earlier round refused with only 5 held: others hold the rest.
+    refuse(bound, held=5, jitter=1.0, stale=True)
+    assert (bound.limit, bound.closed_for(0.0)) == (4, FIRST_BACKOFF)
+
+
+def test_repeated_refusals_halve_a_small_bound_down_to_one() -> None:
+    bound = Bound(10)
+    refuse(bound, held=4, number=3)  # explained by the 4 held: learned
+    assert bound.limit == 3
+    refuse(bound, held=4, number=3)  # again: halved, 3 // 2
+    assert bound.limit == 1
+
+
+def test_when_the_number_and_halving_agree_the_number_is_the_reason() -> None:
+    bound = Bound(8)
+    assert refuse(bound, held=9, number=8) is None  # explained; the number is the maximum
+    change = refuse(bound, held=9, number=4)  # a repeat: halving says 4, so does the number
+    assert change == AllowanceChange(old=8, new=4, reason=ChangeReason.LEARNED)
+
+
+def test_a_refusal_that_leaves_the_bound_where_it_is_keeps_the_probe_run() -> None:
+    bound = Bound(40)
+    refuse(bound, held=5)  # unexplained (nothing went through yet): down to 4, round 1
+    assert (bound.limit, bound.round) == (4, 1)
+    for _ in range(2):  # requests of the earlier round ran at the full bound of 4
+        bound.completed(level=4, granted=10, waiting=0, round=0, now=0.0)
+    refuse(bound, held=5, stale=True)  # others hold 1: down to 4, where it is already
+    assert (bound.limit, bound.round) == (4, 1)  # no drop: the same round
+    for _ in range(2):
+        bound.completed(level=4, granted=10, waiting=0, round=0, now=0.0)
+    assert bound.limit == 5  # the run of 4 at full use went on: the probe
+
+
+def test_each_drop_of_the_bound_starts_a_new_round() -> None:
+    bound = Bound(20)
+    full(bound, 10)
+    rounds = [bound.round]
+    for held in (20, 19, 9):  # a failed probe, a repeat (halved), another (halved)
+        refuse(bound, held=held)
+        rounds.append(bound.round)
+    assert (bound.limit, rounds) == (4, [0, 1, 2, 3])
+    # A refusal of a request granted two drops ago is of an answered overload: no halving.
+    bound.rejected(number=None, held=3, places=1, round=1, now=0.0, jitter=0.0)
+    assert (bound.limit, bound.round) == (2, 4)
+
+
+def test_a_quiet_spell_counts_from_the_first_event_or_the_last_forgetting() -> None:
+    bound = Bound(40, forget_after=60.0)
+    refuse(bound, held=12, now=0.0)  # others hold 1: the bound stays at 10, slow start ends
+    assert (bound.limit, bound.slow) == (10, False)
+    full(bound, now=60.0)  # an hour of nothing since the first event: slow start again
+    assert bound.limit == 11
+    bound = Bound(40, forget_after=60.0)
+    refuse(bound, held=12, now=0.0)
+    assert bound.at(60.0) is None  # forgotten (the bound was where it starts: no change)
+    refuse(bound, held=12, now=100.0)  # slow start ends again, the bound stays
+    full(bound, now=120.0)  # 60 s since it was forgotten: forgotten again, slow start
+    assert bound.limit == 11

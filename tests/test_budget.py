@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import sys
 from decimal import Decimal
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,6 +17,7 @@ from ideogram_async import (
     BadRequestError,
     Budget,
     BudgetExceededError,
+    ClientClosedError,
     IdeogramError,
     LocalBudget,
     SharedAllowanceError,
@@ -87,6 +90,31 @@ async def test_amounts_are_exact_micro_dollars() -> None:
     assert LocalBudget("0.0000019").max_usd == Decimal("0.000001")  # a budget rounds down
 
 
+async def test_a_refusal_counts_what_was_spent_and_what_is_held() -> None:
+    budget = LocalBudget("0.10")
+    spent = await budget.reserve(Decimal("0.03"))
+    await spent.commit()
+    held = await budget.reserve(Decimal("0.05"))
+    assert repr(held) == "Reservation(usd=$0.05, held)"
+    assert held.settled is False
+    assert repr(budget) == "LocalBudget(max_usd=$0.10, spent=$0.03, reserved=$0.05)"
+    with pytest.raises(BudgetExceededError) as caught:
+        await budget.reserve(Decimal("0.03"))
+    assert "needs up to $0.03 and $0.02 is left ($0.03 spent, $0.05 held" in str(caught.value)
+
+
+async def test_a_bill_is_checked_and_rounded_up_like_a_price() -> None:
+    budget = LocalBudget(1)
+    with pytest.raises(ValidationError, match=r"^usd must be an amount in US dollars"):
+        await budget.reserve("lots")
+    reservation = await budget.reserve(Decimal("0.01"))
+    with pytest.raises(ValidationError, match=r"^usd must be a finite amount"):
+        await reservation.commit(Decimal(-1))
+    assert not reservation.settled  # a bad bill settles nothing
+    await reservation.commit(Decimal("0.0000001"))  # a fraction of a micro-dollar is billed
+    assert (budget.spent, budget.reserved) == (Decimal("0.000001"), Decimal(0))
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -110,7 +138,7 @@ def test_a_number_becomes_a_local_budget_and_a_budget_is_kept() -> None:
     assert isinstance(made, LocalBudget)
     assert isinstance(made, Budget)
     assert made.max_usd == Decimal("2.5")
-    with pytest.raises(ValidationError, match="or a Budget"):
+    with pytest.raises(ValidationError, match=r"or a Budget .*, not list$"):
         as_budget([5])
 
 
@@ -153,7 +181,10 @@ async def test_a_run_stops_at_its_first_refusal_and_skips_the_rest() -> None:
     assert priced == []
     assert run.stopped is refused.value
     assert skipped.value.skipped
-    assert skipped.value.needed == Decimal("0.015")
+    first = refused.value
+    assert (skipped.value.max_usd, skipped.value.needed) == (Decimal("0.02"), Decimal("0.015"))
+    assert (skipped.value.spent, skipped.value.reserved) == (first.spent, first.reserved)
+    assert (first.spent, first.reserved) == (Decimal("0.015"), Decimal(0))
     assert "not sent: the budget of $0.02 (max_usd) stopped the run" in str(skipped.value)
     assert (budget.spent, budget.reserved) == (Decimal("0.015"), Decimal(0))
 
@@ -254,13 +285,90 @@ async def test_a_lapsed_reservation_counts_as_spent_until_settled(
         await other.reserve(Decimal("0.60"))
 
 
+async def test_a_settlement_without_redis_leaves_the_reservation_to_its_lease(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_redis_server.url
+    async with RedisBudget(url, 1, key="job") as budget:
+        reservation = await budget.reserve(Decimal("0.25"))
+        own_redis_server.stop()
+        with caplog.at_level(logging.WARNING, logger="ideogram_async"):
+            await reservation.commit()  # the upscale's result is not failed by its bookkeeping
+        host = url.removeprefix("redis://").partition("/")[0]
+        with pytest.raises(SharedAllowanceError, match=f"lost Redis at {url} .*to {host}"):
+            await budget.reserve(Decimal("0.01"))  # nothing can be reserved without Redis
+    assert reservation.settled
+    assert (budget.spent, budget.reserved) == (Decimal(0), Decimal("0.25"))  # as last seen
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert message.startswith(f"lost Redis at {url} for the shared budget: ")
+    assert message.endswith("; the reservation counts as spent when its lease ends")
+    assert f"connecting to {host}" in message  # what failed, from redis-py
+
+
+async def test_a_closed_budget_says_so_and_reserves_nothing(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = RedisBudget(redis_server.url, 1, key=redis_key)
+    with caplog.at_level(logging.DEBUG):
+        await (await budget.reserve(Decimal("0.50"))).commit()
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    await budget.reserve(Decimal("0.25"))
+    await budget.aclose()
+    with pytest.raises(ClientClosedError, match=r"^this RedisBudget was closed; create a new one$"):
+        await budget.reserve(Decimal("0.25"))
+    assert await totals(redis_server.url, redis_key) == (500_000, 250_000)
+
+
+async def test_the_shared_state_lives_under_the_key_for_its_lease_and_ttl(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+
+    async def now_ms() -> int:
+        seconds, micros = await client.time()
+        return seconds * 1000 + micros // 1000
+
+    try:
+        for budget, lease_ms, ttl_ms in (
+            (RedisBudget(redis_server.url, 1, key=redis_key), 3_600_000, 86_400_000),
+            (RedisBudget(redis_server.url, 1, key=redis_key, lease=2, ttl=5), 2000, 5000),
+        ):
+            async with budget:
+                before = await now_ms()
+                held = await budget.reserve(Decimal("0.0000001"))  # rounded up, as a price
+                after = await now_ms()
+                assert budget.reserved == Decimal("0.000001")
+                tag = f"{{{redis_key}}}:"
+                found = cast("list[bytes]", await client.keys(tag + "*"))
+                names = sorted(key.decode() for key in found)
+                assert names == [tag + "budget", tag + "budget:held", tag + "budget:leases"]
+                leases = await client.zrange(tag + "budget:leases", 0, -1, withscores=True)
+                [(_, ends)] = cast("list[tuple[bytes, float]]", leases)
+                assert before + lease_ms <= ends <= after + lease_ms
+                for name in names:
+                    assert ttl_ms - (after - before) - 1000 < await client.pttl(name) <= ttl_ms
+                await held.give_back()
+    finally:
+        await client.aclose()
+
+
 async def test_settings_are_checked_and_the_password_is_never_shown() -> None:
     with pytest.raises(ValidationError, match="must be a Redis URL"):
         RedisBudget("http://user:hunter2@localhost", 1)
     with pytest.raises(ValidationError, match="without braces"):
         RedisBudget("redis://localhost", 1, key="{x}")
-    with pytest.raises(ValidationError, match="lease must be"):
-        RedisBudget("redis://localhost", 1, lease=0.5)
+    with pytest.raises(
+        ValidationError, match=r"\(schemes: redis, rediss, unix\), not 'http://\*\*\*'"
+    ):
+        RedisBudget("http://localhost", 1)
+    for name in ("lease", "ttl"):
+        for seconds in (0.5, True, "5"):
+            with pytest.raises(ValidationError, match=f"^{name} must be a number of seconds >= 1"):
+                RedisBudget("redis://localhost", 1, **{name: seconds})  # type: ignore[arg-type]
+    RedisBudget("redis://localhost", 1, lease=1, ttl=1)  # a second each is enough
+    with pytest.raises(ValidationError, match=r"^usd must be an amount"):
+        await RedisBudget("redis://localhost", 1).reserve("lots")
     budget = RedisBudget(f"redis://user:hunter2@127.0.0.1:{free_port()}/0", 5)
     assert "hunter2" not in repr(budget)
     assert budget.url == "redis://user:***@127.0.0.1:" + budget.url.rpartition(":")[2]

@@ -1,19 +1,24 @@
-"""The ``ideogram-async`` command end to end: real subprocesses against an in-process emulator.
+"""The ``ideogram-async`` command end to end, against an in-process emulator.
 
 Usage errors (exit 2) fail before anything is sent, so most of them run ``main()``
-in-process; everything else runs ``python -m ideogram_async`` in a subprocess with
-``-W default`` so that leaked tasks, sessions and files show up on its stderr.
+directly. A run to its end runs ``main()`` in-process too, in a thread with an event
+loop of its own (:func:`run_main`), where leaked tasks, sessions and files fail the test
+(warnings are errors). What needs a process of its own (a signal, a killed run, a
+resource limit) runs ``python -m ideogram_async`` in a subprocess with ``-W default``,
+so that leaks show up on its stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,15 @@ from rich.console import Console
 from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.cli import main
 from ideogram_async.cli._demo import show_table
-from ideogram_async.cli._inputs import Source, find_images, output_path
+from ideogram_async.cli._inputs import (
+    MadeFolders,
+    Source,
+    UsageError,
+    check_collisions,
+    find_images,
+    output_path,
+    read_key_file,
+)
 from ideogram_async.cli._live import RichReporter
 from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._pipeline import View, make_reporter
@@ -101,6 +114,59 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> Run:
     return await finish(await start_cli(*args, env=env))
 
 
+async def run_main(*args: str, env: dict[str, str] | None = None) -> Run:
+    """``main(args)`` run to its end in this process, like :func:`run_cli` runs the command.
+
+    It runs in a thread, in an event loop of its own (the emulator keeps the test's), with
+    ``env`` as its environment (the temporary folder included) and its output captured as
+    a pipe shows it (:class:`Piped`).
+    Being in-process, mutation testing sees which tests run which code; what needs a
+    process of its own (a signal, a resource limit) uses :func:`start_cli`.
+    """
+    env = cli_env() if env is None else env
+    out, err = Piped(), Piped(lines=True)
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return main(list(args))
+
+    saved, saved_temp = dict(os.environ), tempfile.tempdir
+    os.environ.clear()
+    os.environ.update(env)
+    tempfile.tempdir = None  # found again from TMPDIR
+    try:
+        code = await asyncio.to_thread(call)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        tempfile.tempdir = saved_temp
+    return Run(code, out.seen, err.seen)
+
+
+class Piped(io.StringIO):
+    """An output stream as the reader of a pipe sees it when the command ends.
+
+    What is written reaches :attr:`seen` when flushed, as from stdout into a pipe (block
+    buffered), or with ``lines`` at the end of each line, as from stderr (line buffered):
+    a command that leaves a line unflushed shows it late, to a log or a script.
+    """
+
+    def __init__(self, *, lines: bool = False) -> None:
+        super().__init__()
+        self._lines = lines
+        self.seen = ""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self._lines and "\n" in text:
+            self.flush()
+        return written
+
+    def flush(self) -> None:
+        super().flush()
+        self.seen = self.getvalue()
+
+
 def assert_clean(run: Run) -> None:
     """Nothing leaked: no warnings or tracebacks, and the key appears nowhere."""
     for dirt in DIRT:
@@ -140,7 +206,7 @@ async def test_upscale_writes_2x_results_and_a_manifest(inputs: Path, tmp_path: 
     async with Emulator(KEY) as emulator:
         # The pattern is expanded by the command (no shell here) and overlaps the folder.
         args = upscale_args(emulator, [inputs / "*.png", inputs], out)
-        run = await run_cli(*args, "--manifest", str(manifest))
+        run = await run_main(*args, "--manifest", str(manifest))
         stats = emulator.stats
 
     assert run.returncode == 0, run.stderr
@@ -185,8 +251,12 @@ async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_pa
     options += ["--magic-prompt", "off", "--seed", "7", "--num-images", "2"]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [inputs / "d.jpg"], out)
-        run = await run_cli(
-            *args, "--official", "--api-key-file", str(key_file), *options, env=cli_env(key=None)
+        manifest = tmp_path / "run.jsonl"
+        run = await run_main(
+            *args,
+            *("--official", "--api-key-file", str(key_file), "--manifest", str(manifest)),
+            *options,
+            env=cli_env(key=None),
         )
         stats = emulator.stats
 
@@ -209,6 +279,8 @@ async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_pa
     assert [p.name for p in results] == ["d.upscaled-1.png", "d.upscaled-2.png"]
     assert all(size_of(p) == (2 * width, 2 * height) for p in results)
     assert f"-> {out / 'd.upscaled-1.png'}, {out / 'd.upscaled-2.png'} (1 attempt," in run.stdout
+    (record,) = read_manifest(manifest)
+    assert record["settings"]["flavor"] == "official"
 
 
 async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Path) -> None:
@@ -217,7 +289,7 @@ async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Pat
     # The first request the service sees is rejected for good; the rest succeed.
     async with Emulator(KEY, faults=FaultPlan([Fault.status(400)])) as emulator:
         args = upscale_args(emulator, [inputs, inputs / "notes.txt"], out)
-        run = await run_cli(*args, "--manifest", str(manifest))
+        run = await run_main(*args, "--manifest", str(manifest))
 
     assert run.returncode == 1, run.stderr
     assert_clean(run)
@@ -240,7 +312,7 @@ async def test_failed_images_are_reported_and_exit_1(inputs: Path, tmp_path: Pat
     # file fails again without being sent.
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [inputs, inputs / "notes.txt"], out)
-        again = await run_cli(*args, "--manifest", str(manifest), "--resume")
+        again = await run_main(*args, "--manifest", str(manifest), "--resume")
         assert emulator.stats.requests == 1
     assert again.returncode == 1, again.stderr
     assert "Skipping 4 of 6 image(s)" in again.stdout
@@ -290,7 +362,7 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
             assert len(record["urls"]) == 1
             assert record["status"] == "upscaled" or all_files(record["outputs"])
 
-        second = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
+        second = await run_main(*upscale_args(emulator, [folder], out), *keep, "--resume")
         assert second.returncode == 0, second.stderr
         assert_clean(second)
         finished = sum(record["status"] == "ok" for record in done)
@@ -303,7 +375,7 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
         assert len(listing(out)) == 30
 
         sent = emulator.stats.requests
-        third = await run_cli(*upscale_args(emulator, [folder], out), *keep, "--resume")
+        third = await run_main(*upscale_args(emulator, [folder], out), *keep, "--resume")
         assert emulator.stats.requests == sent
     assert third.returncode == 0
     assert "Nothing left to do." in third.stdout
@@ -311,7 +383,7 @@ async def test_interrupt_leaves_a_valid_manifest_and_resume_finishes_the_rest(
 
 async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    run = await run_cli("demo", "--out", str(out), "--count", "6", env=cli_env(key=None))
+    run = await run_main("demo", "--out", str(out), "--count", "6", env=cli_env(key=None))
 
     assert run.returncode == 0, run.stderr
     assert_clean(run)
@@ -353,7 +425,7 @@ async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
 
 
 async def test_missing_key_exits_2_before_sending(inputs: Path, tmp_path: Path) -> None:
-    run = await run_cli(
+    run = await run_main(
         "upscale",
         str(inputs),
         "--out",
@@ -489,6 +561,7 @@ async def test_live_display_and_summary_show_counts_places_and_failures(tmp_path
         ("https://img.example/a/b.webp?exp=1", None, "photo.upscaled.webp"),
         ("https://img.example/api/images/direct/8YEpFzHuS", None, "photo.upscaled"),
         ("https://img.example/x.PNG", 2, "photo.upscaled-2.png"),
+        ("https://img.example/render.php?id=7", None, "photo.upscaled"),
     ],
 )
 def test_output_names_take_the_urls_image_suffix_or_leave_it_to_download(
@@ -535,3 +608,117 @@ def test_progress_modes_choose_the_display() -> None:
     assert chosen() is PlainReporter  # auto, and pytest's stdout is no terminal
     assert chosen(progress="none") is SilentReporter
     assert chosen(quiet=True) is SilentReporter
+
+
+def test_the_key_file_is_read_stripped_and_refused_with_a_reason(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text(f"  {KEY}\n")
+    assert read_key_file(str(key)) == KEY
+    key.write_bytes(b"caf\xe9")
+    with pytest.raises(UsageError) as refused:
+        read_key_file(str(key))
+    assert str(refused.value) == f"the API key file {key} is not UTF-8 text"
+    key.write_text(" \n")
+    with pytest.raises(UsageError) as refused:
+        read_key_file(str(key))
+    assert str(refused.value) == f"the API key file {key} is empty; put the key in it"
+    with pytest.raises(UsageError) as refused:
+        read_key_file(str(tmp_path / "none"))
+    assert str(refused.value) == (
+        f"cannot read the API key file {tmp_path / 'none'}: No such file or directory"
+    )
+
+
+def test_find_images_keeps_the_first_naming_and_skips_what_is_no_image_file(
+    tmp_path: Path,
+) -> None:
+    save_image(tmp_path / "in" / "a.png", (2, 2))
+    (tmp_path / "in" / "dir.png").mkdir()  # a folder with an image's name
+    save_image(tmp_path / "in" / "pick" / "b.png", (2, 2))
+    save_image(tmp_path / "out" / "a.upscaled.png", (2, 2))
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    exclude = (tmp_path / "out").resolve()
+
+    def found(*args: str, recursive: bool = False) -> list[tuple[str, str]]:
+        sources = find_images(list(args), recursive=recursive, exclude=exclude)
+        return [(source.path.name, source.shown) for source in sources]
+
+    folder = str(tmp_path / "in")
+    named = str(tmp_path / "in" / "a.png")
+    assert found(named, folder) == [("a.png", named)]
+    assert found(str(tmp_path / "in" / "*"), recursive=True) == [
+        ("a.png", named),
+        ("b.png", str(tmp_path / "in" / "pick" / "b.png")),
+    ]
+    result = str(tmp_path / "out" / "a.upscaled.png")
+    assert found(result) == [("a.upscaled.png", result)]  # named: taken even from --out
+    with pytest.raises(UsageError) as nothing:  # through a folder: skipped as a result
+        found(str(tmp_path / "out"))
+    assert str(nothing.value) == f"no JPEG, PNG or WebP images found in: {tmp_path / 'out'}"
+    assert found(str(tmp_path / "out"), named) == [("a.png", named)]
+    with pytest.raises(UsageError) as piped:
+        found(str(tmp_path / "in" / "pipe.png"))
+    assert str(piped.value) == (
+        f"{tmp_path / 'in' / 'pipe.png'}: not a regular file (a FIFO, device, socket or link loop)"
+    )
+    with pytest.raises(UsageError) as both:
+        found(str(tmp_path / "out"), str(tmp_path / "out" / "*.jpg"))
+    assert str(both.value) == (
+        f"no JPEG, PNG or WebP images found in: {tmp_path / 'out'}, {tmp_path / 'out' / '*.jpg'}"
+    )
+    save_image(tmp_path / "nest" / "sub" / "x.png", (2, 2))
+    with pytest.raises(UsageError) as nested:
+        found(str(tmp_path / "nest"))
+    assert str(nested.value) == (
+        f"no JPEG, PNG or WebP images found in: {tmp_path / 'nest'} "
+        f"(add --recursive to look in subfolders)"
+    )
+    save_image(tmp_path / "in" / "pick" / "deeper" / "c.png", (2, 2))
+    deep = str(tmp_path / "in" / "pick" / "deeper" / "c.png")
+    assert found(str(tmp_path / "in" / "*"), recursive=True)[-1] == ("c.png", deep)
+    assert found(str(tmp_path / "**" / "c.png"), recursive=True) == [("c.png", deep)]
+    absent = tmp_path / "in" / "none" / "deeper"
+    with pytest.raises(UsageError) as no_folder:
+        found(str(absent / "*.png"))
+    assert str(no_folder.value) == f"{absent / '*.png'}: no such folder {absent}"
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UsageError, match=r"dangling\.png: not a regular file"):
+        found(str(tmp_path / "dangling.png"))
+    with pytest.raises(UsageError) as missing:
+        found(str(tmp_path / "gone.png"))
+    assert str(missing.value) == f"{tmp_path / 'gone.png'}: no such file or folder"
+
+
+def test_colliding_names_are_listed_five_at_most(tmp_path: Path) -> None:
+    sources = [Source(tmp_path / str(i) / "x.png", f"{i}/x.png") for i in range(8)]
+    with pytest.raises(UsageError) as clash:
+        check_collisions(sources, tmp_path / "out")
+    listed = "\n".join(
+        f"  0/x.png and {i}/x.png -> {tmp_path / 'out' / 'x'}.upscaled.*" for i in range(1, 6)
+    )
+    assert str(clash.value) == (
+        f"inputs with the same name would overwrite each other's results:\n{listed}\n"
+        f"  ... and 2 more\n"
+        f"rename them, or upscale them in separate runs with different --out folders"
+    )
+    with pytest.raises(UsageError) as clash:
+        check_collisions(sources[:6], tmp_path / "out")
+    assert "more" not in str(clash.value)
+    check_collisions([sources[0], Source(tmp_path / "y.png", "y.png")], tmp_path / "out")
+
+
+def test_folders_a_run_made_are_removed_when_empty_deepest_first(tmp_path: Path) -> None:
+    made = MadeFolders()
+    made.make(tmp_path / "a" / "b" / "c")
+    made.make(tmp_path / "a" / "d")
+    made.make(tmp_path)  # already there: never removed
+    (tmp_path / "a" / "d" / "kept.txt").write_text("x")
+    made.remove_empty()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a",
+        "a/d",
+        "a/d/kept.txt",
+    ]
+    (tmp_path / "a" / "d" / "kept.txt").unlink()
+    made.remove_empty()  # forgotten once removed
+    assert (tmp_path / "a" / "d").exists()

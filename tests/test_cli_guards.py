@@ -2,8 +2,9 @@
 reports each failure once, checks its output folder and manifest before sending, and
 keeps the manifest exact across resumes and concurrent runs.
 
-CLI runs are real subprocesses (see ``test_cli.py``) against an in-process emulator;
-the pipeline's accounting is checked in-process.
+CLI runs (in-process, or subprocesses where one must hold the manifest while another
+starts; see ``test_cli.py``) go against an in-process emulator; the pipeline's
+accounting is checked on its own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shlex
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,34 @@ import pytest
 
 from ideogram_async import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     BatchResult,
     IdeogramClient,
+    RetryEvent,
     RetryPolicy,
+    TopazBloom2,
     UpscaleRequest,
     UpscaleResponse,
     ValidationError,
 )
+from ideogram_async.cli import _pipeline as pipeline
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
 from ideogram_async.cli._manifest import Outcome
-from ideogram_async.cli._pipeline import FailFast, Halt, run_batch
+from ideogram_async.cli._pipeline import (
+    FailFast,
+    Halt,
+    Job,
+    View,
+    call_name,
+    describe,
+    run_batch,
+    run_job,
+    until_drained,
+    until_stopped,
+)
+from ideogram_async.cli._progress import SilentReporter, Tally
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 
 from .test_cli import (
@@ -41,7 +59,7 @@ from .test_cli import (
     cli_env,
     finish,
     read_manifest,
-    run_cli,
+    run_main,
     save_image,
     start_cli,
     upscale_args,
@@ -71,7 +89,7 @@ async def test_a_wrong_key_stops_the_run_after_the_calls_in_flight(tmp_path: Pat
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
-        run = await run_cli(
+        run = await run_main(
             *args, "--concurrency", "3", "--manifest", str(manifest), env=cli_env(key="wrong")
         )
         requests = emulator.stats.requests
@@ -96,7 +114,7 @@ async def test_a_dead_port_stops_the_run_at_the_first_refused_call(tmp_path: Pat
     images(tmp_path / "in", 30)
     url = dead_url()
     args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
-    run = await run_cli(*args, "--concurrency", "2", "--retries", "0")
+    run = await run_main(*args, "--concurrency", "2", "--retries", "0")
     assert run.returncode == 1, run.stderr
     assert_clean(run)
     assert run.stderr.count("Stopped:") == 1
@@ -104,6 +122,28 @@ async def test_a_dead_port_stops_the_run_at_the_first_refused_call(tmp_path: Pat
     assert "Check --base-url (or IDEOGRAM_BASE_URL)" in run.stderr
     assert "30 not done" in run.stderr
     assert "FAILED" not in run.stdout  # not one line per image of the folder
+
+
+async def test_an_official_run_that_cannot_connect_says_to_check_the_network(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 2)
+    url = dead_url()
+    args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+    run = await run_main(*args, "--official", "--retries", "0")
+    assert run.returncode == 1, run.stderr
+    assert f"cannot reach the service at {url}" in run.stderr
+    assert "Check the network, and that the service is up." in run.stderr
+
+
+async def test_verbose_names_a_v2_call_by_its_model(tmp_path: Path) -> None:
+    images(tmp_path / "in", 1)
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--model", "topaz-bloom-2", "-v")
+    assert run.returncode == 0, run.stderr
+    assert "topaz-bloom-2 img-00.png" in run.stderr
+    assert "upscale img-00.png" not in run.stderr
 
 
 async def refused_error(png: bytes) -> APIConnectionError:
@@ -163,7 +203,7 @@ async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
     plan = FaultPlan(rate=1.0, choices=[Fault.status(503)])
     async with Emulator(KEY, faults=plan) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
-        run = await run_cli(*args, "--retries", "1")
+        run = await run_main(*args, "--retries", "1")
         assert emulator.stats.requests == 8
     assert run.returncode == 1, run.stderr
     assert_clean(run)
@@ -171,6 +211,7 @@ async def test_each_failed_image_is_reported_once(tmp_path: Path) -> None:
     assert everything.count("FAILED") == 4
     assert "giving up" not in everything
     assert "Done: 0 of 4 image(s) upscaled, 4 failed" in run.stdout
+    assert "Requests: 4 request(s) retried; none refused by the service." in run.stdout
     assert "Results:" not in run.stdout  # nothing to look at
 
 
@@ -219,6 +260,38 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
     assert paid == [True] * 12  # each paid result was announced before its download
 
 
+async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 12)
+    sources = [Source(path, path.name) for path in paths]
+    started: list[int] = []
+
+    def record(outcome: Outcome, downloaded: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    async with (
+        Emulator(KEY) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
+    ):
+        with pytest.raises(OSError, match="No space left on device"):
+            await run_batch(
+                client,
+                sources,
+                UpscaleRequest(),
+                tmp_path / "out",
+                fail_fast=FailFast(emulator.base_url, official=False),
+                halt=Halt(),
+                on_start=started.append,
+                on_answer=lambda result: None,
+                on_paid=lambda outcome, downloading: None,
+                on_finish=record,
+            )
+        # Raised as the next download waited for its place, not after the last input.
+        assert len(started) <= 3
+        assert emulator.stats.requests <= 3
+
+
 async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: Path) -> None:
     images(tmp_path / "in", 5)
     (tmp_path / "in" / "notes.png").write_text("not an image")  # fails every time
@@ -226,11 +299,11 @@ async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: P
     keep = ["--manifest", str(manifest)]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
-        first = await run_cli(*args, *keep)
+        first = await run_main(*args, *keep)
         assert first.returncode == 1, first.stderr
         manifest.chmod(0o640)
         for _ in range(2):  # each resume redoes only the text file, again
-            again = await run_cli(*args, *keep, "--resume")
+            again = await run_main(*args, *keep, "--resume")
             assert again.returncode == 1, again.stderr
             assert_clean(again)
             records = read_manifest(manifest)
@@ -249,9 +322,9 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     keep = ["--manifest", str(manifest)]
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
-        assert (await run_cli(*args, *keep)).returncode == 0
+        assert (await run_main(*args, *keep)).returncode == 0
         (out / "img-01.upscaled.png").unlink()
-        again = await run_cli(*args, *keep, "--resume")
+        again = await run_main(*args, *keep, "--resume")
         assert emulator.stats.requests == 3  # bought once: the result is fetched again
         assert emulator.stats.image_downloads == 4
     assert again.returncode == 0, again.stderr
@@ -259,6 +332,7 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     assert "1 image(s) recorded as done have lost their result: " in again.stdout
     assert "img-01.png" in again.stdout
     assert "Downloading the results of 1 image(s) already upscaled" in again.stdout
+    assert "[1/1] ok " in again.stdout  # counted among this run's inputs, not the skipped
     assert (out / "img-01.upscaled.png").is_file()
 
 
@@ -272,7 +346,7 @@ async def test_a_second_run_on_the_same_manifest_refuses(tmp_path: Path, resume:
         emulator.pause()
         first = await start_cli(*args, *again, "--concurrency", "2")
         await emulator.wait_in_flight(2)  # the first run holds the manifest now
-        second = await run_cli(*args, *again)
+        second = await run_main(*args, *again)
         assert second.returncode == 2, second.stderr
         assert f"another run is using the manifest {manifest}" in second.stderr
         assert emulator.stats.requests == 2  # the second run sent nothing
@@ -297,7 +371,7 @@ async def test_an_unwritable_out_folder_exits_2_before_sending(tmp_path: Path, w
         out = tmp_path / "read-only"
         out.mkdir(mode=0o555)
     async with Emulator(KEY) as emulator:
-        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], out))
+        run = await run_main(*upscale_args(emulator, [tmp_path / "in"], out))
         assert emulator.stats.requests == 0
     assert run.returncode == 2, run.stderr
     assert f"cannot write results into --out {out}" in run.stderr
@@ -401,3 +475,286 @@ async def test_results_get_the_permissions_the_umask_gives(tmp_path: Path) -> No
     modes = {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
     assert modes == {0o640}  # not 0600: a web server in the group can read them
     assert stat.S_IMODE(manifest.stat().st_mode) == 0o640
+
+
+# -- stopping a run in-process -------------------------------------------------------------
+
+
+class Stop(asyncio.Event):
+    """The event a signal sets; says when the run cleared it (it took the first one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cleared = asyncio.Event()
+
+    def clear(self) -> None:
+        super().clear()
+        self.cleared.set()
+
+
+def job_of(folder: Path, out: Path, manifest: Path | None) -> Job:
+    sources = [Source(path.resolve(), path.name) for path in sorted(folder.iterdir())]
+    return Job(
+        sources=sources,
+        request=UpscaleRequest(),
+        out_dir=out,
+        manifest=manifest,
+        rerun_hint="Run it again.",
+    )
+
+
+def connector(emulator: Emulator, places: int) -> Callable[[Callable[[RetryEvent], None]], Any]:
+    def connect(on_retry: Callable[[RetryEvent], None]) -> IdeogramClient:
+        return IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, allowance=places, on_retry=on_retry
+        )
+
+    return connect
+
+
+async def test_until_stopped_ends_with_the_work_or_the_stop() -> None:
+    stop = asyncio.Event()
+    assert await until_stopped(asyncio.sleep(0), stop)
+    with pytest.raises(ValueError, match="own error"):
+        await until_stopped(raising(), stop)
+    never = asyncio.Event()
+    waited = asyncio.create_task(until_stopped(waiting(never), stop))
+    stop.set()
+    assert not await waited
+    assert {task for task in asyncio.all_tasks() if not task.done()} == {asyncio.current_task()}
+
+
+async def test_until_stopped_lets_stopped_work_clean_up_before_it_returns() -> None:
+    stop, never = asyncio.Event(), asyncio.Event()
+    cleaned: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await never.wait()
+        finally:
+            for _ in range(3):  # cleaning up takes a few turns of the loop
+                await asyncio.sleep(0)
+            cleaned.append("done")
+
+    stop.set()
+    assert not await until_stopped(slow_to_stop(), stop)
+    assert cleaned == ["done"]
+
+
+async def test_halt_keeps_the_first_reason_and_an_interrupt_cancels_the_downloads() -> None:
+    halt = Halt()
+    never = asyncio.Event()
+    download = halt.abandonable(asyncio.create_task(waiting(never)))
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    finished = halt.abandonable(asyncio.create_task(asyncio.sleep(0)))
+    await finished
+    await asyncio.sleep(0)  # one turn: the task's done callbacks run
+    loop.set_exception_handler(None)
+    assert errors == []
+    assert halt._downloads == {download}  # a finished download is let go
+    halt.stop("cannot write into out")
+    halt.interrupt()
+    assert halt.reason == "cannot write into out"
+    with pytest.raises(asyncio.CancelledError):
+        await download
+    fresh = Halt()
+    fresh.interrupt()
+    assert fresh.reason == "interrupted"
+
+
+async def raising() -> None:
+    raise ValueError("its own error")
+
+
+async def waiting(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def test_an_interrupt_lets_the_calls_sent_finish_records_them_and_exits_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images(tmp_path / "in", 10)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    stop = Stop()
+    async with Emulator(KEY) as emulator:
+        emulator.pause()
+        job = job_of(tmp_path / "in", out, manifest)
+        view = View(progress="plain")
+        run = asyncio.create_task(run_job(job, connector(emulator, 3), stop, view=view))
+        await emulator.wait_in_flight(3)
+        stop.set()
+        await stop.cleared.wait()  # the run took the interrupt: it waits for the 3 calls
+        assert not run.done()
+        emulator.resume()
+        assert await run == 130
+        assert emulator.stats.requests == 3  # nothing new was sent after the interrupt
+    shown = capsys.readouterr().out
+    assert (
+        "Stopping: waiting for the 3 upscale call(s) already sent, whose results are paid "
+        "for, to record them; interrupt again to abandon them." in shown
+    )
+    assert (
+        "Interrupted: 0 of 10 finished (0 ok, 0 failed). 3 image(s) already upscaled are "
+        "recorded with their result URLs: --resume downloads them without upscaling them "
+        "again. Run it again." in shown
+    )
+    records = read_manifest(manifest)
+    assert [record["status"] for record in records] == ["upscaled"] * 3
+    assert not out.exists()  # nothing was downloaded
+
+
+async def test_a_second_interrupt_abandons_the_calls_in_flight_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images(tmp_path / "in", 4)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    stop = Stop()
+    async with Emulator(KEY) as emulator:
+        emulator.pause()
+        job = job_of(tmp_path / "in", out, manifest)
+        run = asyncio.create_task(
+            run_job(job, connector(emulator, 2), stop, view=View(progress="none"))
+        )
+        await emulator.wait_in_flight(2)
+        stop.set()
+        await stop.cleared.wait()
+        stop.set()
+        assert await run == 130
+        emulator.resume()
+    shown = capsys.readouterr().out
+    assert "Interrupted: 0 of 4 finished (0 ok, 0 failed). Run it again." in shown
+    assert not manifest.exists()  # nothing was recorded: the run made no manifest
+
+
+async def test_an_interrupt_with_nothing_in_flight_stops_at_once(tmp_path: Path) -> None:
+    halt = Halt()
+    notes: list[str] = []
+    stop = asyncio.Event()
+    never = asyncio.Event()
+    drained = asyncio.create_task(
+        until_drained(waiting(never), stop, halt=halt, in_flight=lambda: 0, note=notes.append)
+    )
+    stop.set()
+    assert not await drained
+    assert notes == []
+    assert halt.reason is None  # not halted: cancelled
+
+
+# -- what the run says about an error -------------------------------------------------------
+
+
+def test_an_error_is_one_line_naming_the_commands_options() -> None:
+    assert describe(APIConnectionError("no  answer\n  at all")) == "no answer at all"
+    assert describe(APIConnectionError("")) == "APIConnectionError"
+    assert describe(ValueError("bad value")) == "ValueError: bad value"
+    assert describe(ValueError()) == "ValueError"
+    assert describe(OSError(os.fsdecode(b"caf\xe9"))) == "OSError: caf\ufffd"
+    hint = ValidationError("pass api_key= or IDEOGRAM_API_KEY; check base_url")
+    assert describe(hint) == "pass IDEOGRAM_API_KEY or --api-key-file; check --base-url"
+    late = APITimeoutError("slow (Timeouts.attempt): raise RetryPolicy.deadline", kind="attempt")
+    assert describe(late) == "slow (--timeout): raise --deadline"
+
+
+def test_a_calls_name_is_its_model_or_upscale_and_the_file() -> None:
+    source = Source(Path("/in/photo.png"), "photo.png")
+    assert call_name(UpscaleRequest(), source) == "upscale photo.png"
+    assert call_name(TopazBloom2(), source) == "topaz-bloom-2 photo.png"
+
+
+def test_a_retried_failure_that_reached_the_service_makes_refused_calls_the_images_own() -> None:
+    fail_fast = FailFast("http://x", official=False)
+    unreachable = APIConnectionError("refused", unreachable=True)
+    fail_fast.retried(RetryEvent(attempt=1, error=unreachable, wait=0, waited=0, name="a"))
+    assert fail_fast.reason_to_stop(result(unreachable)) is not None  # nothing reached it yet
+    answered = APIStatusError("busy", status=503)
+    fail_fast.retried(RetryEvent(attempt=1, error=answered, wait=0, waited=0, name="a"))
+    assert fail_fast.reason_to_stop(result(unreachable)) is None
+
+
+async def test_a_failed_input_records_its_attempts_and_time(tmp_path: Path) -> None:
+    images(tmp_path / "in", 1)
+    manifest = tmp_path / "run.jsonl"
+    plan = FaultPlan(rate=1.0, choices=[Fault.status(503)])
+    async with Emulator(KEY, faults=plan, latency=0.05) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--retries", "1", "--manifest", str(manifest))
+    assert run.returncode == 1, run.stderr
+    (record,) = read_manifest(manifest)
+    assert (record["status"], record["attempts"]) == ("failed", 2)
+    assert record["seconds"] > 0  # the two attempts took their time (0.05 s of latency each)
+
+
+async def test_a_budget_that_one_more_image_would_pass_stops_the_run(tmp_path: Path) -> None:
+    images(tmp_path / "in", 5)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        run = await run_main(
+            *args, "--model", "topaz-bloom-2", "--max-usd", "0.03", "--manifest", str(manifest)
+        )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines() == [
+        "Stopped: the --max-usd budget of $0.03 would be passed by an image priced up to "
+        "$0.012 ($0.024 spent or under way then). Nothing more was sent: 2 of 5 image(s) "
+        "upscaled, 3 not done. Run the same command again with --resume to finish the rest."
+    ]
+    assert [record["status"] for record in read_manifest(manifest)] == ["ok", "ok"]
+
+
+class Watching(SilentReporter):
+    """Notes what the display would show each time the run says something changed."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self.seen: list[tuple[int, int, int]] = []
+
+    def changed(self) -> None:
+        self.tally.waiting()  # what the display asks of the calls under way
+        self.seen.append((self.tally.in_flight, self.tally.downloading, len(self.tally.calls)))
+
+    def finished(self, outcome: Outcome) -> None:
+        self.changed()
+
+
+async def test_the_displays_counts_follow_the_calls_and_downloads_and_end_at_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched: list[Watching] = []
+
+    def watching(tally: Tally, view: View) -> Watching:
+        watched.append(Watching(tally))
+        return watched[-1]
+
+    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    images(tmp_path / "in", 6)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args, "--concurrency", "2")).returncode == 0
+        for name in ("img-01", "img-04"):
+            (out / f"{name}.upscaled.png").unlink()
+        again = await run_main(*args, "--concurrency", "2", "--resume")
+        assert again.returncode == 0, again.stderr
+    first, second = (watching.seen for watching in watched)
+    assert max(calls for calls, _, _ in first) == 2  # two calls at a time, as allowed
+    assert min(calls for calls, _, _ in first) == 0
+    assert all(calls == held for calls, _, held in first)  # each call under way is timed
+    # Two downloads at a time, and one more answered call waiting for their place.
+    assert all(0 <= downloading <= 3 for _, downloading, _ in first + second)
+    assert max(downloading for _, downloading, _ in first) >= 1
+    assert first[-1] == (0, 0, 0)
+    assert max(downloading for _, downloading, _ in second) >= 1  # the recorded results
+    assert all(calls == 0 for calls, _, _ in second)  # downloaded, not upscaled again
+    assert second[-1] == (0, 0, 0)
+
+
+async def test_calls_the_service_refuses_are_counted_in_the_summary(tmp_path: Path) -> None:
+    images(tmp_path / "in", 3)
+    plan = FaultPlan(rate=1.0, choices=[Fault.status(429, retry_after=0)])
+    async with Emulator(KEY, faults=plan) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--retries", "0")
+    assert run.returncode == 1, run.stderr
+    assert "3 refused by the service (429: " in run.stdout

@@ -24,7 +24,7 @@ from ideogram_async.cli._quotes import price, run_quotes
 from ideogram_async.cli._quotes import render as render_quotes
 from ideogram_async.testing import Emulator
 
-from .test_cli import KEY, assert_clean, listing, read_manifest, run_cli, save_image, size_of
+from .test_cli import KEY, assert_clean, listing, read_manifest, run_main, save_image, size_of
 from .test_cli_view import Flushed
 
 PRICE = re.compile(r"\$(\d[\d,]*\.\d{4})")
@@ -49,7 +49,7 @@ async def test_a_v2_run_upscales_by_the_factor_and_refuses_what_would_pass_8192_
 ) -> None:
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
-        run = await run_cli(
+        run = await run_main(
             *v2_args(emulator, inputs, "topaz-bloom-2", "--factor", "x4"),
             *("--prompt", "autumn", "--option", "creativity=5", "--option", "seed=7"),
             *("--out", str(out), "--manifest", str(manifest)),
@@ -84,7 +84,7 @@ async def test_a_withheld_image_fails_its_item_and_says_it_is_billed(
     inputs: Path, tmp_path: Path
 ) -> None:
     async with Emulator(KEY) as emulator:
-        run = await run_cli(
+        run = await run_main(
             *v2_args(emulator, inputs / "a.png", "topaz-redefine"),
             *("--prompt", "[withhold]", "--out", str(tmp_path / "out")),
         )
@@ -97,7 +97,7 @@ async def test_dry_run_prices_every_image_and_prints_the_total(
     inputs: Path, tmp_path: Path
 ) -> None:
     async with Emulator(KEY) as emulator:
-        run = await run_cli(
+        run = await run_main(
             *v2_args(emulator, inputs, "auto", "--factor", "x4", "--dry-run"),
             "--recursive",
         )

@@ -2,9 +2,10 @@
 
 The display is checked on a real pseudo-terminal (80x24) running the real command;
 the bounds of a run against a service that never answers and the refusals against
-the emulator's own count run the command in a subprocess too. Each part (the status
-line, the summary's text and JSON, the plain lines, -v's lines) is also checked in
-process for its exact text at given counts, widths and times.
+the emulator's own count run the command in-process (``run_main``), or in a subprocess
+where a signal needs one. Each part (the status line, the summary's text and JSON, the
+plain lines, -v's lines) is also checked on its own for its exact text at given counts,
+widths and times.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from .test_cli import (
     assert_clean,
     cli_env,
     finish,
-    run_cli,
+    run_main,
     save_image,
     start_cli,
     upscale_args,
@@ -232,7 +233,7 @@ async def hung_run(tmp_path: Path, count: int, *bounds: str) -> tuple[Run, dict[
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with server:
         args = ["upscale", str(folder), "--out", str(tmp_path / "out"), "--base-url", url]
-        run = await run_cli(*args, *bounds, "-v", "--json", str(summary))
+        run = await run_main(*args, *bounds, "-v", "--json", str(summary))
     assert run.returncode == 1, run.stderr
     assert_clean(run)
     return run, json.loads(summary.read_text()), len(connections)
@@ -246,7 +247,7 @@ async def test_v_names_a_file_whose_name_is_not_utf8_as_the_client_does(tmp_path
     folder = tmp_path / "in"
     save_image(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")), (8, 6))
     async with Emulator(KEY, faults=FaultPlan([Fault.status(503)])) as emulator:
-        run = await run_cli(*upscale_args(emulator, [folder], tmp_path / "out"), "-v")
+        run = await run_main(*upscale_args(emulator, [folder], tmp_path / "out"), "-v")
     assert run.returncode == 0, run.stderr
     assert_clean(run)
     # -v knows the call by the client's name for it, and shows the byte that is not UTF-8
@@ -310,7 +311,7 @@ async def test_refusals_in_the_summary_match_the_services_count(tmp_path: Path) 
     plan = FaultPlan(rate=0.2, choices=[Fault.status(429, retry_after=0)], seed=3)
     async with Emulator(KEY, allowance=2, latency=0.05, faults=plan) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
-        run = await run_cli(*args, "--allowance", "6", "--json", str(summary), "-v")
+        run = await run_main(*args, "--allowance", "6", "--json", str(summary), "-v")
         stats = emulator.stats
     assert run.returncode == 0, run.stderr
     result = json.loads(summary.read_text())
@@ -386,7 +387,7 @@ async def test_a_shared_allowance_is_named_in_the_summary(
     async with Emulator(KEY, allowance=2, latency=0.02) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
         args += ["--shared-allowance", url, "--allowance-key", redis_key, "--allowance", "3"]
-        run = await run_cli(*args, "--json", str(summary))
+        run = await run_main(*args, "--json", str(summary))
     assert run.returncode == 0, run.stderr
     where = f"127.0.0.1:{redis_server.port}/6"
     assert f"Allowance: shared through Redis at {where}, key {redis_key!r}" in run.stdout
@@ -461,7 +462,7 @@ async def test_every_mode_ends_with_the_summary(tmp_path: Path, mode: list[str])
         save_image(tmp_path / "in" / f"img-{number}.png", (8, 6), shade=number)
     (tmp_path / "in" / "big.png").write_text("not an image")  # fails before it is sent
     async with Emulator(KEY) as emulator:
-        run = await run_cli(*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out"), *mode)
+        run = await run_main(*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out"), *mode)
     assert run.returncode == 1, run.stderr
     lines = run.stdout.splitlines()
     plain = [line for line in lines if FINISHED.match(line.encode())]
@@ -500,7 +501,7 @@ async def test_an_unreachable_service_stops_the_run_saying_the_time_it_took(
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
-    run = await run_cli(*args, "-v", "--json", str(tmp_path / "summary.json"))
+    run = await run_main(*args, "-v", "--json", str(tmp_path / "summary.json"))
     assert run.returncode == 1, run.stderr
     lines = attempt_lines(run.stderr, "upscale a.png")
     assert [line.split(" failed after ")[0] for line in lines] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import json
@@ -419,3 +420,47 @@ async def test_a_gather_checks_at_most_twice_the_allowance_of_inputs_at_once(
         release.set()
         assert len(await calls) == 20
     assert peak == 4
+
+
+async def test_download_keeps_to_the_clients_max_download_size_as_announced(
+    emulator: Emulator, client: IdeogramClient, png_bytes: bytes, tmp_path: Path
+) -> None:
+    (image,) = (await client.upscale(png_bytes)).data
+    whole = await client.download(image, tmp_path / "whole.png")
+    size = whole.stat().st_size
+    small = client.with_options(max_download_size=size - 1)
+    with pytest.raises(ResponseFormatError) as caught:
+        await small.download(image, tmp_path / "small.png")
+    assert str(caught.value) == (
+        f"the image for small.png is larger than max_download_size ({size - 1} bytes) "
+        f"({size} bytes announced); raise max_download_size if such images are expected"
+    )
+    assert not (tmp_path / "small.png").exists()
+
+
+async def test_download_of_a_gzip_encoded_image_is_judged_by_the_decoded_bytes(
+    png_bytes: bytes, tmp_path: Path
+) -> None:
+    encoded = gzip.compress(png_bytes)
+    assert len(encoded) != len(png_bytes)  # the Content-Length counts the encoded bytes
+
+    async def image(_: web.Request) -> web.Response:
+        return web.Response(
+            body=encoded, headers={"Content-Encoding": "gzip", "Content-Type": "image/png"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/image", image)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/image"
+        async with IdeogramClient(
+            api_key=KEY, base_url="http://127.0.0.1:9", retry=RetryPolicy.no_retries()
+        ) as client:
+            path = await client.download(url, tmp_path / "out.png")
+    finally:
+        await runner.cleanup()
+    assert path.read_bytes() == png_bytes

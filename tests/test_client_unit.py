@@ -186,6 +186,30 @@ def test_an_allowance_object_is_used_as_is_and_left_open() -> None:
         IdeogramClient(api_key=KEY, base_url=BASE, allowance=shared, adaptive=False)
 
 
+async def test_connections_checks_and_downloads_follow_the_allowances_maximum() -> None:
+    # API requests and downloads each get the maximum's worth of connections, so a call
+    # holding places never waits for the pool; twice the maximum of inputs are read at once.
+    async with IdeogramClient(api_key=KEY, base_url=BASE, allowance=3) as client:
+        connector = client._shared.pool.session().connector
+        assert connector is not None
+        assert connector.limit == 6
+        for gate, room in ((client._attempts.checks, 6), (client._shared.downloads, 3)):
+            for _ in range(room):
+                assert not gate.locked()
+                await gate.acquire()
+            assert gate.locked()
+            for _ in range(room):
+                gate.release()
+
+
+def test_requests_per_second_is_a_rate_per_second_and_unset_is_no_limiter() -> None:
+    limited = IdeogramClient(api_key=KEY, base_url=BASE, requests_per_second=5)
+    limiter = limited._attempts.limiter
+    assert limiter is not None
+    assert (limiter.max_rate, limiter.time_period) == (5, 1)
+    assert IdeogramClient(api_key=KEY, base_url=BASE)._attempts.limiter is None
+
+
 @pytest.mark.parametrize("adaptive", [False, True])
 async def test_adaptive_is_passed_to_the_allowance_built_from_a_number(adaptive: bool) -> None:
     client = IdeogramClient(api_key=KEY, base_url=BASE, allowance=8, adaptive=adaptive)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -42,6 +43,8 @@ from ideogram_async import (
     ValidationError,
     uploads,
 )
+from ideogram_async._settings import Secret
+from ideogram_async._transport import scrub
 from ideogram_async.cli._inputs import UsageError, find_images
 from ideogram_async.images import HEADER_BYTES
 from ideogram_async.testing import Emulator
@@ -133,6 +136,45 @@ async def test_an_answer_of_exactly_max_response_size_is_taken_and_one_byte_more
     async with client_of(over, max_response_size=limit) as client:
         with pytest.raises(ResponseFormatError, match=rf"over max_response_size \({limit} bytes\)"):
             await client.upscale(PNG)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_an_oversized_answer_keeps_its_status_and_quotes_nothing(
+    hostile: Hostile, framing: str
+) -> None:
+    async with client_of(hostile.url("sized", f"201:101:{framing}"), max_response_size=100) as c:
+        with pytest.raises(ResponseFormatError) as caught:
+            await c.upscale(PNG)
+    assert str(caught.value) == (
+        "the service answered HTTP 201 with a body over max_response_size (100 bytes); "
+        "check base_url points at the upscale service, or raise max_response_size"
+    )
+    assert (caught.value.status, caught.value.body) == (201, "")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_bodies_read_in_many_pieces_come_out_whole(hostile: Hostile, framing: str) -> None:
+    size = 200_000  # a few of the pieces the cap counts in
+    async with client_of(hostile.url("sized", f"200:{size}:{framing}")) as client:
+        assert (await client.upscale(PNG)).data[0].url == "http://127.0.0.1/img/bookmark/ok.png"
+    async with client_of(hostile.url("sized", f"400:{size}:{framing}")) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.upscale(PNG)
+    assert caught.value.body == "x" * size
+
+
+async def test_an_answer_announced_over_the_cap_is_refused_before_its_body(
+    hostile: Hostile,
+) -> None:
+    # The body never comes: only its announced length can refuse it (else: a timeout).
+    async with client_of(
+        hostile.url("length-hold", "101"), max_response_size=100, timeouts=Timeouts(attempt=10)
+    ) as client:
+        with pytest.raises(
+            ResponseFormatError, match=r"over max_response_size \(100 bytes\)"
+        ) as caught:
+            await client.upscale(PNG)
+    assert caught.value.request_id == "req-held"
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
@@ -411,6 +453,17 @@ async def test_a_key_echoed_json_escaped_is_masked(
         assert sent not in text
 
 
+def test_masking_an_escaped_key_keeps_the_rest_of_the_body_readable() -> None:
+    key = Secret("sk/test/5e3cr3t/key")
+    body = '{"detail": "caf\\u00e9: invalid key sk\\/test\\/5e3cr3t\\/key"}'
+    assert scrub(key, body) == '{"detail": "caf\u00e9: invalid key ***"}'
+
+
+def test_a_json_body_without_the_key_is_left_as_it_came() -> None:
+    body = '{"detail": "no such path: a\\/b",  "code":1}'
+    assert scrub(Secret(KEY), body) == body
+
+
 async def test_a_key_echoed_in_the_request_id_is_masked(hostile: Hostile) -> None:
     async with client_of(hostile.url("request-id-key")) as client:
         with pytest.raises(BadRequestError) as caught:
@@ -426,6 +479,11 @@ async def test_oversized_headers_fail_once_without_the_key(hostile: Hostile) -> 
     assert KEY not in chain_text(caught.value)
     assert caught.value.attempts == 1
     assert (await hostile.stats())["requests"] == 1
+    # The cause stays a well-formed aiohttp error, its request's headers emptied.
+    cause = caught.value.__cause__
+    assert isinstance(cause, aiohttp.ClientResponseError)
+    assert dict(cause.request_info.headers) == {}
+    assert (cause.history, cause.headers) == ((), None)
 
 
 @pytest.mark.parametrize("flavor", ["proxy", "official"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -172,6 +173,31 @@ async def test_a_malformed_2xx_that_echoes_the_key_keeps_its_status(hostile: Hos
     assert KEY not in str(error)
 
 
+async def test_a_poll_that_cannot_connect_names_the_generation_and_what_to_check() -> None:
+    base_url = f"http://127.0.0.1:{free_port()}"
+    async with IdeogramClient(
+        api_key=KEY, base_url=base_url, flavor="official", retry=NO_RETRIES
+    ) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.v2.get_generation("gen-1")
+    assert str(caught.value) == (
+        f"poll of generation gen-1: connection to {base_url} failed (connection refused: "
+        "nothing listens at that address); check base_url and the network"
+    )
+
+
+async def test_a_poll_answered_with_a_redirect_does_not_follow_it(hostile: Hostile) -> None:
+    # The redirect points back at itself: followed, it would loop and send the key again.
+    async with IdeogramClient(
+        api_key=KEY, base_url=hostile.url("redirect", "loop"), flavor="official", retry=NO_RETRIES
+    ) as client:
+        with pytest.raises(APIStatusError) as caught:
+            await client.v2.get_generation("gen-1")
+    assert caught.value.status == 302
+    assert "the API answered with a redirect, which is not followed" in str(caught.value)
+    assert (await hostile.stats())["requests"] == 1
+
+
 async def test_a_300_is_an_error_with_the_redirect_hint() -> None:
     redirect = FaultPlan.always(Fault.status(300))
     async with Emulator(api_key=KEY, upscale=False, faults=redirect) as emulator:
@@ -197,6 +223,29 @@ async def test_the_pool_has_a_connection_for_every_place_and_every_download() ->
         connector = c._shared.pool.session().connector
         assert connector is not None
         assert connector.limit == 160
+
+
+async def test_a_host_name_is_resolved_again_only_after_five_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]  # aiohttp's clock for its DNS cache (and its idle connections)
+    monkeypatch.setattr(aiohttp.connector, "monotonic", lambda: now[0])
+    resolved: list[float] = []
+
+    class Counting(aiohttp.resolver.DefaultResolver):  # type: ignore[misc, valid-type]
+        async def resolve(self, host: str, *args: Any, **kwargs: Any) -> Any:
+            resolved.append(now[0] - 1000.0)
+            return await super().resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", Counting)
+    async with Emulator(api_key=KEY) as emulator:
+        base_url = emulator.base_url.replace("127.0.0.1", "localhost")
+        async with IdeogramClient(api_key=KEY, base_url=base_url, retry=NO_RETRIES) as client:
+            # Each step is past aiohttp's 15 s keep-alive: every call connects anew.
+            for at in (0.0, 285.0, 300.5):
+                now[0] = 1000.0 + at
+                await client.upscale(PNG)
+    assert resolved == [0.0, 300.5]
 
 
 async def test_every_request_names_the_library_and_aiohttp() -> None:

@@ -3,14 +3,23 @@ without their password, and one key per organization that does not reveal the AP
 
 from __future__ import annotations
 
+import hashlib
 import traceback
 from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
 
+import ideogram_async.limits
 from ideogram_async import IdeogramClient, SharedAllowanceError, ValidationError
-from ideogram_async.limits import RedisAllowance, organization_key
+from ideogram_async.limits import (
+    RedisAllowance,
+    RedisLocation,
+    location,
+    organization_key,
+    shared,
+    shared_budget,
+)
 from ideogram_async.testing import RedisServer
 
 from ._support import KEY
@@ -31,6 +40,10 @@ SECRET = "s3Kq/cr?tZ#w@rdQ"
         (f"redis://:{quote(SECRET, safe='')}@h:1/3", "redis://:***@h:1/3", "h:1"),
         ("redis://h/0?db=4", "redis://h:6379/4", "h:6379"),
         ("unix:///run/redis.sock", "unix:///run/redis.sock", "/run/redis.sock"),
+        ("REDIS://Cache:1/2", "redis://cache:1/2", "cache:1"),
+        ("redis:///3", "redis://localhost:6379/3", "localhost:6379"),
+        ("redis://worker@h", "redis://worker@h:6379/0", "h:6379"),
+        ("unix://", "unix://", ""),
     ],
 )
 def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, host: str) -> None:
@@ -41,7 +54,7 @@ def test_a_url_is_shown_rebuilt_from_what_redis_py_reads(url: str, shown: str, h
 
 
 @pytest.mark.parametrize(
-    "password", ["kq9z/vx7w", "kq9z?vx7w", "kq9z#vx7w", "kq9z@vx7w/q1", SECRET]
+    "password", ["kq9z/vx7w", "kq9z?vx7w", "kq9z#vx7w", "kq9z@vx7w/q1", "kq9z://vx7w", SECRET]
 )
 def test_a_password_with_reserved_characters_fails_clearly_without_showing_it(
     password: str,
@@ -49,7 +62,8 @@ def test_a_password_with_reserved_characters_fails_clearly_without_showing_it(
     with pytest.raises(SharedAllowanceError, match="percent-encode") as caught:
         RedisAllowance(f"redis://user:{password}@cache.example:6379/0", key="k")
     shown = "".join(traceback.format_exception(caught.value))
-    for part in {password, *password.replace("?", "/").replace("#", "/").split("/")}:
+    parts = {password, *password.replace("?", "/").replace("#", "/").split("/")} - {""}
+    for part in parts:
         assert part not in shown
     assert caught.value.__cause__ is None
     assert caught.value.url == "redis://***"
@@ -64,6 +78,69 @@ def test_a_url_redis_py_cannot_read_is_a_shared_allowance_error(url: str) -> Non
         RedisAllowance(url, key="k")
     assert "hunter2" not in "".join(traceback.format_exception(caught.value))
     assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("error", "told"),
+    [
+        ("Connect call failed ('10.0.0.5', 6380).", "Connect call failed ('10.0.0.5', 6380)"),
+        ("Name or service not known: CACHE-BOX", "Name or service not known: CACHE-BOX"),
+    ],
+)
+def test_a_redis_fault_is_told_with_the_url_shown_and_its_cause(error: str, told: str) -> None:
+    where = RedisLocation.parse("redis://worker:pw@10.0.0.5:6380/1")
+    shown = "redis://worker:***@10.0.0.5:6380/1"
+    unreachable = where.unreachable("the shared budget", OSError(error))
+    assert str(unreachable) == (
+        f"cannot reach Redis at {shown} for the shared budget: {told}; "
+        "check that the server runs and the URL is right"
+    )
+    lost = where.lost("the shared allowance", OSError(error))
+    assert str(lost) == f"lost Redis at {shown} for the shared allowance: {error}"
+    assert (unreachable.url, lost.url) == (shown, shown)
+
+
+@pytest.mark.parametrize(
+    ("url", "place"),
+    [
+        ("redis://h:7/2", "h:7/2"),
+        ("rediss://h", "h:6379/0"),
+        ("unix:///run/redis.sock?db=2", "/run/redis.sock"),
+    ],
+)
+def test_where_the_keys_live_is_the_server_and_database(url: str, place: str) -> None:
+    assert RedisLocation.parse(url).place == place
+
+
+@pytest.mark.parametrize(
+    ("url", "message", "shown"),
+    [
+        (6379, "the shared allowance needs a Redis URL as a string, not int", ""),
+        (
+            "HTTP://h:pw@host",
+            "the Redis URL cannot be read: it must look like redis://[[user]:password@]"
+            "host[:port][/db], rediss://... or unix:///path (the password percent-encoded)",
+            "http://***",
+        ),
+        (
+            "redis://u:a/b@h",
+            "the Redis URL's password holds a character that ends the host part ('/', '?' or "
+            "'#'); percent-encode it: urllib.parse.quote(password, safe='')",
+            "redis://***",
+        ),
+    ],
+)
+def test_a_url_that_is_not_one_says_what_is_expected(url: object, message: str, shown: str) -> None:
+    with pytest.raises(SharedAllowanceError) as caught:
+        RedisLocation.parse(url)
+    assert (str(caught.value), caught.value.url) == (message, shown)
+
+
+@pytest.mark.parametrize("key", ["", "a{", "b}", "{a}", 5])
+def test_a_key_must_be_a_name_without_braces(key: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RedisAllowance("redis://localhost", key=key)  # type: ignore[arg-type]
+    assert str(caught.value) == f"key must be a non-empty string without braces, not {key!r}"
 
 
 async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisServer) -> None:
@@ -91,6 +168,32 @@ def test_the_organization_key_is_a_digest_of_the_api_key_and_host() -> None:
     assert len(others) == 3
 
 
+@pytest.mark.parametrize(
+    ("base_url", "host"),
+    [
+        ("https://API.Ideogram.ai/v1", "api.ideogram.ai"),
+        ("https://api.ideogram.ai:8443", "api.ideogram.ai:8443"),
+        ("", ""),
+    ],
+)
+def test_the_organization_key_stays_the_same_across_versions(base_url: str, host: str) -> None:
+    # Processes running different releases must find each other's allowance: the key is
+    # the digest of the lower-cased host (its port only when one is given) and the API key.
+    digest = hashlib.sha256(f"ideogram_async allowance\0{host}\0sk-secret-1".encode())
+    expected = "ideogram_async:" + digest.hexdigest()[:24]
+    assert organization_key("sk-secret-1", base_url) == expected
+
+
+def test_the_redis_parts_are_reached_through_the_package() -> None:
+    limits = ideogram_async.limits
+    assert limits.RedisAllowance is shared.RedisAllowance
+    assert limits.RedisBudget is shared_budget.RedisBudget
+    assert limits.organization_key is location.organization_key
+    assert limits.RedisLocation is location.RedisLocation
+    with pytest.raises(AttributeError, match=r"^module 'ideogram_async\.limits' has no attribute"):
+        getattr(limits, "RedisThing")  # noqa: B009
+
+
 async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
     allowance = RedisAllowance("redis://127.0.0.1:9/0", 10)
     assert allowance.key is None
@@ -101,8 +204,12 @@ async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
         assert allowance.key == organization_key(KEY, "http://127.0.0.1:9")
         # The same organization again: fine; another one: refused, one allowance each.
         IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
-        with pytest.raises(ValidationError, match="another organization"):
+        with pytest.raises(ValidationError) as caught:
             IdeogramClient(api_key="sk-other", base_url="http://127.0.0.1:9", allowance=allowance)
+        assert str(caught.value) == (
+            "this RedisAllowance already serves another organization (another API key or API "
+            "host): give each organization its own RedisAllowance, or name the allowance with key="
+        )
     assert KEY not in repr(allowance)
 
 

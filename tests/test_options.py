@@ -14,6 +14,7 @@ from ideogram_async import (
     Timeouts,
     ValidationError,
 )
+from ideogram_async.limits import RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan
 from ideogram_async.v2 import TopazBloom2
 
@@ -110,3 +111,69 @@ async def test_a_calls_own_timeouts_apply_to_that_call_only() -> None:
         emulator.resume()
         await slow
     assert client.timeouts == Timeouts()
+
+
+def test_with_options_changes_what_it_is_given_and_keeps_the_rest() -> None:
+    def hook(_: object) -> None:
+        """A retry hook."""
+
+    def other_hook(_: object) -> None:
+        """Another retry hook."""
+
+    client = IdeogramClient(
+        api_key=KEY,
+        base_url="http://127.0.0.1:9",
+        allowance=3,
+        requests_per_second=5,
+        timeouts=Timeouts(attempt=3),
+        retry=RetryPolicy(attempts=2),
+        max_file_size=1000,
+        max_download_size=2000,
+        max_response_size=3000,
+        on_retry=hook,
+    )
+    same = client.with_options()
+    for name in SETTINGS[:-1]:
+        assert getattr(same, name) == getattr(client, name), name
+    assert repr(same) == repr(client)  # the same allowance, in the settings too
+    changed = client.with_options(
+        flavor="official",
+        timeouts=Timeouts(attempt=4),
+        retry=RetryPolicy(attempts=5),
+        max_file_size=6,
+        max_download_size=7,
+        max_response_size=8,
+        on_retry=other_hook,
+    )
+    assert (changed.flavor.value, changed.base_url) == ("official", client.base_url)
+    assert (changed.timeouts, changed.retry) == (Timeouts(attempt=4), RetryPolicy(attempts=5))
+    assert (changed.max_file_size, changed.max_download_size, changed.max_response_size) == (
+        6,
+        7,
+        8,
+    )
+    assert changed.on_retry is other_hook
+    assert (changed.allowance, changed.requests_per_second) == (client.allowance, 5)
+
+
+async def test_with_options_sends_the_key_it_is_given() -> None:
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        IdeogramClient(api_key="sk-old", base_url=emulator.base_url) as client,
+    ):
+        answer = await client.with_options(api_key=KEY).upscale(PNG)
+    assert answer.data
+    assert emulator.stats.requests == 1
+
+
+def test_with_options_refuses_another_organization_for_a_keyed_shared_allowance() -> None:
+    allowance = RedisAllowance("redis://127.0.0.1:9/0", 10)
+    client = IdeogramClient(api_key=KEY, base_url="http://127.0.0.1:9", allowance=allowance)
+    with pytest.raises(ValidationError) as caught:
+        client.with_options(api_key="sk-other")
+    assert str(caught.value) == (
+        "with_options(api_key=/base_url=) names another organization (another API key or "
+        "API host), but the derived client would share this client's RedisAllowance, which "
+        "serves this one's: create a new IdeogramClient with its own RedisAllowance for the "
+        "other organization"
+    )

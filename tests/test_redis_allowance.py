@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import random
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -99,6 +100,36 @@ def test_settings_are_checked(kwargs: dict[str, object], message: str) -> None:
         RedisAllowance(**settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"maximum": 0}, "maximum must be an int >= 1 (places), not 0"),
+        ({"maximum": "3"}, "maximum must be an int >= 1 (places), not '3'"),
+        ({"lease": 0.05}, "lease must be a number of seconds >= 0.1, not 0.05"),
+        ({"lease": True}, "lease must be a number of seconds >= 0.1, not True"),
+        ({"lease": "5"}, "lease must be a number of seconds >= 0.1, not '5'"),
+        ({"forget_after": 0}, "forget_after must be > 0 seconds, not 0"),
+        ({"forget_after": float("nan")}, "forget_after must be > 0 seconds, not nan"),
+    ],
+)
+def test_a_bad_setting_is_named_with_what_it_must_be(
+    kwargs: dict[str, object], message: str
+) -> None:
+    settings: dict[str, object] = {"url": "redis://localhost:6379/0"} | kwargs
+    with pytest.raises(ValidationError) as caught:
+        RedisAllowance(**settings)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+def test_the_smallest_settings_are_accepted_and_nothing_is_held_before_use() -> None:
+    smallest = RedisAllowance("redis://localhost", 1, lease=0.1, forget_after=0.5)
+    assert (smallest.maximum, smallest.limit, smallest.in_use) == (1, 1, 0)
+    # The bound starts where the rules say, before any use: adaptive from 10, fixed at the
+    # maximum.
+    assert RedisAllowance("redis://localhost", 40).limit == 10
+    assert RedisAllowance("redis://localhost", 40, adaptive=False).limit == 40
+
+
 async def test_a_hold_larger_than_the_maximum_is_refused_before_connecting() -> None:
     allowance = RedisAllowance(f"redis://127.0.0.1:{free_port()}/0", 4)
     with pytest.raises(ValidationError, match="5 places can never run under an allowance of 4"):
@@ -117,6 +148,201 @@ def test_without_redis_the_module_says_how_to_install_it(monkeypatch: pytest.Mon
     monkeypatch.delitem(sys.modules, "ideogram_async.limits.shared")
     with pytest.raises(ImportError, match=r"pip install 'ideogram-async\[redis\]'"):
         importlib.import_module("ideogram_async.limits.shared")
+
+
+async def test_a_reported_number_must_be_a_whole_number_of_places(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    async with RedisAllowance(redis_server.url, 10, key=redis_key) as allowance:
+        for wrong in (0, -3, True, "3", 2.0):
+            with pytest.raises(ValidationError) as caught:
+                await allowance.rejected(wrong)  # type: ignore[arg-type]
+            assert str(caught.value) == f"allowance must be an int >= 1 or None, not {wrong!r}"
+        assert allowance.limit == 10
+        await allowance.rejected(1)  # the smallest allowance there is
+        assert allowance.limit == 1
+
+
+async def test_a_report_from_another_allowances_hold_gives_back_nothing_of_it(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key + "-1") as alone:
+        await alone.rejected(None)  # no hold at all: others hold everything, nothing to give back
+        assert (alone.limit, await redis_state(url, redis_key + "-1")) == (1, (0, 0))
+    async with (
+        RedisAllowance(url, 10, key=redis_key + "-2") as a,
+        RedisAllowance(url, 10, key=redis_key + "-2") as b,  # another process of the organization
+    ):
+        async with a.hold(4):
+            await b.rejected(None)  # reported inside a's hold, but b holds nothing here
+            assert b.limit == 4  # down to what is held: a's 4 places are still held
+            assert await redis_state(url, redis_key + "-2") == (4, 0)
+        assert await redis_state(url, redis_key + "-2") == (0, 0)  # given back by a's exit
+
+
+async def test_a_refused_request_gives_its_places_back_at_once_and_stops_renewing_them(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    client = aioredis.Redis.from_url(url)
+    holders = f"{{{redis_key}}}:holders"
+    async with (
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE, adaptive=False) as a,
+        a.hold(1),  # keeps the lease renewals going
+    ):
+        async with a.hold(3):
+            await a.rejected(None)
+            assert await redis_state(url, redis_key) == (1, 0)  # at once, not at the end
+
+        async def lease_ends() -> list[float]:
+            leases = await client.zrange(holders, 0, -1, withscores=True)
+            return [end for _, end in cast("list[tuple[bytes, float]]", leases)]
+
+        [lease_end] = await lease_ends()
+
+        async def renewed() -> bool:
+            return any(end > lease_end for end in await lease_ends())
+
+        await eventually(renewed, "the hold's lease was never renewed")
+        assert await redis_state(url, redis_key) == (1, 0)  # the refused one stays gone
+    await client.aclose()
+
+
+async def test_a_report_after_its_hold_ended_changes_nothing(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key, adaptive=False) as allowance:
+        go = asyncio.Event()
+
+        async def report_late() -> None:
+            await go.wait()
+            await allowance.rejected(None)
+
+        async with allowance.hold(2):
+            late = asyncio.create_task(report_late())  # it runs in the hold's context
+        go.set()
+        await late
+        assert (allowance.limit, await redis_state(url, redis_key)) == (10, (0, 0))
+
+
+async def test_reports_from_outside_any_hold_are_each_a_fresh_refusal(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key) as b,  # another process of the organization
+        a.hold(8),
+    ):
+        await b.rejected(None)  # others hold 8 of the 10
+        assert b.limit == 8
+        await b.rejected(None)  # a repeat, with nothing through between: halved
+        assert b.limit == 4
+
+
+async def test_a_learned_number_is_logged_when_it_is_new(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ideogram_async")
+    url = redis_server.url
+    expected = f"the service reports an allowance of 4 places in flight (key {redis_key})"
+    async with RedisAllowance(url, 10, key=redis_key, adaptive=False) as allowance:
+        for _ in range(2):
+            async with allowance.hold(5):
+                await allowance.rejected(4)
+            infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+            assert infos == [expected]  # once: the second 429 named the same number
+        await allowance.rejected(None)  # no number: nothing to report
+        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert infos == [expected]
+
+
+async def test_each_change_of_the_shared_bound_is_a_debug_line_and_a_failing_hook_is_logged(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+
+    def hook(change: AllowanceChange) -> None:
+        raise RuntimeError("the hook broke")
+
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key, on_change=hook) as allowance:
+        async with allowance.hold(5):
+            await allowance.rejected(4)  # the change applies, whatever the hook does
+        assert allowance.limit == 4
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "shared allowance bound 10 -> 4 places (learned)" in debug
+    [failed] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failed.getMessage() == "the allowance's on_change hook failed"
+    assert failed.exc_info is not None
+    assert str(failed.exc_info[1]) == "the hook broke"
+
+
+async def test_leases_tickets_and_the_bound_last_as_long_as_set(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url, tag = redis_server.url, f"{{{redis_key}}}:"
+    client = aioredis.Redis.from_url(url)
+
+    async def now_ms() -> int:
+        seconds, micros = await client.time()
+        return seconds * 1000 + micros // 1000
+
+    async def lease_ends() -> list[float]:
+        leases = await client.zrange(tag + "holders", 0, -1, withscores=True)
+        return [end for _, end in cast("list[tuple[bytes, float]]", leases)]
+
+    async def tickets() -> list[list[int]]:
+        found = cast("dict[bytes, bytes]", await client.hgetall(tag + "waiting"))
+        return sorted([int(part) for part in entry.split(b":")] for entry in found.values())
+
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,  # the default lease: 30 s
+        RedisAllowance(url, 12, key=redis_key, lease=2.0, forget_after=120.0) as b,
+        RedisAllowance(url, 10, key=redis_key, adaptive=False) as c,
+    ):
+        before = await now_ms()
+        async with a.hold(4):
+            after = await now_ms()
+            [end] = await lease_ends()
+            assert before + 30_000 <= end <= after + 30_000
+            waiters = [Entry(b, 7)]  # 4 + 7 > 10: it waits, with a ticket
+            await eventually(lambda: b.in_use == 4, "b never tried")
+            waiters.append(Entry(c, 8))  # and behind it, c
+            await eventually(lambda: c.in_use == 4, "c never tried")
+            now = await now_ms()
+            [(b_expiry, *b_rest), (c_expiry, *c_rest)] = await tickets()
+            # A ticket lasts three polls (a quarter lease, at most 1 s), with what serving
+            # it needs: places, lease (ms), maximum, start.
+            assert (b_rest, c_rest) == ([7, 2000, 12, 10], [8, 30_000, 10, 10])
+            assert now < b_expiry <= now + 1500 < c_expiry <= now + 3000
+        async with asyncio.timeout(10):
+            await waiters[0].entered.wait()  # b, the head, once a's 4 places are free
+        now = await now_ms()
+        assert now < max(await lease_ends()) <= now + 2000
+        await b.rejected(6)  # a change of the bound, by b: kept for b's forget_after
+        assert 119_000 < await client.pttl(tag + "bound") <= 120_000
+        for waiter in waiters:
+            await waiter.done()
+    await client.aclose()
+
+
+async def test_a_waiter_held_back_by_a_backoff_asks_again_when_it_ends(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    url = redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key) as a,
+        RedisAllowance(url, 10, key=redis_key) as b,
+    ):
+        b._poll = 3600.0  # no poll to fall back on: only the backoff's end can wake it
+        async with a.hold(2):
+            await b.rejected(None)  # others hold 2: down to 2, and closed for a backoff
+        assert (b.limit, await redis_state(url, redis_key)) == (2, (0, 0))
+        async with asyncio.timeout(10), b.hold(1):  # nothing held, but closed: it waits
+            assert b.in_use == 1
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(
@@ -534,7 +760,31 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisS
         assert b.limit == 10
 
 
-async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) -> None:
+async def test_a_refusal_reported_without_redis_does_not_fail_the_request(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ideogram_async")
+    url = own_redis_server.url
+    async with RedisAllowance(url, 10, key="k", lease=LEASE) as allowance:
+        async with allowance.hold(3):
+            own_redis_server.stop()
+            await allowance.rejected(None)
+        assert allowance.limit == 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    told = f"lost Redis at {url} for the shared allowance: "
+    assert any(
+        w.startswith(told) and w.endswith("; the shared bound stays as it was") for w in warnings
+    ), warnings
+    assert any(
+        w.startswith(told) and w.endswith("; Redis frees the places when their lease ends")
+        for w in warnings
+    ), warnings
+
+
+async def test_holders_survive_a_redis_restart(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ideogram_async")
     url = own_redis_server.url
     async with (
         RedisAllowance(url, 10, key="k", lease=LEASE) as a,
@@ -549,6 +799,10 @@ async def test_holders_survive_a_redis_restart(own_redis_server: RedisServer) ->
                 return await redis_state(url, "k") == (3, 0)
 
             await eventually(registered_again, "the holder was not registered again")
+            told = f"shared allowance at {url}: 1 hold(s) lost by Redis registered again"
+            await eventually(
+                lambda: told in [r.getMessage() for r in caplog.records], "not told: " + told
+            )
             async with b.hold(7):
                 assert b.in_use == 10
             eight = Entry(c, 8)

@@ -95,3 +95,31 @@ async def test_a_waiter_after_the_loss_is_granted_once_the_holds_are_registered_
             finally:
                 await client.aclose()
             assert sorted(int(p) for p in places) == [2, 8]
+
+
+async def test_a_key_first_used_by_a_refusal_still_tells_a_later_loss(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE, adaptive=False) as a,
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE, adaptive=False) as b,
+    ):
+        await b.rejected(4)  # the key's first use: a refusal outside any hold
+        client = aioredis.Redis.from_url(url)
+        try:
+            assert await client.get(f"{{{redis_key}}}:epoch")  # a real epoch, not an empty one
+        finally:
+            await client.aclose()
+        async with a.hold(3):
+            async with b.hold(1):
+                pass  # b knows the allowance's epoch now
+            own_redis_server.flush()
+            # b finds the state gone: nothing is granted until a's 3 are registered again.
+            async with b.hold(1):
+                client = aioredis.Redis.from_url(url)
+                try:
+                    places = await client.hvals(f"{{{redis_key}}}:places")
+                finally:
+                    await client.aclose()
+                assert sorted(int(p) for p in places) == [1, 3]

@@ -12,14 +12,16 @@ import asyncio
 import functools
 import gc
 import json
+import logging
 import operator
 import os
+import re
 import socket
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import attrs
@@ -37,14 +39,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ideogram_async import (
     AuthenticationError,
     IdeogramClient,
+    ResponseFormatError,
     RetryPolicy,
     TopazStandard2,
     UpscaleRequest,
     ValidationError,
+    __version__,
     telemetry,
 )
 from ideogram_async.cli import main
-from ideogram_async.limits import RedisAllowance
+from ideogram_async.limits import Allowance, LocalAllowance, RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, instant_retries
 
 from ._support import KEY
@@ -255,6 +259,7 @@ async def test_v2_calls_have_their_spans_and_a_billed_generation_counts_its_cost
     assert quoted.attributes is not None
     assert quoted.attributes["ideogram.model"] == MODEL.model
     assert quoted.attributes["ideogram.endpoint"] == f"/v2/image/upscale/{MODEL.model}"
+    assert quoted.attributes["ideogram.num_images"] == 1
     assert len(sdk.finished("ideogram.v2.submit")) == 1
     (waited,) = sdk.finished("ideogram.v2.generation.wait")
     assert {span.name for span in sdk.children(waited)} == {"ideogram.v2.generation.get"}
@@ -307,6 +312,243 @@ async def test_trace_configs_reach_only_a_session_the_client_creates() -> None:
                 session=session,
                 trace_configs=[aiohttp.TraceConfig()],
             )
+
+
+# --- the hooks themselves, on instruments built by the test ------------------------------
+#
+# The module builds its instruments once, at import. These tests build a second set on an
+# SDK of their own, so what they check is the code that builds them and the gauges'
+# callbacks as they run now (not as they ran at import).
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sdk]:
+    """New instruments, on a tracer and meter provider of this test's own, as the hooks' target."""
+    exporter = InMemorySpanExporter()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    delta = AggregationTemporality.DELTA
+    reader = InMemoryMetricReader(preferred_temporality={Counter: delta, Histogram: delta})
+    metering = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(trace, "get_tracer", tracing.get_tracer)
+    monkeypatch.setattr(metrics, "get_meter", metering.get_meter)
+    monkeypatch.setattr(telemetry, "_instruments", telemetry._Instruments())
+    yield Sdk(exporter, reader)
+    metering.shutdown()
+    tracing.shutdown()
+
+
+WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+async def test_each_instrument_has_its_name_unit_description_and_scope(fresh: Sdk) -> None:
+    gc.collect()  # only this test's allowance is watched
+    allowance = LocalAllowance(5)
+    telemetry.watch(allowance)
+    telemetry.waited(0.3)
+    telemetry.rejected("inflight_limit")
+    telemetry.retrying(1, ValueError("boom"), 0.5)
+    telemetry.spent(2_000_000)
+    data = fresh.reader.get_metrics_data()
+    assert data is not None
+    (resource,) = data.resource_metrics
+    (scope,) = resource.scope_metrics
+    assert (scope.scope.name, scope.scope.version) == ("ideogram_async", __version__)
+    units = {metric.name: (metric.unit, metric.description) for metric in scope.metrics}
+    assert units == {
+        "ideogram.allowance.limit": ("{place}", telemetry.METRICS["ideogram.allowance.limit"]),
+        "ideogram.allowance.in_use": ("{place}", telemetry.METRICS["ideogram.allowance.in_use"]),
+        "ideogram.allowance.wait": ("s", telemetry.METRICS["ideogram.allowance.wait"]),
+        "ideogram.rejections": ("{request}", telemetry.METRICS["ideogram.rejections"]),
+        "ideogram.retries": ("{retry}", telemetry.METRICS["ideogram.retries"]),
+        "ideogram.cost.usd": ("{USD}", telemetry.METRICS["ideogram.cost.usd"]),
+    }
+    points: dict[str, Any] = {metric.name: metric.data.data_points for metric in scope.metrics}
+    (wait,) = points["ideogram.allowance.wait"]
+    assert (wait.count, wait.sum, tuple(wait.explicit_bounds)) == (1, 0.3, WAIT_BUCKETS)
+    (limit,) = points["ideogram.allowance.limit"]
+    assert (limit.value, dict(limit.attributes)) == (5, {"ideogram.allowance.kind": "local"})
+    assert by_attribute(points["ideogram.rejections"], "reject_reason") == {"inflight_limit": 1}
+    assert by_attribute(points["ideogram.retries"], "error_type") == {"ValueError": 1}
+    (cost,) = points["ideogram.cost.usd"]
+    assert (cost.value, dict(cost.attributes)) == (2.0, {})
+
+
+async def test_the_gauges_sum_the_watched_allowances_by_kind(
+    fresh: Sdk, redis_server: RedisServer, redis_key: str
+) -> None:
+    gc.collect()  # only this test's allowances are watched
+    small, large = LocalAllowance(3), LocalAllowance(4)
+    async with RedisAllowance(redis_server.url, 6, key=redis_key) as shared:
+        for allowance in (small, large, shared):
+            telemetry.watch(allowance)
+        telemetry.watch(small)  # watched twice, counted once
+        async with small.hold(2), large.hold(1):
+            held = fresh.points()
+        idle = fresh.points()
+    kind = "ideogram.allowance.kind"
+    assert by_attribute(held["ideogram.allowance.limit"], kind) == {"local": 7, "shared": 6}
+    assert by_attribute(held["ideogram.allowance.in_use"], kind)["local"] == 3
+    assert by_attribute(idle["ideogram.allowance.in_use"], kind)["local"] == 0
+
+
+class _Slotted:
+    """An allowance of the application's own whose class cannot be weakly referenced."""
+
+    __slots__ = ()
+    maximum = limit = 9
+    in_use = 0
+
+
+async def test_an_allowance_without_weak_references_is_not_reported(fresh: Sdk) -> None:
+    gc.collect()
+    telemetry.watch(cast(Allowance, _Slotted()))
+    assert "ideogram.allowance.limit" not in fresh.points()
+
+
+async def test_a_traced_call_counts_its_attempts_and_sums_its_waits(fresh: Sdk) -> None:
+    @telemetry.traced("upscale")
+    async def call() -> str:
+        telemetry.attempt(1)
+        telemetry.waited(0.25)
+        telemetry.attempt(2)
+        telemetry.waited(0.5)
+        telemetry.answered("req-2")
+        return "done"
+
+    assert await call() == "done"
+    (span,) = fresh.finished("ideogram.upscale")
+    assert span.instrumentation_scope is not None
+    assert (span.instrumentation_scope.name, span.instrumentation_scope.version) == (
+        "ideogram_async",
+        __version__,
+    )
+    assert span.attributes == {
+        "ideogram.outcome": "ok",
+        "ideogram.attempts": 2,
+        "ideogram.allowance.wait": 0.75,
+        "ideogram.request_id": "req-2",
+    }
+    (wait,) = fresh.points()["ideogram.allowance.wait"]
+    assert (wait.count, wait.sum) == (2, 0.75)
+
+
+async def test_a_wait_outside_a_call_is_only_measured(fresh: Sdk) -> None:
+    telemetry.waited(0.125)
+    (wait,) = fresh.points()["ideogram.allowance.wait"]
+    assert (wait.count, wait.sum) == (1, 0.125)
+    assert fresh.spans.get_finished_spans() == ()
+
+
+async def test_a_call_failing_before_any_attempt_marks_its_span_with_the_error(
+    fresh: Sdk,
+) -> None:
+    error = ResponseFormatError("the answer was not JSON", body="<html>", request_id="req-7")
+
+    @telemetry.traced("v2.quote")
+    async def call() -> None:
+        raise error
+
+    with pytest.raises(ResponseFormatError) as raised:
+        await call()
+    assert raised.value is error
+    (span,) = fresh.finished("ideogram.v2.quote")
+    assert span.attributes == {
+        "ideogram.outcome": "error",
+        "error.type": "ResponseFormatError",
+        "ideogram.request_id": "req-7",
+        "ideogram.attempts": 0,
+        "ideogram.allowance.wait": 0.0,
+    }
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, str(error))
+    (event,) = span.events
+    assert event.name == "exception"
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "ideogram_async.errors.ResponseFormatError"
+    assert event.attributes["exception.message"] == str(error)
+
+
+async def test_a_failure_without_a_request_id_is_raised_as_it_is(fresh: Sdk) -> None:
+    @telemetry.traced("download")
+    async def call() -> None:
+        raise ValueError("no such folder")
+
+    with pytest.raises(ValueError, match="no such folder"):
+        await call()
+    (span,) = fresh.finished("ideogram.download")
+    assert span.attributes is not None
+    assert "ideogram.request_id" not in span.attributes
+    assert span.attributes["error.type"] == "ValueError"
+
+
+def test_without_the_extra_traced_returns_the_function_itself() -> None:
+    async def call() -> None:
+        return None
+
+    assert telemetry._unchanged("upscale")(call) is call
+
+
+# --- IDEOGRAM_LOG, in this process ---------------------------------------------------------
+
+
+@pytest.fixture
+def library_log() -> Iterator[logging.Logger]:
+    """The library's logger, its handlers and level put back after the test."""
+    logger = logging.getLogger("ideogram_async")
+    handlers, level = list(logger.handlers), logger.level
+    yield logger
+    for handler in logger.handlers:
+        if handler not in handlers:
+            logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+_LINE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+
+
+def test_ideogram_log_debug_adds_a_stderr_handler_at_debug(
+    library_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handler = telemetry.log_from_env({"IDEOGRAM_LOG": " Debug "})
+    assert handler is not None
+    assert handler in library_log.handlers
+    assert library_log.level == logging.DEBUG
+    library_log.getChild("retry").debug("attempt %d failed", 1)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert re.fullmatch(_LINE + r"DEBUG ideogram_async\.retry: attempt 1 failed\n", err), err
+
+
+def test_ideogram_log_info_leaves_out_debug_lines(
+    library_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert telemetry.log_from_env({"IDEOGRAM_LOG": "info"}) is not None
+    assert library_log.level == logging.INFO
+    library_log.debug("a detail")
+    library_log.info("a step")
+    assert re.fullmatch(_LINE + r"INFO ideogram_async: a step\n", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("environ", [{}, {"IDEOGRAM_LOG": ""}, {"IDEOGRAM_LOG": "  "}])
+def test_ideogram_log_unset_or_empty_adds_nothing_and_says_nothing(
+    environ: dict[str, str], library_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handlers, level = list(library_log.handlers), library_log.level
+    assert telemetry.log_from_env(environ) is None
+    assert (library_log.handlers, library_log.level) == (handlers, level)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_an_unknown_ideogram_log_value_adds_nothing_and_says_so_on_stderr(
+    library_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handlers, level = list(library_log.handlers), library_log.level
+    assert telemetry.log_from_env({"IDEOGRAM_LOG": "Verbose"}) is None
+    assert (library_log.handlers, library_log.level) == (handlers, level)
+    assert capsys.readouterr() == (
+        "",
+        "ideogram_async: IDEOGRAM_LOG='verbose' is not one of info, debug; logging stays off\n",
+    )
 
 
 # --- without the extra, and IDEOGRAM_LOG: in a fresh interpreter ---------------------------

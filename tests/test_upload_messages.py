@@ -128,6 +128,29 @@ async def test_a_fifo_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
         open_regular(tmp_path)
 
 
+def test_a_file_opens_for_reading_where_the_platform_lacks_o_nonblock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    monkeypatch.delattr(os, "O_NONBLOCK")  # as on Windows
+    file, size = open_regular(path)
+    with file:
+        assert (file.read(), size) == (PNG, len(PNG))
+
+
+def test_a_file_is_opened_binary_where_the_platform_has_o_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows has O_BINARY (no newline translation); here O_DIRECTORY stands in for it,
+    # a flag whose effect shows: the regular file then cannot be opened.
+    path = tmp_path / "photo.png"
+    path.write_bytes(PNG)
+    monkeypatch.setattr(os, "O_BINARY", os.O_DIRECTORY, raising=False)
+    with pytest.raises(NotADirectoryError):
+        open_regular(path)
+
+
 async def changed(path: Path, image: PreparedImage) -> str:
     with image, pytest.raises(ImageChangedError) as caught:
         await image.payload().open()
@@ -228,6 +251,27 @@ async def test_the_dimensions_read_the_header_not_the_whole_file(tmp_path: Path,
             finally:
                 tracemalloc.stop()
     assert peak < 1024 * 1024
+
+
+class _FailingLater(io.BytesIO):
+    """A seekable file whose reads start failing once ``failing`` is set (a lost mount)."""
+
+    name = "/mnt/share/photo.png"
+    failing = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().read(size)
+
+
+async def test_a_file_that_cannot_be_read_for_its_dimensions_says_which_and_why() -> None:
+    file = _FailingLater(PNG)
+    with await prepare_image(file) as image:
+        file.failing = True
+        with pytest.raises(ValidationError) as caught:
+            image.dimensions()
+    assert str(caught.value) == "photo.png could not be read: [Errno 5] Input/output error"
 
 
 class _Unseekable(io.RawIOBase):

@@ -294,6 +294,21 @@ async def test_large_async_stream_is_spooled_to_a_temp_file_that_is_removed(
     assert open_fds() == before
 
 
+async def test_a_spool_file_the_system_names_is_named_for_the_library(
+    png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the kernel cannot make a nameless file (no O_TMPFILE), the spool gets a name
+    # until it is unlinked: one that says whose it is.
+    monkeypatch.setattr(tempfile, "_O_TMPFILE_WORKS", False)
+    data = png_bytes + b"\1" * (SPOOL_MEMORY + 1 - len(png_bytes))
+    before = _paths_open()
+    with await prepare_image(agen(data, 100_000)):
+        spools = [p for p in _paths_open() - before if p.startswith(tempfile.gettempdir())]
+    assert len(spools) == 1
+    assert os.path.basename(spools[0]).startswith("ideogram-async-")
+    assert spools[0].endswith(" (deleted)")  # and already unlinked
+
+
 async def test_async_stream_one_byte_over_spool_memory_is_spooled(
     png_bytes: bytes, temp_files: list[IO[bytes]]
 ) -> None:
@@ -624,8 +639,48 @@ async def test_a_thread_cancelled_twice_still_undoes_what_it_opened() -> None:
     assert closed == ["file"]
 
 
+async def test_a_cancelled_thread_whose_work_failed_has_nothing_to_undo_and_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started, release = asyncio.Event(), threading.Event()
+    undone: list[object] = []
+
+    def work() -> str:
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
+        raise OSError("the disk went away")
+
+    task = asyncio.create_task(in_thread(work, undo=undone.append))
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation now waits for the thread
+    release.set()
+    with caplog.at_level("DEBUG", logger="asyncio"), pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)  # any callback the thread's end scheduled has run
+    assert undone == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
 def _paths_open() -> set[str]:
     return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+
+
+async def test_a_path_that_fits_in_one_chunk_is_closed_once_read(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    # Over what the check reads whole, under one chunk: each attempt reads it in one go,
+    # holding no file while the request waits on the network.
+    path = tmp_path / "mid.png"
+    path.write_bytes(png_bytes + b"\0" * (HEADER_BYTES + 1))
+    with await prepare_image(path) as image:
+        payload = image.payload()
+        await payload.open()
+        assert str(path) not in _paths_open()
+        writer = Collector()
+        await payload.write(writer)  # type: ignore[arg-type]
+    assert writer.data == path.read_bytes()
 
 
 async def test_an_attempt_cancelled_while_its_file_opens_leaves_it_closed(

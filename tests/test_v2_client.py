@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -21,11 +22,14 @@ from ideogram_async import (
     NotFoundError,
     PaymentRequiredError,
     RetryEvent,
+    RetryPolicy,
+    Timeouts,
     TopazBloom2,
     TopazRedefine,
     TopazStandard2,
     TopazTextRefine,
     TopazWonder35,
+    UpscaleJob,
     UpscaleRequest,
     V2Options,
     ValidationError,
@@ -114,17 +118,30 @@ async def test_a_proxy_flavor_client_refuses_v2_before_sending(emulator: Emulato
             proxy.v2.quote(make_image(), TopazBloom2()),
             proxy.v2.get_generation("gen-1"),
         ):
-            with pytest.raises(ValidationError, match="flavor='official'"):
+            with pytest.raises(ValidationError) as caught:
                 await call
+            assert str(caught.value) == (
+                "the v2 upscalers are Ideogram's own API: create the client with "
+                "flavor='official' (base_url then defaults to https://api.ideogram.ai); "
+                "a proxy-flavor client speaks only the proxy's v1 endpoint"
+            )
         with pytest.raises(ValidationError, match="flavor='official'"):
             await proxy.v2.quote_many([make_image()], TopazBloom2())
     assert emulator.stats.requests == 0
     assert emulator.stats.polls == 0
 
 
-async def test_options_must_be_a_models_options(official: IdeogramClient) -> None:
+async def test_options_must_be_a_models_options(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
     with pytest.raises(ValidationError, match="TopazBloom2"):
         await official.v2.upscale(make_image(), V2Options())
+    with pytest.raises(ValidationError) as caught:
+        await official.v2.quote(make_image(), UpscaleRequest())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "options must be a model's options such as TopazBloom2(...), got UpscaleRequest"
+    )
+    assert emulator.stats.requests == 0
 
 
 # --- the 8192 px rule ------------------------------------------------------------------------
@@ -347,9 +364,16 @@ async def test_every_poll_of_a_client_shares_one_rate(png_bytes: bytes) -> None:
 
 
 def test_poll_limit_is_checked() -> None:
-    for bad in ((1, 10.0), (1000, 0), 1000, (1000, 10.0, 1)):
-        with pytest.raises(ValidationError, match="poll_limit"):
+    for bad, message in (
+        ((1, 10.0), "poll_limit's polls must be an int >= 2, got 1"),
+        ((1000, 0), "poll_limit's seconds must be a finite number of seconds > 0, got 0"),
+        (1000, "poll_limit must be a (polls, seconds) pair, got 1000"),
+        ((1000, 10.0, 1), "poll_limit must be a (polls, seconds) pair, got (1000, 10.0, 1)"),
+    ):
+        with pytest.raises(ValidationError) as caught:
             IdeogramClient(api_key=KEY, flavor="official", poll_limit=bad)  # type: ignore[arg-type]
+        assert str(caught.value) == message
+    IdeogramClient(api_key=KEY, flavor="official", poll_limit=(2, 0.5))  # the least it takes
 
 
 async def test_polls_back_off_up_to_max_interval(
@@ -450,3 +474,156 @@ def test_the_emulators_v2_settings_are_checked() -> None:
 def test_serve_takes_a_generation_delay(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--generation-delay", "-1"]) == 2
     assert "expected seconds >= 0" in capsys.readouterr().err
+
+
+# --- v2 batches: their arguments, checked up front and applied to every image ------------
+
+
+async def test_v2_batches_check_their_arguments_before_anything_is_sent(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    image, bloom = make_image(), TopazBloom2()
+    with pytest.raises(
+        ValidationError,
+        match=r"^options must be a model's options such as TopazBloom2\(\.\.\.\), "
+        r"got UpscaleRequest$",
+    ):
+        official.v2.upscale_many([image], UpscaleRequest())  # type: ignore[arg-type]
+    for call, name in (
+        (official.v2.upscale_many, "upscale"),
+        (official.v2.quote_many, "quote"),
+    ):
+        with pytest.raises(
+            ValidationError,
+            match=rf"^{name}_many takes an iterable of images, not one image; "
+            rf"wrap it in a list or call {name}\(\) for a single image$",
+        ):
+            await _started(call(image, bloom))  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"^window must be an int >= 1, got 0$"):
+            await _started(call([image], bloom, window=0))
+        with pytest.raises(ValidationError, match=r"^timeouts must be a Timeouts, got int$"):
+            await _started(call([image], bloom, timeouts=5))  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"^retry must be a RetryPolicy, got int$"):
+            await _started(call([image], bloom, retry=3))  # type: ignore[arg-type]
+    assert emulator.stats.requests == 0
+
+
+async def _started(call: object) -> None:
+    """Await ``call`` if it is a coroutine (``quote_many``); a batch run is left unstarted."""
+    if asyncio.iscoroutine(call):
+        await call
+
+
+class HeldBack:
+    """An image stream that sends nothing until the client has had an answer to another
+    request, so it finishes after an image that comes later in the input."""
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.answered = asyncio.Event()
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_end.append(self._answered)
+
+    async def _answered(self, *_: object) -> None:
+        self.answered.set()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        await self.answered.wait()
+        yield self.image
+
+
+async def test_a_v2_batch_yields_as_images_finish_and_quote_many_in_input_order(
+    emulator: Emulator,
+) -> None:
+    image = make_image()
+    held = HeldBack(image)
+    async with IdeogramClient(
+        api_key=KEY, base_url=emulator.base_url, flavor="official", trace_configs=[held.trace]
+    ) as client:
+        results = [r async for r in client.v2.upscale_many([held.stream(), image], TopazBloom2())]
+        assert [r.index for r in results] == [1, 0]
+        assert all(r.ok for r in results)
+        held.answered.clear()
+        summary = await client.v2.quote_many([held.stream(), image], TopazBloom2())
+        assert [item.index for item in summary.items] == [0, 1]
+        assert all(item.ok for item in summary.items)
+        assert summary.items[1].source is image
+
+
+async def test_quote_many_without_options_prices_only_the_pairs(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    image = make_image()
+    summary = await official.v2.quote_many([image, (image, TopazBloom2())])
+    unpriced, priced = summary.items
+    assert str(unpriced.error) == "no options: pass options= or (image, options) pairs"
+    assert isinstance(unpriced.error, ValidationError)
+    assert (unpriced.source, unpriced.quote) == (image, None)
+    assert priced.ok
+    assert emulator.stats.quotes == 1
+
+
+@pytest.mark.parametrize(
+    ("max_usd", "answered", "sent"),
+    [(None, 0, [False]), (5, 0, [True]), (5, 1, [True, False])],
+    ids=["no-budget", "budget-price", "budget-upscale"],
+)
+async def test_a_v2_batchs_retry_timeouts_and_file_names_reach_every_image(
+    png_bytes: bytes, max_usd: int | None, answered: int, sent: list[bool]
+) -> None:
+    # After the first `answered` requests, each is answered only after 5 s: a call's 50 ms
+    # attempt limit ends it first, and its single attempt is not retried. With a budget the
+    # image is priced first (a dry run), then upscaled.
+    slow = FaultPlan([None] * answered, rate=1.0, choices=[Fault.slow(5)])
+    once, quick = RetryPolicy.no_retries(), Timeouts(attempt=0.05)
+    job = UpscaleJob(png_bytes, None, "named.png")
+    async with (
+        Emulator(api_key=KEY, faults=slow) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official") as client,
+    ):
+        run = client.v2.upscale_many(
+            [job], TopazBloom2(), retry=once, timeouts=quick, max_usd=max_usd
+        )
+        (result,) = [r async for r in run]
+        summary = await client.v2.quote_many([job], TopazBloom2(), retry=once, timeouts=quick)
+    assert isinstance(result.error, APITimeoutError)
+    assert result.attempts == 1 + answered
+    (item,) = summary.items
+    assert isinstance(item.error, APITimeoutError)
+    assert [u.filename for u in emulator.stats.v2_uploads] == ["named.png"] * (len(sent) + 1)
+    assert [u.dry_run for u in emulator.stats.v2_uploads] == [*sent, True]
+
+
+async def test_a_budgeted_v2_batch_refuses_a_stream_it_would_read_twice(
+    emulator: Emulator, official: IdeogramClient
+) -> None:
+    async def stream() -> AsyncIterator[bytes]:
+        yield make_image()
+
+    run = official.v2.upscale_many([stream()], TopazBloom2(), max_usd=1)
+    (result,) = [r async for r in run]
+    assert isinstance(result.error, ValidationError)
+    assert str(result.error) == (
+        "with max_usd an image is priced before it is sent, so it is read twice: "
+        "pass a path, bytes or a file, not a stream"
+    )
+    assert emulator.stats.requests == 0
+
+
+async def test_a_v2_call_past_its_deadline_names_what_it_was_doing(png_bytes: bytes) -> None:
+    # Every answer takes 5 s; the whole call may take 50 ms.
+    slow = FaultPlan.always(Fault.slow(5))
+    brief = RetryPolicy(deadline=0.05)
+    async with (
+        Emulator(api_key=KEY, faults=slow) as emulator,
+        IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, flavor="official", retry=brief
+        ) as client,
+    ):
+        for call, what in (
+            (client.v2.quote(png_bytes, TopazBloom2(), filename="a.png"), "quote"),
+            (client.v2.upscale(png_bytes, TopazBloom2(), filename="a.png"), "topaz-bloom-2"),
+        ):
+            with pytest.raises(APITimeoutError) as caught:
+                await call
+            assert str(caught.value).startswith(f"{what} a.png: the deadline of 0.05s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -254,6 +255,8 @@ def test_flags_take_only_bools(cls: type[V2Options], name: str) -> None:
     for bad in (1, "true", "yes"):
         with pytest.raises(ValidationError, match=rf"^{name} must be True or False"):
             _build(cls, **{name: bad})
+    with pytest.raises(ValidationError, match=rf"^{name} must be True or False, got int 1$"):
+        _build(cls, **{name: 1})
 
 
 @pytest.mark.parametrize(
@@ -265,7 +268,7 @@ def test_prompt_length_is_capped_per_model(cls: type[V2Options], limit: int) -> 
         ValidationError, match=rf"prompt is {limit + 1} characters.*at most {limit}"
     ):
         _build(cls, prompt="p" * (limit + 1))
-    with pytest.raises(ValidationError, match="prompt must be a str"):
+    with pytest.raises(ValidationError, match=r"^prompt must be a str, got bytes b'bytes'$"):
         _build(cls, prompt=b"bytes")
 
 
@@ -282,8 +285,10 @@ def test_target_collection_id_must_be_a_non_empty_str() -> None:
 def test_face_enhancement_requires_both_strengths(cls: type[V2Options]) -> None:
     with pytest.raises(ValidationError) as info:
         _build(cls, face_enhancement=True)
-    assert "face_enhancement=True requires" in str(info.value)
-    assert all(name in str(info.value) for name in FACE)
+    assert str(info.value) == (
+        "face_enhancement=True requires face_enhancement_strength and "
+        f"face_enhancement_creativity (each from 0 to 1) on {cls.model}"
+    )
     for given, missing in ((FACE[0], FACE[1]), (FACE[1], FACE[0])):
         with pytest.raises(ValidationError, match=rf"requires {missing} \(each from 0 to 1\)"):
             _build(cls, face_enhancement=True, **{given: 0.5})
@@ -298,10 +303,19 @@ def test_face_strengths_without_face_enhancement_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=r"applies only with face_enhancement=True"):
         _build(cls, face_enhancement=flag, face_enhancement_strength=0.5)
+    with pytest.raises(ValidationError) as info:
+        _build(cls, face_enhancement=flag, **dict.fromkeys(FACE, 0.5))
+    assert str(info.value) == (
+        "face_enhancement_strength and face_enhancement_creativity apply only with "
+        f"face_enhancement=True on {cls.model}; set face_enhancement=True or leave them unset"
+    )
 
 
 def test_redefine_refuses_a_prompt_it_would_ignore() -> None:
-    with pytest.raises(ValidationError, match="ignores prompt when autoprompt=True"):
+    with pytest.raises(
+        ValidationError,
+        match=r"^topaz-redefine ignores prompt when autoprompt=True; pass one or the other$",
+    ):
         TopazRedefine(autoprompt=True, prompt="ignored")
     assert TopazRedefine(autoprompt=False, prompt="used").form_fields()["prompt"] == "used"
 
@@ -323,7 +337,14 @@ def test_outputs_up_to_8192_pass(size: tuple[int, int], factor: str) -> None:
         ((1025, 800), "x8", "8200x6400", "the largest factor that fits is x4"),
         ((2049, 100), "x4", "8196x400", "the largest factor that fits is x2"),
         ((100, 2049), "x8", "800x16392", "the largest factor that fits is x2"),
-        ((4097, 10), None, "8194x20", "no factor fits"),
+        ((2048, 10), "x8", "16384x80", "the largest factor that fits is x4"),
+        (
+            (4097, 10),
+            None,
+            "8194x20",
+            "no factor fits (even x2 needs a source of at most 4096 px a side): "
+            "shrink the image or use nano-banana-pro",
+        ),
         ((3000, 5000), "x2", "6000x10000", "no factor fits"),
     ],
 )
@@ -338,6 +359,12 @@ def test_outputs_over_8192_are_refused_naming_limit_size_and_fix(
     assert f"would be {output}" in message
     assert fix in message
     assert "topaz-redefine" in message
+
+
+def test_an_unknown_factor_is_refused_by_the_size_rule() -> None:
+    with pytest.raises(ValidationError) as info:
+        check_output_size(10, 10, model="topaz-bloom-2", factor="x3")
+    assert str(info.value) == "upscale_factor must be one of x2, x4, x8, got 'x3'"
 
 
 def test_nano_banana_pro_has_no_size_rule() -> None:
@@ -361,6 +388,7 @@ def test_webhook_url_must_be_https_and_at_most_2048_characters() -> None:
         ("https:///path-only", "https://"),
         (good + "a", "2049 characters"),
         (None, "must be a str"),
+        (5, "^webhook_url must be a str, got int 5$"),
     ]:
         with pytest.raises(ValidationError, match=why):
             check_webhook_url(bad)
@@ -387,7 +415,7 @@ SYNC_BODY = {
 
 
 def test_upscale_answer_is_typed_and_flags_a_withheld_image() -> None:
-    answer = parse_upscale(json.dumps(SYNC_BODY))
+    answer = parse_upscale(json.dumps(SYNC_BODY), 200)
     assert (answer.generation_id, answer.width, answer.height, answer.seed) == (
         "gen-1",
         4096,
@@ -404,9 +432,9 @@ def test_upscale_answer_is_typed_and_flags_a_withheld_image() -> None:
 
 def test_background_upscale_answer_has_no_data() -> None:
     body = {key: value for key, value in SYNC_BODY.items() if key != "data"}
-    assert parse_upscale(json.dumps(body), background=True).data == []
+    assert parse_upscale(json.dumps(body), 200, background=True).data == []
     with pytest.raises(ResponseFormatError, match="without an upscale result's 'data'"):
-        parse_upscale(json.dumps(body))
+        parse_upscale(json.dumps(body), 200)
 
 
 @pytest.mark.parametrize(
@@ -422,8 +450,17 @@ def test_background_upscale_answer_has_no_data() -> None:
 )
 def test_upscale_answer_of_the_wrong_shape_is_a_format_error(body: str) -> None:
     with pytest.raises(ResponseFormatError) as info:
-        parse_upscale(body)
+        parse_upscale(body, 200)
     assert info.value.body == body
+
+
+QUOTE = {
+    "billing_identifier": "b",
+    "quantity": 1,
+    "usd_micros": 1,
+    "credit_millis": 0,
+    "qualifier": "exact",
+}
 
 
 def test_exact_quote() -> None:
@@ -437,7 +474,8 @@ def test_exact_quote() -> None:
                 "credit_millis": 1500,
                 "qualifier": "exact",
             }
-        )
+        ),
+        200,
     )
     assert quote.exact
     assert quote.usd == Decimal("0.06")
@@ -456,27 +494,38 @@ def test_estimated_quote_with_upper_bound() -> None:
                 "qualifier": "estimate",
                 "upper_bound_usd_micros": 2_500_001,
             }
-        )
+        ),
+        200,
     )
     assert not quote.exact
     assert quote.usd == Decimal("0.000001")
     assert quote.upper_bound_usd == Decimal("2.500001")
 
 
+def test_a_quote_that_also_names_a_generation_is_still_a_quote() -> None:
+    quote = parse_quote(json.dumps({**QUOTE, "generation_id": "gen-1"}), 200)
+    assert quote.usd_micros == 1
+
+
 def test_a_dry_run_answered_with_a_result_says_it_may_have_been_billed() -> None:
-    with pytest.raises(ResponseFormatError, match="may have run and billed"):
-        parse_quote(json.dumps(SYNC_BODY))
+    body = json.dumps(SYNC_BODY)
+    with pytest.raises(ResponseFormatError, match="may have run and billed") as info:
+        parse_quote(body, 201)
+    assert str(info.value).startswith("the service answered a dry run (HTTP 201) with an")
+    assert (info.value.status, info.value.body) == (201, body)
     with pytest.raises(ResponseFormatError, match="'usd_micros', 'credit_millis'"):
         parse_quote(
             json.dumps(
                 {"billing_identifier": "b", "quantity": 1, "usd_micros": True, "qualifier": "x"}
-            )
+            ),
+            200,
         )
 
 
 def test_generations_pending_completed_failed() -> None:
     pending = parse_generation(
-        json.dumps({"generation_id": "g", "status": "pending", "created": "2026-01-02T03:04:05Z"})
+        json.dumps({"generation_id": "g", "status": "pending", "created": "2026-01-02T03:04:05Z"}),
+        200,
     )
     assert not pending.done
     assert pending.created == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -488,7 +537,8 @@ def test_generations_pending_completed_failed() -> None:
                 "created": "2026-01-02 03:04:05+00:00",
                 "failure_reason": "content_policy_violation",
             }
-        )
+        ),
+        200,
     )
     assert failed.done
     assert failed.failure_reason == "content_policy_violation"
@@ -501,13 +551,14 @@ def test_generations_pending_completed_failed() -> None:
                 "data": [{**SYNC_BODY["data"][0], "object_type": "image", "asset_id": "a1"}],  # type: ignore[index]
                 "usage_cost_usd_micros": 120000,
             }
-        )
+        ),
+        200,
     )
     assert completed.done
     assert completed.data[0].asset_id == "a1"
     assert completed.usage_cost_usd_micros == 120000
     with pytest.raises(ResponseFormatError, match="'status'"):
-        parse_generation(json.dumps({"generation_id": "g"}))
+        parse_generation(json.dumps({"generation_id": "g"}), 200)
 
 
 # --- options from text (the command line) ------------------------------------------------
@@ -533,17 +584,34 @@ def test_options_from_strings_convert_by_field_type() -> None:
         prompt="fog, 4 birds",
         upscale_factor="x4",
     )
+    # Text fields stay text, even when they read as a number.
+    assert options_from_strings("nano-banana-pro", {"prompt": "4", "seed": "4"}) == NanoBananaPro(
+        prompt="4", seed=4
+    )
 
 
 @pytest.mark.parametrize(
     ("model", "values", "message"),
     [
         ("topaz-standard", {}, "unknown model 'topaz-standard'; choose one of auto, "),
-        ("topaz-bloom-2", {"texture": "2"}, "topaz-bloom-2 has no option 'texture'; its options"),
+        (
+            "topaz-bloom-2",
+            {"texture": "2"},
+            "topaz-bloom-2 has no option 'texture'; its options are private, "
+            "target_collection_id, upscale_factor, seed, prompt, creativity, color_preservation",
+        ),
         ("topaz-standard-2", {"seed": "2"}, "has no option 'seed'"),
-        ("topaz-bloom-2", {"creativity": "4.5"}, "creativity must be an int from 1 to 9, got"),
+        (
+            "topaz-bloom-2",
+            {"creativity": "4.5"},
+            "creativity must be an int from 1 to 9, got str '4.5'",
+        ),
         ("topaz-bloom-2", {"creativity": "high"}, "an int from 1 to 9, got str 'high'"),
-        ("topaz-redefine", {"denoise": "lots"}, "denoise must be a number from 0 to 1, got"),
+        (
+            "topaz-redefine",
+            {"denoise": "lots"},
+            "denoise must be a number from 0 to 1, got str 'lots'",
+        ),
         ("auto", {"internal": "yes"}, "internal must be true or false, got 'yes'"),
         ("topaz-bloom-2", {"creativity": "12"}, "creativity must be from 1 to 9, got 12"),
         ("nano-banana-pro", {"resolution_tier": "8K"}, "resolution_tier must be one of 1K"),
@@ -589,3 +657,29 @@ def test_quote_summary_sums_exact_and_estimated_apart() -> None:
     assert summary.credit_millis == sum(q.credit_millis for q in quotes)
     assert summary.failed == [refused]
     assert QuoteSummary(items=[]).total_usd == 0
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "why"),
+    [
+        (parse_upscale, "<html>", "with a body that is not JSON: '<html>'; check base_url"),
+        (parse_upscale, "[]", "with JSON that is not an upscale result"),
+        (parse_quote, "[]", "with JSON that is not a price quote"),
+        (parse_generation, "[]", "with JSON that is not a generation"),
+        (parse_generation, "{}", "without a generation's 'generation_id', 'status'"),
+        (parse_quote, json.dumps({"usd_micros": 1}), "without a price quote's"),
+        (parse_quote, json.dumps({**QUOTE, "upper_bound_usd_micros": "x"}), "with a body of"),
+        (parse_upscale, json.dumps({**SYNC_BODY, "seed": "x"}), "with a body of"),
+        (
+            parse_generation,
+            json.dumps({"generation_id": "g", "status": "s", "data": 1}),
+            "with a body of",
+        ),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_keeps_its_status_and_body(
+    parse: Callable[[str, int], object], body: str, why: str
+) -> None:
+    with pytest.raises(ResponseFormatError, match=f"^the service answered HTTP 201 {why}") as info:
+        parse(body, 201)
+    assert (info.value.status, info.value.body) == (201, body)

@@ -117,6 +117,25 @@ async def test_a_file_name_that_is_not_utf8_is_sent_percent_encoded(
     assert [u.filename for u in emulator.stats.v2_uploads] == ["caf%E9.png"]
 
 
+@pytest.mark.parametrize(
+    ("name", "sent"),
+    [
+        # The first and last bytes os.fsdecode keeps as surrogates: one byte each.
+        ("a\udc80.png", "a%80.png"),
+        ("a\udcff.png", "a%FF.png"),
+        # Any other lone surrogate: the three bytes of its "surrogatepass" form.
+        ("a\ud800.png", "a%ED%A0%80.png"),
+        ("a\udc7f\udd00.png", "a%ED%B1%BF%ED%B4%80.png"),
+    ],
+)
+async def test_every_lone_surrogate_in_a_file_name_goes_out_as_its_bytes(
+    emulator: Emulator, name: str, sent: str
+) -> None:
+    async with client_of(emulator.base_url) as client:
+        await client.upscale(PNG, filename=name)
+    assert [u.filename for u in emulator.stats.uploads] == [sent]
+
+
 # -- the deadline covers reading the input ---------------------------------------------------
 
 

@@ -81,11 +81,13 @@ def _expired(error: BaseException, upscaled_at: str | None) -> bool:
         return False
     if error.status in (404, 410):
         return True
-    try:
-        age = datetime.now(UTC) - datetime.fromisoformat(upscaled_at or "")
+    if error.status != 403 or upscaled_at is None:
+        return False
+    try:  # a 403 once the URL's lifetime has passed: how signed URLs say "expired"
+        upscaled = datetime.fromisoformat(upscaled_at)
     except ValueError:
         return False
-    return error.status == 403 and age > _URL_LIFETIME  # how signed URLs say "expired"
+    return datetime.now(UTC) - upscaled > _URL_LIFETIME
 
 
 async def save(

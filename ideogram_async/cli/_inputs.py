@@ -167,7 +167,7 @@ class MadeFolders:
 
     def remove_empty(self) -> None:
         """Remove the folders made that are empty, deepest first."""
-        for folder in sorted(self._made, key=lambda path: len(path.parts), reverse=True):
+        for folder in sorted(self._made, reverse=True):  # a folder sorts after its parent
             with contextlib.suppress(OSError):  # not empty (or gone): keep it
                 folder.rmdir()
         self._made.clear()

@@ -196,8 +196,8 @@ def _parse(line: str) -> Record | None:
     try:
         data = json.loads(line)
     except ValueError:
-        start = line.find(_START, 1)
-        return None if start < 0 else _parse(line[start:])
+        start = line.find(_START, 1)  # where the next record starts, past the torn one
+        return None if start == -1 else _parse(line[start:])
     return _record(data, line.strip() + "\n") if isinstance(data, dict) else None
 
 

@@ -501,14 +501,13 @@ async def run_job(
     )
     problem = manifest.problem() if manifest is not None else None
     if problem is not None:
-        print(problem, file=sys.stderr, flush=True)
+        print(problem, file=sys.stderr)  # stderr is line-buffered: no flush needed
     reason = str(stopped) if stopped is not None else halt.reason
     if not completed:
         print(
             f"Interrupted: {tally.done} of {todo} finished "
-            f"({tally.ok} ok, {tally.failed} failed).{kept} {job.rerun_hint}",
-            flush=True,
-        )
+            f"({tally.ok} ok, {tally.failed} failed).{kept} {job.rerun_hint}"
+        )  # flushed by the summary's lines below
     elif reason is not None:
         hint = job.rerun_hint
         if fail_fast.key_refused:
@@ -521,7 +520,6 @@ async def run_job(
             f"Stopped: {reason}. Nothing more was sent: {tally.ok} of {todo} "
             f"image(s) upscaled, {todo - tally.done} not done.{kept} {hint}",
             file=sys.stderr,
-            flush=True,
         )
     for line in render(summary):
         print(line, flush=True)
@@ -540,8 +538,8 @@ async def run_job(
 
 def nothing_left(job: Job, view: View) -> int:
     """End a resumed run that finds every input done: say so, show and write the summary."""
-    print("Nothing left to do.", flush=True)
-    tally = Tally(total=job.skipped, skipped=job.skipped)
+    print("Nothing left to do.")  # flushed by the summary's lines below
+    tally = Tally(total=job.skipped)  # nothing done: all of them count as skipped
     summary = tally.summary(shared=view.shared, budget=job.budget)
     if view.json is not None:
         write_json(summary, view.json)

@@ -104,7 +104,7 @@ class RedisAllowance:
         self._maximum = maximum
         self._named = key is not None
         self._key: str | None = None
-        self._keys: list[str] = []
+        self._keys: list[str]  # set with the key
         self._channel = ""
         if key is not None:
             self._use_key(check_key(key))
@@ -117,17 +117,16 @@ class RedisAllowance:
         self._on_change = on_change
         self._start = min(maximum, DEFAULT_ALLOWANCE) if adaptive else maximum
         self._limit = self._start
-        self._ceiling = maximum
         self._in_use = 0
         self._epoch = ""
         self._redis: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts: dict[str, AsyncScript]  # set by connect, before any script runs
         self._tasks: list[asyncio.Task[None]] = []
         self._releases: set[asyncio.Task[bool]] = set()
         self._held: dict[str, int] = {}
         self._ticket = b""  # of the waiter at the head of this process's queue, if any
-        self._granted: list[int] | None = None  # the answer a grant message brought it
+        self._granted: list[int] | None  # the answer a grant message brought its waiter
         self._closed = False
         self._connecting = asyncio.Lock()
         self._turn = asyncio.Lock()
@@ -296,19 +295,22 @@ class RedisAllowance:
         ):
             raise ValidationError(f"allowance must be an int >= 1 or None, not {allowance!r}")
         grant = _grant.get()
-        ours = grant is not None and grant.allowance is self and not grant.returned
-        holder, round_ = (grant.holder, grant.round) if grant is not None and ours else ("", -1)
+        if grant is not None and (grant.allowance is not self or grant.returned):
+            grant = None  # not a hold of this allowance: it refused none of its places
+        # Without one, a fresh id that holds nothing (the script takes it as the epoch
+        # too, should this be the key's first use).
+        holder, round_ = (grant.holder, grant.round) if grant else (secrets.token_hex(16), -1)
         args: list[str | int | float] = [holder, "" if allowance is None else allowance]
         args += [self._maximum, self._start, round_, int(self._adaptive), random.random()]
         args += [self._ttl_ms, self._channel, self._epoch, self._lease_ms]
-        if grant is not None and ours:
+        if grant:
             grant.returned = True
             self._held.pop(holder, None)
         if (answer := await self._advise("rejected", args)) is None:
-            if grant is not None and ours:
+            if grant:
                 await self._give_back(grant)
             return
-        old, new, self._ceiling, reason, learned = answer
+        old, new, _, reason, learned = answer
         if allowance is not None and learned != str(allowance).encode():
             message = "the service reports an allowance of %d places in flight (key %s)"
             logger.info(message, allowance, self._key)
@@ -336,7 +338,7 @@ class RedisAllowance:
                 if answer[0] < 0:  # Redis lost its data: register this process's holds first
                     await self._renew()
                     continue
-                status, used, self._limit, self._ceiling, extra = answer[:5]
+                status, used, self._limit, _, extra = answer[:5]
                 self._in_use = used
                 if status == 1:
                     return used, self._limit, extra
@@ -379,7 +381,7 @@ class RedisAllowance:
             args += [self._maximum, self._start, int(self._adaptive), self._ttl_ms]
             args += [self._epoch, self._lease_ms, round_, limit]
             try:
-                released, self._in_use, old, new, self._ceiling = await self._run("release", args)
+                released, self._in_use, old, new, _ = await self._run("release", args)
             except (SharedAllowanceError, ClientClosedError) as exc:
                 logger.warning("%s; Redis frees the places when their lease ends", exc)
                 return False

@@ -169,7 +169,7 @@ class RedisBudget(Totals):
         self._keys = [f"{tag}:{name}" for name in ("budget", "budget:leases", "budget:held")]
         self._keys.append(f"{tag}:budget:lapsed")
         self._redis: aioredis.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts: dict[str, AsyncScript]  # set by connect, before any script runs
         self._settling: set[asyncio.Task[None]] = set()
         self._closed = False
         self._connecting = asyncio.Lock()

@@ -228,7 +228,7 @@ def _load(body: str, status: int, required: dict[str, type], what: str) -> dict[
     return raw
 
 
-def parse_upscale(body: str, status: int = 200, *, background: bool = False) -> V2UpscaleResponse:
+def parse_upscale(body: str, status: int, *, background: bool = False) -> V2UpscaleResponse:
     """A v2 upscale answer; ``data`` is required unless it was submitted in the background."""
     required: dict[str, type] = {"generation_id": str}
     if not background:
@@ -237,7 +237,7 @@ def parse_upscale(body: str, status: int = 200, *, background: bool = False) -> 
     return structure(raw, V2UpscaleResponse, body, status)
 
 
-def parse_quote(body: str, status: int = 200) -> PriceQuote:
+def parse_quote(body: str, status: int) -> PriceQuote:
     """A dry run's price quote. An upscale result here means the dry run was not honoured."""
     required = {
         "billing_identifier": str,
@@ -250,7 +250,7 @@ def parse_quote(body: str, status: int = 200) -> PriceQuote:
     return structure(raw, PriceQuote, body, status)
 
 
-def parse_generation(body: str, status: int = 200) -> Generation:
+def parse_generation(body: str, status: int) -> Generation:
     """A polled generation's state."""
     raw = _load(body, status, {"generation_id": str, "status": str}, "a generation")
     return structure(raw, Generation, body, status)

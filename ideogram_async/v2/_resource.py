@@ -40,8 +40,9 @@ __all__ = ["QuoteInput", "V2Resource"]
 
 _R = TypeVar("_R")
 V2: Kind = (V2Options, "a v2 model's options")
-QuoteInput = ImageInput | tuple[ImageInput, V2Options]
-"""One item of ``quote_many``: an image, or an ``(image, options)`` pair."""
+QuoteInput = ImageInput | tuple[ImageInput, V2Options] | UpscaleJob
+"""One item of ``quote_many``: an image, an ``(image, options)`` pair, or an ``UpscaleJob``
+(which also names the file)."""
 
 
 class V2Resource:
@@ -54,7 +55,8 @@ class V2Resource:
     def __init__(self, attempts: Attempts) -> None:
         self._attempts = attempts
 
-    def _url(self, path: str) -> str:
+    def _base(self) -> str:
+        """The v2 API's base URL; a proxy-flavor client refuses here, before anything is sent."""
         settings = self._attempts.settings
         if settings.flavor is not Flavor.OFFICIAL:
             raise ValidationError(
@@ -62,7 +64,10 @@ class V2Resource:
                 "flavor='official' (base_url then defaults to https://api.ideogram.ai); "
                 "a proxy-flavor client speaks only the proxy's v1 endpoint"
             )
-        return f"{settings.base_url}/v2/{path}"
+        return f"{settings.base_url}/v2"
+
+    def _url(self, path: str) -> str:
+        return f"{self._base()}/{path}"
 
     async def _post(
         self,
@@ -216,7 +221,7 @@ class V2Resource:
                 f"options must be a model's options such as TopazBloom2(...), "
                 f"got {type(options).__name__}"
             )
-        self._url("")  # a proxy-flavor client refuses here, not once per image
+        self._base()  # a proxy-flavor client refuses here, not once per image
         self._attempts.timed(timeouts)
         spending = None if max_usd is None else BudgetRun(as_budget(max_usd))
 
@@ -276,14 +281,14 @@ class V2Resource:
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
     ) -> QuoteSummary:
-        """Price many v2 upscales (images, or ``(image, options)`` pairs) before spending.
+        """Price many v2 upscales (images, ``(image, options)`` pairs or jobs) before spending.
 
         Returns a :class:`QuoteSummary` in input order, with exact and estimated
         sums apart; an image that cannot be priced (e.g. over 8192 px) is an item
         with ``error`` set, not an exception. At most ``window`` images (default
         twice the allowance) are open at once.
         """
-        self._url("")  # a proxy-flavor client refuses here, not once per image
+        self._base()  # a proxy-flavor client refuses here, not once per image
         self._attempts.timed(timeouts)
 
         async def one(job: UpscaleJob) -> PriceQuote:

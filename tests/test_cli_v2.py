@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from ideogram_async import (
+    IdeogramClient,
+    PriceQuote,
+    QuoteItem,
+    QuoteSummary,
+    TopazBloom2,
+    ValidationError,
+)
 from ideogram_async.cli import main
+from ideogram_async.cli._inputs import Source, find_images
+from ideogram_async.cli._quotes import price, run_quotes
+from ideogram_async.cli._quotes import render as render_quotes
 from ideogram_async.testing import Emulator
 
 from .test_cli import KEY, assert_clean, listing, read_manifest, run_main, save_image, size_of
+from .test_cli_view import Flushed
 
 PRICE = re.compile(r"\$(\d[\d,]*\.\d{4})")
 
@@ -150,3 +164,88 @@ def test_out_is_required_unless_pricing(
     args = ["upscale", str(inputs), "--base-url", "http://127.0.0.1:9", "--model", "auto"]
     assert main(args) == 2
     assert "--out DIR is required" in capsys.readouterr().err
+
+
+def a_quote(micros: int, qualifier: str = "exact", bound: int | None = None) -> PriceQuote:
+    return PriceQuote(
+        billing_identifier="upscale.bloom",
+        quantity=2,
+        usd_micros=micros,
+        credit_millis=1000,
+        qualifier=qualifier,
+        upper_bound_usd_micros=bound,
+    )
+
+
+def test_a_price_says_exact_or_the_most_an_estimate_can_cost() -> None:
+    assert price(a_quote(48_000)) == "$0.0480 exact"
+    assert price(a_quote(40_000, "estimate", 90_000)) == "<= $0.0900 estimate"
+    assert price(a_quote(1_234_500_000, "estimate")) == "<= $1,234.5000 estimate"
+
+
+def test_the_price_table_for_given_quotes() -> None:
+    sources = [Source(path=Path(f"/{n}").absolute(), shown=n) for n in ("a.png", "long-name.png")]
+    sources.append(Source(path=Path("/w.png").absolute(), shown="w.png"))
+    summary = QuoteSummary(
+        items=[
+            QuoteItem(index=0, source="a", quote=a_quote(48_000), error=None),
+            QuoteItem(index=1, source="b", quote=a_quote(40_000, "estimate", 90_000), error=None),
+            QuoteItem(index=2, source="w", quote=None, error=ValidationError("over 8192 px")),
+        ]
+    )
+    assert render_quotes(sources, summary) == [
+        "IMAGE          PRICE                BILLED AS",
+        "a.png          $0.0480 exact        upscale.bloom, quantity 2",
+        "long-name.png  <= $0.0900 estimate  upscale.bloom, quantity 2",
+        "w.png          not priced           over 8192 px",
+        "Total: $0.0880 for 2 of 3 image(s) (exact $0.0480, estimated $0.0400; at most $0.1380).",
+        "1 image(s) could not be priced (see above): the total leaves them out.",
+        "Nothing was run, downloaded or billed.",
+    ]
+
+
+def test_an_empty_price_table_keeps_its_header_aligned() -> None:
+    assert render_quotes([], QuoteSummary(items=[])) == [
+        "IMAGE  PRICE  BILLED AS",
+        "Total: $0.0000 for 0 of 0 image(s) (exact $0.0000, estimated $0.0000; at most $0.0000).",
+        "Nothing was run, downloaded or billed.",
+    ]
+
+
+async def test_pricing_in_process_prints_the_table_and_exits_by_what_was_priced(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = find_images([str(inputs)], recursive=False, exclude=None)
+    wide = [s for s in sources if s.shown.endswith("wide.png")]
+
+    def pushed() -> list[str]:
+        """The lines flushed to stdout so far (each at once, for a script reading a pipe)."""
+        lines = stdout.pushed.splitlines()
+        stdout.seek(0)
+        stdout.truncate()
+        stdout.pushed = ""
+        return lines
+
+    stdout = Flushed()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    async with Emulator(KEY) as emulator:
+
+        def connect() -> IdeogramClient:
+            return IdeogramClient(api_key=KEY, base_url=emulator.base_url, flavor="official")
+
+        options = TopazBloom2(upscale_factor="x4")
+        assert await run_quotes(connect, sources[:1], options, asyncio.Event()) == 0
+        priced = pushed()
+        assert await run_quotes(connect, wide, options, asyncio.Event()) == 1
+        failed = pushed()
+        stop = asyncio.Event()
+        stop.set()
+        assert await run_quotes(connect, sources, options, stop) == 130
+        assert pushed() == ["Interrupted: nothing was run or billed."]
+        assert emulator.stats.billed_usd_micros == 0
+    assert re.fullmatch(r".*a\.png  \$\d\.\d{4} exact  upscale\.[\w.-]+, quantity \d+", priced[1])
+    assert priced[2].startswith("Total: $")
+    assert "for 1 of 1 image(s)" in priced[2]
+    assert priced[-1] == "Nothing was run, downloaded or billed."
+    assert "not priced" in failed[1]
+    assert "1 image(s) could not be priced" in failed[-2]

@@ -3,14 +3,18 @@
 The display is checked on a real pseudo-terminal (80x24) running the real command;
 the bounds of a run against a service that never answers and the refusals against
 the emulator's own count run the command in-process (``run_main``), or in a subprocess
-where a signal needs one.
+where a signal needs one. Each part (the status line, the summary's text and JSON, the
+plain lines, -v's lines) is also checked on its own for its exact text at given counts,
+widths and times.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import json
+import locale
 import os
 import pty
 import re
@@ -25,16 +29,30 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import redis.asyncio as aioredis
 from rich.cells import cell_len
+from rich.console import Console
+from rich.text import Text
 
-from ideogram_async import LocalAllowance
-from ideogram_async.cli import main
+from ideogram_async import (
+    APIStatusError,
+    BatchResult,
+    LocalAllowance,
+    LocalBudget,
+    RateLimitError,
+    RetryEvent,
+    ValidationError,
+)
+from ideogram_async.cli import _progress, main
 from ideogram_async.cli._commands import _shared_at
-from ideogram_async.cli._live import RichReporter, fit, status_fields
+from ideogram_async.cli._inputs import Source
+from ideogram_async.cli._live import Field, RichReporter, fit, print_table, status_fields
+from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._parser import build_parser
-from ideogram_async.cli._progress import PlainReporter, Tally
+from ideogram_async.cli._progress import AttemptLog, PlainReporter, SilentReporter, Tally
+from ideogram_async.cli._refusals import WatchedAllowance
 from ideogram_async.cli._summary import (
     AllowanceReport,
     Failure,
@@ -521,3 +539,562 @@ async def test_an_interrupted_run_still_writes_its_summary(tmp_path: Path) -> No
     assert "Done: 0 of 6 image(s) upscaled, 6 skipped in " in run.stdout
     result = json.loads(summary.read_text())
     assert (result["total"], result["succeeded"], result["skipped"]) == (6, 0, 6)
+
+
+# The parts of the display, one at a time: exact text for given counts.
+
+
+def test_a_summary_of_nothing_done_says_so_in_three_lines() -> None:
+    summary = Summary(total=3, succeeded=0, failed=0, seconds=0.04)
+    assert summary.rate is None
+    assert summary.refused_total == 0
+    assert render(summary) == [
+        "Done: 0 of 3 image(s) upscaled in 0.0s.",
+        "Requests: 0 request(s) retried; none refused by the service.",
+        "Allowance: local; the service never named the organization's allowance.",
+    ]
+
+
+def test_a_summary_shows_the_refusals_by_reason_and_the_dollars_against_the_budget() -> None:
+    summary = a_summary(
+        refused={"org_limit": 2, "inflight_limit": 5},
+        retries=7,
+        usd=Decimal("1234.5"),
+        max_usd=Decimal("2000"),
+    )
+    assert summary.refused_total == 7
+    assert render(summary)[1] == (
+        "Requests: 7 request(s) retried; 7 refused by the service "
+        "(429: 5 inflight_limit, 2 org_limit); $1,234.5000 spent of the $2,000.0000 budget."
+    )
+    no_budget = render(a_summary(usd=Decimal("0.5")))[1]
+    assert no_budget.endswith("; none refused by the service; $0.5000 spent.")
+
+
+def test_a_summary_rate_needs_images_and_time() -> None:
+    assert a_summary(succeeded=3, seconds=1.5).rate == 2.0
+    assert a_summary(succeeded=3, seconds=0.0).rate is None
+    assert a_summary(succeeded=0, seconds=1.0).rate is None
+    assert render(a_summary(succeeded=3, seconds=0.0))[0] == (
+        "Done: 3 of 30 image(s) upscaled, 25 failed in 0.0s."
+    )
+
+
+def test_twenty_failures_are_all_listed_and_the_list_can_be_left_out() -> None:
+    failures = tuple(Failure(source=f"f{n}.png", error="no") for n in range(20))
+    lines = render(a_summary(failures=failures))
+    assert lines[3:] == ["Failed:", *(f"  f{n}.png: no" for n in range(20))]
+    assert render(a_summary(failures=failures), failures=False) == lines[:3]
+
+
+@pytest.mark.parametrize(
+    ("bound", "reported"), [(None, None), (4, None), (None, 6)], ids=["none", "bound", "named"]
+)
+def test_the_bound_is_told_only_with_the_allowance_the_service_named(
+    bound: int | None, reported: int | None
+) -> None:
+    summary = a_summary(allowance=AllowanceReport(bound=bound, reported=reported))
+    assert render(summary)[2] == (
+        "Allowance: local; the service never named the organization's allowance."
+    )
+    assert to_json(summary)["allowance"] == {"shared": None, "bound": None}
+
+
+def test_the_json_summary_has_exactly_its_keys_in_order() -> None:
+    summary = a_summary(
+        skipped=1,
+        refused={"z": 1, "a": 2},
+        retries=3,
+        seconds=1.23456,
+        usd=Decimal("0.25"),
+        max_usd=Decimal("9"),
+        allowance=AllowanceReport(bound=5, reported=8),
+        failures=(Failure(source="x.png", error="bad"),),
+    )
+    written = to_json(summary)
+    assert written == {
+        "total": 30,
+        "succeeded": 4,
+        "failed": 25,
+        "skipped": 1,
+        "refused": {"a": 2, "z": 1},
+        "retries": 3,
+        "seconds": 1.235,
+        "usd": 0.25,
+        "allowance": {"shared": None, "bound": 5},
+        "failures": [{"source": "x.png", "error": "bad"}],
+    }
+    assert list(written["refused"]) == ["a", "z"]
+    assert render(summary)[2] == (
+        "Allowance: local; the service named an allowance of 8, "
+        "the bound settled at 5 image(s) in flight."
+    )
+
+
+def test_the_json_file_is_indented_utf8_and_ends_with_a_newline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = a_summary(failures=(Failure(source="café.png", error="bad"),))
+    path = tmp_path / "runs" / "today" / "s.json"
+    replace = os.replace
+    beside: list[str] = []
+
+    def watched(source: str, target: Path) -> None:
+        beside.extend(p.name for p in path.parent.iterdir())
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", watched)
+    write_json(summary, path)
+    # Written beside it under a hidden name that no "*.json" matches, then renamed.
+    (temporary,) = beside
+    assert re.fullmatch(r"\.s\.json\..+\.tmp", temporary), temporary
+    assert [p.name for p in path.parent.iterdir()] == ["s.json"]
+    expected = json.dumps(to_json(summary), indent=2, ensure_ascii=False) + "\n"
+    assert path.read_bytes() == expected.encode("utf-8")
+    assert '"source": "café.png"' in path.read_text(encoding="utf-8")
+
+
+def test_a_json_file_that_cannot_be_replaced_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "taken"
+    (path / "inside").mkdir(parents=True)  # a folder where the file should go
+    with pytest.raises(IsADirectoryError):
+        write_json(a_summary(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_where_a_redis_url_points_is_its_host_port_and_db() -> None:
+    shared = SharedAt.from_url("redis://:secret@cache.example:6390/3", "org-c")
+    assert shared == SharedAt(host="cache.example:6390/3", key="org-c")
+
+
+def test_the_tally_counts_done_skipped_and_the_calls_that_wait() -> None:
+    tally = Tally(total=10, ok=3, failed=2, skipped=1)
+    assert tally.done == 5
+    now = time.monotonic()
+    tally.calls.update({0: now - 10.0, 1: now - 10.5, 2: now - 25.4})
+    count, longest = tally.waiting(now)
+    assert count == 2
+    assert longest == pytest.approx(25.4)
+    tally.calls[0] = now - 5.0
+    count, longest = tally.waiting()  # now, by default
+    assert count == 2
+    assert 25.4 <= longest < 35.0
+    assert tally.waiting_text() == "2 waiting 25 s for the service"
+    tally.calls.clear()
+    assert tally.waiting_text() is None
+    tally.started -= 5.0
+    assert 5.0 <= tally.elapsed < 15.0
+
+
+def test_the_tallys_summary_without_an_allowance() -> None:
+    tally = Tally(total=6, ok=2, failed=1, retries=4)
+    tally.failures.append(Failure(source="a.png", error="bad"))
+    tally.started -= 2.0
+    summary = tally.summary()
+    assert 2.0 <= summary.seconds < 12.0
+    assert attrs.evolve(summary, seconds=0.0) == Summary(
+        total=6,
+        succeeded=2,
+        failed=1,
+        skipped=3,  # neither done nor skipped before: left when the run stopped
+        refused={},
+        retries=4,
+        seconds=0.0,
+        failures=(Failure(source="a.png", error="bad"),),
+    )
+
+
+async def test_the_tallys_summary_counts_the_refusals_its_allowance_heard() -> None:
+    watched = WatchedAllowance(LocalAllowance(8))
+    tally = Tally(total=2, ok=2, allowance=watched)
+    summary = tally.summary(shared=SharedAt(host="h:1/0", key="k"))
+    assert summary.refused == {}
+    assert summary.allowance == AllowanceReport(shared=SharedAt(host="h:1/0", key="k"))
+    await watched.rejected(None)
+    assert tally.summary().allowance == AllowanceReport()
+    await watched.rejected(6)
+    await watched.rejected(None)
+    assert watched.refusals == 3
+    assert watched.reported == 6
+    summary = tally.summary()
+    assert summary.refused == {"inflight_limit": 3}
+    assert summary.allowance == AllowanceReport(bound=watched.limit, reported=6)
+    assert watched.inner.limit == watched.limit <= 6  # the number reached the allowance
+
+
+def test_the_tallys_summary_with_an_unwatched_allowance_and_a_budget() -> None:
+    budget = LocalBudget(Decimal("2"))
+    tally = Tally(total=1, allowance=LocalAllowance(4))
+    summary = tally.summary(budget=budget)
+    assert summary.refused == {}
+    assert summary.allowance == AllowanceReport()
+    assert (summary.usd, summary.max_usd) == (Decimal(0), Decimal("2"))
+    assert "$0.0000 spent of the $2.0000 budget" in render(summary)[1]
+
+
+def an_outcome(ok: bool, attempts: int) -> Outcome:
+    source = Source(path=Path("/in/a.png").absolute(), shown="in/a.png")
+    if ok:
+        outputs = (Path("out/a.1.png"), Path("out/a.2.png"))
+        return Outcome(source=source, ok=True, outputs=outputs, attempts=attempts, seconds=0.835)
+    return Outcome(source=source, ok=False, error="HTTP 400: bad", attempts=attempts, seconds=31.2)
+
+
+def test_plain_lines_count_what_is_left_to_do_and_name_each_attempt_count(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tally = Tally(total=12, ok=3, failed=1, skipped=2)
+    out = io.StringIO()
+    reporter = PlainReporter(tally, out)
+    reporter.changed()
+    reporter.finished(an_outcome(ok=True, attempts=1))
+    reporter.finished(an_outcome(ok=False, attempts=3))
+    reporter.finished(an_outcome(ok=True, attempts=2))
+    assert out.getvalue().splitlines() == [
+        "[4/10] ok in/a.png -> out/a.1.png, out/a.2.png (1 attempt, 0.83s)",
+        "[4/10] FAILED in/a.png: HTTP 400: bad (3 attempts, 31.20s)",
+        "[4/10] ok in/a.png -> out/a.1.png, out/a.2.png (2 attempts, 0.83s)",
+    ]
+    PlainReporter(tally).note("to the terminal")
+    silent = SilentReporter()
+    silent.start()
+    silent.changed()
+    silent.finished(an_outcome(ok=False, attempts=1))
+    silent.note("only notes")
+    silent.close()
+    assert capsys.readouterr().out == "to the terminal\nonly notes\n"
+
+
+class FakeTime:
+    """A clock the test moves: what ``-v`` says an attempt took."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_v_says_what_each_attempt_took_and_why_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(_progress, "time", clock)
+    lines: list[str] = []
+    log = AttemptLog(lambda error: f"<{type(error).__name__}>", lines.append)
+    name = "upscale caf\udce9.png"
+    log.began(name)
+    clock.now = 101.5
+    asked = APIStatusError("slow down", status=503, retry_after=2.0)
+    log.retried(RetryEvent(attempt=1, error=asked, wait=2.0, waited=0.0, name=name))
+    clock.now = 104.0  # the second attempt started at 103.5
+    log.retried(
+        RetryEvent(attempt=2, error=ValidationError("reset"), wait=0.25, waited=2.0, name=name)
+    )
+    clock.now = 105.0  # the third started at 104.25
+    log.retried(
+        RetryEvent(
+            attempt=3, error=APIStatusError("busy", status=503), wait=0.5, waited=2.25, name=name
+        )
+    )
+    clock.now = 106.25  # the fourth started at 105.5
+    log.ended(name, a_result(error=APIStatusError("no", status=500), attempts=4, elapsed=6.25))
+    log.ended("upscale b.png", a_result(error=None, attempts=1, elapsed=0.5))  # never began
+    log.began("upscale c.png")
+    clock.now = 108.5
+    log.ended("upscale c.png", a_result(error=None, attempts=1, elapsed=2.25))
+    log.ended("upscale c.png", a_result(error=None, attempts=1, elapsed=2.25))  # forgotten
+    assert lines == [
+        "upscale caf\ufffd.png: attempt 1 failed after 1.5s: <APIStatusError>; next attempt in "
+        "2.00s (the service asked for it (Retry-After))",
+        "upscale caf\ufffd.png: attempt 2 failed after 0.5s: <ValidationError>; next attempt in "
+        "0.25s (backoff with jitter)",
+        "upscale caf\ufffd.png: attempt 3 failed after 0.8s: <APIStatusError>; next attempt in "
+        "0.50s (backoff with jitter)",
+        "upscale caf\ufffd.png: attempt 4 failed after 0.8s for good: <APIStatusError> "
+        "(6.2s in all)",
+        "upscale b.png: attempt 1 ok",
+        "upscale c.png: attempt 1 ok after 2.2s",
+        "upscale c.png: attempt 1 ok",
+    ]
+
+
+def test_v_writes_its_lines_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    AttemptLog(str).ended("upscale a.png", a_result(error=None, attempts=1, elapsed=0.1))
+    assert capsys.readouterr() == ("", "upscale a.png: attempt 1 ok\n")
+
+
+def a_result(*, error: Exception | None, attempts: int, elapsed: float) -> BatchResult[Any]:
+    return BatchResult(
+        index=0,
+        source=Path("a.png"),
+        request=None,
+        response=None,
+        error=error,
+        attempts=attempts,
+        elapsed=elapsed,
+    )
+
+
+def mid_run_tally() -> Tally:
+    tally = Tally(total=5, ok=1, failed=1, skipped=1, in_flight=2, downloading=1, retries=3)
+    tally.allowance = LocalAllowance(4)
+    return tally
+
+
+def test_the_status_fields_for_given_counts() -> None:
+    tally = mid_run_tally()
+    assert status_fields(tally, tally.started + 8.0) == [
+        Field(9, "Upscaling", "bold"),
+        Field(1, "2/4", "progress.download"),
+        Field(5, "1 ok", "green"),
+        Field(1, "1 failed", "red"),
+        Field(1, "2 in flight", "cyan"),
+        Field(4, "1 downloading"),
+        Field(3, "0/4 places", "cyan"),
+        Field(2, "3 retries", "yellow"),
+        Field(1, "0.2 img/s", "progress.data.speed"),  # 2 done in 8 s
+        Field(6, "0:00:08", "progress.elapsed"),
+        Field(1, "ETA 0:00:08", "progress.remaining"),  # 2 left at that rate
+    ]
+
+
+def test_the_status_fields_before_anything_is_done_or_seen() -> None:
+    tally = Tally(total=3)
+    texts = [(f.text, f.style) for f in status_fields(tally, tally.started + 3725.9)]
+    assert texts == [
+        ("Upscaling", "bold"),
+        ("0/3", "progress.download"),
+        ("0 ok", "green"),
+        ("0 failed", ""),
+        ("0 in flight", "cyan"),
+        ("0 downloading", ""),
+        ("0 retries", ""),
+        ("-- img/s", "progress.data.speed"),
+        ("1:02:05", "progress.elapsed"),
+        ("ETA --:--", "progress.remaining"),
+    ]
+    tally.ok = 1  # done, but no time has passed
+    shown = [f.text for f in status_fields(tally, tally.started)]
+    assert shown[-3:] == ["-- img/s", "0:00:00", "ETA --:--"]
+
+
+def test_fields_are_kept_by_priority_until_the_next_does_not_fit() -> None:
+    fields = [Field(1, "aaaa"), Field(3, "bb"), Field(1, "cc"), Field(2, "漢字")]
+    assert [f.text for f in fit(fields, 3)] == []
+    assert [f.text for f in fit(fields, 4)] == ["aaaa"]
+    assert [f.text for f in fit(fields, 7)] == ["aaaa"]
+    assert [f.text for f in fit(fields, 8)] == ["aaaa", "cc"]
+    assert [f.text for f in fit(fields, 13)] == ["aaaa", "cc"]  # 漢字 is 4 cells wide
+    assert [f.text for f in fit(fields, 14)] == ["aaaa", "cc", "漢字"]
+    assert [f.text for f in fit(fields, 18)] == ["aaaa", "bb", "cc", "漢字"]
+    # The first that does not fit ends it: nothing less important slips in after it.
+    assert [f.text for f in fit([Field(1, "x" * 9), Field(2, "y")], 5)] == []
+
+
+def status_line(tally: Tally, width: int) -> Text:
+    return next(RichReporter(tally).status.lines(width))
+
+
+def test_the_bar_takes_the_room_left_between_ten_and_forty_cells() -> None:
+    tally = mid_run_tally()
+    tally.started = time.monotonic() - 3600.2  # an hour in: the fields keep their width
+    texts = [f.text for f in status_fields(tally)]
+    bare = len("  ".join(texts))
+    assert status_line(tally, bare + 11).plain == "  ".join(texts)  # room for 9 cells only
+    line = status_line(tally, bare + 12)
+    assert line.plain == "  ".join([texts[0], "━" * 10, *texts[1:]])
+    assert status_line(tally, bare + 60).plain == "  ".join([texts[0], "━" * 40, *texts[1:]])
+    start = len(texts[0]) + 2
+    spans = [(s.start, s.end, s.style) for s in line.spans]
+    assert spans[:3] == [
+        (0, len(texts[0]), "bold"),
+        (start, start + 5, "bar.complete"),  # 2 of 4 done
+        (start + 5, start + 10, "bar.back"),
+    ]
+    assert [str(s.style) for s in line.spans[3:]] == [
+        f.style for f in status_fields(tally) if f.text in texts[1:] and f.style
+    ]
+
+
+def test_the_bar_is_full_when_nothing_is_left_to_do() -> None:
+    tally = Tally(total=2, skipped=2)
+    line = status_line(tally, 200)
+    assert "━" * 40 in line.plain
+    assert [s.style for s in line.spans if str(s.style).startswith("bar.")] == ["bar.complete"]
+
+
+def test_the_wait_notice_shows_only_when_it_fits() -> None:
+    tally = Tally(total=2)
+    tally.calls[0] = time.monotonic() - 42.2
+    notice = "1 waiting 42 s for the service"
+    lines = list(RichReporter(tally).status.lines(len(notice)))
+    assert [line.plain for line in lines[1:]] == [notice]
+    assert lines[1].style == "bold yellow"
+    assert len(list(RichReporter(tally).status.lines(len(notice) - 1))) == 1
+
+
+def test_the_live_display_prints_failures_and_notes_above_it_as_they_are() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=60, force_terminal=True, color_system="standard")
+    reporter = RichReporter(Tally(total=2), console)
+    reporter.changed()
+    reporter.finished(an_outcome(ok=False, attempts=1))
+    reporter.finished(an_outcome(ok=True, attempts=1))
+    reporter.note("3 [b]x[/b] 'q' http://x.y")  # no markup, no highlighting
+    assert out.getvalue() == (
+        "\x1b[1;31mFAILED \x1b[0min/a.png: HTTP 400: bad\n3 [b]x[/b] 'q' http://x.y\n"
+    )
+
+
+def test_the_live_display_leaves_stdout_and_stderr_alone_and_ends_with_the_status() -> None:
+    out = io.StringIO()
+    tally = Tally(total=2, ok=1)
+    console = Console(file=out, width=60, force_terminal=True, color_system="standard")
+    reporter = RichReporter(tally, console)
+    streams = (sys.stdout, sys.stderr)
+    reporter.start()
+    try:
+        assert (sys.stdout, sys.stderr) == streams
+    finally:
+        reporter.close()
+    assert "1/2" in ANSI.sub("", out.getvalue())
+
+
+def test_a_table_aligns_its_columns_and_marks_failures_red(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    print_table("Runs", ["name", "count"], [["a", "failed"], ["bbbbbbbb", "12"]])
+    assert capsys.readouterr().out.splitlines() == [
+        "        Runs         ",
+        "┏━━━━━━━━━━┳━━━━━━━━┓",
+        "┃ name     ┃  count ┃",
+        "┡━━━━━━━━━━╇━━━━━━━━┩",
+        "│ a        │ failed │",
+        "│ bbbbbbbb │     12 │",
+        "└──────────┴────────┘",
+    ]
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    print_table("Runs", ["name"], [["failed"], ["ok"]])
+    out = capsys.readouterr().out
+    assert "\x1b[31mfailed\x1b[0m" in out
+    assert "\x1b[31mok" not in out
+
+
+class SteppedLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test moves forward: timers fire without waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ahead = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.ahead
+
+
+def test_plain_lines_say_every_ten_seconds_while_calls_wait() -> None:
+    tally = Tally(total=3)
+    out = io.StringIO()
+    reporter = PlainReporter(tally, out)
+    loop = SteppedLoop()
+
+    async def after(seconds: float) -> list[str]:
+        loop.ahead += seconds
+        for _ in range(3):  # let the loop run what came due
+            await asyncio.sleep(0)
+        lines = out.getvalue().splitlines()
+        out.seek(0)
+        out.truncate()
+        return lines
+
+    async def scenario() -> None:
+        reporter.close()  # before start: nothing to stop
+        reporter.start()
+        tally.calls[0] = time.monotonic() - 42.2
+        assert await after(9.9) == []
+        assert await after(0.2) == ["1 waiting 42 s for the service"]
+        del tally.calls[0]
+        assert await after(10.0) == []  # nothing waits: no line, but it keeps watching
+        tally.calls[1] = time.monotonic() - 12.0
+        assert await after(10.0) == ["1 waiting 12 s for the service"]
+        reporter.close()
+        reporter.close()
+        assert await after(30.0) == []
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+class Flushed(io.StringIO):
+    """A stream that keeps what was pushed out (flushed) apart from what is buffered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed = ""
+
+    def flush(self) -> None:
+        self.pushed = self.getvalue()
+
+
+def test_each_line_is_pushed_out_as_it_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script reading the lines through a pipe gets each one at once, not at exit."""
+    stdout, stderr, out = Flushed(), Flushed(), Flushed()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    PlainReporter(Tally(total=1), out).note("to a file")
+    assert out.pushed == "to a file\n"
+    PlainReporter(Tally(total=1)).note("plain")
+    assert stdout.pushed == "plain\n"
+    SilentReporter().note("silent")
+    assert stdout.pushed == "plain\nsilent\n"
+    AttemptLog(str).ended("upscale a.png", a_result(error=None, attempts=1, elapsed=0.1))
+    assert stderr.pushed == "upscale a.png: attempt 1 ok\n"
+
+
+def test_the_status_clock_and_rate_in_the_first_minutes() -> None:
+    tally = Tally(total=4, ok=1)
+    texts = [f.text for f in status_fields(tally, tally.started + 0.5)]
+    assert texts[-3:] == ["2.0 img/s", "0:00:00", "ETA 0:00:01"]  # 3 left at 2 a second
+    texts = [f.text for f in status_fields(tally, tally.started + 60.0)]
+    assert texts[-3:] == ["0.0 img/s", "0:01:00", "ETA 0:03:00"]
+
+
+def test_the_bar_of_a_single_image_fills_when_it_is_done() -> None:
+    tally = Tally(total=1)
+    assert [s.style for s in status_line(tally, 200).spans[1:2]] == ["bar.back"]
+    tally.ok = 1
+    assert [s.style for s in status_line(tally, 200).spans[1:2]] == ["bar.complete"]
+
+
+def test_an_interrupt_right_after_the_rename_keeps_the_summary_and_stays_an_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replace = os.replace
+
+    def interrupted(source: str, target: Path) -> None:
+        replace(source, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    path = tmp_path / "s.json"
+    with pytest.raises(KeyboardInterrupt):
+        write_json(a_summary(), path)
+    assert json.loads(path.read_text()) == to_json(a_summary())
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_the_json_summary_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    summary = a_summary(failures=(Failure(source="café.png", error="bad"),))
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # text files default to ASCII here
+    try:
+        write_json(summary, tmp_path / "s.json")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert json.loads((tmp_path / "s.json").read_bytes().decode("utf-8")) == to_json(summary)
+
+
+def test_a_summary_with_no_allowance_keeps_the_refusals_it_saw() -> None:
+    tally = Tally(total=1)
+    tally.refusals.saw(RateLimitError("busy", status=429, reject_reason="org_limit"))
+    assert tally.summary().refused == {"org_limit": 1}

@@ -131,12 +131,10 @@ class RichReporter:
     """
 
     def __init__(self, tally: Tally, console: Console | None = None) -> None:
-        self._tally = tally
         self.status = _Status(tally)
-        self._live = Live(
+        self._live = Live(  # redrawn 4 times a second, rich's default
             self.status,
             console=console or Console(),
-            refresh_per_second=4,
             redirect_stdout=False,
             redirect_stderr=False,
         )
@@ -165,7 +163,10 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
     """Print a table with ``columns`` (the first left-aligned, the rest right-aligned)."""
     table = Table(title=title)
     for number, column in enumerate(columns):
-        table.add_column(column, justify="left" if number == 0 else "right")
+        if number:
+            table.add_column(column, justify="right")
+        else:
+            table.add_column(column)  # left-aligned, rich's default
     for row in rows:
         table.add_row(*(Text(cell, style="red") if cell == "failed" else cell for cell in row))
     Console().print(table)

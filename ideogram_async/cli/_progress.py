@@ -94,9 +94,7 @@ class Tally:
             succeeded=self.ok,
             failed=self.failed,
             skipped=self.total - self.done,
-            refused={}
-            if places is None
-            else self.refusals.by_reason(watched.refusals if watched else 0),
+            refused=self.refusals.by_reason(watched.refusals if watched else 0),
             retries=self.retries,
             seconds=self.elapsed,
             usd=None if budget is None else budget.spent,

@@ -367,6 +367,18 @@ async def test_a_closed_or_unkeyed_allowance_says_what_to_do(
         assert str(closed.value) == "this RedisAllowance was closed; create a new one"
 
 
+async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    async with RedisAllowance(redis_server.url, 40, key=redis_key) as allowance:
+        async with allowance.hold(10):
+            await allowance.completed()  # slow start: the whole bound of 10 was in use
+        assert allowance.limit == 11
+        async with allowance.hold(11):
+            pass  # not reported as run: nothing learned
+        assert allowance.limit == 11
+
+
 async def test_places_are_weighted_and_shared_by_every_instance(
     redis_server: RedisServer, redis_key: str
 ) -> None:

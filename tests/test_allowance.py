@@ -556,6 +556,15 @@ async def test_a_failed_probe_steps_back_to_the_level_that_went_through() -> Non
     await other.task
 
 
+async def test_a_hold_after_a_quiet_spell_finds_what_was_learned_forgotten() -> None:
+    allowance = LocalAllowance(10, forget_after=0.05)  # fractions of a second are taken
+    await learn(allowance, 3)
+    assert allowance.limit == 3
+    await asyncio.sleep(0.06)  # the event under test: time passing without a change
+    async with allowance.hold(1):
+        assert allowance.limit == 10  # the hold found it forgotten
+
+
 async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None:
     allowance = LocalAllowance(10)
     first, second = await holders(allowance, 1, 1)

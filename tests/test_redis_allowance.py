@@ -271,6 +271,8 @@ async def test_each_change_of_the_shared_bound_is_a_debug_line_and_a_failing_hoo
 
     url = redis_server.url
     async with RedisAllowance(url, 10, key=redis_key, on_change=hook) as allowance:
+        async with allowance.hold(1):
+            pass  # a hold and its release: nothing to log
         async with allowance.hold(5):
             await allowance.rejected(4)  # the change applies, whatever the hook does
         assert allowance.limit == 4
@@ -377,6 +379,15 @@ async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
         async with allowance.hold(11):
             pass  # not reported as run: nothing learned
         assert allowance.limit == 11
+        async with allowance.hold(10):
+            await allowance.completed()  # 10 of the 11 at its grant, nothing waiting: not full
+        assert allowance.limit == 11
+        async with allowance.hold(11):
+            await allowance.completed()  # 11 went through
+        assert allowance.limit == 12
+        async with allowance.hold(1), allowance.hold(11):
+            await allowance.rejected(None)  # 12 held, above the 11 that went through: a probe
+        assert allowance.limit == 11  # back to the level that went through
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(

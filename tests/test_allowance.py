@@ -544,6 +544,27 @@ async def test_a_report_from_another_allowances_hold_is_not_that_holds() -> None
     assert b.in_use == 0
 
 
+async def test_a_failed_probe_steps_back_to_the_level_that_went_through() -> None:
+    allowance = LocalAllowance(40)
+    await complete_at_full_bound(allowance, 2)  # slow start: 10, 11 went through; now 12
+    assert allowance.limit == 12
+    (other,) = await holders(allowance, 1)
+    async with allowance.hold(11):
+        await allowance.rejected(None)  # 12 held, above the 11 that went through
+    assert allowance.limit == 11
+    other.leave()
+    await other.task
+
+
+async def test_a_hold_after_a_quiet_spell_finds_what_was_learned_forgotten() -> None:
+    allowance = LocalAllowance(10, forget_after=0.05)  # fractions of a second are taken
+    await learn(allowance, 3)
+    assert allowance.limit == 3
+    await asyncio.sleep(0.06)  # the event under test: time passing without a change
+    async with allowance.hold(1):
+        assert allowance.limit == 10  # the hold found it forgotten
+
+
 async def test_a_request_that_went_through_opens_the_allowance_at_once() -> None:
     allowance = LocalAllowance(10)
     first, second = await holders(allowance, 1, 1)

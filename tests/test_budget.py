@@ -88,6 +88,7 @@ async def test_amounts_are_exact_micro_dollars() -> None:
     rounded = await LocalBudget(1).reserve(Decimal("0.0000001"))  # a price rounds up
     assert rounded.usd == Decimal("0.000001")
     assert LocalBudget("0.0000019").max_usd == Decimal("0.000001")  # a budget rounds down
+    assert LocalBudget(1_000_000_000).max_usd == Decimal(1_000_000_000)  # the largest taken
 
 
 async def test_a_refusal_counts_what_was_spent_and_what_is_held() -> None:

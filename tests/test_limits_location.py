@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import ideogram_async.limits
 from ideogram_async import IdeogramClient, SharedAllowanceError, ValidationError
 from ideogram_async.limits import (
+    AllowanceWrapper,
     RedisAllowance,
     RedisLocation,
     location,
@@ -211,6 +212,12 @@ async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
             "host): give each organization its own RedisAllowance, or name the allowance with key="
         )
     assert KEY not in repr(allowance)
+
+
+def test_a_wrapper_passes_the_organization_on_to_the_shared_allowance() -> None:
+    inner = RedisAllowance("redis://127.0.0.1:9/0", 10)
+    AllowanceWrapper(inner).bind_organization(api_key=KEY, base_url="http://127.0.0.1:9")
+    assert inner.key == organization_key(KEY, "http://127.0.0.1:9")
 
 
 def test_a_named_key_is_kept_whoever_uses_it() -> None:

@@ -194,6 +194,8 @@ async def test_a_refused_request_gives_its_places_back_at_once_and_stops_renewin
         async with a.hold(3):
             await a.rejected(None)
             assert await redis_state(url, redis_key) == (1, 0)  # at once, not at the end
+        async with a.hold(2):
+            pass  # a hold released as usual is not renewed either
 
         async def lease_ends() -> list[float]:
             leases = await client.zrange(holders, 0, -1, withscores=True)
@@ -269,6 +271,8 @@ async def test_each_change_of_the_shared_bound_is_a_debug_line_and_a_failing_hoo
 
     url = redis_server.url
     async with RedisAllowance(url, 10, key=redis_key, on_change=hook) as allowance:
+        async with allowance.hold(1):
+            pass  # a hold and its release: nothing to log
         async with allowance.hold(5):
             await allowance.rejected(4)  # the change applies, whatever the hook does
         assert allowance.limit == 4
@@ -343,6 +347,47 @@ async def test_a_waiter_held_back_by_a_backoff_asks_again_when_it_ends(
         assert (b.limit, await redis_state(url, redis_key)) == (2, (0, 0))
         async with asyncio.timeout(10), b.hold(1):  # nothing held, but closed: it waits
             assert b.in_use == 1
+
+
+async def test_a_closed_or_unkeyed_allowance_says_what_to_do(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    unkeyed = RedisAllowance(redis_server.url, 10)
+    with pytest.raises(ValidationError) as caught:
+        await unkeyed.hold(1).__aenter__()
+    assert str(caught.value) == (
+        "this RedisAllowance has no key yet: give it to an IdeogramClient (which keys it by "
+        "its organization) before using it, or pass key="
+    )
+    allowance = RedisAllowance(redis_server.url, 10, key=redis_key)
+    async with allowance.hold(1):
+        pass
+    await allowance.aclose()
+    for attempt in (allowance.connect(), allowance.hold(1).__aenter__()):
+        with pytest.raises(ClientClosedError) as closed:
+            await attempt
+        assert str(closed.value) == "this RedisAllowance was closed; create a new one"
+
+
+async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    async with RedisAllowance(redis_server.url, 40, key=redis_key) as allowance:
+        async with allowance.hold(10):
+            await allowance.completed()  # slow start: the whole bound of 10 was in use
+        assert allowance.limit == 11
+        async with allowance.hold(11):
+            pass  # not reported as run: nothing learned
+        assert allowance.limit == 11
+        async with allowance.hold(10):
+            await allowance.completed()  # 10 of the 11 at its grant, nothing waiting: not full
+        assert allowance.limit == 11
+        async with allowance.hold(11):
+            await allowance.completed()  # 11 went through
+        assert allowance.limit == 12
+        async with allowance.hold(1), allowance.hold(11):
+            await allowance.rejected(None)  # 12 held, above the 11 that went through: a probe
+        assert allowance.limit == 11  # back to the level that went through
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(
@@ -763,15 +808,36 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisS
 async def test_a_refusal_reported_without_redis_does_not_fail_the_request(
     own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ideogram_async")
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
     url = own_redis_server.url
-    async with RedisAllowance(url, 10, key="k", lease=LEASE) as allowance:
+    told = f"lost Redis at {url} for the shared allowance: "
+
+    def logged(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    async with (
+        RedisAllowance(url, 10, key="k", lease=LEASE) as allowance,
+        allowance.hold(1),  # its lease renewals go on, and fail
+    ):
         async with allowance.hold(3):
             own_redis_server.stop()
             await allowance.rejected(None)
         assert allowance.limit == 10
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    told = f"lost Redis at {url} for the shared allowance: "
+        await eventually(
+            lambda: any(
+                w.startswith(told) and w.endswith("; trying again in 0.3s")
+                for w in logged(logging.WARNING)
+            ),
+            "no renewal failed",
+        )
+        await eventually(
+            lambda: any(
+                d.startswith("shared allowance: lost the message channel (") and "(None)" not in d
+                for d in logged(logging.DEBUG)
+            ),
+            "the message channel was not lost",
+        )
+    warnings = logged(logging.WARNING)
     assert any(
         w.startswith(told) and w.endswith("; the shared bound stays as it was") for w in warnings
     ), warnings

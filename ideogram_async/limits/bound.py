@@ -185,7 +185,7 @@ class Bound:
         if round == self.round and min(level, self.ceiling) > self.good:
             self.good, self.failed = min(level, self.ceiling), 0
         against = granted if self.slow else self.limit
-        full = level >= against or (waiting > 0 and level + waiting > against)
+        full = level + waiting > against or level >= against
         if not self.adaptive or not full or self.limit >= self.ceiling:
             return forgotten
         if not self.slow:

@@ -323,6 +323,7 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
         assert (await run_main(*args, *keep)).returncode == 0
+        (paid,) = (r for r in read_manifest(manifest) if r["source"].endswith("img-01.png"))
         (out / "img-01.upscaled.png").unlink()
         again = await run_main(*args, *keep, "--resume")
         assert emulator.stats.requests == 3  # bought once: the result is fetched again
@@ -333,6 +334,12 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     assert "img-01.png" in again.stdout
     assert "Downloading the results of 1 image(s) already upscaled" in again.stdout
     assert "[1/1] ok " in again.stdout  # counted among this run's inputs, not the skipped
+    (saved,) = (r for r in read_manifest(manifest) if r["source"].endswith("img-01.png"))
+    # Recorded as the upscale it was: its attempts and time of upscale, and the download's
+    # own time only (a local download, well under a second).
+    assert (saved["status"], saved["attempts"]) == ("ok", paid["attempts"])
+    assert saved["upscaled_at"] == paid["upscaled_at"]
+    assert saved["seconds"] < 1
     assert (out / "img-01.upscaled.png").is_file()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shlex
 import socket
 import stat
@@ -64,6 +65,7 @@ from .test_cli import (
     start_cli,
     upscale_args,
 )
+from .test_cli_manifest import noise
 
 
 @pytest.fixture
@@ -323,6 +325,7 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     async with Emulator(KEY) as emulator:
         args = upscale_args(emulator, [tmp_path / "in"], out)
         assert (await run_main(*args, *keep)).returncode == 0
+        (paid,) = (r for r in read_manifest(manifest) if r["source"].endswith("img-01.png"))
         (out / "img-01.upscaled.png").unlink()
         again = await run_main(*args, *keep, "--resume")
         assert emulator.stats.requests == 3  # bought once: the result is fetched again
@@ -333,6 +336,12 @@ async def test_resume_downloads_a_missing_result_again_from_its_recorded_url(
     assert "img-01.png" in again.stdout
     assert "Downloading the results of 1 image(s) already upscaled" in again.stdout
     assert "[1/1] ok " in again.stdout  # counted among this run's inputs, not the skipped
+    (saved,) = (r for r in read_manifest(manifest) if r["source"].endswith("img-01.png"))
+    # Recorded as the upscale it was: its attempts and time of upscale, and the download's
+    # own time only (a local download, well under a second).
+    assert (saved["status"], saved["attempts"]) == ("ok", paid["attempts"])
+    assert saved["upscaled_at"] == paid["upscaled_at"]
+    assert saved["seconds"] < 1
     assert (out / "img-01.upscaled.png").is_file()
 
 
@@ -700,6 +709,7 @@ async def test_a_budget_that_one_more_image_would_pass_stops_the_run(tmp_path: P
         "$0.012 ($0.024 spent or under way then). Nothing more was sent: 2 of 5 image(s) "
         "upscaled, 3 not done. Run the same command again with --resume to finish the rest."
     ]
+    assert "; $0.0240 spent of the $0.0300 budget." in run.stdout  # the summary says it too
     assert [record["status"] for record in read_manifest(manifest)] == ["ok", "ok"]
 
 
@@ -758,3 +768,40 @@ async def test_calls_the_service_refuses_are_counted_in_the_summary(tmp_path: Pa
         run = await run_main(*args, "--retries", "0")
     assert run.returncode == 1, run.stderr
     assert "3 refused by the service (429: " in run.stdout
+
+
+async def test_a_refused_key_after_records_were_written_says_to_run_again_with_resume(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 2)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args)).returncode == 0
+        (out / "img-00.upscaled.png").unlink()  # downloaded again from its recorded URL
+        save_image(tmp_path / "in" / "img-09.png", (8, 6), 9)  # upscaled: the key is refused
+        again = await run_main(*args, "--resume", env=cli_env(key="wrong"))
+    assert again.returncode == 1, again.stderr
+    assert again.stderr.rstrip().endswith(
+        "The API key is what must change: set IDEOGRAM_API_KEY or --api-key-file to a "
+        "valid key, then run the command again with --resume."
+    )
+
+
+async def test_a_full_disk_while_resumed_results_download_stops_the_run(tmp_path: Path) -> None:
+    for number in range(2):
+        noise(tmp_path / "in" / f"img-{number}.png", 64, number)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args)).returncode == 0
+        for result in out.iterdir():
+            result.unlink()
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))  # results no longer fit
+        try:
+            again = await run_main(*args, "--resume", "--concurrency", "1")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert again.returncode == 1, again.stderr
+    assert f"Stopped: cannot write into {out} (File too large)." in again.stderr

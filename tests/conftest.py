@@ -1,9 +1,11 @@
-"""Shared fixtures: small real images made in memory with Pillow, and one on disk."""
+"""Shared fixtures: small real images made in memory with Pillow, one on disk, and the worker-thread hops a test makes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -67,3 +69,18 @@ async def client(emulator: Emulator) -> AsyncIterator[IdeogramClient]:
     """A client of ``emulator`` with the default settings."""
     async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as opened:
         yield opened
+
+
+@pytest.fixture
+async def hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The worker-thread hops the running loop is asked for: the arguments of each."""
+    made: list[object] = []
+    loop = asyncio.get_running_loop()
+    real = loop.run_in_executor
+
+    def counting(executor: Any, work: Any, *args: Any) -> Any:
+        made.append(args)
+        return real(executor, work, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    return made

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
 
 import pytest
 
@@ -15,21 +14,6 @@ def _double(value: int) -> int:
     if value < 0:
         raise ValueError(f"negative: {value}")
     return 2 * value
-
-
-@pytest.fixture
-async def hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """The worker-thread hops the running loop is asked for."""
-    made: list[object] = []
-    loop = asyncio.get_running_loop()
-    real = loop.run_in_executor
-
-    def counting(executor: Any, work: Any, *args: Any) -> Any:
-        made.append(args)
-        return real(executor, work, *args)
-
-    monkeypatch.setattr(loop, "run_in_executor", counting)
-    return made
 
 
 async def test_the_calls_of_one_turn_share_a_hop_each_with_its_own_result(

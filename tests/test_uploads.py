@@ -716,7 +716,7 @@ async def test_an_attempt_cancelled_while_its_file_opens_leaves_it_closed(
 async def test_a_path_costs_one_thread_hop_to_check_and_one_an_attempt_unless_small(
     tmp_path: Path,
     png_bytes: bytes,
-    monkeypatch: pytest.MonkeyPatch,
+    hops: list[object],
     padding: int,
     hops_per_attempt: int,
 ) -> None:
@@ -724,15 +724,6 @@ async def test_a_path_costs_one_thread_hop_to_check_and_one_an_attempt_unless_sm
     # which reads its first chunk in the same hop.
     data, path = png_bytes + bytes(padding), tmp_path / "photo.png"
     path.write_bytes(data)
-    hops: list[object] = []
-    loop = asyncio.get_running_loop()
-    real = loop.run_in_executor
-
-    def counting(executor: Any, work: Any, *args: Any) -> Any:
-        hops.append(work)
-        return real(executor, work, *args)
-
-    monkeypatch.setattr(loop, "run_in_executor", counting)
     with await prepare_image(path) as image:
         assert len(hops) == 1
         assert str(path) not in _paths_open()  # a queued call holds no file
@@ -748,21 +739,12 @@ async def test_a_path_costs_one_thread_hop_to_check_and_one_an_attempt_unless_sm
 
 
 async def test_paths_checked_together_share_one_thread_hop_each_with_its_own_verdict(
-    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, png_bytes: bytes, hops: list[object]
 ) -> None:
     paths = [tmp_path / f"photo{number}.png" for number in range(5)]
     for number, path in enumerate(paths):
         path.write_bytes(png_bytes + bytes(number))
     missing = tmp_path / "gone.png"
-    hops: list[object] = []
-    loop = asyncio.get_running_loop()
-    real = loop.run_in_executor
-
-    def counting(executor: Any, work: Any, *args: Any) -> Any:
-        hops.append(work)
-        return real(executor, work, *args)
-
-    monkeypatch.setattr(loop, "run_in_executor", counting)
     results = await asyncio.gather(
         *(prepare_image(path) for path in [*paths, missing]), return_exceptions=True
     )

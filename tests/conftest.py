@@ -1,4 +1,4 @@
-"""Shared fixtures: small real images made in memory with Pillow, one on disk, and the worker-thread hops a test makes."""
+"""Shared fixtures: small images made with Pillow (in memory, on disk), worker-thread hops."""
 
 from __future__ import annotations
 

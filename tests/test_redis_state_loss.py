@@ -54,7 +54,9 @@ async def test_flushed_and_restarted_redis_never_lets_the_bound_be_passed(
     image = tmp_path / "photo.png"
     image.write_bytes(png_bytes)
     environment = os.environ | {"IDEOGRAM_API_KEY": KEY}
-    async with Emulator(api_key=KEY, allowance=10, latency=1.0, upscale=False) as emulator:
+    # A latency of two leases: after the flush, grants may wait up to one lease (the quiet
+    # period), and all of the next round must still be in flight together for the restart.
+    async with Emulator(api_key=KEY, allowance=10, latency=2 * LEASE, upscale=False) as emulator:
         arguments = [emulator.base_url, own_redis_server.url, redis_key, str(image)]
         workers = await start_workers(WORKER, [[*arguments, "10", str(LEASE)]] * 3, environment)
         await release(workers)

@@ -58,16 +58,26 @@ class Batched(Generic[_A, _R]):
         for start in range(0, len(calls), self._most):
             batch = calls[start : start + self._most]
             try:
-                hop = loop.run_in_executor(None, self._run, [arg for arg, _ in batch])
+                hop = loop.run_in_executor(None, self._run, batch)
             except RuntimeError as exc:  # the executor was shut down (the loop is closing)
                 hop = loop.create_future()
                 hop.set_result([(False, exc)] * len(batch))
             hop.add_done_callback(partial(_deliver, batch))
 
-    def _run(self, args: list[_A]) -> list[tuple[bool, _R | BaseException]]:
-        """In the worker thread: each call's result, or what it raised."""
+    def _run(
+        self, batch: list[tuple[_A, asyncio.Future[_R]]]
+    ) -> list[tuple[bool, _R | BaseException]]:
+        """In the worker thread: each call's result, or what it raised.
+
+        A call cancelled before its turn is skipped, so a cancelled batch of calls does
+        no work (opens no file) once its hop is past the call in progress. (Reading a
+        future's state from this thread is a plain attribute read; only the loop sets it.)
+        """
         results: list[tuple[bool, _R | BaseException]] = []
-        for arg in args:
+        for arg, future in batch:
+            if future.cancelled():
+                results.append((False, asyncio.CancelledError()))
+                continue
             try:
                 results.append((True, self._work(arg)))
             except BaseException as exc:  # handed to its caller, on the loop

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import cast
 
 import pytest
 
@@ -30,7 +31,13 @@ async def test_a_hop_takes_at_most_most_calls(hops: list[object]) -> None:
     assert await asyncio.gather(*(batched(value) for value in range(10))) == [
         2 * value for value in range(10)
     ]
-    assert hops == [([0, 1, 2, 3],), ([4, 5, 6, 7],), ([8, 9],)]
+    # Each hop is handed its calls: (argument, future) pairs.
+    batches = cast("list[tuple[list[tuple[int, object]]]]", hops)
+    assert [[arg for arg, _ in batch] for (batch,) in batches] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+    ]
 
 
 async def test_a_later_turn_takes_a_hop_of_its_own(hops: list[object]) -> None:
@@ -113,3 +120,19 @@ def test_a_loop_that_stopped_before_its_hop_leaves_nothing_to_the_next() -> None
         return await asyncio.wait_for(batched(2), 10)
 
     assert asyncio.run(later()) == 4
+
+
+async def test_a_call_cancelled_before_its_turn_does_no_work(hops: list[object]) -> None:
+    done: list[int] = []
+
+    def record(value: int) -> int:
+        done.append(value)
+        return value
+
+    batched = Batched(record, most=16)
+    calls = [batched(value) for value in range(3)]
+    calls[1].cancel()  # before the loop turn ends: its hop has not started
+    assert await calls[0] == 0
+    assert await calls[2] == 2
+    assert done == [0, 2]
+    assert len(hops) == 1

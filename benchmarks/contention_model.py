@@ -36,7 +36,6 @@ class _Process:
     in_use: int = 0
     waiting: int = 0
     timer: bool = False
-    left: int = CALLS
 
 
 @attrs.define

@@ -20,6 +20,16 @@ from ._support import KEY, release, start_workers
 
 LEASE = 1.0
 
+
+async def places_held(url: str, key: str) -> list[int]:
+    """The places each registered hold of ``key`` has in Redis, sorted."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        return sorted(int(places) for places in await client.hvals(f"{{{key}}}:places"))
+    finally:
+        await client.aclose()
+
+
 WORKER = """
 import asyncio, sys
 from ideogram_async import IdeogramClient, SharedAllowanceError
@@ -91,12 +101,7 @@ async def test_a_waiter_after_the_loss_is_granted_once_the_holds_are_registered_
         # b finds the state gone: nothing is granted until a's 8 are registered
         # again (a hears "lost" and does at once; in any case within one lease).
         async with b.hold(2):
-            client = aioredis.Redis.from_url(url)
-            try:
-                places = await client.hvals(f"{{{redis_key}}}:places")
-            finally:
-                await client.aclose()
-            assert sorted(int(p) for p in places) == [2, 8]
+            assert await places_held(url, redis_key) == [2, 8]
 
 
 async def test_a_key_first_used_by_a_refusal_still_tells_a_later_loss(
@@ -119,9 +124,4 @@ async def test_a_key_first_used_by_a_refusal_still_tells_a_later_loss(
             own_redis_server.flush()
             # b finds the state gone: nothing is granted until a's 3 are registered again.
             async with b.hold(1):
-                client = aioredis.Redis.from_url(url)
-                try:
-                    places = await client.hvals(f"{{{redis_key}}}:places")
-                finally:
-                    await client.aclose()
-                assert sorted(int(p) for p in places) == [1, 3]
+                assert await places_held(url, redis_key) == [1, 3]

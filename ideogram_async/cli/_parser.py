@@ -213,7 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the emulator of the service until Ctrl-C",
-        description="Run a local emulator of the Ideogram upscale service until Ctrl-C.",
         add_help=False,  # the emulator's own command line parses (and documents) the rest
     )
     serve.set_defaults(name="serve")

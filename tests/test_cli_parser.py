@@ -299,8 +299,14 @@ def test_serve_leaves_every_option_to_the_emulators_command_line(
 
 
 def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The one line ``main(argv)`` prints on stderr, having exited 2 and printed nothing else."""
-    assert main(argv) == 2
+    """The one line the parser prints on stderr for ``argv``, having exited 2 (argparse's
+    usage error, which ``main`` returns) and printed nothing else.
+
+    Only the parser runs: a value it took by mistake starts no command.
+    """
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_known_args(argv)
+    assert exited.value.code == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.endswith("\n")
@@ -380,6 +386,7 @@ def test_a_bad_value_is_refused_naming_the_option_what_it_expects_and_the_value(
         ("--metrics-port", ":0", ("127.0.0.1", 0)),
         ("--metrics-port", "0.0.0.0:65535", ("0.0.0.0", 65535)),
         ("--metrics-port", "[::]:80", ("::", 80)),
+        ("--metrics-port", "XENON:9464", ("XENON", 9464)),  # only the brackets are stripped
     ],
 )
 def test_a_value_at_or_inside_its_limits_is_taken(option: str, value: str, expected: Any) -> None:
@@ -412,8 +419,16 @@ def test_a_value_outside_the_choices_is_refused(
 
 
 def test_enqueue_has_no_verbose_option(capsys: pytest.CaptureFixture[str]) -> None:
-    assert usage_error(["enqueue", "a.png", "-v"], capsys) == (
-        "ideogram-async enqueue: error: unrecognized arguments: -v"
+    assert build_parser().parse_known_args(["enqueue", "a.png", "-v"])[1] == ["-v"]
+    assert main(["enqueue", "a.png", "-v"]) == 2  # what main makes of an option left over
+    assert capsys.readouterr().err == "ideogram-async enqueue: error: unrecognized arguments: -v\n"
+
+
+def test_main_returns_the_parsers_usage_error_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--count", "x"]) == 2  # "x" is no number: no demo can start
+    assert capsys.readouterr().err == (
+        "ideogram-async demo: error: argument --count: expected a whole number >= 1, got 'x' "
+        "(see ideogram-async demo --help)\n"
     )
 
 

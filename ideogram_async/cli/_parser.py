@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import NoReturn
@@ -348,35 +349,27 @@ def _add_view(parser: argparse.ArgumentParser, *, attempts: bool = True) -> None
 
 def _at_least(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
-        return value
+        with contextlib.suppress(ValueError):
+            if (value := int(text)) >= low:
+                return value
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
 
     return parse
 
 
 def _dollars(text: str) -> Decimal:
-    try:
+    with contextlib.suppress(InvalidOperation):
         value = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        value = Decimal(0)
-    if not value.is_finite() or value < Decimal("0.000001"):
-        raise argparse.ArgumentTypeError(f"expected US dollars > 0 such as 5 or 2.50, got {text!r}")
-    return value
+        if value.is_finite() and value >= Decimal("0.000001"):
+            return value
+    raise argparse.ArgumentTypeError(f"expected US dollars > 0 such as 5 or 2.50, got {text!r}")
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value >= 0.1:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0.1, got {text!r}")
-    return value
+    with contextlib.suppress(ValueError):
+        if (value := float(text)) >= 0.1:  # NaN compares False: refused
+            return value
+    raise argparse.ArgumentTypeError(f"expected seconds >= 0.1, got {text!r}")
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -390,10 +383,7 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
+    with contextlib.suppress(ValueError):
+        if 0 <= (value := float(text)) <= 1:
+            return value
+    raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")

@@ -8,6 +8,9 @@ an option or its help on purpose, write those files again with
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 import sys
 from decimal import Decimal
@@ -60,12 +63,16 @@ def golden(command: str) -> Path:
     return GOLDEN / f"{command or 'ideogram-async'}.txt"
 
 
+def help_argv(command: str) -> list[str]:
+    return [command, "--help"] if command else ["--help"]
+
+
 @pytest.mark.usefixtures("terminal")
 @pytest.mark.parametrize("command", COMMANDS)
 def test_the_help_of_each_command_is_the_one_kept_in_tests(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([command, "--help"] if command else ["--help"]) == 0
+    assert main(help_argv(command)) == 0
     out, err = capsys.readouterr()
     assert err == ""
     assert alike(out) == golden(command).read_text(encoding="utf-8")
@@ -434,16 +441,14 @@ def test_main_returns_the_parsers_usage_error_status(capsys: pytest.CaptureFixtu
 
 def write_golden() -> None:
     """Write the help files the tests compare with (run ``python -m tests.test_cli_parser``)."""
-    import contextlib
-    import io
-    import os
-
     os.environ["COLUMNS"] = str(COLUMNS)
+    os.environ["NO_COLOR"] = "1"
+    os.environ.pop("FORCE_COLOR", None)
     GOLDEN.mkdir(exist_ok=True)
     for command in COMMANDS:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            main([command, "--help"] if command else ["--help"])
+            main(help_argv(command))
         golden(command).write_text(alike(out.getvalue()), encoding="utf-8")
         print(f"wrote {golden(command)}", file=sys.stderr)
 

@@ -340,3 +340,22 @@ def test_cpu_counts_the_seconds_the_server_computed() -> None:
     assert spent - before >= 0.05
     tick = 1 / os.sysconf("SC_CLK_TCK")
     assert exact - 2 * tick <= spent <= exact + tick
+
+
+def test_a_server_that_never_answers_is_killed_and_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A stand-in for a hung redis-server: it never listens and ignores SIGTERM.
+    stand_in = tmp_path / "bin" / "redis-server"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\ntrap '' TERM\nexec sleep 120\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
+    server = RedisServer(tmp_path)
+    with pytest.raises(RuntimeError, match=re.escape("redis-server did not answer within 10.0s")):
+        server.start()  # waits 10 s for an answer, then 10 s for SIGTERM, then kills
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone, and reaped
+    with pytest.raises(RuntimeError, match="call start"):
+        server.pid  # noqa: B018

@@ -320,11 +320,22 @@ def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
         server.pid  # noqa: B018
 
 
+def test_installed_looks_for_redis_server_on_the_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    executable = tmp_path / "redis-server"
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert RedisServer.installed()
+    executable.unlink()
+    assert not RedisServer.installed()
+
+
 def test_without_redis_server_installed_the_error_names_the_package(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert not RedisServer.installed()
     with pytest.raises(RuntimeError, match=re.escape("redis-server is not installed (apt-get ")):
         RedisServer()
 

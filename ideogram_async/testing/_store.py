@@ -54,7 +54,7 @@ class ImageStore:
     def _evict(self) -> None:
         now = self._clock()
         while self._expiries and self._expiries[0][0] <= now:
-            self._images.pop(self._expiries.popleft()[1], None)
+            del self._images[self._expiries.popleft()[1]]
 
     def _was_issued(self, token: str) -> bool:
         """Whether a token is one this store handed out (its serial is past)."""

@@ -283,6 +283,42 @@ async def test_bad_requests_are_400(
 
 
 @pytest.mark.parametrize(
+    ("make_data", "detail"),
+    [
+        (lambda: form(None), "Missing the image_request form field (a JSON object string)."),
+        (lambda: form(image=None), "Missing the image_file file part."),
+        (lambda: form("[1, 2]"), "image_request must be a JSON object string."),
+        (lambda: form(image=b""), "image_file is empty."),
+        (
+            lambda: form(image=b"GIF89a" + bytes(40)),
+            "image_file is not a JPEG, PNG or WebP image (judged by its first bytes).",
+        ),
+        (lambda: form(filename=None), "image_file must be a file part with a filename."),
+        (_image_request_as_file, "image_request must be a plain form field, not a file part."),
+        (_file_twice, "The image_file part was sent more than once."),
+    ],
+    ids=[
+        "no-image-request",
+        "no-image-file",
+        "json-array",
+        "empty-file",
+        "gif",
+        "no-filename",
+        "request-as-file",
+        "file-twice",
+    ],
+)
+async def test_400_details_say_what_is_wrong_word_for_word(
+    ideogram_emulator: Emulator,
+    session: aiohttp.ClientSession,
+    make_data: Callable[[], Any],
+    detail: str,
+) -> None:
+    status, _, body = await upscale(session, ideogram_emulator, make_data())
+    assert (status, body) == (400, {"detail": detail})
+
+
+@pytest.mark.parametrize(
     "fields",
     [
         {"resemblance": 0},
@@ -455,6 +491,19 @@ async def test_a_file_over_many_chunks_is_hashed_and_sniffed_whole(
         upload = emu.stats.uploads[0]
         assert (upload.size, upload.sha256) == (len(big), hashlib.sha256(big).hexdigest())
         assert emu.stats.bytes_received == len(big)
+
+
+async def test_a_file_over_many_chunks_is_upscaled_from_all_its_bytes(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    noise = Image.frombytes("RGB", (240, 240), bytes(range(256)) * 675)
+    out = io.BytesIO()
+    noise.save(out, format="PNG", compress_level=0)
+    big = out.getvalue()
+    assert len(big) > 2 * 64 * 1024
+    status, _, body = await upscale(session, ideogram_emulator, form(image=big))
+    assert status == 200
+    assert body["data"][0]["resolution"] == "480x480"
 
 
 async def test_the_bounds_of_each_value_are_accepted(session: aiohttp.ClientSession) -> None:

@@ -95,9 +95,10 @@ class FieldRules:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 found.append(f"{name} must be an integer from {low} to {high}, got {_show(value)}")
         for name, allowed in self.choices.items():
-            option = fields.get(name, allowed[0])
-            if option not in allowed:
-                found.append(f"{name} must be one of {', '.join(allowed)}, got {_show(option)}")
+            if name in fields and fields[name] not in allowed:
+                found.append(
+                    f"{name} must be one of {', '.join(allowed)}, got {_show(fields[name])}"
+                )
         for name in sorted(self.strings):
             if name in fields and not isinstance(fields[name], str):
                 found.append(f"{name} must be a string, got {_show(fields[name])}")

@@ -336,7 +336,8 @@ def test_without_redis_server_installed_the_error_names_the_package(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match=re.escape("redis-server is not installed (apt-get ")):
+    needs = "redis-server is not installed (apt-get install redis-server)"
+    with pytest.raises(RuntimeError, match=rf"^{re.escape(needs)}$"):
         RedisServer()
 
 

@@ -506,6 +506,26 @@ async def test_a_file_over_many_chunks_is_upscaled_from_all_its_bytes(
     assert body["data"][0]["resolution"] == "480x480"
 
 
+async def test_v2_reads_the_size_from_the_first_64_kib_only(
+    session: aiohttp.ClientSession,
+) -> None:
+    jpeg = make_image("JPEG", (8, 6))
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + bytes(65533)  # the longest segment
+    late = jpeg[:2] + comment + comment + jpeg[2:]  # the frame header past 128 KiB
+
+    async def quote(image: bytes) -> tuple[int, Any]:
+        writer = aiohttp.MultipartWriter("form-data")
+        part = writer.append(io.BytesIO(image), {"Content-Type": "image/jpeg"})
+        part.set_content_disposition("form-data", name="image", filename="a.jpg")
+        target = f"{emu.base_url}/v2/image/upscale/auto?dry_run=true"
+        async with session.post(target, data=writer, headers=OFFICIAL_AUTH) as resp:
+            return resp.status, await resp.json()
+
+    async with Emulator(upscale=False) as emu:
+        assert (await quote(jpeg))[0] == 200
+        assert await quote(late) == (400, {"detail": "Could not read the image's size."})
+
+
 async def test_the_bounds_of_each_value_are_accepted(session: aiohttp.ClientSession) -> None:
     highest = {"resemblance": 100, "detail": 100, "seed": 2_147_483_647, "num_images": 8}
     lowest = {"resemblance": 1, "detail": 1, "seed": 0, "num_images": 1}

@@ -25,6 +25,7 @@ from ideogram_async.testing import (
     FaultPlan,
     serve_main,
 )
+from ideogram_async.testing._multipart import Reject
 from ideogram_async.testing._serve import _parser
 
 from ._support import make_image
@@ -282,6 +283,42 @@ async def test_bad_requests_are_400(
 
 
 @pytest.mark.parametrize(
+    ("make_data", "detail"),
+    [
+        (lambda: form(None), "Missing the image_request form field (a JSON object string)."),
+        (lambda: form(image=None), "Missing the image_file file part."),
+        (lambda: form("[1, 2]"), "image_request must be a JSON object string."),
+        (lambda: form(image=b""), "image_file is empty."),
+        (
+            lambda: form(image=b"GIF89a" + bytes(40)),
+            "image_file is not a JPEG, PNG or WebP image (judged by its first bytes).",
+        ),
+        (lambda: form(filename=None), "image_file must be a file part with a filename."),
+        (_image_request_as_file, "image_request must be a plain form field, not a file part."),
+        (_file_twice, "The image_file part was sent more than once."),
+    ],
+    ids=[
+        "no-image-request",
+        "no-image-file",
+        "json-array",
+        "empty-file",
+        "gif",
+        "no-filename",
+        "request-as-file",
+        "file-twice",
+    ],
+)
+async def test_400_details_say_what_is_wrong_word_for_word(
+    ideogram_emulator: Emulator,
+    session: aiohttp.ClientSession,
+    make_data: Callable[[], Any],
+    detail: str,
+) -> None:
+    status, _, body = await upscale(session, ideogram_emulator, make_data())
+    assert (status, body) == (400, {"detail": detail})
+
+
+@pytest.mark.parametrize(
     "fields",
     [
         {"resemblance": 0},
@@ -307,6 +344,232 @@ async def test_bad_values_are_422(
     assert status == 422
     [name] = fields
     assert body["detail"].startswith(name)
+
+
+BOUNDARY = "b0undary-7f3a"
+
+
+def raw_form(*parts: tuple[str, bytes]) -> bytes:
+    """A multipart body written by hand: each part its header lines and its bytes."""
+    out = b""
+    for headers, data in parts:
+        out += f"--{BOUNDARY}\r\n{headers}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def field(value: bytes, extra: str = "") -> tuple[str, bytes]:
+    """The image_request part, with optional further header lines."""
+    return 'Content-Disposition: form-data; name="image_request"' + extra, value
+
+
+FILE_PART = (
+    'Content-Disposition: form-data; name="image_file"; filename="p.png"\r\n'
+    "Content-Type: image/png",
+    PNG,
+)
+
+
+async def post_raw(
+    session: aiohttp.ClientSession,
+    emu: Emulator,
+    body: bytes,
+    content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
+) -> tuple[int, Any]:
+    headers = {**PROXY_AUTH, "Content-Type": content_type}
+    async with session.post(url(emu, "proxy"), data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_the_media_type_is_read_without_case_or_parameters(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Emulator(upscale=False) as emu:
+        body = raw_form(field(RAW_REQUEST.encode()), FILE_PART)
+        content_type = f" Multipart/Form-Data ; boundary={BOUNDARY}; charset=utf-8"
+        status, _ = await post_raw(session, emu, body, content_type)
+        assert status == 200
+        upload = emu.stats.uploads[0]
+        assert upload.fields == REQUEST
+        assert (upload.field_content_type, upload.content_type) == (None, "image/png")
+
+
+async def test_the_refused_media_type_is_named(session: aiohttp.ClientSession) -> None:
+    async with Emulator(upscale=False) as emu:
+        status, body = await post_raw(session, emu, RAW_REQUEST.encode(), "Application/JSON")
+        assert status == 400
+        assert body["detail"] == (
+            "Expected a multipart/form-data body with an image_request field "
+            "and an image_file file part, got 'application/json'."
+        )
+        headers = {**PROXY_AUTH}
+        async with session.post(
+            url(emu, "proxy"), data=b"junk", headers=headers, skip_auto_headers=["Content-Type"]
+        ) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["detail"].endswith(", got 'no Content-Type'.")
+
+
+async def test_unknown_and_nested_parts_are_skipped_and_named(
+    session: aiohttp.ClientSession,
+) -> None:
+    nested = raw_form(('Content-Disposition: form-data; name="inner"', b"x"))
+    body = raw_form(
+        ('Content-Disposition: form-data; name="note"', b"hello"),
+        ('Content-Disposition: form-data; name="extra"; filename="e.bin"', b"\0\1"),
+        (
+            'Content-Disposition: form-data; name="nested"\r\n'
+            f"Content-Type: multipart/mixed; boundary={BOUNDARY}x",
+            nested.replace(BOUNDARY.encode(), BOUNDARY.encode() + b"x"),
+        ),
+        field(RAW_REQUEST.encode(), "\r\nContent-Type: text/plain"),
+        FILE_PART,
+    )
+    async with Emulator(upscale=False) as emu:
+        status, _ = await post_raw(session, emu, body)
+        assert status == 200
+        upload = emu.stats.uploads[0]
+        assert upload.part_names == ["note", "extra", "", "image_request", "image_file"]
+        assert (upload.field_content_type, upload.filename) == ("text/plain", "p.png")
+        assert upload.sha256 == hashlib.sha256(PNG).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("value", "extra", "status", "prompt_or_detail"),
+    [
+        ('{"prompt": "caf\u00e9"}'.encode(), "", 200, "caf\u00e9"),
+        ('{"prompt": "caf\u00e9"}'.encode("latin-1"), "", 400, "image_request is not valid text"),
+        (
+            '{"prompt": "caf\u00e9"}'.encode("latin-1"),
+            "\r\nContent-Type: text/plain; charset=latin-1",
+            200,
+            "caf\u00e9",
+        ),
+        (
+            b'{"prompt": "x"}',
+            "\r\nContent-Type: text/plain; charset=x-nowhere",
+            400,
+            "image_request is not valid text: unknown encoding",
+        ),
+    ],
+    ids=["utf8-by-default", "not-utf8", "latin-1", "unknown-charset"],
+)
+async def test_the_field_is_decoded_by_its_charset_utf8_by_default(
+    session: aiohttp.ClientSession, value: bytes, extra: str, status: int, prompt_or_detail: str
+) -> None:
+    async with Emulator(upscale=False) as emu:
+        got, body = await post_raw(session, emu, raw_form(field(value, extra), FILE_PART))
+        assert got == status
+        if status == 200:
+            assert emu.stats.uploads[0].fields == {"prompt": prompt_or_detail}
+        else:
+            assert body["detail"].startswith(prompt_or_detail)
+
+
+async def test_a_field_of_exactly_1_mib_is_read_and_one_byte_more_is_413(
+    session: aiohttp.ClientSession,
+) -> None:
+    limit = 1024 * 1024
+    async with Emulator(upscale=False) as emu:
+        padded = RAW_REQUEST.ljust(limit).encode()  # JSON allows trailing spaces
+        status, _, _ = await upscale(session, emu, form(padded.decode()))
+        assert status == 200
+        writer = form(None)  # the field as a stream: aiohttp warns of bodies over 1 MiB
+        part = writer.append(io.BytesIO(padded + b" "))
+        part.set_content_disposition("form-data", name="image_request")
+        status, _, body = await upscale(session, emu, writer)
+        assert status == 413
+        assert body["detail"] == f"image_request is larger than {limit} bytes."
+
+
+async def test_a_file_over_many_chunks_is_hashed_and_sniffed_whole(
+    session: aiohttp.ClientSession,
+) -> None:
+    big = PNG + bytes(300_000)  # a valid head; several 64 KiB chunks
+    async with Emulator(upscale=False) as emu:
+        status, _, _ = await upscale(session, emu, form(image=big))
+        assert status == 200
+        upload = emu.stats.uploads[0]
+        assert (upload.size, upload.sha256) == (len(big), hashlib.sha256(big).hexdigest())
+        assert emu.stats.bytes_received == len(big)
+
+
+async def test_a_file_over_many_chunks_is_upscaled_from_all_its_bytes(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    noise = Image.frombytes("RGB", (240, 240), bytes(range(256)) * 675)
+    out = io.BytesIO()
+    noise.save(out, format="PNG", compress_level=0)
+    big = out.getvalue()
+    assert len(big) > 2 * 64 * 1024
+    status, _, body = await upscale(session, ideogram_emulator, form(image=big))
+    assert status == 200
+    assert body["data"][0]["resolution"] == "480x480"
+
+
+async def test_v2_reads_the_size_from_the_first_64_kib_only(
+    session: aiohttp.ClientSession,
+) -> None:
+    jpeg = make_image("JPEG", (8, 6))
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + bytes(65533)  # the longest segment
+    late = jpeg[:2] + comment + comment + jpeg[2:]  # the frame header past 128 KiB
+
+    async def quote(image: bytes) -> tuple[int, Any]:
+        writer = aiohttp.MultipartWriter("form-data")
+        part = writer.append(io.BytesIO(image), {"Content-Type": "image/jpeg"})
+        part.set_content_disposition("form-data", name="image", filename="a.jpg")
+        target = f"{emu.base_url}/v2/image/upscale/auto?dry_run=true"
+        async with session.post(target, data=writer, headers=OFFICIAL_AUTH) as resp:
+            return resp.status, await resp.json()
+
+    async with Emulator(upscale=False) as emu:
+        assert (await quote(jpeg))[0] == 200
+        assert await quote(late) == (400, {"detail": "Could not read the image's size."})
+
+
+async def test_the_bounds_of_each_value_are_accepted(session: aiohttp.ClientSession) -> None:
+    highest = {"resemblance": 100, "detail": 100, "seed": 2_147_483_647, "num_images": 8}
+    lowest = {"resemblance": 1, "detail": 1, "seed": 0, "num_images": 1}
+    async with Emulator(upscale=False) as emu:
+        for fields in (highest, lowest, {"magic_prompt_option": "OFF", "prompt": ""}):
+            status, _, _ = await upscale(session, emu, form(json.dumps(fields)))
+            assert status == 200, fields
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"num_images": 9}, "num_images must be an integer from 1 to 8, got 9."),
+        ({"seed": True}, "seed must be an integer from 0 to 2147483647, got true."),
+        (
+            {"magic_prompt_option": "auto", "prompt": 5},
+            'magic_prompt_option must be one of AUTO, ON, OFF, got "auto"; '
+            "prompt must be a string, got 5.",
+        ),
+        (
+            {"resemblance": 0, "detail": "x" * 38},
+            "resemblance must be an integer from 1 to 100, got 0; "
+            f'detail must be an integer from 1 to 100, got "{"x" * 38}".',
+        ),
+        (
+            {"detail": "x" * 39},
+            f'detail must be an integer from 1 to 100, got "{"x" * 36}....',
+        ),
+    ],
+    ids=["high", "bool", "two", "40-chars-whole", "41-chars-cut"],
+)
+async def test_422_details_name_each_bad_value(
+    ideogram_emulator: Emulator,
+    session: aiohttp.ClientSession,
+    fields: dict[str, Any],
+    detail: str,
+) -> None:
+    status, _, body = await upscale(session, ideogram_emulator, form(json.dumps(fields)))
+    assert (status, body["detail"]) == (422, detail)
+
+
+def test_a_reject_reads_as_its_detail() -> None:
+    reject = Reject(413, "too big")
+    assert (str(reject), reject.status, reject.detail) == ("too big", 413, "too big")
 
 
 async def test_files_over_the_limit_are_413(session: aiohttp.ClientSession) -> None:
@@ -566,6 +829,97 @@ def test_fault_plan_basics() -> None:
         Fault.status(99)
     with pytest.raises(ValueError, match="seconds"):
         Fault.slow(-1)
+
+
+def test_status_faults_carry_the_answer_they_describe() -> None:
+    # Built here, not in a parametrize list: the checks must run the builders in the test.
+    plain = Fault.status(503)
+    assert (plain.kind, plain.code, plain.headers, plain.content_type) == (
+        "status",
+        503,
+        (),
+        "application/json",
+    )
+    assert json.loads(plain.body) == {"detail": "Service Unavailable (injected fault)"}
+    assert json.loads(Fault.status(599).body) == {"detail": "Error (injected fault)"}
+    assert Fault.status(100).code == 100
+    for bad in (99, 600):
+        with pytest.raises(ValueError, match=f"HTTP status must be from 100 to 599, got {bad}"):
+            Fault.status(bad)
+    full = Fault.status(429, retry_after=0.5, retry_after_ms=1500, should_retry=True)
+    assert full.headers == (
+        ("Retry-After", "0.5"),
+        ("retry-after-ms", "1500"),
+        ("x-should-retry", "true"),
+    )
+    assert Fault.status(429, retry_after=0, should_retry=False).headers == (
+        ("Retry-After", "0"),
+        ("x-should-retry", "false"),
+    )
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert Fault.status(503, retry_after=date).headers == (("Retry-After", date),)
+    text = Fault.status(500, body="upstream exploded")
+    assert (text.body, text.content_type) == ("upstream exploded", "text/plain")
+    raw = Fault.status(402, body='{"detail": "no"}')
+    assert (raw.body, raw.content_type) == ('{"detail": "no"}', "application/json")
+
+
+def test_canned_faults_carry_their_kind_and_answer() -> None:
+    gateway = Fault.html()
+    assert (gateway.kind, gateway.code, gateway.content_type) == ("html", 502, "text/html")
+    assert "<title>502 Bad Gateway</title>" in gateway.body
+    timeout = Fault.html(504)
+    assert timeout.code == 504
+    assert "<h1>504 Gateway Timeout</h1>" in timeout.body
+    assert "<title>599 Error</title>" in Fault.html(599).body
+    broken = Fault.malformed_json()
+    assert (broken.kind, broken.code, broken.content_type) == (
+        "malformed_json",
+        200,
+        "application/json",
+    )
+    # Cut inside the list: the start of a real answer, then not JSON.
+    assert broken.body == '{"created": "2000-01-23T04:56:07.000Z", "data": [}'
+    assert not_json(broken.body)
+    shape = Fault.wrong_shape()
+    assert (shape.kind, shape.code, shape.content_type) == ("wrong_shape", 200, "application/json")
+    assert json.loads(shape.body) == {"status": "ok", "images": []}
+    kinds = [Fault.drop(), Fault.drop_before_body(), Fault.truncate(), Fault.slow(2.5)]
+    assert [fault.kind for fault in kinds] == ["drop", "drop_before_body", "truncate", "slow"]
+    assert (Fault.slow(2.5).delay, Fault.slow(0).delay) == (2.5, 0.0)
+
+
+def test_a_plan_by_default_injects_nothing_then_its_choices_are_the_usual_five() -> None:
+    quiet = FaultPlan()
+    assert [quiet.next_fault() for _ in range(50)] == [None] * 50
+    assert quiet.count == 50
+    assert (quiet.rate, quiet.seed, quiet.per_upload) == (0.0, 0, False)
+    assert [(fault.kind, fault.code, fault.headers) for fault in quiet.choices] == [
+        ("status", 503, (("Retry-After", "0"),)),
+        ("status", 500, ()),
+        ("status", 429, (("Retry-After", "0"),)),
+        ("drop", 200, ()),
+        ("html", 502, ()),
+    ]
+    # The default seed is 0: the same draws as an explicit seed=0.
+    default, zero = FaultPlan(rate=0.5), FaultPlan(rate=0.5, seed=0)
+    assert [default.next_fault() for _ in range(40)] == [zero.next_fault() for _ in range(40)]
+
+
+def test_a_plan_at_rate_one_always_injects_and_its_repr_shows_its_settings() -> None:
+    plan = FaultPlan([None], rate=1.0, choices=[Fault.drop()], seed=3, per_upload=True)
+    assert [plan.next_fault("a"), plan.next_fault("a"), plan.next_fault("b")] == [
+        None,
+        Fault.drop(),
+        None,
+    ]
+    assert plan.count == 3
+    assert repr(plan) == (
+        f"FaultPlan(script=[None], rate=1.0, choices=[{Fault.drop()!r}], seed=3, per_upload=True)"
+    )
+    needs = "a per_upload FaultPlan needs the upload of each request"
+    with pytest.raises(ValueError, match=rf"^{re.escape(needs)}$"):
+        plan.next_fault()
 
 
 def test_per_upload_plans_do_not_depend_on_arrival_order() -> None:

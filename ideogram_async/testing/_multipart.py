@@ -62,7 +62,7 @@ class Parts:
 
     def keep_file(self, filename: str, part: BodyPartReader, file: FilePart) -> None:
         """Record the file ``part`` named ``filename``, as :func:`read_file_part` read it."""
-        self.filename, self.content_type = filename, part.headers.get("Content-Type")
+        self.filename, self.content_type = filename, part.headers.get(hdrs.CONTENT_TYPE)
         self.size, self.head, self.sha256, self.data = file.size, file.head, file.sha256, file.data
 
 
@@ -95,9 +95,10 @@ class FieldRules:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 found.append(f"{name} must be an integer from {low} to {high}, got {_show(value)}")
         for name, allowed in self.choices.items():
-            option = fields.get(name, allowed[0])
-            if option not in allowed:
-                found.append(f"{name} must be one of {', '.join(allowed)}, got {_show(option)}")
+            if name in fields and fields[name] not in allowed:
+                found.append(
+                    f"{name} must be one of {', '.join(allowed)}, got {_show(fields[name])}"
+                )
         for name in sorted(self.strings):
             if name in fields and not isinstance(fields[name], str):
                 found.append(f"{name} must be a string, got {_show(fields[name])}")
@@ -202,7 +203,7 @@ async def read_body(
             if name == "image_request":
                 if filename is not None:
                     raise Reject(400, "image_request must be a plain form field, not a file part.")
-                body.field_content_type = part.headers.get("Content-Type")
+                body.field_content_type = part.headers.get(hdrs.CONTENT_TYPE)
                 body.image_request = await _read_field(part, name)
             else:
                 await _read_file(part, filename, body, max_file_size, keep, received)
@@ -281,8 +282,7 @@ async def read_file_part(
         if size > max_size:
             raise Reject(413, too_large)
         digest.update(chunk)
-        if len(head) < head_bytes:
-            head += chunk[: head_bytes - len(head)]
+        head += chunk[: head_bytes - len(head)]  # nothing once it is full
         if keep:
             kept.append(chunk)
     return FilePart(size, head, digest.hexdigest(), b"".join(kept) if keep else None)

@@ -23,14 +23,14 @@ def free_port() -> int:
         return port
 
 
-def _command(port: int, line: bytes) -> bytes:
-    """Send one inline command to the server on ``port``; its first reply bytes (b"" if down)."""
+def _answers(port: int, line: bytes, reply: bytes) -> bool:
+    """Whether the server on ``port`` answers the inline command ``line`` with ``reply``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
             sock.sendall(line + b"\r\n")
-            return sock.recv(64)
+            return sock.recv(64).startswith(reply)
     except OSError:
-        return b""
+        return False
 
 
 class RedisServer:
@@ -97,15 +97,14 @@ class RedisServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            cwd=self._directory,
             start_new_session=True,
         )
         self._process = process
         deadline = time.monotonic() + _READY_TIMEOUT
-        while not _command(self.port, b"PING").startswith(b"+PONG"):
+        while not _answers(self.port, b"PING", b"+PONG"):
             if process.poll() is not None:
-                stderr = process.stderr.read().decode() if process.stderr else ""
                 self._process = None
+                stderr = process.communicate()[1].decode().strip()  # and closes the pipe
                 raise RuntimeError(f"redis-server exited with {process.returncode}: {stderr}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -114,7 +113,7 @@ class RedisServer:
 
     def flush(self) -> None:
         """``FLUSHALL``: every key is gone, the server keeps running."""
-        if not _command(self.port, b"FLUSHALL").startswith(b"+OK"):
+        if not _answers(self.port, b"FLUSHALL", b"+OK"):
             raise RuntimeError(f"FLUSHALL failed on the redis-server at port {self.port}")
 
     def stop(self) -> None:

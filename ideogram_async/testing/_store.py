@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -10,19 +11,23 @@ from typing import Literal
 
 __all__ = ["ImageStore"]
 
+# A token: the serial number in hex, a dash, 16 random hex digits.
+_TOKEN = re.compile(r"([0-9a-f]+)-[0-9a-f]{16}")
+
 
 class ImageStore:
     """Result images by URL token, each kept for ``ttl`` seconds of ``clock``.
 
     Tokens carry a serial number, so a token this store handed out and then dropped
     is told apart from one it never issued: ``"expired"`` (410) versus ``"missing"`` (404).
+    ``clock`` must never go back: images expire in the order they were put.
     """
 
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
         self._ttl = ttl
         self._clock = clock
-        # token -> (expiry time, image), plus the tokens in order of expiry.
-        self._images: dict[str, tuple[float, bytes]] = {}
+        # token -> image, plus the tokens in order of expiry.
+        self._images: dict[str, bytes] = {}
         self._expiries: deque[tuple[float, str]] = deque()
         self._serials = itertools.count()
         self._issued = 0
@@ -34,27 +39,24 @@ class ImageStore:
         self._issued = serial + 1
         token = f"{serial:x}-{secrets.token_hex(8)}"
         expiry = self._clock() + self._ttl
-        self._images[token] = (expiry, image)
+        self._images[token] = image
         self._expiries.append((expiry, token))
         return token
 
     def get(self, token: str) -> bytes | Literal["expired", "missing"]:
         """The image at ``token``, or why there is none."""
         self._evict()
-        entry = self._images.get(token)
-        if entry is not None and entry[0] > self._clock():
-            return entry[1]
-        return "expired" if entry is not None or self._was_issued(token) else "missing"
+        image = self._images.get(token)
+        if image is not None:
+            return image
+        return "expired" if self._was_issued(token) else "missing"
 
     def _evict(self) -> None:
         now = self._clock()
         while self._expiries and self._expiries[0][0] <= now:
-            self._images.pop(self._expiries.popleft()[1], None)
+            del self._images[self._expiries.popleft()[1]]
 
     def _was_issued(self, token: str) -> bool:
         """Whether a token is one this store handed out (its serial is past)."""
-        serial, sep, _ = token.partition("-")
-        try:
-            return bool(sep) and int(serial, 16) < self._issued
-        except ValueError:
-            return False
+        match = _TOKEN.fullmatch(token)
+        return match is not None and int(match[1], 16) < self._issued

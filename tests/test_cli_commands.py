@@ -7,13 +7,24 @@ checks what a user sees: the exit status, the lines printed, the files written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from ideogram_async.cli import main
+from ideogram_async.testing import Emulator, RedisServer
 
-from .test_cli import save_image
+from .test_cli import KEY, listing, read_manifest, run_main, save_image
 
 
 def test_arguments_a_command_does_not_take_exit_2_naming_them(
@@ -24,3 +35,153 @@ def test_arguments_a_command_does_not_take_exit_2_naming_them(
     err = capsys.readouterr().err
     assert err == "ideogram-async upscale: error: unrecognized arguments: --bogus x\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def terminal_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM handled as in a command started from a shell (a test runner may
+    have set them otherwise); restored after the test."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    saved_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+        signal.signal(signal.SIGTERM, saved_term)
+
+
+@pytest.mark.usefixtures("terminal_signals")
+def test_ctrl_c_before_the_run_starts_exits_130_saying_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the command still reads its key (here from a pipe nobody writes to):
+    no traceback, "Interrupted." and the status of an interrupted run."""
+    image = save_image(tmp_path / "a.png", (4, 4))
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo)
+    main_thread = threading.get_ident()
+
+    def interrupt() -> None:
+        with fifo.open("w"):  # returns once the command has opened the pipe to read it
+            signal.pthread_kill(main_thread, signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    try:
+        code = main(
+            ["upscale", str(image), "-o", str(tmp_path / "out"), "--api-key-file", str(fifo)]
+        )
+    finally:
+        helper.join()
+    assert code == 130
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "Interrupted.\n")
+    assert not (tmp_path / "out").exists()
+
+
+async def test_enqueue_sends_the_job_and_status_finds_it_where_the_records_are(
+    own_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The broker (``--broker``) and the records (``--shared-allowance``) in two databases:
+    ``enqueue`` leaves the job in the broker and its records where it was told, so
+    ``status`` finds it there, and only there. No worker runs: nothing is done yet."""
+    folder = tmp_path / "in"
+    for number in range(3):
+        save_image(folder / f"{number}.png", (6, 4), shade=number)
+    out, summary = tmp_path / "out", tmp_path / "status.json"
+    broker, records = own_redis_server.url, own_redis_server.url.replace("/0", "/3")
+    run = await run_main(
+        "enqueue", str(folder), "-o", str(out), "--broker", broker, "--shared-allowance", records
+    )
+    assert run.returncode == 0, run.stderr
+    found = re.fullmatch(
+        r"Enqueued 3 image\(s\) as job (\w+)\. Follow it with: ideogram-async status \1\n",
+        run.stdout,
+    )
+    assert found, run.stdout
+    job = found[1]
+    assert listing(out) == []  # checked writable, kept for the workers
+    queued = aioredis.Redis.from_url(broker)
+    try:
+        assert await queued.llen("celery") == 3  # one task an image, waiting for a worker
+    finally:
+        await queued.aclose()
+
+    status = await run_main("status", job, "--shared-allowance", records, "--json", str(summary))
+    assert status.returncode == 3, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0] == f"Job {job}: 0 of 3 image(s) finished, 3 not yet."
+    assert lines[1].startswith("Done: 0 of 3 image(s) upscaled in ")
+    written = json.loads(summary.read_text())
+    assert (written["total"], written["succeeded"], written["failed"]) == (3, 0, 0)
+
+    elsewhere = await run_main("status", job, "--broker", broker)  # records read from db 0
+    assert elsewhere.returncode == 2
+    assert f"no job {job!r} in Redis at {broker}" in elsewhere.stderr
+
+
+@contextlib.contextmanager
+def emulator_thread(**settings: Any) -> Iterator[tuple[Emulator, asyncio.AbstractEventLoop]]:
+    """An emulator serving from a thread of its own, for a command run in the main
+    thread (the only one where a command can take SIGINT and SIGTERM)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    emulator = Emulator(KEY, **settings)
+    try:
+        asyncio.run_coroutine_threadsafe(emulator.__aenter__(), loop).result()
+        try:
+            yield emulator, loop
+        finally:
+            loop.call_soon_threadsafe(emulator.resume)
+            asyncio.run_coroutine_threadsafe(emulator.__aexit__(None, None, None), loop).result()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+@pytest.mark.usefixtures("terminal_signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_run_stops_it_and_the_handlers_are_given_back(
+    signum: signal.Signals,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run in the main thread, the command takes the signal itself: the run stops as
+    interrupted (130, the manifest valid), and the signals' handlers are what they were."""
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    images = [save_image(tmp_path / "in" / f"{n}.png", (6, 4), shade=n) for n in range(3)]
+    manifest = tmp_path / "run.jsonl"
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    assert handlers == (signal.default_int_handler, signal.SIG_DFL)
+    main_thread = threading.get_ident()
+    with emulator_thread() as (emulator, loop):
+        loop.call_soon_threadsafe(emulator.pause)
+
+        def interrupt() -> None:
+            asyncio.run_coroutine_threadsafe(emulator.wait_places(1), loop).result()
+            signal.pthread_kill(main_thread, signum)
+            loop.call_soon_threadsafe(emulator.resume)  # the call already sent is paid: let it end
+
+        helper = threading.Thread(target=interrupt)
+        helper.start()
+        try:
+            code = main(
+                [
+                    *["upscale", *map(str, images), "-o", str(tmp_path / "out")],
+                    *["--base-url", emulator.base_url, "--manifest", str(manifest)],
+                    *["--concurrency", "1"],
+                ]
+            )
+        finally:
+            helper.join()
+        sent = emulator.stats.requests
+    assert code == 130
+    out = capsys.readouterr().out
+    assert sent == 1  # nothing was sent after the signal
+    assert "Interrupted: 0 of 3 finished (0 ok, 0 failed). 1 image(s) already upscaled" in out
+    assert "Run the same command again with --resume to finish the rest.\n" in out
+    assert [record["status"] for record in read_manifest(manifest)] == ["upscaled"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers

@@ -185,3 +185,147 @@ def test_a_signal_mid_run_stops_it_and_the_handlers_are_given_back(
     assert "Run the same command again with --resume to finish the rest.\n" in out
     assert [record["status"] for record in read_manifest(manifest)] == ["upscaled"]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+UPSCALE = ["upscale", "{tmp}/in/a.png", "-o", "{tmp}/out", "--base-url", "http://127.0.0.1:9"]
+V2 = ["--model", "topaz-standard-2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [*UPSCALE, "--quiet", "--progress", "plain"],
+            "--quiet shows no progress; leave out --progress plain",
+        ),
+        (
+            [*UPSCALE, "--json", "{tmp}/adir"],
+            "--json {tmp}/adir is a folder; name the file to write the summary to",
+        ),
+        (
+            UPSCALE[:4],
+            "no service URL: pass --base-url URL or set IDEOGRAM_BASE_URL "
+            "(or pass --official to use api.ideogram.ai)",
+        ),
+        (
+            [*UPSCALE, "--base-url", "ftp://x"],
+            "base_url must start with http:// or https://, got 'ftp://x'",
+        ),
+        (
+            [*UPSCALE, *V2, "--dry-run", "--json", "{tmp}/s.json"],
+            "--json writes the summary of a run; --dry-run prints prices only",
+        ),
+        (
+            ["upscale", "{tmp}/in/a.png", "--base-url", "http://127.0.0.1:9"],
+            "--out DIR is required: the folder to save the results in",
+        ),
+        (
+            [*UPSCALE, "--resume"],
+            "--resume needs --manifest PATH, the record of what is already done",
+        ),
+        ([*UPSCALE, "-o", "{tmp}/afile"], "--out {tmp}/afile is a file; pass a folder"),
+        (
+            [*UPSCALE, "--manifest", "{tmp}/done.jsonl"],
+            "the manifest {tmp}/done.jsonl already exists; add --resume to skip the images "
+            "it records as done, or remove it to start over",
+        ),
+        (
+            [*UPSCALE, "--manifest", "{tmp}/afile/m.jsonl"],
+            "cannot create {tmp}/afile for --manifest: File exists",
+        ),
+        (
+            [*UPSCALE, "-o", "{tmp}/afile/out"],
+            "cannot write results into --out {tmp}/afile/out: Not a directory",
+        ),
+        ([*UPSCALE, "--lease", "5"], "--lease applies to --shared-allowance REDIS_URL"),
+        (
+            [*UPSCALE, "--allowance-key", "k"],
+            "--allowance-key applies to --shared-allowance REDIS_URL",
+        ),
+        (
+            [*UPSCALE, "--shared-allowance", "http://x"],
+            "--shared-allowance: the Redis URL cannot be read: it must look like "
+            "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path "
+            "(the password percent-encoded)",
+        ),
+        (
+            [*UPSCALE, "--max-usd", "1"],
+            "--max-usd limits what v2 upscales spend: add --model MODEL",
+        ),
+        (
+            [*UPSCALE, *V2, "--max-usd", "1", "--dry-run"],
+            "--dry-run spends nothing: drop --max-usd, or --dry-run to spend",
+        ),
+        (
+            [*UPSCALE, *V2, "--max-usd", "1e12"],
+            "--max-usd: max_usd must be at most $1,000,000,000, not Decimal('1E+12')",
+        ),
+        *[
+            (
+                [*UPSCALE, *v2_only],
+                "--factor, --option and --dry-run are v2 settings: add --model MODEL",
+            )
+            for v2_only in (["--factor", "x4"], ["--option", "denoise=0.5"], ["--dry-run"])
+        ],
+        (
+            [*UPSCALE, "--resemblance", "0"],
+            "resemblance must be from 1 to 100, got 0; pass a value in range or leave it "
+            "unset for the service default",
+        ),
+        (
+            [*UPSCALE, *V2, "--detail", "5", "--num-images", "2"],
+            "--detail, --num-images apply to the v1 upscaler, not to --model",
+        ),
+        (
+            [*UPSCALE, *V2, "--resemblance", "5", "--magic-prompt", "ON"],
+            "--resemblance, --magic-prompt apply to the v1 upscaler, not to --model",
+        ),
+        ([*UPSCALE, *V2, "--option", "denoise"], "--option takes NAME=VALUE, got 'denoise'"),
+        ([*UPSCALE, *V2, "--option", " =0.5"], "--option takes NAME=VALUE, got ' =0.5'"),
+        (
+            [*UPSCALE, *V2, "--prompt", "crisp", "--option", " prompt=soft"],
+            "prompt is given twice; give it once",
+        ),
+        (
+            [*UPSCALE, *V2, "--option", "denoise=0.5", "--option", "denoise =0.6"],
+            "denoise is given twice; give it once",
+        ),
+        (
+            [*UPSCALE, *V2, "--seed", "3", "--option", "seed=4"],
+            "seed is given twice; give it once",
+        ),
+        (
+            [*UPSCALE, *V2, "--factor", "x4", "--option", "upscale_factor=x2"],
+            "upscale_factor is given twice; give it once",
+        ),
+        (
+            [*UPSCALE, *V2, "--option", "bogus=1"],
+            "topaz-standard-2 has no option 'bogus'; its options are private, "
+            "target_collection_id, denoise, sharpen, subject_detection, face_enhancement, "
+            "face_enhancement_strength, face_enhancement_creativity, upscale_factor, "
+            "fix_compression, strength",
+        ),
+    ],
+)
+def test_each_usage_error_exits_2_with_its_whole_message_before_anything_is_made(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    monkeypatch.delenv("IDEOGRAM_BASE_URL", raising=False)
+    save_image(tmp_path / "in" / "a.png", (4, 4))
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "done.jsonl").write_text("\n")  # one byte is a manifest that exists
+    before = sorted(tmp_path.rglob("*"))
+    tmp = str(tmp_path)
+    assert main([arg.replace("{tmp}", tmp) for arg in args]) == 2
+    command = args[0]
+    assert capsys.readouterr() == (
+        "",
+        f"ideogram-async {command}: error: {message}\n".replace("{tmp}", tmp),
+    )
+    assert sorted(tmp_path.rglob("*")) == before  # no folder made, nothing written

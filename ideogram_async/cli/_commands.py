@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             reconfigure(errors="backslashreplace")
     try:
         args, rest = build_parser().parse_known_args(argv)
-    except SystemExit as exc:  # --help, --version, or a bad option (argparse exits 2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except SystemExit as exc:  # --help, --version (0), or a bad option (2): argparse's status
+        return int(exc.code or 0)
     if args.name == "serve":
         return serve_main(rest, prog=f"{PROG} serve")
     if rest:
@@ -169,8 +169,7 @@ def _upscale(args: argparse.Namespace) -> int:
 
     budget, shared_budget = _budget(args, allowance, connect)
     if args.dry_run:
-        if not isinstance(request, V2Options):
-            raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
+        assert isinstance(request, V2Options)  # _request refuses --dry-run without --model
         if args.json:
             raise UsageError("--json writes the summary of a run; --dry-run prints prices only")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
@@ -184,7 +183,7 @@ def _upscale(args: argparse.Namespace) -> int:
         # A client names the shared allowance's key (its organization's, unless
         # --allowance-key named one) when it is made; it opens nothing until used.
         connect()
-    view = _view(args, None if allowance is None else _shared_at(args, allowance.key))
+    view = _view(args, None if allowance is None else _shared_at(args, allowance))
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -336,13 +335,14 @@ async def _sharing(
             await user.aclose()
 
 
-def _shared_at(args: argparse.Namespace, key: str | None) -> SharedAt:
+def _shared_at(args: argparse.Namespace, allowance: RedisAllowance) -> SharedAt:
     """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password.
 
-    ``key`` is the allowance's: the one ``--allowance-key`` named, else a digest of the
-    organization (the API key and host) that the client gave it.
+    The key is the allowance's: the one ``--allowance-key`` named, else a digest of the
+    organization (the API key and host) that the client gave it when it was made.
     """
-    return SharedAt.from_url(args.shared_allowance, key or "unnamed")
+    assert allowance.key is not None  # a client was made with it
+    return SharedAt.from_url(args.shared_allowance, allowance.key)
 
 
 def _retry(args: argparse.Namespace) -> RetryPolicy | None:

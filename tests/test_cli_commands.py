@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +24,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from ideogram_async.cli import main
+from ideogram_async.cli._manifest_io import fallback_path
 from ideogram_async.testing import Emulator, RedisServer
 
-from .test_cli import KEY, listing, read_manifest, run_main, save_image
+from .test_cli import KEY, cli_env, listing, read_manifest, run_main, save_image
 
 
 def test_arguments_a_command_does_not_take_exit_2_naming_them(
@@ -308,14 +311,24 @@ V2 = ["--model", "topaz-standard-2"]
     ],
 )
 def test_each_usage_error_exits_2_with_its_whole_message_before_anything_is_made(
-    args: list[str],
-    message: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert_usage_error(args, message, tmp_path, capsys)
+
+
+@pytest.fixture(autouse=True)
+def no_ideogram_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API key set, no other setting from the environment."""
+    for name in os.environ:
+        if name.startswith("IDEOGRAM_"):
+            monkeypatch.delenv(name)
     monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
-    monkeypatch.delenv("IDEOGRAM_BASE_URL", raising=False)
+
+
+def assert_usage_error(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``args`` (with ``{tmp}`` for ``tmp_path``) exit 2 with ``message``, and change no file."""
     save_image(tmp_path / "in" / "a.png", (4, 4))
     (tmp_path / "afile").write_text("")
     (tmp_path / "adir").mkdir()
@@ -323,9 +336,116 @@ def test_each_usage_error_exits_2_with_its_whole_message_before_anything_is_made
     before = sorted(tmp_path.rglob("*"))
     tmp = str(tmp_path)
     assert main([arg.replace("{tmp}", tmp) for arg in args]) == 2
-    command = args[0]
-    assert capsys.readouterr() == (
-        "",
-        f"ideogram-async {command}: error: {message}\n".replace("{tmp}", tmp),
-    )
+    expected = f"ideogram-async {args[0]}: error: {message}\n".replace("{tmp}", tmp)
+    assert capsys.readouterr() == ("", expected)
     assert sorted(tmp_path.rglob("*")) == before  # no folder made, nothing written
+
+
+ENQUEUE = ["enqueue", "{tmp}/in/a.png", "-o", "{tmp}/out", "--broker", "redis://127.0.0.1:9/0"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (ENQUEUE[:2], "--out DIR is required: the folder the workers save the results in"),
+        (
+            [*ENQUEUE, "--json", "{tmp}/s.json", "--quiet", "--progress", "none"],
+            "--json, --quiet, --progress show(s) the wait for the job: add --wait",
+        ),
+        ([*ENQUEUE, "--progress", "plain"], "--progress show(s) the wait for the job: add --wait"),
+        ([*ENQUEUE, "-o", "{tmp}/afile"], "--out {tmp}/afile is a file; pass a folder"),
+        (
+            [*ENQUEUE, "--wait", "--quiet", "--progress", "rich"],
+            "--quiet shows no progress; leave out --progress rich",
+        ),
+        (
+            [*ENQUEUE, "--option", "denoise=1"],
+            "--factor, --option and --dry-run are v2 settings: add --model MODEL",
+        ),
+        (
+            [*ENQUEUE, "-o", "{tmp}/afile/out"],
+            "cannot write results into --out {tmp}/afile/out: Not a directory",
+        ),
+    ],
+)
+def test_each_usage_error_of_enqueue_exits_2_with_its_whole_message(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert_usage_error(args, message, tmp_path, capsys)
+
+
+def test_records_an_earlier_run_could_not_write_are_taken_in_or_removed_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    fallback = fallback_path(tmp_path / "run.jsonl")
+    fallback.write_text('{"source": "x", "status": "ok"}\n')
+    assert_usage_error(
+        [*UPSCALE, "--manifest", "{tmp}/run.jsonl"],
+        f"{fallback} holds records that an earlier run could not write to the manifest "
+        "{tmp}/run.jsonl; add --resume to take them in, or remove it to start over",
+        tmp_path,
+        capsys,
+    )
+
+
+def test_without_the_redis_package_a_shared_allowance_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "ideogram_async.limits.shared", raising=False)
+    assert_usage_error(
+        [*UPSCALE, "--shared-allowance", "redis://127.0.0.1:9/0"],
+        "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'",
+        tmp_path,
+        capsys,
+    )
+
+
+@pytest.mark.parametrize("key", [None, "", " \t "])
+def test_without_an_api_key_upscale_says_where_to_put_one(
+    key: str | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if key is None:
+        monkeypatch.delenv("IDEOGRAM_API_KEY")
+    else:
+        monkeypatch.setenv("IDEOGRAM_API_KEY", key)
+    assert_usage_error(
+        UPSCALE,
+        "no API key: set the IDEOGRAM_API_KEY environment variable or pass --api-key-file PATH",
+        tmp_path,
+        capsys,
+    )
+
+
+async def test_the_service_url_comes_from_the_option_else_the_environment(tmp_path: Path) -> None:
+    """IDEOGRAM_BASE_URL serves when --base-url is not given, and --base-url wins over it.
+    A manifest file that exists but is empty (made by ``touch``) is a fresh start."""
+    image = save_image(tmp_path / "a.png", (6, 4))
+    manifest = tmp_path / "run.jsonl"
+    manifest.touch()
+    async with Emulator(KEY) as emulator:
+        from_env = await run_main(
+            *["upscale", str(image), "-o", str(tmp_path / "one"), "--manifest", str(manifest)],
+            *["--quiet", "--progress", "none"],
+            env={**cli_env(), "IDEOGRAM_BASE_URL": emulator.base_url},
+        )
+        assert from_env.returncode == 0, from_env.stderr
+        assert from_env.stdout.startswith("Done: 1 of 1 image(s) upscaled in ")
+        assert from_env.stderr == ""
+        given = await run_main(
+            *["upscale", str(image), "-o", str(tmp_path / "two"), "--base-url", emulator.base_url],
+            env={**cli_env(), "IDEOGRAM_BASE_URL": "http://127.0.0.1:9"},
+        )
+        assert given.returncode == 0, given.stderr
+        assert emulator.stats.responses_by_status[200] == 2
+    assert [record["status"] for record in read_manifest(manifest)] == ["ok"]
+    assert listing(tmp_path / "one") == [tmp_path / "one" / "a.upscaled.png"]
+    assert listing(tmp_path / "two") == [tmp_path / "two" / "a.upscaled.png"]

@@ -449,3 +449,20 @@ async def test_the_service_url_comes_from_the_option_else_the_environment(tmp_pa
     assert [record["status"] for record in read_manifest(manifest)] == ["ok"]
     assert listing(tmp_path / "one") == [tmp_path / "one" / "a.upscaled.png"]
     assert listing(tmp_path / "two") == [tmp_path / "two" / "a.upscaled.png"]
+
+
+async def test_names_that_are_not_utf8_are_printed_escaped_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Output that must be UTF-8 (as captured here) shows such a name's odd byte as an
+    escape, on stdout (progress) and stderr (an error) alike."""
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    assert main(["upscale", str(odd), "-o", str(tmp_path / "out"), "--base-url", "http://x"]) == 2
+    assert "caf\\udce9.png: no such file or folder" in capsys.readouterr().err
+    save_image(odd, (6, 4))
+    async with Emulator(KEY) as emulator:
+        args = ["upscale", str(odd), "-o", str(tmp_path / "out"), "--base-url", emulator.base_url]
+        code = await asyncio.to_thread(main, [*args, "--progress", "plain"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "ok " + str(tmp_path) + "/caf\\udce9.png -> " in captured.out

@@ -466,3 +466,23 @@ async def test_names_that_are_not_utf8_are_printed_escaped_not_a_crash(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "ok " + str(tmp_path) + "/caf\\udce9.png -> " in captured.out
+
+
+async def test_a_summary_that_cannot_be_written_ends_the_run_with_1_naming_the_error(
+    tmp_path: Path,
+) -> None:
+    """The images are done and saved; the summary's folder refuses the file (as a full
+    disk would): exit 1 with the system's error, after the run."""
+    image = save_image(tmp_path / "a.png", (6, 4))
+    async with Emulator(KEY) as emulator:
+        run = await run_main(
+            *["upscale", str(image), "-o", str(tmp_path / "out"), "--base-url", emulator.base_url],
+            *["--json", "/sys/kernel/summary.json"],
+        )
+    assert run.returncode == 1
+    assert re.fullmatch(
+        r"ideogram-async upscale: error: \[Errno 13\] Permission denied: "
+        r"'/sys/kernel/\.summary\.json\.\w+\.tmp'\n",
+        run.stderr,
+    ), run.stderr
+    assert listing(tmp_path / "out") == [tmp_path / "out" / "a.upscaled.png"]

@@ -486,3 +486,15 @@ async def test_a_summary_that_cannot_be_written_ends_the_run_with_1_naming_the_e
         run.stderr,
     ), run.stderr
     assert listing(tmp_path / "out") == [tmp_path / "out" / "a.upscaled.png"]
+
+
+def test_serve_takes_its_own_options_and_names_itself_in_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--generation-delay", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ideogram-async serve [-h]")
+    assert err.endswith(
+        "ideogram-async serve: error: argument --generation-delay: expected seconds >= 0, "
+        "got '-1'\n"
+    )

@@ -345,19 +345,19 @@ def _shared_at(args: argparse.Namespace, allowance: RedisAllowance) -> SharedAt:
     return SharedAt.from_url(args.shared_allowance, allowance.key)
 
 
-def _retry(args: argparse.Namespace) -> RetryPolicy | None:
-    """The retry policy of ``--retries`` and ``--deadline`` (``None``: the library's default)."""
+def _retry(args: argparse.Namespace) -> RetryPolicy:
+    """The retry policy of ``--retries`` and ``--deadline``: the default's, changed by them."""
     changes: dict[str, Any] = {}
     if args.retries is not None:
         changes["attempts"] = args.retries + 1
     if args.deadline is not None:
         changes["deadline"] = args.deadline
-    return RetryPolicy(**changes) if changes else None
+    return RetryPolicy(**changes)
 
 
 def _timeouts(seconds: float) -> Timeouts:
-    """``--timeout``: the limit of one attempt; connecting gets no longer than it either."""
-    return Timeouts(attempt=seconds, connect=min(Timeouts().connect, seconds))
+    """``--timeout``: the limit of one attempt, connecting included (its timer starts first)."""
+    return Timeouts(attempt=seconds)
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:

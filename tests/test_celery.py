@@ -39,6 +39,7 @@ from ideogram_async.cli import main
 from ideogram_async.limits import RedisAllowance, organization_key
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, free_port
 
+from ._support import forget_the_celery_broker
 from .test_cli import run_main
 
 KEY = "sk-celery-5ecr3t-key"
@@ -244,6 +245,7 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     out = tmp_path / "out"
     # The command line runs in-process (run_main), the workers in processes of their own.
     env = cluster.env()
+    forget_the_celery_broker()  # an earlier in-process enqueue's broker is gone
     cli = await run_main("enqueue", str(tmp_path / "in"), "-o", str(out), env=env)
     assert cli.returncode == 0, cli.stderr
     job = cli.stdout.split("ideogram-async status ")[1].strip()

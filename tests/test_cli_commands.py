@@ -27,6 +27,7 @@ from ideogram_async.cli import main
 from ideogram_async.cli._manifest_io import fallback_path
 from ideogram_async.testing import Emulator, RedisServer
 
+from ._support import forget_the_celery_broker
 from .test_cli import KEY, cli_env, listing, read_manifest, run_main, save_image
 
 
@@ -82,6 +83,13 @@ def test_ctrl_c_before_the_run_starts_exits_130_saying_interrupted(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def celery_broker_forgotten() -> Iterator[None]:
+    yield
+    forget_the_celery_broker()
+
+
+@pytest.mark.usefixtures("celery_broker_forgotten")
 async def test_enqueue_sends_the_job_and_status_finds_it_where_the_records_are(
     own_redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -147,43 +155,54 @@ def emulator_thread(**settings: Any) -> Iterator[tuple[Emulator, asyncio.Abstrac
 @pytest.mark.usefixtures("terminal_signals")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_run_stops_it_and_the_handlers_are_given_back(
-    signum: signal.Signals,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    signum: signal.Signals, tmp_path: Path
 ) -> None:
     """Run in the main thread, the command takes the signal itself: the run stops as
-    interrupted (130, the manifest valid), and the signals' handlers are what they were."""
-    monkeypatch.setenv("IDEOGRAM_API_KEY", KEY)
+    interrupted (130, the manifest valid), and the signals' handlers are what they were.
+
+    Its output goes through a pipe that a helper thread reads, as a user watches it: the
+    signal once a call is held by the emulator, and the call let go once the command
+    says it is stopping.
+    """
     images = [save_image(tmp_path / "in" / f"{n}.png", (6, 4), shade=n) for n in range(3)]
     manifest = tmp_path / "run.jsonl"
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     assert handlers == (signal.default_int_handler, signal.SIG_DFL)
     main_thread = threading.get_ident()
+    read_end, write_end = os.pipe()
+    lines: list[str] = []
     with emulator_thread() as (emulator, loop):
         loop.call_soon_threadsafe(emulator.pause)
 
         def interrupt() -> None:
             asyncio.run_coroutine_threadsafe(emulator.wait_places(1), loop).result()
             signal.pthread_kill(main_thread, signum)
-            loop.call_soon_threadsafe(emulator.resume)  # the call already sent is paid: let it end
+            with open(read_end, encoding="utf-8") as output:
+                for line in output:
+                    lines.append(line)
+                    if line.startswith("Stopping: "):  # the call already sent is paid for
+                        loop.call_soon_threadsafe(emulator.resume)
 
         helper = threading.Thread(target=interrupt)
         helper.start()
         try:
-            code = main(
-                [
-                    *["upscale", *map(str, images), "-o", str(tmp_path / "out")],
-                    *["--base-url", emulator.base_url, "--manifest", str(manifest)],
-                    *["--concurrency", "1"],
-                ]
-            )
+            with (
+                open(write_end, "w", encoding="utf-8", buffering=1) as piped,
+                contextlib.redirect_stdout(piped),
+            ):
+                code = main(
+                    [
+                        *["upscale", *map(str, images), "-o", str(tmp_path / "out")],
+                        *["--base-url", emulator.base_url, "--manifest", str(manifest)],
+                        *["--concurrency", "1"],
+                    ]
+                )
         finally:
             helper.join()
         sent = emulator.stats.requests
     assert code == 130
-    out = capsys.readouterr().out
-    assert sent == 1  # nothing was sent after the signal
+    out = "".join(lines)
+    assert sent == 1, out  # nothing was sent after the signal
     assert "Interrupted: 0 of 3 finished (0 ok, 0 failed). 1 image(s) already upscaled" in out
     assert "Run the same command again with --resume to finish the rest.\n" in out
     assert [record["status"] for record in read_manifest(manifest)] == ["upscaled"]

@@ -183,7 +183,7 @@ def _upscale(args: argparse.Namespace) -> int:
         # A client names the shared allowance's key (its organization's, unless
         # --allowance-key named one) when it is made; it opens nothing until used.
         connect()
-    view = _view(args, None if allowance is None else _shared_at(args, allowance))
+    view = _view(args, None if allowance is None else _shared_at(args, allowance.key))
     if args.resume and not args.manifest:
         raise UsageError("--resume needs --manifest PATH, the record of what is already done")
     out_dir = Path(args.out)
@@ -335,14 +335,14 @@ async def _sharing(
             await user.aclose()
 
 
-def _shared_at(args: argparse.Namespace, allowance: RedisAllowance) -> SharedAt:
+def _shared_at(args: argparse.Namespace, key: str | None) -> SharedAt:
     """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password.
 
-    The key is the allowance's: the one ``--allowance-key`` named, else a digest of the
+    ``key`` is the allowance's: the one ``--allowance-key`` named, else a digest of the
     organization (the API key and host) that the client gave it when it was made.
     """
-    assert allowance.key is not None  # a client was made with it
-    return SharedAt.from_url(args.shared_allowance, allowance.key)
+    assert key is not None  # a client was made with the allowance: it keyed it
+    return SharedAt.from_url(args.shared_allowance, key)
 
 
 def _retry(args: argparse.Namespace) -> RetryPolicy:

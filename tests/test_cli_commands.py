@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from ideogram_async.cli import main
 from ideogram_async.cli._manifest_io import fallback_path
-from ideogram_async.testing import Emulator, RedisServer
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer
 
 from ._support import forget_the_celery_broker
 from .test_cli import KEY, cli_env, listing, read_manifest, run_main, save_image
@@ -517,3 +517,27 @@ def test_serve_takes_its_own_options_and_names_itself_in_errors(
         "ideogram-async serve: error: argument --generation-delay: expected seconds >= 0, "
         "got '-1'\n"
     )
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+async def test_a_dry_run_looks_in_subfolders_when_told_and_shows_its_attempts_with_v(
+    recursive: bool, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    save_image(folder / "a.png", (6, 4))
+    save_image(folder / "sub" / "b.png", (6, 4))
+    plan = FaultPlan([Fault.status(503, retry_after=0)])  # the first quote, refused once
+    async with Emulator(KEY, faults=plan) as emulator:
+        run = await run_main(
+            *["upscale", str(folder), "--base-url", emulator.base_url],
+            *["--model", "topaz-standard-2", "--dry-run", "-v"],
+            *(["--recursive"] if recursive else []),
+        )
+        quotes = emulator.stats.quotes
+    assert run.returncode == 0, run.stderr
+    priced = [line.split()[0] for line in run.stdout.splitlines() if line.startswith(str(folder))]
+    expected = [folder / "a.png", folder / "sub" / "b.png"] if recursive else [folder / "a.png"]
+    assert priced == [str(path) for path in expected]
+    assert quotes == len(expected)
+    assert run.stderr.startswith("quote a.png: attempt 1 failed: HTTP 503: "), run.stderr
+    assert run.stderr.count("\n") == 1  # -v: a line for the attempt that failed, only

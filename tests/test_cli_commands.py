@@ -541,3 +541,19 @@ async def test_a_dry_run_looks_in_subfolders_when_told_and_shows_its_attempts_wi
     assert quotes == len(expected)
     assert run.stderr.startswith("quote a.png: attempt 1 failed: HTTP 503: "), run.stderr
     assert run.stderr.count("\n") == 1  # -v: a line for the attempt that failed, only
+
+
+async def test_results_saved_inside_the_input_folder_are_never_taken_as_inputs(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "photos"
+    save_image(folder / "a.png", (6, 4))
+    out = folder / "big"
+    async with Emulator(KEY) as emulator:
+        for _ in range(2):  # the second run finds the first one's result under photos/
+            args = ["upscale", str(folder), "-o", str(out), "--base-url", emulator.base_url]
+            run = await run_main(*args, "--recursive")
+            assert run.returncode == 0, run.stderr
+            assert "Done: 1 of 1 image(s) upscaled in " in run.stdout
+        assert emulator.stats.requests == 2
+    assert listing(out) == [out / "a.upscaled.png"]

@@ -276,10 +276,10 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
         raise UsageError(
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
         ) from None
-    lease = 30.0 if args.lease is None else args.lease
-    named = {} if args.allowance_key is None else {"key": args.allowance_key}
+    given = {"lease": args.lease, "key": args.allowance_key}  # else RedisAllowance's defaults
+    settings = {name: value for name, value in given.items() if value is not None}
     try:
-        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease, **named)
+        return RedisAllowance(args.shared_allowance, args.concurrency, **settings)
     except (ValidationError, SharedAllowanceError) as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 

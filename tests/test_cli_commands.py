@@ -557,3 +557,30 @@ async def test_results_saved_inside_the_input_folder_are_never_taken_as_inputs(
             assert "Done: 1 of 1 image(s) upscaled in " in run.stdout
         assert emulator.stats.requests == 2
     assert listing(out) == [out / "a.upscaled.png"]
+
+
+async def test_a_run_the_budget_stops_says_how_to_finish_it(tmp_path: Path) -> None:
+    """What to do next depends on the manifest: none (add one next time), a fresh one
+    (rerun with --resume), or a resumed one (run the same command again)."""
+    for number in range(5):
+        save_image(tmp_path / "in" / f"{number}.png", (6, 4), shade=number)
+    manifest = tmp_path / "run.jsonl"
+    stopped = "Stopped: the --max-usd budget of $0.03 would be passed by an image priced up to "
+    async with Emulator(KEY) as emulator:
+        args = ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+        args += ["--base-url", emulator.base_url, "--model", "topaz-bloom-2", "--max-usd", "0.03"]
+        runs = [
+            await run_main(*args, *extra)
+            for extra in (
+                [],
+                ["--manifest", str(manifest)],
+                ["--manifest", str(manifest), "--resume"],
+            )
+        ]
+    assert [run.returncode for run in runs] == [1, 1, 1]
+    assert [run.stderr.removeprefix(stopped).split(". ", 2)[-1] for run in runs] == [
+        "Add --manifest PATH next time, so that --resume can skip finished images.\n",
+        "Run the same command again with --resume to finish the rest.\n",
+        "Run the same command again to finish the rest.\n",
+    ]
+    assert "Nothing more was sent: 2 of 3 image(s) upscaled, 1 not done." in runs[2].stderr

@@ -584,3 +584,25 @@ async def test_a_run_the_budget_stops_says_how_to_finish_it(tmp_path: Path) -> N
         "Run the same command again to finish the rest.\n",
     ]
     assert "Nothing more was sent: 2 of 3 image(s) upscaled, 1 not done." in runs[2].stderr
+
+
+async def test_resume_downloads_what_was_paid_for_when_nothing_is_left_to_upscale(
+    tmp_path: Path,
+) -> None:
+    image = save_image(tmp_path / "a.png", (6, 4))
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    refused_once = FaultPlan([Fault.status(500)])  # the first download of a result fails
+    async with Emulator(KEY, image_faults=refused_once) as emulator:
+        args = ["upscale", str(image), "-o", str(out), "--base-url", emulator.base_url]
+        args += ["--manifest", str(manifest), "--retries", "0"]
+        first = await run_main(*args)
+        assert first.returncode == 1, first.stderr
+        assert read_manifest(manifest)[0]["urls"]  # paid for: its result's URL is kept
+        again = await run_main(*args, "--resume")
+        assert emulator.stats.requests == 1  # downloaded, not upscaled again
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(
+        f"Downloading the results of 1 image(s) already upscaled, from the URLs {manifest} "
+    )
+    assert listing(out) == [out / "a.upscaled.png"]
+    assert [record["status"] for record in read_manifest(manifest)] == ["ok"]

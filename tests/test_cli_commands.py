@@ -97,12 +97,15 @@ async def test_enqueue_sends_the_job_and_status_finds_it_where_the_records_are(
     ``enqueue`` leaves the job in the broker and its records where it was told, so
     ``status`` finds it there, and only there. No worker runs: nothing is done yet."""
     folder = tmp_path / "in"
-    for number in range(3):
+    for number in range(2):
         save_image(folder / f"{number}.png", (6, 4), shade=number)
-    out, summary = tmp_path / "out", tmp_path / "status.json"
+    save_image(folder / "sub" / "2.png", (6, 4))  # found with --recursive
+    out, summary = folder / "out", tmp_path / "status.json"
+    save_image(out / "0.upscaled.png", (12, 8))  # an earlier result: never an input
     broker, records = own_redis_server.url, own_redis_server.url.replace("/0", "/3")
     run = await run_main(
-        "enqueue", str(folder), "-o", str(out), "--broker", broker, "--shared-allowance", records
+        *["enqueue", str(folder), "-o", str(out), "--recursive"],
+        *["--broker", broker, "--shared-allowance", records],
     )
     assert run.returncode == 0, run.stderr
     found = re.fullmatch(
@@ -111,7 +114,7 @@ async def test_enqueue_sends_the_job_and_status_finds_it_where_the_records_are(
     )
     assert found, run.stdout
     job = found[1]
-    assert listing(out) == []  # checked writable, kept for the workers
+    assert listing(out) == [out / "0.upscaled.png"]
     queued = aioredis.Redis.from_url(broker)
     try:
         assert await queued.llen("celery") == 3  # one task an image, waiting for a worker

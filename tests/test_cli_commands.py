@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -609,3 +610,34 @@ async def test_resume_downloads_what_was_paid_for_when_nothing_is_left_to_upscal
     )
     assert listing(out) == [out / "a.upscaled.png"]
     assert [record["status"] for record in read_manifest(manifest)] == ["ok"]
+
+
+class WithoutSignals(asyncio.DefaultEventLoopPolicy):
+    """Event loops that cannot take signals, as on Windows (asyncio's base loop)."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return BaseSelectorEventLoop()
+
+
+@pytest.mark.usefixtures("terminal_signals")
+def test_a_loop_that_cannot_take_signals_still_runs_the_command(tmp_path: Path) -> None:
+    image = save_image(tmp_path / "a.png", (6, 4))
+    with emulator_thread() as (emulator, _):
+        saved = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(WithoutSignals())
+        try:
+            code = main(
+                [
+                    "upscale",
+                    str(image),
+                    "-o",
+                    str(tmp_path / "out"),
+                    "--base-url",
+                    emulator.base_url,
+                ]
+            )
+        finally:
+            asyncio.set_event_loop_policy(saved)
+    assert code == 0
+    assert listing(tmp_path / "out") == [tmp_path / "out" / "a.upscaled.png"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as it was

@@ -124,8 +124,9 @@ def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
         stop = asyncio.Event()
         handled = []
         for signum in (signal.SIGINT, signal.SIGTERM):
-            # Impossible on Windows: Ctrl-C then raises KeyboardInterrupt (see main).
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            # Impossible on Windows (NotImplementedError, a RuntimeError): Ctrl-C then raises
+            # KeyboardInterrupt (see main); and outside the main thread (RuntimeError).
+            with contextlib.suppress(RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
         try:

@@ -86,6 +86,8 @@ def test_ctrl_c_before_the_run_starts_exits_130_saying_interrupted(
 
 @pytest.fixture
 def celery_broker_forgotten() -> Iterator[None]:
+    """The package's Celery app, free of the broker of an earlier test, before and after."""
+    forget_the_celery_broker()
     yield
     forget_the_celery_broker()
 

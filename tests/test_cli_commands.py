@@ -29,7 +29,7 @@ from ideogram_async.cli._manifest_io import fallback_path
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer
 
 from ._support import forget_the_celery_broker
-from .test_cli import KEY, cli_env, listing, read_manifest, run_main, save_image
+from .test_cli import KEY, Piped, cli_env, listing, read_manifest, run_main, save_image
 
 
 def test_arguments_a_command_does_not_take_exit_2_naming_them(
@@ -643,3 +643,58 @@ def test_a_loop_that_cannot_take_signals_still_runs_the_command(tmp_path: Path) 
     assert code == 0
     assert listing(tmp_path / "out") == [tmp_path / "out" / "a.upscaled.png"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as it was
+
+
+async def test_v2_takes_seed_and_options_whose_value_holds_an_equals_sign(tmp_path: Path) -> None:
+    image = save_image(tmp_path / "a.png", (6, 4))
+    async with Emulator(KEY) as emulator:
+        run = await run_main(
+            *["upscale", str(image), "-o", str(tmp_path / "out"), "--base-url", emulator.base_url],
+            *["--model", "topaz-bloom-2", "--seed", "7", "--option", "prompt=a=b"],
+        )
+        (upload,) = emulator.stats.v2_uploads
+    assert run.returncode == 0, run.stderr
+    assert upload.fields == {"seed": "7", "prompt": "a=b"}
+
+
+async def test_resume_says_what_it_skips_before_it_sends_anything(tmp_path: Path) -> None:
+    """The resume's notes reach a pipe at once, not when the run ends."""
+    images = [save_image(tmp_path / "in" / f"{n}.png", (6, 4), shade=n) for n in range(2)]
+    manifest = tmp_path / "run.jsonl"
+    async with Emulator(KEY) as emulator:
+        args = ["-o", str(tmp_path / "out"), "--base-url", emulator.base_url]
+        args += ["--manifest", str(manifest)]
+        assert (await run_main("upscale", str(images[0]), *args)).returncode == 0
+        out, err = Piped(), Piped()
+
+        def resume() -> int:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return main(["upscale", *map(str, images), *args, "--resume"])
+
+        emulator.pause()
+        resumed = asyncio.create_task(asyncio.to_thread(resume))
+        held = asyncio.create_task(emulator.wait_places(1))
+        await asyncio.wait([resumed, held], return_when=asyncio.FIRST_COMPLETED)
+        assert held.done(), out.getvalue() + err.getvalue()  # the second image is on its way, held
+        seen = out.seen
+        emulator.resume()
+        assert await resumed == 0
+    assert seen == f"Skipping 1 of 2 image(s) that {manifest} records as done.\n"
+
+
+async def test_an_attempt_longer_than_timeout_fails_naming_the_option(tmp_path: Path) -> None:
+    image = save_image(tmp_path / "a.png", (6, 4))
+    async with Emulator(KEY) as emulator:
+        emulator.pause()  # the service never answers
+        run = await run_main(
+            *["upscale", str(image), "-o", str(tmp_path / "out"), "--base-url", emulator.base_url],
+            *["--timeout", "0.2", "--retries", "0"],
+        )
+        emulator.resume()
+    assert run.returncode == 1
+    assert (
+        "  "
+        + str(image)
+        + ": the request timed out after the image was sent, after 0.2s (--timeout); "
+        "the service may be overloaded\n"
+    ) in run.stdout

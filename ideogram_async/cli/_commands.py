@@ -230,21 +230,9 @@ def _upscale_locked(
 
     ``shared`` are the users of Redis to connect before anything is sent.
     """
-    job = Job(
-        sources=sources,
-        request=request,
-        out_dir=out_dir,
-        manifest=manifest,
-        rerun_hint="",
-        budget=budget,
-    )
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
-        official = args.official or args.model is not None
-        job = _resumed(job, manifest, settings_of(request, official=official))
-        if not job.sources and not job.recorded:
-            return nothing_left(job, view)
         hint = "Run the same command again to finish the rest."
     elif manifest.is_file() and manifest.stat().st_size > 0:
         raise UsageError(
@@ -259,8 +247,21 @@ def _upscale_locked(
         )
     else:
         hint = "Run the same command again with --resume to finish the rest."
+    job = Job(
+        sources=sources,
+        request=request,
+        out_dir=out_dir,
+        manifest=manifest,
+        rerun_hint=hint,
+        budget=budget,
+    )
+    if args.resume:
+        assert manifest is not None  # _upscale refuses --resume without --manifest
+        official = args.official or args.model is not None
+        job = _resumed(job, manifest, settings_of(request, official=official))
+        if not job.sources and not job.recorded:
+            return nothing_left(job, view)
     _check_writable(out_dir, folders)
-    job = attrs.evolve(job, rerun_hint=hint)
     return _run(lambda stop: _sharing(shared, run_job(job, connect, stop, view=view)))
 
 

@@ -688,7 +688,7 @@ async def test_an_attempt_longer_than_timeout_fails_naming_the_option(tmp_path: 
         emulator.pause()  # the service never answers
         run = await run_main(
             *["upscale", str(image), "-o", str(tmp_path / "out"), "--base-url", emulator.base_url],
-            *["--timeout", "0.2", "--retries", "0"],
+            *["--timeout", "0.2", "--retries", "0", "--deadline", "5"],  # the deadline: a bound
         )
         emulator.resume()
     assert run.returncode == 1

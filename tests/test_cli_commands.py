@@ -698,3 +698,18 @@ async def test_an_attempt_longer_than_timeout_fails_naming_the_option(tmp_path: 
         + ": the request timed out after the image was sent, after 0.2s (--timeout); "
         "the service may be overloaded\n"
     ) in run.stdout
+
+
+async def test_a_deadline_shorter_than_the_timeout_ends_the_call_first(tmp_path: Path) -> None:
+    image = save_image(tmp_path / "a.png", (6, 4))
+    async with Emulator(KEY) as emulator:
+        emulator.pause()  # the service never answers
+        run = await run_main(
+            *["upscale", str(image), "-o", str(tmp_path / "out"), "--base-url", emulator.base_url],
+            *["--deadline", "0.3", "--timeout", "3", "--retries", "0"],
+        )
+        emulator.resume()
+    assert run.returncode == 1
+    (failure,) = [line for line in run.stdout.splitlines() if line.startswith("  ")]
+    assert "the deadline of 0.3s for the whole call passed after 1 attempt(s)" in failure
+    assert "raise --deadline" in failure

@@ -65,10 +65,12 @@ def test_ctrl_c_before_the_run_starts_exits_130_saying_interrupted(
     fifo = tmp_path / "key"
     os.mkfifo(fifo)
     main_thread = threading.get_ident()
+    returned = threading.Event()
 
     def interrupt() -> None:
-        with fifo.open("w"):  # returns once the command has opened the pipe to read it
-            signal.pthread_kill(main_thread, signal.SIGINT)
+        with fifo.open("w"):  # returns once the pipe is opened to read it
+            if not returned.is_set():  # the command is reading it
+                signal.pthread_kill(main_thread, signal.SIGINT)
 
     helper = threading.Thread(target=interrupt)
     helper.start()
@@ -77,6 +79,8 @@ def test_ctrl_c_before_the_run_starts_exits_130_saying_interrupted(
             ["upscale", str(image), "-o", str(tmp_path / "out"), "--api-key-file", str(fifo)]
         )
     finally:
+        returned.set()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # frees the helper if still waiting
         helper.join()
     assert code == 130
     captured = capsys.readouterr()

@@ -8,6 +8,7 @@ checks what a user sees: the exit status, the lines printed, the files written.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -183,9 +184,13 @@ def test_a_signal_mid_run_stops_it_and_the_handlers_are_given_back(
     lines: list[str] = []
     with emulator_thread() as (emulator, loop):
         loop.call_soon_threadsafe(emulator.pause)
+        held = asyncio.run_coroutine_threadsafe(emulator.wait_places(1), loop)
 
         def interrupt() -> None:
-            asyncio.run_coroutine_threadsafe(emulator.wait_places(1), loop).result()
+            try:
+                held.result()
+            except concurrent.futures.CancelledError:
+                return  # the command ended before it sent anything
             signal.pthread_kill(main_thread, signum)
             with open(read_end, encoding="utf-8") as output:
                 for line in output:
@@ -208,6 +213,7 @@ def test_a_signal_mid_run_stops_it_and_the_handlers_are_given_back(
                     ]
                 )
         finally:
+            held.cancel()
             helper.join()
         sent = emulator.stats.requests
     assert code == 130

@@ -398,6 +398,10 @@ ENQUEUE = ["enqueue", "{tmp}/in/a.png", "-o", "{tmp}/out", "--broker", "redis://
             "--factor, --option and --dry-run are v2 settings: add --model MODEL",
         ),
         (
+            [*ENQUEUE, *V2, "--num-images", "2"],
+            "--num-images apply to the v1 upscaler, not to --model",
+        ),
+        (
             [*ENQUEUE, "-o", "{tmp}/afile/out"],
             "cannot write results into --out {tmp}/afile/out: Not a directory",
         ),
@@ -539,6 +543,7 @@ def test_serve_takes_its_own_options_and_names_itself_in_errors(
 async def test_a_dry_run_looks_in_subfolders_when_told_and_shows_its_attempts_with_v(
     recursive: bool, tmp_path: Path
 ) -> None:
+    """With --recursive and -v, or neither: the subfolder's image and the attempt lines."""
     folder = tmp_path / "in"
     save_image(folder / "a.png", (6, 4))
     save_image(folder / "sub" / "b.png", (6, 4))
@@ -546,8 +551,8 @@ async def test_a_dry_run_looks_in_subfolders_when_told_and_shows_its_attempts_wi
     async with Emulator(KEY, faults=plan) as emulator:
         run = await run_main(
             *["upscale", str(folder), "--base-url", emulator.base_url],
-            *["--model", "topaz-standard-2", "--dry-run", "-v"],
-            *(["--recursive"] if recursive else []),
+            *["--model", "topaz-standard-2", "--dry-run"],
+            *(["--recursive", "-v"] if recursive else []),
         )
         quotes = emulator.stats.quotes
     assert run.returncode == 0, run.stderr
@@ -555,8 +560,11 @@ async def test_a_dry_run_looks_in_subfolders_when_told_and_shows_its_attempts_wi
     expected = [folder / "a.png", folder / "sub" / "b.png"] if recursive else [folder / "a.png"]
     assert priced == [str(path) for path in expected]
     assert quotes == len(expected)
-    assert run.stderr.startswith("quote a.png: attempt 1 failed: HTTP 503: "), run.stderr
-    assert run.stderr.count("\n") == 1  # -v: a line for the attempt that failed, only
+    if recursive:
+        assert run.stderr.startswith("quote a.png: attempt 1 failed: HTTP 503: "), run.stderr
+        assert run.stderr.count("\n") == 1  # -v: a line for the attempt that failed, only
+    else:
+        assert run.stderr == ""  # the retry happened, unshown
 
 
 async def test_results_saved_inside_the_input_folder_are_never_taken_as_inputs(
@@ -564,15 +572,16 @@ async def test_results_saved_inside_the_input_folder_are_never_taken_as_inputs(
 ) -> None:
     folder = tmp_path / "photos"
     save_image(folder / "a.png", (6, 4))
+    save_image(folder / "sub" / "b.png", (6, 4))  # found with --recursive
     out = folder / "big"
     async with Emulator(KEY) as emulator:
-        for _ in range(2):  # the second run finds the first one's result under photos/
+        for _ in range(2):  # the second run finds the first one's results under photos/
             args = ["upscale", str(folder), "-o", str(out), "--base-url", emulator.base_url]
             run = await run_main(*args, "--recursive")
             assert run.returncode == 0, run.stderr
-            assert "Done: 1 of 1 image(s) upscaled in " in run.stdout
-        assert emulator.stats.requests == 2
-    assert listing(out) == [out / "a.upscaled.png"]
+            assert "Done: 2 of 2 image(s) upscaled in " in run.stdout
+        assert emulator.stats.requests == 4
+    assert listing(out) == [out / "a.upscaled.png", out / "b.upscaled.png"]
 
 
 async def test_a_run_the_budget_stops_says_how_to_finish_it(tmp_path: Path) -> None:

@@ -263,6 +263,12 @@ V2 = ["--model", "topaz-standard-2"]
         ),
         ([*UPSCALE, "-o", "{tmp}/afile"], "--out {tmp}/afile is a file; pass a folder"),
         (
+            [*UPSCALE[:2], "{tmp}/other/A.png", *UPSCALE[2:]],
+            "inputs with the same name would overwrite each other's results:\n"
+            "  {tmp}/in/a.png and {tmp}/other/A.png -> {tmp}/out/A.upscaled.*\n"
+            "rename them, or upscale them in separate runs with different --out folders",
+        ),
+        (
             [*UPSCALE, "--manifest", "{tmp}/done.jsonl"],
             "the manifest {tmp}/done.jsonl already exists; add --resume to skip the images "
             "it records as done, or remove it to start over",
@@ -365,6 +371,7 @@ def assert_usage_error(
 ) -> None:
     """``args`` (with ``{tmp}`` for ``tmp_path``) exit 2 with ``message``, and change no file."""
     save_image(tmp_path / "in" / "a.png", (4, 4))
+    save_image(tmp_path / "other" / "A.png", (4, 4))  # its result would be a.png's
     (tmp_path / "afile").write_text("")
     (tmp_path / "adir").mkdir()
     (tmp_path / "done.jsonl").write_text("\n")  # one byte is a manifest that exists
@@ -396,6 +403,12 @@ ENQUEUE = ["enqueue", "{tmp}/in/a.png", "-o", "{tmp}/out", "--broker", "redis://
         (
             [*ENQUEUE, "--option", "denoise=1"],
             "--factor, --option and --dry-run are v2 settings: add --model MODEL",
+        ),
+        (
+            [*ENQUEUE[:2], "{tmp}/other/A.png", *ENQUEUE[2:]],
+            "inputs with the same name would overwrite each other's results:\n"
+            "  {tmp}/in/a.png and {tmp}/other/A.png -> {tmp}/out/A.upscaled.*\n"
+            "rename them, or upscale them in separate runs with different --out folders",
         ),
         (
             [*ENQUEUE, *V2, "--num-images", "2"],

@@ -1,7 +1,7 @@
 """A spend limit on v2 runs against the emulator over a real socket: never more billed.
 
 Counted with the emulator's own stats: the upscales it ran (and billed) against what
-the budget allows, for ``client.v2.upscale_many(max_usd=)``, one command line process with
+the budget allows, for ``client.v2.upscale_many(max_usd=)``, one command line run with
 ``--max-usd``, and three command line processes sharing the budget through Redis.
 """
 

@@ -1,7 +1,7 @@
 """A spend limit on v2 runs against the emulator over a real socket: never more billed.
 
 Counted with the emulator's own stats: the upscales it ran (and billed) against what
-the budget allows, for ``client.v2.upscale_many(max_usd=)``, one command line process with
+the budget allows, for ``client.v2.upscale_many(max_usd=)``, one command line run with
 ``--max-usd``, and three command line processes sharing the budget through Redis.
 """
 
@@ -45,7 +45,7 @@ from .test_cli import (
     finish,
     listing,
     read_manifest,
-    run_cli,
+    run_main,
     save_image,
     start_cli,
 )
@@ -160,7 +160,7 @@ async def test_max_usd_stops_the_command_line_run_and_says_so(tmp_path: Path) ->
     inputs, out, manifest = folder_of(tmp_path, "in", 5), tmp_path / "out", tmp_path / "m.jsonl"
     summary = tmp_path / "summary.json"
     async with Emulator(KEY) as emulator:
-        run = await run_cli(
+        run = await run_main(
             *["upscale", str(inputs), "--base-url", emulator.base_url, "--model", "topaz-bloom-2"],
             *["--max-usd", "0.03", "--out", str(out), "--manifest", str(manifest)],
             *["--json", str(summary)],
@@ -250,7 +250,7 @@ async def test_a_shared_budget_is_kept_per_organization_unless_named(
     try:
         for name, key, named in (("a", KEY, []), ("b", other, []), ("c", KEY, [f"job-{port}"])):
             async with Emulator(key, port=port) as emulator:
-                run = await run_cli(
+                run = await run_main(
                     *["upscale", str(folder_of(tmp_path, name, 2)), "--model", "topaz-standard-2"],
                     *["--base-url", emulator.base_url, "--out", str(tmp_path / f"out-{name}")],
                     *["--max-usd", "0.01", "--shared-allowance", redis_server.url],

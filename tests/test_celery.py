@@ -39,6 +39,9 @@ from ideogram_async.cli import main
 from ideogram_async.limits import RedisAllowance, organization_key
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, free_port
 
+from ._support import forget_the_celery_broker
+from .test_cli import run_main
+
 KEY = "sk-celery-5ecr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +235,7 @@ async def test_a_worker_killed_mid_run_loses_no_image_and_pays_again_only_what_i
 
 
 async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
-    cluster: Cluster, workers: list[Worker], tmp_path: Path
+    cluster: Cluster, workers: list[Worker], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Without workers the job waits in the broker (status: 3, all pending); once a
     worker runs it, status says done (0) and a second enqueue skips every image. The
@@ -240,34 +243,34 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     cluster = attrs.evolve(cluster, key=None)
     inputs = make_inputs(tmp_path / "in", 4)
     out = tmp_path / "out"
-    cli = await start_cli(cluster, "enqueue", str(tmp_path / "in"), "-o", str(out))
-    printed, _ = await cli.communicate()
-    assert cli.returncode == 0
-    job = printed.decode().split("ideogram-async status ")[1].strip()
-    status = await start_cli(cluster, "status", job)
-    text, _ = await status.communicate()
-    assert status.returncode == 3, text
-    assert f"Job {job}: 0 of 4 image(s) finished, 4 not yet." in text.decode()
+    # The command line runs in-process (run_main), the workers in processes of their own.
+    env = cluster.env()
+    forget_the_celery_broker()  # an earlier in-process enqueue's broker is gone
+    request.addfinalizer(forget_the_celery_broker)  # and this one's will be
+    cli = await run_main("enqueue", str(tmp_path / "in"), "-o", str(out), env=env)
+    assert cli.returncode == 0, cli.stderr
+    job = cli.stdout.split("ideogram-async status ")[1].strip()
+    status = await run_main("status", job, env=env)
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert f"Job {job}: 0 of 4 image(s) finished, 4 not yet." in status.stdout
 
     workers.append(cluster.worker("only", threads=2))
     summary = tmp_path / "again.json"
-    again = await start_cli(
-        cluster, "enqueue", str(tmp_path / "in"), "-o", str(out), "--wait", "--quiet",
-        "--json", str(summary),
+    again = await run_main(
+        "enqueue", str(tmp_path / "in"), "-o", str(out), "--wait", "--quiet",
+        "--json", str(summary), env=env,
     )  # fmt: skip
-    waited, _ = await again.communicate()
-    assert again.returncode == 0, waited
+    assert again.returncode == 0, again.stdout + again.stderr
     # --quiet: no progress and no notes, only the summary (the one upscale shows).
-    assert waited.decode().startswith("Done: "), waited
-    assert b"[1/" not in waited
-    assert b"Enqueued" not in waited
+    assert again.stdout.startswith("Done: "), again.stdout
+    assert "[1/" not in again.stdout
+    assert "Enqueued" not in again.stdout
     assert json.loads(summary.read_text())["total"] == 4
     assert_one_decoding_output_each(inputs, out)
     # The second job's tasks queue behind the first's, so the first is done by now.
-    status = await start_cli(cluster, "status", job, "--json", str(tmp_path / "s.json"))
-    text, _ = await status.communicate()
-    assert status.returncode == 0, text
-    assert f"Job {job}: 4 of 4 image(s) finished, 0 not yet." in text.decode()
+    status = await run_main("status", job, "--json", str(tmp_path / "s.json"), env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"Job {job}: 4 of 4 image(s) finished, 0 not yet." in status.stdout
     written = json.loads((tmp_path / "s.json").read_text())
     assert set(written) == JSON_KEYS
     assert written["succeeded"] + written["skipped"] == 4

@@ -259,7 +259,18 @@ async def test_official_flavor_key_file_and_request_options(inputs: Path, tmp_pa
             env=cli_env(key=None),
         )
         stats = emulator.stats
+        # Resumed with the same settings (the official flavor among them): nothing is sent.
+        again = await run_main(
+            *args,
+            *("--official", "--api-key-file", str(key_file), "--manifest", str(manifest)),
+            *[*options, "--resume"],
+            env=cli_env(key=None),
+        )
+        assert emulator.stats.requests == stats.requests
 
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Skipping 1 of 1 image(s)"), again.stdout
+    assert "Nothing left to do." in again.stdout
     assert run.returncode == 0, run.stderr
     assert_clean(run)
     (upload,) = stats.uploads

@@ -29,6 +29,7 @@ from ideogram_async.limits import (
 from ideogram_async.testing import Emulator, RedisServer, free_port
 
 from ._support import KEY, make_image, release, start_workers
+from .test_cli import cli_env, run_main
 
 LEASE = 1.0
 """A short lease, so that waiting for one to end (the behaviour under test) stays short."""
@@ -936,32 +937,27 @@ async def test_the_command_line_shares_the_allowance(
     for number in range(6):
         (folder / f"{number}.png").write_bytes(make_image("png", shade=number))
     url = redis_server.url.replace("/0", "/5")  # a database of its own: the default key
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_")}
-    environment["IDEOGRAM_API_KEY"] = KEY
     async with (
         Emulator(api_key=KEY, allowance=2, latency=0.05, upscale=False) as emulator,
         # The organization's key, as the command line's client names it.
         RedisAllowance(url, 2, key=organization_key(KEY, emulator.base_url)) as other_worker,
         other_worker.hold(1),  # another process holds 1 of the 2 places meanwhile
     ):
-        process = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "ideogram_async", "upscale", str(folder)],
+        run = await run_main(
+            *["upscale", str(folder)],
             *["--out", str(tmp_path / "out"), "--base-url", emulator.base_url],
             *["--allowance", "2", "--shared-allowance", url, "--lease", "5"],
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment,
+            env=cli_env(key=KEY),
         )
-        out, err = await process.communicate()
         stats = emulator.stats
-    assert process.returncode == 0, err.decode()
-    assert "Done: 6 of 6" in out.decode()
+    assert run.returncode == 0, run.stderr
+    assert "Done: 6 of 6" in run.stdout
     assert stats.responses_by_status[200] == 6
     assert stats.peak_places_in_use == 1  # the place the other worker left
     organization = organization_key(KEY, emulator.base_url)
     assert await redis_state(url, organization) == (0, 0)
     assert f"shared through Redis at 127.0.0.1:{redis_server.port}/5, key {organization!r}" in (
-        out.decode()
+        run.stdout
     )
 
 

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             reconfigure(errors="backslashreplace")
     try:
         args, rest = build_parser().parse_known_args(argv)
-    except SystemExit as exc:  # --help, --version, or a bad option (argparse exits 2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except SystemExit as exc:  # --help, --version (0), or a bad option (2): argparse's status
+        return int(exc.code or 0)
     if args.name == "serve":
         return serve_main(rest, prog=f"{PROG} serve")
     if rest:
@@ -124,8 +124,9 @@ def _run(command: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
         stop = asyncio.Event()
         handled = []
         for signum in (signal.SIGINT, signal.SIGTERM):
-            # Impossible on Windows: Ctrl-C then raises KeyboardInterrupt (see main).
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            # Impossible on Windows (NotImplementedError, a RuntimeError): Ctrl-C then raises
+            # KeyboardInterrupt (see main); and outside the main thread (RuntimeError).
+            with contextlib.suppress(RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
         try:
@@ -169,8 +170,7 @@ def _upscale(args: argparse.Namespace) -> int:
 
     budget, shared_budget = _budget(args, allowance, connect)
     if args.dry_run:
-        if not isinstance(request, V2Options):
-            raise UsageError("--dry-run prices v2 upscales: add --model MODEL")
+        assert isinstance(request, V2Options)  # _request refuses --dry-run without --model
         if args.json:
             raise UsageError("--json writes the summary of a run; --dry-run prints prices only")
         sources = find_images(args.images, recursive=args.recursive, exclude=None)
@@ -230,21 +230,9 @@ def _upscale_locked(
 
     ``shared`` are the users of Redis to connect before anything is sent.
     """
-    job = Job(
-        sources=sources,
-        request=request,
-        out_dir=out_dir,
-        manifest=manifest,
-        rerun_hint="",
-        budget=budget,
-    )
     if manifest is None:
         hint = "Add --manifest PATH next time, so that --resume can skip finished images."
     elif args.resume:
-        official = args.official or args.model is not None
-        job = _resumed(job, manifest, settings_of(request, official=official))
-        if not job.sources and not job.recorded:
-            return nothing_left(job, view)
         hint = "Run the same command again to finish the rest."
     elif manifest.is_file() and manifest.stat().st_size > 0:
         raise UsageError(
@@ -259,8 +247,21 @@ def _upscale_locked(
         )
     else:
         hint = "Run the same command again with --resume to finish the rest."
+    job = Job(
+        sources=sources,
+        request=request,
+        out_dir=out_dir,
+        manifest=manifest,
+        rerun_hint=hint,
+        budget=budget,
+    )
+    if args.resume:
+        assert manifest is not None  # _upscale refuses --resume without --manifest
+        official = args.official or args.model is not None
+        job = _resumed(job, manifest, settings_of(request, official=official))
+        if not job.sources and not job.recorded:
+            return nothing_left(job, view)
     _check_writable(out_dir, folders)
-    job = attrs.evolve(job, rerun_hint=hint)
     return _run(lambda stop: _sharing(shared, run_job(job, connect, stop, view=view)))
 
 
@@ -277,10 +278,10 @@ def _shared_allowance(args: argparse.Namespace) -> RedisAllowance | None:
         raise UsageError(
             "--shared-allowance needs the redis package: pip install 'ideogram-async[redis]'"
         ) from None
-    lease = 30.0 if args.lease is None else args.lease
-    named = {} if args.allowance_key is None else {"key": args.allowance_key}
+    given = {"lease": args.lease, "key": args.allowance_key}  # else RedisAllowance's defaults
+    settings = {name: value for name, value in given.items() if value is not None}
     try:
-        return RedisAllowance(args.shared_allowance, args.concurrency, lease=lease, **named)
+        return RedisAllowance(args.shared_allowance, args.concurrency, **settings)
     except (ValidationError, SharedAllowanceError) as exc:
         raise UsageError(f"--shared-allowance: {exc}") from None
 
@@ -340,24 +341,25 @@ def _shared_at(args: argparse.Namespace, key: str | None) -> SharedAt:
     """Where ``--shared-allowance`` lives, for the summary: host, database, key; no password.
 
     ``key`` is the allowance's: the one ``--allowance-key`` named, else a digest of the
-    organization (the API key and host) that the client gave it.
+    organization (the API key and host) that the client gave it when it was made.
     """
-    return SharedAt.from_url(args.shared_allowance, key or "unnamed")
+    assert key is not None  # a client was made with the allowance: it keyed it
+    return SharedAt.from_url(args.shared_allowance, key)
 
 
-def _retry(args: argparse.Namespace) -> RetryPolicy | None:
-    """The retry policy of ``--retries`` and ``--deadline`` (``None``: the library's default)."""
+def _retry(args: argparse.Namespace) -> RetryPolicy:
+    """The retry policy of ``--retries`` and ``--deadline``: the default's, changed by them."""
     changes: dict[str, Any] = {}
     if args.retries is not None:
         changes["attempts"] = args.retries + 1
     if args.deadline is not None:
         changes["deadline"] = args.deadline
-    return RetryPolicy(**changes) if changes else None
+    return RetryPolicy(**changes)
 
 
 def _timeouts(seconds: float) -> Timeouts:
-    """``--timeout``: the limit of one attempt; connecting gets no longer than it either."""
-    return Timeouts(attempt=seconds, connect=min(Timeouts().connect, seconds))
+    """``--timeout``: the limit of one attempt, connecting included (its timer starts first)."""
+    return Timeouts(attempt=seconds)
 
 
 def _request(args: argparse.Namespace) -> UpscaleRequest:

@@ -313,9 +313,12 @@ async def job_status(
         skipped=count.tally.skipped,
         seconds=max(0.0, ended - float(info.get("created", ended))),
     )
-    print(f"Job {job}: {len(outcomes)} of {len(keys)} image(s) finished, {pending} not yet.")
+    print(
+        f"Job {job}: {len(outcomes)} of {len(keys)} image(s) finished, {pending} not yet.",
+        flush=True,
+    )
     for line in render(summary):
-        print(line)
+        print(line, flush=True)
     if json_path is not None:
         write_json(summary, json_path)
     if summary.failed:

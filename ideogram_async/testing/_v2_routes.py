@@ -205,7 +205,7 @@ class V2Routes:
         if form.size == 0 or sniff(form.head) is None:
             raise V2Refusal(400, "image is not a JPEG, PNG or WebP image.")
         source = image_size(form.head)
-        if source is None:
+        if source is None or min(source) < 1:
             raise V2Refusal(400, "Could not read the image's size.")
         width, height = output_size(model, options, *source)
         quote = price(model, options, (width, height))

@@ -85,8 +85,9 @@ def output_size(model: str, options: dict[str, str], width: int, height: int) ->
         area = _TIERS[tier] ** 2
         if width * height >= area:
             raise V2Refusal(400, f"The source ({width}x{height}) already reaches the {tier} tier.")
+        # Below the tier's area, so the scale is over 1 and each side at least a pixel.
         scale = math.sqrt(area / (width * height))
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        return round(width * scale), round(height * scale)
     factor = _FACTORS[options.get("upscale_factor", "x2")]
     out = (width * factor, height * factor)
     if max(out) > MAX_OUTPUT_SIDE:
@@ -103,7 +104,7 @@ def price(model: str, options: dict[str, str], size: tuple[int, int]) -> dict[st
         tier = options.get("resolution_tier", "2K")
         quantity, micros = 1, _NANO_PRICE[tier]
     else:
-        quantity = max(1, math.ceil(size[0] * size[1] / 1_000_000))
+        quantity = math.ceil(size[0] * size[1] / 1_000_000)
         micros = quantity * _RATE[model]
     quote: dict[str, Any] = {
         "object": "price_quote",

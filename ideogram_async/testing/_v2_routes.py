@@ -259,7 +259,7 @@ class V2Routes:
             return web.json_response(
                 {"error": "Too many generation polls; slow down."},
                 status=429,
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(math.ceil(wait))},  # wait > 0: at least 1
             )
         emu._stats.polls += 1
         state = self.generations.state(request.match_info["generation_id"])

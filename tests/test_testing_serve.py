@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from typing import Any
@@ -333,15 +334,31 @@ def socket_in_use() -> Iterator[int]:
 
 
 class _Lines(io.StringIO):
-    """Standard output that tells a waiting task when something was written."""
+    """Standard output that tells a waiting task when something was written, and whether
+    it was flushed (through a pipe, unflushed text would not reach the reader)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.written = asyncio.Event()
+        self.flushed = ""
 
     def write(self, text: str) -> int:
         self.written.set()
         return super().write(text)
+
+    def flush(self) -> None:
+        self.flushed = self.getvalue()
+
+
+async def started(server: asyncio.Task[None], out: _Lines) -> None:
+    """Wait until ``server`` printed its banner (or ended: then its error is raised)."""
+    written = asyncio.create_task(out.written.wait())
+    async with asyncio.timeout(10):
+        await asyncio.wait([server, written], return_when=asyncio.FIRST_COMPLETED)
+    written.cancel()
+    if server.done():
+        server.result()
+    assert out.flushed == out.getvalue()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -350,8 +367,7 @@ async def test_run_server_serves_until_a_signal(signum: signal.Signals) -> None:
     out = _Lines()
     with redirect_stdout(out):
         server = asyncio.create_task(run_server(emulator))
-        async with asyncio.timeout(10):
-            await out.written.wait()
+        await started(server, out)
     url = emulator.base_url
     assert out.getvalue() == (
         f"Ideogram emulator listening on {url}\n"
@@ -377,23 +393,21 @@ async def test_run_server_serves_until_a_signal(signum: signal.Signals) -> None:
 
 
 def test_run_server_outside_the_main_thread_runs_without_signal_handlers() -> None:
-    import threading
-
     emulator = Emulator(upscale=False)
     failures: list[BaseException] = []
 
-    def serve() -> None:
-        async def main() -> None:
-            out = _Lines()
-            with redirect_stdout(out):
-                task = asyncio.create_task(run_server(emulator))
-                await out.written.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    async def serve_then_cancel() -> None:
+        out = _Lines()
+        with redirect_stdout(out):
+            server = asyncio.create_task(run_server(emulator))
+            await started(server, out)
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
 
+    def serve() -> None:
         try:
-            asyncio.run(main())
+            asyncio.run(serve_then_cancel())
         except BaseException as exc:  # reported below, in the test's thread
             failures.append(exc)
 
@@ -401,3 +415,20 @@ def test_run_server_outside_the_main_thread_runs_without_signal_handlers() -> No
     thread.start()
     thread.join(30)
     assert not failures
+
+
+async def test_run_server_on_a_loop_without_signal_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unsupported(*args: object) -> None:
+        raise NotImplementedError  # as on Windows
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "add_signal_handler", unsupported)
+    emulator = Emulator(upscale=False)
+    out = _Lines()
+    with redirect_stdout(out):
+        server = asyncio.create_task(run_server(emulator))
+        await started(server, out)
+    server.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await server

@@ -175,8 +175,8 @@ def serve_main(
     """
     try:
         args = _parser(prog).parse_args(argv)
-    except SystemExit as exc:  # --help, or a bad option (argparse exits 2)
-        return exc.code if isinstance(exc.code, int) else 2
+    except SystemExit as exc:  # --help (0), or a bad option (2): argparse exits with an int
+        return int(exc.code or 0)
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -82,8 +82,9 @@ def _resize(data: bytes, size: tuple[int, int]) -> bytes:
 
     with Image.open(io.BytesIO(data)) as opened:
         image: Image.Image = opened
+        # What PNG cannot store: 16-bit grey (a PNG) and CMYK (a JPEG), neither with alpha.
         if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.mode else "RGB")
+            image = image.convert("RGB")
         resized = image.resize(size, Image.Resampling.LANCZOS)
     out = io.BytesIO()
     resized.save(out, format="PNG", compress_level=1)

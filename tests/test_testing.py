@@ -179,6 +179,8 @@ async def test_official_flavor_answers_in_its_own_style(
         assert item["resolution"] == "10x14"
         assert 0 <= item["seed"] <= 2_147_483_647
         assert item["prompt"]  # made up when none was given
+    # Drawn from the whole range (seed 0 draws these three deterministically).
+    assert max(item["seed"] for item in body["data"]) > 2**30
     assert ideogram_emulator.stats.uploads[0].headers["api-key"] == KEY
 
 
@@ -1088,6 +1090,13 @@ async def test_a_truncated_answer_sends_half_of_what_it_announces(
             received = await read_cut_short(resp)
         assert announced is not None
         assert len(received) == announced // 2 > 0
+        # The first half of a plausible answer: a client cannot tell it from a real one
+        # until the connection ends.
+        assert received == (b'{"created": "2000-01-23T04:56:07.000Z", "data": [{"seed": 1, "pr')
+        assert announced == len(
+            b'{"created": "2000-01-23T04:56:07.000Z", "data": [{"seed": 1, "prompt": '
+            b'"truncated", "resolution": "2x2", "is_image_safe": true}]}'
+        )
         _, _, body = await upscale(session, emu)
         async with session.get(body["data"][0]["url"]) as resp:
             assert resp.content_type == "image/png"

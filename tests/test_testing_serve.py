@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ideogram_async.testing import Emulator, _serve, free_port, run_server, serve_main
+from ideogram_async.testing import Emulator, FaultPlan, _serve, free_port, run_server, serve_main
 from ideogram_async.testing._serve import _parser
 
 FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4
@@ -268,6 +268,26 @@ def test_serve_main_injects_faults_and_latency_when_asked(
         await upscale(session, emu)
 
     assert serve_with(monkeypatch, ["--port", "0", "--no-upscale", "--fault-rate", "1"], probe) == 0
+
+    # --seed seeds the faults: the same run as a FaultPlan with that rate and seed.
+    plan = FaultPlan(rate=0.5, seed=3)
+    expected = [plan.next_fault() for _ in range(8)]
+    outcomes: list[int | str] = []
+
+    async def seeded(emu: Emulator, session: aiohttp.ClientSession) -> None:
+        for _ in range(8):
+            try:
+                outcomes.append((await upscale(session, emu))[0])
+            except aiohttp.ClientConnectionError:
+                outcomes.append("dropped")
+
+    argv = ["--port", "0", "--no-upscale", "--fault-rate", "0.5", "--seed", "3"]
+    assert serve_with(monkeypatch, argv, seeded) == 0
+    assert outcomes == [
+        200 if fault is None else "dropped" if fault.kind == "drop" else fault.code
+        for fault in expected
+    ]
+    assert len(set(outcomes)) > 2
 
     async def latency(emu: Emulator, session: aiohttp.ClientSession) -> None:
         monkeypatch.setattr(asyncio, "sleep", recording_sleep)

@@ -8,6 +8,7 @@ statuses, error bodies, price quotes, results, generations and the polling limit
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import re
@@ -280,6 +281,21 @@ async def test_a_field_without_a_charset_is_read_as_utf8(session: aiohttp.Client
     assert emu.stats.bytes_received == len(PNG)
 
 
+async def test_a_field_sent_in_base64_is_decoded(session: aiohttp.ClientSession) -> None:
+    # aiohttp's writer refuses Content-Transfer-Encoding in a form: written by hand.
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode("été".encode())
+        + b'\r\n--B\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + PNG + b"\r\n--B--\r\n"
+    )
+    headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=B"}
+    async with Emulator(api_key=KEY, upscale=False) as emu:
+        assert (await post(session, emu, body, headers=headers))[0] == 200
+        assert emu.stats.v2_uploads[0].fields == {"prompt": "été"}
+
+
 async def test_an_unknown_model_is_404(session: aiohttp.ClientSession) -> None:
     async with Emulator(api_key=KEY, upscale=False) as emu:
         assert await post(session, emu, model="nope") == (
@@ -428,11 +444,16 @@ async def test_an_upscale_answers_its_result_at_once(session: aiohttp.ClientSess
         }
         assert emu.stats.billed_usd_micros == 12_000
         assert (emu.stats.withheld, emu.stats.quotes, emu.stats.polls) == (0, 0, 1)
-        # Without a seed, one is drawn, the same in the answer and its image.
-        _, answer = await post(session, emu)
-        assert 0 <= answer["seed"] < 2**31
-        assert answer["data"][0]["seed"] == answer["seed"]
-        assert emu.stats.billed_usd_micros == 24_000
+        # Without a seed, one is drawn (from the whole range), the same in the answer and
+        # its image.
+        seeds = []
+        for _ in range(3):
+            _, answer = await post(session, emu)
+            assert answer["data"][0]["seed"] == answer["seed"]
+            seeds.append(answer["seed"])
+        assert all(0 <= seed < 2**31 for seed in seeds)
+        assert max(seeds) > 2**30
+        assert emu.stats.billed_usd_micros == 4 * 12_000
 
 
 async def test_a_withheld_image_has_no_url_and_is_billed(session: aiohttp.ClientSession) -> None:

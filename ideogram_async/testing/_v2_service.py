@@ -48,7 +48,6 @@ class V2Refusal(Exception):
     """The answer the service gives a bad v2 request: a status and a detail."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
         self.status = status
         self.detail = detail
 

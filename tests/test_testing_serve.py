@@ -163,7 +163,7 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: serve-it ")
     for line in [
-        "Run a local emulator of the Ideogram upscale service.",
+        "[-v] Run a local emulator of the Ideogram upscale service. options: -h, --help",
         "--host HOST address to listen on [127.0.0.1]",
         "--port PORT port to listen on, 0 for any free one [8000]",
         "--api-key API_KEY the key clients must send [test-key]",
@@ -182,6 +182,21 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "time) to stderr",
     ]:
         assert line in text
+
+
+def test_the_commands_own_name_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m ideogram_async.testing [-h]")
+    assert serve_main(["--port", "x"]) == 2
+    assert "\npython -m ideogram_async.testing: error: argument --port" in capsys.readouterr().err
+
+
+def test_serve_main_listens_on_the_host_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def probe(emu: Emulator, session: aiohttp.ClientSession) -> None:
+        assert emu.base_url.startswith("http://[::1]:")
+        assert (await upscale(session, emu))[0] == 200
+
+    assert serve_with(monkeypatch, ["--host", "::1", "--port", "0", "--no-upscale"], probe) == 0
 
 
 # -- serve_main: the emulator it serves ------------------------------------------------------

@@ -1056,12 +1056,12 @@ async def test_created_is_written_in_each_flavors_style(
     class Frozen(datetime.datetime):
         @classmethod
         def now(cls, tz: datetime.tzinfo | None = None) -> Frozen:
-            return cls(2026, 1, 2, 3, 4, 5, 678_901, tzinfo=tz)
+            return cls(2026, 1, 2, 3, 4, 5, 999_999, tzinfo=tz)  # not rounded up
 
     monkeypatch.setattr("ideogram_async.testing._answers.datetime", Frozen)
     _, _, proxy = await upscale(session, ideogram_emulator)
     _, _, official = await upscale(session, ideogram_emulator, route="official")
-    assert proxy["created"] == "2026-01-02T03:04:05.678Z"
+    assert proxy["created"] == "2026-01-02T03:04:05.999Z"
     assert official["created"] == "2026-01-02 03:04:05+00:00"
 
 

@@ -575,6 +575,24 @@ async def test_the_result_is_a_png_of_the_output_size(
     assert (image.format, image.mode, image.size) == ("PNG", result, (20, 12))
 
 
+async def test_the_result_is_resized_with_lanczos_and_compressed_fast(
+    session: aiohttp.ClientSession,
+) -> None:
+    source = Image.linear_gradient("L").resize((16, 12)).convert("RGB")  # not one colour
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    async with Emulator(api_key=KEY) as emu:
+        _, answer = await post(session, emu, v2_form({"upscale_factor": "x4"}, buffer.getvalue()))
+        async with session.get(answer["data"][0]["url"]) as resp:
+            png = await resp.read()
+    expected = source.resize((64, 48), Image.Resampling.LANCZOS)
+    assert Image.open(io.BytesIO(png)).tobytes() == expected.tobytes()
+    # The zlib header of the image data: FLEVEL 0, the fastest compression (a test tool's
+    # results are decoded once and thrown away).
+    data = png.index(b"IDAT") + 4
+    assert png[data + 1] >> 6 == 0
+
+
 async def test_an_undecodable_image_is_400(session: aiohttp.ClientSession) -> None:
     async with Emulator(api_key=KEY) as emu:
         status, body = await post(session, emu, v2_form(image=png_header(8, 6)))

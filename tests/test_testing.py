@@ -340,6 +340,9 @@ async def test_result_url_serves_the_png_and_records_headers(
     stats = ideogram_emulator.stats
     assert stats.image_downloads == 1
     [headers] = stats.image_requests
+    async with session.get(body["data"][0]["url"]) as resp:
+        assert resp.status == 200
+    assert stats.image_downloads == 2
     assert headers["x-probe"] == "1"
     assert "authorization" not in headers
     assert "api-key" not in headers

@@ -239,12 +239,12 @@ class Emulator:
         return handle
 
     def _authorized(self, request: web.Request, route: Route) -> bool:
-        if route == "proxy":
+        if route == "official":
+            token = request.headers.get("Api-Key", "")
+        else:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer":
                 return False
-        else:
-            token = request.headers.get("Api-Key", "")
         return hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), self._api_key)
 
     def _count_in_flight(self, delta: int) -> None:

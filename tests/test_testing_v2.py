@@ -315,6 +315,7 @@ async def test_an_unknown_model_is_404(session: aiohttp.ClientSession) -> None:
     [
         ("topaz-bloom-2", {}, (1000, 500), (2, 24_000, 600)),
         ("topaz-bloom-2", {}, (1001, 500), (3, 36_000, 900)),
+        ("topaz-bloom-2", {}, (557, 2693), (7, 84_000, 2100)),  # 6_000_004 px: a 7th started
         ("topaz-standard-2", {"upscale_factor": "x4"}, (10, 10), (1, 5_000, 125)),
         ("topaz-text-refine", {}, (1000, 1000), (4, 24_000, 600)),
         ("topaz-wonder-3-5", {"upscale_factor": "x8"}, (250, 250), (4, 32_000, 800)),
@@ -493,9 +494,11 @@ async def test_a_background_generation_completes_after_the_delay(
         assert body["data"][0]["url"].startswith(emu.base_url)
         (received,) = emu.stats.v2_uploads
         assert received.fields == {**fields, "seed": "3"}
-        # async=false is an answer at once, not a generation.
+        # async=false is an answer at once, and its generation is done already.
         status, answer = await post(session, emu, v2_form({"async": "false"}))
         assert "data" in answer
+        _, body, _ = await poll(session, emu, answer["generation_id"])
+        assert body["status"] == "completed"
 
 
 async def test_a_failed_generation_is_not_billed(session: aiohttp.ClientSession) -> None:

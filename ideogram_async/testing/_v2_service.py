@@ -126,7 +126,6 @@ def created_now() -> str:
 
 @attrs.define
 class _Generation:
-    generation_id: str
     created: str
     due: float
     items: list[dict[str, Any]]
@@ -149,7 +148,6 @@ class Generations:
         """Record a generation done after ``delay`` (default: the set one); return its id."""
         generation_id = f"gen-{next(self._serials)}-{secrets.token_hex(4)}"
         self._by_id[generation_id] = _Generation(
-            generation_id=generation_id,
             created=created_now(),
             due=self._clock() + (self.delay if delay is None else delay),
             items=items,

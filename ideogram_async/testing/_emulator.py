@@ -240,7 +240,9 @@ class Emulator:
 
     def _authorized(self, request: web.Request, route: Route) -> bool:
         if route == "official":
-            token = request.headers.get("Api-Key", "")
+            token = request.headers.get("Api-Key")
+            if token is None:
+                return False
         else:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer":

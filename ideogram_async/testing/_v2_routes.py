@@ -97,7 +97,7 @@ class V2Routes:
     def __init__(
         self, emulator: _Emulator, *, generation_delay: float, poll_limit: tuple[int, float]
     ) -> None:
-        if not 0 <= generation_delay < float("inf"):
+        if not 0 <= generation_delay < math.inf:
             raise ValueError(f"generation_delay must be >= 0 seconds, got {generation_delay!r}")
         polls, period = poll_limit
         if isinstance(polls, bool) or not isinstance(polls, int) or polls < 1 or not period > 0:

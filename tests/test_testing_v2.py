@@ -263,6 +263,11 @@ async def test_the_boundaries_of_fields_webhooks_and_sizes_are_allowed(
         assert set(body) == {"generation_id", "width", "height", "seed"}  # in the background
         status, body = await post(session, emu, v2_form(image=png_header(4096, 3)))
         assert (status, body["width"], body["height"]) == (200, 8192, 6)
+        status, body = await post(session, emu, v2_form(image=png_header(1, 1)))
+        assert (status, body["width"], body["height"]) == (200, 2, 2)  # the smallest image
+        # Without upscaling, every result is the same tiny PNG.
+        image = await download(session, body["data"][0]["url"])
+        assert (image.format, image.size) == ("PNG", (2, 2))
 
 
 async def test_a_field_without_a_charset_is_read_as_utf8(session: aiohttp.ClientSession) -> None:

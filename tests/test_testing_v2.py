@@ -246,6 +246,13 @@ async def test_malformed_v2_forms_are_400(session: aiohttp.ClientSession) -> Non
             400,
             {"detail": "The prompt part was sent more than once."},
         )
+        in_a_row = aiohttp.MultipartWriter("form-data")
+        for value in ("a", "b"):
+            in_a_row.append(value).set_content_disposition("form-data", name="seed")
+        assert await post(session, emu, in_a_row) == (
+            400,
+            {"detail": "The seed part was sent more than once."},
+        )
         assert not emu.stats.v2_uploads
 
 
@@ -622,17 +629,19 @@ async def test_an_image_over_50_mib_is_413(session: aiohttp.ClientSession) -> No
 
 
 async def test_v2_faults_come_after_the_key(session: aiohttp.ClientSession) -> None:
-    plan = FaultPlan([Fault.drop_before_body(), Fault.status(503, retry_after=1)])
+    drop = Fault.drop_before_body()
+    plan = FaultPlan([drop, drop, Fault.status(503, retry_after=1)])
     async with Emulator(api_key=KEY, upscale=False, faults=plan) as emu:
         assert (await post(session, emu, headers={}))[0] == 401  # uses up no fault
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await post(session, emu)
+        for _ in range(2):
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await post(session, emu)
         assert (emu.stats.bytes_received, len(emu.stats.v2_uploads)) == (0, 0)
         status, body = await post(session, emu)
         assert (status, body) == (503, {"detail": body["detail"]})
         assert len(emu.stats.v2_uploads) == 1  # the body was read before the fault
         assert (await post(session, emu))[0] == 200
-        assert emu.stats.faults_injected == {"drop_before_body": 1, "status": 1}
+        assert emu.stats.faults_injected == {"drop_before_body": 2, "status": 1}
 
 
 async def test_v2_per_upload_faults_follow_the_image(session: aiohttp.ClientSession) -> None:

@@ -880,8 +880,10 @@ async def test_the_defaults(
         clock[0] = 600.0  # kept ten minutes
         async with session.get(image_url) as resp:
             assert resp.status == 410
-    async with Emulator(upscale=False, seed=0) as seeded:
+    async with Emulator(upscale=False, seed=0) as seeded, Emulator(upscale=False) as other:
         _, _, body = await upscale(session, seeded)
+        # Each on a free port of its own, side by side.
+        assert seeded.base_url != other.base_url
     assert body["data"][0]["seed"] == seed  # the default seed is 0
 
 

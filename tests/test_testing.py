@@ -1062,7 +1062,7 @@ async def test_created_is_written_in_each_flavors_style(
     class Frozen(datetime.datetime):
         @classmethod
         def now(cls, tz: datetime.tzinfo | None = None) -> Frozen:
-            return cls(2026, 1, 2, 3, 4, 5, 999_999, tzinfo=tz)  # not rounded up
+            return cls(2026, 1, 2, 3, 4, 5, 999_500, tzinfo=tz)  # not rounded up
 
     monkeypatch.setattr("ideogram_async.testing._answers.datetime", Frozen)
     _, _, proxy = await upscale(session, ideogram_emulator)

@@ -630,18 +630,21 @@ async def test_an_image_over_50_mib_is_413(session: aiohttp.ClientSession) -> No
 
 async def test_v2_faults_come_after_the_key(session: aiohttp.ClientSession) -> None:
     drop = Fault.drop_before_body()
-    plan = FaultPlan([drop, drop, Fault.status(503, retry_after=1)])
+    plan = FaultPlan([drop, drop, Fault.drop(), Fault.status(503, retry_after=1)])
     async with Emulator(api_key=KEY, upscale=False, faults=plan) as emu:
         assert (await post(session, emu, headers={}))[0] == 401  # uses up no fault
         for _ in range(2):
             with pytest.raises(aiohttp.ClientConnectionError):
                 await post(session, emu)
         assert (emu.stats.bytes_received, len(emu.stats.v2_uploads)) == (0, 0)
+        with pytest.raises(aiohttp.ServerDisconnectedError):  # dropped once the body is read
+            await post(session, emu)
+        assert len(emu.stats.v2_uploads) == 1
         status, body = await post(session, emu)
         assert (status, body) == (503, {"detail": body["detail"]})
-        assert len(emu.stats.v2_uploads) == 1  # the body was read before the fault
+        assert len(emu.stats.v2_uploads) == 2  # the body was read before the fault
         assert (await post(session, emu))[0] == 200
-        assert emu.stats.faults_injected == {"drop_before_body": 2, "status": 1}
+        assert emu.stats.faults_injected == {"drop_before_body": 2, "drop": 1, "status": 1}
 
 
 async def test_v2_per_upload_faults_follow_the_image(session: aiohttp.ClientSession) -> None:

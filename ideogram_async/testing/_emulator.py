@@ -107,7 +107,6 @@ class Emulator:
         self._image_faults = image_faults
         self._upscale = upscale
         self._max_file_size = max_file_size
-        self._image_ttl = image_ttl
         self._rng = random.Random(seed)
         self._clock = clock
         self._stats = EmulatorStats()

@@ -141,9 +141,10 @@ async def run_server(emulator: Emulator) -> None:
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
-        # Not available on Windows or outside the main thread: Ctrl-C then raises
-        # KeyboardInterrupt, which serve_main handles.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        # Not available on Windows (NotImplementedError, a RuntimeError) or outside the
+        # main thread (RuntimeError): Ctrl-C then raises KeyboardInterrupt, which
+        # serve_main handles.
+        with contextlib.suppress(RuntimeError):
             loop.add_signal_handler(signum, stop.set)
             handled.append(signum)
     try:

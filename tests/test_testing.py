@@ -859,10 +859,11 @@ async def test_the_defaults(
     async with Emulator(upscale=False, clock=lambda: clock[0]) as emu:
         assert emu.api_key == "test-key"
         big = io.BytesIO(FAKE_PNG.ljust(limit, b"\0"))
-        status, _, body = await upscale(session, emu, form(image=big))  # type: ignore[arg-type]
+        no_seed = json.dumps({"detail": 50})
+        status, _, body = await upscale(session, emu, form(no_seed, big))  # type: ignore[arg-type]
         assert status == 200
         assert not paused  # no latency
-        seed = body["data"][0]["seed"]
+        seed = body["data"][0]["seed"]  # drawn
         status, _, body = await upscale(
             session,
             emu,
@@ -881,7 +882,7 @@ async def test_the_defaults(
         async with session.get(image_url) as resp:
             assert resp.status == 410
     async with Emulator(upscale=False, seed=0) as seeded, Emulator(upscale=False) as other:
-        _, _, body = await upscale(session, seeded)
+        _, _, body = await upscale(session, seeded, form(no_seed))
         # Each on a free port of its own, side by side.
         assert seeded.base_url != other.base_url
     assert body["data"][0]["seed"] == seed  # the default seed is 0

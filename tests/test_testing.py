@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import io
 import json
@@ -179,6 +180,8 @@ async def test_official_flavor_answers_in_its_own_style(
         assert item["resolution"] == "10x14"
         assert 0 <= item["seed"] <= 2_147_483_647
         assert item["prompt"]  # made up when none was given
+    # Drawn from the whole range (seed 0 draws these three deterministically).
+    assert max(item["seed"] for item in body["data"]) > 2**30
     assert ideogram_emulator.stats.uploads[0].headers["api-key"] == KEY
 
 
@@ -600,6 +603,9 @@ async def test_result_url_serves_the_png_and_records_headers(
     stats = ideogram_emulator.stats
     assert stats.image_downloads == 1
     [headers] = stats.image_requests
+    async with session.get(body["data"][0]["url"]) as resp:
+        assert resp.status == 200
+    assert stats.image_downloads == 2
     assert headers["x-probe"] == "1"
     assert "authorization" not in headers
     assert "api-key" not in headers
@@ -623,6 +629,10 @@ async def test_result_urls_expire(session: aiohttp.ClientSession, clock: list[fl
         assert await status_of(f"{emu.base_url}/images/unknown.png") == 404
         assert await status_of(f"{emu.base_url}/images/ff-0123.png") == 404
         assert emu.stats.image_downloads == 1
+        async with session.get(image_url) as resp:
+            assert await resp.json() == {"detail": "This image URL has expired."}
+        async with session.get(f"{emu.base_url}/images/unknown.png") as resp:
+            assert await resp.json() == {"detail": "No image at this URL."}
 
 
 async def test_no_upscale_mode_answers_without_decoding(session: aiohttp.ClientSession) -> None:
@@ -742,10 +752,12 @@ async def test_drop_before_body_closes_the_connection_at_once(
     session: aiohttp.ClientSession,
 ) -> None:
     async with Emulator(faults=FaultPlan.always(Fault.drop_before_body())) as emu:
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await upscale(session, emu)
+        for _ in range(2):
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await upscale(session, emu)
         assert not emu.stats.uploads
-        assert (emu.stats.requests, emu.stats.bytes_received) == (1, 0)
+        assert (emu.stats.requests, emu.stats.bytes_received) == (2, 0)
+        assert emu.stats.faults_injected == {"drop_before_body": 2}
 
 
 async def test_truncate_cuts_the_body_short(session: aiohttp.ClientSession) -> None:
@@ -1051,10 +1063,14 @@ async def test_places_are_counted_without_an_allowance(session: aiohttp.ClientSe
         emu.resume()
         assert [r[0] for r in await asyncio.gather(*tasks)] == [200] * 3
     assert emu.stats.rejected_over_allowance == 0
-    with pytest.raises(ValueError, match="allowance"):
+    with pytest.raises(ValueError, match="allowance") as caught:
         Emulator(allowance=0)
-    with pytest.raises(ValueError, match="allowance_body"):
+    assert str(caught.value) == "allowance must be >= 1 image in flight, got 0"
+    with pytest.raises(ValueError, match="allowance_body") as refused:
         Emulator(allowance_body="nothing")  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "allowance_body must be 'full', 'no-number' or 'empty', got 'nothing'"
+    )
 
 
 async def test_stop_cancels_requests_in_progress(session: aiohttp.ClientSession) -> None:
@@ -1098,19 +1114,22 @@ async def test_latency_is_applied(
 
 
 def test_bad_latency_is_refused() -> None:
-    with pytest.raises(ValueError, match="latency"):
+    with pytest.raises(ValueError, match="latency") as caught:
         Emulator(latency=(0.2, 0.1))
+    assert str(caught.value) == "latency must be >= 0 seconds (min <= max), got (0.2, 0.1)"
     with pytest.raises(ValueError, match="latency"):
         Emulator(latency=-1)
 
 
 async def test_lifecycle_errors() -> None:
     emu = Emulator(upscale=False)
-    with pytest.raises(RuntimeError, match="not been started"):
+    with pytest.raises(RuntimeError, match="not been started") as caught:
         _ = emu.base_url
+    assert str(caught.value) == "The emulator has not been started."
     async with emu:
-        with pytest.raises(RuntimeError, match="already running"):
+        with pytest.raises(RuntimeError, match="already running") as caught:
             await emu.start()
+        assert str(caught.value) == "The emulator is already running."
     await emu.stop()  # stopping twice is harmless
 
 
@@ -1173,3 +1192,278 @@ def test_the_fixture_plugin_without_pytest_asyncio_names_the_extra() -> None:
     )
     assert run.returncode == 1
     assert "pip install 'ideogram-async[testing]'" in run.stderr
+
+
+# -- defaults, addresses, keys and records -----------------------------------------------
+
+
+async def test_the_defaults(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, clock: list[float]
+) -> None:
+    paused: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            paused.append(delay)
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    limit = 25 * 1024 * 1024
+    async with Emulator(upscale=False, clock=lambda: clock[0]) as emu:
+        assert emu.api_key == "test-key"
+        big = io.BytesIO(FAKE_PNG.ljust(limit, b"\0"))
+        no_seed = json.dumps({"detail": 50})
+        status, _, body = await upscale(session, emu, form(no_seed, big))  # type: ignore[arg-type]
+        assert status == 200
+        assert not paused  # no latency
+        seed = body["data"][0]["seed"]  # drawn
+        status, _, body = await upscale(
+            session,
+            emu,
+            form(image=io.BytesIO(FAKE_PNG.ljust(limit + 1, b"\0"))),  # type: ignore[arg-type]
+        )
+        assert (status, body) == (
+            413,
+            {"detail": f"image_file is larger than the limit of {limit} bytes."},
+        )
+        _, _, body = await upscale(session, emu)
+        image_url = body["data"][0]["url"]
+        clock[0] = 599.9
+        async with session.get(image_url) as resp:
+            assert resp.status == 200
+        clock[0] = 600.0  # kept ten minutes
+        async with session.get(image_url) as resp:
+            assert resp.status == 410
+    async with Emulator(upscale=False, seed=0) as seeded, Emulator(upscale=False) as other:
+        _, _, body = await upscale(session, seeded, form(no_seed))
+        # Each on a free port of its own, side by side.
+        assert seeded.base_url != other.base_url
+    assert body["data"][0]["seed"] == seed  # the default seed is 0
+
+
+async def test_the_default_v2_generation_and_polling_limit(
+    session: aiohttp.ClientSession, clock: list[float]
+) -> None:
+    async with Emulator(upscale=False, clock=lambda: clock[0]) as emu:
+        writer = aiohttp.MultipartWriter("form-data")
+        writer.append("true").set_content_disposition("form-data", name="async")
+        part = writer.append(PNG, {"Content-Type": "image/png"})
+        part.set_content_disposition("form-data", name="image", filename="p.png")
+        async with session.post(
+            f"{emu.base_url}/v2/image/upscale/auto", data=writer, headers=OFFICIAL_AUTH
+        ) as resp:
+            generation_url = f"{emu.base_url}/v2/generations/{(await resp.json())['generation_id']}"
+
+        async def status_of_poll() -> tuple[int, Any]:
+            async with session.get(generation_url, headers=OFFICIAL_AUTH) as resp:
+                return resp.status, resp.headers.get("Retry-After")
+
+        async with session.get(generation_url, headers=OFFICIAL_AUTH) as resp:
+            assert (await resp.json())["status"] == "completed"  # no delay
+        clock[0] = 9.0
+        assert [await status_of_poll() for _ in range(999)] == [(200, None)] * 999
+        assert await status_of_poll() == (429, "1")  # 1000 polls in 10 s
+        clock[0] = 10.0
+        assert await status_of_poll() == (200, None)
+
+
+@pytest.mark.parametrize(
+    ("host", "base"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:"),
+        ("::", "http://[::1]:"),
+        ("::1", "http://[::1]:"),
+        ("localhost", "http://localhost:"),
+    ],
+)
+async def test_base_url_is_an_address_clients_can_reach(
+    session: aiohttp.ClientSession, host: str, base: str
+) -> None:
+    async with Emulator(host=host, upscale=False) as emu:
+        assert emu.base_url.startswith(base)
+        assert emu.base_url.rpartition(":")[2].isdigit()
+        status, _, body = await upscale(session, emu)
+    assert status == 200
+    assert body["data"][0]["url"].startswith(emu.base_url + "/images/")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": f"bearer {KEY}"}, {"Authorization": f"BEARER  {KEY}"}],
+    ids=["lower-case", "extra-space"],
+)
+async def test_the_bearer_scheme_is_read_leniently(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    url_ = url(ideogram_emulator, "proxy")
+    async with session.post(url_, data=form(), headers=headers) as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("header", [b"Api-Key", b"Authorization"])
+async def test_a_key_that_is_not_utf8_is_401(ideogram_emulator: Emulator, header: bytes) -> None:
+    host, port = ideogram_emulator.base_url.removeprefix("http://").split(":")
+    path = b"/upscale" if header == b"Api-Key" else b"/ideogram/upscale"
+    value = b"\xff\xfe" if header == b"Api-Key" else b"Bearer \xff\xfe"
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n"
+        + header
+        + b": "
+        + value
+        + b"\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert answer.endswith(b'{"detail": "Invalid or missing API key"}')
+
+
+async def test_reset_stats_carries_requests_in_flight_over(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    emu = ideogram_emulator
+    emu.pause()
+    tasks = [asyncio.create_task(upscale(session, emu)) for _ in range(2)]
+    async with asyncio.timeout(10):
+        await emu.wait_in_flight(2)
+    emu.reset_stats()
+    stats = emu.stats
+    assert (stats.requests, stats.in_flight, stats.peak_in_flight) == (0, 2, 2)
+    emu.resume()
+    await asyncio.gather(*tasks)
+    assert (stats.in_flight, stats.peak_in_flight, stats.responses_by_status) == (0, 2, {200: 2})
+
+
+async def test_waiting_for_a_count_already_reached_returns_at_once(
+    ideogram_emulator: Emulator,
+) -> None:
+    async with asyncio.timeout(10):
+        await ideogram_emulator.wait_in_flight(0)
+        await ideogram_emulator.wait_places(0)
+
+
+async def test_each_waiter_wakes_at_its_own_count(session: aiohttp.ClientSession) -> None:
+    async with Emulator(upscale=False) as emu:
+        emu.pause()
+        two, three = (asyncio.create_task(emu.wait_places(n)) for n in (2, 3))
+        first = asyncio.create_task(upscale(session, emu, images(2)))
+        async with asyncio.timeout(10):
+            await two
+        assert not three.done()
+        second = asyncio.create_task(upscale(session, emu))
+        async with asyncio.timeout(10):
+            await three
+        emu.resume()
+        await asyncio.gather(first, second)
+
+
+@pytest.mark.parametrize(
+    ("fields", "places"),
+    [
+        ({"num_images": 3}, 3),
+        ({"num_images": 9}, 9),  # refused later (422), but held as asked meanwhile
+        ({"num_images": True}, 1),
+        ({"num_images": "2"}, 1),
+        ({"num_images": 0}, 1),
+        ({}, 1),
+    ],
+    ids=str,
+)
+async def test_a_request_holds_its_num_images_places(
+    session: aiohttp.ClientSession, fields: dict[str, Any], places: int
+) -> None:
+    async with Emulator(upscale=False) as emu:
+        emu.pause()
+        task = asyncio.create_task(upscale(session, emu, form(json.dumps(fields))))
+        async with asyncio.timeout(10):
+            await emu.wait_in_flight(1)
+            await emu.wait_places(1)
+        assert emu.stats.places_in_use == places
+        emu.resume()
+        await task
+
+
+async def test_uploads_are_recorded_once_both_parts_arrived(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    emu = ideogram_emulator
+    assert (await upscale(session, emu, form(image=None)))[0] == 400
+    assert (await upscale(session, emu, form(None)))[0] == 400
+    assert not emu.stats.uploads
+    assert (await upscale(session, emu, form("{not json")))[0] == 400
+    (upload,) = emu.stats.uploads
+    assert (upload.fields, upload.image_request_raw) == ({}, "{not json")
+
+
+@pytest.mark.parametrize("prompt", [None, ""])
+async def test_without_a_prompt_one_is_made_up(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession, prompt: str | None
+) -> None:
+    fields = {} if prompt is None else {"prompt": prompt}
+    _, _, body = await upscale(session, ideogram_emulator, form(json.dumps(fields)))
+    assert body["data"][0]["prompt"] == (
+        "A crisp, detailed upscale of the original image, with sharp edges."
+    )
+
+
+async def test_created_is_written_in_each_flavors_style(
+    ideogram_emulator: Emulator, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Frozen:
+            return cls(2026, 1, 2, 3, 4, 5, 999_500, tzinfo=tz)  # not rounded up
+
+    monkeypatch.setattr("ideogram_async.testing._answers.datetime", Frozen)
+    _, _, proxy = await upscale(session, ideogram_emulator)
+    _, _, official = await upscale(session, ideogram_emulator, route="official")
+    assert proxy["created"] == "2026-01-02T03:04:05.999Z"
+    assert official["created"] == "2026-01-02 03:04:05+00:00"
+
+
+async def read_cut_short(resp: aiohttp.ClientResponse) -> bytes:
+    """The bytes of a body that ends before its Content-Length."""
+    chunks: list[bytes] = []
+
+    async def read_all() -> None:
+        while chunk := await resp.content.readany():
+            chunks.append(chunk)
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await read_all()
+    return b"".join(chunks)
+
+
+async def test_a_truncated_answer_sends_half_of_what_it_announces(
+    session: aiohttp.ClientSession,
+) -> None:
+    faults = FaultPlan([Fault.truncate(), None])
+    image_faults = FaultPlan([Fault.truncate()])
+    async with Emulator(upscale=False, faults=faults, image_faults=image_faults) as emu:
+        async with session.post(url(emu, "proxy"), data=form(), headers=PROXY_AUTH) as resp:
+            assert resp.content_type == "application/json"
+            announced = resp.content_length
+            received = await read_cut_short(resp)
+        assert announced is not None
+        assert len(received) == announced // 2 > 0
+        # The first half of a plausible answer: a client cannot tell it from a real one
+        # until the connection ends.
+        assert received == (b'{"created": "2000-01-23T04:56:07.000Z", "data": [{"seed": 1, "pr')
+        assert announced == len(
+            b'{"created": "2000-01-23T04:56:07.000Z", "data": [{"seed": 1, "prompt": '
+            b'"truncated", "resolution": "2x2", "is_image_safe": true}]}'
+        )
+        _, _, body = await upscale(session, emu)
+        async with session.get(body["data"][0]["url"]) as resp:
+            assert resp.content_type == "image/png"
+            announced = resp.content_length
+            received = await read_cut_short(resp)
+        async with session.get(body["data"][0]["url"]) as resp:
+            whole = await resp.read()
+    assert announced == len(whole)
+    assert received == whole[: len(whole) // 2]

@@ -107,7 +107,6 @@ class Emulator:
         self._image_faults = image_faults
         self._upscale = upscale
         self._max_file_size = max_file_size
-        self._image_ttl = image_ttl
         self._rng = random.Random(seed)
         self._clock = clock
         self._stats = EmulatorStats()
@@ -239,12 +238,14 @@ class Emulator:
         return handle
 
     def _authorized(self, request: web.Request, route: Route) -> bool:
-        if route == "proxy":
+        if route == "official":
+            token = request.headers.get("Api-Key")
+            if token is None:
+                return False
+        else:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer":
                 return False
-        else:
-            token = request.headers.get("Api-Key", "")
         return hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), self._api_key)
 
     def _count_in_flight(self, delta: int) -> None:

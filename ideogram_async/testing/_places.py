@@ -21,10 +21,11 @@ AllowanceBody = Literal["full", "no-number", "empty"]
 
 
 def places_of(body: Body) -> int:
-    """The places a request takes: its ``num_images`` when valid (else 1; it fails later)."""
+    """The places a request takes: its ``num_images`` when a whole number, at least 1 (a bad
+    one fails later)."""
     fields = parse_fields(body.image_request or "") or {}
     count = fields.get("num_images")
-    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 1 else 1
+    return max(count, 1) if isinstance(count, int) and not isinstance(count, bool) else 1
 
 
 def _over_allowance(allowance: int, what: AllowanceBody) -> web.Response:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import shlex
 import signal
 import sys
@@ -38,8 +39,8 @@ def _seconds(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
     return seconds
 
@@ -48,7 +49,7 @@ def _rate(text: str) -> float:
     try:
         rate = float(text)
     except ValueError:
-        rate = -1.0
+        rate = math.nan
     if not 0 <= rate <= 1:
         raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got {text!r}")
     return rate
@@ -94,7 +95,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--allowance",
         type=_places,
-        default=None,
         metavar="N",
         help="images in flight allowed at once, as the service enforces per organization: a "
         "request holds num_images places; over it, a 429 inflight_limit [no limit]",
@@ -141,9 +141,10 @@ async def run_server(emulator: Emulator) -> None:
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
-        # Not available on Windows or outside the main thread: Ctrl-C then raises
-        # KeyboardInterrupt, which serve_main handles.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        # Not available on Windows (NotImplementedError, a RuntimeError) or outside the
+        # main thread (RuntimeError): Ctrl-C then raises KeyboardInterrupt, which
+        # serve_main handles.
+        with contextlib.suppress(RuntimeError):
             loop.add_signal_handler(signum, stop.set)
             handled.append(signum)
     try:
@@ -175,10 +176,10 @@ def serve_main(
     """
     try:
         args = _parser(prog).parse_args(argv)
-    except SystemExit as exc:  # --help, or a bad option (argparse exits 2)
-        return exc.code if isinstance(exc.code, int) else 2
+    except SystemExit as exc:  # --help (0), or a bad option (2): argparse exits with an int
+        return int(exc.code or 0)
     if args.verbose:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler()  # to stderr
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         requests = logging.getLogger("ideogram_async.testing")
         requests.addHandler(handler)
@@ -189,7 +190,7 @@ def serve_main(
             host=args.host,
             port=args.port,
             latency=args.latency,
-            faults=FaultPlan(rate=args.fault_rate, seed=args.seed) if args.fault_rate else None,
+            faults=FaultPlan(rate=args.fault_rate, seed=args.seed),  # rate 0: never a fault
             upscale=args.upscale,
             seed=args.seed,
             allowance=args.allowance,

@@ -82,8 +82,9 @@ def _resize(data: bytes, size: tuple[int, int]) -> bytes:
 
     with Image.open(io.BytesIO(data)) as opened:
         image: Image.Image = opened
+        # What PNG cannot store: 16-bit grey (a PNG) and CMYK (a JPEG), neither with alpha.
         if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.mode else "RGB")
+            image = image.convert("RGB")
         resized = image.resize(size, Image.Resampling.LANCZOS)
     out = io.BytesIO()
     resized.save(out, format="PNG", compress_level=1)
@@ -96,7 +97,7 @@ class V2Routes:
     def __init__(
         self, emulator: _Emulator, *, generation_delay: float, poll_limit: tuple[int, float]
     ) -> None:
-        if not 0 <= generation_delay < float("inf"):
+        if not 0 <= generation_delay < math.inf:
             raise ValueError(f"generation_delay must be >= 0 seconds, got {generation_delay!r}")
         polls, period = poll_limit
         if isinstance(polls, bool) or not isinstance(polls, int) or polls < 1 or not period > 0:
@@ -202,10 +203,10 @@ class V2Routes:
         options = check_request(model, form.fields)
         if form.filename is None:
             raise V2Refusal(400, "Missing the image file part.")
-        if form.size == 0 or sniff(form.head) is None:
+        if sniff(form.head) is None:  # an empty file included
             raise V2Refusal(400, "image is not a JPEG, PNG or WebP image.")
         source = image_size(form.head)
-        if source is None:
+        if source is None or min(source) < 1:
             raise V2Refusal(400, "Could not read the image's size.")
         width, height = output_size(model, options, *source)
         quote = price(model, options, (width, height))
@@ -259,7 +260,7 @@ class V2Routes:
             return web.json_response(
                 {"error": "Too many generation polls; slow down."},
                 status=429,
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(math.ceil(wait))},  # wait > 0: at least 1
             )
         emu._stats.polls += 1
         state = self.generations.state(request.match_info["generation_id"])

@@ -48,7 +48,6 @@ class V2Refusal(Exception):
     """The answer the service gives a bad v2 request: a status and a detail."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
         self.status = status
         self.detail = detail
 
@@ -85,8 +84,9 @@ def output_size(model: str, options: dict[str, str], width: int, height: int) ->
         area = _TIERS[tier] ** 2
         if width * height >= area:
             raise V2Refusal(400, f"The source ({width}x{height}) already reaches the {tier} tier.")
+        # Below the tier's area, so the scale is over 1 and each side at least a pixel.
         scale = math.sqrt(area / (width * height))
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        return round(width * scale), round(height * scale)
     factor = _FACTORS[options.get("upscale_factor", "x2")]
     out = (width * factor, height * factor)
     if max(out) > MAX_OUTPUT_SIDE:
@@ -103,7 +103,7 @@ def price(model: str, options: dict[str, str], size: tuple[int, int]) -> dict[st
         tier = options.get("resolution_tier", "2K")
         quantity, micros = 1, _NANO_PRICE[tier]
     else:
-        quantity = max(1, math.ceil(size[0] * size[1] / 1_000_000))
+        quantity = math.ceil(size[0] * size[1] / 1_000_000)
         micros = quantity * _RATE[model]
     quote: dict[str, Any] = {
         "object": "price_quote",
@@ -126,7 +126,6 @@ def created_now() -> str:
 
 @attrs.define
 class _Generation:
-    generation_id: str
     created: str
     due: float
     items: list[dict[str, Any]]
@@ -149,7 +148,6 @@ class Generations:
         """Record a generation done after ``delay`` (default: the set one); return its id."""
         generation_id = f"gen-{next(self._serials)}-{secrets.token_hex(4)}"
         self._by_id[generation_id] = _Generation(
-            generation_id=generation_id,
             created=created_now(),
             due=self._clock() + (self.delay if delay is None else delay),
             items=items,

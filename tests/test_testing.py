@@ -1467,3 +1467,22 @@ async def test_a_truncated_answer_sends_half_of_what_it_announces(
             whole = await resp.read()
     assert announced == len(whole)
     assert received == whole[: len(whole) // 2]
+
+
+async def test_a_request_whose_client_gives_up_ends_and_frees_its_places() -> None:
+    """A client that disconnects while its request is held ends the handler at once (so
+    a timeout test leaves no place taken), not when the emulator is resumed or stopped."""
+    async with Emulator(upscale=False, allowance=2) as emu:
+        emu.pause()
+        async with aiohttp.ClientSession() as gone:
+            call = asyncio.create_task(upscale(gone, emu))
+            async with asyncio.timeout(10):
+                await emu.wait_places(1)
+            handlers = set(emu._handlers)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        async with asyncio.timeout(10):  # paused: only a cancellation ends the handler
+            await asyncio.wait(handlers)
+        assert (emu.stats.in_flight, emu.stats.places_in_use) == (0, 0)
+        assert emu.stats.responses_by_status == {}

@@ -315,7 +315,7 @@ async def job_status(
     )
     print(f"Job {job}: {len(outcomes)} of {len(keys)} image(s) finished, {pending} not yet.")
     for line in render(summary):
-        print(line)
+        print(line, flush=True)
     if json_path is not None:
         write_json(summary, json_path)
     if summary.failed:

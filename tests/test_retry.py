@@ -267,6 +267,19 @@ async def test_a_permanent_failure_is_logged_once_at_debug(
     ]
 
 
+async def test_a_first_attempt_that_succeeds_is_logged_once_at_debug_with_its_time(
+    png_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    before = time.monotonic()
+    await run_with([None], png_bytes)
+    took = time.monotonic() - before
+    [line] = [r.getMessage() for r in caplog.records if r.name == "ideogram_async"]
+    seconds = re.fullmatch(r"upscale image\.png: attempt 1 succeeded in (\d+\.\d\d)s", line)
+    assert seconds is not None, line
+    assert float(seconds[1]) <= took + 0.01  # the attempt's own time, within the call's
+
+
 async def test_no_retry_when_the_wait_would_pass_the_deadline(png_bytes: bytes) -> None:
     policy = RetryPolicy(deadline=10, retry_after_max=60)
     emulator, events, outcome = await run_with(

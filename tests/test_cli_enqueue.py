@@ -7,9 +7,8 @@ scripted worker in the test takes each task off the broker's queue (the Redis li
 transport fills) and records and announces its outcome through :class:`JobStore`, as the
 real task does; one test runs the real task (:func:`run_image`) against the emulator.
 
-Every test here sends to the same broker: the bundled Celery app keeps the producer pool
-of the first broker it sent to, for the life of the process (the command runs once per
-process).
+The bundled Celery app keeps the producer pool of the first broker it sent to (the command
+runs once per process); a fixture makes each test's command look it up afresh.
 """
 
 from __future__ import annotations
@@ -63,6 +62,15 @@ async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
     await opened.aclose()
 
 
+@pytest.fixture(autouse=True)
+def fresh_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled app as in a process of its own: it keeps the producer pool of the
+    first broker it sent to, so each test makes it look the pool up again (kombu keeps
+    one pool per broker URL, for the life of the process)."""
+    monkeypatch.setattr(app, "_pool", None)
+    monkeypatch.setattr(app.amqp, "_producer_pool", None)
+
+
 async def take(url: str, count: int) -> list[ImageTask]:
     """The next ``count`` tasks sent to the broker at ``url``, taken as a worker takes them."""
     broker = aioredis.Redis.from_url(url, socket_timeout=40)
@@ -103,6 +111,17 @@ async def alongside(command: Awaitable[C], work: Awaitable[W], records: str) -> 
             await asyncio.wait([running])
         raise
     return await running, done
+
+
+async def take_now(url: str) -> bytes | None:
+    """A message waiting in the broker's queue, if any."""
+    broker = aioredis.Redis.from_url(url)
+    try:
+        popped = await broker.rpop(QUEUE)
+    finally:
+        await broker.aclose()
+    assert popped is None or isinstance(popped, bytes)
+    return popped
 
 
 async def finish(
@@ -146,7 +165,10 @@ def env_with(**settings: str) -> dict[str, str]:
 
 
 async def test_enqueue_sends_one_task_per_image_in_order_and_says_how_to_follow_the_job(
-    redis_server: RedisServer, store: JobStore, images: list[Path], tmp_path: Path
+    redis_server: RedisServer,
+    store: JobStore,
+    images: list[Path],
+    tmp_path: Path,
 ) -> None:
     """Without --wait: one line naming the job; the broker holds one task per image, and
     the job (in the broker's Redis: no --shared-allowance) lists their records."""
@@ -356,6 +378,8 @@ async def test_wait_sends_again_after_a_silence_the_images_no_worker_holds(
         assert await store.claim(b.key, "slow-worker", 60)
         await finish(store, a, "ok")
         [again] = await take(redis_server.url, 1)  # c's message was lost: sent again
+        # A silence over one wait for events (2 s), far under 11 s: nothing is sent again.
+        await asyncio.sleep(3)
         await finish(store, again, "ok")
         await finish(store, b, "ok")
         await store.release(b.key, "slow-worker")
@@ -383,6 +407,7 @@ async def test_wait_sends_again_after_a_silence_the_images_no_worker_holds(
     )
     assert run.stdout.splitlines()[2] == note
     assert run.stdout.count("No image finished") == 1
+    assert await take_now(redis_server.url) is None  # and no other message was sent
     assert "Done: 3 of 3 image(s) upscaled in " in run.stdout
 
 
@@ -496,12 +521,12 @@ async def test_a_wait_that_loses_redis_says_so_and_fails(
 
 
 async def test_enqueue_names_a_broker_it_cannot_reach_without_its_password(
-    redis_server: RedisServer, store: JobStore, images: list[Path], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    redis_server: RedisServer,
+    store: JobStore,
+    images: list[Path],
+    tmp_path: Path,
+) -> None:
     """The job's records are written (their Redis answers) but no task can be sent."""
-    monkeypatch.setattr(app, "_pool", None)  # a pool of its own, as in a process of its own
-    monkeypatch.setattr(app.amqp, "_producer_pool", None)
     port = free_port()
     run = await run_main(
         "enqueue", str(images[0]), "-o", str(tmp_path / "out"),
@@ -514,6 +539,8 @@ async def test_enqueue_names_a_broker_it_cannot_reach_without_its_password(
         f"redis://:***@127.0.0.1:{port}/0 ("
     )
     assert run.stderr.endswith("); check --broker (or IDEOGRAM_BROKER_URL)\n")
+    assert f"connecting to 127.0.0.1:{port}" in run.stderr  # the Redis transport's own words
+    assert ".)" not in run.stderr
     assert "pw-s3cret" not in run.stderr
     assert not (tmp_path / "out").exists()
 
@@ -680,3 +707,35 @@ async def test_a_wrong_celery_setting_in_the_environment_is_a_usage_error(
         "seconds >= 0.1, got '0'\n",
     )
     assert "ideogram_async.celery" not in sys.modules
+
+
+async def test_the_live_display_of_a_wait_says_the_upscales_run_on_workers(
+    redis_server: RedisServer, store: JobStore, images: list[Path], tmp_path: Path
+) -> None:
+    """It shows what finished, not what is in flight or downloading: that is the
+    workers' to know."""
+
+    async def work() -> None:
+        for task in await take(redis_server.url, 3):
+            await finish(store, task, "ok")
+
+    run, _ = await alongside(
+        run_main(
+            "enqueue",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+            "--wait",
+            "--progress",
+            "rich",
+            "--broker",
+            redis_server.url,
+            env=env_with(COLUMNS="200"),  # wide enough for every field
+        ),
+        work(),
+        redis_server.url,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Upscaling on workers" in run.stdout
+    assert "in flight" not in run.stdout  # the workers' calls are not seen from here
+    assert "downloading" not in run.stdout

@@ -206,7 +206,7 @@ async def _wait(watch: _Watch, count: _Count, redis: str, view: View, stop: asyn
     summary = count.summary(redis)
     follow = f"The workers go on with the job; follow it with: ideogram-async status {watch.job}"
     if lost is not None:
-        print(f"Stopped waiting: {lost}. {follow}", file=sys.stderr, flush=True)
+        print(f"Stopped waiting: {lost}. {follow}", file=sys.stderr)  # line-buffered
     elif not completed:
         tally = count.tally
         print(f"Interrupted: {tally.done + tally.skipped} of {tally.total} finished. {follow}")

@@ -110,7 +110,19 @@ async def alongside(command: Awaitable[C], work: Awaitable[W], records: str) -> 
         async with asyncio.timeout(30):
             await asyncio.wait([running])
         raise
-    return await running, done
+    async with asyncio.timeout(30):  # the command ends soon after the worker's last word
+        return await running, done
+
+
+async def xreads(url: str) -> int:
+    """How many XREAD commands (event waits) the Redis at ``url`` has answered."""
+    raw = aioredis.Redis.from_url(url)
+    try:
+        stats = await raw.info("commandstats")
+    finally:
+        await raw.aclose()
+    calls: int = stats.get("cmdstat_xread", {}).get("calls", 0)
+    return calls
 
 
 async def take_now(url: str) -> bytes | None:
@@ -372,6 +384,7 @@ async def test_wait_sends_again_after_a_silence_the_images_no_worker_holds(
     the broker's redelivery time (here 11 s: visibility 4.5 s, checked every 1 s) without
     news from the start, c alone is sent again, and the job ends."""
     env = env_with(IDEOGRAM_VISIBILITY_TIMEOUT="4.5")
+    reads = await xreads(redis_server.url)
 
     async def work() -> list[ImageTask]:
         a, b, c = await take(redis_server.url, 3)
@@ -409,6 +422,8 @@ async def test_wait_sends_again_after_a_silence_the_images_no_worker_holds(
     assert run.stdout.count("No image finished") == 1
     assert await take_now(redis_server.url) is None  # and no other message was sent
     assert "Done: 3 of 3 image(s) upscaled in " in run.stdout
+    # Each wait for events blocks up to 2 s in Redis: about 8 in 15 s, no busy loop.
+    assert await xreads(redis_server.url) - reads < 30
 
 
 class Tap(io.StringIO):

@@ -251,7 +251,10 @@ async def test_deadline_bounds_the_whole_call(
     _emulator, _, outcome = await run_with([Fault.slow(30)], png_bytes, policy=policy)
     assert isinstance(outcome, APITimeoutError)
     assert (outcome.kind, outcome.attempts) == ("deadline", 1)
-    assert str(outcome).startswith("upscale image.png: the deadline of 0.3s for the whole call")
+    assert str(outcome) == (
+        "upscale image.png: the deadline of 0.3s for the whole call passed after 1 "
+        "attempt(s); raise RetryPolicy.deadline or lower the load"
+    )
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         str(outcome)
     ]

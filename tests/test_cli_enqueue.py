@@ -652,14 +652,14 @@ async def test_status_of_a_job_done_exits_0_and_without_its_creation_time_shows_
     redis_server: RedisServer, store: JobStore, images: list[Path], tmp_path: Path
 ) -> None:
     job, _ = await make_job(
-        redis_server, store, images, tmp_path, [(T0, 0, "ok"), (T0, 1, "ok"), (T0 + 1, 2, "ok")],
-        created=None,
+        redis_server, store, images, tmp_path,
+        [(T0, 0, "ok"), (T0, 1, "skipped"), (T0 + 1, 2, "skipped")], created=None,
     )  # fmt: skip
     run = await run_main("status", job, "--shared-allowance", redis_server.url)
-    assert run.returncode == 0, run.stdout + run.stderr + "END"
+    assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.splitlines()[:2] == [
         f"Job {job}: 3 of 3 image(s) finished, 0 not yet.",
-        "Done: 3 of 3 image(s) upscaled in 0.0s.",
+        "Done: 1 of 3 image(s) upscaled, 2 skipped in 0.0s.",
     ]
     pending, _ = await make_job(
         redis_server, store, images, tmp_path, [(T0, 0, "ok")], created=None

@@ -96,7 +96,7 @@ class _Count:
         """The summary so far: images not finished count as skipped, as in ``upscale``."""
         shared = SharedAt.from_url(redis, self.allowance_key or "unknown")
         return attrs.evolve(
-            self.tally.summary(shared=shared),
+            self.tally.summary(),
             refused=dict(self.refused),
             allowance=AllowanceReport(shared=shared, bound=self.reported, reported=self.reported),
         )
@@ -268,7 +268,6 @@ def _show(
         Outcome(
             source=source,
             ok=ok,
-            urls=record.urls,
             outputs=tuple(Path(output) for output in record.outputs),
             error=None if ok else record.error or "failed",
             attempts=record.attempts,

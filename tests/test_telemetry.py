@@ -306,13 +306,17 @@ async def test_trace_configs_reach_only_a_session_the_client_creates() -> None:
         )
     assert str(info.value) == "trace_configs must be a list of aiohttp.TraceConfig, got list"
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(ValidationError, match=r"your own aiohttp\.ClientSession"):
+        with pytest.raises(ValidationError) as info:
             IdeogramClient(
                 api_key=KEY,
                 base_url="http://127.0.0.1:9",
                 session=session,
                 trace_configs=[aiohttp.TraceConfig()],
             )
+    assert str(info.value) == (
+        "trace_configs apply to the session the client creates; with session=, give them "
+        "to your own aiohttp.ClientSession(trace_configs=...)"
+    )
 
 
 # --- the hooks themselves, on instruments built by the test ------------------------------

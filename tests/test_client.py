@@ -302,9 +302,9 @@ async def test_client_used_after_close_is_a_clear_error(
 ) -> None:
     client = IdeogramClient(api_key=KEY, base_url=emulator.base_url)
     async with client:
-        assert not client.closed
+        assert client.closed is False  # a bool, as typed
         await client.upscale(png_bytes)
-    assert client.closed
+    assert client.closed is True
     with pytest.raises(ClientClosedError, match="closed"):
         await client.upscale(png_bytes)
     with pytest.raises(ClientClosedError):

@@ -251,7 +251,10 @@ async def test_deadline_bounds_the_whole_call(
     _emulator, _, outcome = await run_with([Fault.slow(30)], png_bytes, policy=policy)
     assert isinstance(outcome, APITimeoutError)
     assert (outcome.kind, outcome.attempts) == ("deadline", 1)
-    assert str(outcome).startswith("upscale image.png: the deadline of 0.3s for the whole call")
+    assert str(outcome) == (
+        "upscale image.png: the deadline of 0.3s for the whole call passed after 1 "
+        "attempt(s); raise RetryPolicy.deadline or lower the load"
+    )
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         str(outcome)
     ]
@@ -265,6 +268,19 @@ async def test_a_permanent_failure_is_logged_once_at_debug(
     assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ideogram_async"] == [
         (logging.DEBUG, f"upscale image.png: attempt 1 failed for good: {outcome}")
     ]
+
+
+async def test_a_first_attempt_that_succeeds_is_logged_once_at_debug_with_its_time(
+    png_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    before = time.monotonic()
+    await run_with([None], png_bytes)
+    took = time.monotonic() - before
+    [line] = [r.getMessage() for r in caplog.records if r.name == "ideogram_async"]
+    seconds = re.fullmatch(r"upscale image\.png: attempt 1 succeeded in (\d+\.\d\d)s", line)
+    assert seconds is not None, line
+    assert float(seconds[1]) <= took + 0.01  # the attempt's own time, within the call's
 
 
 async def test_no_retry_when_the_wait_would_pass_the_deadline(png_bytes: bytes) -> None:

@@ -298,20 +298,25 @@ def test_each_span_name_is_keyed_by_a_traced_method_of_the_client() -> None:
 
 
 async def test_trace_configs_reach_only_a_session_the_client_creates() -> None:
-    with pytest.raises(ValidationError, match=r"aiohttp\.TraceConfig"):
+    with pytest.raises(ValidationError) as info:
         IdeogramClient(
             api_key=KEY,
             base_url="http://127.0.0.1:9",
             trace_configs=[object()],  # type: ignore[list-item]
         )
+    assert str(info.value) == "trace_configs must be a list of aiohttp.TraceConfig, got list"
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(ValidationError, match=r"your own aiohttp\.ClientSession"):
+        with pytest.raises(ValidationError) as info:
             IdeogramClient(
                 api_key=KEY,
                 base_url="http://127.0.0.1:9",
                 session=session,
                 trace_configs=[aiohttp.TraceConfig()],
             )
+    assert str(info.value) == (
+        "trace_configs apply to the session the client creates; with session=, give them "
+        "to your own aiohttp.ClientSession(trace_configs=...)"
+    )
 
 
 # --- the hooks themselves, on instruments built by the test ------------------------------

@@ -779,3 +779,68 @@ async def test_every_write_is_at_most_one_chunk(
         CHUNK_SIZE,
         len(data) - 2 * CHUNK_SIZE,
     ]
+
+
+async def read_source(source: uploads._Source) -> bytes:
+    """What an attempt sends from ``source``: its first chunk, then the rest."""
+    file, first = source.start()
+    chunks = [bytes(first)]
+    async for chunk in source.rest(file, len(first)):
+        chunks.append(bytes(chunk))
+    return b"".join(chunks)
+
+
+async def test_a_path_check_keeps_a_small_file_whole_and_leaves_a_larger_one_on_disk(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    """The check itself (called here, not in its worker-thread hop): a file of at most
+    HEADER_BYTES is read whole, so it is sent as it was checked; a larger one is
+    reopened by each attempt, so a change after the check is caught."""
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    small.write_bytes(png_bytes)
+    wide = png_bytes + bytes(HEADER_BYTES)
+    large.write_bytes(wide)
+    kept = uploads._check_path(small)
+    small.unlink()
+    assert (kept.size, kept.dimensions()) == (len(png_bytes), (8, 8))
+    assert await read_source(kept) == png_bytes
+    reopened = uploads._check_path(large)
+    assert (reopened.size, reopened.dimensions()) == (len(wide), (8, 8))
+    assert reopened.head(8) == png_bytes[:8]
+    assert await read_source(reopened) == wide
+    large.unlink()
+    with pytest.raises(ImageChangedError, match=r"large\.png no longer exists"):
+        reopened.start()
+
+
+async def test_a_payload_released_while_it_opens_sends_nothing_and_fails_nothing(
+    tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt abandoned while its file was being reopened (in a worker thread)
+    writes nothing, records no error and closes the file once the open is done."""
+    path = tmp_path / "large.png"
+    path.write_bytes(png_bytes + bytes(CHUNK_SIZE))  # over one chunk: the file stays open
+    opening, go = threading.Event(), threading.Event()
+    opened: list[IO[bytes] | None] = []
+    real_start = uploads._PathSource.start
+
+    def slow_start(self: uploads._PathSource) -> tuple[IO[bytes] | None, bytes]:
+        opening.set()
+        assert go.wait(30)
+        started = real_start(self)
+        opened.append(started[0])
+        return started
+
+    monkeypatch.setattr(uploads._PathSource, "start", slow_start)
+    with await prepare_image(path) as image:
+        upload = image.payload()
+        writer = Collector()
+        writing = asyncio.create_task(upload.write_with_length(writer, None))  # type: ignore[arg-type]
+        assert await asyncio.to_thread(opening.wait, 30)
+        upload.release()
+        go.set()
+        await writing
+    assert (writer.chunks, upload.complete, upload.error) == ([], False, None)
+    [file] = opened
+    assert file is not None
+    assert file.closed

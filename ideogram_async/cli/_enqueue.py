@@ -96,7 +96,7 @@ class _Count:
         """The summary so far: images not finished count as skipped, as in ``upscale``."""
         shared = SharedAt.from_url(redis, self.allowance_key or "unknown")
         return attrs.evolve(
-            self.tally.summary(shared=shared),
+            self.tally.summary(),
             refused=dict(self.refused),
             allowance=AllowanceReport(shared=shared, bound=self.reported, reported=self.reported),
         )
@@ -206,7 +206,7 @@ async def _wait(watch: _Watch, count: _Count, redis: str, view: View, stop: asyn
     summary = count.summary(redis)
     follow = f"The workers go on with the job; follow it with: ideogram-async status {watch.job}"
     if lost is not None:
-        print(f"Stopped waiting: {lost}. {follow}", file=sys.stderr, flush=True)
+        print(f"Stopped waiting: {lost}. {follow}", file=sys.stderr)  # line-buffered
     elif not completed:
         tally = count.tally
         print(f"Interrupted: {tally.done + tally.skipped} of {tally.total} finished. {follow}")
@@ -268,7 +268,6 @@ def _show(
         Outcome(
             source=source,
             ok=ok,
-            urls=record.urls,
             outputs=tuple(Path(output) for output in record.outputs),
             error=None if ok else record.error or "failed",
             attempts=record.attempts,

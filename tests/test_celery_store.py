@@ -7,6 +7,7 @@ back, how long everything is kept, and what a Redis that does not answer looks l
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -219,4 +220,74 @@ async def test_a_redis_that_does_not_answer_fails_every_call_naming_it(redis_key
             assert "pw-s3cret" not in message
             assert caught.value.url == shown
     finally:
+        await store.aclose()
+
+
+async def test_a_store_opened_by_url_names_it_without_its_password(redis_key: str) -> None:
+    port = free_port()
+    store = open_store(f"redis://:pw-s3cret@127.0.0.1:{port}/0")
+    try:
+        with pytest.raises(SharedAllowanceError) as caught:
+            await store.record(redis_key)
+    finally:
+        await store.aclose()
+    assert f"in Redis at redis://:***@127.0.0.1:{port}/0 could not be" in str(caught.value)
+    assert caught.value.url == f"redis://:***@127.0.0.1:{port}/0"
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        pytest.param({}, id="bytes"),  # a client of the application's that does not decode
+        pytest.param({"protocol": 3, "decode_responses": True}, id="resp3"),
+    ],
+)
+async def test_any_client_of_the_redis_reads_the_same_records(
+    redis_server: RedisServer, redis_key: str, client: dict[str, Any]
+) -> None:
+    """A store on the application's own client (answers as bytes, or RESP3 maps)."""
+    store = JobStore(aioredis.Redis.from_url(redis_server.url, **client), "the-redis")
+    try:
+        await store.write(redis_key, status="ok", urls=("u",))
+        await store.add(redis_key, attempts=1, seconds=0.5, retries=0, refused={"x": 1})
+        record = await store.record(redis_key)
+        await store.create_job(redis_key, ["k1", "k2"], "/out")
+        job = await store.job(redis_key)
+        await store.announce(redis_key, 1, "ok")
+        events = await store.events(redis_key, "0", block=None)
+    finally:
+        await store.aclose()
+    assert (record.status, record.urls, record.attempts, record.refused) == (
+        "ok", ("u",), 1, {"x": 1},
+    )  # fmt: skip
+    assert job is not None
+    assert (job[0]["total"], job[1]) == ("2", ["k1", "k2"])
+    assert [(event.index, event.outcome) for event in events] == [(1, "ok")]
+    assert isinstance(events[0].id, str)
+
+
+async def test_every_change_is_one_transaction(own_redis_server: RedisServer) -> None:
+    """Each write is all or nothing (a MULTI/EXEC block): a key is never left without
+    its expiry, nor a job without its list of images."""
+    store = open_store(own_redis_server.url)
+    stats = aioredis.Redis.from_url(own_redis_server.url, decode_responses=True)
+
+    async def transactions() -> int:
+        info = await stats.info("commandstats")
+        multi = info.get("cmdstat_multi", {"calls": 0})["calls"]
+        assert info.get("cmdstat_exec", {"calls": 0})["calls"] == multi
+        return int(multi)
+
+    try:
+        changes = [
+            store.write("k", status="ok"),
+            store.add("k", attempts=1, seconds=0.1, retries=0, refused={}),
+            store.create_job("j", ["k"], "/out"),
+            store.announce("j", 0, "ok"),
+        ]
+        for number, change in enumerate(changes, 1):
+            await change
+            assert await transactions() == number
+    finally:
+        await stats.aclose()
         await store.aclose()

@@ -436,11 +436,31 @@ async def test_the_urls_are_recorded_before_the_download(
         record = await store.record(task.key)
         assert record.status == "failed"
         assert len(record.urls) == 1
-        assert record.error is not None
-        assert record.error.startswith("download failed")
+        assert record.error == (
+            "download failed: HTTP 404: Not Found (injected fault) — the image URL has expired "
+            "or does not exist; download results soon after upscaling"
+        )
         assert await run_image(client, store, task, lease=5) == "ok"
     assert (emulator.stats.requests, emulator.stats.image_downloads) == (1, 1)
     assert (tmp_path / "out" / "photo.upscaled.png").is_file()
+
+
+async def test_each_image_of_an_upscale_is_downloaded_under_its_number(
+    parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    from ideogram_async import UpscaleRequest
+
+    client, store = parts
+    task = ImageTask.of(png_path, tmp_path / "out", UpscaleRequest(num_images=2))
+    assert await run_image(client, store, task, lease=5) == "ok"
+    record = await store.record(task.key)
+    outputs = [str(tmp_path / "out" / f"photo.upscaled-{n}.png") for n in (1, 2)]
+    assert list(record.outputs) == outputs
+    assert len(record.urls) == 2
+    for output in outputs:
+        with Image.open(output) as image:
+            image.load()
+    assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
 
 
 async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
@@ -459,7 +479,8 @@ async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
 async def test_a_failed_upscale_is_recorded_with_its_error_and_counts(
     redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
 ) -> None:
-    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(400)]))
+    detail = json.dumps({"detail": "not\n  an   image"})
+    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(400, body=detail)]))
     async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
         task = ImageTask.of(png_path, tmp_path / "out", job=redis_key)
         await store.create_job(redis_key, [task.key], str(tmp_path / "out"))
@@ -469,8 +490,9 @@ async def test_a_failed_upscale_is_recorded_with_its_error_and_counts(
     assert record.status == "failed"
     assert record.attempts == 1
     assert record.urls == ()
-    assert record.error is not None
-    assert "400" in record.error
+    assert record.error == (
+        "HTTP 400: not an image — fix the request or the image; retrying will not help"
+    )
     assert [(event.index, event.outcome) for event in events] == [(0, "failed")]
 
 
@@ -506,6 +528,7 @@ async def test_every_refusal_is_counted_against_its_image(
     assert refused == emulator.stats.rejected_over_allowance
     assert {reason for record in records for reason in record.refused} == {"inflight_limit"}
     assert {record.bound for record in records if record.refused} == {2}
+    assert allowance.inner.limit == 2  # the shared allowance learned the service's number
 
 
 async def test_an_unreachable_allowance_is_no_failure_of_the_image(
@@ -545,8 +568,64 @@ def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     assert task.request() == v2
     assert task.model == "topaz-bloom-2"
     assert task.key != ImageTask.of(tmp_path / "a.png", tmp_path / "out", v1).key
-    with pytest.raises(ValidationError, match="not an image task message"):
+    with pytest.raises(ValidationError) as caught:
         ImageTask.from_message(["a.png"])
+    assert str(caught.value) == (
+        "not an image task message (expected an object, got list); build it with image_message()"
+    )
+    named = image_message(tmp_path / "a.png", tmp_path / "out", stem="renamed")
+    assert (named["stem"], named["source"]) == ("renamed", str(tmp_path / "a.png"))
+
+
+async def test_enqueue_records_the_job_and_sends_one_task_per_image_in_order(
+    own_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Without a worker: the job's record lists its images, and the broker's queue holds
+    one message per image, in input order, each carrying its name, place and options."""
+    import base64
+
+    import redis.asyncio as aioredis
+    from celery import Celery
+
+    from ideogram_async import UpscaleRequest
+    from ideogram_async.celery import celery_config
+
+    app = Celery("enqueuer", set_as_current=False)
+    app.conf.update(celery_config({"IDEOGRAM_BROKER_URL": own_redis_server.url}))
+    task = register(app)
+    inputs = make_inputs(tmp_path / "in", 3)
+    store = open_store(own_redis_server.url)
+    broker = aioredis.Redis.from_url(own_redis_server.url)
+    try:
+        with pytest.raises(ValidationError) as caught:
+            await enqueue(task, store, "nothing", [], tmp_path / "out")
+        assert str(caught.value) == "nothing to enqueue: pass at least one image"
+        assert await store.job("nothing") is None
+        sources = [(path, f"name{index}") for index, path in enumerate(inputs)]
+        request = UpscaleRequest(prompt="crisp")
+        messages = await enqueue(task, store, "job-9", sources, tmp_path / "out", request)
+        job = await store.job("job-9")
+        queued = await broker.lrange("celery", 0, -1)
+    finally:
+        await broker.aclose()
+        await store.aclose()
+        app.close()
+    assert [ImageTask.from_message(m) for m in messages] == [
+        ImageTask.of(path, tmp_path / "out", request, stem=stem, job="job-9", index=index)
+        for index, (path, stem) in enumerate(sources)
+    ]
+    assert [m["options"] for m in messages] == [{"prompt": "crisp"}] * 3
+    assert job is not None
+    info, keys = job
+    assert keys == [ImageTask.from_message(m).key for m in messages]
+    assert (info["out_dir"], info["total"]) == (str(tmp_path / "out"), "3")
+    sent = []
+    for raw in reversed(queued):  # the broker pushes on the left and takes from the right
+        envelope = json.loads(raw)
+        assert envelope["headers"]["task"] == TASK_NAME
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        sent.append(args[0])
+    assert sent == messages
 
 
 # -- settings and usage ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -43,7 +44,7 @@ from ideogram_async.celery import (
 )
 from ideogram_async.celery._task import ImageBusy, ImageTask
 from ideogram_async.limits import organization_key
-from ideogram_async.testing import Emulator, RedisServer, free_port
+from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, free_port
 
 KEY = "sk-celery-w0rker-key"
 """Distinctive, so that a leak into any output is easy to spot."""
@@ -509,3 +510,39 @@ async def test_a_worker_in_this_process_runs_a_job_and_closes_its_runtime_at_shu
             assert len(await checker.client_list()) == 1  # only this one
         finally:
             await checker.aclose()
+
+
+def refusal(reason: str) -> Fault:
+    """A 429 giving ``reason`` and an allowance of 3, to be tried again at once."""
+    body = {"detail": "refused", "reject_reason": reason, "max_inflight_requests": 3}
+    return Fault.status(429, body=json.dumps(body), retry_after=0)
+
+
+async def test_the_runtime_counts_each_images_retries_and_refusals(
+    environ: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    redis_key: str,
+    png_path: Path,
+    tmp_path: Path,
+) -> None:
+    """Two 429s the client waits out, one it retries and a 503: the image's record
+    counts the four answers before its success, the retries and the refusals by reason."""
+    plan = FaultPlan(
+        [
+            refusal("inflight_limit"),
+            refusal("inflight_limit"),
+            refusal("rate_limit"),
+            Fault.status(503, retry_after=0),
+        ]
+    )
+    message = image_message(png_path, tmp_path / "out")
+    async with Emulator(api_key=KEY, faults=plan) as emulator:
+        service(environ, emulator, ALLOWANCE_KEY=redis_key)
+        _, task = own_app(redis_server.url)
+        assert outcome(await asyncio.to_thread(task.apply, (message,))) == "ok"
+    async with records(redis_server.url) as store:
+        record = await store.record(ImageTask.from_message(message).key)
+    assert record.refused == {"inflight_limit": 2, "rate_limit": 1}
+    assert record.retries == 2
+    assert record.bound == 3
+    assert record.status == "ok"

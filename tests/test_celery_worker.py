@@ -291,7 +291,8 @@ async def test_the_task_opens_the_runtime_at_first_use_and_keeps_it(
     message = image_message(png_path, tmp_path / "out")
     first = await asyncio.to_thread(task.apply, (message,))
     assert outcome(first) == "ok"
-    assert loop_threads() == 1
+    # One loop thread, a daemon: a process whose runtime was never closed still exits.
+    assert [t.daemon for t in threading.enumerate() if t.name == LOOP_THREAD] == [True]
     async with records(redis_server.url) as store:
         record = await store.record(ImageTask.from_message(message).key)
     assert record.allowance == redis_key  # the allowance its places were held in
@@ -546,3 +547,28 @@ async def test_the_runtime_counts_each_images_retries_and_refusals(
     assert record.retries == 2
     assert record.bound == 3
     assert record.status == "ok"
+
+
+async def test_the_runtimes_client_speaks_the_flavor_it_is_given(
+    environ: pytest.MonkeyPatch,
+    emu: Emulator,
+    redis_server: RedisServer,
+    redis_key: str,
+    png_path: Path,
+    tmp_path: Path,
+) -> None:
+    """IDEOGRAM_FLAVOR=official with a base URL: the v2 models run (a proxy-flavored
+    client, the default with a base URL, refuses them before sending anything)."""
+    from ideogram_async.v2 import TopazStandard2
+
+    _, task = own_app(redis_server.url)
+    message = image_message(png_path, tmp_path / "out", TopazStandard2(upscale_factor="x2"))
+    service(environ, emu, ALLOWANCE_KEY=redis_key)
+    refused = await asyncio.to_thread(task.apply, (message,))
+    assert refused.state == "FAILURE"
+    assert "create the client with flavor='official'" in str(refused.result)
+    signals.worker_shutdown.send(sender=None)  # the next runtime reads the settings anew
+    environ.setenv("IDEOGRAM_FLAVOR", "official")
+    assert outcome(await asyncio.to_thread(task.apply, (message,))) == "ok"
+    [upload] = emu.stats.v2_uploads
+    assert upload.model == "topaz-standard-2"

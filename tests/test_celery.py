@@ -463,6 +463,18 @@ async def test_each_image_of_an_upscale_is_downloaded_under_its_number(
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
 
 
+async def test_an_error_the_client_does_not_describe_is_recorded_with_its_type(
+    parts: tuple[IdeogramClient, JobStore], png_path: Path, tmp_path: Path
+) -> None:
+    """A message may come from anywhere: a name no file system takes fails the image's
+    download with Python's own error, recorded under its type's name."""
+    client, store = parts
+    task = ImageTask.of(png_path, tmp_path / "out", stem="nul\x00byte")
+    assert await run_image(client, store, task, lease=5) == "failed"
+    record = await store.record(task.key)
+    assert record.error == "download failed: ValueError: embedded null byte"
+
+
 async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
     parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
 ) -> None:

@@ -193,7 +193,8 @@ async def test_a_job_of_no_images_has_no_list(
 
 async def test_a_redis_that_does_not_answer_fails_every_call_naming_it(redis_key: str) -> None:
     shown = "redis://127.0.0.1:***/0"
-    store = JobStore.from_url(f"redis://:pw-s3cret@127.0.0.1:{free_port()}/0", shown)
+    port = free_port()
+    store = JobStore.from_url(f"redis://:pw-s3cret@127.0.0.1:{port}/0", shown)
     calls = [
         store.record(redis_key),
         store.write(redis_key, status="ok"),
@@ -215,6 +216,7 @@ async def test_a_redis_that_does_not_answer_fails_every_call_naming_it(redis_key
             assert message.startswith(
                 f"the job records in Redis at {shown} could not be read or written (Connection"
             ), message
+            assert f"connecting to 127.0.0.1:{port}" in message  # what Redis' client said
             assert message.endswith("); check that Redis is up"), message
             assert ".)" not in message  # Redis' own sentence loses its full stop
             assert "pw-s3cret" not in message

@@ -6,7 +6,9 @@ back, how long everything is kept, and what a Redis that does not answer looks l
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,3 +295,30 @@ async def test_every_change_is_one_transaction(own_redis_server: RedisServer) ->
     finally:
         await stats.aclose()
         await store.aclose()
+
+
+async def test_a_redis_that_stops_answering_fails_the_call_within_the_io_timeout(
+    tmp_path: Path,
+) -> None:
+    """A server that takes the connection and never answers (10 s: the I/O timeout)."""
+    taken: list[asyncio.StreamWriter] = []
+
+    async def take(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+
+    path = tmp_path / "mute-X"
+    server = await asyncio.start_unix_server(take, path=str(path))
+    store = JobStore.from_url(f"unix://{path}", "the mute Redis")
+    try:
+        with pytest.raises(SharedAllowanceError) as caught:
+            await store.record("k")
+    finally:
+        await store.aclose()
+        for writer in taken:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert str(caught.value) == (
+        "the job records in Redis at the mute Redis could not be read or written "
+        f"(TimeoutError: Timeout reading from {path}); check that Redis is up"
+    )

@@ -730,11 +730,14 @@ def test_register_returns_the_task_on_the_given_app() -> None:
     from celery import Celery
 
     other = Celery("other", set_as_current=False)
-    register(other)
+    returned = register(other)
     task = other.tasks[TASK_NAME]
+    assert (returned.name, returned.app) == (TASK_NAME, other)
     assert task.app is other
     assert task.acks_late
     assert task.reject_on_worker_lost
+    assert task.ignore_result  # progress is in the records, not in a result backend
+    assert task.max_retries is None  # retries without end while Redis is away
 
 
 def test_the_docs_show_the_app_module_the_tests_run() -> None:

@@ -374,6 +374,7 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     record = await store.record(task.key)
     output = tmp_path / "out" / "photo.upscaled.png"
     assert record.status == "ok"
+    assert record.job == ""  # done by no job's task
     assert record.outputs == (str(output),)
     assert len(record.urls) == 1
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 1)

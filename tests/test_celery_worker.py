@@ -572,3 +572,69 @@ async def test_the_runtimes_client_speaks_the_flavor_it_is_given(
     assert outcome(await asyncio.to_thread(task.apply, (message,))) == "ok"
     [upload] = emu.stats.v2_uploads
     assert upload.model == "topaz-standard-2"
+
+
+async def test_the_runtime_takes_the_settings_as_read(
+    environ: pytest.MonkeyPatch,
+    emu: Emulator,
+    redis_server: RedisServer,
+    redis_key: str,
+    png_path: Path,
+    tmp_path: Path,
+) -> None:
+    """The key from IDEOGRAM_API_KEY_FILE alone, a base URL with stray spaces (as an env
+    file may hold them): the client gets the values the settings read."""
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}\n", encoding="utf-8")
+    environ.setenv("IDEOGRAM_API_KEY_FILE", str(key_file))
+    environ.setenv("IDEOGRAM_BASE_URL", f" {emu.base_url} ")
+    environ.setenv("IDEOGRAM_ALLOWANCE_KEY", redis_key)
+    _, task = own_app(redis_server.url)
+    message = image_message(png_path, tmp_path / "out")
+    assert outcome(await asyncio.to_thread(task.apply, (message,))) == "ok"
+    assert emu.stats.requests == 1
+
+
+def test_a_client_setting_the_client_refuses_stops_the_worker_at_start(
+    environ: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    environ.setenv("IDEOGRAM_API_KEY", KEY)
+    environ.setenv("IDEOGRAM_BASE_URL", "ftp://127.0.0.1/")
+    app, _ = own_app(redis_server.url)
+    with pytest.raises(SystemExit) as caught:
+        app.WorkController(pool_cls="threads", hostname="test@here")
+    assert str(caught.value).startswith("ideogram_async.celery: ")
+    assert "ftp://127.0.0.1/" in str(caught.value)
+    assert loop_threads() == 0
+
+
+async def test_the_runtimes_allowance_has_the_number_and_lease_of_the_settings(
+    environ: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    redis_key: str,
+    png_path: Path,
+    tmp_path: Path,
+) -> None:
+    """The shared bound in Redis is IDEOGRAM_ALLOWANCE, and the place of an image on
+    the wire is leased for IDEOGRAM_LEASE seconds (what a dead worker's places take to
+    come back)."""
+    raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    tag = "{" + redis_key + "}"
+    try:
+        async with Emulator(api_key=KEY, allowance=5) as emulator:
+            service(environ, emulator, ALLOWANCE_KEY=redis_key, ALLOWANCE="1", LEASE="4")
+            _, task = own_app(redis_server.url)
+            emulator.pause()
+            message = image_message(png_path, tmp_path / "out")
+            run = asyncio.create_task(asyncio.to_thread(task.apply, (message,)))
+            await emulator.wait_places(1)
+            held: Any = await raw.zrange(f"{tag}:holders", 0, -1, withscores=True)
+            seconds, micros = await raw.time()
+            emulator.resume()
+            assert outcome(await run) == "ok"
+            bound = await raw.hgetall(f"{tag}:bound")
+    finally:
+        await raw.aclose()
+    assert bound["limit"] == "1"
+    [(_, lease_end)] = held
+    assert 3000 < lease_end - (seconds * 1000 + micros // 1000) <= 4000

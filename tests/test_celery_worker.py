@@ -432,7 +432,7 @@ def test_a_worker_whose_tasks_run_in_its_process_checks_its_settings_at_start(
 
 
 def test_a_prefork_worker_leaves_the_runtimes_to_its_children(
-    environ: pytest.MonkeyPatch,
+    environ: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The prefork parent runs no task: it starts no runtime, so a wrong setting stops
     each child (``worker_process_init``) instead, where the tasks would run."""
@@ -442,6 +442,10 @@ def test_a_prefork_worker_leaves_the_runtimes_to_its_children(
     app.set_current()
     with pytest.raises(SystemExit, match=r"ideogram_async\.celery: no API key"):
         signals.worker_process_init.send(sender=None)
+    # Stopping without a runtime (the parent; a child that refused to start) is quiet.
+    signals.worker_process_shutdown.send(sender=None)
+    signals.worker_shutdown.send(sender=None)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= 40] == []
 
 
 async def test_a_worker_starts_even_while_redis_does_not_answer(
@@ -638,3 +642,28 @@ async def test_the_runtimes_allowance_has_the_number_and_lease_of_the_settings(
     assert bound["limit"] == "1"
     [(_, lease_end)] = held
     assert 3000 < lease_end - (seconds * 1000 + micros // 1000) <= 4000
+
+
+async def test_a_redis_lost_while_the_worker_runs_is_waited_for_and_named(
+    environ: pytest.MonkeyPatch,
+    emu: Emulator,
+    own_redis_server: RedisServer,
+    retries: Retries,
+    png_path: Path,
+    tmp_path: Path,
+) -> None:
+    """The runtime outlives its Redis: a task meanwhile retries, naming the Redis of the
+    records, and goes on once it is back."""
+    service(environ, emu, SHARED_ALLOWANCE=own_redis_server.url, LEASE="0.5")
+    _, task = own_app("amqp://unused//")
+    first = image_message(png_path, tmp_path / "out", stem="first")
+    assert outcome(await asyncio.to_thread(task.apply, (first,))) == "ok"
+    own_redis_server.stop()
+    retries.then = own_redis_server.start
+    second = image_message(png_path, tmp_path / "out", stem="second")
+    assert outcome(await asyncio.to_thread(task.apply, (second,))) == "ok"
+    [(_, _, exc)] = retries.seen
+    assert str(exc).startswith(
+        f"the job records in Redis at {own_redis_server.url} could not be read or written"
+    )
+    assert emu.stats.requests == 2

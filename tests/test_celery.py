@@ -388,6 +388,9 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     assert await run_image(client, store, task, lease=5) == "ok"
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
     assert sorted(p.name for p in output.parent.iterdir()) == [output.name]
+    again = await store.record(task.key)
+    assert again.attempts == 1  # the second delivery only downloaded
+    assert again.allowance == ""  # no shared allowance was named
 
 
 async def test_an_image_done_by_an_earlier_delivery_of_the_job_counts_as_its_success(
@@ -464,6 +467,45 @@ async def test_each_image_of_an_upscale_is_downloaded_under_its_number(
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
 
 
+async def test_the_claim_is_renewed_while_the_image_is_worked_on(
+    own_redis_server: RedisServer, png_path: Path, tmp_path: Path
+) -> None:
+    """An upscale that takes longer than the lease: the claim is extended every third of
+    it (Redis tells of each extension), so no other delivery can take the image; it is
+    given back at the end."""
+    import redis.asyncio as aioredis
+
+    from ideogram_async.celery import PREFIX
+
+    task = ImageTask.of(png_path, tmp_path / "out")
+    claim = f"{PREFIX}:image:{task.key}:claim"
+    watcher = aioredis.Redis.from_url(own_redis_server.url, decode_responses=True)
+    await watcher.config_set("notify-keyspace-events", "Kg$")
+    heard = watcher.pubsub()
+    await heard.subscribe(f"__keyspace@0__:{claim}")
+    emulator = Emulator(api_key=KEY, allowance=4)
+    try:
+        async with emulator, connected(emulator, own_redis_server, "renewal") as (client, store):
+            emulator.pause()
+            run = asyncio.create_task(run_image(client, store, task, lease=0.3))
+            await emulator.wait_places(1)
+            events: list[str] = []
+            async with asyncio.timeout(10):
+                while events.count("expire") < 3:
+                    message = await heard.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None:
+                        events.append(message["data"])
+            assert "expired" not in events
+            assert await store.claimed(task.key)  # held past its first lease
+            assert not await store.claim(task.key, "another-delivery", 5)
+            emulator.resume()
+            assert await run == "ok"
+            assert not await store.claimed(task.key)
+    finally:
+        await heard.aclose()
+        await watcher.aclose()
+
+
 async def test_an_error_the_client_does_not_describe_is_recorded_with_its_type(
     parts: tuple[IdeogramClient, JobStore], png_path: Path, tmp_path: Path
 ) -> None:
@@ -482,8 +524,12 @@ async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
     client, store = parts
     task = ImageTask.of(png_path, tmp_path / "out")
     assert await store.claim(task.key, "another-delivery", 5)
-    with pytest.raises(ImageBusy, match="another delivery"):
+    with pytest.raises(ImageBusy) as caught:
         await run_image(client, store, task, lease=5)
+    assert str(caught.value) == (
+        f"{png_path} is being worked on by another delivery of its task; "
+        "this one steps back and looks again later"
+    )
     assert emu.stats.requests == 0
     await store.release(task.key, "another-delivery")
     assert await run_image(client, store, task, lease=5) == "ok"
@@ -739,6 +785,9 @@ def test_register_returns_the_task_on_the_given_app() -> None:
     assert task.reject_on_worker_lost
     assert task.ignore_result  # progress is in the records, not in a result backend
     assert task.max_retries is None  # retries without end while Redis is away
+    bystander = Celery("bystander", set_as_current=False)
+    bystander.finalize()
+    assert TASK_NAME not in bystander.tasks  # registered on the app given, no other
 
 
 def test_the_docs_show_the_app_module_the_tests_run() -> None:

@@ -393,6 +393,7 @@ def register(celery_app: Celery) -> Task[Any, Any]:
     """
     registered: Task[Any, Any] = celery_app.task(
         name=TASK_NAME,
+        shared=False,  # on this app only, not on every app this process finalizes
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,

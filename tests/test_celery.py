@@ -721,6 +721,8 @@ def test_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
         # A password holding '/', '?' or '#' ends the host part early: nothing is shown.
         ("redis://user:pw/s3cret@broker:6379/0", "redis://***"),
         ("amqp://user:pw?s3#cret@broker//", "amqp://***"),
+        ("redis://user:pw/s3://cret@broker:6379/0", "redis://***"),  # a second "://"
+        ("redis://us@er:pw-s3cret@broker:6379/0", "redis://us@er:***@broker:6379/0"),
         ("redis://[pw-s3cret/0", "redis://***"),
     ],
 )

@@ -616,7 +616,7 @@ async def test_an_unreachable_allowance_is_no_failure_of_the_image(
 
 def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     from ideogram_async import MagicPrompt, UpscaleRequest
-    from ideogram_async.v2 import TopazBloom2
+    from ideogram_async.v2 import MODELS, TopazBloom2
 
     v1 = UpscaleRequest(prompt="crisp", magic_prompt_option=MagicPrompt.OFF, num_images=2)
     message = image_message(tmp_path / "a.png", tmp_path / "out", v1)
@@ -632,6 +632,15 @@ def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     assert str(caught.value) == (
         "not an image task message (expected an object, got list); build it with image_message()"
     )
+    assert type(message["options"]["magic_prompt_option"]) is str  # the enum's value
+    with pytest.raises(ValidationError) as caught:
+        image_message(tmp_path / "a.png", tmp_path / "out", "x4")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "request must be an UpscaleRequest or a v2 model's options, got str"
+    )
+    with pytest.raises(ValidationError) as caught:
+        ImageTask.from_message({**message, "model": "topaz-nope"}).request()
+    assert str(caught.value) == (f"unknown model 'topaz-nope'; choose one of {', '.join(MODELS)}")
     named = image_message(tmp_path / "a.png", tmp_path / "out", stem="renamed")
     assert (named["stem"], named["source"]) == ("renamed", str(tmp_path / "a.png"))
 
@@ -674,6 +683,7 @@ async def test_enqueue_records_the_job_and_sends_one_task_per_image_in_order(
         for index, (path, stem) in enumerate(sources)
     ]
     assert [m["options"] for m in messages] == [{"prompt": "crisp"}] * 3
+    assert [(m["job"], m["index"]) for m in messages] == [("job-9", 0), ("job-9", 1), ("job-9", 2)]
     assert job is not None
     info, keys = job
     assert keys == [ImageTask.from_message(m).key for m in messages]

@@ -137,17 +137,17 @@ async def test_one_claim_at_a_time_renewed_and_released_only_by_its_holder(
 ) -> None:
     name = f"{PREFIX}:image:{redis_key}:claim"
     assert not await store.claimed(redis_key)
-    assert await store.claim(redis_key, "first", 2.5)
+    assert await store.claim(redis_key, "first", 600)
     assert await store.claimed(redis_key)
     assert await raw.get(name) == "first"
-    assert 2000 < await raw.pttl(name) <= 2500  # the lease, in milliseconds
-    assert not await store.claim(redis_key, "second", 2.5)  # held: the second steps back
+    assert 599_000 < await raw.pttl(name) <= 600_000  # the lease, in milliseconds
+    assert not await store.claim(redis_key, "second", 600)  # held: the second steps back
     assert await raw.get(name) == "first"
 
-    assert not await store.renew(redis_key, "second", 60)  # not the second's to renew
-    assert await raw.pttl(name) <= 2500
+    assert not await store.renew(redis_key, "second", 900)  # not the second's to renew
+    assert await raw.pttl(name) <= 600_000
     assert await store.renew(redis_key, "first", 60)
-    assert 59_000 < await raw.pttl(name) <= 60_000
+    assert 59_000 < await raw.pttl(name) <= 60_000  # renewed to a lease from now
 
     await store.release(redis_key, "second")  # not the second's to give back
     assert await store.claimed(redis_key)

@@ -445,6 +445,8 @@ async def test_the_urls_are_recorded_before_the_download(
             "or does not exist; download results soon after upscaling"
         )
         assert await run_image(client, store, task, lease=5) == "ok"
+        again = await store.record(task.key)
+    assert (again.status, again.error, again.source) == ("ok", None, str(png_path))
     assert (emulator.stats.requests, emulator.stats.image_downloads) == (1, 1)
     assert (tmp_path / "out" / "photo.upscaled.png").is_file()
 
@@ -506,6 +508,44 @@ async def test_the_claim_is_renewed_while_the_image_is_worked_on(
         await watcher.aclose()
 
 
+async def test_an_answer_without_every_image_is_a_failure_saying_why(
+    redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
+) -> None:
+    """A v1 answer missing one image's URL, and a v2 image the safety check withheld:
+    nothing is downloaded, and the record says which it was."""
+    from ideogram_async.v2 import TopazBloom2
+
+    body = {"created": "2025-01-01T00:00:00Z", "data": [{"url": None, "is_image_safe": True}]}
+    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(200, body=json.dumps(body))]))
+    async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
+        task = ImageTask.of(png_path, tmp_path / "out")
+        assert await run_image(client, store, task, lease=5) == "failed"
+        record = await store.record(task.key)
+        assert record.error == "the service answered without an image URL"
+        assert record.urls == ()
+    emulator = Emulator(api_key=KEY)
+    allowance = RedisAllowance(redis_server.url, 4, key=redis_key)
+    store = open_store(redis_server.url)
+    withheld = ImageTask.of(png_path, tmp_path / "out", TopazBloom2(prompt="[withhold] a cat"))
+    try:
+        async with (
+            emulator,
+            IdeogramClient(
+                api_key=KEY, base_url=emulator.base_url, flavor="official", allowance=allowance
+            ) as client,
+        ):
+            assert await run_image(client, store, withheld, lease=5) == "failed"
+            record = await store.record(withheld.key)
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    assert (
+        record.error == "1 image(s) withheld by the service's safety check (the upscale is billed)"
+    )
+    assert emulator.stats.image_downloads == 0
+    assert not (tmp_path / "out").exists()
+
+
 async def test_an_error_the_client_does_not_describe_is_recorded_with_its_type(
     parts: tuple[IdeogramClient, JobStore], png_path: Path, tmp_path: Path
 ) -> None:
@@ -539,13 +579,21 @@ async def test_a_failed_upscale_is_recorded_with_its_error_and_counts(
     redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
 ) -> None:
     detail = json.dumps({"detail": "not\n  an   image"})
-    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(400, body=detail)]))
+    faults = FaultPlan([Fault.status(400, body=detail)])
+    emulator = Emulator(api_key=KEY, faults=faults, allowance=4)
     async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
         task = ImageTask.of(png_path, tmp_path / "out", job=redis_key)
         await store.create_job(redis_key, [task.key], str(tmp_path / "out"))
         assert await run_image(client, store, task, lease=5) == "failed"
         record = await store.record(task.key)
         events = await store.events(redis_key, "0", block=None)
+        emulator.pause()  # delivered again: while it works, the record shows no outcome
+        again = asyncio.create_task(run_image(client, store, task, lease=5))
+        await emulator.wait_places(1)
+        working = await store.record(task.key)
+        emulator.resume()
+        assert await again == "ok"
+    assert (working.status, working.error) == ("", None)
     assert record.status == "failed"
     assert record.attempts == 1
     assert record.urls == ()

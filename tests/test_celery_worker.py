@@ -667,3 +667,24 @@ async def test_a_redis_lost_while_the_worker_runs_is_waited_for_and_named(
         f"the job records in Redis at {own_redis_server.url} could not be read or written"
     )
     assert emu.stats.requests == 2
+
+
+async def test_an_image_refused_to_the_end_counts_every_refusal_by_its_reason(
+    environ: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    redis_key: str,
+    png_path: Path,
+    tmp_path: Path,
+) -> None:
+    """Every attempt refused (rate_limit): the last refusal, the image's failure, is
+    counted under its reason like the ones retried before it."""
+    message = image_message(png_path, tmp_path / "out")
+    async with Emulator(api_key=KEY, faults=FaultPlan.always(refusal("rate_limit"))) as emulator:
+        service(environ, emulator, ALLOWANCE_KEY=redis_key)
+        _, task = own_app(redis_server.url)
+        assert outcome(await asyncio.to_thread(task.apply, (message,))) == "failed"
+    async with records(redis_server.url) as store:
+        record = await store.record(ImageTask.from_message(message).key)
+    assert record.attempts > 1
+    assert record.refused == {"rate_limit": record.attempts}
+    assert record.retries == record.attempts - 1

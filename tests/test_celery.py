@@ -515,7 +515,8 @@ async def test_an_answer_without_every_image_is_a_failure_saying_why(
     nothing is downloaded, and the record says which it was."""
     from ideogram_async.v2 import TopazBloom2
 
-    body = {"created": "2025-01-01T00:00:00Z", "data": [{"url": None, "is_image_safe": True}]}
+    images = [{"url": "http://127.0.0.1:9/x.png", "is_image_safe": True}, {"url": None}]
+    body = {"created": "2025-01-01T00:00:00Z", "data": images}
     emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(200, body=json.dumps(body))]))
     async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
         task = ImageTask.of(png_path, tmp_path / "out")

@@ -522,7 +522,10 @@ async def test_an_answer_without_every_image_is_a_failure_saying_why(
         task = ImageTask.of(png_path, tmp_path / "out")
         assert await run_image(client, store, task, lease=5) == "failed"
         record = await store.record(task.key)
-        assert record.error == "the service answered without an image URL"
+        assert (record.status, record.error) == (
+            "failed",
+            "the service answered without an image URL",
+        )
         assert record.urls == ()
     emulator = Emulator(api_key=KEY)
     allowance = RedisAllowance(redis_server.url, 4, key=redis_key)
@@ -540,8 +543,9 @@ async def test_an_answer_without_every_image_is_a_failure_saying_why(
     finally:
         await allowance.aclose()
         await store.aclose()
-    assert (
-        record.error == "1 image(s) withheld by the service's safety check (the upscale is billed)"
+    assert (record.status, record.error) == (
+        "failed",
+        "1 image(s) withheld by the service's safety check (the upscale is billed)",
     )
     assert emulator.stats.image_downloads == 0
     assert not (tmp_path / "out").exists()

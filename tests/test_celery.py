@@ -375,6 +375,7 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     output = tmp_path / "out" / "photo.upscaled.png"
     assert record.status == "ok"
     assert record.job == ""  # done by no job's task
+    assert 0 < record.seconds < 120  # the time spent on it (within this test's time limit)
     assert record.outputs == (str(output),)
     assert len(record.urls) == 1
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 1)

@@ -377,6 +377,8 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     record = await store.record(task.key)
     output = tmp_path / "out" / "photo.upscaled.png"
     assert record.status == "ok"
+    assert record.job == ""  # done by no job's task
+    assert 0 < record.seconds < 120  # the time spent on it (within this test's time limit)
     assert record.outputs == (str(output),)
     assert len(record.urls) == 1
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 1)
@@ -390,6 +392,9 @@ async def test_a_recorded_result_is_never_paid_for_twice(
     assert await run_image(client, store, task, lease=5) == "ok"
     assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
     assert sorted(p.name for p in output.parent.iterdir()) == [output.name]
+    again = await store.record(task.key)
+    assert again.attempts == 1  # the second delivery only downloaded
+    assert again.allowance == ""  # no shared allowance was named
 
 
 async def test_an_image_done_by_an_earlier_delivery_of_the_job_counts_as_its_success(
@@ -439,11 +444,127 @@ async def test_the_urls_are_recorded_before_the_download(
         record = await store.record(task.key)
         assert record.status == "failed"
         assert len(record.urls) == 1
-        assert record.error is not None
-        assert record.error.startswith("download failed")
+        assert record.error == (
+            "download failed: HTTP 404: Not Found (injected fault) — the image URL has expired "
+            "or does not exist; download results soon after upscaling"
+        )
         assert await run_image(client, store, task, lease=5) == "ok"
+        again = await store.record(task.key)
+    assert (again.status, again.error, again.source) == ("ok", None, str(png_path))
     assert (emulator.stats.requests, emulator.stats.image_downloads) == (1, 1)
     assert (tmp_path / "out" / "photo.upscaled.png").is_file()
+
+
+async def test_each_image_of_an_upscale_is_downloaded_under_its_number(
+    parts: tuple[IdeogramClient, JobStore], emu: Emulator, png_path: Path, tmp_path: Path
+) -> None:
+    from ideogram_async import UpscaleRequest
+
+    client, store = parts
+    task = ImageTask.of(png_path, tmp_path / "out", UpscaleRequest(num_images=2))
+    assert await run_image(client, store, task, lease=5) == "ok"
+    record = await store.record(task.key)
+    outputs = [str(tmp_path / "out" / f"photo.upscaled-{n}.png") for n in (1, 2)]
+    assert list(record.outputs) == outputs
+    assert len(record.urls) == 2
+    for output in outputs:
+        with Image.open(output) as image:
+            image.load()
+    assert (emu.stats.requests, emu.stats.image_downloads) == (1, 2)
+
+
+async def test_the_claim_is_renewed_while_the_image_is_worked_on(
+    own_redis_server: RedisServer, png_path: Path, tmp_path: Path
+) -> None:
+    """An upscale that takes longer than the lease: the claim is extended every third of
+    it (Redis tells of each extension), so no other delivery can take the image; it is
+    given back at the end."""
+    import redis.asyncio as aioredis
+
+    from ideogram_async.celery import PREFIX
+
+    task = ImageTask.of(png_path, tmp_path / "out")
+    claim = f"{PREFIX}:image:{task.key}:claim"
+    watcher = aioredis.Redis.from_url(own_redis_server.url, decode_responses=True)
+    await watcher.config_set("notify-keyspace-events", "Kg$")
+    heard = watcher.pubsub()
+    await heard.subscribe(f"__keyspace@0__:{claim}")
+    emulator = Emulator(api_key=KEY, allowance=4)
+    try:
+        async with emulator, connected(emulator, own_redis_server, "renewal") as (client, store):
+            emulator.pause()
+            run = asyncio.create_task(run_image(client, store, task, lease=0.3))
+            await emulator.wait_places(1)
+            events: list[str] = []
+            async with asyncio.timeout(10):
+                while events.count("expire") < 3:
+                    message = await heard.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None:
+                        events.append(message["data"])
+            assert "expired" not in events
+            assert await store.claimed(task.key)  # held past its first lease
+            assert not await store.claim(task.key, "another-delivery", 5)
+            emulator.resume()
+            assert await run == "ok"
+            assert not await store.claimed(task.key)
+    finally:
+        await heard.aclose()
+        await watcher.aclose()
+
+
+async def test_an_answer_without_every_image_is_a_failure_saying_why(
+    redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
+) -> None:
+    """A v1 answer missing one image's URL, and a v2 image the safety check withheld:
+    nothing is downloaded, and the record says which it was."""
+    from ideogram_async.v2 import TopazBloom2
+
+    images = [{"url": "http://127.0.0.1:9/x.png", "is_image_safe": True}, {"url": None}]
+    body = {"created": "2025-01-01T00:00:00Z", "data": images}
+    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(200, body=json.dumps(body))]))
+    async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
+        task = ImageTask.of(png_path, tmp_path / "out")
+        assert await run_image(client, store, task, lease=5) == "failed"
+        record = await store.record(task.key)
+        assert (record.status, record.error) == (
+            "failed",
+            "the service answered without an image URL",
+        )
+        assert record.urls == ()
+    emulator = Emulator(api_key=KEY)
+    allowance = RedisAllowance(redis_server.url, 4, key=redis_key)
+    store = open_store(redis_server.url)
+    withheld = ImageTask.of(png_path, tmp_path / "out", TopazBloom2(prompt="[withhold] a cat"))
+    try:
+        async with (
+            emulator,
+            IdeogramClient(
+                api_key=KEY, base_url=emulator.base_url, flavor="official", allowance=allowance
+            ) as client,
+        ):
+            assert await run_image(client, store, withheld, lease=5) == "failed"
+            record = await store.record(withheld.key)
+    finally:
+        await allowance.aclose()
+        await store.aclose()
+    assert (record.status, record.error) == (
+        "failed",
+        "1 image(s) withheld by the service's safety check (the upscale is billed)",
+    )
+    assert emulator.stats.image_downloads == 0
+    assert not (tmp_path / "out").exists()
+
+
+async def test_an_error_the_client_does_not_describe_is_recorded_with_its_type(
+    parts: tuple[IdeogramClient, JobStore], png_path: Path, tmp_path: Path
+) -> None:
+    """A message may come from anywhere: a name no file system takes fails the image's
+    download with Python's own error, recorded under its type's name."""
+    client, store = parts
+    task = ImageTask.of(png_path, tmp_path / "out", stem="nul\x00byte")
+    assert await run_image(client, store, task, lease=5) == "failed"
+    record = await store.record(task.key)
+    assert record.error == "download failed: ValueError: embedded null byte"
 
 
 async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
@@ -452,8 +573,12 @@ async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
     client, store = parts
     task = ImageTask.of(png_path, tmp_path / "out")
     assert await store.claim(task.key, "another-delivery", 5)
-    with pytest.raises(ImageBusy, match="another delivery"):
+    with pytest.raises(ImageBusy) as caught:
         await run_image(client, store, task, lease=5)
+    assert str(caught.value) == (
+        f"{png_path} is being worked on by another delivery of its task; "
+        "this one steps back and looks again later"
+    )
     assert emu.stats.requests == 0
     await store.release(task.key, "another-delivery")
     assert await run_image(client, store, task, lease=5) == "ok"
@@ -462,18 +587,28 @@ async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
 async def test_a_failed_upscale_is_recorded_with_its_error_and_counts(
     redis_server: RedisServer, redis_key: str, png_path: Path, tmp_path: Path
 ) -> None:
-    emulator = Emulator(api_key=KEY, faults=FaultPlan([Fault.status(400)]))
+    detail = json.dumps({"detail": "not\n  an   image"})
+    faults = FaultPlan([Fault.status(400, body=detail)])
+    emulator = Emulator(api_key=KEY, faults=faults, allowance=4)
     async with emulator, connected(emulator, redis_server, redis_key) as (client, store):
         task = ImageTask.of(png_path, tmp_path / "out", job=redis_key)
         await store.create_job(redis_key, [task.key], str(tmp_path / "out"))
         assert await run_image(client, store, task, lease=5) == "failed"
         record = await store.record(task.key)
         events = await store.events(redis_key, "0", block=None)
+        emulator.pause()  # delivered again: while it works, the record shows no outcome
+        again = asyncio.create_task(run_image(client, store, task, lease=5))
+        await emulator.wait_places(1)
+        working = await store.record(task.key)
+        emulator.resume()
+        assert await again == "ok"
+    assert (working.status, working.error) == ("", None)
     assert record.status == "failed"
     assert record.attempts == 1
     assert record.urls == ()
-    assert record.error is not None
-    assert "400" in record.error
+    assert record.error == (
+        "HTTP 400: not an image — fix the request or the image; retrying will not help"
+    )
     assert [(event.index, event.outcome) for event in events] == [(0, "failed")]
 
 
@@ -509,6 +644,7 @@ async def test_every_refusal_is_counted_against_its_image(
     assert refused == emulator.stats.rejected_over_allowance
     assert {reason for record in records for reason in record.refused} == {"inflight_limit"}
     assert {record.bound for record in records if record.refused} == {2}
+    assert allowance.inner.limit == 2  # the shared allowance learned the service's number
 
 
 async def test_an_unreachable_allowance_is_no_failure_of_the_image(
@@ -537,7 +673,7 @@ async def test_an_unreachable_allowance_is_no_failure_of_the_image(
 
 def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     from ideogram_async import MagicPrompt, UpscaleRequest
-    from ideogram_async.v2 import TopazBloom2
+    from ideogram_async.v2 import MODELS, TopazBloom2
 
     v1 = UpscaleRequest(prompt="crisp", magic_prompt_option=MagicPrompt.OFF, num_images=2)
     message = image_message(tmp_path / "a.png", tmp_path / "out", v1)
@@ -548,8 +684,74 @@ def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     assert task.request() == v2
     assert task.model == "topaz-bloom-2"
     assert task.key != ImageTask.of(tmp_path / "a.png", tmp_path / "out", v1).key
-    with pytest.raises(ValidationError, match="not an image task message"):
+    with pytest.raises(ValidationError) as caught:
         ImageTask.from_message(["a.png"])
+    assert str(caught.value) == (
+        "not an image task message (expected an object, got list); build it with image_message()"
+    )
+    assert type(message["options"]["magic_prompt_option"]) is str  # the enum's value
+    with pytest.raises(ValidationError) as caught:
+        image_message(tmp_path / "a.png", tmp_path / "out", "x4")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "request must be an UpscaleRequest or a v2 model's options, got str"
+    )
+    with pytest.raises(ValidationError) as caught:
+        ImageTask.from_message({**message, "model": "topaz-nope"}).request()
+    assert str(caught.value) == (f"unknown model 'topaz-nope'; choose one of {', '.join(MODELS)}")
+    named = image_message(tmp_path / "a.png", tmp_path / "out", stem="renamed")
+    assert (named["stem"], named["source"]) == ("renamed", str(tmp_path / "a.png"))
+
+
+async def test_enqueue_records_the_job_and_sends_one_task_per_image_in_order(
+    own_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Without a worker: the job's record lists its images, and the broker's queue holds
+    one message per image, in input order, each carrying its name, place and options."""
+    import base64
+
+    import redis.asyncio as aioredis
+    from celery import Celery
+
+    from ideogram_async import UpscaleRequest
+    from ideogram_async.celery import celery_config
+
+    app = Celery("enqueuer", set_as_current=False)
+    app.conf.update(celery_config({"IDEOGRAM_BROKER_URL": own_redis_server.url}))
+    task = register(app)
+    inputs = make_inputs(tmp_path / "in", 3)
+    store = open_store(own_redis_server.url)
+    broker = aioredis.Redis.from_url(own_redis_server.url)
+    try:
+        with pytest.raises(ValidationError) as caught:
+            await enqueue(task, store, "nothing", [], tmp_path / "out")
+        assert str(caught.value) == "nothing to enqueue: pass at least one image"
+        assert await store.job("nothing") is None
+        sources = [(path, f"name{index}") for index, path in enumerate(inputs)]
+        request = UpscaleRequest(prompt="crisp")
+        messages = await enqueue(task, store, "job-9", sources, tmp_path / "out", request)
+        job = await store.job("job-9")
+        queued = await broker.lrange("celery", 0, -1)
+    finally:
+        await broker.aclose()
+        await store.aclose()
+        app.close()
+    assert [ImageTask.from_message(m) for m in messages] == [
+        ImageTask.of(path, tmp_path / "out", request, stem=stem, job="job-9", index=index)
+        for index, (path, stem) in enumerate(sources)
+    ]
+    assert [m["options"] for m in messages] == [{"prompt": "crisp"}] * 3
+    assert [(m["job"], m["index"]) for m in messages] == [("job-9", 0), ("job-9", 1), ("job-9", 2)]
+    assert job is not None
+    info, keys = job
+    assert keys == [ImageTask.from_message(m).key for m in messages]
+    assert (info["out_dir"], info["total"]) == (str(tmp_path / "out"), "3")
+    sent = []
+    for raw in reversed(queued):  # the broker pushes on the left and takes from the right
+        envelope = json.loads(raw)
+        assert envelope["headers"]["task"] == TASK_NAME
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        sent.append(args[0])
+    assert sent == messages
 
 
 # -- settings and usage ---------------------------------------------------------------
@@ -586,6 +788,8 @@ def test_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
         # A password holding '/', '?' or '#' ends the host part early: nothing is shown.
         ("redis://user:pw/s3cret@broker:6379/0", "redis://***"),
         ("amqp://user:pw?s3#cret@broker//", "amqp://***"),
+        ("redis://user:pw/s3://cret@broker:6379/0", "redis://***"),  # a second "://"
+        ("redis://us@er:pw-s3cret@broker:6379/0", "redis://us@er:***@broker:6379/0"),
         ("redis://[pw-s3cret/0", "redis://***"),
     ],
 )
@@ -642,11 +846,17 @@ def test_register_returns_the_task_on_the_given_app() -> None:
     from celery import Celery
 
     other = Celery("other", set_as_current=False)
-    register(other)
+    returned = register(other)
     task = other.tasks[TASK_NAME]
+    assert (returned.name, returned.app) == (TASK_NAME, other)
     assert task.app is other
     assert task.acks_late
     assert task.reject_on_worker_lost
+    assert task.ignore_result  # progress is in the records, not in a result backend
+    assert task.max_retries is None  # retries without end while Redis is away
+    bystander = Celery("bystander", set_as_current=False)
+    bystander.finalize()
+    assert TASK_NAME not in bystander.tasks  # registered on the app given, no other
 
 
 def test_the_docs_show_the_app_module_the_tests_run() -> None:

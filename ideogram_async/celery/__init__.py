@@ -381,7 +381,7 @@ def _upscale_image(task: Task[Any, Any], message: dict[str, Any]) -> Outcome:
     except ImageBusy as exc:
         raise task.retry(exc=exc, countdown=runtime.settings.lease / 3) from exc
     except SharedAllowanceError as exc:  # Redis is unreachable: nothing was sent; later
-        raise task.retry(exc=exc, countdown=min(60, 2 ** min(task.request.retries, 6))) from exc
+        raise task.retry(exc=exc, countdown=min(60, 2**task.request.retries)) from exc
 
 
 def register(celery_app: Celery) -> Task[Any, Any]:
@@ -393,6 +393,7 @@ def register(celery_app: Celery) -> Task[Any, Any]:
     """
     registered: Task[Any, Any] = celery_app.task(
         name=TASK_NAME,
+        shared=False,  # on this app only, not on every app this process finalizes
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,

@@ -275,7 +275,10 @@ class JobStore:
             answer = await self._redis.xread({name: after}, block=wait)
         except RedisError as exc:
             raise self._failed(exc) from exc
-        streams: list[Any] = list(answer.items()) if isinstance(answer, dict) else answer
+        if isinstance(answer, dict):  # RESP3 (a URL with ?protocol=3): {name: [entries]}
+            streams: list[Any] = [(name, entries) for name, [entries] in answer.items()]
+        else:  # RESP2: [[name, entries]]
+            streams = answer
         return [
             Event(id=_text(entry), index=int(fields["index"]), outcome=outcome)
             for _, entries in streams

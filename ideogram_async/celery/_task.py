@@ -170,13 +170,11 @@ async def upscale_once(
     """The one call of the client's upscale API here: v1 or v2, with its attempts and time."""
     if isinstance(request, V2Options):
         async with client.v2.upscale_many([source], request) as v2_run:
-            async for v2_result in v2_run:
-                return v2_result
-    else:
-        async with client.upscale_many([source], request) as run:
-            async for result in run:
-                return result
-    raise AssertionError("upscale_many yields one result per input")  # pragma: no cover
+            [v2_result] = [result async for result in v2_run]  # one result per input
+            return v2_result
+    async with client.upscale_many([source], request) as run:
+        [result] = [result async for result in run]
+        return result
 
 
 def _done(outputs: tuple[str, ...]) -> bool:

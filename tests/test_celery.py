@@ -700,6 +700,35 @@ def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     assert str(caught.value) == (f"unknown model 'topaz-nope'; choose one of {', '.join(MODELS)}")
     named = image_message(tmp_path / "a.png", tmp_path / "out", stem="renamed")
     assert (named["stem"], named["source"]) == ("renamed", str(tmp_path / "a.png"))
+    with pytest.raises(ValidationError) as caught:
+        ImageTask.from_message({**message, "options": {"prompt": "x", "zoom": 2}}).request()
+    assert str(caught.value) == (
+        "unknown option(s) 'zoom' for UpscaleRequest; build the message with image_message()"
+    )
+
+
+@pytest.mark.parametrize("stem", ["", ".", "..", 7])
+def test_a_stem_that_names_no_file_is_refused_before_anything_is_sent(
+    tmp_path: Path, stem: object
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        image_message(tmp_path / "a.png", tmp_path / "out", stem=stem)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"stem {stem!r} does not name a file; give a plain name such as 'photo' "
+        "(the result is saved as <stem>.upscaled.<ext>)"
+    )
+
+
+@pytest.mark.parametrize("stem", ["../up", "sub/name", "back\\slash", "nul\0byte"])
+def test_a_stem_with_a_separator_or_nul_is_refused(tmp_path: Path, stem: str) -> None:
+    message = image_message(tmp_path / "a.png", tmp_path / "out")
+    with pytest.raises(ValidationError) as caught:
+        ImageTask.from_message({**message, "stem": stem})
+    assert str(caught.value) == (
+        f"stem {stem!r} holds a path separator or a NUL byte; give a plain name such as "
+        "'photo' (the result is saved in out_dir as <stem>.upscaled.<ext>)"
+    )
+    assert ImageTask.from_message({**message, "stem": ".hidden"}).stem == ".hidden"
 
 
 async def test_enqueue_records_the_job_and_sends_one_task_per_image_in_order(

@@ -408,11 +408,23 @@ async def test_an_unreachable_redis_is_tried_again_backing_off_up_to_a_minute(
     assert emu.stats.requests == 1
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        None,  # not even an object
+        {"stem": ""},
+        {"stem": "../escape"},
+        {"stem": "nul\0byte"},
+        {"options": {"prompt": "x", "no_such_option": 1}},
+    ],
+)
 async def test_a_message_that_is_no_image_task_fails_the_task(
-    environ: pytest.MonkeyPatch, png_path: Path
+    environ: pytest.MonkeyPatch, png_path: Path, change: dict[str, object] | None
 ) -> None:
+    """Refused before anything is started or paid for: no runtime, no request."""
     _, task = own_app("amqp://unused//")
-    result = await asyncio.to_thread(task.apply, (["photo.png"],))
+    message = ["photo.png"] if change is None else {**image_message(png_path, "out"), **change}
+    result = await asyncio.to_thread(task.apply, (message,))
     assert result.state == "FAILURE"
     assert isinstance(result.result, ValidationError)
     assert loop_threads() == 0  # refused before anything was started

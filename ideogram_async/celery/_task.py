@@ -48,13 +48,28 @@ class ImageTask:
 
     source: str
     out_dir: str
-    stem: str
+    stem: str = attrs.field()
     model: str | None = None
     """The v2 model's name, or ``None`` for the v1 upscaler."""
     options: dict[str, Any] = attrs.field(factory=dict)
     """The request's fields that are set, as JSON values."""
     job: str | None = None
     index: int = 0
+
+    @stem.validator
+    def _check_stem(self, _: attrs.Attribute[str], stem: str) -> None:
+        """The result's name is checked before anything is paid for: it must make a file
+        name of its own in ``out_dir`` (no folder, no NUL)."""
+        if not isinstance(stem, str) or stem in ("", ".", ".."):
+            raise ValidationError(
+                f"stem {stem!r} does not name a file; give a plain name such as 'photo' "
+                "(the result is saved as <stem>.upscaled.<ext>)"
+            )
+        if any(bad in stem for bad in ("/", "\\", "\0")):
+            raise ValidationError(
+                f"stem {stem!r} holds a path separator or a NUL byte; give a plain name "
+                "such as 'photo' (the result is saved in out_dir as <stem>.upscaled.<ext>)"
+            )
 
     @classmethod
     def of(
@@ -92,12 +107,16 @@ class ImageTask:
 
     def request(self) -> UpscaleRequest | V2Options:
         """The options to upscale with (checked again: a message may come from anywhere)."""
-        if self.model is None:
-            return UpscaleRequest(**self.options)
-        cls = MODELS.get(self.model)
+        cls = UpscaleRequest if self.model is None else MODELS.get(self.model)
         if cls is None:
             raise ValidationError(
                 f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}"
+            )
+        unknown = sorted(set(self.options) - {field.name for field in attrs.fields(cls)})
+        if unknown:
+            raise ValidationError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                "build the message with image_message()"
             )
         return cls(**self.options)
 

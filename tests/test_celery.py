@@ -556,15 +556,23 @@ async def test_an_answer_without_every_image_is_a_failure_saying_why(
 
 
 async def test_an_error_the_client_does_not_describe_is_recorded_with_its_type(
-    parts: tuple[IdeogramClient, JobStore], png_path: Path, tmp_path: Path
+    parts: tuple[IdeogramClient, JobStore],
+    png_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A message may come from anywhere: a name no file system takes fails the image's
-    download with Python's own error, recorded under its type's name."""
+    """An error no part of the client describes (here, a download that breaks in an
+    unforeseen way) fails the image, recorded under its type's name."""
     client, store = parts
-    task = ImageTask.of(png_path, tmp_path / "out", stem="nul\x00byte")
+
+    async def broken(url: str, dest: Path) -> Path:
+        raise LookupError("a fault of its own")
+
+    monkeypatch.setattr(client, "download", broken)
+    task = ImageTask.of(png_path, tmp_path / "out")
     assert await run_image(client, store, task, lease=5) == "failed"
     record = await store.record(task.key)
-    assert record.error == "download failed: ValueError: embedded null byte"
+    assert record.error == "download failed: LookupError: a fault of its own"
 
 
 async def test_a_second_delivery_steps_back_while_the_first_holds_the_claim(
@@ -716,6 +724,18 @@ def test_a_stem_that_names_no_file_is_refused_before_anything_is_sent(
     assert str(caught.value) == (
         f"stem {stem!r} does not name a file; give a plain name such as 'photo' "
         "(the result is saved as <stem>.upscaled.<ext>)"
+    )
+
+
+def test_a_stem_too_long_for_a_file_name_is_refused(tmp_path: Path) -> None:
+    message = image_message(tmp_path / "a.png", tmp_path / "out")
+    fits = "é" * 119  # 238 bytes: with ".upscaled-10.jpeg", 255
+    assert ImageTask.from_message({**message, "stem": fits}).stem == fits
+    with pytest.raises(ValidationError) as caught:
+        ImageTask.from_message({**message, "stem": fits + "x"})
+    assert str(caught.value) == (
+        f"stem {'é' * 40!r}... is too long for a file name (255 bytes at most with "
+        "'.upscaled-10.jpeg'); give a shorter one"
     )
 
 

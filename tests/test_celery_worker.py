@@ -224,6 +224,20 @@ def loop_threads() -> int:
     return sum(thread.name == LOOP_THREAD for thread in threading.enumerate())
 
 
+@pytest.fixture(autouse=True)
+def logging_left_alone() -> Iterator[None]:
+    """A worker built in this process would set up the root logger (level ERROR, a stderr
+    handler) for the rest of the session, silencing later tests' captured warnings; a
+    ``setup_logging`` receiver tells Celery the application sets up logging itself."""
+
+    def leave(**_: object) -> None:
+        """The application's own logging set-up: none, here."""
+
+    signals.setup_logging.connect(leave)
+    yield
+    signals.setup_logging.disconnect(leave)
+
+
 @pytest.fixture
 def environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """This process's environment without IDEOGRAM_ settings (the test sets its own).

@@ -38,6 +38,12 @@ class ImageBusy(IdeogramError):
     """Another delivery of this image holds its claim; try again once it has finished."""
 
 
+_NAME_MAX = 255
+"""The longest file name, in bytes, of the usual file systems."""
+_LONGEST_SUFFIX = ".upscaled-10.jpeg"
+"""The longest ending a result's file name gets (the 10th of 10 images, a JPEG)."""
+
+
 @attrs.frozen(kw_only=True)
 class ImageTask:
     """What one task message carries: the image, where its result goes, the options.
@@ -69,6 +75,11 @@ class ImageTask:
             raise ValidationError(
                 f"stem {stem!r} holds a path separator or a NUL byte; give a plain name "
                 "such as 'photo' (the result is saved in out_dir as <stem>.upscaled.<ext>)"
+            )
+        if len(os.fsencode(stem + _LONGEST_SUFFIX)) > _NAME_MAX:
+            raise ValidationError(
+                f"stem {stem[:40]!r}... is too long for a file name ({_NAME_MAX} bytes at "
+                f"most with {_LONGEST_SUFFIX!r}); give a shorter one"
             )
 
     @classmethod

@@ -26,6 +26,7 @@ from ideogram_async.limits import (
     RedisAllowance,
     organization_key,
 )
+from ideogram_async.limits.shared import _Grant
 from ideogram_async.testing import Emulator, RedisServer, free_port
 
 from ._support import KEY, make_image, release, start_workers
@@ -372,7 +373,9 @@ async def test_a_closed_or_unkeyed_allowance_says_what_to_do(
 async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
     redis_server: RedisServer, redis_key: str
 ) -> None:
-    async with RedisAllowance(redis_server.url, 40, key=redis_key) as allowance:
+    changes: list[AllowanceChange] = []
+    url = redis_server.url
+    async with RedisAllowance(url, 40, key=redis_key, on_change=changes.append) as allowance:
         async with allowance.hold(10):
             await allowance.completed()  # slow start: the whole bound of 10 was in use
         assert allowance.limit == 11
@@ -388,6 +391,11 @@ async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
         async with allowance.hold(1), allowance.hold(11):
             await allowance.rejected(None)  # 12 held, above the 11 that went through: a probe
         assert allowance.limit == 11  # back to the level that went through
+    assert [(c.old, c.new, c.reason) for c in changes] == [
+        (10, 11, ChangeReason.INCREASED),
+        (11, 12, ChangeReason.INCREASED),
+        (12, 11, ChangeReason.DECREASED),
+    ]
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(
@@ -520,11 +528,11 @@ async def test_release_goes_by_holder_id(redis_server: RedisServer, redis_key: s
     ):
         async with a.hold(4):
             (holder,) = a._held
-            assert await b._release("0" * 32) is False  # not a holder
+            await b._give_back(_Grant(b, "0" * 32, 0, 0, -1))  # not a holder: nothing
             assert await redis_state(url, redis_key) == (4, 0)
         assert await redis_state(url, redis_key) == (0, 0)
         async with b.hold(3):
-            assert await a._release(holder) is False  # released already
+            await a._give_back(_Grant(a, holder, 0, 0, -1))  # released already: nothing
             assert await redis_state(url, redis_key) == (3, 0)
 
 

@@ -886,6 +886,26 @@ async def test_holders_survive_a_redis_restart(
         await eight.done()
 
 
+async def test_a_process_that_missed_the_loss_registers_its_holds_before_its_next_grant(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    async with (
+        # a hears no message, and renews every 10 s: not within this test.
+        deaf(RedisAllowance(url, 10, key=redis_key, lease=30)) as a,
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
+    ):
+        own_redis_server.flush()
+        async with b.hold(1):
+            pass  # b finds the state lost: a new epoch, told to all (but a)
+        assert await redis_state(url, redis_key) == (0, 0)  # a's 8 are not in Redis
+        # a's next hold finds its epoch out of date: its 8 are registered before the grant.
+        async with a.hold(2):
+            assert await redis_state(url, redis_key) == (10, 0)
+            assert (a.in_use, a.limit) == (10, 10)
+
+
 WORKER = """
 import asyncio, sys
 from ideogram_async import IdeogramClient, UpscaleRequest

@@ -511,6 +511,7 @@ async def test_renewal_keeps_a_hold_longer_than_its_lease(
         RedisAllowance(url, 10, key=redis_key, lease=LEASE) as a,
         RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
     ):
+        await asyncio.sleep(LEASE / 2)  # a renewal comes, with nothing to renew yet
         async with a.hold(10):
             waiter = Entry(b, 1)
             await asyncio.sleep(3 * LEASE)  # time passing is what is under test

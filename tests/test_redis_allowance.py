@@ -714,6 +714,25 @@ def deaf(allowance: RedisAllowance) -> RedisAllowance:
     return allowance
 
 
+async def test_an_idle_allowance_waits_for_its_messages_without_spinning(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RedisAllowance(redis_server.url, 10, key=redis_key, lease=LEASE) as allowance:
+        pubsub = allowance._pubsub
+        assert pubsub is not None
+        get_message = pubsub.get_message
+        calls = 0
+
+        async def counted(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await get_message(**kwargs)
+
+        monkeypatch.setattr(pubsub, "get_message", counted)
+        await asyncio.sleep(LEASE)  # time passing is what is under test
+        assert calls < 10  # a few at most; a loop that spins asks thousands of times
+
+
 async def test_a_lost_grant_message_is_made_up_for_by_the_poll(
     redis_server: RedisServer, redis_key: str
 ) -> None:
@@ -795,7 +814,10 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
         await allowance.connect()
 
 
-async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisServer) -> None:
+async def test_redis_lost_mid_run_fails_waiters_clearly(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
     url = own_redis_server.url
     async with (
         RedisAllowance(url, 10, key="k", lease=LEASE) as a,
@@ -812,6 +834,13 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisS
         await b.completed()
         await b.rejected(None)
         assert b.limit == 10
+
+        def told() -> bool:  # the message channel's loss, with its cause
+            debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+            lost = "shared allowance: lost the message channel (Error "
+            return any(line.startswith(lost) and "connecting to" in line for line in debug)
+
+        await eventually(told, "the loss of the message channel was not logged")
 
 
 async def test_a_refusal_reported_without_redis_does_not_fail_the_request(

@@ -402,10 +402,8 @@ class RedisAllowance:
     async def _listen(self, pubsub: PubSub) -> None:
         """Wake this process's waiter on its grant; register the holds again on ``lost``."""
         while True:
-            try:
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=self._poll
-                )
+            try:  # waits for the next message (aclose cancels the wait)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             except REDIS_FAULTS as exc:
                 logger.debug("shared allowance: lost the message channel (%s)", exc)
                 # The waiters poll meanwhile and meet the fault themselves.

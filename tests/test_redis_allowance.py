@@ -843,6 +843,42 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(
         await eventually(told, "the loss of the message channel was not logged")
 
 
+async def test_the_channel_is_heard_again_once_redis_is_back(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    url = own_redis_server.url
+    async with RedisAllowance(url, 10, key="k", lease=LEASE) as b:
+        own_redis_server.stop()
+
+        def told() -> bool:
+            debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+            return any(
+                line.startswith("shared allowance: lost the message channel") for line in debug
+            )
+
+        await eventually(told, "the loss of the message channel was not logged")
+        own_redis_server.start()  # back, empty
+        client = aioredis.Redis.from_url(url)
+
+        async def subscribed() -> bool:
+            [(_, listeners)] = await client.pubsub_numsub(b._channel)
+            return bool(listeners == 1)
+
+        try:
+            await eventually(subscribed, "b did not listen on its channel again")
+        finally:
+            await client.aclose()
+        b._poll = 3600.0  # only the message on the channel can wake it
+        async with RedisAllowance(url, 10, key="k", lease=LEASE) as a:
+            async with a.hold(10):
+                waiter = Entry(b, 1)
+                await eventually(lambda: b.in_use == 10, "b never tried")
+            async with asyncio.timeout(10):
+                await waiter.entered.wait()
+            await waiter.done()
+
+
 async def test_a_refusal_reported_without_redis_does_not_fail_the_request(
     own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -827,8 +827,12 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(
         waiter = Entry(b, 1)
         await eventually(lambda: b.in_use == 10, "b never tried")
         own_redis_server.stop()
-        with pytest.raises(SharedAllowanceError, match=f"lost Redis at {url}"):
+        with pytest.raises(SharedAllowanceError) as caught:
             await waiter.task
+        # What failed, where, and why (the cause as redis-py tells it).
+        told = f"lost Redis at {url} for the shared allowance: {caught.value.__cause__}"
+        assert str(caught.value) == told
+        assert f"connecting to 127.0.0.1:{own_redis_server.port}" in told
         assert not waiter.entered.is_set()
         # What a request reports after it ran does not turn it into a failure.
         await b.completed()

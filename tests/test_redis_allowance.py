@@ -313,8 +313,12 @@ async def test_leases_tickets_and_the_bound_last_as_long_as_set(
             after = await now_ms()
             [end] = await lease_ends()
             assert before + 30_000 <= end <= after + 30_000
+            asked = await now_ms()
             waiters = [Entry(b, 7)]  # 4 + 7 > 10: it waits, with a ticket
             await eventually(lambda: b.in_use == 4, "b never tried")
+            now = await now_ms()
+            [(b_expiry, *_)] = await tickets()
+            assert asked + 1500 <= b_expiry <= now + 1500  # from its last ask: 3 x 2 s / 4
             waiters.append(Entry(c, 8))  # and behind it, c
             await eventually(lambda: c.in_use == 4, "c never tried")
             now = await now_ms()

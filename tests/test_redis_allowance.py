@@ -843,12 +843,12 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(
         await b.rejected(None)
         assert b.limit == 10
 
-        def told() -> bool:  # the message channel's loss, with its cause
+        def channel_loss_told() -> bool:  # the message channel's loss, with its cause
             debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
             lost = "shared allowance: lost the message channel (Error "
             return any(line.startswith(lost) and "connecting to" in line for line in debug)
 
-        await eventually(told, "the loss of the message channel was not logged")
+        await eventually(channel_loss_told, "the loss of the message channel was not logged")
 
 
 async def test_the_channel_is_heard_again_once_redis_is_back(

@@ -368,6 +368,7 @@ async def test_a_closed_or_unkeyed_allowance_says_what_to_do(
     async with allowance.hold(1):
         pass
     await allowance.aclose()
+    await allowance.aclose()  # closing again is harmless
     for attempt in (allowance.connect(), allowance.hold(1).__aenter__()):
         with pytest.raises(ClientClosedError) as closed:
             await attempt
@@ -805,7 +806,7 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
         await allowance.connect()
     shown = f"redis://:***@127.0.0.1:{port}/0"
     assert caught.value.url == shown
-    assert f"cannot reach Redis at {shown}" in str(caught.value)
+    assert f"cannot reach Redis at {shown} for the shared allowance: " in str(caught.value)
     assert ".;" not in str(caught.value)  # the cause's full stop does not end mid-sentence
     assert str(caught.value).endswith("; check that the server runs and the URL is right")
     assert "hunter2" not in "".join(traceback.format_exception(caught.value))

@@ -580,6 +580,25 @@ async def test_a_release_wakes_waiters_without_polling(
         await waiter.done()
 
 
+async def test_an_allowance_connected_before_its_key_listens_under_the_key(
+    redis_server: RedisServer,
+) -> None:
+    url, base_url = redis_server.url, "http://127.0.0.1:9"
+    key = organization_key(KEY, base_url)
+    async with (
+        RedisAllowance(url, 10) as a,  # connected, no key yet: nothing to listen to
+        RedisAllowance(url, 10, key=key) as b,
+    ):
+        a.bind_organization(api_key=KEY, base_url=base_url)
+        a._poll = 3600.0  # only the message on the channel can wake it
+        async with b.hold(10):
+            waiter = Entry(a, 1)
+            await eventually(lambda: a.in_use == 10, "a never tried")
+        async with asyncio.timeout(10):
+            await waiter.entered.wait()
+        await waiter.done()
+
+
 def count_scripts(allowance: RedisAllowance, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the scripts ``allowance`` runs from now on, in order."""
     calls: list[str] = []

@@ -980,6 +980,24 @@ async def test_holders_survive_a_redis_restart(
         await eight.done()
 
 
+async def test_a_process_that_hears_of_the_loss_registers_its_holds_at_once(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key, lease=30) as a,  # renews every 10 s
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
+    ):
+        async with b.hold(1):
+            pass  # b knows the allowance's epoch now
+        own_redis_server.flush()
+        # b finds the state lost and tells every process; a registers its 8 on hearing it,
+        # within b's quiet period, long before its next renewal.
+        async with b.hold(2):
+            assert await redis_state(url, redis_key) == (10, 0)
+
+
 async def test_a_process_that_missed_the_loss_registers_its_holds_before_its_next_grant(
     own_redis_server: RedisServer, redis_key: str
 ) -> None:

@@ -3,12 +3,14 @@ without their password, and one key per organization that does not reveal the AP
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import traceback
 from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
+import redis.asyncio.retry
 
 import ideogram_async.limits
 from ideogram_async import IdeogramClient, SharedAllowanceError, ValidationError
@@ -152,6 +154,51 @@ async def test_a_password_percent_encoded_reaches_redis(own_redis_server: RedisS
     async with RedisAllowance(url, 4, key="k") as allowance, allowance.hold(1):
         assert allowance.in_use == 1
     assert SECRET not in repr(allowance)
+
+
+async def test_a_server_that_drops_every_connection_is_tried_four_times_then_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A real socket that accepts and hangs up at once, like a Redis restarting.
+    connections = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    waits: list[float] = []
+
+    async def note_wait(seconds: float) -> None:  # the retries' backoff, noted, not waited
+        waits.append(seconds)
+
+    monkeypatch.setattr(redis.asyncio.retry, "sleep", note_wait)
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        where = RedisLocation.parse(f"redis://:pw@127.0.0.1:{port}/0")
+        with pytest.raises(SharedAllowanceError) as caught:
+            await where.open("the shared budget")
+    assert connections == 4
+    assert waits == [0.1, 0.2, 0.4]
+    assert str(caught.value) == (
+        f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0 for the shared budget: "
+        "Connection closed by server; check that the server runs and the URL is right"
+    )
+    assert isinstance(caught.value.__cause__, aioredis.ConnectionError)
+
+
+async def test_a_connection_gives_up_on_a_silent_server_after_five_seconds(
+    redis_server: RedisServer,
+) -> None:
+    # A server that accepts but stops answering fails the command instead of hanging it.
+    client = await RedisLocation.parse(redis_server.url).open("the shared allowance")
+    try:
+        assert await client.ping()
+        settings = client.connection_pool.connection_kwargs
+        assert (settings["socket_connect_timeout"], settings["socket_timeout"]) == (5.0, 5.0)
+    finally:
+        await client.aclose()
 
 
 def test_the_organization_key_is_a_digest_of_the_api_key_and_host() -> None:

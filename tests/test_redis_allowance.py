@@ -26,6 +26,7 @@ from ideogram_async.limits import (
     RedisAllowance,
     organization_key,
 )
+from ideogram_async.limits.shared import _Grant
 from ideogram_async.testing import Emulator, RedisServer, free_port
 
 from ._support import KEY, make_image, release, start_workers
@@ -313,8 +314,12 @@ async def test_leases_tickets_and_the_bound_last_as_long_as_set(
             after = await now_ms()
             [end] = await lease_ends()
             assert before + 30_000 <= end <= after + 30_000
+            asked = await now_ms()
             waiters = [Entry(b, 7)]  # 4 + 7 > 10: it waits, with a ticket
             await eventually(lambda: b.in_use == 4, "b never tried")
+            now = await now_ms()
+            [(b_expiry, *_)] = await tickets()
+            assert asked + 1500 <= b_expiry <= now + 1500  # from its last ask: 3 x 2 s / 4
             waiters.append(Entry(c, 8))  # and behind it, c
             await eventually(lambda: c.in_use == 4, "c never tried")
             now = await now_ms()
@@ -364,6 +369,7 @@ async def test_a_closed_or_unkeyed_allowance_says_what_to_do(
     async with allowance.hold(1):
         pass
     await allowance.aclose()
+    await allowance.aclose()  # closing again is harmless
     for attempt in (allowance.connect(), allowance.hold(1).__aenter__()):
         with pytest.raises(ClientClosedError) as closed:
             await attempt
@@ -373,7 +379,9 @@ async def test_a_closed_or_unkeyed_allowance_says_what_to_do(
 async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
     redis_server: RedisServer, redis_key: str
 ) -> None:
-    async with RedisAllowance(redis_server.url, 40, key=redis_key) as allowance:
+    changes: list[AllowanceChange] = []
+    url = redis_server.url
+    async with RedisAllowance(url, 40, key=redis_key, on_change=changes.append) as allowance:
         async with allowance.hold(10):
             await allowance.completed()  # slow start: the whole bound of 10 was in use
         assert allowance.limit == 11
@@ -389,6 +397,11 @@ async def test_a_request_that_ran_at_full_use_grows_the_shared_bound(
         async with allowance.hold(1), allowance.hold(11):
             await allowance.rejected(None)  # 12 held, above the 11 that went through: a probe
         assert allowance.limit == 11  # back to the level that went through
+    assert [(c.old, c.new, c.reason) for c in changes] == [
+        (10, 11, ChangeReason.INCREASED),
+        (11, 12, ChangeReason.INCREASED),
+        (12, 11, ChangeReason.DECREASED),
+    ]
 
 
 async def test_places_are_weighted_and_shared_by_every_instance(
@@ -504,6 +517,7 @@ async def test_renewal_keeps_a_hold_longer_than_its_lease(
         RedisAllowance(url, 10, key=redis_key, lease=LEASE) as a,
         RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
     ):
+        await asyncio.sleep(LEASE / 2)  # a renewal comes, with nothing to renew yet
         async with a.hold(10):
             waiter = Entry(b, 1)
             await asyncio.sleep(3 * LEASE)  # time passing is what is under test
@@ -521,11 +535,11 @@ async def test_release_goes_by_holder_id(redis_server: RedisServer, redis_key: s
     ):
         async with a.hold(4):
             (holder,) = a._held
-            assert await b._release("0" * 32) is False  # not a holder
+            await b._give_back(_Grant(b, "0" * 32, 0, 0, -1))  # not a holder: nothing
             assert await redis_state(url, redis_key) == (4, 0)
         assert await redis_state(url, redis_key) == (0, 0)
         async with b.hold(3):
-            assert await a._release(holder) is False  # released already
+            await a._give_back(_Grant(a, holder, 0, 0, -1))  # released already: nothing
             assert await redis_state(url, redis_key) == (3, 0)
 
 
@@ -564,6 +578,25 @@ async def test_a_release_wakes_waiters_without_polling(
             waiter = Entry(b, 1)
             await eventually(lambda: b.in_use == 10, "b never tried")
         await waiter.entered.wait()
+        await waiter.done()
+
+
+async def test_an_allowance_connected_before_its_key_listens_under_the_key(
+    redis_server: RedisServer,
+) -> None:
+    url, base_url = redis_server.url, "http://127.0.0.1:9"
+    key = organization_key(KEY, base_url)
+    async with (
+        RedisAllowance(url, 10) as a,  # connected, no key yet: nothing to listen to
+        RedisAllowance(url, 10, key=key) as b,
+    ):
+        a.bind_organization(api_key=KEY, base_url=base_url)
+        a._poll = 3600.0  # only the message on the channel can wake it
+        async with b.hold(10):
+            waiter = Entry(a, 1)
+            await eventually(lambda: a.in_use == 10, "a never tried")
+        async with asyncio.timeout(10):
+            await waiter.entered.wait()
         await waiter.done()
 
 
@@ -706,6 +739,25 @@ def deaf(allowance: RedisAllowance) -> RedisAllowance:
     return allowance
 
 
+async def test_an_idle_allowance_waits_for_its_messages_without_spinning(
+    redis_server: RedisServer, redis_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RedisAllowance(redis_server.url, 10, key=redis_key, lease=LEASE) as allowance:
+        pubsub = allowance._pubsub
+        assert pubsub is not None
+        get_message = pubsub.get_message
+        calls = 0
+
+        async def counted(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await get_message(**kwargs)
+
+        monkeypatch.setattr(pubsub, "get_message", counted)
+        await asyncio.sleep(LEASE)  # time passing is what is under test
+        assert calls < 10  # a few at most; a loop that spins asks thousands of times
+
+
 async def test_a_lost_grant_message_is_made_up_for_by_the_poll(
     redis_server: RedisServer, redis_key: str
 ) -> None:
@@ -774,7 +826,7 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
         await allowance.connect()
     shown = f"redis://:***@127.0.0.1:{port}/0"
     assert caught.value.url == shown
-    assert f"cannot reach Redis at {shown}" in str(caught.value)
+    assert f"cannot reach Redis at {shown} for the shared allowance: " in str(caught.value)
     assert ".;" not in str(caught.value)  # the cause's full stop does not end mid-sentence
     assert str(caught.value).endswith("; check that the server runs and the URL is right")
     assert "hunter2" not in "".join(traceback.format_exception(caught.value))
@@ -787,7 +839,10 @@ async def test_redis_unreachable_is_a_clear_error_without_the_password() -> None
         await allowance.connect()
 
 
-async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisServer) -> None:
+async def test_redis_lost_mid_run_fails_waiters_clearly(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
     url = own_redis_server.url
     async with (
         RedisAllowance(url, 10, key="k", lease=LEASE) as a,
@@ -797,13 +852,60 @@ async def test_redis_lost_mid_run_fails_waiters_clearly(own_redis_server: RedisS
         waiter = Entry(b, 1)
         await eventually(lambda: b.in_use == 10, "b never tried")
         own_redis_server.stop()
-        with pytest.raises(SharedAllowanceError, match=f"lost Redis at {url}"):
+        with pytest.raises(SharedAllowanceError) as caught:
             await waiter.task
+        # What failed, where, and why (the cause as redis-py tells it).
+        told = f"lost Redis at {url} for the shared allowance: {caught.value.__cause__}"
+        assert str(caught.value) == told
+        assert f"connecting to 127.0.0.1:{own_redis_server.port}" in told
         assert not waiter.entered.is_set()
         # What a request reports after it ran does not turn it into a failure.
         await b.completed()
         await b.rejected(None)
         assert b.limit == 10
+
+        def channel_loss_told() -> bool:  # the message channel's loss, with its cause
+            debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+            lost = "shared allowance: lost the message channel (Error "
+            return any(line.startswith(lost) and "connecting to" in line for line in debug)
+
+        await eventually(channel_loss_told, "the loss of the message channel was not logged")
+
+
+async def test_the_channel_is_heard_again_once_redis_is_back(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ideogram_async")
+    url = own_redis_server.url
+    async with RedisAllowance(url, 10, key="k", lease=LEASE) as b:
+        own_redis_server.stop()
+
+        def told() -> bool:
+            debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+            return any(
+                line.startswith("shared allowance: lost the message channel") for line in debug
+            )
+
+        await eventually(told, "the loss of the message channel was not logged")
+        own_redis_server.start()  # back, empty
+        client = aioredis.Redis.from_url(url)
+
+        async def subscribed() -> bool:
+            [(_, listeners)] = await client.pubsub_numsub(b._channel)
+            return bool(listeners == 1)
+
+        try:
+            await eventually(subscribed, "b did not listen on its channel again")
+        finally:
+            await client.aclose()
+        b._poll = 3600.0  # only the message on the channel can wake it
+        async with RedisAllowance(url, 10, key="k", lease=LEASE) as a:
+            async with a.hold(10):
+                waiter = Entry(b, 1)
+                await eventually(lambda: b.in_use == 10, "b never tried")
+            async with asyncio.timeout(10):
+                await waiter.entered.wait()
+            await waiter.done()
 
 
 async def test_a_refusal_reported_without_redis_does_not_fail_the_request(
@@ -877,6 +979,44 @@ async def test_holders_survive_a_redis_restart(
             assert not eight.entered.is_set()
         await eight.entered.wait()
         await eight.done()
+
+
+async def test_a_process_that_hears_of_the_loss_registers_its_holds_at_once(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    async with (
+        RedisAllowance(url, 10, key=redis_key, lease=30) as a,  # renews every 10 s
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
+    ):
+        async with b.hold(1):
+            pass  # b knows the allowance's epoch now
+        own_redis_server.flush()
+        # b finds the state lost and tells every process; a registers its 8 on hearing it,
+        # within b's quiet period, long before its next renewal.
+        async with b.hold(2):
+            assert await redis_state(url, redis_key) == (10, 0)
+
+
+async def test_a_process_that_missed_the_loss_registers_its_holds_before_its_next_grant(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    async with (
+        # a hears no message, and renews every 10 s: not within this test.
+        deaf(RedisAllowance(url, 10, key=redis_key, lease=30)) as a,
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
+    ):
+        own_redis_server.flush()
+        async with b.hold(1):
+            pass  # b finds the state lost: a new epoch, told to all (but a)
+        assert await redis_state(url, redis_key) == (0, 0)  # a's 8 are not in Redis
+        # a's next hold finds its epoch out of date: its 8 are registered before the grant.
+        async with a.hold(2):
+            assert await redis_state(url, redis_key) == (10, 0)
+            assert (a.in_use, a.limit) == (10, 10)
 
 
 WORKER = """

@@ -123,7 +123,7 @@ class RedisAllowance:
         self._pubsub: PubSub | None = None
         self._scripts: dict[str, AsyncScript]  # set by connect, before any script runs
         self._tasks: list[asyncio.Task[None]] = []
-        self._releases: set[asyncio.Task[bool]] = set()
+        self._releases: set[asyncio.Task[None]] = set()
         self._held: dict[str, int] = {}
         self._ticket = b""  # of the waiter at the head of this process's queue, if any
         self._granted: list[int] | None  # the answer a grant message brought its waiter
@@ -355,39 +355,25 @@ class RedisAllowance:
 
     async def _give_back(self, grant: _Grant) -> None:
         """Release ``grant`` even if the caller is cancelled meanwhile."""
-        task = asyncio.create_task(
-            self._release(
-                grant.holder,
-                ran=grant.ran,
-                level=grant.level,
-                limit=grant.limit,
-                round_=grant.round,
-            )
-        )
+        task = asyncio.create_task(self._release(grant))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
         await asyncio.shield(task)
 
-    async def _release(
-        self, holder: str, *, ran: bool = False, level: int = 0, limit: int = 0, round_: int = -1
-    ) -> bool:
-        """Release ``holder``; false if it was not held.
-
-        ``ran``: it ran, granted with ``level`` places in use under a bound of ``limit``.
-        """
+    async def _release(self, grant: _Grant) -> None:
+        """Release ``grant``'s places, if Redis holds them; if it ran, the bound learns from it."""
         async with self._renewing:
-            self._held.pop(holder, None)
-            args: list[str | int] = [holder, self._channel, int(ran), level]
+            self._held.pop(grant.holder, None)
+            args: list[str | int] = [grant.holder, self._channel, int(grant.ran), grant.level]
             args += [self._maximum, self._start, int(self._adaptive), self._ttl_ms]
-            args += [self._epoch, self._lease_ms, round_, limit]
+            args += [self._epoch, self._lease_ms, grant.round, grant.limit]
             try:
-                released, self._in_use, old, new, _ = await self._run("release", args)
+                _, self._in_use, old, new, _ = await self._run("release", args)
             except (SharedAllowanceError, ClientClosedError) as exc:
                 logger.warning("%s; Redis frees the places when their lease ends", exc)
-                return False
+                return
         self._limit = new
         self._change(old, new, ChangeReason.INCREASED)
-        return bool(released)
 
     async def _renew(self) -> None:
         """Extend the lease of every holder of this process; register those Redis lost."""
@@ -416,10 +402,8 @@ class RedisAllowance:
     async def _listen(self, pubsub: PubSub) -> None:
         """Wake this process's waiter on its grant; register the holds again on ``lost``."""
         while True:
-            try:
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=self._poll
-                )
+            try:  # waits for the next message (aclose cancels the wait)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             except REDIS_FAULTS as exc:
                 logger.debug("shared allowance: lost the message channel (%s)", exc)
                 # The waiters poll meanwhile and meet the fault themselves.

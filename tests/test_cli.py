@@ -30,7 +30,7 @@ from rich.console import Console
 
 from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.cli import main
-from ideogram_async.cli._demo import show_table
+from ideogram_async.cli._demo import run_demo, show_table
 from ideogram_async.cli._inputs import (
     MadeFolders,
     Source,
@@ -46,7 +46,7 @@ from ideogram_async.cli._pipeline import View, make_reporter
 from ideogram_async.cli._progress import PlainReporter, SilentReporter, Tally
 from ideogram_async.cli._refusals import WatchedAllowance
 from ideogram_async.cli._summary import Failure, render
-from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 KEY = "sk-cli-7e5t-s3cr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
@@ -402,6 +402,131 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     first = sorted(inputs)[0]
     width, height = size_of(first)
     assert size_of(out / "upscaled-v2" / f"{first.stem}.png") == (2 * width, 2 * height)
+
+
+def demo_table(stdout: str) -> list[list[str]]:
+    """The rows of the demo's table (as rich draws it on a pipe), each a list of its cells."""
+    assert "Upscaled by the emulator" in stdout
+    rows = [line for line in stdout.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in row.strip("│").split("│")] for row in rows]
+
+
+def finished_lines(stdout: str) -> dict[str, tuple[str, str]]:
+    """Each plain progress line's file name: its attempts and seconds as shown there."""
+    found = re.findall(
+        r"^\[\d+/\d+\] (?:ok|FAILED) \S+/(\S+?)[: ].*\((\d+) attempts?, ([\d.]+)s\)$",
+        stdout,
+        re.MULTILINE,
+    )
+    return {name: (attempts, seconds) for name, attempts, seconds in found}
+
+
+async def test_the_demo_table_shows_each_image_as_drawn_and_upscaled(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    with instant_retries():
+        run = await run_main(
+            "demo", "-o", str(out), "--count", "5", "--fault-rate", "0.5", env=cli_env(key=None)
+        )
+
+    assert run.returncode == 0, run.stderr
+    assert_clean(run)
+    rows = demo_table(run.stdout)
+    inputs = listing(out / "inputs")
+    assert [row[0] for row in rows] == [path.name for path in inputs]
+    progress = finished_lines(run.stdout)
+    for (name, drawn, output, attempts, seconds), path in zip(rows, inputs, strict=True):
+        width, height = size_of(path)
+        assert drawn == f"{width}x{height}, {path.stat().st_size / 1024:.0f} KB"
+        assert output == f"{2 * width}x{2 * height}"
+        assert (attempts, seconds) == progress[name]
+    assert any(int(row[3]) > 1 for row in rows)  # the injected faults were retried
+    first = inputs[0]
+    width, height = size_of(first)
+    assert (
+        f"v2 run: topaz-bloom-2 upscaled {first.name} to {2 * width}x{2 * height} -> "
+        f"{out / 'upscaled-v2' / first.stem}.png"
+    ) in run.stdout.splitlines()
+    assert run.stdout.splitlines()[-2:] == [
+        f"Inputs: {out / 'inputs'}",
+        f"With the real service: IDEOGRAM_API_KEY=... ideogram-async upscale {out / 'inputs'} "
+        f"--out {out / 'upscaled'} --base-url URL (or --official)",
+    ]
+
+
+async def test_a_demo_whose_every_request_faults_shows_the_failures_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "demo"
+    with instant_retries():
+        run = await run_main(
+            "demo", "-o", str(out), "--count", "2", "--fault-rate", "1", env=cli_env(key=None)
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert_clean(run)
+    rows = demo_table(run.stdout)
+    assert [row[0] for row in rows] == ["sample-01.png", "sample-02.jpg"]
+    assert [row[2] for row in rows] == ["failed", "failed"]
+    assert [row[3] for row in rows] == ["10", "10"]  # every attempt the retry policy allows
+    assert not (out / "upscaled").exists()
+    (v2_line,) = [line for line in run.stdout.splitlines() if line.startswith("v2 ")]
+    assert v2_line.startswith("v2 part failed: HTTP ")
+    assert not (out / "upscaled-v2").exists()
+
+
+async def test_the_demo_table_lists_forty_images_then_counts_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    run = await run_main(
+        "demo",
+        "-o",
+        str(out),
+        "--count",
+        "42",
+        "--fault-rate",
+        "0",
+        "--progress",
+        "none",
+        env=cli_env(key=None),
+    )
+
+    assert run.returncode == 0, run.stderr
+    rows = demo_table(run.stdout)
+    assert [row[0] for row in rows[:40]] == [
+        f"sample-{n:02d}{ext}"
+        for n, ext in zip(range(1, 41), [".png", ".jpg", ".webp"] * 14, strict=False)
+    ]
+    assert rows[40] == ["... 2 more", "", "", "", ""]
+    assert len(rows) == 41
+    assert len(listing(out / "upscaled")) == 42
+
+
+async def test_an_interrupted_demo_shows_no_table_and_returns_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = asyncio.Event()
+    stop.set()  # as if Ctrl-C came before the first call was sent
+    status = await run_demo(
+        tmp_path, count=2, concurrency=2, fault_rate=0.0, stop=stop, view=View(progress="none")
+    )
+
+    assert status == 130
+    shown = capsys.readouterr().out
+    assert re.search(r"^Interrupted: .* Run the demo again to start over\.$", shown, re.MULTILINE)
+    assert "Upscaled by the emulator" not in shown
+    assert "v2 " not in shown
+    assert len(listing(tmp_path / "inputs")) == 2
+
+
+async def test_the_demo_without_pillow_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    run = await run_main("demo", "-o", str(tmp_path / "demo"), env=cli_env(key=None))
+
+    assert run.returncode == 2
+    assert "pip install 'ideogram-async[emulator]'" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "demo" / "upscaled").exists()
 
 
 async def test_serve_answers_until_terminated(tmp_path: Path) -> None:

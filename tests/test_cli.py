@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -30,7 +31,8 @@ from rich.console import Console
 
 from ideogram_async import IdeogramClient, LocalAllowance
 from ideogram_async.cli import main
-from ideogram_async.cli._demo import run_demo, show_table
+from ideogram_async.cli._demo import Sample, make_samples, run_demo, show_table
+from ideogram_async.cli._demo import _rows as demo_rows
 from ideogram_async.cli._inputs import (
     MadeFolders,
     Source,
@@ -440,6 +442,9 @@ async def test_the_demo_table_shows_each_image_as_drawn_and_upscaled(tmp_path: P
         assert output == f"{2 * width}x{2 * height}"
         assert (attempts, seconds) == progress[name]
     assert any(int(row[3]) > 1 for row in rows)  # the injected faults were retried
+    # The faults are seeded: the same ones every run, so the same retries.
+    assert "Requests: 7 request(s) retried; none refused by the service." in run.stdout
+    assert all(float(row[4]) >= 0.05 for row in rows)  # each emulated upscale takes 0.05 s or more
     first = inputs[0]
     width, height = size_of(first)
     assert (
@@ -474,30 +479,27 @@ async def test_a_demo_whose_every_request_faults_shows_the_failures_and_exits_1(
     assert not (out / "upscaled-v2").exists()
 
 
-async def test_the_demo_table_lists_forty_images_then_counts_the_rest(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    run = await run_main(
-        "demo",
-        "-o",
-        str(out),
-        "--count",
-        "42",
-        "--fault-rate",
-        "0",
-        "--progress",
-        "none",
-        env=cli_env(key=None),
-    )
-
-    assert run.returncode == 0, run.stderr
-    rows = demo_table(run.stdout)
-    assert [row[0] for row in rows[:40]] == [
-        f"sample-{n:02d}{ext}"
-        for n, ext in zip(range(1, 41), [".png", ".jpg", ".webp"] * 14, strict=False)
+def test_the_demo_table_lists_forty_images_by_name_then_counts_the_rest(tmp_path: Path) -> None:
+    samples = [Sample(tmp_path / f"s-{n:02d}.png", 8, 6, 10753) for n in range(1, 42)]
+    outcomes = [
+        Outcome(
+            source=Source(sample.path, str(sample.path)),
+            ok=True,
+            resolutions=("16x12", None),  # a service may name no resolution
+            attempts=2,
+            seconds=0.125,
+        )
+        for sample in reversed(samples)
     ]
-    assert rows[40] == ["... 2 more", "", "", "", ""]
-    assert len(rows) == 41
-    assert len(listing(out / "upscaled")) == 42
+
+    rows = demo_rows(samples, outcomes)
+    assert rows[:2] == [
+        ("s-01.png", "8x6, 11 KB", "16x12, ?", "2", "0.12"),  # 10753 bytes: 10.5 KB
+        ("s-02.png", "8x6, 11 KB", "16x12, ?", "2", "0.12"),
+    ]
+    assert [row[0] for row in rows[:40]] == [f"s-{n:02d}.png" for n in range(1, 41)]
+    assert rows[40:] == [("... 1 more", "", "", "", "")]
+    assert len(demo_rows(samples[:40], outcomes[1:])) == 40  # all forty: no "more" row
 
 
 async def test_an_interrupted_demo_shows_no_table_and_returns_130(
@@ -527,6 +529,38 @@ async def test_the_demo_without_pillow_says_which_extra_to_install(
     assert "pip install 'ideogram-async[emulator]'" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "demo" / "upscaled").exists()
+
+
+def test_the_demo_draws_the_same_samples_every_run(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path / "made" / "inputs", 6)
+
+    assert [(s.path.name, s.width, s.height) for s in samples] == [
+        ("sample-01.png", 240, 160),
+        ("sample-02.jpg", 176, 176),
+        ("sample-03.webp", 176, 224),
+        ("sample-04.png", 240, 208),
+        ("sample-05.jpg", 240, 224),
+        ("sample-06.webp", 144, 176),
+    ]
+    for sample in samples:
+        with Image.open(sample.path) as image:
+            assert image.size == (sample.width, sample.height)
+            assert (
+                image.format == {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}[sample.path.suffix]
+            )
+        assert sample.size == sample.path.stat().st_size
+    # The PNGs' pixels (lossless): what the seeded drawing makes, shape by shape.
+    digests = []
+    for sample in (samples[0], samples[3]):
+        with Image.open(sample.path) as image:
+            digests.append(hashlib.sha256(image.tobytes()).hexdigest()[:16])
+    assert digests == ["1bfc1e519fb098c1", "b45f2c1af29f5601"]
+    reference = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(reference, format="JPEG", quality=90)
+    with Image.open(samples[1].path) as jpeg, Image.open(reference) as at_90:
+        assert jpeg.quantization == at_90.quantization  # saved at quality 90
+    again = make_samples(tmp_path / "made" / "inputs", 6)  # into the same folder: redrawn
+    assert [s.path.read_bytes() for s in again] == [s.path.read_bytes() for s in samples]
 
 
 async def test_serve_answers_until_terminated(tmp_path: Path) -> None:

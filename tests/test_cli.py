@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 import pytest
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 from rich.console import Console
 
 from ideogram_async import IdeogramClient, LocalAllowance
@@ -558,6 +559,8 @@ def test_the_demo_draws_the_same_samples_every_run(tmp_path: Path) -> None:
     reference = io.BytesIO()
     Image.new("RGB", (8, 8)).save(reference, format="JPEG", quality=90)
     with Image.open(samples[1].path) as jpeg, Image.open(reference) as at_90:
+        assert isinstance(jpeg, JpegImageFile)
+        assert isinstance(at_90, JpegImageFile)
         assert jpeg.quantization == at_90.quantization  # saved at quality 90
     again = make_samples(tmp_path / "made" / "inputs", 6)  # into the same folder: redrawn
     assert [s.path.read_bytes() for s in again] == [s.path.read_bytes() for s in samples]

@@ -31,9 +31,11 @@ from PIL.JpegImagePlugin import JpegImageFile
 from rich.console import Console
 
 from ideogram_async import IdeogramClient, LocalAllowance
+from ideogram_async.cli import _demo as demo_module
 from ideogram_async.cli import main
 from ideogram_async.cli._demo import Sample, make_samples, run_demo, show_table
 from ideogram_async.cli._demo import _rows as demo_rows
+from ideogram_async.cli._demo_v2 import try_v2
 from ideogram_async.cli._inputs import (
     MadeFolders,
     Source,
@@ -501,6 +503,31 @@ def test_the_demo_table_lists_forty_images_by_name_then_counts_the_rest(tmp_path
     assert [row[0] for row in rows[:40]] == [f"s-{n:02d}.png" for n in range(1, 41)]
     assert rows[40:] == [("... 1 more", "", "", "", "")]
     assert len(demo_rows(samples[:40], outcomes[1:])) == 40  # all forty: no "more" row
+
+
+async def test_the_demo_keeps_its_calls_in_flight_within_the_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Emulator] = []
+    peaks: list[int] = []  # the most upscale calls in flight before the v2 part
+
+    class Watched(Emulator):
+        async def start(self) -> None:
+            started.append(self)
+            await super().start()
+
+    async def v2_part(*args: Any) -> list[str]:
+        peaks.append(started[0].stats.peak_in_flight)
+        return await try_v2(*args)
+
+    monkeypatch.setattr(demo_module, "Emulator", Watched)
+    monkeypatch.setattr(demo_module, "try_v2", v2_part)
+    out = tmp_path / "demo"
+    args = ["demo", "-o", str(out), "--count", "6", "--fault-rate", "0"]
+    run = await run_main(*args, "--concurrency", "1", env=cli_env(key=None))
+
+    assert run.returncode == 0, run.stderr
+    assert peaks == [1]  # one at a time, though six were to do
 
 
 async def test_an_interrupted_demo_shows_no_table_and_returns_130(

@@ -560,9 +560,9 @@ async def test_the_demo_without_pillow_says_which_extra_to_install(
 
 
 def test_the_demo_draws_the_same_samples_every_run(tmp_path: Path) -> None:
-    samples = make_samples(tmp_path / "made" / "inputs", 6)
+    samples = make_samples(tmp_path / "made" / "inputs", 13)
 
-    assert [(s.path.name, s.width, s.height) for s in samples] == [
+    assert [(s.path.name, s.width, s.height) for s in samples[:6]] == [
         ("sample-01.png", 240, 160),
         ("sample-02.jpg", 176, 176),
         ("sample-03.webp", 176, 224),
@@ -570,27 +570,27 @@ def test_the_demo_draws_the_same_samples_every_run(tmp_path: Path) -> None:
         ("sample-05.jpg", 240, 224),
         ("sample-06.webp", 144, 176),
     ]
+    pixels = hashlib.sha256()
     for sample in samples:
         with Image.open(sample.path) as image:
             assert image.size == (sample.width, sample.height)
             assert (
                 image.format == {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}[sample.path.suffix]
             )
+            pixels.update(image.tobytes())
         assert sample.size == sample.path.stat().st_size
-    # The PNGs' pixels (lossless): what the seeded drawing makes, shape by shape.
-    digests = []
-    for sample in (samples[0], samples[3]):
-        with Image.open(sample.path) as image:
-            digests.append(hashlib.sha256(image.tobytes()).hexdigest()[:16])
-    assert digests == ["1bfc1e519fb098c1", "b45f2c1af29f5601"]
+    # What the seeded drawing makes, shape by shape (a change of Pillow's drawing or
+    # codecs changes it too: then check the samples by eye and pin the new digest).
+    assert pixels.hexdigest()[:16] == "3c4717b7cebf173a"
     reference = io.BytesIO()
     Image.new("RGB", (8, 8)).save(reference, format="JPEG", quality=90)
     with Image.open(samples[1].path) as jpeg, Image.open(reference) as at_90:
         assert isinstance(jpeg, JpegImageFile)
         assert isinstance(at_90, JpegImageFile)
         assert jpeg.quantization == at_90.quantization  # saved at quality 90
-    again = make_samples(tmp_path / "made" / "inputs", 6)  # into the same folder: redrawn
-    assert [s.path.read_bytes() for s in again] == [s.path.read_bytes() for s in samples]
+    first = [sample.path.read_bytes() for sample in samples[:2]]
+    again = make_samples(tmp_path / "made" / "inputs", 2)  # into the same folder: redrawn
+    assert [sample.path.read_bytes() for sample in again] == first
 
 
 async def test_serve_answers_until_terminated(tmp_path: Path) -> None:

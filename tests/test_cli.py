@@ -789,6 +789,21 @@ def test_without_rich_a_terminal_gets_plain_lines(
     ]
 
 
+@pytest.mark.usefixtures("without_rich")
+def test_without_rich_the_demo_table_leaves_no_trailing_blanks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    show_table(
+        "Title", ("file", "output", "seconds"), [("a.png", "16x12", "0.10"), ("... 1 more", "", "")]
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "Title",
+        "file        output  seconds",
+        "a.png        16x12     0.10",
+        "... 1 more",
+    ]
+
+
 def test_progress_modes_choose_the_display() -> None:
     def chosen(**view: Any) -> type:
         return type(make_reporter(Tally(total=1), View(**view)))

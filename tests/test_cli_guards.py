@@ -262,6 +262,46 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
     assert paid == [True] * 12  # each paid result was announced before its download
 
 
+async def test_results_waiting_for_their_download_never_outnumber_the_allowance(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 5)
+    sources = [Source(path, path.name) for path in paths]
+    waiting, most, finished = 0, 0, []
+
+    def paid(outcome: Outcome, downloading: bool) -> None:
+        nonlocal waiting, most
+        waiting += 1
+        most = max(most, waiting)
+
+    def done(outcome: Outcome, downloaded: bool) -> None:
+        nonlocal waiting
+        waiting -= 1
+        finished.append(outcome.ok and downloaded)
+
+    slow_images = FaultPlan.always(Fault.slow(0.3))  # each download ends after the next answer
+    async with (
+        Emulator(KEY, upscale=False, image_faults=slow_images) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
+    ):
+        await run_batch(
+            client,
+            sources,
+            UpscaleRequest(),
+            tmp_path / "out",
+            fail_fast=FailFast(emulator.base_url, official=False),
+            halt=Halt(),
+            on_start=lambda index: None,
+            on_answer=lambda result: None,
+            on_paid=paid,
+            on_finish=done,
+        )
+    assert finished == [True] * 5
+    # One download under way (the allowance) and the result just paid for: the batch
+    # waits for a download to end before it takes another answer's download on.
+    assert most == 2
+
+
 async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
     tmp_path: Path,
 ) -> None:

@@ -17,6 +17,7 @@ import socket
 import stat
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -845,3 +846,58 @@ async def test_a_full_disk_while_resumed_results_download_stops_the_run(tmp_path
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert again.returncode == 1, again.stderr
     assert f"Stopped: cannot write into {out} (File too large)." in again.stderr
+
+
+async def test_a_full_disk_while_results_download_stops_the_run(tmp_path: Path) -> None:
+    for number in range(3):
+        noise(tmp_path / "in" / f"img-{number}.png", 64, number)
+    out = tmp_path / "out"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))  # results do not fit
+        try:
+            run = await run_main(*args, "--concurrency", "1", "--manifest", str(tmp_path / "m"))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert run.returncode == 1, run.stderr
+    assert f"Stopped: cannot write into {out} (File too large). Nothing more was sent" in (
+        run.stderr
+    )
+    assert "Done: 0 of 3 image(s) upscaled" in run.stdout
+
+
+async def test_each_record_says_when_the_service_upscaled_it(tmp_path: Path) -> None:
+    images(tmp_path / "in", 3)
+    manifest = tmp_path / "run.jsonl"
+    before = datetime.now(UTC).replace(microsecond=0)
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")]
+        run = await run_main(*args, "--manifest", str(manifest))
+    after = datetime.now(UTC)
+    assert run.returncode == 0, run.stderr
+    records = read_manifest(manifest)
+    assert [record["status"] for record in records] == ["ok"] * 3
+    for record in records:
+        assert before <= datetime.fromisoformat(record["upscaled_at"]) <= after
+
+
+async def test_a_failed_input_leaves_the_displays_download_count_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched: list[Watching] = []
+
+    def watching(tally: Tally, view: View) -> Watching:
+        watched.append(Watching(tally))
+        return watched[-1]
+
+    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    images(tmp_path / "in", 3)
+    (tmp_path / "in" / "notes.png").write_text("not an image")  # refused by the service
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--concurrency", "1")
+    assert run.returncode == 1, run.stderr
+    (seen,) = (watching.seen for watching in watched)
+    assert all(downloading >= 0 for _, downloading, _ in seen)
+    assert seen[-1] == (0, 0, 0)

@@ -319,5 +319,6 @@ async def test_withheld_images_each_fail_and_leave_nothing_downloading(
     assert run.returncode == 1
     assert "Done: 0 of 3 image(s) upscaled, 3 failed" in run.stdout
     (seen,) = (watching.seen for watching in watched)
+    assert max(calls for calls, _, _ in seen) == 1  # taken up one at a time, as allowed
     assert all(downloading >= 0 for _, downloading, _ in seen)
     assert seen[-1] == (0, 0, 0)  # nothing was there to download

@@ -335,6 +335,38 @@ async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
         assert emulator.stats.requests <= 3
 
 
+async def test_a_failure_to_record_is_raised_as_it_is_while_other_downloads_are_under_way(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 6)
+    sources = [Source(path, path.name) for path in paths]
+
+    def record(outcome: Outcome, downloaded: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    # The first download ends well before the second: that one is under way when it fails.
+    slow_images = FaultPlan([Fault.slow(0.1), Fault.slow(1.0)])
+    async with (
+        Emulator(KEY, upscale=False, image_faults=slow_images) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
+    ):
+        with pytest.raises(OSError, match="No space left on device"):
+            await run_batch(
+                client,
+                sources,
+                UpscaleRequest(),
+                tmp_path / "out",
+                fail_fast=FailFast(emulator.base_url, official=False),
+                halt=Halt(),
+                on_start=lambda index: None,
+                on_answer=lambda result: None,
+                on_paid=lambda outcome, downloading: None,
+                on_finish=record,
+            )
+        left = [task for task in asyncio.all_tasks() if "run_batch" in repr(task.get_coro())]
+        assert left == []  # the download under way was cancelled and has let go
+
+
 async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: Path) -> None:
     images(tmp_path / "in", 5)
     (tmp_path / "in" / "notes.png").write_text("not an image")  # fails every time

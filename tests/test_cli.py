@@ -813,6 +813,21 @@ def test_progress_modes_choose_the_display() -> None:
     assert chosen() is PlainReporter  # auto, and pytest's stdout is no terminal
     assert chosen(progress="none") is SilentReporter
     assert chosen(quiet=True) is SilentReporter
+    live = make_reporter(Tally(total=7), View(progress="rich"))
+    assert isinstance(live, RichReporter)
+    assert str(next(live.status.lines(80))).startswith("0/7  0 ok  0 failed  0 in flight")
+
+
+def test_on_a_terminal_auto_draws_the_live_display_and_plain_stays_plain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert type(make_reporter(Tally(total=1), View())) is RichReporter
+    assert type(make_reporter(Tally(total=1), View(progress="plain"))) is PlainReporter
 
 
 def test_the_key_file_is_read_stripped_and_refused_with_a_reason(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import shlex
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from ideogram_async.cli._pipeline import (
     FailFast,
     Halt,
     Job,
+    RunStopped,
     View,
     call_name,
     describe,
@@ -604,6 +605,65 @@ async def test_until_stopped_ends_with_the_work_or_the_stop() -> None:
     stop.set()
     assert not await waited
     assert {task for task in asyncio.all_tasks() if not task.done()} == {asyncio.current_task()}
+
+
+async def drained(
+    work: Coroutine[Any, Any, None], stop: asyncio.Event, noted: asyncio.Event
+) -> bool:
+    """``until_drained`` with one call in flight and the stop already asked for.
+
+    ``noted`` is set once it has said that it waits for the calls in flight.
+    """
+    stop.set()
+    return await until_drained(
+        work, stop, halt=Halt(), in_flight=lambda: 1, note=lambda line: noted.set()
+    )
+
+
+async def test_after_a_stop_the_calls_in_flight_end_and_their_failure_is_raised() -> None:
+    stop, answered, noted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def failing() -> None:
+        await answered.wait()
+        raise OSError(28, "No space left on device")  # recording the answer failed
+
+    draining = asyncio.create_task(drained(failing(), stop, noted))
+    await noted.wait()
+    answered.set()
+    with pytest.raises(OSError, match="No space left on device"):
+        await draining
+
+
+async def test_after_a_stop_a_run_stopped_is_no_error_the_interrupt_came_first() -> None:
+    stop, answered, noted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def stopped() -> None:
+        await answered.wait()
+        raise RunStopped("cannot write the manifest")
+
+    draining = asyncio.create_task(drained(stopped(), stop, noted))
+    await noted.wait()
+    answered.set()
+    assert await draining is False
+
+
+async def test_until_drained_lets_abandoned_work_clean_up_before_it_returns() -> None:
+    stop, never, noted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cleaned: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await never.wait()
+        finally:
+            for _ in range(3):  # cleaning up takes a few turns of the loop
+                await asyncio.sleep(0)
+            cleaned.append("done")
+
+    draining = asyncio.create_task(drained(slow_to_stop(), stop, noted))
+    await noted.wait()
+    stop.set()  # the second interrupt abandons the calls in flight
+    assert await draining is False
+    assert cleaned == ["done"]
 
 
 async def test_until_stopped_lets_stopped_work_clean_up_before_it_returns() -> None:

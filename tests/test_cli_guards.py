@@ -299,9 +299,9 @@ async def test_results_waiting_for_their_download_never_outnumber_the_allowance(
             on_finish=done,
         )
     assert finished == [True] * 5
-    # One download under way (the allowance) and the result just paid for: the batch
-    # waits for a download to end before it takes another answer's download on.
-    assert most == 2
+    # One download under way (the allowance) and the result just paid for, at most: the
+    # batch waits for a download to end before it takes another answer's download on.
+    assert most <= 2
 
 
 async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(

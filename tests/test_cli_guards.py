@@ -54,7 +54,7 @@ from ideogram_async.cli._pipeline import (
     until_stopped,
 )
 from ideogram_async.cli._progress import SilentReporter, Tally
-from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from .test_cli import (
     KEY,
@@ -993,3 +993,44 @@ async def test_a_failed_input_leaves_the_displays_download_count_alone(
     (seen,) = (watching.seen for watching in watched)
     assert all(downloading >= 0 for _, downloading, _ in seen)
     assert seen[-1] == (0, 0, 0)
+
+
+async def test_a_service_that_answered_a_retried_call_and_then_went_away_fails_the_image(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 1)
+    answered = asyncio.Event()
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+        answered.set()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def go_away() -> None:
+        await answered.wait()
+        server.close()  # every later attempt is refused
+
+    leaving = asyncio.create_task(go_away())
+    with instant_retries():
+        args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+        run = await run_main(*args)
+    await leaving
+    await server.wait_closed()
+    assert run.returncode == 1, run.stderr
+    # The service was reached (the 503), so the refused attempts are this image's failure.
+    assert "Stopped:" not in run.stderr
+    assert "Done: 0 of 1 image(s) upscaled, 1 failed" in run.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -26,11 +27,15 @@ from typing import Any
 import attrs
 import pytest
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 from rich.console import Console
 
 from ideogram_async import IdeogramClient, LocalAllowance
+from ideogram_async.cli import _demo as demo_module
 from ideogram_async.cli import main
-from ideogram_async.cli._demo import show_table
+from ideogram_async.cli._demo import Sample, make_samples, run_demo, show_table
+from ideogram_async.cli._demo import _rows as demo_rows
+from ideogram_async.cli._demo_v2 import try_v2
 from ideogram_async.cli._inputs import (
     MadeFolders,
     Source,
@@ -46,7 +51,7 @@ from ideogram_async.cli._pipeline import View, make_reporter
 from ideogram_async.cli._progress import PlainReporter, SilentReporter, Tally
 from ideogram_async.cli._refusals import WatchedAllowance
 from ideogram_async.cli._summary import Failure, render
-from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 KEY = "sk-cli-7e5t-s3cr3t-key"
 """Distinctive, so that a leak into any output is easy to spot."""
@@ -415,6 +420,191 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert size_of(out / "upscaled-v2" / f"{first.stem}.png") == (2 * width, 2 * height)
 
 
+def demo_table(stdout: str) -> list[list[str]]:
+    """The rows of the demo's table (as rich draws it on a pipe), each a list of its cells."""
+    assert "Upscaled by the emulator" in stdout
+    rows = [line for line in stdout.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in row.strip("│").split("│")] for row in rows]
+
+
+def finished_lines(stdout: str) -> dict[str, tuple[str, str]]:
+    """Each plain progress line's file name: its attempts and seconds as shown there."""
+    found = re.findall(
+        r"^\[\d+/\d+\] (?:ok|FAILED) \S+/(\S+?)[: ].*\((\d+) attempts?, ([\d.]+)s\)$",
+        stdout,
+        re.MULTILINE,
+    )
+    return {name: (attempts, seconds) for name, attempts, seconds in found}
+
+
+async def test_the_demo_table_shows_each_image_as_drawn_and_upscaled(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    with instant_retries():
+        run = await run_main(
+            "demo", "-o", str(out), "--count", "5", "--fault-rate", "0.5", env=cli_env(key=None)
+        )
+
+    assert run.returncode == 0, run.stderr
+    assert_clean(run)
+    rows = demo_table(run.stdout)
+    inputs = listing(out / "inputs")
+    assert [row[0] for row in rows] == [path.name for path in inputs]
+    progress = finished_lines(run.stdout)
+    for (name, drawn, output, attempts, seconds), path in zip(rows, inputs, strict=True):
+        width, height = size_of(path)
+        assert drawn == f"{width}x{height}, {path.stat().st_size / 1024:.0f} KB"
+        assert output == f"{2 * width}x{2 * height}"
+        assert (attempts, seconds) == progress[name]
+    assert any(int(row[3]) > 1 for row in rows)  # the injected faults were retried
+    # The faults are seeded: the same ones every run, so the same retries.
+    assert "Requests: 7 request(s) retried; none refused by the service." in run.stdout
+    assert all(float(row[4]) >= 0.05 for row in rows)  # each emulated upscale takes 0.05 s or more
+    first = inputs[0]
+    width, height = size_of(first)
+    assert (
+        f"v2 run: topaz-bloom-2 upscaled {first.name} to {2 * width}x{2 * height} -> "
+        f"{out / 'upscaled-v2' / first.stem}.png"
+    ) in run.stdout.splitlines()
+    assert run.stdout.splitlines()[-2:] == [
+        f"Inputs: {out / 'inputs'}",
+        f"With the real service: IDEOGRAM_API_KEY=... ideogram-async upscale {out / 'inputs'} "
+        f"--out {out / 'upscaled'} --base-url URL (or --official)",
+    ]
+
+
+async def test_a_demo_whose_every_request_faults_shows_the_failures_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "demo"
+    with instant_retries():
+        run = await run_main(
+            "demo", "-o", str(out), "--count", "2", "--fault-rate", "1", env=cli_env(key=None)
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert_clean(run)
+    rows = demo_table(run.stdout)
+    assert [row[0] for row in rows] == ["sample-01.png", "sample-02.jpg"]
+    assert [row[2] for row in rows] == ["failed", "failed"]
+    assert [row[3] for row in rows] == ["10", "10"]  # every attempt the retry policy allows
+    assert not (out / "upscaled").exists()
+    (v2_line,) = [line for line in run.stdout.splitlines() if line.startswith("v2 ")]
+    assert v2_line.startswith("v2 part failed: HTTP ")
+    assert not (out / "upscaled-v2").exists()
+
+
+def test_the_demo_table_lists_forty_images_by_name_then_counts_the_rest(tmp_path: Path) -> None:
+    samples = [Sample(tmp_path / f"s-{n:02d}.png", 8, 6, 10753) for n in range(1, 42)]
+    outcomes = [
+        Outcome(
+            source=Source(sample.path, str(sample.path)),
+            ok=True,
+            resolutions=("16x12", None),  # a service may name no resolution
+            attempts=2,
+            seconds=0.125,
+        )
+        for sample in reversed(samples)
+    ]
+
+    rows = demo_rows(samples, outcomes)
+    assert rows[:2] == [
+        ("s-01.png", "8x6, 11 KB", "16x12, ?", "2", "0.12"),  # 10753 bytes: 10.5 KB
+        ("s-02.png", "8x6, 11 KB", "16x12, ?", "2", "0.12"),
+    ]
+    assert [row[0] for row in rows[:40]] == [f"s-{n:02d}.png" for n in range(1, 41)]
+    assert rows[40:] == [("... 1 more", "", "", "", "")]
+    assert len(demo_rows(samples[:40], outcomes[1:])) == 40  # all forty: no "more" row
+
+
+async def test_the_demo_keeps_its_calls_in_flight_within_the_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Emulator] = []
+    peaks: list[int] = []  # the most upscale calls in flight before the v2 part
+
+    class Watched(Emulator):
+        async def start(self) -> None:
+            started.append(self)
+            await super().start()
+
+    async def v2_part(*args: Any) -> list[str]:
+        peaks.append(started[0].stats.peak_in_flight)
+        return await try_v2(*args)
+
+    monkeypatch.setattr(demo_module, "Emulator", Watched)
+    monkeypatch.setattr(demo_module, "try_v2", v2_part)
+    out = tmp_path / "demo"
+    args = ["demo", "-o", str(out), "--count", "6", "--fault-rate", "0"]
+    run = await run_main(*args, "--concurrency", "1", env=cli_env(key=None))
+
+    assert run.returncode == 0, run.stderr
+    assert peaks == [1]  # one at a time, though six were to do
+
+
+async def test_an_interrupted_demo_shows_no_table_and_returns_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = asyncio.Event()
+    stop.set()  # as if Ctrl-C came before the first call was sent
+    status = await run_demo(
+        tmp_path, count=2, concurrency=2, fault_rate=0.0, stop=stop, view=View(progress="none")
+    )
+
+    assert status == 130
+    shown = capsys.readouterr().out
+    assert re.search(r"^Interrupted: .* Run the demo again to start over\.$", shown, re.MULTILINE)
+    assert "Upscaled by the emulator" not in shown
+    assert "v2 " not in shown
+    assert len(listing(tmp_path / "inputs")) == 2
+
+
+async def test_the_demo_without_pillow_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    run = await run_main("demo", "-o", str(tmp_path / "demo"), env=cli_env(key=None))
+
+    assert run.returncode == 2
+    assert "pip install 'ideogram-async[emulator]'" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "demo" / "upscaled").exists()
+
+
+def test_the_demo_draws_the_same_samples_every_run(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path / "made" / "inputs", 34)
+
+    assert [(s.path.name, s.width, s.height) for s in samples[:6]] == [
+        ("sample-01.png", 240, 160),
+        ("sample-02.jpg", 176, 176),
+        ("sample-03.webp", 176, 224),
+        ("sample-04.png", 240, 208),
+        ("sample-05.jpg", 240, 224),
+        ("sample-06.webp", 144, 176),
+    ]
+    pixels = hashlib.sha256()
+    for sample in samples:
+        with Image.open(sample.path) as image:
+            assert image.size == (sample.width, sample.height)
+            assert (
+                image.format == {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}[sample.path.suffix]
+            )
+            pixels.update(image.tobytes())
+        assert sample.size == sample.path.stat().st_size
+    # What the seeded drawing makes, shape by shape: 34 samples, enough for every rotation
+    # and the colours' whole range to show (a change of Pillow's drawing or codecs changes
+    # it too: then check the samples by eye and pin the new digest).
+    assert pixels.hexdigest()[:16] == "feab8be2a4e0173d"
+    reference = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(reference, format="JPEG", quality=90)
+    with Image.open(samples[1].path) as jpeg, Image.open(reference) as at_90:
+        assert isinstance(jpeg, JpegImageFile)
+        assert isinstance(at_90, JpegImageFile)
+        assert jpeg.quantization == at_90.quantization  # saved at quality 90
+    first = [sample.path.read_bytes() for sample in samples[:2]]
+    again = make_samples(tmp_path / "made" / "inputs", 2)  # into the same folder: redrawn
+    assert [sample.path.read_bytes() for sample in again] == first
+
+
 async def test_serve_answers_until_terminated(tmp_path: Path) -> None:
     process = await start_cli("serve", "--port", "0", "--api-key", KEY)
     assert process.stdout is not None
@@ -610,6 +800,21 @@ def test_without_rich_a_terminal_gets_plain_lines(
     ]
 
 
+@pytest.mark.usefixtures("without_rich")
+def test_without_rich_the_demo_table_leaves_no_trailing_blanks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    show_table(
+        "Title", ("file", "output", "seconds"), [("a.png", "16x12", "0.10"), ("... 1 more", "", "")]
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "Title",
+        "file        output  seconds",
+        "a.png        16x12     0.10",
+        "... 1 more",
+    ]
+
+
 def test_progress_modes_choose_the_display() -> None:
     def chosen(**view: Any) -> type:
         return type(make_reporter(Tally(total=1), View(**view)))
@@ -619,6 +824,21 @@ def test_progress_modes_choose_the_display() -> None:
     assert chosen() is PlainReporter  # auto, and pytest's stdout is no terminal
     assert chosen(progress="none") is SilentReporter
     assert chosen(quiet=True) is SilentReporter
+    live = make_reporter(Tally(total=7), View(progress="rich"))
+    assert isinstance(live, RichReporter)
+    assert str(next(live.status.lines(80))).startswith("0/7  0 ok  0 failed  0 in flight")
+
+
+def test_on_a_terminal_auto_draws_the_live_display_and_plain_stays_plain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert type(make_reporter(Tally(total=1), View())) is RichReporter
+    assert type(make_reporter(Tally(total=1), View(progress="plain"))) is PlainReporter
 
 
 def test_the_key_file_is_read_stripped_and_refused_with_a_reason(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ import shlex
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from ideogram_async.cli._pipeline import (
     FailFast,
     Halt,
     Job,
+    RunStopped,
     View,
     call_name,
     describe,
@@ -52,7 +54,7 @@ from ideogram_async.cli._pipeline import (
     until_stopped,
 )
 from ideogram_async.cli._progress import SilentReporter, Tally
-from ideogram_async.testing import Emulator, Fault, FaultPlan
+from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from .test_cli import (
     KEY,
@@ -262,6 +264,46 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
     assert paid == [True] * 12  # each paid result was announced before its download
 
 
+async def test_results_waiting_for_their_download_never_outnumber_the_allowance(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 5)
+    sources = [Source(path, path.name) for path in paths]
+    waiting, most, finished = 0, 0, []
+
+    def paid(outcome: Outcome, downloading: bool) -> None:
+        nonlocal waiting, most
+        waiting += 1
+        most = max(most, waiting)
+
+    def done(outcome: Outcome, downloaded: bool) -> None:
+        nonlocal waiting
+        waiting -= 1
+        finished.append(outcome.ok and downloaded)
+
+    slow_images = FaultPlan.always(Fault.slow(0.3))  # each download ends after the next answer
+    async with (
+        Emulator(KEY, upscale=False, image_faults=slow_images) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
+    ):
+        await run_batch(
+            client,
+            sources,
+            UpscaleRequest(),
+            tmp_path / "out",
+            fail_fast=FailFast(emulator.base_url, official=False),
+            halt=Halt(),
+            on_start=lambda index: None,
+            on_answer=lambda result: None,
+            on_paid=paid,
+            on_finish=done,
+        )
+    assert finished == [True] * 5
+    # One download under way (the allowance) and the result just paid for, at most: the
+    # batch waits for a download to end before it takes another answer's download on.
+    assert most <= 2
+
+
 async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
     tmp_path: Path,
 ) -> None:
@@ -292,6 +334,38 @@ async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
         # Raised as the next download waited for its place, not after the last input.
         assert len(started) <= 3
         assert emulator.stats.requests <= 3
+
+
+async def test_a_failure_to_record_is_raised_as_it_is_while_other_downloads_are_under_way(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 6)
+    sources = [Source(path, path.name) for path in paths]
+
+    def record(outcome: Outcome, downloaded: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    # The first download ends well before the second: that one is under way when it fails.
+    slow_images = FaultPlan([Fault.slow(0.1), Fault.slow(1.0)])
+    async with (
+        Emulator(KEY, upscale=False, image_faults=slow_images) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
+    ):
+        with pytest.raises(OSError, match="No space left on device"):
+            await run_batch(
+                client,
+                sources,
+                UpscaleRequest(),
+                tmp_path / "out",
+                fail_fast=FailFast(emulator.base_url, official=False),
+                halt=Halt(),
+                on_start=lambda index: None,
+                on_answer=lambda result: None,
+                on_paid=lambda outcome, downloading: None,
+                on_finish=record,
+            )
+        left = [task for task in asyncio.all_tasks() if "run_batch" in repr(task.get_coro())]
+        assert left == []  # the download under way was cancelled and has let go
 
 
 async def test_resume_redoes_failures_and_keeps_one_record_per_input(tmp_path: Path) -> None:
@@ -531,6 +605,65 @@ async def test_until_stopped_ends_with_the_work_or_the_stop() -> None:
     stop.set()
     assert not await waited
     assert {task for task in asyncio.all_tasks() if not task.done()} == {asyncio.current_task()}
+
+
+async def drained(
+    work: Coroutine[Any, Any, None], stop: asyncio.Event, noted: asyncio.Event
+) -> bool:
+    """``until_drained`` with one call in flight and the stop already asked for.
+
+    ``noted`` is set once it has said that it waits for the calls in flight.
+    """
+    stop.set()
+    return await until_drained(
+        work, stop, halt=Halt(), in_flight=lambda: 1, note=lambda line: noted.set()
+    )
+
+
+async def test_after_a_stop_the_calls_in_flight_end_and_their_failure_is_raised() -> None:
+    stop, answered, noted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def failing() -> None:
+        await answered.wait()
+        raise OSError(28, "No space left on device")  # recording the answer failed
+
+    draining = asyncio.create_task(drained(failing(), stop, noted))
+    await noted.wait()
+    answered.set()
+    with pytest.raises(OSError, match="No space left on device"):
+        await draining
+
+
+async def test_after_a_stop_a_run_stopped_is_no_error_the_interrupt_came_first() -> None:
+    stop, answered, noted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def stopped() -> None:
+        await answered.wait()
+        raise RunStopped("cannot write the manifest")
+
+    draining = asyncio.create_task(drained(stopped(), stop, noted))
+    await noted.wait()
+    answered.set()
+    assert await draining is False
+
+
+async def test_until_drained_lets_abandoned_work_clean_up_before_it_returns() -> None:
+    stop, never, noted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cleaned: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await never.wait()
+        finally:
+            for _ in range(3):  # cleaning up takes a few turns of the loop
+                await asyncio.sleep(0)
+            cleaned.append("done")
+
+    draining = asyncio.create_task(drained(slow_to_stop(), stop, noted))
+    await noted.wait()
+    stop.set()  # the second interrupt abandons the calls in flight
+    assert await draining is False
+    assert cleaned == ["done"]
 
 
 async def test_until_stopped_lets_stopped_work_clean_up_before_it_returns() -> None:
@@ -805,3 +938,99 @@ async def test_a_full_disk_while_resumed_results_download_stops_the_run(tmp_path
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert again.returncode == 1, again.stderr
     assert f"Stopped: cannot write into {out} (File too large)." in again.stderr
+
+
+async def test_a_full_disk_while_results_download_stops_the_run(tmp_path: Path) -> None:
+    for number in range(3):
+        noise(tmp_path / "in" / f"img-{number}.png", 64, number)
+    out = tmp_path / "out"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))  # results do not fit
+        try:
+            run = await run_main(*args, "--concurrency", "1", "--manifest", str(tmp_path / "m"))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert run.returncode == 1, run.stderr
+    assert f"Stopped: cannot write into {out} (File too large). Nothing more was sent" in (
+        run.stderr
+    )
+    assert "Done: 0 of 3 image(s) upscaled" in run.stdout
+
+
+async def test_each_record_says_when_the_service_upscaled_it(tmp_path: Path) -> None:
+    images(tmp_path / "in", 3)
+    manifest = tmp_path / "run.jsonl"
+    before = datetime.now(UTC).replace(microsecond=0)
+    async with Emulator(KEY) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")]
+        run = await run_main(*args, "--manifest", str(manifest))
+    after = datetime.now(UTC)
+    assert run.returncode == 0, run.stderr
+    records = read_manifest(manifest)
+    assert [record["status"] for record in records] == ["ok"] * 3
+    for record in records:
+        assert before <= datetime.fromisoformat(record["upscaled_at"]) <= after
+
+
+async def test_a_failed_input_leaves_the_displays_download_count_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched: list[Watching] = []
+
+    def watching(tally: Tally, view: View) -> Watching:
+        watched.append(Watching(tally))
+        return watched[-1]
+
+    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    images(tmp_path / "in", 3)
+    (tmp_path / "in" / "notes.png").write_text("not an image")  # refused by the service
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--concurrency", "1")
+    assert run.returncode == 1, run.stderr
+    (seen,) = (watching.seen for watching in watched)
+    assert all(downloading >= 0 for _, downloading, _ in seen)
+    assert seen[-1] == (0, 0, 0)
+
+
+async def test_a_service_that_answered_a_retried_call_and_then_went_away_fails_the_image(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 1)
+    answered = asyncio.Event()
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+        answered.set()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def go_away() -> None:
+        await answered.wait()
+        server.close()  # every later attempt is refused
+
+    leaving = asyncio.create_task(go_away())
+    with instant_retries():
+        args = ["upscale", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", url]
+        run = await run_main(*args)
+    await leaving
+    await server.wait_closed()
+    assert run.returncode == 1, run.stderr
+    # The service was reached (the 503), so the refused attempts are this image's failure.
+    assert "Stopped:" not in run.stderr
+    assert "Done: 0 of 1 image(s) upscaled, 1 failed" in run.stdout

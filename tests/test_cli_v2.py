@@ -16,15 +16,21 @@ from ideogram_async import (
     QuoteItem,
     QuoteSummary,
     TopazBloom2,
+    TopazStandard2,
     ValidationError,
 )
+from ideogram_async.cli import _pipeline as pipeline
 from ideogram_async.cli import main
+from ideogram_async.cli._demo_v2 import try_v2
 from ideogram_async.cli._inputs import Source, find_images
+from ideogram_async.cli._pipeline import View
+from ideogram_async.cli._progress import Tally
 from ideogram_async.cli._quotes import price, run_quotes
 from ideogram_async.cli._quotes import render as render_quotes
 from ideogram_async.testing import Emulator
 
 from .test_cli import KEY, assert_clean, listing, read_manifest, run_main, save_image, size_of
+from .test_cli_guards import Watching
 from .test_cli_view import Flushed
 
 PRICE = re.compile(r"\$(\d[\d,]*\.\d{4})")
@@ -249,3 +255,70 @@ async def test_pricing_in_process_prints_the_table_and_exits_by_what_was_priced(
     assert priced[-1] == "Nothing was run, downloaded or billed."
     assert "not priced" in failed[1]
     assert "1 image(s) could not be priced" in failed[-2]
+
+
+async def test_the_demos_v2_part_prices_every_image_and_upscales_the_first(
+    inputs: Path, tmp_path: Path
+) -> None:
+    images = [inputs / "a.png", inputs / "b.jpg", inputs / "wide.png"]  # wide: no x4 price
+    out = tmp_path / "v2"
+    async with Emulator(KEY) as emulator:
+        lines = await try_v2(emulator.base_url, KEY, images, out)
+        sent = list(emulator.stats.v2_uploads)
+        async with IdeogramClient(
+            api_key=KEY, base_url=emulator.base_url, flavor="official"
+        ) as client:
+            quoted = await client.v2.quote_many(images, TopazStandard2(upscale_factor="x4"))
+
+    assert lines == [
+        f"v2 dry run: topaz-standard-2 at x4 would cost ${quoted.total_usd:.4f} for 2 image(s) "
+        "(the emulator's made-up prices; nothing was billed)",
+        f"v2 run: topaz-bloom-2 upscaled a.png to 20x12 -> {out / 'a.png'}",
+    ]
+    assert size_of(out / "a.png") == (20, 12)
+    assert [(call.model, call.dry_run, call.fields) for call in sent] == [
+        ("topaz-standard-2", True, {"upscale_factor": "x4"}),
+        ("topaz-standard-2", True, {"upscale_factor": "x4"}),
+        (
+            "topaz-bloom-2",
+            False,
+            {"upscale_factor": "x2", "prompt": "crisp shapes", "creativity": "4"},
+        ),
+    ]
+    assert all(call.headers["api-key"] == KEY for call in sent)  # Ideogram's own API
+
+
+async def test_the_demos_v2_part_says_why_it_failed(inputs: Path, tmp_path: Path) -> None:
+    async with Emulator(KEY) as emulator:
+        lines = await try_v2(emulator.base_url, "not-the-key", [inputs / "a.png"], tmp_path)
+
+    assert lines == [
+        "v2 part failed: HTTP 401: Invalid or missing API key — check the API key "
+        "(api_key= or IDEOGRAM_API_KEY)"
+    ]
+    assert listing(tmp_path) == [inputs.parent / "in"]
+
+
+async def test_withheld_images_each_fail_and_leave_nothing_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched: list[Watching] = []
+
+    def watching(tally: Tally, view: View) -> Watching:
+        watched.append(Watching(tally))
+        return watched[-1]
+
+    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    for index, name in enumerate(["a.png", "b.png", "c.png"]):
+        save_image(tmp_path / "in" / name, (10, 6), shade=index * 50)
+    async with Emulator(KEY) as emulator:
+        run = await run_main(
+            *v2_args(emulator, tmp_path / "in", "topaz-redefine"),
+            *("--prompt", "[withhold]", "--out", str(tmp_path / "out"), "--concurrency", "1"),
+        )
+    assert run.returncode == 1
+    assert "Done: 0 of 3 image(s) upscaled, 3 failed" in run.stdout
+    (seen,) = (watching.seen for watching in watched)
+    assert max(calls for calls, _, _ in seen) == 1  # taken up one at a time, as allowed
+    assert all(downloading >= 0 for _, downloading, _ in seen)
+    assert seen[-1] == (0, 0, 0)  # nothing was there to download

@@ -19,12 +19,14 @@ import re
 import socket
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import attrs
+import prometheus_client
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation._semconv import _StabilityMode
@@ -48,6 +50,8 @@ from ideogram_async import (
     telemetry,
 )
 from ideogram_async.cli import main
+from ideogram_async.cli._inputs import UsageError
+from ideogram_async.cli._metrics import serving_metrics
 from ideogram_async.limits import Allowance, LocalAllowance, RedisAllowance
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, instant_retries
 
@@ -728,3 +732,71 @@ def test_a_metrics_port_in_use_is_a_usage_error(capsys: pytest.CaptureFixture[st
         code = main(["upscale", "x.png", "-o", "out", "--metrics-port", str(port)])
     assert code == 2
     assert f"--metrics-port: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> list[MeterProvider]:
+    """The meter providers ``--metrics-port`` installs (the process's own stays as it is)."""
+    providers: list[MeterProvider] = []
+    monkeypatch.setattr(metrics, "set_meter_provider", providers.append)
+    return providers
+
+
+@pytest.mark.parametrize(("host", "shown"), [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")])
+async def test_serving_metrics_serves_what_its_provider_measures_for_the_block_only(
+    installed: list[MeterProvider], capsys: pytest.CaptureFixture[str], host: str, shown: str
+) -> None:
+    before = set(threading.enumerate())
+    with serving_metrics((host, 0)):
+        (provider,) = installed
+        provider.get_meter("test").create_counter("served_things").add(3)
+        line = capsys.readouterr().err
+        assert re.fullmatch(rf"Metrics at http://{re.escape(shown)}:\d+/metrics\n", line), line
+        url = line.split()[-1]
+        assert _sample(await _scrape(url), "served_things_total") == 3
+    assert set(threading.enumerate()) <= before  # the server's thread has ended
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _scrape(url)
+    assert "served_things" not in prometheus_client.generate_latest().decode()
+
+
+def test_serving_metrics_without_an_address_serves_nothing(
+    installed: list[MeterProvider], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serving_metrics(None):
+        pass
+    assert installed == []
+    assert capsys.readouterr() == ("", "")
+
+
+def test_serving_metrics_without_the_extra_says_which_to_install(
+    installed: list[MeterProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with (
+        pytest.raises(UsageError) as raised,
+        serving_metrics(("127.0.0.1", 0)),
+    ):
+        pass
+    assert str(raised.value) == (
+        "--metrics-port needs the prometheus extra: pip install 'ideogram-async[prometheus]'"
+    )
+    assert raised.value.__cause__ is None
+    assert installed == []
+
+
+def test_serving_metrics_on_a_port_in_use_says_why_and_what_to_do(
+    installed: list[MeterProvider],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError) as raised, serving_metrics(("127.0.0.1", port)):
+            pass
+    assert str(raised.value) == (
+        f"--metrics-port: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "choose another port"
+    )
+    assert raised.value.__cause__ is None
+    assert installed == []

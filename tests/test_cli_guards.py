@@ -861,9 +861,8 @@ class Watching(SilentReporter):
         self.changed()
 
 
-async def test_the_displays_counts_follow_the_calls_and_downloads_and_end_at_zero(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def watch_displays(monkeypatch: pytest.MonkeyPatch) -> list[Watching]:
+    """Make every display a run asks for a :class:`Watching`; the list of those made."""
     watched: list[Watching] = []
 
     def watching(tally: Tally, view: View) -> Watching:
@@ -871,6 +870,13 @@ async def test_the_displays_counts_follow_the_calls_and_downloads_and_end_at_zer
         return watched[-1]
 
     monkeypatch.setattr(pipeline, "make_reporter", watching)
+    return watched
+
+
+async def test_the_displays_counts_follow_the_calls_and_downloads_and_end_at_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched = watch_displays(monkeypatch)
     images(tmp_path / "in", 6)
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
@@ -977,13 +983,7 @@ async def test_each_record_says_when_the_service_upscaled_it(tmp_path: Path) -> 
 async def test_a_failed_input_leaves_the_displays_download_count_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watched: list[Watching] = []
-
-    def watching(tally: Tally, view: View) -> Watching:
-        watched.append(Watching(tally))
-        return watched[-1]
-
-    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    watched = watch_displays(monkeypatch)
     images(tmp_path / "in", 3)
     (tmp_path / "in" / "notes.png").write_text("not an image")  # refused by the service
     async with Emulator(KEY) as emulator:

@@ -19,18 +19,15 @@ from ideogram_async import (
     TopazStandard2,
     ValidationError,
 )
-from ideogram_async.cli import _pipeline as pipeline
 from ideogram_async.cli import main
 from ideogram_async.cli._demo_v2 import try_v2
 from ideogram_async.cli._inputs import Source, find_images
-from ideogram_async.cli._pipeline import View
-from ideogram_async.cli._progress import Tally
 from ideogram_async.cli._quotes import price, run_quotes
 from ideogram_async.cli._quotes import render as render_quotes
 from ideogram_async.testing import Emulator
 
 from .test_cli import KEY, assert_clean, listing, read_manifest, run_main, save_image, size_of
-from .test_cli_guards import Watching
+from .test_cli_guards import watch_displays
 from .test_cli_view import Flushed
 
 PRICE = re.compile(r"\$(\d[\d,]*\.\d{4})")
@@ -302,13 +299,7 @@ async def test_the_demos_v2_part_says_why_it_failed(inputs: Path, tmp_path: Path
 async def test_withheld_images_each_fail_and_leave_nothing_downloading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watched: list[Watching] = []
-
-    def watching(tally: Tally, view: View) -> Watching:
-        watched.append(Watching(tally))
-        return watched[-1]
-
-    monkeypatch.setattr(pipeline, "make_reporter", watching)
+    watched = watch_displays(monkeypatch)
     for index, name in enumerate(["a.png", "b.png", "c.png"]):
         save_image(tmp_path / "in" / name, (10, 6), shade=index * 50)
     async with Emulator(KEY) as emulator:

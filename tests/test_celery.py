@@ -708,10 +708,12 @@ def test_a_message_round_trips_and_rebuilds_the_options(tmp_path: Path) -> None:
     assert str(caught.value) == (f"unknown model 'topaz-nope'; choose one of {', '.join(MODELS)}")
     named = image_message(tmp_path / "a.png", tmp_path / "out", stem="renamed")
     assert (named["stem"], named["source"]) == ("renamed", str(tmp_path / "a.png"))
+    odd = ImageTask.from_message({**message, "options": {"zoom": 2, "prompt": "x", "blur": 1}})
     with pytest.raises(ValidationError) as caught:
-        ImageTask.from_message({**message, "options": {"prompt": "x", "zoom": 2}}).request()
+        odd.request()
     assert str(caught.value) == (
-        "unknown option(s) 'zoom' for UpscaleRequest; build the message with image_message()"
+        "unknown option(s) 'blur', 'zoom' for UpscaleRequest; "
+        "build the message with image_message()"
     )
 
 

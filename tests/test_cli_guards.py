@@ -39,6 +39,7 @@ from ideogram_async import (
 from ideogram_async.cli import _pipeline as pipeline
 from ideogram_async.cli import main
 from ideogram_async.cli._inputs import Source
+from ideogram_async.cli._live import status_fields
 from ideogram_async.cli._manifest import Outcome
 from ideogram_async.cli._pipeline import (
     FailFast,
@@ -109,6 +110,7 @@ async def test_a_wrong_key_stops_the_run_after_the_calls_in_flight(tmp_path: Pat
     assert "FAILED" not in run.stdout
     # The key must change, not the command: no advice to resume what never started.
     assert "The API key is what must change" in run.stderr
+    assert run.stderr.endswith("then run the command again.\n")
     assert "--resume" not in run.stderr
     # Nothing was written, so nothing is left behind: no manifest, lock or empty folder.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
@@ -1034,3 +1036,100 @@ async def test_a_service_that_answered_a_retried_call_and_then_went_away_fails_t
     # The service was reached (the 503), so the refused attempts are this image's failure.
     assert "Stopped:" not in run.stderr
     assert "Done: 0 of 1 image(s) upscaled, 1 failed" in run.stdout
+
+
+async def test_a_run_that_ends_well_says_where_its_results_manifest_and_summary_are(
+    tmp_path: Path,
+) -> None:
+    images(tmp_path / "in", 2)
+    out, manifest, summary = tmp_path / "out", tmp_path / "run.jsonl", tmp_path / "sum.json"
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], out)
+        run = await run_main(*args, "--manifest", str(manifest), "--json", str(summary))
+        plain = await run_main(*upscale_args(emulator, [tmp_path / "in"], tmp_path / "again"))
+    assert run.returncode == 0, run.stderr
+    assert f"Results: {out}\n" in run.stdout
+    assert f"Manifest: {manifest}\n" in run.stdout
+    assert f"Summary: {summary}\n" in run.stdout
+    assert summary.is_file()
+    assert plain.returncode == 0, plain.stderr
+    assert "Manifest:" not in plain.stdout
+    assert "Summary:" not in plain.stdout  # no --json: nothing written, nothing to point at
+
+
+async def test_verbose_times_a_v2_call_from_its_start(tmp_path: Path) -> None:
+    images(tmp_path / "in", 1)
+    async with Emulator(KEY) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--model", "topaz-bloom-2", "-v")
+    assert run.returncode == 0, run.stderr
+    assert "topaz-bloom-2 img-00.png: attempt 1 ok after " in run.stderr
+
+
+async def test_a_429_that_ends_a_call_is_counted_by_its_reason(tmp_path: Path) -> None:
+    images(tmp_path / "in", 1)
+    body = '{"detail": "too many", "reject_reason": "rate_limit"}'
+    plan = FaultPlan.always(Fault.status(429, body=body))
+    async with Emulator(KEY, faults=plan) as emulator:
+        args = upscale_args(emulator, [tmp_path / "in"], tmp_path / "out")
+        run = await run_main(*args, "--retries", "0")
+    assert run.returncode == 1, run.stderr
+    assert "1 refused by the service (429: 1 rate_limit)" in run.stdout
+
+
+def watch_tallies(monkeypatch: pytest.MonkeyPatch) -> list[Tally]:
+    """The tally each run's progress display shows, kept to look at once the run ends."""
+    shown: list[Tally] = []
+    real = pipeline.make_reporter
+
+    def reporter(tally: Tally, view: View) -> Any:
+        shown.append(tally)
+        return real(tally, view)
+
+    monkeypatch.setattr(pipeline, "make_reporter", reporter)
+    return shown
+
+
+def downloading(tally: Tally) -> str:
+    """The progress line's count of downloads under way."""
+    return next(field.text for field in status_fields(tally) if field.text.endswith("downloading"))
+
+
+async def test_recorded_urls_that_expired_are_not_left_counted_as_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images(tmp_path / "in", 2)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    now = [0.0]
+    refused_once = FaultPlan([Fault.status(503)], per_upload=True)
+    async with Emulator(KEY, image_faults=refused_once, clock=lambda: now[0]) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args, "--retries", "0")).returncode == 1
+        now[0] += 24 * 3600  # a day later: the service has dropped its results
+        shown = watch_tallies(monkeypatch)
+        again = await run_main(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "2 recorded result URL(s) expired: upscaling again." in again.stdout
+    assert [downloading(tally) for tally in shown] == ["0 downloading"]
+
+
+async def test_results_paid_after_a_stop_are_not_left_counted_as_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = Path("/dev/full")  # every write fails: no space left on device
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    images(tmp_path / "in", 8)
+    manifest = tmp_path / "run.jsonl"
+    manifest.symlink_to(full)
+    temp = tmp_path / "temp"  # where the lines the manifest refused are kept
+    temp.mkdir()
+    env = {**cli_env(), "TMPDIR": str(temp)}
+    shown = watch_tallies(monkeypatch)
+    async with Emulator(KEY, latency=0.3) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out"), "--manifest"]
+        run = await run_main(*args, str(manifest), "--concurrency", "2", env=env)
+    assert run.returncode == 1, run.stderr
+    assert f"Stopped: cannot write the manifest {manifest}" in run.stderr
+    # The call still in flight when the manifest refused was paid for, not downloaded.
+    assert [downloading(tally) for tally in shown] == ["0 downloading"]

@@ -16,6 +16,7 @@ import shlex
 import socket
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +56,7 @@ from ideogram_async.cli._pipeline import (
     until_stopped,
 )
 from ideogram_async.cli._progress import SilentReporter, Tally
+from ideogram_async.cli._resume import Recorded
 from ideogram_async.testing import Emulator, Fault, FaultPlan, instant_retries
 
 from .test_cli import (
@@ -1133,3 +1135,43 @@ async def test_results_paid_after_a_stop_are_not_left_counted_as_downloading(
     assert f"Stopped: cannot write the manifest {manifest}" in run.stderr
     # The call still in flight when the manifest refused was paid for, not downloaded.
     assert [downloading(tally) for tally in shown] == ["0 downloading"]
+
+
+async def test_a_manifest_that_refuses_a_recorded_result_stops_the_downloads_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = Path("/dev/full")  # every write fails: no space left on device
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    paths = images(tmp_path / "in", 4)
+    manifest = tmp_path / "run.jsonl"
+    manifest.symlink_to(full)
+    temp = tmp_path / "temp"  # where the lines the manifest refused are kept
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    async with Emulator(KEY) as emulator:
+        async with IdeogramClient(api_key=KEY, base_url=emulator.base_url) as client:
+            responses = [await client.upscale(path.read_bytes()) for path in paths]
+        recorded = [
+            Recorded(
+                source=Source(path, path.name),
+                urls=tuple(image.url for image in response.data if image.url is not None),
+                attempts=1,
+                upscaled_at=None,
+            )
+            for path, response in zip(paths, responses, strict=True)
+        ]
+        job = Job(
+            sources=[],
+            request=UpscaleRequest(),
+            out_dir=tmp_path / "out",
+            recorded=recorded,
+            manifest=manifest,
+            rerun_hint="Run it again.",
+        )
+        status = await run_job(job, connector(emulator, 1), Stop(), view=View(progress="none"))
+        downloads = emulator.stats.image_downloads
+    assert status == 1
+    assert f"Stopped: cannot write the manifest {manifest}" in capsys.readouterr().err
+    # One download at a time: the first one's record was refused, so none started after it.
+    assert downloads == 1

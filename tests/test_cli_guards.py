@@ -1128,7 +1128,10 @@ async def test_results_paid_after_a_stop_are_not_left_counted_as_downloading(
     temp.mkdir()
     env = {**cli_env(), "TMPDIR": str(temp)}
     shown = watch_tallies(monkeypatch)
-    async with Emulator(KEY, latency=0.3) as emulator:
+    # The first answer's record is refused, and its download ends before the other call
+    # sent with it answers.
+    late = FaultPlan([None, Fault.slow(0.5)])
+    async with Emulator(KEY, faults=late) as emulator:
         args = [*upscale_args(emulator, [tmp_path / "in"], tmp_path / "out"), "--manifest"]
         run = await run_main(*args, str(manifest), "--concurrency", "2", env=env)
     assert run.returncode == 1, run.stderr

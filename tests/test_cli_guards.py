@@ -1178,3 +1178,31 @@ async def test_a_manifest_that_refuses_a_recorded_result_stops_the_downloads_aft
     assert f"Stopped: cannot write the manifest {manifest}" in capsys.readouterr().err
     # One download at a time: the first one's record was refused, so none started after it.
     assert downloads == 1
+
+
+async def test_a_slow_download_does_not_hold_up_the_ones_after_it(tmp_path: Path) -> None:
+    paths = images(tmp_path / "in", 5)
+    sources = [Source(path, path.name) for path in paths]
+    paid: list[str] = []
+    finished: list[str] = []
+    first_slow = FaultPlan([Fault.slow(1.0)])  # the first download asked for takes a second
+    async with (
+        Emulator(KEY, upscale=False, image_faults=first_slow) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
+    ):
+        await run_batch(
+            client,
+            sources,
+            UpscaleRequest(),
+            tmp_path / "out",
+            fail_fast=FailFast(emulator.base_url, official=False),
+            halt=Halt(),
+            on_start=lambda index: None,
+            on_answer=lambda result: None,
+            on_paid=lambda outcome, downloading: paid.append(outcome.source.shown),
+            on_finish=lambda outcome, downloaded: finished.append(outcome.source.shown),
+        )
+    assert sorted(finished) == sorted(paid) == [path.name for path in paths]
+    # The slow download is one of the first two (two places); the batch took each next
+    # download on as soon as one place was free, so the others all ended before it.
+    assert finished[-1] in paid[:2]

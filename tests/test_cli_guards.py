@@ -1206,3 +1206,39 @@ async def test_a_slow_download_does_not_hold_up_the_ones_after_it(tmp_path: Path
     # The slow download is one of the first two (two places); the batch took each next
     # download on as soon as one place was free, so the others all ended before it.
     assert finished[-1] in paid[:2]
+
+
+async def test_a_failure_to_record_the_last_results_waits_for_the_downloads_under_way(
+    tmp_path: Path,
+) -> None:
+    paths = images(tmp_path / "in", 2)
+    sources = [Source(path, path.name) for path in paths]
+    finished: list[str] = []
+
+    def record(outcome: Outcome, downloaded: bool) -> None:
+        finished.append(outcome.source.shown)
+        if len(finished) == 1:
+            raise OSError(28, "No space left on device")
+
+    # Both downloads are under way once every input is answered; the second takes a second.
+    slow_second = FaultPlan([None, Fault.slow(1.0)])
+    async with (
+        Emulator(KEY, upscale=False, image_faults=slow_second) as emulator,
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
+    ):
+        with pytest.raises(OSError, match="No space left on device"):
+            await run_batch(
+                client,
+                sources,
+                UpscaleRequest(),
+                tmp_path / "out",
+                fail_fast=FailFast(emulator.base_url, official=False),
+                halt=Halt(),
+                on_start=lambda index: None,
+                on_answer=lambda result: None,
+                on_paid=lambda outcome, downloading: None,
+                on_finish=record,
+            )
+    # The result paid for and under way was still downloaded and handed on, then the
+    # failure raised.
+    assert sorted(finished) == [path.name for path in paths]

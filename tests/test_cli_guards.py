@@ -17,7 +17,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,33 @@ def dead_url() -> str:
 
 def images(folder: Path, count: int) -> list[Path]:
     return [save_image(folder / f"img-{i:02d}.png", (8, 6), shade=i) for i in range(count)]
+
+
+def batch_of(
+    client: IdeogramClient,
+    emulator: Emulator,
+    sources: Sequence[Source],
+    out: Path,
+    *,
+    on_start: Callable[[int], None] = lambda index: None,
+    on_answer: Callable[[BatchResult[Any]], None] = lambda result: None,
+    on_paid: Callable[[Outcome, bool], None] = lambda outcome, downloading: None,
+    on_finish: Callable[[Outcome, bool], None] = lambda outcome, downloaded: None,
+) -> Coroutine[Any, Any, None]:
+    """``run_batch`` of ``sources`` (v1, default options) against ``emulator`` into
+    ``out``; the hooks not given do nothing."""
+    return run_batch(
+        client,
+        sources,
+        UpscaleRequest(),
+        out,
+        fail_fast=FailFast(emulator.base_url, official=False),
+        halt=Halt(),
+        on_start=on_start,
+        on_answer=on_answer,
+        on_paid=on_paid,
+        on_finish=on_finish,
+    )
 
 
 async def test_a_wrong_key_stops_the_run_after_the_calls_in_flight(tmp_path: Path) -> None:
@@ -246,13 +273,11 @@ async def test_in_flight_counts_the_upscale_calls_concurrency_bounds(tmp_path: P
     ):
         emulator.pause()
         batch = asyncio.create_task(
-            run_batch(
+            batch_of(
                 client,
+                emulator,
                 sources,
-                UpscaleRequest(),
                 tmp_path / "out",
-                fail_fast=FailFast(emulator.base_url, official=False),
-                halt=Halt(),
                 on_start=started,
                 on_answer=answered,
                 on_paid=lambda outcome, downloading: paid.append(downloading),
@@ -290,18 +315,7 @@ async def test_results_waiting_for_their_download_never_outnumber_the_allowance(
         Emulator(KEY, upscale=False, image_faults=slow_images) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
     ):
-        await run_batch(
-            client,
-            sources,
-            UpscaleRequest(),
-            tmp_path / "out",
-            fail_fast=FailFast(emulator.base_url, official=False),
-            halt=Halt(),
-            on_start=lambda index: None,
-            on_answer=lambda result: None,
-            on_paid=paid,
-            on_finish=done,
-        )
+        await batch_of(client, emulator, sources, tmp_path / "out", on_paid=paid, on_finish=done)
     assert finished == [True] * 5
     # One download under way (the allowance) and the result just paid for, at most: the
     # batch waits for a download to end before it takes another answer's download on.
@@ -323,16 +337,12 @@ async def test_a_failure_to_record_a_finished_input_stops_the_batch_at_once(
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=1) as client,
     ):
         with pytest.raises(OSError, match="No space left on device"):
-            await run_batch(
+            await batch_of(
                 client,
+                emulator,
                 sources,
-                UpscaleRequest(),
                 tmp_path / "out",
-                fail_fast=FailFast(emulator.base_url, official=False),
-                halt=Halt(),
                 on_start=started.append,
-                on_answer=lambda result: None,
-                on_paid=lambda outcome, downloading: None,
                 on_finish=record,
             )
         # Raised as the next download waited for its place, not after the last input.
@@ -356,18 +366,7 @@ async def test_a_failure_to_record_is_raised_as_it_is_while_other_downloads_are_
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
     ):
         with pytest.raises(OSError, match="No space left on device"):
-            await run_batch(
-                client,
-                sources,
-                UpscaleRequest(),
-                tmp_path / "out",
-                fail_fast=FailFast(emulator.base_url, official=False),
-                halt=Halt(),
-                on_start=lambda index: None,
-                on_answer=lambda result: None,
-                on_paid=lambda outcome, downloading: None,
-                on_finish=record,
-            )
+            await batch_of(client, emulator, sources, tmp_path / "out", on_finish=record)
         left = [task for task in asyncio.all_tasks() if "run_batch" in repr(task.get_coro())]
         assert left == []  # the download under way was cancelled and has let go
 
@@ -1190,15 +1189,11 @@ async def test_a_slow_download_does_not_hold_up_the_ones_after_it(tmp_path: Path
         Emulator(KEY, upscale=False, image_faults=first_slow) as emulator,
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
     ):
-        await run_batch(
+        await batch_of(
             client,
+            emulator,
             sources,
-            UpscaleRequest(),
             tmp_path / "out",
-            fail_fast=FailFast(emulator.base_url, official=False),
-            halt=Halt(),
-            on_start=lambda index: None,
-            on_answer=lambda result: None,
             on_paid=lambda outcome, downloading: paid.append(outcome.source.shown),
             on_finish=lambda outcome, downloaded: finished.append(outcome.source.shown),
         )
@@ -1227,18 +1222,7 @@ async def test_a_failure_to_record_the_last_results_waits_for_the_downloads_unde
         IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=2) as client,
     ):
         with pytest.raises(OSError, match="No space left on device"):
-            await run_batch(
-                client,
-                sources,
-                UpscaleRequest(),
-                tmp_path / "out",
-                fail_fast=FailFast(emulator.base_url, official=False),
-                halt=Halt(),
-                on_start=lambda index: None,
-                on_answer=lambda result: None,
-                on_paid=lambda outcome, downloading: None,
-                on_finish=record,
-            )
+            await batch_of(client, emulator, sources, tmp_path / "out", on_finish=record)
     # The result paid for and under way was still downloaded and handed on, then the
     # failure raised.
     assert sorted(finished) == [path.name for path in paths]

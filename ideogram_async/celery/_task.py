@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from .._downloads import NAME_MAX, name_too_long
 from ..batch import BatchResult
 from ..client import IdeogramClient
 from ..errors import IdeogramError, SharedAllowanceError, ValidationError
@@ -38,10 +39,8 @@ class ImageBusy(IdeogramError):
     """Another delivery of this image holds its claim; try again once it has finished."""
 
 
-_NAME_MAX = 255
-"""The longest file name, in bytes, of the usual file systems."""
-_LONGEST_SUFFIX = ".upscaled-10.jpeg"
-"""The longest ending a result's file name gets (the 10th of 10 images, a JPEG)."""
+_LONGEST_NAME = "{stem}.upscaled-10"
+"""The longest name a result is downloaded to (the 10th of 10 images), before its suffix."""
 
 
 @attrs.frozen(kw_only=True)
@@ -76,10 +75,10 @@ class ImageTask:
                 f"stem {stem!r} holds a path separator or a NUL byte; give a plain name "
                 "such as 'photo' (the result is saved in out_dir as <stem>.upscaled.<ext>)"
             )
-        if len(os.fsencode(stem + _LONGEST_SUFFIX)) > _NAME_MAX:
+        if name_too_long(Path(_LONGEST_NAME.format(stem=stem))):  # the download's own check
             raise ValidationError(
-                f"stem {stem[:40]!r}... is too long for a file name ({_NAME_MAX} bytes at "
-                f"most with {_LONGEST_SUFFIX!r}); give a shorter one"
+                f"stem {stem[:40]!r}... is too long for a file name ({NAME_MAX} bytes at "
+                "most with '.upscaled-10.jpeg'); give a shorter one"
             )
 
     @classmethod

@@ -31,6 +31,7 @@ from celery.worker import state
 from ideogram_async import ValidationError
 from ideogram_async.celery import (
     PREFIX,
+    ImageRecord,
     JobStore,
     WorkerSettings,
     broker_url,
@@ -290,6 +291,12 @@ async def records(url: str) -> AsyncIterator[JobStore]:
         await store.aclose()
 
 
+async def record_of(url: str, message: dict[str, Any]) -> ImageRecord:
+    """What the Redis at ``url`` records of the image of the task ``message``."""
+    async with records(url) as store:
+        return await store.record(ImageTask.from_message(message).key)
+
+
 async def test_the_task_opens_the_runtime_at_first_use_and_keeps_it(
     environ: pytest.MonkeyPatch,
     emu: Emulator,
@@ -307,8 +314,7 @@ async def test_the_task_opens_the_runtime_at_first_use_and_keeps_it(
     assert outcome(first) == "ok"
     # One loop thread, a daemon: a process whose runtime was never closed still exits.
     assert [t.daemon for t in threading.enumerate() if t.name == LOOP_THREAD] == [True]
-    async with records(redis_server.url) as store:
-        record = await store.record(ImageTask.from_message(message).key)
+    record = await record_of(redis_server.url, message)
     assert record.allowance == redis_key  # the allowance its places were held in
     assert record.outputs == (str(tmp_path / "out" / "photo.upscaled.png"),)
     again = await asyncio.to_thread(task.apply, (message,))
@@ -330,8 +336,7 @@ async def test_an_app_without_a_broker_uses_the_environments(
     _, task = own_app(None)
     message = image_message(png_path, tmp_path / "out")
     assert outcome(await asyncio.to_thread(task.apply, (message,))) == "ok"
-    async with records(redis_server.url) as store:
-        record = await store.record(ImageTask.from_message(message).key)
+    record = await record_of(redis_server.url, message)
     assert record.status == "ok"
     assert record.allowance == organization_key(KEY, emu.base_url)
 
@@ -571,8 +576,7 @@ async def test_the_runtime_counts_each_images_retries_and_refusals(
         service(environ, emulator, ALLOWANCE_KEY=redis_key)
         _, task = own_app(redis_server.url)
         assert outcome(await asyncio.to_thread(task.apply, (message,))) == "ok"
-    async with records(redis_server.url) as store:
-        record = await store.record(ImageTask.from_message(message).key)
+    record = await record_of(redis_server.url, message)
     assert record.refused == {"inflight_limit": 2, "rate_limit": 1}
     assert record.retries == 2
     assert record.bound == 3
@@ -709,8 +713,7 @@ async def test_an_image_refused_to_the_end_counts_every_refusal_by_its_reason(
         service(environ, emulator, ALLOWANCE_KEY=redis_key)
         _, task = own_app(redis_server.url)
         assert outcome(await asyncio.to_thread(task.apply, (message,))) == "failed"
-    async with records(redis_server.url) as store:
-        record = await store.record(ImageTask.from_message(message).key)
+    record = await record_of(redis_server.url, message)
     assert record.attempts > 1
     assert record.refused == {"rate_limit": record.attempts}
     assert record.retries == record.attempts - 1

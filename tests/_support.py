@@ -6,7 +6,7 @@ import asyncio
 import io
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,6 +22,19 @@ def make_image(fmt: str = "png", size: tuple[int, int] = (8, 8), shade: int = 0)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.upper())
     return buffer.getvalue()
+
+
+def sleep_noting(paused: list[float]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """An ``asyncio.sleep`` that notes in ``paused`` each pause it is asked for, then
+    sleeps (made before it replaces ``asyncio.sleep``, so it calls the real one)."""
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            paused.append(delay)
+        return await real_sleep(delay, result)
+
+    return sleep
 
 
 def open_fds() -> dict[int, str]:

@@ -29,7 +29,7 @@ from ideogram_async.testing import (
 from ideogram_async.testing._multipart import Reject
 from ideogram_async.testing._serve import _parser
 
-from ._support import make_image
+from ._support import make_image, sleep_noting
 
 KEY = "test-key"
 PROXY_AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -1096,12 +1096,7 @@ async def test_latency_is_applied(
 ) -> None:
     # Record the pauses asked of asyncio.sleep instead of timing the answers.
     paused: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(delay: float, result: Any = None) -> Any:
-        if delay > 0:
-            paused.append(delay)
-        return await real_sleep(delay, result)
+    recording_sleep = sleep_noting(paused)
 
     monkeypatch.setattr(asyncio, "sleep", recording_sleep)
     async with Emulator(upscale=False, latency=latency, seed=3) as emu:
@@ -1201,12 +1196,7 @@ async def test_the_defaults(
     session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, clock: list[float]
 ) -> None:
     paused: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(delay: float, result: Any = None) -> Any:
-        if delay > 0:
-            paused.append(delay)
-        return await real_sleep(delay, result)
+    recording_sleep = sleep_noting(paused)
 
     monkeypatch.setattr(asyncio, "sleep", recording_sleep)
     limit = 25 * 1024 * 1024

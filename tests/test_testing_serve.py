@@ -28,6 +28,8 @@ import pytest
 from ideogram_async.testing import Emulator, FaultPlan, _serve, free_port, run_server, serve_main
 from ideogram_async.testing._serve import _parser
 
+from ._support import sleep_noting
+
 FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4
 
 Probe = Callable[[Emulator, aiohttp.ClientSession], Awaitable[None]]
@@ -266,12 +268,7 @@ def test_serve_main_injects_faults_and_latency_when_asked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     paused: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(delay: float, result: Any = None) -> Any:
-        if delay > 0:
-            paused.append(delay)
-        return await real_sleep(delay, result)
+    recording_sleep = sleep_noting(paused)
 
     async def probe(emu: Emulator, session: aiohttp.ClientSession) -> None:
         for _ in range(3):

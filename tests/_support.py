@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from PIL import Image
 
@@ -83,16 +83,3 @@ async def release(workers: Sequence[asyncio.subprocess.Process]) -> None:
         assert worker.stdin is not None
         worker.stdin.write(b"go\n")
         await worker.stdin.drain()
-
-
-def forget_the_celery_broker() -> None:
-    """Drop the connections the package's Celery app holds to the broker it last sent to.
-
-    An in-process ``enqueue`` points the app at its broker, and the app keeps the pool it
-    made for it; the next test's broker (another redis-server) needs a pool of its own.
-    """
-    from ideogram_async.celery import app
-
-    cast(Any, app.pool).force_close_all()  # a connection pool (the stubs say otherwise)
-    vars(app).update(_pool=None)
-    vars(app.amqp).update(_producer_pool=None)

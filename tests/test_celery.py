@@ -39,7 +39,6 @@ from ideogram_async.cli import main
 from ideogram_async.limits import RedisAllowance, organization_key
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer, free_port
 
-from ._support import forget_the_celery_broker
 from .test_cli import run_main
 
 KEY = "sk-celery-5ecr3t-key"
@@ -235,7 +234,7 @@ async def test_a_worker_killed_mid_run_loses_no_image_and_pays_again_only_what_i
 
 
 async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
-    cluster: Cluster, workers: list[Worker], tmp_path: Path, request: pytest.FixtureRequest
+    cluster: Cluster, workers: list[Worker], tmp_path: Path
 ) -> None:
     """Without workers the job waits in the broker (status: 3, all pending); once a
     worker runs it, status says done (0) and a second enqueue skips every image. The
@@ -245,8 +244,6 @@ async def test_enqueue_without_wait_prints_the_job_and_status_follows_it(
     out = tmp_path / "out"
     # The command line runs in-process (run_main), the workers in processes of their own.
     env = cluster.env()
-    forget_the_celery_broker()  # an earlier in-process enqueue's broker is gone
-    request.addfinalizer(forget_the_celery_broker)  # and this one's will be
     cli = await run_main("enqueue", str(tmp_path / "in"), "-o", str(out), env=env)
     assert cli.returncode == 0, cli.stderr
     job = cli.stdout.split("ideogram-async status ")[1].strip()

@@ -29,7 +29,6 @@ from ideogram_async.cli import main
 from ideogram_async.cli._manifest_io import fallback_path
 from ideogram_async.testing import Emulator, Fault, FaultPlan, RedisServer
 
-from ._support import forget_the_celery_broker
 from .test_cli import KEY, Piped, cli_env, listing, read_manifest, run_main, save_image
 
 
@@ -89,15 +88,6 @@ def test_ctrl_c_before_the_run_starts_exits_130_saying_interrupted(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture
-def celery_broker_forgotten() -> Iterator[None]:
-    """The package's Celery app, free of the broker of an earlier test, before and after."""
-    forget_the_celery_broker()
-    yield
-    forget_the_celery_broker()
-
-
-@pytest.mark.usefixtures("celery_broker_forgotten")
 async def test_enqueue_sends_the_job_and_status_finds_it_where_the_records_are(
     own_redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -6,9 +6,6 @@ Redis of the session (``redis_server``) is the broker and holds the job records.
 scripted worker in the test takes each task off the broker's queue (the Redis list Celery's
 transport fills) and records and announces its outcome through :class:`JobStore`, as the
 real task does; one test runs the real task (:func:`run_image`) against the emulator.
-
-The bundled Celery app keeps the producer pool of the first broker it sent to (the command
-runs once per process); a fixture makes each test's command look it up afresh.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from ideogram_async import IdeogramClient, UpscaleRequest
-from ideogram_async.celery import PREFIX, JobStore, app, open_store
+from ideogram_async.celery import PREFIX, JobStore, open_store
 from ideogram_async.celery._task import ImageTask, run_image
 from ideogram_async.cli._enqueue import EXIT_RUNNING, enqueue_job
 from ideogram_async.cli._inputs import Source
@@ -60,15 +57,6 @@ async def store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
     opened = open_store(redis_server.url)
     yield opened
     await opened.aclose()
-
-
-@pytest.fixture(autouse=True)
-def fresh_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bundled app as in a process of its own: it keeps the producer pool of the
-    first broker it sent to, so each test makes it look the pool up again (kombu keeps
-    one pool per broker URL, for the life of the process)."""
-    monkeypatch.setattr(app, "_pool", None)
-    monkeypatch.setattr(app.amqp, "_producer_pool", None)
 
 
 async def take(url: str, count: int) -> list[ImageTask]:
@@ -221,6 +209,23 @@ async def test_enqueue_takes_the_broker_from_the_environment(
     [task] = await take(redis_server.url, 1)
     assert run.stdout.startswith(f"Enqueued 1 image(s) as job {task.job}. ")
     assert await store.job(str(task.job)) is not None
+
+
+async def test_each_enqueue_goes_to_its_own_broker_in_one_process(
+    redis_server: RedisServer, store: JobStore, images: list[Path], tmp_path: Path
+) -> None:
+    """A program that enqueues to one broker and then another reaches each: the bundled
+    app sends over a connection to the broker of the call, not a pool kept from the
+    first one."""
+    with RedisServer() as other:
+        for broker, image in ((redis_server.url, images[0]), (other.url, images[1])):
+            env = env_with(IDEOGRAM_BROKER_URL=broker, IDEOGRAM_SHARED_ALLOWANCE=redis_server.url)
+            run = await run_main("enqueue", str(image), "-o", str(tmp_path / "out"), env=env)
+            assert run.returncode == 0, run.stderr
+            [task] = await take(broker, 1)
+            assert Path(task.source) == image.resolve()
+            assert await store.job(str(task.job)) is not None
+        assert await take_now(redis_server.url) is None
 
 
 async def test_wait_shows_each_image_as_it_ends_then_the_summary_of_what_workers_recorded(

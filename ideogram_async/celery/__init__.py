@@ -455,10 +455,16 @@ async def enqueue(
 
 
 async def resend(task: Task[Any, Any], messages: Sequence[dict[str, Any]]) -> None:
-    """Send ``task`` once per message (again): safe, as every delivery is idempotent."""
+    """Send ``task`` once per message (again): safe, as every delivery is idempotent.
+
+    The messages go over a connection of their own to the broker the app is configured
+    with now, not through the app's producer pool: that pool is made once per process,
+    for the first broker sent to, so a later ``broker_url`` would be ignored.
+    """
 
     def send() -> None:
-        with task.app.producer_or_acquire() as producer:
+        with task.app.connection_for_write() as connection:
+            producer = task.app.amqp.Producer(connection, auto_declare=False)
             for message in messages:
                 task.apply_async((message,), producer=producer)
 

@@ -90,17 +90,17 @@ def test_others_holding_the_places_lower_the_bound_to_what_is_held_and_back_off(
     assert change == AllowanceChange(old=10, new=3, reason=ChangeReason.HELD)
     assert bound.closed_for(0.0) == FIRST_BACKOFF  # jitter 1: the whole backoff
     refuse(bound, held=1, number=10, jitter=0.0, now=1.0)
-    assert bound.backoff == 0.354  # grown by the square root of 2, in whole milliseconds
-    assert bound.closed_for(1.0) == pytest.approx(0.177)  # half of it (jitter 0)
+    assert bound.backoff == 0.275  # grown by a tenth, in whole milliseconds
+    assert bound.closed_for(1.0) == pytest.approx(0.1375)  # half of it (jitter 0)
     assert bound.limit == 1
-    for step in range(2, 8):
+    for step in range(2, 30):
         refuse(bound, held=1, number=10, jitter=1.0, now=step)
-    assert bound.closed_for(7.0) == MAX_BACKOFF
+    assert bound.closed_for(29.0) == MAX_BACKOFF
     # a request went through: open, reset
-    bound.completed(level=1, granted=1, waiting=0, round=bound.round, now=7.5)
-    assert (bound.closed_for(7.5), bound.backoff) == (0.0, 0.0)
-    refuse(bound, held=1, number=10, jitter=1.0, now=8.0)
-    assert bound.closed_for(8.0) == FIRST_BACKOFF
+    bound.completed(level=1, granted=1, waiting=0, round=bound.round, now=29.5)
+    assert (bound.closed_for(29.5), bound.backoff) == (0.0, 0.0)
+    refuse(bound, held=1, number=10, jitter=1.0, now=30.0)
+    assert bound.closed_for(30.0) == FIRST_BACKOFF
 
 
 def test_a_refusal_from_an_earlier_round_only_lowers_to_what_is_held() -> None:
@@ -121,10 +121,30 @@ def test_probe_and_hold_after_the_first_refusal() -> None:
     assert bound.limit == 11  # after a failed probe, a run of 2 x 11 at full use
     full(bound)
     assert bound.limit == 12  # the probe
-    full(bound, 11)
-    assert bound.limit == 12  # 12 went through: the run is 12 again, not doubled
-    full(bound)
-    assert bound.limit == 13
+
+
+def test_places_a_failed_probe_asked_for_going_through_resume_the_slow_start() -> None:
+    bound = Bound(40)
+    full(bound, 2)  # slow start: 12, and 11 went through
+    refuse(bound, held=12)  # a failed probe at 12: back to 11, probing
+    full(bound, 22)  # the run of 2 x 11, then the probe: 12
+    assert (bound.limit, bound.slow, bound.failed_at) == (12, False, 12)
+    bound.completed(level=11, granted=12, waiting=1, round=bound.round, now=0.0)
+    assert (bound.limit, bound.slow) == (12, False)  # 11 held: says nothing of 12
+    change = bound.completed(level=12, granted=12, waiting=0, round=bound.round, now=0.0)
+    assert change == AllowanceChange(old=12, new=13, reason=ChangeReason.INCREASED)
+    assert (bound.slow, bound.failed_at, bound.failed) == (True, 0, 0)
+    full(bound, 3)  # each request at full use adds one again, as at the start
+    assert bound.limit == 16
+
+
+def test_only_a_request_of_this_round_resumes_the_slow_start() -> None:
+    bound = Bound(40)
+    full(bound, 2)
+    refuse(bound, held=12)  # failed probe: round 1, back to 11
+    stale = bound.round - 1
+    bound.completed(level=12, granted=12, waiting=0, round=stale, now=0.0)
+    assert (bound.limit, bound.slow, bound.failed_at) == (11, False, 12)
 
 
 def test_failed_probes_space_the_next_ones_up_to_a_limit() -> None:
@@ -183,14 +203,17 @@ def test_the_jitter_spreads_the_backoff_over_its_second_half(jitter: float) -> N
     assert bound.closed_for(0.0) == pytest.approx(FIRST_BACKOFF * (0.5 + jitter / 2))
 
 
-def test_the_backoff_doubles_every_second_refusal_up_to_its_cap() -> None:
+def test_the_backoff_grows_by_a_tenth_per_refusal_up_to_its_cap() -> None:
     bound = Bound(10)
     backoffs = []
-    for step in range(7):
+    for step in range(25):
         refuse(bound, held=1, number=10, jitter=1.0, now=float(step))
         backoffs.append(bound.backoff)
-    assert pytest.approx(2**0.5) == BACKOFF_GROWTH
-    assert backoffs == [FIRST_BACKOFF, 0.354, 0.501, 0.709, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF]
+    assert (FIRST_BACKOFF, BACKOFF_GROWTH, MAX_BACKOFF) == (0.25, 1.1, 2.0)
+    assert backoffs[:8] == [FIRST_BACKOFF, 0.275, 0.303, 0.333, 0.366, 0.403, 0.443, 0.487]
+    assert backoffs[7] < 2 * FIRST_BACKOFF <= backoffs[8]  # doubled after eight
+    assert backoffs[21] < MAX_BACKOFF
+    assert backoffs[22:] == [MAX_BACKOFF] * 3
 
 
 def test_a_refusal_that_leaves_nothing_held_restarts_the_slow_start() -> None:

@@ -74,7 +74,26 @@ STEPS: list[Step] = [
     ("complete", 1, 3),  # granted at full use of 2: +1 (probing would need a run of 2)
     ("admit", 2, 3),  # 3 in use
     ("complete", 1, 4),  # granted at full use of 3: +1 again
-    ("wait", None, 4),  # the hour (here FORGET) passes without a change...
+    ("admit", 2, 4),  # 4 in use
+    ("refuse", None, 3),  # 4 > the 3 that went through: a failed probe at 4, back to 3
+    ("complete", 1, 3),  # granted in earlier rounds: the run is 1 of 2 x 3
+    ("complete", 1, 3),
+    ("complete", 1, 3),
+    ("admit", 3, 3),
+    ("complete", 1, 3),  # run 2
+    ("admit", 1, 3),
+    ("complete", 1, 3),
+    ("admit", 1, 3),
+    ("complete", 1, 3),
+    ("admit", 1, 3),
+    ("complete", 1, 3),  # run 5
+    ("admit", 1, 3),
+    ("complete", 1, 4),  # run 6: a probe at 4 again
+    ("admit", 2, 4),  # 4 in use, as when the probe failed
+    ("complete", 1, 5),  # 4 went through: the others left, slow start again (+1)
+    ("admit", 2, 5),
+    ("complete", 1, 6),  # granted at full use of 5: +1 (probing would need a run of 5)
+    ("wait", None, 6),  # the hour (here FORGET) passes without a change...
     ("admit", 1, 10),  # ...and the next event finds everything forgotten: start again
 ]
 

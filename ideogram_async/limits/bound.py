@@ -23,13 +23,15 @@ The rules:
   through: a probe that failed). The refused request then waits for a place of its
   own to free. Otherwise others hold the rest of the organization's places: the bound
   drops to what this allowance still holds, and nothing is granted for a backoff with
-  jitter (from :data:`FIRST_BACKOFF`, growing by :data:`BACKOFF_GROWTH` per refusal,
-  so doubling every second one, to :data:`MAX_BACKOFF`), reset by a request that goes
-  through.
+  jitter (from :data:`FIRST_BACKOFF`, growing by :data:`BACKOFF_GROWTH` per refusal to
+  :data:`MAX_BACKOFF`), reset by a request that goes through.
 * **Restart.** A refusal that leaves nothing held here is like TCP's retransmission
   timeout: once a request goes through again, the bound slow-starts from where it is
   (one place, usually), doubling per round trip until the next refusal, instead of
   probing up one place per run.
+* **Resume.** A request that goes through holding as many places as a failed probe
+  asked for shows that whoever held the rest then has left: the bound slow-starts again
+  from there, until the next refusal, instead of climbing back one place per run.
 * **Probe and hold.** After the first refusal the bound rises by one only after a run
   of requests that ran at full use of the bound in force now (as many as the bound,
   doubled for each probe that failed at that level, up to
@@ -66,14 +68,15 @@ DEFAULT_ALLOWANCE = 10
 service's default allowance per organization."""
 FIRST_BACKOFF = 0.25
 """Seconds of the first backoff after a refusal that others' holdings explain."""
-BACKOFF_GROWTH = 2**0.5
-"""The backoff grows by this factor per refusal, in whole milliseconds: each wait is
-then about 0.4 times as long as the refusals have lasted (doubling per refusal makes it
-as long), so places that others free after a short hold are found soon after, and the
-refusals of a long hold still thin out."""
-MAX_BACKOFF = 1.0
-"""The backoff grows up to this many seconds (a place freed by others is found within
-about a second)."""
+BACKOFF_GROWTH = 1.1
+"""The backoff grows by this factor per refusal, in whole milliseconds (doubling every
+seven or eight): each wait is then about a tenth of how long the refusals have lasted
+(doubling per refusal makes it as long), so places that others free after a hold of a
+few seconds are found within a fraction of a second, and the refusals of a long hold
+still thin out to one every :data:`MAX_BACKOFF` or so."""
+MAX_BACKOFF = 2.0
+"""The backoff grows up to this many seconds (reached at the 23rd refusal in a row,
+after 13 to 18 seconds of them)."""
 MAX_PROBE_DOUBLINGS = 2
 """Failed probes at one level lengthen the run before the next one up to 2**2 times."""
 FORGET_AFTER = 3600.0
@@ -127,6 +130,8 @@ class Bound:
     slow: bool = attrs.field(init=False, default=True)
     run: int = attrs.field(init=False, default=0)
     failed: int = attrs.field(init=False, default=0)
+    failed_at: int = attrs.field(init=False, default=0)
+    """The places held when the last probe failed (0: none since the last slow start)."""
     streak: int = attrs.field(init=False, default=0)
     """Refusals since a request last went through."""
     round: int = attrs.field(init=False, default=0)
@@ -141,7 +146,7 @@ class Bound:
 
     def _reset(self) -> None:
         self.limit, self.ceiling = self.start, self.maximum
-        self.good = self.run = self.failed = self.streak = self.round = 0
+        self.good = self.run = self.failed = self.failed_at = self.streak = self.round = 0
         self.slow = True
         self.backoff = self.closed_until = 0.0
 
@@ -178,12 +183,15 @@ class Bound:
         probe counts only requests that ran at the level being probed.
 
         Only a request granted since the bound last dropped shows what goes through
-        now: an earlier one's level is not taken as the last good level.
+        now: an earlier one's level is not taken as the last good level, nor as the end
+        of the contention a failed probe met.
         """
         forgotten = self.at(now)
         self.streak, self.backoff, self.closed_until = 0, 0.0, 0.0
         if round == self.round and min(level, self.ceiling) > self.good:
             self.good, self.failed = min(level, self.ceiling), 0
+        if round == self.round and 0 < self.failed_at <= level:
+            self.slow, self.failed_at = True, 0
         against = granted if self.slow else self.limit
         full = level + waiting > against or level >= against
         if not self.adaptive or not full or self.limit >= self.ceiling:
@@ -223,6 +231,7 @@ class Bound:
             if probing:
                 options.append((self.good, ChangeReason.DECREASED))
                 self.failed = min(self.failed + 1, MAX_PROBE_DOUBLINGS)
+                self.failed_at = held
             elif self.streak >= 2:
                 options.append((max(1, self.limit // 2), ChangeReason.DECREASED))
         if self.adaptive and not explained:

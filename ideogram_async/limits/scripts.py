@@ -56,7 +56,7 @@ quiet: present while nothing is granted after a state loss."""
 PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local FIRST_BACKOFF, BACKOFF_GROWTH, MAX_BACKOFF = 250, math.sqrt(2), 1000
+local FIRST_BACKOFF, BACKOFF_GROWTH, MAX_BACKOFF = 250, 1.1, 2000
 local MAX_PROBE_DOUBLINGS = 2
 
 local function purge()
@@ -103,8 +103,8 @@ end
 
 -- The bound's state for a process of this maximum and start (see bound.py).
 local function load(maximum, start)
-  local names = {'limit', 'learned', 'good', 'slow', 'run', 'failed', 'streak', 'round',
-                 'backoff', 'closed'}
+  local names = {'limit', 'learned', 'good', 'slow', 'run', 'failed', 'failed_at', 'streak',
+                 'round', 'backoff', 'closed'}
   local values = redis.call('HMGET', KEYS[6], unpack(names))
   local st = {}
   for i, name in ipairs(names) do st[name] = tonumber(values[i]) end
@@ -112,6 +112,7 @@ local function load(maximum, start)
   if st.learned then st.ceiling = math.max(1, math.min(st.learned, maximum)) end
   st.limit = math.min(st.limit or start, st.ceiling)
   st.good, st.run, st.failed = st.good or 0, st.run or 0, st.failed or 0
+  st.failed_at = st.failed_at or 0
   st.streak, st.round = st.streak or 0, st.round or 0
   st.backoff, st.closed = st.backoff or 0, st.closed or 0
   if st.slow == nil then st.slow = 1 end
@@ -121,8 +122,9 @@ end
 -- Store the state; it is forgotten ``ttl`` ms after its last change.
 local function save(st, changed, ttl)
   redis.call('HSET', KEYS[6], 'limit', st.limit, 'good', st.good, 'slow', st.slow,
-             'run', st.run, 'failed', st.failed, 'streak', st.streak, 'round', st.round,
-             'backoff', st.backoff, 'closed', st.closed)
+             'run', st.run, 'failed', st.failed, 'failed_at', st.failed_at,
+             'streak', st.streak, 'round', st.round, 'backoff', st.backoff,
+             'closed', st.closed)
   if st.learned then redis.call('HSET', KEYS[6], 'learned', st.learned) end
   if changed or redis.call('PTTL', KEYS[6]) < 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
 end
@@ -226,6 +228,10 @@ if ARGV[3] == '1' then
   st.streak, st.backoff, st.closed = 0, 0, 0
   local level = math.min(tonumber(ARGV[4]), st.ceiling)
   if tonumber(ARGV[11]) == st.round and level > st.good then st.good, st.failed = level, 0 end
+  -- As many places as a failed probe asked for went through: slow start again.
+  if tonumber(ARGV[11]) == st.round and st.failed_at > 0 and tonumber(ARGV[4]) >= st.failed_at then
+    st.slow, st.failed_at = 1, 0
+  end
   -- Slow start judges full use by the bound at the grant, probing by the bound now.
   local against = st.limit
   if st.slow == 1 then against = tonumber(ARGV[12]) end
@@ -286,6 +292,7 @@ if adaptive and fresh then
   if probing then
     option(st.good, 'decreased')
     st.failed = math.min(st.failed + 1, MAX_PROBE_DOUBLINGS)
+    st.failed_at = held
   elseif st.streak >= 2 then
     option(math.max(1, math.floor(old / 2)), 'decreased')
   end

@@ -464,9 +464,8 @@ async def resend(task: Task[Any, Any], messages: Sequence[dict[str, Any]]) -> No
 
     def send() -> None:
         with task.app.connection_for_write() as connection:
-            producer = task.app.amqp.Producer(connection, auto_declare=False)
             for message in messages:
-                task.apply_async((message,), producer=producer)
+                task.apply_async((message,), connection=connection)
 
     await asyncio.to_thread(send)
 

@@ -464,8 +464,9 @@ async def resend(task: Task[Any, Any], messages: Sequence[dict[str, Any]]) -> No
 
     def send() -> None:
         with task.app.connection_for_write() as connection:
+            producer = task.app.amqp.Producer(connection)
             for message in messages:
-                task.apply_async((message,), connection=connection)
+                task.apply_async((message,), producer=producer)
 
     await asyncio.to_thread(send)
 

@@ -498,6 +498,7 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
     folder = tmp_path / "in"
     odd = save_image(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")), (8, 6), 1)
     plain = save_image(folder / "naïve.png", (10, 6), 2)
+    inputs = [odd, plain]
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = [*upscale_args(emulator, [folder], out), "--manifest", str(manifest)]
@@ -508,6 +509,8 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
             "caf%E9.png",  # the name's own bytes, the one that is not UTF-8 percent-encoded
             "naïve.png",
         ]
+        # One result per input, each named after its input's own bytes.
+        assert results(out, inputs) == [(16, 12), (20, 12)]
         summary = tmp_path / "summary.json"
         again = await run_main(*args, "--resume", "--json", str(summary))
         assert again.returncode == 0, again.stderr
@@ -517,9 +520,20 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
         assert f"Summary: {summary}" in again.stdout
         written = json.loads(summary.read_text())
         assert (written["total"], written["succeeded"], written["skipped"]) == (2, 0, 2)
-        assert upscales_per_input(emulator, [odd, plain]) == [1, 1]
-    result = Path(os.fsdecode(os.fsencode(out) + b"/caf\xe9.upscaled.png"))
-    assert size_of(result) == (16, 12)
+        assert results(out, inputs) == [(16, 12), (20, 12)]
+
+        # Its result gone, --resume finds the odd name's record by the name's bytes and
+        # downloads the result again from its recorded URL, to that same name.
+        result = Path(os.fsdecode(os.fsencode(out) + b"/caf\xe9.upscaled.png"))
+        result.unlink()
+        third = await run_main(*args, "--resume")
+        assert third.returncode == 0, third.stderr
+        assert_clean(third)
+        assert "Downloading the results of 1 image(s) already upscaled" in third.stdout
+        assert results(out, inputs) == [(16, 12), (20, 12)]
+        # Each input was upscaled once over the three runs: nothing was bought twice.
+        assert upscales_per_input(emulator, inputs) == [1, 1]
+        assert emulator.stats.requests == 2
     manifest.read_bytes().decode("utf-8")  # valid UTF-8 throughout
     records = {record["source"]: record for record in read_manifest(manifest)}
     record = records[str(folder.resolve() / "caf\ufffd.png")]

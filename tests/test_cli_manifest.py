@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import locale
+import logging
 import os
 import random
 import re
@@ -30,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 import pytest
@@ -272,6 +275,76 @@ async def test_resume_upscales_again_when_a_recorded_url_has_expired(
             assert f"upscale {name}: attempt 1 ok after " in again.stderr
         assert upscales_per_input(emulator, inputs) == [2, 2]
     assert results(out, inputs) == [(16, 12)] * 2
+
+
+class Arrivals(FaultPlan):
+    """Notes ``("upscale", sha256 of its file)`` in ``order`` as each upscale request
+    arrives (the emulator asks a per-upload plan once it has read the body); no faults."""
+
+    def __init__(self, order: list[tuple[str, str]]) -> None:
+        super().__init__(per_upload=True)
+        self._order = order
+
+    def next_fault(self, upload: str | None = None) -> Fault | None:
+        assert upload is not None
+        self._order.append(("upscale", upload))
+        return super().next_fault(upload)
+
+
+class ServedImages(logging.Handler):
+    """Notes ``("downloaded", path)`` in ``order`` as the emulator ends each image request:
+    its request log (logger ``ideogram_async.testing``) has a line once an answer is sent."""
+
+    def __init__(self, order: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._order = order
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if served := re.search(r'"GET (/images/\S+) ', record.getMessage()):
+            self._order.append(("downloaded", served[1]))
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """The emulator's request log on, and heard, for the block."""
+        log = logging.getLogger("ideogram_async.testing")
+        level = log.level
+        log.setLevel(logging.INFO)
+        log.addHandler(self)
+        try:
+            yield
+        finally:
+            log.removeHandler(self)
+            log.setLevel(level)
+
+
+async def test_resume_downloads_every_recorded_result_before_it_upscales_anything(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(3)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    order: list[tuple[str, str]] = []
+    # A result's second download (--resume's) is held 0.3 s: an upscale sent alongside
+    # it would arrive before it ends.
+    held = FaultPlan([None, Fault.slow(0.3)], per_upload=True)
+    async with Emulator(KEY, faults=Arrivals(order), image_faults=held) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args)).returncode == 0
+        recorded = {urlsplit(url).path for r in read_manifest(manifest) for url in r["urls"]}
+        for path in inputs:  # lost: downloaded again from the URLs recorded
+            (out / f"{path.stem}.upscaled.png").unlink()
+        new = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(3, 5)]
+        order.clear()
+        with ServedImages(order).listening():
+            again = await run_main(*args, "--resume")
+        assert again.returncode == 0, again.stderr
+        assert_clean(again)
+        assert upscales_per_input(emulator, inputs + new) == [1] * 5
+    # Every recorded result was downloaded, its image sent whole, before the service
+    # was asked for the first new upscale.
+    first = min(order.index(("upscale", digest(path))) for path in new)
+    assert sorted(order[:first]) == sorted(("downloaded", path) for path in recorded)
+    assert len(recorded) == 3
+    assert results(out, inputs + new) == [(16, 12)] * 5
 
 
 # -- a disk that fills ------------------------------------------------------------------

@@ -4,8 +4,8 @@ Real ``ideogram-async`` runs (in-process, or subprocesses where a signal or a re
 limit needs one; see ``test_cli.py``) against an in-process emulator, whose counters say
 how often each input was upscaled (downloads of recorded URLs are counted apart): a
 run interrupted while its results download, a disk that fills (a small tmpfs, or a
-file size limit where mounting is not allowed), file names that are not UTF-8, and
-settings that change between runs.
+file size limit where mounting is not allowed), a file system that turns read-only,
+file names that are not UTF-8, and settings that change between runs.
 """
 
 from __future__ import annotations
@@ -371,7 +371,31 @@ class Disk:
     def grow(self) -> None:
         """Give the disk room (the next run has no limit either way)."""
         if self.kind == "tmpfs":
-            subprocess.run(["mount", "-o", "remount,size=64m", str(self.folder)], check=True)
+            remount(self.folder, "size=64m")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, otherwise: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted on ``folder`` for the block (unmounted after), or a
+    skip that says why none can be mounted here and ``otherwise``: what covers the case."""
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip(f"no mount command: {otherwise}")
+    tried = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if tried.returncode != 0:
+        reason = tried.stderr.decode(errors="replace").strip()
+        pytest.skip(f"cannot mount a tmpfs ({reason}): {otherwise}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def remount(folder: Path, options: str) -> None:
+    """Change the options of the file system mounted on ``folder`` (``ro``, ``size=64m``)."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True)
 
 
 @pytest.fixture(params=["tmpfs", "file-size-limit"])
@@ -381,19 +405,8 @@ def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Disk]:
     if request.param == "file-size-limit":
         yield Disk(folder, "file-size-limit")
         return
-    mount = shutil.which("mount")
-    if mount is None:
-        pytest.skip("no mount command: the file-size-limit case covers a full disk")
-    tried = subprocess.run(
-        [mount, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
-    )
-    if tried.returncode != 0:
-        reason = tried.stderr.decode(errors="replace").strip()
-        pytest.skip(f"cannot mount a tmpfs ({reason}): the file-size-limit case covers it")
-    try:
+    with tmpfs(folder, "64k", "the file-size-limit case covers a full disk"):
         yield Disk(folder, "tmpfs")
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
@@ -447,6 +460,77 @@ async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
     assert results(out, inputs) == [(96, 96)] * 12
     assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
     assert list(temp.iterdir()) == []  # any records left there were taken in
+
+
+class TurnsReadOnly(FaultPlan):
+    """Remounts ``folder`` read-only as the ``count``-th image request arrives, before it
+    is answered, as a kernel does with a file system that met an I/O error."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        super().__init__()
+        self._folder = folder
+        self._count = count
+
+    def next_fault(self, upload: str | None = None) -> Fault | None:
+        fault = super().next_fault(upload)
+        if self.count == self._count:
+            remount(self._folder, "ro")
+        return fault
+
+
+async def test_a_read_only_file_system_stops_the_run_and_resume_buys_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(8)]
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    out = folder / "out"
+    # Off the disk: a file open for writing keeps a file system from turning read-only.
+    manifest = tmp_path / "run.jsonl"
+    with tmpfs(folder, "1m", "a read-only file system needs a mount of its own"):
+        out.mkdir()
+        async with Emulator(KEY, image_faults=TurnsReadOnly(folder, 3)) as emulator:
+            args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+            # One call, so one download, at a time: the third finds no file open on the disk.
+            first = await run_main(*args, "--concurrency", "1")
+            sent = emulator.stats.requests
+
+            assert first.returncode == 1, first.stderr
+            assert_clean(first)
+            stopped = [line for line in first.stderr.splitlines() if line.startswith("Stopped:")]
+            assert len(stopped) == 1
+            assert stopped[0].startswith(
+                f"Stopped: cannot write into {out} (Read-only file system). Nothing more was "
+                f"sent: 2 of {len(inputs)} image(s) upscaled, "
+            )
+            assert "already upscaled are recorded with their result URLs" in stopped[0]
+            assert sent < len(inputs)  # the rest were never sent
+            assert max(upscales_per_input(emulator, inputs)) == 1
+            # Every result the service sent back is recorded with its URL; the two saved
+            # before the disk turned read-only as done.
+            records = {Path(r["source"]).name: r for r in read_manifest(manifest)}
+            sent_per_input = zip(inputs, upscales_per_input(emulator, inputs), strict=True)
+            assert sorted(records) == [path.name for path, times in sent_per_input if times]
+            assert all(len(record["urls"]) == 1 for record in records.values())
+            done = sorted(name for name, r in records.items() if r["status"] == "ok")
+            assert done == ["img-0.png", "img-1.png"]
+            assert records["img-2.png"]["error"] == (
+                f"download failed: cannot write {out / 'img-2.upscaled.png'}: Read-only file "
+                f"system; check the folder and free space"
+            )
+            assert sorted(p.name for p in out.iterdir()) == [
+                "img-0.upscaled.png",
+                "img-1.upscaled.png",
+            ]
+
+            remount(folder, "rw")
+            second = await run_main(*args, "--resume")
+            assert second.returncode == 0, second.stderr
+            assert_clean(second)
+            # Every input upscaled exactly once, over both runs.
+            assert upscales_per_input(emulator, inputs) == [1] * len(inputs)
+        assert results(out, inputs) == [(16, 12)] * len(inputs)
+    assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
 
 
 async def test_a_manifest_that_refuses_writes_stops_the_run_and_resume_takes_its_lines_in(

@@ -4,19 +4,21 @@ Real ``ideogram-async`` runs (in-process, or subprocesses where a signal or a re
 limit needs one; see ``test_cli.py``) against an in-process emulator, whose counters say
 how often each input was upscaled (downloads of recorded URLs are counted apart): a
 run interrupted while its results download, a disk that fills (a small tmpfs, or a
-file size limit where mounting is not allowed), file names that are not UTF-8, and
-settings that change between runs.
+file size limit where mounting is not allowed), a file system that turns read-only,
+file names that are not UTF-8, and settings that change between runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import locale
+import logging
 import os
 import random
 import re
@@ -30,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 import pytest
@@ -274,6 +277,76 @@ async def test_resume_upscales_again_when_a_recorded_url_has_expired(
     assert results(out, inputs) == [(16, 12)] * 2
 
 
+class Arrivals(FaultPlan):
+    """Notes ``("upscale", sha256 of its file)`` in ``order`` as each upscale request
+    arrives (the emulator asks a per-upload plan once it has read the body); no faults."""
+
+    def __init__(self, order: list[tuple[str, str]]) -> None:
+        super().__init__(per_upload=True)
+        self._order = order
+
+    def next_fault(self, upload: str | None = None) -> Fault | None:
+        assert upload is not None
+        self._order.append(("upscale", upload))
+        return super().next_fault(upload)
+
+
+class ServedImages(logging.Handler):
+    """Notes ``("downloaded", path)`` in ``order`` as the emulator ends each image request:
+    its request log (logger ``ideogram_async.testing``) has a line once an answer is sent."""
+
+    def __init__(self, order: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._order = order
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if served := re.search(r'"GET (/images/\S+) ', record.getMessage()):
+            self._order.append(("downloaded", served[1]))
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """The emulator's request log on, and heard, for the block."""
+        log = logging.getLogger("ideogram_async.testing")
+        level = log.level
+        log.setLevel(logging.INFO)
+        log.addHandler(self)
+        try:
+            yield
+        finally:
+            log.removeHandler(self)
+            log.setLevel(level)
+
+
+async def test_resume_downloads_every_recorded_result_before_it_upscales_anything(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(3)]
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    order: list[tuple[str, str]] = []
+    # A result's second download (--resume's) is held 0.3 s: an upscale sent alongside
+    # it would arrive before it ends.
+    held = FaultPlan([None, Fault.slow(0.3)], per_upload=True)
+    async with Emulator(KEY, faults=Arrivals(order), image_faults=held) as emulator:
+        args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+        assert (await run_main(*args)).returncode == 0
+        recorded = {urlsplit(url).path for r in read_manifest(manifest) for url in r["urls"]}
+        for path in inputs:  # lost: downloaded again from the URLs recorded
+            (out / f"{path.stem}.upscaled.png").unlink()
+        new = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(3, 5)]
+        order.clear()
+        with ServedImages(order).listening():
+            again = await run_main(*args, "--resume")
+        assert again.returncode == 0, again.stderr
+        assert_clean(again)
+        assert upscales_per_input(emulator, inputs + new) == [1] * 5
+    # Every recorded result was downloaded, its image sent whole, before the service
+    # was asked for the first new upscale.
+    first = min(order.index(("upscale", digest(path))) for path in new)
+    assert sorted(order[:first]) == sorted(("downloaded", path) for path in recorded)
+    assert len(recorded) == 3
+    assert results(out, inputs + new) == [(16, 12)] * 5
+
+
 # -- a disk that fills ------------------------------------------------------------------
 
 
@@ -298,7 +371,31 @@ class Disk:
     def grow(self) -> None:
         """Give the disk room (the next run has no limit either way)."""
         if self.kind == "tmpfs":
-            subprocess.run(["mount", "-o", "remount,size=64m", str(self.folder)], check=True)
+            remount(self.folder, "size=64m")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, otherwise: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted on ``folder`` for the block (unmounted after), or a
+    skip that says why none can be mounted here and ``otherwise``: what covers the case."""
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip(f"no mount command: {otherwise}")
+    tried = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if tried.returncode != 0:
+        reason = tried.stderr.decode(errors="replace").strip()
+        pytest.skip(f"cannot mount a tmpfs ({reason}): {otherwise}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def remount(folder: Path, options: str) -> None:
+    """Change the options of the file system mounted on ``folder`` (``ro``, ``size=64m``)."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True)
 
 
 @pytest.fixture(params=["tmpfs", "file-size-limit"])
@@ -308,19 +405,8 @@ def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Disk]:
     if request.param == "file-size-limit":
         yield Disk(folder, "file-size-limit")
         return
-    mount = shutil.which("mount")
-    if mount is None:
-        pytest.skip("no mount command: the file-size-limit case covers a full disk")
-    tried = subprocess.run(
-        [mount, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
-    )
-    if tried.returncode != 0:
-        reason = tried.stderr.decode(errors="replace").strip()
-        pytest.skip(f"cannot mount a tmpfs ({reason}): the file-size-limit case covers it")
-    try:
+    with tmpfs(folder, "64k", "the file-size-limit case covers a full disk"):
         yield Disk(folder, "tmpfs")
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
@@ -374,6 +460,77 @@ async def test_a_full_disk_stops_the_run_and_resume_buys_nothing_twice(
     assert results(out, inputs) == [(96, 96)] * 12
     assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
     assert list(temp.iterdir()) == []  # any records left there were taken in
+
+
+class TurnsReadOnly(FaultPlan):
+    """Remounts ``folder`` read-only as the ``count``-th image request arrives, before it
+    is answered, as a kernel does with a file system that met an I/O error."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        super().__init__()
+        self._folder = folder
+        self._count = count
+
+    def next_fault(self, upload: str | None = None) -> Fault | None:
+        fault = super().next_fault(upload)
+        if self.count == self._count:
+            remount(self._folder, "ro")
+        return fault
+
+
+async def test_a_read_only_file_system_stops_the_run_and_resume_buys_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    inputs = [save_image(tmp_path / "in" / f"img-{i}.png", (8, 6), i) for i in range(8)]
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    out = folder / "out"
+    # Off the disk: a file open for writing keeps a file system from turning read-only.
+    manifest = tmp_path / "run.jsonl"
+    with tmpfs(folder, "1m", "a read-only file system needs a mount of its own"):
+        out.mkdir()
+        async with Emulator(KEY, image_faults=TurnsReadOnly(folder, 3)) as emulator:
+            args = [*upscale_args(emulator, [tmp_path / "in"], out), "--manifest", str(manifest)]
+            # One call, so one download, at a time: the third finds no file open on the disk.
+            first = await run_main(*args, "--concurrency", "1")
+            sent = emulator.stats.requests
+
+            assert first.returncode == 1, first.stderr
+            assert_clean(first)
+            stopped = [line for line in first.stderr.splitlines() if line.startswith("Stopped:")]
+            assert len(stopped) == 1
+            assert stopped[0].startswith(
+                f"Stopped: cannot write into {out} (Read-only file system). Nothing more was "
+                f"sent: 2 of {len(inputs)} image(s) upscaled, "
+            )
+            assert "already upscaled are recorded with their result URLs" in stopped[0]
+            assert sent < len(inputs)  # the rest were never sent
+            assert max(upscales_per_input(emulator, inputs)) == 1
+            # Every result the service sent back is recorded with its URL; the two saved
+            # before the disk turned read-only as done.
+            records = {Path(r["source"]).name: r for r in read_manifest(manifest)}
+            sent_per_input = zip(inputs, upscales_per_input(emulator, inputs), strict=True)
+            assert sorted(records) == [path.name for path, times in sent_per_input if times]
+            assert all(len(record["urls"]) == 1 for record in records.values())
+            done = sorted(name for name, r in records.items() if r["status"] == "ok")
+            assert done == ["img-0.png", "img-1.png"]
+            assert records["img-2.png"]["error"] == (
+                f"download failed: cannot write {out / 'img-2.upscaled.png'}: Read-only file "
+                f"system; check the folder and free space"
+            )
+            assert sorted(p.name for p in out.iterdir()) == [
+                "img-0.upscaled.png",
+                "img-1.upscaled.png",
+            ]
+
+            remount(folder, "rw")
+            second = await run_main(*args, "--resume")
+            assert second.returncode == 0, second.stderr
+            assert_clean(second)
+            # Every input upscaled exactly once, over both runs.
+            assert upscales_per_input(emulator, inputs) == [1] * len(inputs)
+        assert results(out, inputs) == [(16, 12)] * len(inputs)
+    assert {record["status"] for record in read_manifest(manifest)} == {"ok"}
 
 
 async def test_a_manifest_that_refuses_writes_stops_the_run_and_resume_takes_its_lines_in(
@@ -498,6 +655,7 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
     folder = tmp_path / "in"
     odd = save_image(Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")), (8, 6), 1)
     plain = save_image(folder / "naïve.png", (10, 6), 2)
+    inputs = [odd, plain]
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     async with Emulator(KEY) as emulator:
         args = [*upscale_args(emulator, [folder], out), "--manifest", str(manifest)]
@@ -508,6 +666,8 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
             "caf%E9.png",  # the name's own bytes, the one that is not UTF-8 percent-encoded
             "naïve.png",
         ]
+        # One result per input, each named after its input's own bytes.
+        assert results(out, inputs) == [(16, 12), (20, 12)]
         summary = tmp_path / "summary.json"
         again = await run_main(*args, "--resume", "--json", str(summary))
         assert again.returncode == 0, again.stderr
@@ -517,9 +677,20 @@ async def test_a_file_name_that_is_not_utf8_is_upscaled_and_recorded_losslessly(
         assert f"Summary: {summary}" in again.stdout
         written = json.loads(summary.read_text())
         assert (written["total"], written["succeeded"], written["skipped"]) == (2, 0, 2)
-        assert upscales_per_input(emulator, [odd, plain]) == [1, 1]
-    result = Path(os.fsdecode(os.fsencode(out) + b"/caf\xe9.upscaled.png"))
-    assert size_of(result) == (16, 12)
+        assert results(out, inputs) == [(16, 12), (20, 12)]
+
+        # Its result gone, --resume finds the odd name's record by the name's bytes and
+        # downloads the result again from its recorded URL, to that same name.
+        result = Path(os.fsdecode(os.fsencode(out) + b"/caf\xe9.upscaled.png"))
+        result.unlink()
+        third = await run_main(*args, "--resume")
+        assert third.returncode == 0, third.stderr
+        assert_clean(third)
+        assert "Downloading the results of 1 image(s) already upscaled" in third.stdout
+        assert results(out, inputs) == [(16, 12), (20, 12)]
+        # Each input was upscaled once over the three runs: nothing was bought twice.
+        assert upscales_per_input(emulator, inputs) == [1, 1]
+        assert emulator.stats.requests == 2
     manifest.read_bytes().decode("utf-8")  # valid UTF-8 throughout
     records = {record["source"]: record for record in read_manifest(manifest)}
     record = records[str(folder.resolve() / "caf\ufffd.png")]

@@ -1,5 +1,6 @@
 """Where a shared allowance lives: Redis URLs read as redis-py reads them and shown
-without their password, and one key per organization that does not reveal the API key."""
+without their password, and one key per organization that does not reveal the API key
+(two organizations on one real Redis never share a bound)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from ideogram_async.limits import (
     shared,
     shared_budget,
 )
-from ideogram_async.testing import RedisServer
+from ideogram_async.testing import Emulator, RedisServer
 
 from ._support import KEY
+from .test_redis_allowance import Entry, eventually
 
 SECRET = "s3Kq/cr?tZ#w@rdQ"
 
@@ -259,6 +261,46 @@ async def test_a_client_keys_the_shared_allowance_by_its_organization() -> None:
             "host): give each organization its own RedisAllowance, or name the allowance with key="
         )
     assert KEY not in repr(allowance)
+
+
+async def test_two_organizations_on_one_redis_never_share_a_bound(
+    redis_server: RedisServer, png_bytes: bytes
+) -> None:
+    url = redis_server.url
+    other = "sk-other-organization"
+    async with (
+        Emulator(api_key=KEY, upscale=False) as emulator,
+        # Each allowance keyed by the client it is given to: the default, one per organization.
+        RedisAllowance(url, 3) as ours,
+        RedisAllowance(url, 3) as theirs,
+        RedisAllowance(url, 3) as theirs_too,  # another process of the other organization
+        IdeogramClient(api_key=KEY, base_url=emulator.base_url, allowance=ours) as client,
+        IdeogramClient(api_key=other, base_url=emulator.base_url, allowance=theirs),
+        IdeogramClient(api_key=other, base_url=emulator.base_url, allowance=theirs_too),
+    ):
+        assert ours.key != theirs.key == theirs_too.key  # the same host: only the key differs
+        async with theirs.hold(3):
+            await theirs.rejected(2)  # their 429 named 2 places: their bound is 2
+        async with theirs.hold(2):  # the other organization's allowance is full
+            waiter = Entry(theirs_too, 1)
+            await eventually(lambda: theirs_too.in_use == 2, "their waiter never tried")
+            # Our three calls are granted at once, in flight together: none of their places
+            # counts against our bound (a shared one would let one in at most, or none).
+            emulator.pause()
+            calls = asyncio.gather(*(client.upscale(png_bytes) for _ in range(3)))
+            try:
+                async with asyncio.timeout(10):
+                    await emulator.wait_places(3)
+            finally:
+                emulator.resume()
+                await calls
+            assert not waiter.entered.is_set()  # they still wait for their own place
+            # Each organization reports its own bound and what it holds.
+            assert (ours.limit, ours.in_use) == (3, 0)
+            assert (theirs.limit, theirs_too.limit, theirs_too.in_use) == (2, 2, 2)
+        await waiter.entered.wait()
+        await waiter.done()
+    assert emulator.stats.responses_by_status == {200: 3}
 
 
 def test_a_wrapper_passes_the_organization_on_to_the_shared_allowance() -> None:

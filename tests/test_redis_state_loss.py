@@ -8,6 +8,7 @@ emulator over real sockets enforcing the bound (a request over it is refused, 42
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ideogram_async.limits import RedisAllowance
 from ideogram_async.testing import Emulator, RedisServer
 
 from ._support import KEY, release, start_workers
+from .test_redis_allowance import deaf
 
 LEASE = 1.0
 
@@ -125,3 +127,27 @@ async def test_a_key_first_used_by_a_refusal_still_tells_a_later_loss(
             # b finds the state gone: nothing is granted until a's 3 are registered again.
             async with b.hold(1):
                 assert await places_held(url, redis_key) == [1, 3]
+
+
+async def test_a_holder_that_never_registers_again_holds_every_grant_back_for_one_lease(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    url = own_redis_server.url
+    loop = asyncio.get_running_loop()
+    async with (
+        # a hears no message and renews every 10 s: after the loss its 8 places stay
+        # unregistered for the whole test, as if its renewals had stopped.
+        deaf(RedisAllowance(url, 10, key=redis_key, lease=30)) as a,
+        RedisAllowance(url, 10, key=redis_key, lease=LEASE) as b,
+        a.hold(8),
+    ):
+        async with b.hold(1):
+            pass  # b knows the allowance's epoch now
+        own_redis_server.flush()
+        lost = loop.time()
+        # b cannot tell who held what: nothing is granted until one lease (b's) has
+        # passed, time for every live holder to register again; then b's 2 go in.
+        async with asyncio.timeout(5 * LEASE), b.hold(2):
+            waited = loop.time() - lost
+            assert await places_held(url, redis_key) == [2]  # a's 8 never came back
+    assert waited >= 0.8 * LEASE

@@ -29,11 +29,16 @@ How the shared allowance works:
   request's places are given back by :data:`REJECTED` without serving the queue (a
   refusal wakes nobody). The state expires after ``forget_after`` without a change.
 - **State loss.** ``epoch`` is set at first use and every process remembers it. A
-  script that finds it gone while the caller knew one (Redis flushed or restarted
-  without its data) sets a new one, publishes ``lost``, and grants nothing for one
-  lease (``quiet``): by then every live process has registered its running holds
-  again (each does at once on ``lost``, and at its next renewal anyway). A process
-  whose epoch is out of date registers its holds again before its next grant.
+  script that finds it gone sets a new one and publishes ``lost:<epoch>``; every
+  process that hears it registers its running holds again at once and answers
+  (RENEW), and does at its next renewal anyway. If the caller knew the old epoch
+  (Redis flushed or restarted without its data), nothing is granted for one lease
+  (``quiet``): by then every live process has registered its holds again. If it knew
+  none, this is the key's first use or a loss that only the processes holding places
+  know of: nothing is granted until every process that heard has answered (the count
+  is ``quiet``'s value), and an answer from one that knew an older epoch makes it the
+  whole lease. A process whose epoch is out of date registers its holds again before
+  its next grant.
 - **Faults.** If Redis cannot be reached, or is lost while a hold waits, the call
   raises :class:`~ideogram_async.SharedAllowanceError` naming the server: it never
   proceeds without a place. A block that already holds places runs to its end; if
@@ -87,18 +92,21 @@ local function in_use()
 end
 
 -- The epoch the caller knew ('' if none) against Redis's: true if the state was lost
--- since the caller saw it. A missing epoch is set anew; if the caller knew one, the
--- data was lost: nothing is granted for one lease, and every process is told.
+-- since the caller saw it. A missing epoch is set anew and every process is told
+-- ("lost:<epoch>"). If the caller knew one, the data was lost: nothing is granted for
+-- one lease. If not, this is the key's first use or a loss only others know of: nothing
+-- is granted until every process that heard has answered (RENEW) or one lease passed.
 local function lost(known, fresh, lease, channel)
   local epoch = redis.call('GET', KEYS[7])
-  if not epoch then
-    redis.call('SET', KEYS[7], fresh)
-    if known == '' then return false end
-    redis.call('SET', KEYS[8], '1', 'PX', lease)
-    redis.call('PUBLISH', channel, 'lost')
+  if epoch then return known ~= '' and known ~= epoch end
+  redis.call('SET', KEYS[7], fresh)
+  local heard = redis.call('PUBLISH', channel, 'lost:' .. fresh)
+  if known ~= '' then
+    redis.call('SET', KEYS[8], 'lease', 'PX', lease)
     return true
   end
-  return known ~= '' and known ~= epoch
+  if heard > 0 then redis.call('SET', KEYS[8], heard, 'PX', lease) end
+  return false
 end
 
 -- The bound's state for a process of this maximum and start (see bound.py).
@@ -198,17 +206,30 @@ if freed then serve(ARGV[7], '') end
 return {0, used, st.limit, st.ceiling, closed(), epoch}
 """
 
-# ARGV: lease ms, epoch known, channel, a new epoch if needed, then holder, places pairs
+# Also the answer to "lost:<epoch>": a process that knew an older epoch makes the wait
+# one whole lease (the data was lost); the last answer of the others ends it.
+# ARGV: lease ms, epoch known, channel, a new epoch if needed, the epoch of the "lost"
+#       answered ('' if none), then holder, places pairs
 # -> {holders that were missing, epoch}
 RENEW = """
 lost(ARGV[2], ARGV[4], ARGV[1], ARGV[3])
 local deadline = now + tonumber(ARGV[1])
 local missing = 0
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   missing = missing + redis.call('ZADD', KEYS[1], deadline, ARGV[i])
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
-return {missing, redis.call('GET', KEYS[7])}
+local epoch = redis.call('GET', KEYS[7])
+local quiet = redis.call('GET', KEYS[8])
+if ARGV[5] ~= '' and ARGV[5] == epoch and quiet and quiet ~= 'lease' then
+  if ARGV[2] ~= '' and ARGV[2] ~= epoch then
+    redis.call('SET', KEYS[8], 'lease', 'PX', math.max(1, redis.call('PTTL', KEYS[8])))
+  elseif redis.call('DECR', KEYS[8]) <= 0 then
+    redis.call('DEL', KEYS[8])
+    serve(ARGV[3], '')
+  end
+end
+return {missing, epoch}
 """
 
 # A request ran (completed in bound.py), applied as its places are released.

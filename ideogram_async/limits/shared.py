@@ -74,7 +74,10 @@ class RedisAllowance:
     created. ``key=`` names it instead (then any client may use it). ``lease`` (seconds) is
     how long a holder's places stay taken without renewal: a process that dies gives its
     places back at most that long after its last renewal; after Redis loses its data,
-    nothing is granted for one lease while the running holds register again.
+    nothing is granted for one lease while the running holds register again. A process
+    that finds no state without having known any (the key's first use, or a loss that
+    only the processes holding places know of) waits until every process listening has
+    answered, or one lease.
     ``adaptive``, ``on_change`` and ``forget_after`` work as for
     :class:`~ideogram_async.limits.LocalAllowance`, on the shared bound.
 
@@ -133,6 +136,7 @@ class RedisAllowance:
         self._renewing = asyncio.Lock()
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
+        self._answering = ""  # the epoch of a "lost" message heard, not yet answered
 
     def __repr__(self) -> str:
         return (
@@ -375,11 +379,14 @@ class RedisAllowance:
         self._limit = new
         self._change(old, new, ChangeReason.INCREASED)
 
-    async def _renew(self) -> None:
-        """Extend the lease of every holder of this process; register those Redis lost."""
+    async def _renew(self, answering: str = "") -> None:
+        """Extend the lease of every holder of this process; register those Redis lost.
+
+        ``answering``: the epoch of the ``lost`` message this renewal answers.
+        """
         async with self._renewing:
             args: list[str | int] = [self._lease_ms, self._epoch, self._channel]
-            args += [secrets.token_hex(16)]
+            args += [secrets.token_hex(16), answering]
             args += [value for pair in self._held.items() for value in pair]
             missing, epoch = await self._run("renew", args)
         self._epoch = epoch.decode()
@@ -392,10 +399,11 @@ class RedisAllowance:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), self._lease / 3)
             self._lost = asyncio.Event()
-            if not self._held:
+            answering, self._answering = self._answering, ""
+            if not self._held and not answering:
                 continue
             try:
-                await self._renew()
+                await self._renew(answering)
             except SharedAllowanceError as exc:
                 logger.warning("%s; trying again in %.1fs", exc, self._lease / 3)
 
@@ -413,7 +421,8 @@ class RedisAllowance:
                 continue
             data = b"" if message is None else message["data"]
             ticket, *granted = data.split(b":")  # a grant adds: in use, bound, ceiling, round
-            if data == b"lost":
+            if ticket == b"lost":  # lost:<epoch>
+                self._answering = granted[0].decode()
                 self._lost.set()
             elif data and ticket == self._ticket:
                 self._granted = [1, *map(int, granted)]

@@ -38,7 +38,9 @@ How the shared allowance works:
   know of: nothing is granted until every process that heard has answered (the count
   is ``quiet``'s value), and an answer from one that knew an older epoch makes it the
   whole lease. A process whose epoch is out of date registers its holds again before
-  its next grant.
+  its next grant. What no answer can cover: a process holding places that cannot hear
+  the channel (its subscription broken) when a process that never knew the epoch is
+  the first to find the loss; its places count again at its next renewal.
 - **Faults.** If Redis cannot be reached, or is lost while a hold waits, the call
   raises :class:`~ideogram_async.SharedAllowanceError` naming the server: it never
   proceeds without a place. A block that already holds places runs to its end; if

@@ -756,8 +756,17 @@ async def test_an_idle_allowance_waits_for_its_messages_without_spinning(
             return await get_message(**kwargs)
 
         monkeypatch.setattr(pubsub, "get_message", counted)
+        scripts: list[str] = []
+        run = allowance._run
+
+        async def noted(name: str, args: Sequence[str | int]) -> Any:
+            scripts.append(name)
+            return await run(name, args)
+
+        monkeypatch.setattr(allowance, "_run", noted)
         await asyncio.sleep(LEASE)  # time passing is what is under test
         assert calls < 10  # a few at most; a loop that spins asks thousands of times
+        assert scripts == []  # nothing held, nothing to answer: no renewal either
 
 
 async def test_a_lost_grant_message_is_made_up_for_by_the_poll(

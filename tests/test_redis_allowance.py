@@ -527,6 +527,30 @@ async def test_renewal_keeps_a_hold_longer_than_its_lease(
         await waiter.done()
 
 
+async def test_the_first_renewal_of_a_hold_extends_its_lease(
+    redis_server: RedisServer, redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ideogram_async")
+    url = redis_server.url
+    async with RedisAllowance(url, 10, key=redis_key, lease=LEASE) as first, first.hold(1):
+        pass  # the key's first use, before a listens: a has no "lost" to answer
+    async with RedisAllowance(url, 10, key=redis_key, lease=LEASE) as a, a.hold(1):
+        (holder,) = a._held
+        client = aioredis.Redis.from_url(url)
+        try:
+            granted = await client.zscore(f"{{{redis_key}}}:holders", holder)
+            assert granted is not None
+
+            async def extended() -> bool:
+                lease_end = await client.zscore(f"{{{redis_key}}}:holders", holder)
+                return lease_end is not None and lease_end > granted
+
+            await eventually(extended, "the hold's lease was never extended")
+        finally:
+            await client.aclose()
+    assert [record.getMessage() for record in caplog.records] == []
+
+
 async def test_release_goes_by_holder_id(redis_server: RedisServer, redis_key: str) -> None:
     url = redis_server.url
     async with (

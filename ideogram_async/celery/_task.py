@@ -39,8 +39,9 @@ class ImageBusy(IdeogramError):
     """Another delivery of this image holds its claim; try again once it has finished."""
 
 
-_LONGEST_NAME = "{stem}.upscaled-10"
-"""The longest name a result is downloaded to (the 10th of 10 images), before its suffix."""
+def _result_name(stem: str, number: int, count: int) -> str:
+    """The name the ``number``-th of ``count`` results is downloaded to, before its suffix."""
+    return f"{stem}.upscaled" if count == 1 else f"{stem}.upscaled-{number}"
 
 
 @attrs.frozen(kw_only=True)
@@ -75,7 +76,9 @@ class ImageTask:
                 f"stem {stem!r} holds a path separator or a NUL byte; give a plain name "
                 "such as 'photo' (the result is saved in out_dir as <stem>.upscaled.<ext>)"
             )
-        if name_too_long(Path(_LONGEST_NAME.format(stem=stem))):  # the download's own check
+        # The download's own check, on a name with a two-digit number (more than any
+        # request asks for): the longest a result gets.
+        if name_too_long(Path(_result_name(stem, 10, 10))):
             raise ValidationError(
                 f"stem {stem[:40]!r}... is too long for a file name ({NAME_MAX} bytes at "
                 "most with '.upscaled-10.jpeg'); give a shorter one"
@@ -329,10 +332,7 @@ async def _download(
     client: IdeogramClient, store: JobStore, task: ImageTask, urls: tuple[str, ...]
 ) -> Outcome:
     out_dir = Path(task.out_dir)
-    names = [
-        f"{task.stem}.upscaled" if len(urls) == 1 else f"{task.stem}.upscaled-{number}"
-        for number in range(1, len(urls) + 1)
-    ]
+    names = [_result_name(task.stem, number, len(urls)) for number in range(1, len(urls) + 1)]
     written = await asyncio.gather(
         *(client.download(url, out_dir / name) for url, name in zip(urls, names, strict=True)),
         return_exceptions=True,

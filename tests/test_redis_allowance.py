@@ -624,14 +624,16 @@ async def test_an_allowance_connected_before_its_key_listens_under_the_key(
         await waiter.done()
 
 
-def count_scripts(allowance: RedisAllowance, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the scripts ``allowance`` runs from now on, in order, but renewals
-    (they run on their own, and one answers the key's first use)."""
+def count_scripts(
+    allowance: RedisAllowance, monkeypatch: pytest.MonkeyPatch, *, renewals: bool = False
+) -> list[str]:
+    """The names of the scripts ``allowance`` runs from now on, in order; renewals only
+    with ``renewals`` (they run on their own, and one answers the key's first use)."""
     calls: list[str] = []
     run = allowance._run
 
     async def counted(name: str, args: Sequence[str | int]) -> Any:
-        if name != "renew":
+        if renewals or name != "renew":
             calls.append(name)
         return await run(name, args)
 
@@ -780,14 +782,7 @@ async def test_an_idle_allowance_waits_for_its_messages_without_spinning(
             return await get_message(**kwargs)
 
         monkeypatch.setattr(pubsub, "get_message", counted)
-        scripts: list[str] = []
-        run = allowance._run
-
-        async def noted(name: str, args: Sequence[str | int]) -> Any:
-            scripts.append(name)
-            return await run(name, args)
-
-        monkeypatch.setattr(allowance, "_run", noted)
+        scripts = count_scripts(allowance, monkeypatch, renewals=True)
         await asyncio.sleep(LEASE)  # time passing is what is under test
         assert calls < 10  # a few at most; a loop that spins asks thousands of times
         assert scripts == []  # nothing held, nothing to answer: no renewal either
